@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One-command set-up, run by `npm start` and `npm test` on every invocation; each step is skipped
+# when already done, so a second run costs a second or two.
+#   1. Debian packages: softhsm2 (the development/test token), opensc (pkcs11-tool), openssl,
+#      and a C++ toolchain for the native addon and pkcs11js/better-sqlite3.
+#   2. npm packages (npm ci against package-lock.json).
+#   3. TypeScript build (dist/) and the native addon (build/Release/kmsd_native.node).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+missing=()
+command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
+command -v pkcs11-tool >/dev/null 2>&1 || missing+=(opensc)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v make >/dev/null 2>&1 || missing+=(make)
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+      say "need root (or sudo) to apt-get install ${missing[*]}"; exit 1
+    fi
+  fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# npm packages: reinstall when the lock file changed since the last install.
+stamp=node_modules/.kmsd-installed
+if [ ! -f "$stamp" ] || [ package-lock.json -nt "$stamp" ] || [ package.json -nt "$stamp" ]; then
+  say "installing npm packages (npm ci; builds pkcs11js, better-sqlite3 and the addon from source)"
+  npm ci --no-audit --no-fund --loglevel=error >&2
+  touch "$stamp"
+fi
+
+# TypeScript: rebuild when any source is newer than the last build.
+if [ ! -f dist/.built ] || [ -n "$(find src scripts examples proto tsconfig.json -newer dist/.built -type f 2>/dev/null | head -n 1)" ]; then
+  say "compiling TypeScript"
+  npx tsc -p tsconfig.json
+  touch dist/.built
+fi
+
+# Native addon: rebuild when native/ or binding.gyp changed (npm ci builds it the first time).
+addon=build/Release/kmsd_native.node
+if [ ! -f "$addon" ] || [ -n "$(find native binding.gyp -newer "$addon" -type f 2>/dev/null | head -n 1)" ]; then
+  say "building the native addon"
+  npx node-gyp rebuild --loglevel=error >&2
+fi

@@ -1,0 +1,148 @@
+// gRPC wiring: one handler per action, each wrapped by the same envelope that assigns a request
+// id, logs the call (never its payload), and maps errors through the one table. Health checking
+// and server reflection are registered beside the KMS service.
+
+import crypto from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import { HealthImplementation } from 'grpc-health-check';
+import { ReflectionService } from '@grpc/reflection';
+import { loadApi, serviceConstructor } from '../proto';
+import { KmsError } from '../../kms/errors';
+import { HsmError } from '../../hsm/errors';
+import type { KmsService, Logger } from '../../kms/service';
+import type { ImportService } from '../../kms/import';
+import type { CallContext } from '../../kms/types';
+
+export const ERROR_CODE_METADATA = 'kms-error-code';
+export const REQUEST_ID_METADATA = 'kms-request-id';
+
+const STATUS: Record<KmsError['status'], grpc.status> = {
+  INVALID_ARGUMENT: grpc.status.INVALID_ARGUMENT,
+  NOT_FOUND: grpc.status.NOT_FOUND,
+  ALREADY_EXISTS: grpc.status.ALREADY_EXISTS,
+  FAILED_PRECONDITION: grpc.status.FAILED_PRECONDITION,
+  PERMISSION_DENIED: grpc.status.PERMISSION_DENIED,
+  UNAUTHENTICATED: grpc.status.UNAUTHENTICATED,
+  RESOURCE_EXHAUSTED: grpc.status.RESOURCE_EXHAUSTED,
+  UNAVAILABLE: grpc.status.UNAVAILABLE,
+  INTERNAL: grpc.status.INTERNAL,
+};
+
+type Action = (req: never, ctx: CallContext) => unknown;
+
+/** HSM errors that mean "the token is not usable" rather than a bug. */
+function fromHsm(err: HsmError): KmsError | null {
+  if (err.code === 'CLOSED' || err.code === 'CKR_DEVICE_REMOVED' || err.code === 'CKR_TOKEN_NOT_PRESENT' || err.code === 'CKR_DEVICE_ERROR') {
+    return new KmsError('ServiceUnavailable.Hsm', `the HSM is not available (${err.code})`);
+  }
+  return null;
+}
+
+export interface GrpcServices {
+  kms: KmsService;
+  imports: ImportService;
+  log: Logger;
+}
+
+export function buildActions(s: GrpcServices): Record<string, Action> {
+  const k = s.kms;
+  const i = s.imports;
+  return {
+    CreateKey: (r: never) => k.CreateKey(r),
+    DescribeKey: (r: never) => k.DescribeKey(r),
+    ListKeys: (r: never) => k.ListKeys(r),
+    UpdateKeyDescription: (r: never) => k.UpdateKeyDescription(r),
+    EnableKey: (r: never) => k.EnableKey(r),
+    DisableKey: (r: never) => k.DisableKey(r),
+    ScheduleKeyDeletion: (r: never) => k.ScheduleKeyDeletion(r),
+    CancelKeyDeletion: (r: never) => k.CancelKeyDeletion(r),
+    CreateAlias: (r: never) => k.CreateAlias(r),
+    UpdateAlias: (r: never) => k.UpdateAlias(r),
+    DeleteAlias: (r: never) => k.DeleteAlias(r),
+    ListAliases: (r: never) => k.ListAliases(r),
+    ListAliasesByKeyId: (r: never) => k.ListAliasesByKeyId(r),
+    Encrypt: (r: never) => k.Encrypt(r),
+    Decrypt: (r: never) => k.Decrypt(r),
+    GenerateDataKey: (r: never) => k.GenerateDataKey(r),
+    GenerateDataKeyWithoutPlaintext: (r: never) => k.GenerateDataKeyWithoutPlaintext(r),
+    ReEncrypt: (r: never) => k.ReEncrypt(r),
+    CreateKeyVersion: (r: never) => k.CreateKeyVersion(r),
+    ListKeyVersions: (r: never) => k.ListKeyVersions(r),
+    DescribeKeyVersion: (r: never) => k.DescribeKeyVersion(r),
+    GetParametersForImport: (r: never) => i.GetParametersForImport(r),
+    ImportKeyMaterial: (r: never) => i.ImportKeyMaterial(r),
+    DeleteKeyMaterial: (r: never) => i.DeleteKeyMaterial(r),
+    DescribeHsm: () => i.DescribeHsm(),
+  };
+}
+
+/** Empty proto3 map fields arrive as {}; the domain treats "no context" and "{}" the same. */
+function unary(name: string, action: Action, log: Logger): grpc.handleUnaryCall<unknown, unknown> {
+  return (call, callback) => {
+    const requestId = crypto.randomUUID();
+    const started = process.hrtime.bigint();
+    const ctx: CallContext = { requestId, principal: call.getPeer() };
+    const trailer = new grpc.Metadata();
+    trailer.set(REQUEST_ID_METADATA, requestId);
+    const done = (err: KmsError | null, outcome: string, internal?: unknown) => {
+      const ms = Number(process.hrtime.bigint() - started) / 1e6;
+      if (internal !== undefined) {
+        // Internal details go to the log under the request id, never to the caller.
+        log.error({ requestId, action: name, err: internal instanceof Error ? { name: internal.name, message: internal.message, stack: internal.stack } : String(internal) }, 'internal error');
+      }
+      log.info({ requestId, action: name, outcome, ms: Math.round(ms * 10) / 10 }, 'call');
+      if (err) {
+        trailer.set(ERROR_CODE_METADATA, err.code);
+        callback({ code: STATUS[err.status], details: err.message, metadata: trailer });
+      }
+    };
+    let result: unknown;
+    try {
+      result = action(call.request as never, ctx);
+    } catch (e) {
+      return fail(e);
+    }
+    Promise.resolve(result).then(
+      (value) => {
+        done(null, 'ok');
+        callback(null, value, trailer);
+      },
+      (e) => fail(e),
+    );
+
+    function fail(e: unknown) {
+      if (e instanceof KmsError) return done(e, e.code);
+      if (e instanceof HsmError) {
+        const mapped = fromHsm(e);
+        if (mapped) return done(mapped, mapped.code, e);
+      }
+      return done(new KmsError('InternalFailure', `internal error (request id ${requestId})`), 'InternalFailure', e);
+    }
+  };
+}
+
+export interface ServerHandle {
+  server: grpc.Server;
+  port: number;
+  health: HealthImplementation;
+}
+
+export function createServer(s: GrpcServices, opts: { maxMessageBytes?: number } = {}): { server: grpc.Server; health: HealthImplementation } {
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': opts.maxMessageBytes ?? 4 * 1024 * 1024,
+    'grpc.max_send_message_length': opts.maxMessageBytes ?? 4 * 1024 * 1024,
+  });
+  const ctor = serviceConstructor('KeyManagementService');
+  const actions = buildActions(s);
+  const impl: grpc.UntypedServiceImplementation = {};
+  for (const name of Object.keys(ctor.service)) {
+    const action = actions[name];
+    if (!action) throw new Error(`no handler for RPC ${name}`);
+    impl[name] = unary(name, action, s.log);
+  }
+  server.addService(ctor.service, impl);
+  const health = new HealthImplementation({ '': 'NOT_SERVING', 'kms.v1.KeyManagementService': 'NOT_SERVING' });
+  health.addToServer(server);
+  new ReflectionService(loadApi().definition).addToServer(server);
+  return { server, health };
+}

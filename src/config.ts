@@ -1,0 +1,140 @@
+// kmsd configuration: flags > environment > config file > defaults. Validated in one place so a
+// bad setting is a one-line error at start-up, never a surprise later.
+
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+
+export interface TlsConfig {
+  certFile: string;
+  keyFile: string;
+  clientCaFile?: string;
+}
+
+export interface DaemonConfig {
+  listen: string;
+  dataDir: string;
+  /** Set (all three) for an existing production token; unset for the development SoftHSM token. */
+  pkcs11Module?: string;
+  tokenLabel?: string;
+  pinFile?: string;
+  tls?: TlsConfig;
+  allowHostAssistedUnwrap?: boolean;
+  importTokenTtlSeconds: number;
+  wrappingKeyPoolSize: number;
+  schedulerIntervalMs: number;
+  pendingWindowDaySeconds: number;
+  minRotationIntervalSeconds: number;
+  useNativeAddon: boolean;
+  logLevel: string;
+}
+
+export class ConfigError extends Error {}
+
+const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-key' | 'tls-client-ca'> = {
+  '--listen': 'listen',
+  '--data-dir': 'dataDir',
+  '--pkcs11-module': 'pkcs11Module',
+  '--token-label': 'tokenLabel',
+  '--pin-file': 'pinFile',
+  '--config': 'config',
+  '--tls-cert': 'tls-cert',
+  '--tls-key': 'tls-key',
+  '--tls-client-ca': 'tls-client-ca',
+};
+
+export const USAGE = `usage: kmsd [--listen HOST:PORT] [--data-dir DIR] [--pkcs11-module PATH] [--token-label LABEL]
+            [--pin-file FILE] [--config FILE] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
+
+Environment: KMS_LISTEN, KMS_DATA_DIR, KMS_PKCS11_MODULE, KMS_TOKEN_LABEL, KMS_PIN_FILE, KMS_TLS_CERT,
+KMS_TLS_KEY, KMS_TLS_CLIENT_CA, KMS_ALLOW_HOST_ASSISTED_UNWRAP (0|1), KMS_IMPORT_TOKEN_TTL_SECONDS,
+KMS_WRAPPING_KEY_POOL_SIZE, KMS_SCHEDULER_INTERVAL_MS, KMS_NATIVE (0 disables the addon), KMS_LOG_LEVEL.
+
+With --pkcs11-module, --token-label and --pin-file kmsd uses that existing token and never initializes
+one. With none of them it creates (once) a development SoftHSM token under DATA_DIR/softhsm.
+Listening on a non-loopback address requires TLS.`;
+
+function intSetting(name: string, raw: unknown, min: number, max: number): number {
+  const n = typeof raw === 'number' ? raw : Number(raw);
+  if (!Number.isInteger(n) || n < min || n > max) throw new ConfigError(`${name} must be an integer from ${min} to ${max} (got ${String(raw)})`);
+  return n;
+}
+
+function boolSetting(name: string, raw: unknown): boolean | undefined {
+  if (raw === undefined || raw === '') return undefined;
+  if (raw === true || raw === '1' || raw === 'true') return true;
+  if (raw === false || raw === '0' || raw === 'false') return false;
+  throw new ConfigError(`${name} must be 0 or 1 (got ${String(raw)})`);
+}
+
+export function parseListen(listen: string): { host: string; port: number } {
+  const m = /^(\[[0-9a-fA-F:]+\]|[^:\s]+):(\d{1,5})$/.exec(listen);
+  if (!m) throw new ConfigError(`--listen must be HOST:PORT (got "${listen}")`);
+  const port = Number(m[2]);
+  if (port > 65535) throw new ConfigError(`--listen port must be 0..65535 (got ${port})`);
+  return { host: m[1].replace(/^\[|\]$/g, ''), port };
+}
+
+export function isLoopback(host: string): boolean {
+  if (host === 'localhost') return true;
+  if (net.isIPv4(host)) return host.startsWith('127.');
+  if (net.isIPv6(host)) return host === '::1';
+  return false;
+}
+
+export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig {
+  const flags: Record<string, string> = {};
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const [name, inline] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
+    const key = FLAGS[name];
+    if (!key) throw new ConfigError(`unknown argument "${a}"`);
+    const value = inline ?? argv[++i];
+    if (value === undefined || value === '') throw new ConfigError(`${name} needs a value`);
+    flags[key] = value;
+  }
+  let file: Record<string, unknown> = {};
+  const configPath = flags.config ?? env.KMS_CONFIG;
+  if (configPath) {
+    try {
+      file = JSON.parse(fs.readFileSync(configPath, 'utf8')) as Record<string, unknown>;
+    } catch (e) {
+      throw new ConfigError(`cannot read config file ${configPath}: ${(e as Error).message}`);
+    }
+  }
+  const pick = (flag: string, envName: string, fileKey: string): string | undefined => {
+    const v = flags[flag] ?? env[envName] ?? (file[fileKey] as string | undefined);
+    return v === '' ? undefined : v;
+  };
+  const cfg: DaemonConfig = {
+    listen: pick('listen', 'KMS_LISTEN', 'listen') ?? '127.0.0.1:50051',
+    dataDir: path.resolve(pick('dataDir', 'KMS_DATA_DIR', 'dataDir') ?? './var'),
+    pkcs11Module: pick('pkcs11Module', 'KMS_PKCS11_MODULE', 'pkcs11Module'),
+    tokenLabel: pick('tokenLabel', 'KMS_TOKEN_LABEL', 'tokenLabel'),
+    pinFile: pick('pinFile', 'KMS_PIN_FILE', 'pinFile'),
+    allowHostAssistedUnwrap: boolSetting('allowHostAssistedUnwrap', env.KMS_ALLOW_HOST_ASSISTED_UNWRAP ?? file.allowHostAssistedUnwrap),
+    importTokenTtlSeconds: intSetting('importTokenTtlSeconds', env.KMS_IMPORT_TOKEN_TTL_SECONDS ?? file.importTokenTtlSeconds ?? 86400, 1, 30 * 86400),
+    wrappingKeyPoolSize: intSetting('wrappingKeyPoolSize', env.KMS_WRAPPING_KEY_POOL_SIZE ?? file.wrappingKeyPoolSize ?? 2, 0, 64),
+    schedulerIntervalMs: intSetting('schedulerIntervalMs', env.KMS_SCHEDULER_INTERVAL_MS ?? file.schedulerIntervalMs ?? 1000, 50, 3_600_000),
+    pendingWindowDaySeconds: intSetting('pendingWindowDaySeconds', env.KMS_PENDING_WINDOW_DAY_SECONDS ?? file.pendingWindowDaySeconds ?? 86400, 1, 86400),
+    minRotationIntervalSeconds: intSetting('minRotationIntervalSeconds', env.KMS_MIN_ROTATION_INTERVAL_SECONDS ?? file.minRotationIntervalSeconds ?? 7 * 86400, 1, 7 * 86400),
+    useNativeAddon: boolSetting('KMS_NATIVE', env.KMS_NATIVE ?? file.useNativeAddon) ?? true,
+    logLevel: (env.KMS_LOG_LEVEL ?? (file.logLevel as string | undefined) ?? 'info').toString(),
+  };
+  const cert = pick('tls-cert', 'KMS_TLS_CERT', 'tlsCert');
+  const key = pick('tls-key', 'KMS_TLS_KEY', 'tlsKey');
+  const ca = pick('tls-client-ca', 'KMS_TLS_CLIENT_CA', 'tlsClientCa');
+  if (cert || key || ca) {
+    if (!cert || !key) throw new ConfigError('TLS needs both --tls-cert and --tls-key');
+    cfg.tls = { certFile: cert, keyFile: key, clientCaFile: ca };
+  }
+  const production = [cfg.pkcs11Module, cfg.tokenLabel, cfg.pinFile];
+  if (production.some(Boolean) && !production.every(Boolean)) {
+    throw new ConfigError('an existing token needs all of --pkcs11-module, --token-label and --pin-file (or none of them for the development token)');
+  }
+  const { host } = parseListen(cfg.listen);
+  if (!isLoopback(host) && !cfg.tls) {
+    throw new ConfigError(`refusing to listen on non-loopback address ${cfg.listen} without TLS (give --tls-cert and --tls-key)`);
+  }
+  return cfg;
+}

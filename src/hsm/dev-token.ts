@@ -1,0 +1,68 @@
+// The development token: a SoftHSM2 token inside the data directory, created once with
+// softhsm2-util and random PINs kept in files readable only by the owner. Never used when an
+// existing (production) token is configured.
+
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { HsmError } from './errors';
+
+export const DEV_TOKEN_LABEL = 'kmsd-dev';
+
+const SOFTHSM_MODULES = ['/usr/lib/softhsm/libsofthsm2.so', '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so', '/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so', '/usr/local/lib/softhsm/libsofthsm2.so'];
+
+export function findSoftHsmModule(): string {
+  const found = SOFTHSM_MODULES.find((p) => fs.existsSync(p));
+  if (!found) throw new HsmError(`SoftHSM2 is not installed (looked for ${SOFTHSM_MODULES[0]}); run scripts/setup.sh or apt-get install softhsm2`, 'MODULE_LOAD_FAILED');
+  return found;
+}
+
+/**
+ * Makes sure DATA_DIR/softhsm holds an initialized token and returns how to open it. Sets
+ * SOFTHSM2_CONF for this process, which SoftHSM reads at C_Initialize.
+ */
+export function ensureDevToken(dataDir: string): { modulePath: string; tokenLabel: string; pin: string } {
+  const dir = path.join(dataDir, 'softhsm');
+  const tokens = path.join(dir, 'tokens');
+  const conf = path.join(dir, 'softhsm2.conf');
+  const pinFile = path.join(dir, 'user.pin');
+  const soPinFile = path.join(dir, 'so.pin');
+  fs.mkdirSync(tokens, { recursive: true, mode: 0o700 });
+  fs.chmodSync(dataDir, 0o700);
+  if (!fs.existsSync(conf)) {
+    fs.writeFileSync(conf, `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`, { mode: 0o600 });
+  }
+  process.env.SOFTHSM2_CONF = conf;
+  const modulePath = findSoftHsmModule();
+  if (!fs.existsSync(pinFile)) {
+    const pin = crypto.randomBytes(16).toString('hex');
+    const soPin = crypto.randomBytes(16).toString('hex');
+    // PINs are written before the token exists, so a crash can never leave a token nobody can open.
+    fs.writeFileSync(soPinFile, soPin + '\n', { mode: 0o600 });
+    fs.writeFileSync(`${pinFile}.new`, pin + '\n', { mode: 0o600 });
+    try {
+      execFileSync('softhsm2-util', ['--init-token', '--free', '--label', DEV_TOKEN_LABEL, '--so-pin', soPin, '--pin', pin], {
+        env: { ...process.env, SOFTHSM2_CONF: conf },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+    } catch (e) {
+      fs.rmSync(`${pinFile}.new`, { force: true });
+      const stderr = (e as { stderr?: Buffer }).stderr?.toString().trim();
+      throw new HsmError(`cannot create the development token: ${stderr || (e as Error).message}`, 'TOKEN_INIT_FAILED');
+    }
+    fs.renameSync(`${pinFile}.new`, pinFile);
+  }
+  return { modulePath, tokenLabel: DEV_TOKEN_LABEL, pin: fs.readFileSync(pinFile, 'utf8').trim() };
+}
+
+export function readPinFile(file: string): string {
+  let pin: string;
+  try {
+    pin = fs.readFileSync(file, 'utf8').trim();
+  } catch (e) {
+    throw new HsmError(`cannot read PIN file ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, 'PIN_FILE');
+  }
+  if (!pin) throw new HsmError(`PIN file ${file} is empty`, 'PIN_FILE');
+  return pin;
+}

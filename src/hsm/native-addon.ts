@@ -1,0 +1,166 @@
+// Loader and types for the native addon (native/, built by node-gyp into build/Release/kmsd_native.node):
+// AES-256-GCM encrypt/decrypt on token-resident keys, run on a fixed pool of worker threads that
+// each own a PKCS#11 session, so the event loop never waits on the HSM.
+//
+// The addon shares the module instance that pkcs11js loaded (same path, same dlopen handle) and
+// relies on the JS side for C_Initialize and C_Login; it never logs in and never finalizes. The JS
+// side must initialize with OS locking — `C_Initialize({ flags: CKF_OS_LOCKING_OK })` — because
+// the workers call the module concurrently with it and with each other; SoftHSM, for one, turns
+// its internal locking off when C_Initialize gets no arguments.
+//
+// When the .node file is absent (or fails to load), loadNativeAddon() returns null and
+// nativeAddonLoadError() says why; src/hsm then stays on the pkcs11js path.
+
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+/** One batch item: AES-GCM on the token key `handle` with a 12-byte IV. */
+export interface NativeItem {
+  handle: number;
+  iv: Buffer;
+  aad: Buffer;
+  data: Buffer;
+}
+
+/**
+ * A failed operation. `code` is the CKR_ name of the PKCS#11 return value (unknown values:
+ * `CKR_0x%08lx`), with `pkcs11Function` and `rv` set; or one of the addon's own codes:
+ * `CLOSED` (the context was closed before the operation ran) and `ERR_INVALID_ARG_VALUE` (a
+ * TypeError: bad handle, an IV that is not 12 bytes, a non-Buffer).
+ */
+export interface NativeError extends Error {
+  code: string;
+  pkcs11Function?: string;
+  rv?: number;
+}
+
+export interface NativeStats {
+  /** Successful encryptions / decryptions since open(). */
+  encrypt: number;
+  decrypt: number;
+  /** Worker sessions replaced after CKR_SESSION_HANDLE_INVALID, CKR_SESSION_CLOSED, CKR_DEVICE_REMOVED
+   * (or a session left with an active operation). */
+  sessionsReopened: number;
+  threads: number;
+}
+
+export interface NativeAesGcm {
+  /** Resolves to ciphertext || 16-byte tag. */
+  encrypt(handle: number, iv: Buffer, aad: Buffer, plaintext: Buffer): Promise<Buffer>;
+  decrypt(handle: number, iv: Buffer, aad: Buffer, ciphertextWithTag: Buffer): Promise<Buffer>;
+  /** One result per item, in order: a Buffer or a NativeError. Rejects only for a non-array or
+   * after close(). */
+  encryptBatch(items: NativeItem[]): Promise<Array<Buffer | NativeError>>;
+  decryptBatch(items: NativeItem[]): Promise<Array<Buffer | NativeError>>;
+  stats(): NativeStats;
+  /**
+   * Idempotent. Operations already running on a worker complete; queued ones fail with CLOSED, as
+   * does every later call. Blocks until the workers have stopped and closed their sessions.
+   */
+  close(): void;
+}
+
+export interface NativeOpenOptions {
+  /** The PKCS#11 module path, the same one pkcs11js loaded. */
+  modulePath: string;
+  slotId: number;
+  /** Worker threads (and sessions), 1..256. Default: the number of cores. */
+  threads?: number;
+}
+
+export interface NativeAddon {
+  /** Throws a NativeError (e.g. CKR_SLOT_ID_INVALID, MODULE_LOAD_FAILED) if the pool cannot start. */
+  open(opts: NativeOpenOptions): NativeAesGcm;
+}
+
+/** What the .node file exports; the underscore members are test hooks. */
+interface RawAddon extends NativeAddon {
+  _ckrName(rv: number): string;
+}
+
+interface RawAesGcm extends NativeAesGcm {
+  _closeWorkerSessions(): number;
+}
+
+const ADDON_FILE = 'kmsd_native.node';
+const BUILD_DIRS = ['build/Release', 'build/Debug'];
+
+let loaded: RawAddon | null | undefined;
+let loadError: string | undefined;
+
+/** Directories to search upward from: this file's (when compiled to CommonJS) and the cwd. */
+function searchRoots(): string[] {
+  const roots: string[] = [];
+  if (typeof __dirname === 'string') roots.push(__dirname);
+  roots.push(process.cwd());
+  return roots;
+}
+
+function findAddon(): string | undefined {
+  const explicit = process.env['KMSD_NATIVE_ADDON'];
+  if (explicit) return fs.existsSync(explicit) ? explicit : undefined;
+  for (const root of searchRoots()) {
+    for (let dir = path.resolve(root); ; dir = path.dirname(dir)) {
+      for (const b of BUILD_DIRS) {
+        const candidate = path.join(dir, b, ADDON_FILE);
+        if (fs.existsSync(candidate)) return candidate;
+      }
+      if (fs.existsSync(path.join(dir, 'package.json')) || path.dirname(dir) === dir) break;
+    }
+  }
+  return undefined;
+}
+
+function load(): RawAddon | null {
+  if (loaded !== undefined) return loaded;
+  const file = findAddon();
+  if (!file) {
+    loadError = process.env['KMSD_NATIVE_ADDON']
+      ? `KMSD_NATIVE_ADDON=${process.env['KMSD_NATIVE_ADDON']} does not exist`
+      : `${ADDON_FILE} not found (run \`npx node-gyp rebuild\`)`;
+    loaded = null;
+    return null;
+  }
+  try {
+    // process.dlopen rather than require: works the same from CommonJS, ESM and vitest.
+    const mod = { exports: {} as RawAddon };
+    process.dlopen(mod, file, os.constants.dlopen.RTLD_NOW);
+    if (typeof mod.exports.open !== 'function') throw new Error('the addon does not export open()');
+    loaded = mod.exports;
+  } catch (e) {
+    loadError = `cannot load ${file}: ${(e as Error).message}`;
+    loaded = null;
+  }
+  return loaded;
+}
+
+/** The addon, or null when it is not built or does not load (see nativeAddonLoadError). */
+export function loadNativeAddon(): NativeAddon | null {
+  return load();
+}
+
+/** Why loadNativeAddon() returned null; undefined if it has not failed. */
+export function nativeAddonLoadError(): string | undefined {
+  return loadError;
+}
+
+/** Narrows a batch result. */
+export function isNativeError(result: Buffer | NativeError): result is NativeError {
+  return result instanceof Error;
+}
+
+/**
+ * Test hook: closes every worker's session behind its back (as a token reset would), so the next
+ * operations exercise session recovery. Returns the number of sessions closed.
+ */
+export function closeWorkerSessionsForTesting(aes: NativeAesGcm): number {
+  return (aes as RawAesGcm)._closeWorkerSessions();
+}
+
+/** Test hook: the addon's CKR_ name for a return value. */
+export function ckrNameForTesting(rv: number): string {
+  const addon = load();
+  if (!addon) throw new Error(loadError);
+  return addon._ckrName(rv);
+}

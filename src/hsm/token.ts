@@ -1,0 +1,804 @@
+// The one module that owns PKCS#11: it loads the module, calls C_Initialize once per process,
+// logs in, owns the session and every object handle it opens, and exposes CMK-level operations.
+// Nothing outside src/hsm sees a CK_ constant or a pkcs11js handle.
+//
+// Why one session and not a pool: pkcs11js calls are synchronous on the event loop, so two JS
+// callers can never use a session at the same time; a pool would only add handles to leak.
+// Concurrency for the hot path lives in the native addon, whose worker threads own their sessions.
+
+import crypto from 'node:crypto';
+import * as pkcs11js from 'pkcs11js';
+import { HsmClosedError, HsmError, DecryptFailedError, UnwrapFailedError, isSessionLost, toHsmError } from './errors';
+
+type Handle = Buffer;
+
+/** CKZ_DATA_SPECIFIED: the OAEP label source; pkcs11js does not export it. */
+const CKZ_DATA_SPECIFIED = 1;
+
+export interface TokenOptions {
+  modulePath: string;
+  tokenLabel: string;
+  pin: string;
+}
+
+export type RsaPadding = 'PKCS1_V1_5' | 'OAEP_SHA_1' | 'OAEP_SHA_256';
+
+/** Object kinds kmsd keeps in the token, told apart by label prefix so reconciliation can list them. */
+export type ObjectKind = 'cmk' | 'wrap' | 'root' | 'mac';
+const LABEL_PREFIX: Record<ObjectKind, string> = {
+  cmk: 'kmsd:cmk:',
+  wrap: 'kmsd:wrap:',
+  root: 'kmsd:root:',
+  mac: 'kmsd:mac:',
+};
+
+/** A short-lived session object (ephemeral or not yet persisted key). Always pass it to destroyTransient. */
+export class TransientKey {
+  constructor(readonly handle: Handle) {}
+}
+
+let moduleRefCount = 0;
+
+export class HsmToken {
+  private p11: pkcs11js.PKCS11 | null;
+  private session: Handle;
+  private readonly slot: Handle;
+  private readonly handleCache = new Map<string, Handle>();
+  readonly slotId: number;
+  readonly tokenLabel: string;
+  readonly modulePath: string;
+  private readonly pin: string;
+
+  private constructor(p11: pkcs11js.PKCS11, slot: Handle, session: Handle, opts: TokenOptions) {
+    this.p11 = p11;
+    this.slot = slot;
+    this.slotId = Number(slot.readBigUInt64LE(0));
+    this.session = session;
+    this.tokenLabel = opts.tokenLabel;
+    this.modulePath = opts.modulePath;
+    this.pin = opts.pin;
+  }
+
+  /** Loads the module, finds the token by label (exactly one), opens a RW session and logs in as user. */
+  static open(opts: TokenOptions): HsmToken {
+    const p11 = new pkcs11js.PKCS11();
+    try {
+      p11.load(opts.modulePath);
+    } catch (e) {
+      throw new HsmError(`cannot load PKCS#11 module ${opts.modulePath}: ${(e as Error).message}`, 'MODULE_LOAD_FAILED');
+    }
+    try {
+      p11.C_Initialize();
+    } catch (e) {
+      const err = toHsmError(e, 'C_Initialize');
+      if (err.code !== 'CKR_CRYPTOKI_ALREADY_INITIALIZED') throw err;
+    }
+    moduleRefCount++;
+    let session: Handle | undefined;
+    try {
+      const slots = p11.C_GetSlotList(true).filter((s) => p11.C_GetTokenInfo(s).label.trim() === opts.tokenLabel);
+      if (slots.length === 0) throw new HsmError(`no initialized token with label "${opts.tokenLabel}"`, 'TOKEN_NOT_FOUND');
+      if (slots.length > 1) throw new HsmError(`more than one token has label "${opts.tokenLabel}"`, 'AMBIGUOUS');
+      const slot = slots[0];
+      session = p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+      try {
+        p11.C_Login(session, pkcs11js.CKU_USER, opts.pin);
+      } catch (e) {
+        const err = toHsmError(e, 'C_Login');
+        if (err.code !== 'CKR_USER_ALREADY_LOGGED_IN') {
+          // Never echo the PIN; the CKR name is enough to act on.
+          throw new HsmError(`login to token "${opts.tokenLabel}" failed: ${err.code}`, err.code, 'C_Login');
+        }
+      }
+      return new HsmToken(p11, slot, session, opts);
+    } catch (e) {
+      try {
+        if (session) p11.C_CloseSession(session);
+      } catch {
+        /* already failing */
+      }
+      moduleRefCount--;
+      if (moduleRefCount === 0) {
+        try {
+          p11.C_Finalize();
+        } catch {
+          /* already failing */
+        }
+      }
+      throw e instanceof HsmError ? e : toHsmError(e, 'open');
+    }
+  }
+
+  get closed(): boolean {
+    return this.p11 === null;
+  }
+
+  close(): void {
+    const p11 = this.p11;
+    if (!p11) return;
+    this.p11 = null;
+    this.handleCache.clear();
+    try {
+      p11.C_Logout(this.session);
+    } catch {
+      /* a lost session is already logged out */
+    }
+    try {
+      p11.C_CloseSession(this.session);
+    } catch {
+      /* nothing left to close */
+    }
+    moduleRefCount--;
+    if (moduleRefCount === 0) {
+      try {
+        p11.C_Finalize();
+      } catch {
+        /* finalize is best effort at shutdown */
+      }
+    }
+  }
+
+  /** Runs fn with the session, reopening it once if the token dropped it under us. */
+  private withSession<T>(fn: (p11: pkcs11js.PKCS11, s: Handle) => T, name: string): T {
+    const p11 = this.p11;
+    if (!p11) throw new HsmClosedError();
+    try {
+      return fn(p11, this.session);
+    } catch (e) {
+      const err = toHsmError(e, name);
+      if (!isSessionLost(err)) throw err;
+      this.reopenSession(p11);
+      try {
+        return fn(p11, this.session);
+      } catch (e2) {
+        throw toHsmError(e2, name);
+      }
+    }
+  }
+
+  private reopenSession(p11: pkcs11js.PKCS11): void {
+    try {
+      p11.C_CloseSession(this.session);
+    } catch {
+      /* it is gone already */
+    }
+    this.session = p11.C_OpenSession(this.slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+    try {
+      p11.C_Login(this.session, pkcs11js.CKU_USER, this.pin);
+    } catch (e) {
+      if (toHsmError(e, 'C_Login').code !== 'CKR_USER_ALREADY_LOGGED_IN') throw e;
+    }
+    // Session objects (transient keys) died with the old session; token-object handles stay valid.
+  }
+
+  // ---------------------------------------------------------------- token information
+
+  tokenInfo(): { label: string; manufacturer: string; model: string; serialNumber: string; mechanisms: number[] } {
+    return this.withSession((p11) => {
+      const info = p11.C_GetTokenInfo(this.slot);
+      return {
+        label: info.label.trim(),
+        manufacturer: info.manufacturerID.trim(),
+        model: info.model.trim(),
+        serialNumber: info.serialNumber.trim(),
+        mechanisms: p11.C_GetMechanismList(this.slot),
+      };
+    }, 'C_GetTokenInfo');
+  }
+
+  random(n: number): Buffer {
+    return this.withSession((p11, s) => p11.C_GenerateRandom(s, Buffer.alloc(n)), 'C_GenerateRandom');
+  }
+
+  // ---------------------------------------------------------------- object lookup
+
+  private label(kind: ObjectKind, id: string): string {
+    return LABEL_PREFIX[kind] + id;
+  }
+
+  /** Finds exactly one token object by label; asks for two handles so an ambiguous match is an error. */
+  private findOne(kind: ObjectKind, label: string): Handle | null {
+    return this.withSession((p11, s) => {
+      p11.C_FindObjectsInit(s, [
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        { type: pkcs11js.CKA_LABEL, value: label },
+        // A wrapping key pair shares its label; the handle we use is the private half.
+        ...(kind === 'wrap' ? [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }] : []),
+      ]);
+      let found: Handle[];
+      try {
+        found = p11.C_FindObjects(s, 2);
+      } finally {
+        p11.C_FindObjectsFinal(s);
+      }
+      if (found.length > 1) throw new HsmError(`more than one token object is labelled ${label}`, 'AMBIGUOUS');
+      return found[0] ?? null;
+    }, 'C_FindObjects');
+  }
+
+  /** Cached handle of a token object; null when the token does not hold it. */
+  private handleOf(kind: ObjectKind, id: string): Handle | null {
+    const label = this.label(kind, id);
+    const cached = this.handleCache.get(label);
+    if (cached) return cached;
+    const h = this.findOne(kind, label);
+    if (h) this.handleCache.set(label, h);
+    return h;
+  }
+
+  private requireHandle(kind: ObjectKind, id: string): Handle {
+    const h = this.handleOf(kind, id);
+    if (!h) throw new HsmError(`token object ${this.label(kind, id)} not found`, 'NOT_FOUND');
+    return h;
+  }
+
+  has(kind: ObjectKind, id: string): boolean {
+    return this.handleOf(kind, id) !== null;
+  }
+
+  /** Numeric handle for the native addon (CK_OBJECT_HANDLE fits in 53 bits on every module we know). */
+  numericHandle(kind: ObjectKind, id: string): number {
+    return Number(this.requireHandle(kind, id).readBigUInt64LE(0));
+  }
+
+  /** Ids of every token object of a kind, for start-up reconciliation. */
+  listIds(kind: ObjectKind): string[] {
+    const prefix = LABEL_PREFIX[kind];
+    return this.withSession((p11, s) => {
+      p11.C_FindObjectsInit(s, [{ type: pkcs11js.CKA_TOKEN, value: true }]);
+      const handles: Handle[] = [];
+      try {
+        for (;;) {
+          const batch = p11.C_FindObjects(s, 256);
+          if (batch.length === 0) break;
+          handles.push(...batch);
+        }
+      } finally {
+        p11.C_FindObjectsFinal(s);
+      }
+      const ids = new Set<string>();
+      for (const h of handles) {
+        const label = p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_LABEL }])[0].value as Buffer;
+        const text = label.toString('utf8');
+        if (text.startsWith(prefix)) ids.add(text.slice(prefix.length));
+      }
+      return [...ids];
+    }, 'C_FindObjects');
+  }
+
+  /** Destroys every token object with this kind and id (a key pair has two). Returns how many. */
+  destroy(kind: ObjectKind, id: string): number {
+    const label = this.label(kind, id);
+    this.handleCache.delete(label);
+    return this.withSession((p11, s) => {
+      p11.C_FindObjectsInit(s, [
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        { type: pkcs11js.CKA_LABEL, value: label },
+      ]);
+      let found: Handle[];
+      try {
+        found = p11.C_FindObjects(s, 16);
+      } finally {
+        p11.C_FindObjectsFinal(s);
+      }
+      for (const h of found) p11.C_DestroyObject(s, h);
+      return found.length;
+    }, 'C_DestroyObject');
+  }
+
+  /** Security attributes as the token reports them (used by reconciliation checks and tests). */
+  keyAttributes(kind: ObjectKind, id: string): { sensitive: boolean; extractable: boolean; token: boolean } {
+    const h = this.requireHandle(kind, id);
+    return this.withSession((p11, s) => {
+      const a = p11.C_GetAttributeValue(s, h, [
+        { type: pkcs11js.CKA_SENSITIVE },
+        { type: pkcs11js.CKA_EXTRACTABLE },
+        { type: pkcs11js.CKA_TOKEN },
+      ]);
+      const bool = (v: unknown) => (v as Buffer)[0] === 1;
+      return { sensitive: bool(a[0].value), extractable: bool(a[1].value), token: bool(a[2].value) };
+    }, 'C_GetAttributeValue');
+  }
+
+  // ---------------------------------------------------------------- AES-256 keys
+
+  /**
+   * Template for an AES-256 CMK version held by the token. Every security attribute is explicit:
+   * a token that defaults differently must not weaken a key.
+   */
+  private aesKeyTemplate(kind: ObjectKind, id: string, token: boolean): pkcs11js.Template {
+    return [
+      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+      { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+      { type: pkcs11js.CKA_TOKEN, value: token }, // survives restarts (false only for probes and tests)
+      { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
+      { type: pkcs11js.CKA_SENSITIVE, value: true }, // CKA_VALUE can never be read
+      { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // cannot be wrapped out either
+      { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
+      { type: pkcs11js.CKA_ENCRYPT, value: true }, // AES-GCM encrypt of data and data keys
+      { type: pkcs11js.CKA_DECRYPT, value: true },
+      { type: pkcs11js.CKA_WRAP, value: false }, // a CMK is never a key-encryption key for other token keys
+      { type: pkcs11js.CKA_UNWRAP, value: false },
+      { type: pkcs11js.CKA_SIGN, value: false },
+      { type: pkcs11js.CKA_VERIFY, value: false },
+      { type: pkcs11js.CKA_DERIVE, value: false },
+      { type: pkcs11js.CKA_LABEL, value: this.label(kind, id) },
+      { type: pkcs11js.CKA_ID, value: Buffer.from(id, 'utf8') }, // key version id, as DESIGN §2 says
+    ];
+  }
+
+  /** Generates AES-256 key material inside the token; it never leaves it. */
+  generateAesKey(kind: ObjectKind, id: string): void {
+    if (this.handleOf(kind, id)) throw new HsmError(`token object ${this.label(kind, id)} already exists`, 'EXISTS');
+    const h = this.withSession(
+      (p11, s) =>
+        p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN, parameter: null as unknown as Buffer }, [
+          ...this.aesKeyTemplate(kind, id, true),
+          { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
+        ]),
+      'C_GenerateKey',
+    );
+    this.handleCache.set(this.label(kind, id), h);
+  }
+
+  /** Generic secret for HMAC-SHA256 (import-token authentication); sign and verify only. */
+  generateMacKey(id: string): void {
+    if (this.handleOf('mac', id)) return;
+    const h = this.withSession(
+      (p11, s) =>
+        p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_GENERIC_SECRET_KEY_GEN, parameter: null as unknown as Buffer }, [
+          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_GENERIC_SECRET },
+          { type: pkcs11js.CKA_TOKEN, value: true },
+          { type: pkcs11js.CKA_PRIVATE, value: true },
+          { type: pkcs11js.CKA_SENSITIVE, value: true }, // the MAC key is what makes an import token unforgeable
+          { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+          { type: pkcs11js.CKA_MODIFIABLE, value: false },
+          { type: pkcs11js.CKA_SIGN, value: true },
+          { type: pkcs11js.CKA_VERIFY, value: true },
+          { type: pkcs11js.CKA_ENCRYPT, value: false },
+          { type: pkcs11js.CKA_DECRYPT, value: false },
+          { type: pkcs11js.CKA_WRAP, value: false },
+          { type: pkcs11js.CKA_UNWRAP, value: false },
+          { type: pkcs11js.CKA_DERIVE, value: false },
+          { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
+          { type: pkcs11js.CKA_LABEL, value: this.label('mac', id) },
+          { type: pkcs11js.CKA_ID, value: Buffer.from(id, 'utf8') },
+        ]),
+      'C_GenerateKey',
+    );
+    this.handleCache.set(this.label('mac', id), h);
+  }
+
+  hmacSha256(id: string, data: Buffer): Buffer {
+    const h = this.requireHandle('mac', id);
+    return this.withSession((p11, s) => {
+      p11.C_SignInit(s, { mechanism: pkcs11js.CKM_SHA256_HMAC, parameter: null as unknown as Buffer }, h);
+      return p11.C_Sign(s, data, Buffer.alloc(32));
+    }, 'C_Sign');
+  }
+
+  private gcm(iv: Buffer, aad: Buffer): pkcs11js.Mechanism {
+    return {
+      mechanism: pkcs11js.CKM_AES_GCM,
+      parameter: { type: pkcs11js.CK_PARAMS_AES_GCM, iv, aad, ivBits: iv.length * 8, tagBits: 128 } as pkcs11js.AesGCM,
+    };
+  }
+
+  /** AES-256-GCM inside the token; returns ciphertext || 16-byte tag. */
+  encryptGcm(kind: ObjectKind, id: string, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer {
+    const h = this.requireHandle(kind, id);
+    return this.encryptGcmHandle(h, iv, aad, plaintext);
+  }
+
+  private encryptGcmHandle(h: Handle, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer {
+    return this.withSession((p11, s) => {
+      p11.C_EncryptInit(s, this.gcm(iv, aad), h);
+      return p11.C_Encrypt(s, plaintext, Buffer.alloc(plaintext.length + 16));
+    }, 'C_Encrypt');
+  }
+
+  /** AES-256-GCM decrypt inside the token; any authentication failure is one DecryptFailedError. */
+  decryptGcm(kind: ObjectKind, id: string, iv: Buffer, aad: Buffer, ciphertextWithTag: Buffer): Buffer {
+    const h = this.requireHandle(kind, id);
+    try {
+      return this.withSession((p11, s) => {
+        p11.C_DecryptInit(s, this.gcm(iv, aad), h);
+        return p11.C_Decrypt(s, ciphertextWithTag, Buffer.alloc(ciphertextWithTag.length));
+      }, 'C_Decrypt');
+    } catch (e) {
+      const err = e as HsmError;
+      // SoftHSM reports a bad tag as CKR_GENERAL_ERROR, others as CKR_ENCRYPTED_DATA_INVALID.
+      if (['CKR_ENCRYPTED_DATA_INVALID', 'CKR_GENERAL_ERROR', 'CKR_ENCRYPTED_DATA_LEN_RANGE'].includes(err.code)) {
+        throw new DecryptFailedError();
+      }
+      throw err;
+    }
+  }
+
+  /**
+   * A CMK-bound fingerprint of a key, computed inside the token: SHA-256 of an AES-GCM encryption of
+   * a zero block, with IV and AAD derived from the CMK id (an IV that random-IV encryption never
+   * meets in practice). It identifies the material for this CMK only: two CMKs with the same
+   * material get different fingerprints, and it reveals nothing of the material.
+   */
+  fingerprint(key: TransientKey | { kind: ObjectKind; id: string }, cmkId: string): Buffer {
+    const h = key instanceof TransientKey ? key.handle : this.requireHandle(key.kind, key.id);
+    const binding = Buffer.from(`kmsd/material-fingerprint/v1:${cmkId}`, 'utf8');
+    const iv = crypto.createHash('sha256').update(binding).digest().subarray(0, 12);
+    // (pkcs11js hands an empty buffer to the module as NULL, which SoftHSM rejects: use one block.)
+    const out = this.encryptGcmHandle(h, iv, binding, Buffer.alloc(16));
+    return crypto.createHash('sha256').update(out).digest();
+  }
+
+  /**
+   * Turns a transient key into the token object for a CMK version: copied with CKA_TOKEN=true and
+   * CKA_EXTRACTABLE=false (a permitted one-way change), then the transient is destroyed.
+   */
+  persistTransient(key: TransientKey, kind: ObjectKind, id: string): void {
+    if (this.handleOf(kind, id)) throw new HsmError(`token object ${this.label(kind, id)} already exists`, 'EXISTS');
+    const h = this.withSession(
+      (p11, s) =>
+        p11.C_CopyObject(s, key.handle, [
+          { type: pkcs11js.CKA_TOKEN, value: true },
+          { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+          { type: pkcs11js.CKA_LABEL, value: this.label(kind, id) },
+          { type: pkcs11js.CKA_ID, value: Buffer.from(id, 'utf8') },
+        ]),
+      'C_CopyObject',
+    );
+    this.handleCache.set(this.label(kind, id), h);
+  }
+
+  destroyTransient(key: TransientKey | null | undefined): void {
+    if (!key || !this.p11) return;
+    try {
+      this.p11.C_DestroyObject(this.session, key.handle);
+    } catch {
+      // A session object dies with its session anyway; nothing to leak.
+    }
+  }
+
+  /**
+   * Puts known AES material into the token as a transient key (host-assisted unwrap, and the
+   * ephemeral key of the composed RSA+AES-KWP path). The caller zeroes `value`.
+   */
+  createTransientAesKey(value: Buffer, usage: 'data' | 'unwrap', extractable = false): TransientKey {
+    const h = this.withSession(
+      (p11, s) =>
+        p11.C_CreateObject(s, [
+          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+          { type: pkcs11js.CKA_TOKEN, value: false }, // session object until persisted
+          { type: pkcs11js.CKA_PRIVATE, value: true },
+          { type: pkcs11js.CKA_SENSITIVE, value: true },
+          { type: pkcs11js.CKA_EXTRACTABLE, value: extractable }, // true only to be wrapped under the root key (SOFTWARE level)
+          { type: pkcs11js.CKA_ENCRYPT, value: usage === 'data' },
+          { type: pkcs11js.CKA_DECRYPT, value: usage === 'data' },
+          { type: pkcs11js.CKA_UNWRAP, value: usage === 'unwrap' },
+          { type: pkcs11js.CKA_WRAP, value: false },
+          { type: pkcs11js.CKA_SIGN, value: false },
+          { type: pkcs11js.CKA_VERIFY, value: false },
+          { type: pkcs11js.CKA_DERIVE, value: false },
+          { type: pkcs11js.CKA_VALUE, value },
+        ]),
+      'C_CreateObject',
+    );
+    return new TransientKey(h);
+  }
+
+  /** Template for an AES key unwrapped as a session object, before its length is checked. */
+  private transientUnwrapTemplate(usage: 'data' | 'unwrap', measurable: boolean): pkcs11js.Template {
+    return [
+      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+      { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+      { type: pkcs11js.CKA_TOKEN, value: false }, // nothing persists until every check has passed
+      { type: pkcs11js.CKA_PRIVATE, value: true },
+      { type: pkcs11js.CKA_SENSITIVE, value: true }, // CKA_VALUE is never readable, even now
+      // Extractable only where the token does not report CKA_VALUE_LEN: then the length is measured
+      // by wrapping under a throwaway token key (the result is discarded) and the copy that persists
+      // is made non-extractable.
+      { type: pkcs11js.CKA_EXTRACTABLE, value: measurable },
+      { type: pkcs11js.CKA_ENCRYPT, value: usage === 'data' },
+      { type: pkcs11js.CKA_DECRYPT, value: usage === 'data' },
+      { type: pkcs11js.CKA_UNWRAP, value: usage === 'unwrap' },
+      { type: pkcs11js.CKA_WRAP, value: false },
+      { type: pkcs11js.CKA_SIGN, value: false },
+      { type: pkcs11js.CKA_VERIFY, value: false },
+      { type: pkcs11js.CKA_DERIVE, value: false },
+    ];
+  }
+
+  /** CKA_VALUE_LEN as the token reports it (0 when it does not record it for unwrapped keys). */
+  keyLengthReported(key: TransientKey): number {
+    return this.withSession((p11, s) => {
+      const reported = p11.C_GetAttributeValue(s, key.handle, [{ type: pkcs11js.CKA_VALUE_LEN }])[0].value as Buffer;
+      return Number(reported.length >= 8 ? reported.readBigUInt64LE(0) : reported.readUInt32LE(0));
+    }, 'C_GetAttributeValue');
+  }
+
+  encryptGcmTransient(key: TransientKey, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer {
+    return this.encryptGcmHandle(key.handle, iv, aad, plaintext);
+  }
+
+  /** Length in bytes of a transient AES key, without ever reading its value. */
+  keyLength(key: TransientKey): number {
+    const len = this.keyLengthReported(key);
+    if (len > 0) return len;
+    return this.withSession((p11, s) => {
+      // The token does not record the length of unwrapped keys (SoftHSM): measure it. AES key wrap
+      // output is 8 + the key length rounded up to 8; only an AES key of 16, 24 or 32 bytes can be used
+      // for AES at all, so a 40-byte wrap plus a working AES operation means exactly 32 bytes.
+      const kek = p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN, parameter: null as unknown as Buffer }, [
+        { type: pkcs11js.CKA_TOKEN, value: false },
+        { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
+        { type: pkcs11js.CKA_WRAP, value: true },
+        { type: pkcs11js.CKA_SENSITIVE, value: true },
+        { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+      ]);
+      let wrapped: Buffer | null = null;
+      try {
+        wrapped = p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, kek, key.handle, Buffer.alloc(1024));
+        const rounded = wrapped.length - 8;
+        return rounded;
+      } finally {
+        wrapped?.fill(0);
+        p11.C_DestroyObject(s, kek);
+      }
+    }, 'C_WrapKey');
+  }
+
+  /** True when the key works for AES at all (a 25..31-byte "AES key" wraps like a 32-byte one but cannot encrypt). */
+  usableForAes(key: TransientKey): boolean {
+    try {
+      this.encryptGcmHandle(key.handle, Buffer.alloc(12), Buffer.alloc(0), Buffer.alloc(16));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  // ---------------------------------------------------------------- SOFTWARE level: the root key
+
+  /**
+   * The root key: an AES-256 key-encryption key that never leaves the token. SOFTWARE-level
+   * material is stored in SQLite only as RFC 5649 wraps under it.
+   */
+  ensureRootKey(id: string): void {
+    if (this.handleOf('root', id)) return;
+    const h = this.withSession(
+      (p11, s) =>
+        p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN, parameter: null as unknown as Buffer }, [
+          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+          { type: pkcs11js.CKA_TOKEN, value: true },
+          { type: pkcs11js.CKA_PRIVATE, value: true },
+          { type: pkcs11js.CKA_SENSITIVE, value: true }, // losing the root key would expose every SOFTWARE key
+          { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+          { type: pkcs11js.CKA_MODIFIABLE, value: false },
+          { type: pkcs11js.CKA_WRAP, value: true }, // its only jobs: wrap and unwrap SOFTWARE material
+          { type: pkcs11js.CKA_UNWRAP, value: true },
+          { type: pkcs11js.CKA_ENCRYPT, value: false },
+          { type: pkcs11js.CKA_DECRYPT, value: false },
+          { type: pkcs11js.CKA_SIGN, value: false },
+          { type: pkcs11js.CKA_VERIFY, value: false },
+          { type: pkcs11js.CKA_DERIVE, value: false },
+          { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
+          { type: pkcs11js.CKA_LABEL, value: this.label('root', id) },
+          { type: pkcs11js.CKA_ID, value: Buffer.from(id, 'utf8') },
+        ]),
+      'C_GenerateKey',
+    );
+    this.handleCache.set(this.label('root', id), h);
+  }
+
+  /** Fresh AES-256 material generated by the token as an extractable session key, to be wrapped under the root key. */
+  generateTransientExtractableAesKey(): TransientKey {
+    const h = this.withSession(
+      (p11, s) =>
+        p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN, parameter: null as unknown as Buffer }, [
+          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+          { type: pkcs11js.CKA_TOKEN, value: false },
+          { type: pkcs11js.CKA_PRIVATE, value: true },
+          { type: pkcs11js.CKA_SENSITIVE, value: true },
+          { type: pkcs11js.CKA_EXTRACTABLE, value: true }, // only so it can be wrapped under the root key
+          { type: pkcs11js.CKA_ENCRYPT, value: true },
+          { type: pkcs11js.CKA_DECRYPT, value: true },
+          { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
+        ]),
+      'C_GenerateKey',
+    );
+    return new TransientKey(h);
+  }
+
+  /** RFC 5649 wrap of an extractable transient key under the root key. */
+  wrapUnderRoot(rootId: string, key: TransientKey): Buffer {
+    const root = this.requireHandle('root', rootId);
+    return this.withSession(
+      (p11, s) => p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, root, key.handle, Buffer.alloc(1024)),
+      'C_WrapKey',
+    );
+  }
+
+  /**
+   * Unwraps SOFTWARE material under the root key and returns its bytes for in-process use.
+   * The caller owns (and zeroes) the buffer; the session object is destroyed before returning.
+   */
+  unwrapFromRoot(rootId: string, wrapped: Buffer): Buffer {
+    const root = this.requireHandle('root', rootId);
+    return this.withSession((p11, s) => {
+      const h = p11.C_UnwrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, root, wrapped, [
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+        { type: pkcs11js.CKA_TOKEN, value: false },
+        { type: pkcs11js.CKA_SENSITIVE, value: false }, // SOFTWARE level: the daemon uses the bytes itself
+        { type: pkcs11js.CKA_EXTRACTABLE, value: true },
+      ]);
+      try {
+        return Buffer.from(p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_VALUE }])[0].value as Buffer);
+      } finally {
+        p11.C_DestroyObject(s, h);
+      }
+    }, 'C_UnwrapKey');
+  }
+
+  // ---------------------------------------------------------------- RSA wrapping keys
+
+  /**
+   * A fresh RSA key pair for GetParametersForImport. The private half is a token object that can
+   * only unwrap (and, only when the host-assisted OAEP path is allowed, raw-decrypt).
+   */
+  generateWrappingKeyPair(id: string, bits: number, allowDecrypt: boolean, token = true): Buffer {
+    const label = this.label('wrap', id);
+    const idBytes = Buffer.from(id, 'utf8');
+    const pair = this.withSession(
+      (p11, s) =>
+        p11.C_GenerateKeyPair(
+          s,
+          { mechanism: pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN, parameter: null as unknown as Buffer },
+          [
+            { type: pkcs11js.CKA_TOKEN, value: token },
+            { type: pkcs11js.CKA_PRIVATE, value: false }, // the public key is public
+            { type: pkcs11js.CKA_MODULUS_BITS, value: bits },
+            { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
+            { type: pkcs11js.CKA_ENCRYPT, value: true }, // clients encrypt outside; in-token use is for probes
+            { type: pkcs11js.CKA_WRAP, value: true },
+            { type: pkcs11js.CKA_VERIFY, value: false },
+            { type: pkcs11js.CKA_LABEL, value: label },
+            { type: pkcs11js.CKA_ID, value: idBytes },
+          ],
+          [
+            { type: pkcs11js.CKA_TOKEN, value: token }, // survives restarts for the 24 h life of the import token
+            { type: pkcs11js.CKA_PRIVATE, value: true },
+            { type: pkcs11js.CKA_SENSITIVE, value: true }, // the private key never leaves the token
+            { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+            { type: pkcs11js.CKA_MODIFIABLE, value: false },
+            { type: pkcs11js.CKA_UNWRAP, value: true }, // its one job: unwrap key material into the token
+            { type: pkcs11js.CKA_DECRYPT, value: allowDecrypt }, // raw RSA for host-assisted OAEP only
+            { type: pkcs11js.CKA_SIGN, value: false },
+            { type: pkcs11js.CKA_SIGN_RECOVER, value: false },
+            { type: pkcs11js.CKA_DERIVE, value: false },
+            { type: pkcs11js.CKA_LABEL, value: label },
+            { type: pkcs11js.CKA_ID, value: idBytes },
+          ],
+        ),
+      'C_GenerateKeyPair',
+    );
+    if (token) this.handleCache.set(label, pair.privateKey);
+    else this.transientPairs.set(id, pair);
+    return this.publicKeyDer(pair.publicKey);
+  }
+
+  private readonly transientPairs = new Map<string, { publicKey: Handle; privateKey: Handle }>();
+
+  /** Destroys a session-only key pair made with token=false (capability probes). */
+  destroyTransientPair(id: string): void {
+    const pair = this.transientPairs.get(id);
+    if (!pair) return;
+    this.transientPairs.delete(id);
+    this.destroyTransient(new TransientKey(pair.privateKey));
+    this.destroyTransient(new TransientKey(pair.publicKey));
+  }
+
+  private wrapPrivateHandle(id: string): Handle {
+    const t = this.transientPairs.get(id);
+    if (t) return t.privateKey;
+    return this.requireHandle('wrap', id);
+  }
+
+  private publicKeyDer(pub: Handle): Buffer {
+    return this.withSession((p11, s) => {
+      const a = p11.C_GetAttributeValue(s, pub, [{ type: pkcs11js.CKA_MODULUS }, { type: pkcs11js.CKA_PUBLIC_EXPONENT }]);
+      const key = crypto.createPublicKey({
+        key: { kty: 'RSA', n: (a[0].value as Buffer).toString('base64url'), e: (a[1].value as Buffer).toString('base64url') },
+        format: 'jwk',
+      });
+      return key.export({ type: 'spki', format: 'der' });
+    }, 'C_GetAttributeValue');
+  }
+
+  private rsaMechanism(padding: RsaPadding): pkcs11js.Mechanism {
+    switch (padding) {
+      case 'PKCS1_V1_5':
+        return { mechanism: pkcs11js.CKM_RSA_PKCS, parameter: null as unknown as Buffer };
+      case 'OAEP_SHA_1':
+        return {
+          mechanism: pkcs11js.CKM_RSA_PKCS_OAEP,
+          parameter: { type: pkcs11js.CK_PARAMS_RSA_OAEP, hashAlg: pkcs11js.CKM_SHA_1, mgf: pkcs11js.CKG_MGF1_SHA1, source: CKZ_DATA_SPECIFIED } as pkcs11js.RsaOAEP,
+        };
+      case 'OAEP_SHA_256':
+        return {
+          mechanism: pkcs11js.CKM_RSA_PKCS_OAEP,
+          parameter: { type: pkcs11js.CK_PARAMS_RSA_OAEP, hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256, source: CKZ_DATA_SPECIFIED } as pkcs11js.RsaOAEP,
+        };
+    }
+  }
+
+  /**
+   * C_UnwrapKey with the wrapping private key, into a transient AES key. Every failure of the
+   * padding or of the token's checks is the same UnwrapFailedError.
+   */
+  rsaUnwrap(wrapId: string, padding: RsaPadding, wrapped: Buffer, usage: 'data' | 'unwrap', measurable: boolean): TransientKey {
+    const priv = this.wrapPrivateHandle(wrapId);
+    try {
+      const h = this.withSession(
+        (p11, s) => p11.C_UnwrapKey(s, this.rsaMechanism(padding), priv, wrapped, this.transientUnwrapTemplate(usage, measurable)),
+        'C_UnwrapKey',
+      );
+      return new TransientKey(h);
+    } catch (e) {
+      throw this.unwrapFailure(e);
+    }
+  }
+
+  /** Raw RSA (CKM_RSA_X_509) inside the token, for host-assisted OAEP decoding. The caller zeroes the result. */
+  rsaRawDecrypt(wrapId: string, data: Buffer, modulusBytes: number): Buffer {
+    const priv = this.wrapPrivateHandle(wrapId);
+    try {
+      return this.withSession((p11, s) => {
+        p11.C_DecryptInit(s, { mechanism: pkcs11js.CKM_RSA_X_509, parameter: null as unknown as Buffer }, priv);
+        const out = p11.C_Decrypt(s, data, Buffer.alloc(modulusBytes));
+        if (out.length === modulusBytes) return out;
+        // Some modules strip leading zero bytes of the raw result; restore the k-byte EM.
+        const em = Buffer.alloc(modulusBytes);
+        out.copy(em, modulusBytes - out.length);
+        out.fill(0);
+        return em;
+      }, 'C_Decrypt');
+    } catch (e) {
+      throw this.unwrapFailure(e);
+    }
+  }
+
+  /** RFC 5649 unwrap (CKM_AES_KEY_WRAP_PAD) with a transient key-encryption key. */
+  aesKwpUnwrap(kek: TransientKey, wrapped: Buffer, usage: 'data' | 'unwrap', measurable: boolean): TransientKey {
+    try {
+      const h = this.withSession(
+        (p11, s) =>
+          p11.C_UnwrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, kek.handle, wrapped, this.transientUnwrapTemplate(usage, measurable)),
+        'C_UnwrapKey',
+      );
+      return new TransientKey(h);
+    } catch (e) {
+      throw this.unwrapFailure(e);
+    }
+  }
+
+  private unwrapFailure(e: unknown): HsmError {
+    const err = toHsmError(e, 'C_UnwrapKey');
+    // Errors about the state of the token itself stay visible; anything about the input is one error.
+    if (['CLOSED', 'NOT_FOUND', 'CKR_DEVICE_ERROR', 'CKR_DEVICE_MEMORY', 'CKR_HOST_MEMORY', 'CKR_MECHANISM_INVALID', 'CKR_KEY_FUNCTION_NOT_PERMITTED'].includes(err.code)) {
+      return err;
+    }
+    return new UnwrapFailedError();
+  }
+
+  /** Attribute CKA_MODULUS length of a wrapping key, in bytes. */
+  wrappingModulusBytes(wrapId: string): number {
+    const priv = this.wrapPrivateHandle(wrapId);
+    return this.withSession((p11, s) => (p11.C_GetAttributeValue(s, priv, [{ type: pkcs11js.CKA_MODULUS }])[0].value as Buffer).length, 'C_GetAttributeValue');
+  }
+}
+
+export { DecryptFailedError, UnwrapFailedError };

@@ -1,0 +1,267 @@
+// Unwrapping imported key material into the token, for every wrapping algorithm of the seed (and
+// AWS's RSA_AES_KEY_WRAP_*), on whatever the token can really do. Three paths:
+//   in-token       C_UnwrapKey with the RSA private key straight into a session AES key;
+//   composed       RSA-OAEP unwraps an ephemeral AES key in the token, which then unwraps the target
+//                  with CKM_AES_KEY_WRAP_PAD (RFC 5649); for tokens without CKM_RSA_AES_KEY_WRAP;
+//   host-assisted  raw RSA (CKM_RSA_X_509) in the token, OAEP decoded here in constant time, the
+//                  32 bytes created as a non-extractable token key and every buffer zeroed. Only
+//                  where the configuration allows it (the token cannot do that OAEP hash itself).
+// The capability probe decides, per token, which path each algorithm takes.
+
+import crypto from 'node:crypto';
+import { HsmError, UnwrapFailedError } from './errors';
+import { HsmToken, RsaPadding, TransientKey } from './token';
+import { OaepDecodingError, oaepDecode } from './rsa-oaep';
+
+export const WRAPPING_ALGORITHMS = [
+  'RSAES_PKCS1_V1_5',
+  'RSAES_OAEP_SHA_1',
+  'RSAES_OAEP_SHA_256',
+  'RSA_AES_KEY_WRAP_SHA_1',
+  'RSA_AES_KEY_WRAP_SHA_256',
+] as const;
+export type WrappingAlgorithm = (typeof WRAPPING_ALGORITHMS)[number];
+
+export const WRAPPING_KEY_SPECS = { RSA_2048: 2048, RSA_3072: 3072, RSA_4096: 4096 } as const;
+export type WrappingKeySpec = keyof typeof WRAPPING_KEY_SPECS;
+
+export type UnwrapPath = 'in-token' | 'composed' | 'host-assisted' | 'composed-host-assisted';
+
+export interface HsmCapabilities {
+  /** C_UnwrapKey with this RSA padding yields the right key inside the token. */
+  rsaUnwrap: Record<RsaPadding, boolean>;
+  /** CKM_RSA_X_509 decrypt works (needed by the host-assisted path). */
+  rawRsa: boolean;
+  /** CKM_AES_KEY_WRAP_PAD unwrap works (needed by the composed path). */
+  aesKeyWrapPad: boolean;
+  /** The module lists CKM_RSA_AES_KEY_WRAP (informational: we compose it either way). */
+  rsaAesKeyWrapMechanism: boolean;
+  /** CKM_AES_GCM works (every data-plane operation needs it). */
+  aesGcm: boolean;
+  /** The token reports CKA_VALUE_LEN on unwrapped keys; if not, we measure the length in the token. */
+  reportsUnwrappedLength: boolean;
+}
+
+export interface UnwrapPlan {
+  algorithm: WrappingAlgorithm;
+  path: UnwrapPath;
+}
+
+const OAEP_HASH: Record<'RSAES_OAEP_SHA_1' | 'RSAES_OAEP_SHA_256', 'sha1' | 'sha256'> = {
+  RSAES_OAEP_SHA_1: 'sha1',
+  RSAES_OAEP_SHA_256: 'sha256',
+};
+
+function rsaPaddingOf(alg: WrappingAlgorithm): RsaPadding {
+  switch (alg) {
+    case 'RSAES_PKCS1_V1_5':
+      return 'PKCS1_V1_5';
+    case 'RSAES_OAEP_SHA_1':
+    case 'RSA_AES_KEY_WRAP_SHA_1':
+      return 'OAEP_SHA_1';
+    case 'RSAES_OAEP_SHA_256':
+    case 'RSA_AES_KEY_WRAP_SHA_256':
+      return 'OAEP_SHA_256';
+  }
+}
+
+/**
+ * Which path an algorithm takes on this token, or why it cannot be offered. Host-assisted paths are
+ * only planned when `allowHostAssisted` is set; otherwise the reason names the setting.
+ */
+export function planUnwrap(alg: WrappingAlgorithm, caps: HsmCapabilities, allowHostAssisted: boolean): UnwrapPlan | { refused: string } {
+  const padding = rsaPaddingOf(alg);
+  const composed = alg.startsWith('RSA_AES_KEY_WRAP');
+  if (composed && !caps.aesKeyWrapPad) {
+    return { refused: `${alg} needs CKM_AES_KEY_WRAP_PAD, which this token does not provide` };
+  }
+  if (caps.rsaUnwrap[padding]) return { algorithm: alg, path: composed ? 'composed' : 'in-token' };
+  if (padding === 'PKCS1_V1_5') return { refused: `this token cannot unwrap with RSA PKCS#1 v1.5` };
+  if (!caps.rawRsa) return { refused: `this token can do neither RSA-OAEP with ${padding === 'OAEP_SHA_1' ? 'SHA-1' : 'SHA-256'} nor raw RSA` };
+  if (!allowHostAssisted) {
+    return {
+      refused: `this token cannot unwrap RSA-OAEP with ${padding === 'OAEP_SHA_1' ? 'SHA-1' : 'SHA-256'} inside the token, and host-assisted unwrap is disabled (set allowHostAssistedUnwrap / KMS_ALLOW_HOST_ASSISTED_UNWRAP=1 to allow it)`,
+    };
+  }
+  return { algorithm: alg, path: composed ? 'composed-host-assisted' : 'host-assisted' };
+}
+
+/** The wrapping private key needs CKA_DECRYPT only for the host-assisted paths. */
+export function needsRawDecrypt(plan: UnwrapPlan): boolean {
+  return plan.path === 'host-assisted' || plan.path === 'composed-host-assisted';
+}
+
+export class MaterialLengthError extends HsmError {
+  constructor(readonly bytes: number | null) {
+    super(bytes === null ? 'the key material is not a usable AES key' : `the key material is ${bytes * 8} bits`, 'MATERIAL_LENGTH');
+  }
+}
+
+const AES_256_BYTES = 32;
+
+/** Host-assisted OAEP: raw RSA in the token, decoding here; one error for every failure. */
+function hostOaepDecrypt(token: HsmToken, wrapId: string, ciphertext: Buffer, hash: 'sha1' | 'sha256'): Buffer {
+  const k = token.wrappingModulusBytes(wrapId);
+  // RFC 8017 7.1.2 step 1: the ciphertext must be exactly k bytes; never hand anything else to raw RSA.
+  if (ciphertext.length !== k) throw new UnwrapFailedError();
+  let em: Buffer | null = null;
+  try {
+    em = token.rsaRawDecrypt(wrapId, ciphertext, k);
+    return oaepDecode(em, k, hash);
+  } catch (e) {
+    if (e instanceof OaepDecodingError || e instanceof UnwrapFailedError) throw new UnwrapFailedError();
+    throw e;
+  } finally {
+    em?.fill(0);
+  }
+}
+
+/**
+ * Unwraps `wrapped` with wrapping key `wrapId` according to `plan` into a transient AES key that is
+ * checked to be exactly 256 bits. `extractable` is true only for the SOFTWARE level, whose material is
+ * then wrapped under the root key. On any failure nothing is left in the token.
+ */
+export function unwrapKeyMaterial(token: HsmToken, caps: HsmCapabilities, wrapId: string, plan: UnwrapPlan, wrapped: Buffer, extractable: boolean): TransientKey {
+  // Where the token does not report the length of an unwrapped key it is measured by wrapping it,
+  // which needs it extractable for that moment; the persisted copy never is (HSM level).
+  const measurable = extractable || !caps.reportsUnwrappedLength;
+  let target: TransientKey | null = null;
+  let ephemeral: TransientKey | null = null;
+  try {
+    switch (plan.path) {
+      case 'in-token':
+        target = token.rsaUnwrap(wrapId, rsaPaddingOf(plan.algorithm), wrapped, 'data', measurable);
+        break;
+      case 'host-assisted': {
+        const material = hostOaepDecrypt(token, wrapId, wrapped, OAEP_HASH[plan.algorithm as 'RSAES_OAEP_SHA_1' | 'RSAES_OAEP_SHA_256']);
+        try {
+          if (material.length !== AES_256_BYTES) throw new MaterialLengthError(material.length);
+          target = token.createTransientAesKey(material, 'data', extractable);
+        } finally {
+          material.fill(0);
+        }
+        break;
+      }
+      case 'composed':
+      case 'composed-host-assisted': {
+        const k = token.wrappingModulusBytes(wrapId);
+        // AWS's format: RSA-OAEP(ephemeral AES-256 key) || AES-KWP(ephemeral, target).
+        if (wrapped.length <= k) throw new UnwrapFailedError();
+        const head = wrapped.subarray(0, k);
+        const tail = wrapped.subarray(k);
+        const padding = rsaPaddingOf(plan.algorithm);
+        if (plan.path === 'composed') {
+          ephemeral = token.rsaUnwrap(wrapId, padding, head, 'unwrap', false);
+        } else {
+          const eph = hostOaepDecrypt(token, wrapId, head, padding === 'OAEP_SHA_1' ? 'sha1' : 'sha256');
+          try {
+            if (eph.length !== AES_256_BYTES) throw new UnwrapFailedError();
+            ephemeral = token.createTransientAesKey(eph, 'unwrap');
+          } finally {
+            eph.fill(0);
+          }
+        }
+        target = token.aesKwpUnwrap(ephemeral, tail, 'data', measurable);
+        break;
+      }
+    }
+    if (plan.path !== 'host-assisted') {
+      const len = token.keyLength(target);
+      if (len !== AES_256_BYTES) throw new MaterialLengthError(len < 0 ? null : len);
+      if (!token.usableForAes(target)) throw new MaterialLengthError(null);
+    }
+    const result = target;
+    target = null;
+    return result;
+  } finally {
+    token.destroyTransient(ephemeral);
+    token.destroyTransient(target);
+  }
+}
+
+/**
+ * Finds out what the token really does: for each RSA padding, a test unwrap of a known 32-byte key
+ * with a throwaway session key pair, compared by an AES-GCM operation against the same key created
+ * directly. Nothing is persisted.
+ */
+export function probeCapabilities(token: HsmToken, mechanisms: number[]): HsmCapabilities {
+  const CKM_RSA_AES_KEY_WRAP = 0x1054;
+  const probeId = `probe-${crypto.randomUUID()}`;
+  const known = crypto.randomBytes(32);
+  const caps: HsmCapabilities = {
+    rsaUnwrap: { PKCS1_V1_5: false, OAEP_SHA_1: false, OAEP_SHA_256: false },
+    rawRsa: false,
+    aesKeyWrapPad: false,
+    rsaAesKeyWrapMechanism: mechanisms.includes(CKM_RSA_AES_KEY_WRAP),
+    aesGcm: false,
+    reportsUnwrappedLength: false,
+  };
+  let reference: TransientKey | null = null;
+  try {
+    reference = token.createTransientAesKey(known, 'data');
+    const iv = Buffer.alloc(12, 7);
+    const aad = Buffer.from('kmsd-probe');
+    let expected: Buffer;
+    try {
+      expected = tokenGcm(token, reference, iv, aad);
+      caps.aesGcm = true;
+    } catch {
+      return caps; // without AES-GCM nothing else can be compared, and kmsd cannot serve anyway
+    }
+    const spki = token.generateWrappingKeyPair(probeId, 2048, true, false);
+    const pub = crypto.createPublicKey({ key: spki, format: 'der', type: 'spki' });
+    const encrypt = (padding: RsaPadding, msg: Buffer) =>
+      padding === 'PKCS1_V1_5'
+        ? crypto.publicEncrypt({ key: pub, padding: crypto.constants.RSA_PKCS1_PADDING }, msg)
+        : crypto.publicEncrypt({ key: pub, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: padding === 'OAEP_SHA_1' ? 'sha1' : 'sha256' }, msg);
+    for (const padding of ['PKCS1_V1_5', 'OAEP_SHA_1', 'OAEP_SHA_256'] as RsaPadding[]) {
+      let k: TransientKey | null = null;
+      try {
+        k = token.rsaUnwrap(probeId, padding, encrypt(padding, known), 'data', false);
+        caps.rsaUnwrap[padding] = tokenGcm(token, k, iv, aad).equals(expected);
+        if (padding === 'PKCS1_V1_5') caps.reportsUnwrappedLength = token.keyLengthReported(k) === 32;
+      } catch {
+        caps.rsaUnwrap[padding] = false;
+      } finally {
+        token.destroyTransient(k);
+      }
+    }
+    try {
+      const em = token.rsaRawDecrypt(probeId, encrypt('OAEP_SHA_256', known), 256);
+      try {
+        const msg = oaepDecode(em, 256, 'sha256');
+        caps.rawRsa = msg.equals(known);
+        msg.fill(0);
+      } finally {
+        em.fill(0);
+      }
+    } catch {
+      caps.rawRsa = false;
+    }
+    let kek: TransientKey | null = null;
+    let k: TransientKey | null = null;
+    try {
+      const kekValue = crypto.randomBytes(32);
+      kek = token.createTransientAesKey(kekValue, 'unwrap');
+      const c = crypto.createCipheriv('id-aes256-wrap-pad', kekValue, Buffer.from('A65959A6', 'hex'));
+      const wrapped = Buffer.concat([c.update(known), c.final()]);
+      kekValue.fill(0);
+      k = token.aesKwpUnwrap(kek, wrapped, 'data', false);
+      caps.aesKeyWrapPad = tokenGcm(token, k, iv, aad).equals(expected);
+    } catch {
+      caps.aesKeyWrapPad = false;
+    } finally {
+      token.destroyTransient(k);
+      token.destroyTransient(kek);
+    }
+    return caps;
+  } finally {
+    known.fill(0);
+    token.destroyTransient(reference);
+    token.destroyTransientPair(probeId);
+  }
+}
+
+function tokenGcm(token: HsmToken, key: TransientKey, iv: Buffer, aad: Buffer): Buffer {
+  return token.encryptGcmTransient(key, iv, aad, Buffer.alloc(32));
+}

@@ -1,0 +1,303 @@
+// Bring your own key: the seed's GetParametersForImport / ImportKeyMaterial / DeleteKeyMaterial.
+//
+// Import tokens are self-contained and authenticated by an HMAC key that never leaves the token:
+//   "kmsd-it1." base64url(JSON payload) "." base64url(HMAC-SHA256(token MAC key, "kmsd-import-token/v1." payload))
+// The payload binds one CMK, one wrapping key and one wrapping algorithm, and carries the expiry.
+// A token is reusable until it expires; its wrapping key pair is destroyed by the scheduler then.
+
+import crypto from 'node:crypto';
+import { KmsService, iso } from './service';
+import { KmsError, invalid } from './errors';
+import * as v from './validate';
+import { HsmCapabilities, MaterialLengthError, WRAPPING_ALGORITHMS, WRAPPING_KEY_SPECS, WrappingAlgorithm, WrappingKeySpec, needsRawDecrypt, planUnwrap, unwrapKeyMaterial } from '../hsm/unwrap';
+import { UnwrapFailedError } from '../hsm/errors';
+import type { WrappingKeyRow } from '../store/store';
+
+export const MAC_KEY_ID = 'import-token-v1';
+const TOKEN_PREFIX = 'kmsd-it1.';
+
+export interface ImportConfig {
+  /** Life of an import token and its wrapping key, seconds (24 h). */
+  importTokenTtlSeconds: number;
+  /** Allow the host-assisted OAEP path where the token cannot do the hash itself. */
+  allowHostAssistedUnwrap: boolean;
+  /** Pre-generated RSA_2048 wrapping key pairs kept ready (per CKA_DECRYPT variant). */
+  wrappingKeyPoolSize: number;
+}
+
+export const DEFAULT_IMPORT_CONFIG: ImportConfig = {
+  importTokenTtlSeconds: 86400,
+  allowHostAssistedUnwrap: false,
+  wrappingKeyPoolSize: 2,
+};
+
+interface TokenPayload {
+  kid: string;
+  wid: string;
+  alg: WrappingAlgorithm;
+  spec: WrappingKeySpec;
+  iat: number;
+  exp: number;
+}
+
+export class ImportService {
+  constructor(
+    private readonly kms: KmsService,
+    readonly caps: HsmCapabilities,
+    readonly config: ImportConfig,
+  ) {}
+
+  private get token() {
+    return this.kms.keyring.token;
+  }
+
+  private get store() {
+    return this.kms.store;
+  }
+
+  // ---------------------------------------------------------------- import tokens
+
+  private mac(payload: Buffer): Buffer {
+    return this.token.hmacSha256(MAC_KEY_ID, Buffer.concat([Buffer.from('kmsd-import-token/v1.'), payload]));
+  }
+
+  private issueToken(p: TokenPayload): string {
+    const payload = Buffer.from(JSON.stringify(p), 'utf8');
+    return `${TOKEN_PREFIX}${payload.toString('base64url')}.${this.mac(payload).toString('base64url')}`;
+  }
+
+  /** Authenticity first, then binding, then time: each failure has its own error code. */
+  private verifyToken(value: string | undefined, keyId: string): TokenPayload {
+    const s = v.requireString('ImportToken', value);
+    const bad = () => new KmsError('Rejected.ImportTokenInvalid', 'ImportToken: not a valid import token issued by this kmsd (malformed, forged or altered)');
+    if (!s.startsWith(TOKEN_PREFIX) || s.length > 4096) throw bad();
+    const parts = s.slice(TOKEN_PREFIX.length).split('.');
+    if (parts.length !== 2 || !/^[A-Za-z0-9_-]+$/.test(parts[0]) || !/^[A-Za-z0-9_-]+$/.test(parts[1])) throw bad();
+    const payload = Buffer.from(parts[0], 'base64url');
+    const tag = Buffer.from(parts[1], 'base64url');
+    const expected = this.mac(payload);
+    if (tag.length !== expected.length || !crypto.timingSafeEqual(tag, expected)) throw bad();
+    let p: TokenPayload;
+    try {
+      p = JSON.parse(payload.toString('utf8')) as TokenPayload;
+    } catch {
+      throw bad();
+    }
+    if (p.kid !== keyId) {
+      throw new KmsError('Rejected.ImportTokenKeyMismatch', `ImportToken: was issued for CMK ${p.kid}, not ${keyId}; an import token imports into its own CMK only`);
+    }
+    const wrap = this.store.getWrappingKey(p.wid);
+    if (p.exp <= this.kms.now() || !wrap || !this.token.has('wrap', p.wid)) {
+      throw new KmsError('Rejected.ImportTokenExpired', `ImportToken: expired at ${iso(p.exp)}; call GetParametersForImport for a new public key and token`);
+    }
+    return p;
+  }
+
+  // ---------------------------------------------------------------- actions
+
+  private requireExternal(row: { origin: string; key_id: string }): void {
+    if (row.origin !== 'EXTERNAL') {
+      throw new KmsError('Rejected.NotExternalKey', `KeyId: CMK ${row.key_id} has Origin ${row.origin}; key material can only be imported into a CMK created with Origin EXTERNAL`);
+    }
+  }
+
+  private requireImportState(row: { key_state: string; key_id: string }): void {
+    if (row.key_state === 'PendingImport' || row.key_state === 'Enabled') return;
+    const code = row.key_state === 'Disabled' ? 'Rejected.Disabled' : 'Rejected.PendingDeletion';
+    throw new KmsError(code, `KeyId: CMK ${row.key_id} is ${row.key_state}; importing needs PendingImport or Enabled`);
+  }
+
+  private plan(alg: WrappingAlgorithm) {
+    const plan = planUnwrap(alg, this.caps, this.config.allowHostAssistedUnwrap);
+    if ('refused' in plan) throw new KmsError('Rejected.UnsupportedWrappingAlgorithm', `WrappingAlgorithm: ${plan.refused}`);
+    return plan;
+  }
+
+  GetParametersForImport(req: { KeyId?: string; WrappingAlgorithm?: string; WrappingKeySpec?: string }) {
+    const row = this.kms.resolve('KeyId', req.KeyId);
+    const alg = v.oneOf('WrappingAlgorithm', req.WrappingAlgorithm, WRAPPING_ALGORITHMS, 'RSAES_PKCS1_V1_5');
+    const spec = v.oneOf('WrappingKeySpec', req.WrappingKeySpec, Object.keys(WRAPPING_KEY_SPECS) as WrappingKeySpec[], 'RSA_2048');
+    this.requireExternal(row);
+    this.requireImportState(row);
+    const plan = this.plan(alg);
+    const rawDecrypt = needsRawDecrypt(plan);
+    const now = this.kms.now();
+    const exp = now + this.config.importTokenTtlSeconds * 1000;
+    let wrap: WrappingKeyRow | undefined = this.store.issuePooledWrappingKey(spec, rawDecrypt, row.key_id, alg, exp);
+    if (!wrap) {
+      const wrapId = crypto.randomUUID();
+      const publicKey = this.token.generateWrappingKeyPair(wrapId, WRAPPING_KEY_SPECS[spec], rawDecrypt);
+      wrap = { wrap_id: wrapId, key_spec: spec, raw_decrypt: rawDecrypt ? 1 : 0, public_key: publicKey, created: now, key_id: row.key_id, algorithm: alg, expires: exp };
+      try {
+        this.store.insertWrappingKey(wrap);
+      } catch (e) {
+        this.token.destroy('wrap', wrapId);
+        throw e;
+      }
+    }
+    const importToken = this.issueToken({ kid: row.key_id, wid: wrap.wrap_id, alg, spec, iat: now, exp });
+    return { KeyId: row.key_id, ImportToken: importToken, PublicKey: wrap.public_key.toString('base64'), TokenExpireTime: iso(exp) };
+  }
+
+  ImportKeyMaterial(req: { KeyId?: string; EncryptedKeyMaterial?: string; ImportToken?: string; KeyMaterialExpireUnix?: number }) {
+    const row = this.kms.resolve('KeyId', req.KeyId);
+    this.requireExternal(row);
+    this.requireImportState(row);
+    const p = this.verifyToken(req.ImportToken, row.key_id);
+    const expireUnix = req.KeyMaterialExpireUnix ?? 0;
+    if (!Number.isInteger(expireUnix) || expireUnix < 0) throw invalid('KeyMaterialExpireUnix', 'must be 0 (never expires) or a UNIX time in seconds');
+    const expireMs = expireUnix === 0 ? null : expireUnix * 1000;
+    if (expireMs !== null && expireMs <= this.kms.now()) {
+      throw invalid('KeyMaterialExpireUnix', `must be 0 (never) or in the future (got ${iso(expireMs)})`);
+    }
+    const wrapped = v.base64('EncryptedKeyMaterial', req.EncryptedKeyMaterial, { maxBytes: 4096 });
+    const plan = this.plan(p.alg);
+    const level = row.protection_level;
+    let key;
+    try {
+      key = unwrapKeyMaterial(this.token, this.caps, p.wid, plan, wrapped, level === 'SOFTWARE');
+    } catch (e) {
+      if (e instanceof UnwrapFailedError) {
+        throw new KmsError('InvalidParameter.EncryptedKeyMaterial', `EncryptedKeyMaterial: cannot be decrypted with the wrapping key of this import token using ${p.alg}`);
+      }
+      if (e instanceof MaterialLengthError) {
+        throw new KmsError('InvalidParameter.KeyMaterialLength', `EncryptedKeyMaterial: the key material must be a 256-bit AES key (${e.message})`);
+      }
+      throw e;
+    }
+    const ver = this.store.getVersion(row.primary_key_version as string);
+    if (!ver) throw new KmsError('InternalFailure', `CMK ${row.key_id} has no key version`);
+    try {
+      const fp = this.token.fingerprint(key, row.key_id);
+      if (row.material_fingerprint && !crypto.timingSafeEqual(fp, row.material_fingerprint)) {
+        throw new KmsError('Rejected.KeyMaterialMismatch', `EncryptedKeyMaterial: CMK ${row.key_id} is bound to different key material; a CMK takes one piece of material for life (create a new CMK for new material)`);
+      }
+      if (ver.material_state === 'Present' && this.kms.keyring.present(level, ver)) {
+        // Same material again while it is still there: only the expiry changes.
+        this.store.updateCmk(row.key_id, { material_expire_time: expireMs });
+      } else {
+        // Token object first, then the commit; a crash in between leaves an orphan that start-up
+        // reconciliation destroys, and the client's retry imports again.
+        if (level === 'HSM' && this.token.has('cmk', ver.version_id)) this.token.destroy('cmk', ver.version_id);
+        const softwareWrapped = this.kms.keyring.persist(level, ver.version_id, key);
+        try {
+          this.store.tx(() => {
+            this.store.updateVersion(ver.version_id, { material_state: 'Present', software_wrapped: softwareWrapped });
+            this.store.updateCmk(row.key_id, {
+              key_state: row.key_state === 'PendingImport' ? 'Enabled' : row.key_state,
+              material_fingerprint: row.material_fingerprint ?? fp,
+              material_expire_time: expireMs,
+              import_path: plan.path,
+            });
+          });
+        } catch (e) {
+          this.kms.keyring.destroy(ver.version_id);
+          throw e;
+        }
+      }
+    } finally {
+      this.token.destroyTransient(key);
+    }
+    const logFields = { keyId: row.key_id, algorithm: p.alg, path: plan.path, expires: iso(expireMs) };
+    if (plan.path.includes('host-assisted')) this.kms.log.warn(logFields, 'key material imported through host-assisted unwrap');
+    else this.kms.log.info(logFields, 'key material imported');
+    return {};
+  }
+
+  DeleteKeyMaterial(req: { KeyId?: string }) {
+    const row = this.kms.resolve('KeyId', req.KeyId);
+    this.requireExternal(row);
+    if (row.key_state === 'PendingDeletion') {
+      throw new KmsError('Rejected.PendingDeletion', `KeyId: CMK ${row.key_id} is PendingDeletion`);
+    }
+    if (row.key_state !== 'PendingImport') this.kms.deleteMaterial(row, 'deleted');
+    return {};
+  }
+
+  // ---------------------------------------------------------------- wrapping key upkeep
+
+  private poolVariants(): boolean[] {
+    const variants = new Set<boolean>();
+    for (const alg of WRAPPING_ALGORITHMS) {
+      const plan = planUnwrap(alg, this.caps, this.config.allowHostAssistedUnwrap);
+      if (!('refused' in plan)) variants.add(needsRawDecrypt(plan));
+    }
+    return [...variants];
+  }
+
+  /** Adds at most one RSA_2048 key pair to the pool (RSA generation blocks ~100 ms; spread it out). */
+  refillPoolOnce(): boolean {
+    for (const rawDecrypt of this.poolVariants()) {
+      if (this.store.countPooledWrappingKeys('RSA_2048', rawDecrypt) >= this.config.wrappingKeyPoolSize) continue;
+      const wrapId = crypto.randomUUID();
+      const publicKey = this.token.generateWrappingKeyPair(wrapId, 2048, rawDecrypt);
+      try {
+        this.store.insertWrappingKey({ wrap_id: wrapId, key_spec: 'RSA_2048', raw_decrypt: rawDecrypt ? 1 : 0, public_key: publicKey, created: this.kms.now(), key_id: null, algorithm: null, expires: null });
+      } catch (e) {
+        this.token.destroy('wrap', wrapId);
+        throw e;
+      }
+      return true;
+    }
+    return false;
+  }
+
+  /** Destroys wrapping key pairs whose import tokens have expired. */
+  destroyExpiredWrappingKeys(): number {
+    const expired = this.store.expiredWrappingKeys(this.kms.now());
+    for (const w of expired) {
+      this.token.destroy('wrap', w.wrap_id);
+      this.store.deleteWrappingKey(w.wrap_id);
+    }
+    return expired.length;
+  }
+
+  /** Start-up: token wrapping keys without metadata are destroyed; metadata without a key is dropped. */
+  reconcileWrappingKeys(): { destroyed: number; dropped: number } {
+    const rows = new Map(this.store.allWrappingKeys().map((w) => [w.wrap_id, w]));
+    let destroyed = 0;
+    let dropped = 0;
+    for (const id of this.token.listIds('wrap')) {
+      if (!rows.has(id)) {
+        this.token.destroy('wrap', id);
+        destroyed++;
+      }
+    }
+    for (const w of rows.values()) {
+      if (!this.token.has('wrap', w.wrap_id)) {
+        this.store.deleteWrappingKey(w.wrap_id);
+        dropped++;
+      }
+    }
+    return { destroyed, dropped };
+  }
+
+  DescribeHsm() {
+    const info = this.token.tokenInfo();
+    const algorithms = WRAPPING_ALGORITHMS.map((alg) => {
+      const plan = planUnwrap(alg, this.caps, this.config.allowHostAssistedUnwrap);
+      return 'refused' in plan ? { WrappingAlgorithm: alg, Supported: false, Path: '', Reason: plan.refused } : { WrappingAlgorithm: alg, Supported: true, Path: plan.path, Reason: '' };
+    });
+    return {
+      TokenLabel: info.label,
+      Manufacturer: info.manufacturer,
+      Model: info.model,
+      SerialNumber: info.serialNumber,
+      ModulePath: this.token.modulePath,
+      Capabilities: {
+        RsaPkcs1Unwrap: this.caps.rsaUnwrap.PKCS1_V1_5,
+        RsaOaepSha1Unwrap: this.caps.rsaUnwrap.OAEP_SHA_1,
+        RsaOaepSha256Unwrap: this.caps.rsaUnwrap.OAEP_SHA_256,
+        RawRsa: this.caps.rawRsa,
+        AesKeyWrapPad: this.caps.aesKeyWrapPad,
+        RsaAesKeyWrapMechanism: this.caps.rsaAesKeyWrapMechanism,
+        AesGcm: this.caps.aesGcm,
+        ReportsUnwrappedKeyLength: this.caps.reportsUnwrappedLength,
+      },
+      AllowHostAssistedUnwrap: this.config.allowHostAssistedUnwrap,
+      WrappingAlgorithms: algorithms,
+      NativeAddon: this.kms.keyring.nativeAttached,
+      Counters: { ...this.kms.keyring.stats },
+    };
+  }
+}

@@ -1,0 +1,558 @@
+// The KMS domain: CMK lifecycle state machine, aliases, versions and rotation, and the
+// encrypt/decrypt path. It knows nothing of gRPC: requests and responses are plain objects with the
+// API's field names, and every failure is a KmsError from the one error table.
+
+import crypto from 'node:crypto';
+import { Store, CmkRow, KeyVersionRow } from '../store/store';
+import { DecryptFailedError, HsmError } from '../hsm/errors';
+import { Keyring } from './keyring';
+import { KmsError, invalid } from './errors';
+import { aadFor, buildHeader, IV_BYTES, parseBlob, validateContext } from './ciphertext';
+import * as v from './validate';
+import type { CallContext, Context, KeyMetadata, KeyState, KeyVersion, Origin, ProtectionLevel } from './types';
+
+export interface KmsConfig {
+  /** Arn prefix, e.g. "acs:kms:local:kmsd" → acs:kms:local:kmsd:key/<id>. */
+  arnPrefix: string;
+  /** Seconds in one "day" of PendingWindowInDays (86400; tests shorten it). */
+  pendingWindowDaySeconds: number;
+  /** Shortest RotationInterval accepted, seconds (7 days; tests shorten it). */
+  minRotationIntervalSeconds: number;
+  maxRotationIntervalSeconds: number;
+}
+
+export const DEFAULT_KMS_CONFIG: KmsConfig = {
+  arnPrefix: 'acs:kms:local:kmsd',
+  pendingWindowDaySeconds: 86400,
+  minRotationIntervalSeconds: 7 * 86400,
+  maxRotationIntervalSeconds: 730 * 86400,
+};
+
+export interface Logger {
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+export const MAX_PLAINTEXT_BYTES = 6144;
+
+export function iso(ms: number | null | undefined): string {
+  if (ms === null || ms === undefined) return '';
+  return new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+}
+
+export class KmsService {
+  constructor(
+    readonly store: Store,
+    readonly keyring: Keyring,
+    readonly config: KmsConfig,
+    readonly log: Logger,
+    readonly now: () => number = Date.now,
+  ) {}
+
+  // ================================================================ lookups and state checks
+
+  /** Resolves a KeyId parameter (id or alias) to its CMK, or Forbidden.KeyNotFound / AliasNotFound. */
+  resolve(field: string, value: string | undefined): CmkRow {
+    const ref = v.keyIdOrAlias(field, value);
+    let keyId = ref.keyId;
+    if (ref.alias) {
+      const a = this.store.getAlias(ref.alias);
+      if (!a) throw new KmsError('Forbidden.AliasNotFound', `${field}: alias ${ref.alias} does not exist`);
+      keyId = a.key_id;
+    }
+    const row = this.store.getCmk(keyId as string);
+    if (!row) throw new KmsError('Forbidden.KeyNotFound', `${field}: CMK ${keyId} does not exist`);
+    return this.expireIfDue(row);
+  }
+
+  /**
+   * Expired key material is deleted the moment it is looked at, not only by the scheduler, so there
+   * is no window in which it can still be used.
+   */
+  expireIfDue(row: CmkRow): CmkRow {
+    if (row.material_expire_time !== null && row.material_expire_time <= this.now() && row.key_state !== 'PendingImport' && row.key_state !== 'PendingDeletion') {
+      this.deleteMaterial(row, 'expired');
+      return this.store.getCmk(row.key_id) as CmkRow;
+    }
+    return row;
+  }
+
+  /** Destroys an EXTERNAL CMK's material and moves it to PendingImport; the CMK and its fingerprint stay. */
+  deleteMaterial(row: CmkRow, reason: 'expired' | 'deleted'): void {
+    const versions = this.store.listVersions(row.key_id);
+    // Metadata first: a crash after this commit leaves an orphan token object, which start-up
+    // reconciliation destroys; never an Enabled CMK whose material is gone.
+    this.store.tx(() => {
+      for (const ver of versions) this.store.updateVersion(ver.version_id, { material_state: 'Absent', software_wrapped: null });
+      const fields: Partial<CmkRow> = { material_expire_time: null, import_path: null };
+      if (row.key_state !== 'PendingDeletion') fields.key_state = 'PendingImport';
+      this.store.updateCmk(row.key_id, fields);
+    });
+    for (const ver of versions) this.keyring.destroy(ver.version_id);
+    this.log.info({ keyId: row.key_id, reason }, 'key material deleted');
+  }
+
+  private requireState(row: CmkRow, allowed: KeyState[], field = 'KeyId'): void {
+    if (allowed.includes(row.key_state as KeyState)) return;
+    const state = row.key_state as KeyState;
+    const code = state === 'Disabled' ? 'Rejected.Disabled' : state === 'PendingImport' ? 'Rejected.PendingImport' : state === 'PendingDeletion' ? 'Rejected.PendingDeletion' : 'InvalidParameter';
+    throw new KmsError(code, `${field}: CMK ${row.key_id} is ${state}; this action needs ${allowed.join(' or ')}`);
+  }
+
+  private requireUsable(row: CmkRow): KeyVersionRow {
+    this.requireState(row, ['Enabled']);
+    const ver = row.primary_key_version ? this.store.getVersion(row.primary_key_version) : undefined;
+    if (!ver) throw new KmsError('InternalFailure', `CMK ${row.key_id} has no primary key version`);
+    if (ver.material_state === 'Missing') {
+      throw new KmsError('Rejected.KeyMaterialMissing', `KeyId: the token no longer holds key version ${ver.version_id} of CMK ${row.key_id}`);
+    }
+    return ver;
+  }
+
+  metadata(row: CmkRow): KeyMetadata {
+    return {
+      KeyId: row.key_id,
+      Arn: `${this.config.arnPrefix}:key/${row.key_id}`,
+      KeyState: row.key_state as KeyState,
+      Origin: row.origin as Origin,
+      KeySpec: row.key_spec,
+      KeyUsage: row.key_usage,
+      ProtectionLevel: row.protection_level as ProtectionLevel,
+      Description: row.description,
+      CreationDate: iso(row.creation_date),
+      DeleteDate: iso(row.delete_date),
+      MaterialExpireTime: iso(row.material_expire_time),
+      AutomaticRotation: row.automatic_rotation,
+      RotationInterval: row.rotation_interval_s ? `${row.rotation_interval_s}s` : '',
+      NextRotationDate: iso(row.next_rotation_date),
+      LastRotationDate: iso(row.last_rotation_date),
+      PrimaryKeyVersion: row.primary_key_version ?? '',
+      MaterialImportPath: row.import_path ?? '',
+    };
+  }
+
+  // ================================================================ lifecycle
+
+  CreateKey(req: {
+    Origin?: string;
+    KeySpec?: string;
+    KeyUsage?: string;
+    ProtectionLevel?: string;
+    Description?: string;
+    EnableAutomaticRotation?: boolean;
+    RotationInterval?: string;
+  }): { KeyMetadata: KeyMetadata } {
+    const origin = v.oneOf('Origin', req.Origin, ['Aliyun_KMS', 'EXTERNAL'] as const, 'Aliyun_KMS');
+    const keySpec = v.oneOf('KeySpec', req.KeySpec, ['Aliyun_AES_256'] as const, 'Aliyun_AES_256');
+    const keyUsage = v.oneOf('KeyUsage', req.KeyUsage, ['ENCRYPT/DECRYPT'] as const, 'ENCRYPT/DECRYPT');
+    const level = v.oneOf('ProtectionLevel', req.ProtectionLevel, ['SOFTWARE', 'HSM'] as const, 'SOFTWARE');
+    const description = v.description('Description', req.Description);
+    let interval: number | null = null;
+    if (req.EnableAutomaticRotation) {
+      if (origin === 'EXTERNAL') {
+        throw new KmsError('Rejected.ExternalKey', 'EnableAutomaticRotation: a CMK with Origin EXTERNAL cannot rotate; a different key material needs a new CMK');
+      }
+      interval = v.rotationIntervalSeconds('RotationInterval', req.RotationInterval || '365d', this.config.minRotationIntervalSeconds, this.config.maxRotationIntervalSeconds);
+    } else if (req.RotationInterval) {
+      throw invalid('RotationInterval', 'only allowed with EnableAutomaticRotation=true');
+    }
+    const now = this.now();
+    const keyId = crypto.randomUUID();
+    const versionId = crypto.randomUUID();
+    const row: CmkRow = {
+      key_id: keyId,
+      origin,
+      key_spec: keySpec,
+      key_usage: keyUsage,
+      protection_level: level,
+      description,
+      key_state: origin === 'EXTERNAL' ? 'PendingImport' : 'Enabled',
+      creation_date: now,
+      delete_date: null,
+      material_expire_time: null,
+      automatic_rotation: interval ? 'Enabled' : 'Disabled',
+      rotation_interval_s: interval,
+      next_rotation_date: interval ? now + interval * 1000 : null,
+      last_rotation_date: null,
+      primary_key_version: versionId,
+      material_fingerprint: null,
+      state_before_deletion: null,
+      import_path: null,
+    };
+    // Token object first, metadata second: a crash in between leaves an orphan that start-up
+    // reconciliation destroys, never metadata that points at missing material.
+    let wrapped: Buffer | null = null;
+    if (origin !== 'EXTERNAL') wrapped = this.keyring.generate(level, versionId);
+    try {
+      this.store.tx(() => {
+        this.store.insertCmk(row);
+        this.store.insertVersion({ version_id: versionId, key_id: keyId, creation_date: now, software_wrapped: wrapped, material_state: origin === 'EXTERNAL' ? 'Absent' : 'Present' });
+      });
+    } catch (e) {
+      if (origin !== 'EXTERNAL') this.keyring.destroy(versionId);
+      throw e;
+    }
+    this.log.info({ keyId, origin, protectionLevel: level }, 'CMK created');
+    return { KeyMetadata: this.metadata(row) };
+  }
+
+  DescribeKey(req: { KeyId?: string }): { KeyMetadata: KeyMetadata } {
+    return { KeyMetadata: this.metadata(this.resolve('KeyId', req.KeyId)) };
+  }
+
+  ListKeys(req: { PageNumber?: number; PageSize?: number }): { Keys: { KeyId: string; KeyArn: string }[]; TotalCount: number; PageNumber: number; PageSize: number } {
+    const page = v.intInRange('PageNumber', req.PageNumber, 1, 1_000_000, 1);
+    const size = v.intInRange('PageSize', req.PageSize, 1, 100, 10);
+    const rows = this.store.listCmks((page - 1) * size, size);
+    return {
+      Keys: rows.map((r) => ({ KeyId: r.key_id, KeyArn: `${this.config.arnPrefix}:key/${r.key_id}` })),
+      TotalCount: this.store.countCmks(),
+      PageNumber: page,
+      PageSize: size,
+    };
+  }
+
+  UpdateKeyDescription(req: { KeyId?: string; Description?: string }): Record<string, never> {
+    const row = this.resolve('KeyId', req.KeyId);
+    const d = v.description('Description', v.requireString('Description', req.Description));
+    this.requireState(row, ['Enabled', 'Disabled', 'PendingImport']);
+    this.store.updateCmk(row.key_id, { description: d });
+    return {};
+  }
+
+  EnableKey(req: { KeyId?: string }): Record<string, never> {
+    const row = this.resolve('KeyId', req.KeyId);
+    this.requireState(row, ['Enabled', 'Disabled']);
+    if (row.key_state === 'Disabled') this.store.updateCmk(row.key_id, { key_state: 'Enabled' });
+    return {};
+  }
+
+  DisableKey(req: { KeyId?: string }): Record<string, never> {
+    const row = this.resolve('KeyId', req.KeyId);
+    this.requireState(row, ['Enabled', 'Disabled']);
+    if (row.key_state === 'Enabled') {
+      this.store.updateCmk(row.key_id, { key_state: 'Disabled' });
+      for (const ver of this.store.listVersions(row.key_id)) this.keyring.forget(ver.version_id);
+    }
+    return {};
+  }
+
+  ScheduleKeyDeletion(req: { KeyId?: string; PendingWindowInDays?: number }): { KeyId: string; DeleteDate: string } {
+    const row = this.resolve('KeyId', req.KeyId);
+    const days = v.intInRange('PendingWindowInDays', req.PendingWindowInDays, 7, 366);
+    this.requireState(row, ['Enabled', 'Disabled', 'PendingImport']);
+    const deleteDate = this.now() + days * this.config.pendingWindowDaySeconds * 1000;
+    this.store.updateCmk(row.key_id, { key_state: 'PendingDeletion', delete_date: deleteDate, state_before_deletion: row.key_state });
+    for (const ver of this.store.listVersions(row.key_id)) this.keyring.forget(ver.version_id);
+    this.log.info({ keyId: row.key_id, deleteDate: iso(deleteDate) }, 'CMK scheduled for deletion');
+    return { KeyId: row.key_id, DeleteDate: iso(deleteDate) };
+  }
+
+  CancelKeyDeletion(req: { KeyId?: string }): Record<string, never> {
+    const row = this.resolve('KeyId', req.KeyId);
+    if (row.key_state !== 'PendingDeletion') {
+      throw new KmsError('Rejected.NotPendingDeletion', `KeyId: CMK ${row.key_id} is ${row.key_state}, not PendingDeletion`);
+    }
+    // Material may have expired or been deleted meanwhile: then it waits for an import again.
+    const hasMaterial = this.store.listVersions(row.key_id).some((x) => x.material_state === 'Present');
+    let next = (row.state_before_deletion ?? 'Enabled') as KeyState;
+    if (row.origin === 'EXTERNAL' && !hasMaterial) next = 'PendingImport';
+    if (next === 'PendingImport' && hasMaterial) next = 'Enabled';
+    this.store.updateCmk(row.key_id, { key_state: next, delete_date: null, state_before_deletion: null });
+    return {};
+  }
+
+  /** Called by the scheduler when the deletion window has passed: material first, then metadata. */
+  destroyCmk(row: CmkRow): void {
+    for (const ver of this.store.listVersions(row.key_id)) this.keyring.destroy(ver.version_id);
+    this.store.tx(() => this.store.deleteCmk(row.key_id));
+    this.log.info({ keyId: row.key_id }, 'CMK deleted at the end of its deletion window');
+  }
+
+  // ================================================================ aliases
+
+  CreateAlias(req: { AliasName?: string; KeyId?: string }): Record<string, never> {
+    const name = v.aliasName('AliasName', req.AliasName);
+    const keyId = v.keyIdOrAlias('KeyId', req.KeyId);
+    if (keyId.alias) throw invalid('KeyId', 'must be a key id, not an alias');
+    const row = this.resolve('KeyId', req.KeyId);
+    this.requireState(row, ['Enabled', 'Disabled', 'PendingImport']);
+    if (this.store.getAlias(name)) throw new KmsError('EntityAlreadyExists.Alias', `AliasName: ${name} already exists`);
+    const now = this.now();
+    this.store.insertAlias({ alias_name: name, key_id: row.key_id, creation_date: now, update_date: now });
+    return {};
+  }
+
+  UpdateAlias(req: { AliasName?: string; KeyId?: string }): Record<string, never> {
+    const name = v.aliasName('AliasName', req.AliasName);
+    const ref = v.keyIdOrAlias('KeyId', req.KeyId);
+    if (ref.alias) throw invalid('KeyId', 'must be a key id, not an alias');
+    if (!this.store.getAlias(name)) throw new KmsError('Forbidden.AliasNotFound', `AliasName: ${name} does not exist`);
+    const row = this.resolve('KeyId', req.KeyId);
+    this.requireState(row, ['Enabled', 'Disabled', 'PendingImport']);
+    this.store.updateAlias(name, row.key_id, this.now());
+    return {};
+  }
+
+  DeleteAlias(req: { AliasName?: string }): Record<string, never> {
+    const name = v.aliasName('AliasName', req.AliasName);
+    if (!this.store.getAlias(name)) throw new KmsError('Forbidden.AliasNotFound', `AliasName: ${name} does not exist`);
+    this.store.deleteAlias(name);
+    return {};
+  }
+
+  private aliasPage(page: number, size: number, keyId?: string) {
+    const rows = this.store.listAliases((page - 1) * size, size, keyId);
+    return {
+      Aliases: rows.map((a) => ({ AliasName: a.alias_name, AliasArn: `${this.config.arnPrefix}:${a.alias_name}`, KeyId: a.key_id })),
+      TotalCount: this.store.countAliases(keyId),
+      PageNumber: page,
+      PageSize: size,
+    };
+  }
+
+  ListAliases(req: { PageNumber?: number; PageSize?: number }) {
+    return this.aliasPage(v.intInRange('PageNumber', req.PageNumber, 1, 1_000_000, 1), v.intInRange('PageSize', req.PageSize, 1, 100, 10));
+  }
+
+  ListAliasesByKeyId(req: { KeyId?: string; PageNumber?: number; PageSize?: number }) {
+    const row = this.resolve('KeyId', req.KeyId);
+    return this.aliasPage(v.intInRange('PageNumber', req.PageNumber, 1, 1_000_000, 1), v.intInRange('PageSize', req.PageSize, 1, 100, 10), row.key_id);
+  }
+
+  // ================================================================ versions and rotation
+
+  private version(row: CmkRow, ver: KeyVersionRow): KeyVersion {
+    return { KeyId: row.key_id, KeyVersionId: ver.version_id, CreationDate: iso(ver.creation_date) };
+  }
+
+  /** A new version, made primary; older versions keep decrypting. */
+  rotate(row: CmkRow, reason: 'manual' | 'automatic'): KeyVersionRow {
+    if (row.origin === 'EXTERNAL') {
+      throw new KmsError('Rejected.ExternalKey', `KeyId: CMK ${row.key_id} has Origin EXTERNAL; a different key material needs a new CMK`);
+    }
+    this.requireState(row, ['Enabled']);
+    const now = this.now();
+    const versionId = crypto.randomUUID();
+    const wrapped = this.keyring.generate(row.protection_level, versionId);
+    const ver: KeyVersionRow = { version_id: versionId, key_id: row.key_id, creation_date: now, software_wrapped: wrapped, material_state: 'Present' };
+    try {
+      this.store.tx(() => {
+        this.store.insertVersion(ver);
+        this.store.updateCmk(row.key_id, {
+          primary_key_version: versionId,
+          last_rotation_date: now,
+          next_rotation_date: row.rotation_interval_s ? now + row.rotation_interval_s * 1000 : null,
+        });
+      });
+    } catch (e) {
+      this.keyring.destroy(versionId);
+      throw e;
+    }
+    this.log.info({ keyId: row.key_id, keyVersionId: versionId, reason }, 'CMK rotated');
+    return ver;
+  }
+
+  CreateKeyVersion(req: { KeyId?: string }): { KeyVersion: KeyVersion } {
+    const row = this.resolve('KeyId', req.KeyId);
+    return { KeyVersion: this.version(row, this.rotate(row, 'manual')) };
+  }
+
+  ListKeyVersions(req: { KeyId?: string; PageNumber?: number; PageSize?: number }) {
+    const row = this.resolve('KeyId', req.KeyId);
+    const page = v.intInRange('PageNumber', req.PageNumber, 1, 1_000_000, 1);
+    const size = v.intInRange('PageSize', req.PageSize, 1, 100, 10);
+    const all = this.store.listVersions(row.key_id);
+    return {
+      KeyVersions: all.slice((page - 1) * size, page * size).map((x) => this.version(row, x)),
+      TotalCount: all.length,
+      PageNumber: page,
+      PageSize: size,
+    };
+  }
+
+  DescribeKeyVersion(req: { KeyId?: string; KeyVersionId?: string }): { KeyVersion: KeyVersion } {
+    const row = this.resolve('KeyId', req.KeyId);
+    const id = v.keyVersionId('KeyVersionId', req.KeyVersionId);
+    const ver = this.store.getVersion(id);
+    if (!ver || ver.key_id !== row.key_id) throw new KmsError('Forbidden.KeyVersionNotFound', `KeyVersionId: CMK ${row.key_id} has no version ${id}`);
+    return { KeyVersion: this.version(row, ver) };
+  }
+
+  // ================================================================ cryptography
+
+  private context(field: string, ctx: Context | undefined): Context | undefined {
+    validateContext(field, ctx);
+    return ctx && Object.keys(ctx).length > 0 ? ctx : undefined;
+  }
+
+  private async seal(row: CmkRow, ver: KeyVersionRow, plaintext: Buffer, ctx: Context | undefined): Promise<string> {
+    const iv = crypto.randomBytes(IV_BYTES);
+    const header = buildHeader(row.key_id, ver.version_id, iv);
+    const sealed = await this.keyring.encrypt(row.protection_level, ver, iv, aadFor(header, ctx), plaintext);
+    return Buffer.concat([header, sealed]).toString('base64');
+  }
+
+  /** Opens a blob: parse, find the CMK and version it names, check state, authenticate and decrypt. */
+  private async open(blobB64: string | undefined, ctx: Context | undefined, field = 'CiphertextBlob'): Promise<{ row: CmkRow; ver: KeyVersionRow; plaintext: Buffer }> {
+    const blob = v.base64(field, blobB64, { maxBytes: 64 * 1024 });
+    const parsed = parseBlob(blob);
+    const row = this.store.getCmk(parsed.keyId);
+    if (!row) throw new KmsError('Forbidden.KeyNotFound', `${field}: was made by CMK ${parsed.keyId}, which does not exist`);
+    const current = this.expireIfDue(row);
+    const ver = this.store.getVersion(parsed.keyVersionId);
+    if (!ver || ver.key_id !== current.key_id) throw new KmsError('InvalidCiphertext', `${field}: CMK ${current.key_id} has no key version ${parsed.keyVersionId}`);
+    this.requireState(current, ['Enabled']);
+    if (ver.material_state !== 'Present') {
+      throw new KmsError('Rejected.KeyMaterialMissing', `${field}: the material of key version ${ver.version_id} is not available`);
+    }
+    try {
+      const plaintext = await this.keyring.decrypt(current.protection_level, ver, parsed.iv, aadFor(parsed.header, ctx), parsed.sealed);
+      return { row: current, ver, plaintext };
+    } catch (e) {
+      if (e instanceof DecryptFailedError) {
+        throw new KmsError('InvalidCiphertext', `${field}: authentication failed (the blob was altered, or the EncryptionContext differs from the one used to encrypt)`);
+      }
+      throw e;
+    }
+  }
+
+  async Encrypt(req: { KeyId?: string; Plaintext?: string; EncryptionContext?: Context }) {
+    const row = this.resolve('KeyId', req.KeyId);
+    const pt = v.base64('Plaintext', req.Plaintext, { maxBytes: MAX_PLAINTEXT_BYTES, allowEmpty: false });
+    const ctx = this.context('EncryptionContext', req.EncryptionContext);
+    const ver = this.requireUsable(row);
+    return { KeyId: row.key_id, KeyVersionId: ver.version_id, CiphertextBlob: await this.seal(row, ver, pt, ctx) };
+  }
+
+  async Decrypt(req: { CiphertextBlob?: string; EncryptionContext?: Context; KeyId?: string }) {
+    const ctx = this.context('EncryptionContext', req.EncryptionContext);
+    let expected: CmkRow | undefined;
+    if (req.KeyId) expected = this.resolve('KeyId', req.KeyId);
+    const blob = v.base64('CiphertextBlob', req.CiphertextBlob, { maxBytes: 64 * 1024 });
+    if (expected) {
+      const parsed = parseBlob(blob);
+      if (parsed.keyId !== expected.key_id) {
+        throw new KmsError('IncorrectKeyId', `KeyId: the ciphertext was made by CMK ${parsed.keyId}, not ${expected.key_id}`);
+      }
+    }
+    const { row, ver, plaintext } = await this.open(req.CiphertextBlob, ctx);
+    try {
+      return { KeyId: row.key_id, KeyVersionId: ver.version_id, Plaintext: plaintext.toString('base64') };
+    } finally {
+      plaintext.fill(0);
+    }
+  }
+
+  private dataKeyBytes(req: { KeySpec?: string; NumberOfBytes?: number }): number {
+    if (req.NumberOfBytes) return v.intInRange('NumberOfBytes', req.NumberOfBytes, 1, 1024);
+    const spec = v.oneOf('KeySpec', req.KeySpec, ['AES_256', 'AES_128'] as const, 'AES_256');
+    return spec === 'AES_256' ? 32 : 16;
+  }
+
+  async GenerateDataKey(req: { KeyId?: string; KeySpec?: string; NumberOfBytes?: number; EncryptionContext?: Context }) {
+    const row = this.resolve('KeyId', req.KeyId);
+    const n = this.dataKeyBytes(req);
+    const ctx = this.context('EncryptionContext', req.EncryptionContext);
+    const ver = this.requireUsable(row);
+    const dataKey = row.protection_level === 'HSM' ? this.keyring.token.random(n) : crypto.randomBytes(n);
+    try {
+      const blob = await this.seal(row, ver, dataKey, ctx);
+      return { KeyId: row.key_id, KeyVersionId: ver.version_id, Plaintext: dataKey.toString('base64'), CiphertextBlob: blob };
+    } finally {
+      dataKey.fill(0);
+    }
+  }
+
+  async GenerateDataKeyWithoutPlaintext(req: { KeyId?: string; KeySpec?: string; NumberOfBytes?: number; EncryptionContext?: Context }) {
+    const r = await this.GenerateDataKey(req);
+    return { KeyId: r.KeyId, KeyVersionId: r.KeyVersionId, CiphertextBlob: r.CiphertextBlob };
+  }
+
+  async ReEncrypt(req: { CiphertextBlob?: string; DestinationKeyId?: string; SourceEncryptionContext?: Context; DestinationEncryptionContext?: Context }) {
+    const dest = this.resolve('DestinationKeyId', req.DestinationKeyId);
+    const srcCtx = this.context('SourceEncryptionContext', req.SourceEncryptionContext);
+    const dstCtx = this.context('DestinationEncryptionContext', req.DestinationEncryptionContext);
+    const destVer = this.requireUsable(dest);
+    const { row, ver, plaintext } = await this.open(req.CiphertextBlob, srcCtx);
+    try {
+      return {
+        KeyId: dest.key_id,
+        KeyVersionId: destVer.version_id,
+        CiphertextBlob: await this.seal(dest, destVer, plaintext, dstCtx),
+        SourceKeyId: row.key_id,
+        SourceKeyVersionId: ver.version_id,
+      };
+    } finally {
+      plaintext.fill(0);
+    }
+  }
+
+  // ================================================================ background work
+
+  /** One pass of the scheduler: deletions, material expiry, automatic rotation. Errors are logged per key. */
+  runDueWork(): { deleted: number; expired: number; rotated: number } {
+    const due = this.store.cmksDue(this.now());
+    const result = { deleted: 0, expired: 0, rotated: 0 };
+    for (const row of due.deletions) {
+      this.guard(row.key_id, 'deletion', () => {
+        this.destroyCmk(row);
+        result.deleted++;
+      });
+    }
+    for (const row of due.expiries) {
+      this.guard(row.key_id, 'expiry', () => {
+        this.deleteMaterial(row, 'expired');
+        result.expired++;
+      });
+    }
+    for (const row of due.rotations) {
+      this.guard(row.key_id, 'rotation', () => {
+        this.rotate(row, 'automatic');
+        result.rotated++;
+      });
+    }
+    return result;
+  }
+
+  private guard(keyId: string, what: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (e) {
+      this.log.error({ keyId, err: e instanceof HsmError || e instanceof KmsError ? e.message : String(e) }, `scheduled ${what} failed`);
+    }
+  }
+
+  /**
+   * Start-up reconciliation of metadata with the token: token objects that no metadata claims are
+   * destroyed (a crash between creating them and committing), and versions whose material is missing
+   * from the token are reported and marked Missing, never silently dropped.
+   */
+  reconcile(): { destroyedOrphans: string[]; missing: string[] } {
+    const versions = new Map(this.store.allVersions().map((x) => [x.version_id, x]));
+    const destroyedOrphans: string[] = [];
+    for (const id of this.keyring.token.listIds('cmk')) {
+      const ver = versions.get(id);
+      const row = ver ? this.store.getCmk(ver.key_id) : undefined;
+      if (!ver || !row || ver.material_state === 'Absent' || row.protection_level !== 'HSM') {
+        this.keyring.token.destroy('cmk', id);
+        destroyedOrphans.push(id);
+      }
+    }
+    const missing: string[] = [];
+    for (const ver of versions.values()) {
+      const row = this.store.getCmk(ver.key_id);
+      if (!row || ver.material_state === 'Absent') continue;
+      const present = this.keyring.present(row.protection_level, ver);
+      if (!present && ver.material_state === 'Present') {
+        this.store.updateVersion(ver.version_id, { material_state: 'Missing' });
+        missing.push(ver.version_id);
+      } else if (present && ver.material_state === 'Missing') {
+        this.store.updateVersion(ver.version_id, { material_state: 'Present' });
+      }
+    }
+    if (destroyedOrphans.length || missing.length) this.log.warn({ destroyedOrphans, missing }, 'reconciled metadata with the token');
+    return { destroyedOrphans, missing };
+  }
+}

@@ -1,0 +1,266 @@
+// Metadata persistence: SQLite in WAL mode with synchronous=FULL, so a committed change survives a
+// crash or power loss. The only module that imports better-sqlite3. Key material is never stored
+// here in the clear: HSM-level material lives in the token, SOFTWARE-level material only as an
+// RFC 5649 wrap under the token-resident root key.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { MIGRATIONS } from './migrations';
+
+export interface CmkRow {
+  key_id: string;
+  origin: string;
+  key_spec: string;
+  key_usage: string;
+  protection_level: string;
+  description: string;
+  key_state: string;
+  creation_date: number;
+  delete_date: number | null;
+  material_expire_time: number | null;
+  automatic_rotation: string;
+  rotation_interval_s: number | null;
+  next_rotation_date: number | null;
+  last_rotation_date: number | null;
+  primary_key_version: string | null;
+  material_fingerprint: Buffer | null;
+  state_before_deletion: string | null;
+  import_path: string | null;
+}
+
+export interface KeyVersionRow {
+  version_id: string;
+  key_id: string;
+  creation_date: number;
+  software_wrapped: Buffer | null;
+  /** Present, Missing (reconciliation found no token object) or Deleted (material destroyed on purpose). */
+  material_state: string;
+}
+
+export interface AliasRow {
+  alias_name: string;
+  key_id: string;
+  creation_date: number;
+  update_date: number;
+}
+
+export interface WrappingKeyRow {
+  wrap_id: string;
+  key_spec: string;
+  raw_decrypt: number;
+  public_key: Buffer;
+  created: number;
+  key_id: string | null;
+  algorithm: string | null;
+  expires: number | null;
+}
+
+export class Store {
+  readonly db: Database.Database;
+
+  constructor(readonly dataDir: string) {
+    fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    const file = path.join(dataDir, 'kmsd.sqlite');
+    this.db = new Database(file);
+    fs.chmodSync(file, 0o600);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.pragma('foreign_keys = ON');
+    this.db.pragma('busy_timeout = 5000');
+    this.migrate();
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  private migrate(): void {
+    this.db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)');
+    const applied = new Set((this.db.prepare('SELECT version FROM schema_migrations').all() as { version: number }[]).map((r) => r.version));
+    for (const m of MIGRATIONS) {
+      if (applied.has(m.version)) continue;
+      this.db.transaction(() => {
+        this.db.exec(m.sql);
+        this.db.prepare('INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)').run(m.version, Date.now());
+      })();
+    }
+  }
+
+  tx<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+
+  // ------------------------------------------------------------------ settings
+
+  getSetting(name: string): string | undefined {
+    const row = this.db.prepare('SELECT value FROM settings WHERE name = ?').get(name) as { value: string } | undefined;
+    return row?.value;
+  }
+
+  setSetting(name: string, value: string): void {
+    this.db.prepare('INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value').run(name, value);
+  }
+
+  // ------------------------------------------------------------------ CMKs
+
+  insertCmk(row: CmkRow): void {
+    this.db
+      .prepare(
+        `INSERT INTO cmks (key_id, origin, key_spec, key_usage, protection_level, description, key_state, creation_date,
+          delete_date, material_expire_time, automatic_rotation, rotation_interval_s, next_rotation_date, last_rotation_date,
+          primary_key_version, material_fingerprint, state_before_deletion, import_path)
+         VALUES (@key_id, @origin, @key_spec, @key_usage, @protection_level, @description, @key_state, @creation_date,
+          @delete_date, @material_expire_time, @automatic_rotation, @rotation_interval_s, @next_rotation_date, @last_rotation_date,
+          @primary_key_version, @material_fingerprint, @state_before_deletion, @import_path)`,
+      )
+      .run(row);
+  }
+
+  getCmk(keyId: string): CmkRow | undefined {
+    return this.db.prepare('SELECT * FROM cmks WHERE key_id = ?').get(keyId) as CmkRow | undefined;
+  }
+
+  /** Updates the named columns of one CMK. */
+  updateCmk(keyId: string, fields: Partial<Omit<CmkRow, 'key_id'>>): void {
+    const names = Object.keys(fields);
+    if (names.length === 0) return;
+    const set = names.map((n) => `${n} = @${n}`).join(', ');
+    this.db.prepare(`UPDATE cmks SET ${set} WHERE key_id = @key_id`).run({ ...fields, key_id: keyId });
+  }
+
+  deleteCmk(keyId: string): void {
+    this.db.prepare('DELETE FROM aliases WHERE key_id = ?').run(keyId);
+    this.db.prepare('DELETE FROM key_versions WHERE key_id = ?').run(keyId);
+    this.db.prepare('UPDATE wrapping_keys SET key_id = NULL WHERE key_id = ?').run(keyId);
+    this.db.prepare('DELETE FROM cmks WHERE key_id = ?').run(keyId);
+  }
+
+  countCmks(): number {
+    return (this.db.prepare('SELECT COUNT(*) AS n FROM cmks').get() as { n: number }).n;
+  }
+
+  listCmks(offset: number, limit: number): CmkRow[] {
+    return this.db.prepare('SELECT * FROM cmks ORDER BY creation_date, key_id LIMIT ? OFFSET ?').all(limit, offset) as CmkRow[];
+  }
+
+  allCmks(): CmkRow[] {
+    return this.db.prepare('SELECT * FROM cmks').all() as CmkRow[];
+  }
+
+  cmksDue(now: number): { deletions: CmkRow[]; rotations: CmkRow[]; expiries: CmkRow[] } {
+    return {
+      deletions: this.db.prepare("SELECT * FROM cmks WHERE key_state = 'PendingDeletion' AND delete_date <= ?").all(now) as CmkRow[],
+      rotations: this.db
+        .prepare("SELECT * FROM cmks WHERE automatic_rotation = 'Enabled' AND key_state = 'Enabled' AND next_rotation_date IS NOT NULL AND next_rotation_date <= ?")
+        .all(now) as CmkRow[],
+      expiries: this.db
+        .prepare("SELECT * FROM cmks WHERE material_expire_time IS NOT NULL AND material_expire_time <= ? AND key_state <> 'PendingImport'")
+        .all(now) as CmkRow[],
+    };
+  }
+
+  // ------------------------------------------------------------------ key versions
+
+  insertVersion(row: KeyVersionRow): void {
+    this.db
+      .prepare('INSERT INTO key_versions (version_id, key_id, creation_date, software_wrapped, material_state) VALUES (@version_id, @key_id, @creation_date, @software_wrapped, @material_state)')
+      .run(row);
+  }
+
+  getVersion(versionId: string): KeyVersionRow | undefined {
+    return this.db.prepare('SELECT * FROM key_versions WHERE version_id = ?').get(versionId) as KeyVersionRow | undefined;
+  }
+
+  listVersions(keyId: string): KeyVersionRow[] {
+    return this.db.prepare('SELECT * FROM key_versions WHERE key_id = ? ORDER BY creation_date, version_id').all(keyId) as KeyVersionRow[];
+  }
+
+  allVersions(): KeyVersionRow[] {
+    return this.db.prepare('SELECT * FROM key_versions').all() as KeyVersionRow[];
+  }
+
+  updateVersion(versionId: string, fields: Partial<Pick<KeyVersionRow, 'software_wrapped' | 'material_state'>>): void {
+    const names = Object.keys(fields);
+    if (names.length === 0) return;
+    const set = names.map((n) => `${n} = @${n}`).join(', ');
+    this.db.prepare(`UPDATE key_versions SET ${set} WHERE version_id = @version_id`).run({ ...fields, version_id: versionId });
+  }
+
+  // ------------------------------------------------------------------ aliases
+
+  insertAlias(row: AliasRow): void {
+    this.db.prepare('INSERT INTO aliases (alias_name, key_id, creation_date, update_date) VALUES (@alias_name, @key_id, @creation_date, @update_date)').run(row);
+  }
+
+  getAlias(name: string): AliasRow | undefined {
+    return this.db.prepare('SELECT * FROM aliases WHERE alias_name = ?').get(name) as AliasRow | undefined;
+  }
+
+  updateAlias(name: string, keyId: string, now: number): void {
+    this.db.prepare('UPDATE aliases SET key_id = ?, update_date = ? WHERE alias_name = ?').run(keyId, now, name);
+  }
+
+  deleteAlias(name: string): void {
+    this.db.prepare('DELETE FROM aliases WHERE alias_name = ?').run(name);
+  }
+
+  countAliases(keyId?: string): number {
+    const row = keyId
+      ? this.db.prepare('SELECT COUNT(*) AS n FROM aliases WHERE key_id = ?').get(keyId)
+      : this.db.prepare('SELECT COUNT(*) AS n FROM aliases').get();
+    return (row as { n: number }).n;
+  }
+
+  listAliases(offset: number, limit: number, keyId?: string): AliasRow[] {
+    return keyId
+      ? (this.db.prepare('SELECT * FROM aliases WHERE key_id = ? ORDER BY alias_name LIMIT ? OFFSET ?').all(keyId, limit, offset) as AliasRow[])
+      : (this.db.prepare('SELECT * FROM aliases ORDER BY alias_name LIMIT ? OFFSET ?').all(limit, offset) as AliasRow[]);
+  }
+
+  // ------------------------------------------------------------------ wrapping keys
+
+  insertWrappingKey(row: WrappingKeyRow): void {
+    this.db
+      .prepare(
+        'INSERT INTO wrapping_keys (wrap_id, key_spec, raw_decrypt, public_key, created, key_id, algorithm, expires) VALUES (@wrap_id, @key_spec, @raw_decrypt, @public_key, @created, @key_id, @algorithm, @expires)',
+      )
+      .run(row);
+  }
+
+  getWrappingKey(wrapId: string): WrappingKeyRow | undefined {
+    return this.db.prepare('SELECT * FROM wrapping_keys WHERE wrap_id = ?').get(wrapId) as WrappingKeyRow | undefined;
+  }
+
+  /** Takes one pooled (unissued) key pair of this spec and binds it to a CMK, atomically. */
+  issuePooledWrappingKey(spec: string, rawDecrypt: boolean, keyId: string, algorithm: string, expires: number): WrappingKeyRow | undefined {
+    return this.tx(() => {
+      const row = this.db
+        .prepare('SELECT * FROM wrapping_keys WHERE key_id IS NULL AND expires IS NULL AND key_spec = ? AND raw_decrypt = ? ORDER BY created LIMIT 1')
+        .get(spec, rawDecrypt ? 1 : 0) as WrappingKeyRow | undefined;
+      if (!row) return undefined;
+      this.db.prepare('UPDATE wrapping_keys SET key_id = ?, algorithm = ?, expires = ? WHERE wrap_id = ?').run(keyId, algorithm, expires, row.wrap_id);
+      return { ...row, key_id: keyId, algorithm, expires };
+    });
+  }
+
+  countPooledWrappingKeys(spec: string, rawDecrypt: boolean): number {
+    return (
+      this.db.prepare('SELECT COUNT(*) AS n FROM wrapping_keys WHERE key_id IS NULL AND expires IS NULL AND key_spec = ? AND raw_decrypt = ?').get(spec, rawDecrypt ? 1 : 0) as {
+        n: number;
+      }
+    ).n;
+  }
+
+  expiredWrappingKeys(now: number): WrappingKeyRow[] {
+    return this.db.prepare('SELECT * FROM wrapping_keys WHERE expires IS NOT NULL AND expires <= ?').all(now) as WrappingKeyRow[];
+  }
+
+  allWrappingKeys(): WrappingKeyRow[] {
+    return this.db.prepare('SELECT * FROM wrapping_keys').all() as WrappingKeyRow[];
+  }
+
+  deleteWrappingKey(wrapId: string): void {
+    this.db.prepare('DELETE FROM wrapping_keys WHERE wrap_id = ?').run(wrapId);
+  }
+}
