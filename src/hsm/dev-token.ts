@@ -31,7 +31,11 @@ export function ensureDevToken(dataDir: string): { modulePath: string; tokenLabe
   fs.mkdirSync(tokens, { recursive: true, mode: 0o700 });
   fs.chmodSync(dataDir, 0o700);
   if (!fs.existsSync(conf)) {
-    fs.writeFileSync(conf, `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`, { mode: 0o600 });
+    const template = path.resolve(__dirname, '..', '..', ...(__dirname.includes(`${path.sep}dist${path.sep}`) ? ['..'] : []), 'softhsm', 'softhsm2.conf.template');
+    const text = fs.existsSync(template)
+      ? fs.readFileSync(template, 'utf8').replace('@TOKENDIR@', tokens)
+      : `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\n`;
+    fs.writeFileSync(conf, text, { mode: 0o600 });
   }
   process.env.SOFTHSM2_CONF = conf;
   const modulePath = findSoftHsmModule();
