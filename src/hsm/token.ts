@@ -799,6 +799,194 @@ export class HsmToken {
     const priv = this.wrapPrivateHandle(wrapId);
     return this.withSession((p11, s) => (p11.C_GetAttributeValue(s, priv, [{ type: pkcs11js.CKA_MODULUS }])[0].value as Buffer).length, 'C_GetAttributeValue');
   }
+
+  /**
+   * Loads an existing RSA private key into the token as wrapping key `id` (test vectors, key
+   * ceremonies). Same security attributes as generateWrappingKeyPair: it can only unwrap (and raw-
+   * decrypt when `allowDecrypt`), and never leaves the token again. The public half is created
+   * beside it, as generateWrappingKeyPair does, so a session pair (token=false) is registered like
+   * a generated one and destroyTransientPair removes both objects. The key components are copied
+   * into Buffers that are zeroed before returning (the JWK strings themselves are immutable; callers
+   * should drop the KeyObject).
+   */
+  importWrappingPrivateKey(id: string, key: crypto.KeyObject, allowDecrypt: boolean, token = false): void {
+    if (key.type !== 'private' || key.asymmetricKeyType !== 'rsa') {
+      throw new HsmError('a wrapping key must be an RSA private key', 'UNSUPPORTED');
+    }
+    const label = this.label('wrap', id);
+    if (token ? this.handleOf('wrap', id) : this.transientPairs.has(id)) {
+      throw new HsmError(`wrapping key ${label} already exists`, 'EXISTS');
+    }
+    const idBytes = Buffer.from(id, 'utf8');
+    const jwk = key.export({ format: 'jwk' });
+    const parts: Buffer[] = [];
+    const component = (name: 'n' | 'e' | 'd' | 'p' | 'q' | 'dp' | 'dq' | 'qi'): Buffer => {
+      const value = jwk[name];
+      if (typeof value !== 'string' || value.length === 0) throw new HsmError(`the RSA key has no ${name} component`, 'UNSUPPORTED');
+      const b = Buffer.from(value, 'base64url'); // big-endian, unsigned, as PKCS#11 wants
+      parts.push(b);
+      return b;
+    };
+    try {
+      const n = component('n');
+      const e = component('e');
+      const pair = this.withSession((p11, s) => {
+        const privateKey = p11.C_CreateObject(s, [
+          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
+          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_RSA },
+          { type: pkcs11js.CKA_TOKEN, value: token }, // false: a session object for tests and one-off imports
+          { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
+          { type: pkcs11js.CKA_SENSITIVE, value: true }, // the private components can never be read back
+          { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wrapped out
+          { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
+          { type: pkcs11js.CKA_UNWRAP, value: true }, // its one job: unwrap key material into the token
+          { type: pkcs11js.CKA_DECRYPT, value: allowDecrypt }, // raw RSA for host-assisted OAEP only
+          { type: pkcs11js.CKA_SIGN, value: false }, // never a signing key
+          { type: pkcs11js.CKA_SIGN_RECOVER, value: false },
+          { type: pkcs11js.CKA_DERIVE, value: false },
+          { type: pkcs11js.CKA_LABEL, value: label }, // kmsd:wrap:<id>, what findOne and listIds match
+          { type: pkcs11js.CKA_ID, value: idBytes },
+          { type: pkcs11js.CKA_MODULUS, value: n }, // the key itself, from the JWK
+          { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: e },
+          { type: pkcs11js.CKA_PRIVATE_EXPONENT, value: component('d') },
+          { type: pkcs11js.CKA_PRIME_1, value: component('p') },
+          { type: pkcs11js.CKA_PRIME_2, value: component('q') },
+          { type: pkcs11js.CKA_EXPONENT_1, value: component('dp') },
+          { type: pkcs11js.CKA_EXPONENT_2, value: component('dq') },
+          { type: pkcs11js.CKA_COEFFICIENT, value: component('qi') },
+        ]);
+        try {
+          const publicKey = p11.C_CreateObject(s, [
+            { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY },
+            { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_RSA },
+            { type: pkcs11js.CKA_TOKEN, value: token }, // lives exactly as long as its private half
+            { type: pkcs11js.CKA_PRIVATE, value: false }, // the public key is public
+            { type: pkcs11js.CKA_MODIFIABLE, value: false },
+            { type: pkcs11js.CKA_ENCRYPT, value: true }, // clients encrypt outside; in-token use is for probes
+            { type: pkcs11js.CKA_WRAP, value: true },
+            { type: pkcs11js.CKA_VERIFY, value: false },
+            { type: pkcs11js.CKA_VERIFY_RECOVER, value: false },
+            { type: pkcs11js.CKA_DERIVE, value: false },
+            { type: pkcs11js.CKA_LABEL, value: label },
+            { type: pkcs11js.CKA_ID, value: idBytes },
+            { type: pkcs11js.CKA_MODULUS, value: n },
+            { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: e },
+          ]);
+          return { publicKey, privateKey };
+        } catch (err) {
+          // Never leave half a pair behind.
+          try {
+            p11.C_DestroyObject(s, privateKey);
+          } catch {
+            /* already failing; a session object dies with its session anyway */
+          }
+          throw err;
+        }
+      }, 'C_CreateObject');
+      if (token) this.handleCache.set(label, pair.privateKey);
+      else this.transientPairs.set(id, pair);
+    } finally {
+      for (const b of parts) b.fill(0);
+    }
+  }
+
+  // ---------------------------------------------------------------- signing key (issue 5: audit checkpoints)
+  // An ECDSA P-256 key pair whose private half never leaves the token. P-256 rather than Ed25519
+  // because every HSM we target (Luna, nShield, YubiHSM 2, CloudHSM, SoftHSM) signs with it.
+  // Labels are kmsd:sign:<id>; the pair shares the label, so lookups also match on the class.
+
+  private signingHandle(id: string, cls: number): Handle | null {
+    const label = `kmsd:sign:${id}`;
+    const cacheKey = `${label}#${cls}`;
+    const cached = this.handleCache.get(cacheKey);
+    if (cached) return cached;
+    const found = this.withSession((p11, s) => {
+      p11.C_FindObjectsInit(s, [
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        { type: pkcs11js.CKA_LABEL, value: label },
+        { type: pkcs11js.CKA_CLASS, value: cls },
+      ]);
+      try {
+        return p11.C_FindObjects(s, 2);
+      } finally {
+        p11.C_FindObjectsFinal(s);
+      }
+    }, 'C_FindObjects');
+    if (found.length > 1) throw new HsmError(`more than one token object is labelled ${label}`, 'AMBIGUOUS');
+    if (found[0]) this.handleCache.set(cacheKey, found[0]);
+    return found[0] ?? null;
+  }
+
+  /** Creates the signing key pair once; returns the public key as DER SubjectPublicKeyInfo. */
+  ensureSigningKeyPair(id: string): Buffer {
+    let pub = this.signingHandle(id, pkcs11js.CKO_PUBLIC_KEY);
+    const priv = this.signingHandle(id, pkcs11js.CKO_PRIVATE_KEY);
+    if (!pub || !priv) {
+      if (pub || priv) throw new HsmError(`signing key kmsd:sign:${id} is half there (public ${Boolean(pub)}, private ${Boolean(priv)})`, 'AMBIGUOUS');
+      const label = `kmsd:sign:${id}`;
+      const idBytes = Buffer.from(id, 'utf8');
+      const pair = this.withSession(
+        (p11, s) =>
+          p11.C_GenerateKeyPair(
+            s,
+            { mechanism: pkcs11js.CKM_EC_KEY_PAIR_GEN, parameter: null as unknown as Buffer },
+            [
+              { type: pkcs11js.CKA_TOKEN, value: true }, // the verifying key survives restarts
+              { type: pkcs11js.CKA_PRIVATE, value: false }, // the public key is public
+              { type: pkcs11js.CKA_MODIFIABLE, value: false },
+              { type: pkcs11js.CKA_EC_PARAMS, value: Buffer.from('06082a8648ce3d030107', 'hex') }, // OID prime256v1 (P-256)
+              { type: pkcs11js.CKA_VERIFY, value: true },
+              { type: pkcs11js.CKA_ENCRYPT, value: false },
+              { type: pkcs11js.CKA_WRAP, value: false },
+              { type: pkcs11js.CKA_DERIVE, value: false },
+              { type: pkcs11js.CKA_LABEL, value: label },
+              { type: pkcs11js.CKA_ID, value: idBytes },
+            ],
+            [
+              { type: pkcs11js.CKA_TOKEN, value: true }, // survives restarts: checkpoints stay verifiable
+              { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
+              { type: pkcs11js.CKA_SENSITIVE, value: true }, // the private value can never be read
+              { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wrapped out: nobody can sign outside the token
+              { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
+              { type: pkcs11js.CKA_SIGN, value: true }, // its one job: sign audit checkpoints
+              { type: pkcs11js.CKA_SIGN_RECOVER, value: false },
+              { type: pkcs11js.CKA_DECRYPT, value: false },
+              { type: pkcs11js.CKA_UNWRAP, value: false },
+              { type: pkcs11js.CKA_DERIVE, value: false }, // no ECDH with it either
+              { type: pkcs11js.CKA_LABEL, value: label },
+              { type: pkcs11js.CKA_ID, value: idBytes },
+            ],
+          ),
+        'C_GenerateKeyPair',
+      );
+      this.handleCache.set(`${label}#${pkcs11js.CKO_PUBLIC_KEY}`, pair.publicKey);
+      this.handleCache.set(`${label}#${pkcs11js.CKO_PRIVATE_KEY}`, pair.privateKey);
+      pub = pair.publicKey;
+    }
+    const h = pub;
+    return this.withSession((p11, s) => {
+      // CKA_EC_POINT is the DER OCTET STRING around the uncompressed point 04 || X || Y.
+      const der = p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_EC_POINT }])[0].value as Buffer;
+      const point = der.length === 67 && der[0] === 0x04 && der[1] === 0x41 ? der.subarray(2) : der;
+      if (point.length !== 65 || point[0] !== 0x04) throw new HsmError(`unexpected CKA_EC_POINT of ${der.length} bytes`, 'UNSUPPORTED');
+      const key = crypto.createPublicKey({
+        key: { kty: 'EC', crv: 'P-256', x: point.subarray(1, 33).toString('base64url'), y: point.subarray(33).toString('base64url') },
+        format: 'jwk',
+      });
+      return key.export({ type: 'spki', format: 'der' });
+    }, 'C_GetAttributeValue');
+  }
+
+  /** ECDSA P-256 over SHA-256(data) inside the token; returns r || s (64 bytes, IEEE P1363). */
+  signEcdsaP256(id: string, data: Buffer): Buffer {
+    const priv = this.signingHandle(id, pkcs11js.CKO_PRIVATE_KEY);
+    if (!priv) throw new HsmError(`token object kmsd:sign:${id} not found`, 'NOT_FOUND');
+    const digest = crypto.createHash('sha256').update(data).digest();
+    return this.withSession((p11, s) => {
+      p11.C_SignInit(s, { mechanism: pkcs11js.CKM_ECDSA, parameter: null as unknown as Buffer }, priv);
+      return p11.C_Sign(s, digest, Buffer.alloc(64));
+    }, 'C_Sign');
+  }
 }
 
 export { DecryptFailedError, UnwrapFailedError };

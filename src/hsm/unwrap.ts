@@ -92,9 +92,30 @@ export function needsRawDecrypt(plan: UnwrapPlan): boolean {
 }
 
 export class MaterialLengthError extends HsmError {
+  /** `bytes` only when the exact length is known; null when it is only known not to be 32. */
   constructor(readonly bytes: number | null) {
-    super(bytes === null ? 'the key material is not a usable AES key' : `the key material is ${bytes * 8} bits`, 'MATERIAL_LENGTH');
+    super(bytes === null ? 'the key material is not 256 bits long' : `the key material is ${bytes * 8} bits`, 'MATERIAL_LENGTH');
   }
+}
+
+/**
+ * Length checks of an unwrapped transient key. Where the token does not report CKA_VALUE_LEN the
+ * token layer measures it by an RFC 5649 wrap, which rounds up to a multiple of 8 bytes: a measured
+ * 40 may be 33..40 bytes, so only 16 and 24 (which AES accepts only exactly) are reported as exact.
+ * A key the token cannot even wrap (an empty value) is a length error, not an internal one.
+ */
+function checkAes256(token: HsmToken, caps: HsmCapabilities, key: TransientKey): void {
+  let len: number;
+  try {
+    len = token.keyLength(key);
+  } catch (e) {
+    if (!(e instanceof HsmError) || !['CKR_KEY_NOT_WRAPPABLE', 'CKR_KEY_SIZE_RANGE'].includes(e.code)) throw e;
+    throw new MaterialLengthError(null);
+  }
+  const usable = token.usableForAes(key);
+  if (len === AES_256_BYTES && usable) return;
+  const exact = len > 0 && (caps.reportsUnwrappedLength || ((len === 16 || len === 24) && usable));
+  throw new MaterialLengthError(exact ? len : null);
 }
 
 const AES_256_BYTES = 32;
@@ -136,7 +157,10 @@ export function unwrapKeyMaterial(token: HsmToken, caps: HsmCapabilities, wrapId
         const material = hostOaepDecrypt(token, wrapId, wrapped, OAEP_HASH[plan.algorithm as 'RSAES_OAEP_SHA_1' | 'RSAES_OAEP_SHA_256']);
         try {
           if (material.length !== AES_256_BYTES) throw new MaterialLengthError(material.length);
-          target = token.createTransientAesKey(material, 'data', extractable);
+          // Same attributes as the in-token path's transient key: HsmToken.persistTransient copies it
+          // with CKA_EXTRACTABLE=false, which SoftHSM refuses (CKR_ATTRIBUTE_READ_ONLY) on a key that is
+          // already non-extractable. The persisted copy is never extractable at HSM level.
+          target = token.createTransientAesKey(material, 'data', measurable);
         } finally {
           material.fill(0);
         }
@@ -151,7 +175,16 @@ export function unwrapKeyMaterial(token: HsmToken, caps: HsmCapabilities, wrapId
         const tail = wrapped.subarray(k);
         const padding = rsaPaddingOf(plan.algorithm);
         if (plan.path === 'composed') {
-          ephemeral = token.rsaUnwrap(wrapId, padding, head, 'unwrap', false);
+          // The ephemeral key must be AES-256, whatever the token does: measured like the target.
+          ephemeral = token.rsaUnwrap(wrapId, padding, head, 'unwrap', !caps.reportsUnwrappedLength);
+          let ephemeralLength: number;
+          try {
+            ephemeralLength = token.keyLength(ephemeral);
+          } catch {
+            throw new UnwrapFailedError();
+          }
+          // A measured 40 is 25..32 bytes; 25..31 cannot key AES and fail in the AES-KWP unwrap below.
+          if (ephemeralLength !== AES_256_BYTES) throw new UnwrapFailedError();
         } else {
           const eph = hostOaepDecrypt(token, wrapId, head, padding === 'OAEP_SHA_1' ? 'sha1' : 'sha256');
           try {
@@ -166,9 +199,14 @@ export function unwrapKeyMaterial(token: HsmToken, caps: HsmCapabilities, wrapId
       }
     }
     if (plan.path !== 'host-assisted') {
-      const len = token.keyLength(target);
-      if (len !== AES_256_BYTES) throw new MaterialLengthError(len < 0 ? null : len);
-      if (!token.usableForAes(target)) throw new MaterialLengthError(null);
+      try {
+        checkAes256(token, caps, target);
+      } catch (e) {
+        // PKCS#1 v1.5: telling "bad padding" apart from "good padding, wrong length" would be a
+        // Bleichenbacher oracle on the wrapping key, so both are the one UnwrapFailedError.
+        if (e instanceof MaterialLengthError && plan.algorithm === 'RSAES_PKCS1_V1_5') throw new UnwrapFailedError();
+        throw e;
+      }
     }
     const result = target;
     target = null;
