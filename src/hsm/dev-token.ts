@@ -33,7 +33,7 @@ export function ensureDevToken(dataDir: string): { modulePath: string; tokenLabe
   if (!fs.existsSync(conf)) {
     const template = path.resolve(__dirname, '..', '..', ...(__dirname.includes(`${path.sep}dist${path.sep}`) ? ['..'] : []), 'softhsm', 'softhsm2.conf.template');
     const text = fs.existsSync(template)
-      ? fs.readFileSync(template, 'utf8').replace('@TOKENDIR@', tokens)
+      ? fs.readFileSync(template, 'utf8').replaceAll('@TOKENDIR@', tokens)
       : `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\n`;
     fs.writeFileSync(conf, text, { mode: 0o600 });
   }

@@ -151,8 +151,9 @@ export function isNativeError(result: Buffer | NativeError): result is NativeErr
 }
 
 /**
- * Test hook: closes every worker's session behind its back (as a token reset would), so the next
- * operations exercise session recovery. Returns the number of sessions closed.
+ * Test hook: every worker closes its session behind the back of its own bookkeeping (as a token
+ * reset would) just before its next job, which then goes through session recovery. Returns the
+ * number of workers told.
  */
 export function closeWorkerSessionsForTesting(aes: NativeAesGcm): number {
   return (aes as RawAesGcm)._closeWorkerSessions();

@@ -68,7 +68,9 @@ export class HsmToken {
       throw new HsmError(`cannot load PKCS#11 module ${opts.modulePath}: ${(e as Error).message}`, 'MODULE_LOAD_FAILED');
     }
     try {
-      p11.C_Initialize();
+      // The native addon calls into the same module from its worker threads, so the module must do
+      // its own locking: without CKF_OS_LOCKING_OK SoftHSM turns locking off.
+      p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
     } catch (e) {
       const err = toHsmError(e, 'C_Initialize');
       if (err.code !== 'CKR_CRYPTOKI_ALREADY_INITIALIZED') throw err;
