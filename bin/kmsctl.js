@@ -1,2 +1,2 @@
 #!/usr/bin/env node
-require('../dist/src/cli/kmsctl.js');
+require('../dist/src/cli/kmsctl.js').main();

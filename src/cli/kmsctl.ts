@@ -9,7 +9,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { loadApi } from '../api/proto';
-import { KmsClient, KmsClientError } from '../client/client';
+import { KmsClientError } from '../client/client';
+import { KmsdClient, SERVICES } from '../client/kmsd-client';
+import { CEREMONY_CLI_ACTIONS, CEREMONY_USAGE, runCeremonyCli } from './kmsctl-ceremony';
 
 class UsageError extends Error {}
 
@@ -20,8 +22,9 @@ interface FieldInfo {
 }
 
 function requestFields(action: string): FieldInfo[] {
-  const def = loadApi().definition['kms.v1.KeyManagementService'] as unknown as Record<string, { requestType: { type: { field: { name: string; type: string; label: string }[] } } }>;
-  const method = def[action];
+  // Every service's RPCs are actions (KeyManagementService, CeremonyService, AuditService; names are unique).
+  const defs = SERVICES.map((svc) => loadApi().definition[`kms.v1.${svc}`] as unknown as Record<string, { requestType: { type: { field: { name: string; type: string; label: string }[] } } }>);
+  const method = defs.find((d) => Object.prototype.hasOwnProperty.call(d, action))?.[action];
   if (!method) throw new UsageError(`unknown action "${action}" (kmsctl --help lists them)`);
   return method.requestType.type.field.map((f) => ({ name: f.name, type: f.type, repeated: f.label === 'LABEL_REPEATED' }));
 }
@@ -36,9 +39,15 @@ function convert(action: string, field: FieldInfo, raw: string): unknown {
     case 'TYPE_STRING':
       return raw;
     case 'TYPE_INT32':
-    case 'TYPE_INT64':
+    case 'TYPE_INT64': {
       if (!/^-?\d+$/.test(raw)) throw new UsageError(`--${field.name}: expected an integer (got "${raw}")`);
-      return Number(raw);
+      // protobufjs wraps an out-of-range int32 silently (4294967303 arrives as 7), so a typo could
+      // schedule a deletion with the shortest window: refuse anything the field cannot hold.
+      const n = Number(raw);
+      const ok = field.type === 'TYPE_INT32' ? Number.isInteger(n) && n >= -2147483648 && n <= 2147483647 : Number.isSafeInteger(n);
+      if (!ok) throw new UsageError(`--${field.name}: ${raw} is out of range for a ${field.type === 'TYPE_INT32' ? '32' : '64'}-bit integer`);
+      return n;
+    }
     case 'TYPE_BOOL':
       if (!['true', 'false'].includes(raw)) throw new UsageError(`--${field.name}: expected true or false (got "${raw}")`);
       return raw === 'true';
@@ -101,10 +110,11 @@ export async function run(argv: string[]): Promise<number> {
   }
   const action = argv[i++];
   if (!action || action === '--help' || action === '-h' || action === 'help') {
-    const def = loadApi().definition['kms.v1.KeyManagementService'] as object;
-    process.stdout.write(USAGE(Object.keys(def)));
+    const names = SERVICES.flatMap((svc) => Object.keys(loadApi().definition[`kms.v1.${svc}`] as object));
+    process.stdout.write(USAGE([...names, 'SignProposal']) + '\n' + CEREMONY_USAGE + '\n');
     return action ? 0 : 2;
   }
+  if (CEREMONY_CLI_ACTIONS.includes(action)) return runCeremonyCli(action, argv.slice(i), opts); // issue 5: file-reading actions
   const fields = requestFields(action);
   const request: Record<string, unknown> = {};
   const local: Record<string, string> = {};
@@ -124,7 +134,7 @@ export async function run(argv: string[]): Promise<number> {
     if (name in request) throw new UsageError(`--${name} given twice`);
     request[name] = convert(action, field, value);
   }
-  const client = new KmsClient(opts);
+  const client = new KmsdClient(opts);
   try {
     const res = (await client.call(action, request)) as Record<string, unknown>;
     if (local.OutputDir) {
@@ -138,7 +148,8 @@ export async function run(argv: string[]): Promise<number> {
   }
 }
 
-if (require.main === module || process.argv[1]?.endsWith('kmsctl.js')) {
+/** The process entry point (bin/kmsctl.js calls it, so it works through npm's .bin symlink too). */
+export function main(): void {
   run(process.argv.slice(2)).then(
     (code) => process.exit(code),
     (e) => {
@@ -152,3 +163,5 @@ if (require.main === module || process.argv[1]?.endsWith('kmsctl.js')) {
     },
   );
 }
+
+if (require.main === module) main();

@@ -443,7 +443,11 @@ export class HsmToken {
       (p11, s) =>
         p11.C_CopyObject(s, key.handle, [
           { type: pkcs11js.CKA_TOKEN, value: true },
-          { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+          // Only an extractable transient needs the one-way change; restating false on a key that is
+          // already non-extractable is CKR_ATTRIBUTE_READ_ONLY on SoftHSM.
+          ...((p11.C_GetAttributeValue(s, key.handle, [{ type: pkcs11js.CKA_EXTRACTABLE }])[0].value as Buffer)[0] === 1
+            ? [{ type: pkcs11js.CKA_EXTRACTABLE, value: false }]
+            : []),
           { type: pkcs11js.CKA_LABEL, value: this.label(kind, id) },
           { type: pkcs11js.CKA_ID, value: Buffer.from(id, 'utf8') },
         ]),

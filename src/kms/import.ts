@@ -15,6 +15,7 @@ import type { WrappingKeyRow } from '../store/store';
 
 export const MAC_KEY_ID = 'import-token-v1';
 const TOKEN_PREFIX = 'kmsd-it1.';
+const MAX_EXPIRE_UNIX = 253402300799;
 
 export interface ImportConfig {
   /** Life of an import token and its wrapping key, seconds (24 h). */
@@ -75,6 +76,9 @@ export class ImportService {
     if (parts.length !== 2 || !/^[A-Za-z0-9_-]+$/.test(parts[0]) || !/^[A-Za-z0-9_-]+$/.test(parts[1])) throw bad();
     const payload = Buffer.from(parts[0], 'base64url');
     const tag = Buffer.from(parts[1], 'base64url');
+    // Canonical encoding only: the unused low bits of a last base64url character are ignored when
+    // decoding, so without this one token could be written (altered) several ways and still verify.
+    if (payload.toString('base64url') !== parts[0] || tag.toString('base64url') !== parts[1]) throw bad();
     const expected = this.mac(payload);
     if (tag.length !== expected.length || !crypto.timingSafeEqual(tag, expected)) throw bad();
     let p: TokenPayload;
@@ -145,7 +149,11 @@ export class ImportService {
     this.requireImportState(row);
     const p = this.verifyToken(req.ImportToken, row.key_id);
     const expireUnix = req.KeyMaterialExpireUnix ?? 0;
-    if (!Number.isInteger(expireUnix) || expireUnix < 0) throw invalid('KeyMaterialExpireUnix', 'must be 0 (never expires) or a UNIX time in seconds');
+    // The upper bound keeps the time representable (a JS Date ends in 275760; a larger value used to be
+    // stored and then broke every DescribeKey of the CMK with an internal error).
+    if (!Number.isInteger(expireUnix) || expireUnix < 0 || expireUnix > MAX_EXPIRE_UNIX) {
+      throw invalid('KeyMaterialExpireUnix', `must be 0 (never expires) or a UNIX time in seconds, at most ${MAX_EXPIRE_UNIX} (9999-12-31T23:59:59Z)`);
+    }
     const expireMs = expireUnix === 0 ? null : expireUnix * 1000;
     if (expireMs !== null && expireMs <= this.kms.now()) {
       throw invalid('KeyMaterialExpireUnix', `must be 0 (never) or in the future (got ${iso(expireMs)})`);
@@ -158,7 +166,8 @@ export class ImportService {
       key = unwrapKeyMaterial(this.token, this.caps, p.wid, plan, wrapped, level === 'SOFTWARE');
     } catch (e) {
       if (e instanceof UnwrapFailedError) {
-        throw new KmsError('InvalidParameter.EncryptedKeyMaterial', `EncryptedKeyMaterial: cannot be decrypted with the wrapping key of this import token using ${p.alg}`);
+        const pkcs1 = p.alg === 'RSAES_PKCS1_V1_5' ? ', or it does not hold a 256-bit AES key (with PKCS#1 v1.5 the two are deliberately not told apart)' : '';
+        throw new KmsError('InvalidParameter.EncryptedKeyMaterial', `EncryptedKeyMaterial: cannot be decrypted with the wrapping key of this import token using ${p.alg}${pkcs1}`);
       }
       if (e instanceof MaterialLengthError) {
         throw new KmsError('InvalidParameter.KeyMaterialLength', `EncryptedKeyMaterial: the key material must be a 256-bit AES key (${e.message})`);

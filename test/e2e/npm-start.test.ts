@@ -1,0 +1,56 @@
+// The README's first command: `npm start` sets up, builds, creates a development token and runs
+// kmsd; `npx kmsctl CreateKey --ProtectionLevel HSM` answers. The data directory and port come from
+// KMS_DATA_DIR / KMS_LISTEN so the test does not touch ./var or 50051.
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ROOT, makeTempDir } from '../helpers/daemon';
+
+describe('npm start and npx kmsctl', () => {
+  const dataDir = makeTempDir('kmsd-npm-start-');
+  let child: ReturnType<typeof spawn> | null = null;
+
+  afterAll(async () => {
+    if (child && child.exitCode === null) {
+      // npm runs kmsd under a shell: signal the whole process group, then wait for npm to exit.
+      const exited = new Promise((r) => child!.on('exit', r));
+      process.kill(-child.pid!, 'SIGTERM');
+      await exited;
+    }
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('brings kmsd up and kmsctl creates an HSM key through the npx bin entry', async () => {
+    child = spawn('npm', ['start', '--silent'], {
+      cwd: ROOT,
+      env: { ...process.env, KMS_DATA_DIR: dataDir, KMS_LISTEN: '127.0.0.1:0' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    });
+    let out = '';
+    child.stdout!.on('data', (d) => (out += d.toString()));
+    child.stderr!.on('data', (d) => (out += d.toString()));
+    const endpoint = await new Promise<string>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`npm start did not listen:\n${out}`)), 100_000);
+      child!.stdout!.on('data', () => {
+        const m = /listening on (127\.0\.0\.1:\d+)/.exec(out);
+        if (m) {
+          clearTimeout(t);
+          resolve(m[1]);
+        }
+      });
+    });
+    const r = spawnSync('npx', ['--no-install', 'kmsctl', 'CreateKey', '--ProtectionLevel', 'HSM'], {
+      cwd: ROOT,
+      env: { ...process.env, KMS_ENDPOINT: endpoint },
+      encoding: 'utf8',
+    });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    const meta = JSON.parse(r.stdout).KeyMetadata;
+    expect(meta.ProtectionLevel).toBe('HSM');
+    expect(meta.KeyState).toBe('Enabled');
+    // The development token was created inside the data directory.
+    expect(fs.existsSync(`${dataDir}/softhsm/softhsm2.conf`)).toBe(true);
+  });
+});
