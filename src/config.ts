@@ -27,11 +27,30 @@ export interface DaemonConfig {
   minRotationIntervalSeconds: number;
   useNativeAddon: boolean;
   logLevel: string;
+  /** Issue 6: authorization and limits (defaults from securitySettings when absent). */
+  security?: SecurityConfig;
+}
+
+/** Issue 6: who may call (policy), how much (limits), and whether plaintext is served at all. */
+export interface SecurityConfig {
+  /** Authorization policy file (JSON), reloaded on SIGHUP. */
+  policyFile?: string;
+  /** Serve plaintext gRPC when no TLS is configured (loopback only). */
+  plaintextLoopback: boolean;
+  /** Requests per second per principal (0 = off) and the bucket size. */
+  ratePerSecond: number;
+  rateBurst: number;
+  /** HSM bulkhead: actions in flight, actions queued, queue timeout. */
+  maxInFlight: number;
+  maxQueued: number;
+  queueTimeoutMs: number;
+  /** Largest gRPC message accepted or sent, bytes. */
+  maxMessageBytes: number;
 }
 
 export class ConfigError extends Error {}
 
-const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-key' | 'tls-client-ca'> = {
+const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-key' | 'tls-client-ca' | 'policy' | 'plaintext-loopback'> = {
   '--listen': 'listen',
   '--data-dir': 'dataDir',
   '--pkcs11-module': 'pkcs11Module',
@@ -41,14 +60,20 @@ const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-ke
   '--tls-cert': 'tls-cert',
   '--tls-key': 'tls-key',
   '--tls-client-ca': 'tls-client-ca',
+  '--policy': 'policy',
+  '--plaintext-loopback': 'plaintext-loopback',
 };
 
 export const USAGE = `usage: kmsd [--listen HOST:PORT] [--data-dir DIR] [--pkcs11-module PATH] [--token-label LABEL]
             [--pin-file FILE] [--config FILE] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
+            [--policy FILE] [--plaintext-loopback 0|1]
 
 Environment: KMS_LISTEN, KMS_DATA_DIR, KMS_PKCS11_MODULE, KMS_TOKEN_LABEL, KMS_PIN_FILE, KMS_TLS_CERT,
 KMS_TLS_KEY, KMS_TLS_CLIENT_CA, KMS_ALLOW_HOST_ASSISTED_UNWRAP (0|1), KMS_IMPORT_TOKEN_TTL_SECONDS,
 KMS_WRAPPING_KEY_POOL_SIZE, KMS_SCHEDULER_INTERVAL_MS, KMS_NATIVE (0 disables the addon), KMS_LOG_LEVEL.
+Security (docs/security.md): KMS_POLICY, KMS_PLAINTEXT_LOOPBACK (0|1, default 1 without TLS), KMS_RATE_LIMIT
+(requests/s per principal, 0 = off; default 1000 with TLS, 0 without), KMS_RATE_BURST, KMS_HSM_MAX_IN_FLIGHT,
+KMS_HSM_MAX_QUEUED, KMS_HSM_QUEUE_TIMEOUT_MS, KMS_MAX_MESSAGE_BYTES. SIGHUP reloads the policy file.
 
 With --pkcs11-module, --token-label and --pin-file kmsd uses that existing token and never initializes
 one. With none of them it creates (once) a development SoftHSM token under DATA_DIR/softhsm.
@@ -59,6 +84,14 @@ function intSetting(name: string, raw: unknown, min: number, max: number): numbe
   if (!Number.isInteger(n) || n < min || n > max) throw new ConfigError(`${name} must be an integer from ${min} to ${max} (got ${String(raw)})`);
   return n;
 }
+
+/** An environment variable set to "" counts as unset, as it does for the string settings. */
+function envValue(env: NodeJS.ProcessEnv, name: string): string | undefined {
+  const v = env[name];
+  return v === '' ? undefined : v;
+}
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 function boolSetting(name: string, raw: unknown): boolean | undefined {
   if (raw === undefined || raw === '') return undefined;
@@ -112,15 +145,17 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig
     pkcs11Module: pick('pkcs11Module', 'KMS_PKCS11_MODULE', 'pkcs11Module'),
     tokenLabel: pick('tokenLabel', 'KMS_TOKEN_LABEL', 'tokenLabel'),
     pinFile: pick('pinFile', 'KMS_PIN_FILE', 'pinFile'),
-    allowHostAssistedUnwrap: boolSetting('allowHostAssistedUnwrap', env.KMS_ALLOW_HOST_ASSISTED_UNWRAP ?? file.allowHostAssistedUnwrap),
-    importTokenTtlSeconds: intSetting('importTokenTtlSeconds', env.KMS_IMPORT_TOKEN_TTL_SECONDS ?? file.importTokenTtlSeconds ?? 86400, 1, 30 * 86400),
-    wrappingKeyPoolSize: intSetting('wrappingKeyPoolSize', env.KMS_WRAPPING_KEY_POOL_SIZE ?? file.wrappingKeyPoolSize ?? 2, 0, 64),
-    schedulerIntervalMs: intSetting('schedulerIntervalMs', env.KMS_SCHEDULER_INTERVAL_MS ?? file.schedulerIntervalMs ?? 1000, 50, 3_600_000),
-    pendingWindowDaySeconds: intSetting('pendingWindowDaySeconds', env.KMS_PENDING_WINDOW_DAY_SECONDS ?? file.pendingWindowDaySeconds ?? 86400, 1, 86400),
-    minRotationIntervalSeconds: intSetting('minRotationIntervalSeconds', env.KMS_MIN_ROTATION_INTERVAL_SECONDS ?? file.minRotationIntervalSeconds ?? 7 * 86400, 1, 7 * 86400),
-    useNativeAddon: boolSetting('KMS_NATIVE', env.KMS_NATIVE ?? file.useNativeAddon) ?? true,
-    logLevel: (env.KMS_LOG_LEVEL ?? (file.logLevel as string | undefined) ?? 'info').toString(),
+    allowHostAssistedUnwrap: boolSetting('allowHostAssistedUnwrap', envValue(env, 'KMS_ALLOW_HOST_ASSISTED_UNWRAP') ?? file.allowHostAssistedUnwrap),
+    importTokenTtlSeconds: intSetting('importTokenTtlSeconds', envValue(env, 'KMS_IMPORT_TOKEN_TTL_SECONDS') ?? file.importTokenTtlSeconds ?? 86400, 1, 30 * 86400),
+    wrappingKeyPoolSize: intSetting('wrappingKeyPoolSize', envValue(env, 'KMS_WRAPPING_KEY_POOL_SIZE') ?? file.wrappingKeyPoolSize ?? 2, 0, 64),
+    schedulerIntervalMs: intSetting('schedulerIntervalMs', envValue(env, 'KMS_SCHEDULER_INTERVAL_MS') ?? file.schedulerIntervalMs ?? 1000, 50, 3_600_000),
+    pendingWindowDaySeconds: intSetting('pendingWindowDaySeconds', envValue(env, 'KMS_PENDING_WINDOW_DAY_SECONDS') ?? file.pendingWindowDaySeconds ?? 86400, 1, 86400),
+    minRotationIntervalSeconds: intSetting('minRotationIntervalSeconds', envValue(env, 'KMS_MIN_ROTATION_INTERVAL_SECONDS') ?? file.minRotationIntervalSeconds ?? 7 * 86400, 1, 7 * 86400),
+    useNativeAddon: boolSetting('KMS_NATIVE', envValue(env, 'KMS_NATIVE') ?? file.useNativeAddon) ?? true,
+    logLevel: (envValue(env, 'KMS_LOG_LEVEL') ?? (file.logLevel as string | undefined) ?? 'info').toString(),
   };
+  // pino throws on an unknown level; say so here, as every other bad setting is said.
+  if (!LOG_LEVELS.includes(cfg.logLevel)) throw new ConfigError(`logLevel must be one of ${LOG_LEVELS.join(', ')} (got ${cfg.logLevel})`);
   const cert = pick('tls-cert', 'KMS_TLS_CERT', 'tlsCert');
   const key = pick('tls-key', 'KMS_TLS_KEY', 'tlsKey');
   const ca = pick('tls-client-ca', 'KMS_TLS_CLIENT_CA', 'tlsClientCa');
@@ -136,5 +171,28 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig
   if (!isLoopback(host) && !cfg.tls) {
     throw new ConfigError(`refusing to listen on non-loopback address ${cfg.listen} without TLS (give --tls-cert and --tls-key)`);
   }
+  cfg.security = securitySettings(flags, env, file, Boolean(cfg.tls));
   return cfg;
+}
+
+// ---- issue 6: authorization, limits, plaintext switch
+
+export function securitySettings(flags: Record<string, string>, env: NodeJS.ProcessEnv, file: Record<string, unknown>, tls: boolean): SecurityConfig {
+  const val = (flag: string | null, envName: string, fileKey: string): unknown => (flag && flags[flag]) ?? envValue(env, envName) ?? file[fileKey];
+  const policyFile = val('policy', 'KMS_POLICY', 'policy') as string | undefined;
+  const plaintextLoopback = boolSetting('plaintextLoopback', val('plaintext-loopback', 'KMS_PLAINTEXT_LOOPBACK', 'plaintextLoopback')) ?? true;
+  if (!tls && !plaintextLoopback) {
+    throw new ConfigError('plaintext is switched off (KMS_PLAINTEXT_LOOPBACK=0) and no TLS is configured: give --tls-cert and --tls-key (and --tls-client-ca)');
+  }
+  const rate = intSetting('rateLimit', val(null, 'KMS_RATE_LIMIT', 'rateLimit') ?? (tls ? 1000 : 0), 0, 1_000_000);
+  return {
+    policyFile: policyFile ? path.resolve(policyFile) : undefined,
+    plaintextLoopback,
+    ratePerSecond: rate,
+    rateBurst: intSetting('rateBurst', val(null, 'KMS_RATE_BURST', 'rateBurst') ?? rate * 2, 0, 10_000_000),
+    maxInFlight: intSetting('hsmMaxInFlight', val(null, 'KMS_HSM_MAX_IN_FLIGHT', 'hsmMaxInFlight') ?? 64, 1, 65_536),
+    maxQueued: intSetting('hsmMaxQueued', val(null, 'KMS_HSM_MAX_QUEUED', 'hsmMaxQueued') ?? 1024, 0, 1_000_000),
+    queueTimeoutMs: intSetting('hsmQueueTimeoutMs', val(null, 'KMS_HSM_QUEUE_TIMEOUT_MS', 'hsmQueueTimeoutMs') ?? 5000, 1, 600_000),
+    maxMessageBytes: intSetting('maxMessageBytes', val(null, 'KMS_MAX_MESSAGE_BYTES', 'maxMessageBytes') ?? 4 * 1024 * 1024, 1024, 64 * 1024 * 1024),
+  };
 }

@@ -3,7 +3,7 @@
 
 import fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
-import { DaemonConfig, parseListen } from './config';
+import { DaemonConfig, parseListen, securitySettings } from './config';
 import { HsmToken } from './hsm/token';
 import { ensureDevToken, readPinFile } from './hsm/dev-token';
 import { probeCapabilities, HsmCapabilities } from './hsm/unwrap';
@@ -13,6 +13,9 @@ import { Keyring, ROOT_KEY_ID } from './kms/keyring';
 import { KmsService, Logger, DEFAULT_KMS_CONFIG } from './kms/service';
 import { ImportService, MAC_KEY_ID } from './kms/import';
 import { createServer } from './api/grpc/server';
+import { ceremonyExtension } from './api/grpc/ceremony';
+import { startCeremonyAndAudit } from './ceremony/setup';
+import { CallGuard, TlsListener, listenTls, storeDirectory } from './api/grpc/auth';
 
 export interface RunningDaemon {
   address: string;
@@ -20,11 +23,20 @@ export interface RunningDaemon {
   kms: KmsService;
   imports: ImportService;
   capabilities: HsmCapabilities;
+  /** Issue 6: identity, authorization and limits in front of every call. */
+  security: CallGuard;
+  /** Re-reads the policy file (SIGHUP); a bad file keeps the current policy. */
+  reloadPolicy(): { ok: boolean; message: string };
   stop(graceMs?: number): Promise<void>;
 }
 
 export async function startDaemon(cfg: DaemonConfig, log: Logger): Promise<RunningDaemon> {
   fs.mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
+  // Issue 6: the data directory is the daemon's alone, whoever created it (the umask is kmsd.ts's job).
+  if ((fs.statSync(cfg.dataDir).mode & 0o077) !== 0) {
+    fs.chmodSync(cfg.dataDir, 0o700);
+    log.warn({ dataDir: cfg.dataDir }, 'data directory was accessible to others; now 0700');
+  }
   const production = Boolean(cfg.pkcs11Module);
   const tokenOpts = production
     ? { modulePath: cfg.pkcs11Module as string, tokenLabel: cfg.tokenLabel as string, pin: readPinFile(cfg.pinFile as string) }
@@ -65,17 +77,24 @@ export async function startDaemon(cfg: DaemonConfig, log: Logger): Promise<Runni
     const wrapReconciled = imports.reconcileWrappingKeys();
     log.info({ ...reconciled, wrappingKeys: wrapReconciled }, 'start-up reconciliation done');
 
-    const { server, health } = createServer({ kms, imports, log });
+    // Issue 5: custodians, proposals and the audit trail (guards nothing until InitCeremony).
+    const quorum = startCeremonyAndAudit({ store, token, kms, imports, log });
+    // Issue 6: principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
+    const sec = cfg.security ?? securitySettings({}, {}, {}, Boolean(cfg.tls));
+    const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: quorum.audit });
+    const { server, health } = createServer({ kms, imports, log, ceremony: ceremonyExtension(quorum), security }, { maxMessageBytes: sec.maxMessageBytes });
     const { host, port } = parseListen(cfg.listen);
-    const creds = cfg.tls
-      ? grpc.ServerCredentials.createSsl(
-          cfg.tls.clientCaFile ? fs.readFileSync(cfg.tls.clientCaFile) : null,
-          [{ cert_chain: fs.readFileSync(cfg.tls.certFile), private_key: fs.readFileSync(cfg.tls.keyFile) }],
-          Boolean(cfg.tls.clientCaFile),
-        )
-      : grpc.ServerCredentials.createInsecure();
-    const bindHost = host.includes(':') ? `[${host}]` : host;
-    const boundPort = await new Promise<number>((resolve, reject) => server.bindAsync(`${bindHost}:${port}`, creds, (err, p) => (err ? reject(err) : resolve(p))));
+    // TLS: our own TLS 1.3 listener (client certificates checked and refusals audited) feeding the
+    // gRPC server; plaintext only on loopback (config.ts refuses anything else).
+    let tlsListener: TlsListener | null = null;
+    let boundPort: number;
+    if (cfg.tls) {
+      tlsListener = await listenTls(server, { host, port, certFile: cfg.tls.certFile, keyFile: cfg.tls.keyFile, clientCaFile: cfg.tls.clientCaFile, log, audit: () => quorum.audit });
+      boundPort = tlsListener.port;
+    } else {
+      const bindHost = host.includes(':') ? `[${host}]` : host;
+      boundPort = await new Promise<number>((resolve, reject) => server.bindAsync(`${bindHost}:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+    }
     health.setStatus('', 'SERVING');
     health.setStatus('kms.v1.KeyManagementService', 'SERVING');
     const address = `${host.includes(':') ? `[${host}]` : host}:${boundPort}`;
@@ -88,6 +107,7 @@ export async function startDaemon(cfg: DaemonConfig, log: Logger): Promise<Runni
         kms.runDueWork();
         imports.destroyExpiredWrappingKeys();
         imports.refillPoolOnce();
+        quorum.tick();
       } catch (e) {
         log.error({ err: (e as Error).message }, 'scheduler pass failed');
       } finally {
@@ -106,10 +126,13 @@ export async function startDaemon(cfg: DaemonConfig, log: Logger): Promise<Runni
       kms,
       imports,
       capabilities,
+      security,
+      reloadPolicy: () => security.reload(),
       async stop(graceMs = 10_000) {
         if (stopped) return;
         stopped = true;
         clearInterval(timer);
+        await tlsListener?.close();
         health.setStatus('', 'NOT_SERVING');
         health.setStatus('kms.v1.KeyManagementService', 'NOT_SERVING');
         await new Promise<void>((resolve) => {
@@ -122,6 +145,11 @@ export async function startDaemon(cfg: DaemonConfig, log: Logger): Promise<Runni
             resolve();
           });
         });
+        try {
+          quorum.close(); // counters to disk and a final signed checkpoint
+        } catch (e) {
+          log.error({ err: (e as Error).message }, 'closing the audit log failed');
+        }
         keyring.forgetAll();
         openNative?.addon?.close();
         openStore.close();

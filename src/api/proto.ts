@@ -19,7 +19,7 @@ function findProtoRoot(): string {
 export const PROTO_DIR = findProtoRoot();
 const protoRoot = PROTO_DIR;
 
-export const PROTO_FILES = ['kms/v1/kms.proto'];
+export const PROTO_FILES = ['kms/v1/kms.proto', 'kms/v1/ceremony.proto', 'kms/v1/audit.proto'];
 
 export const LOADER_OPTIONS: protoLoader.Options = {
   keepCase: true,
@@ -40,7 +40,7 @@ export function loadApi(): { definition: protoLoader.PackageDefinition; pkg: grp
   return cached;
 }
 
-export function serviceConstructor(name: 'KeyManagementService'): grpc.ServiceClientConstructor {
+export function serviceConstructor(name: 'KeyManagementService' | 'CeremonyService' | 'AuditService'): grpc.ServiceClientConstructor {
   const { pkg } = loadApi();
   const v1 = (pkg.kms as grpc.GrpcObject).v1 as grpc.GrpcObject;
   return v1[name] as grpc.ServiceClientConstructor;

@@ -7,7 +7,14 @@ import { ConfigError, USAGE, loadConfig } from '../config';
 import { startDaemon } from '../daemon';
 import { HsmError } from '../hsm/errors';
 
+/** Start-up failures are one line (issue 2): messages from tools (softhsm2-util's stderr) may span several. */
+function oneLine(message: string): string {
+  return message.trim().replace(/\s*\n\s*/g, '; ');
+}
+
 async function main(): Promise<void> {
+  // Issue 6: everything kmsd creates (SQLite and its WAL, token files, PIN files) is owner-only.
+  process.umask(0o077);
   const argv = process.argv.slice(2);
   if (argv.includes('--help') || argv.includes('-h')) {
     process.stdout.write(USAGE + '\n');
@@ -18,7 +25,7 @@ async function main(): Promise<void> {
     cfg = loadConfig(argv, process.env);
   } catch (e) {
     if (e instanceof ConfigError) {
-      process.stderr.write(`kmsd: ${e.message}\n`);
+      process.stderr.write(`kmsd: ${oneLine(e.message)}\n`);
       process.exit(2);
     }
     throw e;
@@ -34,7 +41,7 @@ async function main(): Promise<void> {
     daemon = await startDaemon(cfg, log);
   } catch (e) {
     const msg = e instanceof HsmError || e instanceof ConfigError ? e.message : (e as Error).message;
-    process.stderr.write(`kmsd: ${msg}\n`);
+    process.stderr.write(`kmsd: ${oneLine(msg)}\n`);
     process.exit(1);
   }
   log.info({ address: daemon.address, dataDir: cfg.dataDir, tls: Boolean(cfg.tls) }, `listening on ${daemon.address}`);
@@ -50,16 +57,20 @@ async function main(): Promise<void> {
         process.exit(0);
       },
       (e) => {
-        process.stderr.write(`kmsd: shutdown failed: ${(e as Error).message}\n`);
+        process.stderr.write(`kmsd: shutdown failed: ${oneLine((e as Error).message)}\n`);
         process.exit(1);
       },
     );
   };
+  // Issue 6: SIGHUP re-reads the authorization policy; a bad file is logged and the old policy stays.
+  process.on('SIGHUP', () => {
+    if (!stopping) daemon.reloadPolicy();
+  });
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
 }
 
 main().catch((e) => {
-  process.stderr.write(`kmsd: ${(e as Error).message}\n`);
+  process.stderr.write(`kmsd: ${oneLine((e as Error).message)}\n`);
   process.exit(1);
 });

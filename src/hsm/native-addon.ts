@@ -77,6 +77,7 @@ export interface NativeAddon {
 /** What the .node file exports; the underscore members are test hooks. */
 interface RawAddon extends NativeAddon {
   _ckrName(rv: number): string;
+  clearCryptoErrors?(): boolean;
 }
 
 interface RawAesGcm extends NativeAesGcm {
@@ -143,6 +144,18 @@ export function loadNativeAddon(): NativeAddon | null {
 /** Why loadNativeAddon() returned null; undefined if it has not failed. */
 export function nativeAddonLoadError(): string | undefined {
   return loadError;
+}
+
+/**
+ * Empties the calling thread's OpenSSL error queue, which the PKCS#11 module shares with
+ * node:crypto when it links libcrypto (SoftHSM does): a refused in-token operation can leave
+ * entries there that make node:crypto's next call fail ("padding check failed" from
+ * createPrivateKey). src/hsm/token.ts calls this after every pkcs11js call. Returns whether the
+ * queue had entries; a no-op returning false when the addon is not built or does not load.
+ */
+export function clearCryptoErrors(): boolean {
+  const addon = load();
+  return addon !== null && typeof addon.clearCryptoErrors === 'function' ? addon.clearCryptoErrors() : false;
 }
 
 /** Narrows a batch result. */

@@ -9,6 +9,7 @@
 import crypto from 'node:crypto';
 import * as pkcs11js from 'pkcs11js';
 import { HsmClosedError, HsmError, DecryptFailedError, UnwrapFailedError, isSessionLost, toHsmError } from './errors';
+import { clearCryptoErrors } from './native-addon';
 
 type Handle = Buffer;
 
@@ -155,6 +156,9 @@ export class HsmToken {
       } catch (e2) {
         throw toHsmError(e2, name);
       }
+    } finally {
+      // The module shares this thread's OpenSSL error queue with node:crypto (src/hsm/native-addon.ts).
+      clearCryptoErrors();
     }
   }
 

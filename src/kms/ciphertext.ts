@@ -64,9 +64,9 @@ export function canonicalContext(ctx: Record<string, string> | undefined): Buffe
   if (!ctx) return Buffer.alloc(0);
   const keys = Object.keys(ctx).sort();
   if (keys.length === 0) return Buffer.alloc(0);
-  const sorted: Record<string, string> = {};
-  for (const k of keys) sorted[k] = ctx[k];
-  return Buffer.from(JSON.stringify(sorted), 'utf8');
+  // Written out member by member: JSON.stringify of an object would put integer-like keys ("9",
+  // "10") first in numeric order whatever the insertion order, which is not the documented order.
+  return Buffer.from(`{${keys.map((k) => `${JSON.stringify(k)}:${JSON.stringify(ctx[k])}`).join(',')}}`, 'utf8');
 }
 
 export function aadFor(header: Buffer, ctx: Record<string, string> | undefined): Buffer {

@@ -274,8 +274,8 @@ export class KmsService {
 
   CreateAlias(req: { AliasName?: string; KeyId?: string }): Record<string, never> {
     const name = v.aliasName('AliasName', req.AliasName);
-    const keyId = v.keyIdOrAlias('KeyId', req.KeyId);
-    if (keyId.alias) throw invalid('KeyId', 'must be a key id, not an alias');
+    // Like every KeyId parameter, this one also takes an alias: the new alias is bound to the CMK
+    // that alias names now (aliases never point at aliases).
     const row = this.resolve('KeyId', req.KeyId);
     this.requireState(row, ['Enabled', 'Disabled', 'PendingImport']);
     if (this.store.getAlias(name)) throw new KmsError('EntityAlreadyExists.Alias', `AliasName: ${name} already exists`);
@@ -286,8 +286,7 @@ export class KmsService {
 
   UpdateAlias(req: { AliasName?: string; KeyId?: string }): Record<string, never> {
     const name = v.aliasName('AliasName', req.AliasName);
-    const ref = v.keyIdOrAlias('KeyId', req.KeyId);
-    if (ref.alias) throw invalid('KeyId', 'must be a key id, not an alias');
+    v.keyIdOrAlias('KeyId', req.KeyId);
     if (!this.store.getAlias(name)) throw new KmsError('Forbidden.AliasNotFound', `AliasName: ${name} does not exist`);
     const row = this.resolve('KeyId', req.KeyId);
     this.requireState(row, ['Enabled', 'Disabled', 'PendingImport']);

@@ -57,4 +57,76 @@ export const MIGRATIONS: Migration[] = [
       );
     `,
   },
+  // ---- issue 5: key ceremonies (custodians, proposals, approvals) and the hash-chained audit log.
+  {
+    version: 2,
+    sql: `
+      CREATE TABLE ceremony_custodians (
+        custodian_id TEXT PRIMARY KEY,
+        public_key BLOB NOT NULL,           -- DER SubjectPublicKeyInfo of the custodian's Ed25519 key
+        fingerprint TEXT NOT NULL,          -- SHA-256 hex of public_key
+        added_at INTEGER NOT NULL,
+        removed_at INTEGER                  -- set when removed from the set; the row stays for the record
+      );
+      CREATE TABLE ceremony_proposals (
+        proposal_id TEXT PRIMARY KEY,
+        revision INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        key_id TEXT,
+        parameters TEXT NOT NULL,           -- JSON; secret-ish values are replaced by their SHA-256 once closed
+        document BLOB NOT NULL,             -- the exact bytes custodians sign (current revision)
+        requester TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        state TEXT NOT NULL,                -- Open | Executing | Executed | Cancelled
+        closed_at INTEGER,
+        outcome TEXT,
+        result TEXT
+      );
+      CREATE INDEX ceremony_proposals_by_state ON ceremony_proposals(state, created_at);
+      CREATE TABLE ceremony_proposal_revisions (
+        proposal_id TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        document BLOB NOT NULL,
+        PRIMARY KEY (proposal_id, revision)
+      );
+      CREATE TABLE ceremony_approvals (
+        proposal_id TEXT NOT NULL,
+        revision INTEGER NOT NULL,
+        custodian_id TEXT NOT NULL,
+        key_fingerprint TEXT NOT NULL,      -- the key that signed: a replaced key's approvals stop counting
+        signature BLOB NOT NULL,
+        approved_at INTEGER NOT NULL,
+        PRIMARY KEY (proposal_id, revision, custodian_id)
+      );
+      CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY,
+        time INTEGER NOT NULL,
+        request_id TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        action TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        proposal_id TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        details TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+      );
+      CREATE INDEX audit_log_by_key ON audit_log(key_id, seq);
+      -- Append-only by construction; someone with the file can drop these, which the hash chain and
+      -- the token-signed checkpoints then reveal.
+      CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+      CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+      CREATE TABLE usage_counters (
+        key_id TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        action TEXT NOT NULL,
+        ok INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        first_at INTEGER NOT NULL,
+        last_at INTEGER NOT NULL,
+        PRIMARY KEY (key_id, principal, action)
+      );
+    `,
+  },
 ];

@@ -12,6 +12,9 @@ import { HsmError } from '../../hsm/errors';
 import type { KmsService, Logger } from '../../kms/service';
 import type { ImportService } from '../../kms/import';
 import type { CallContext } from '../../kms/types';
+import type { CeremonyExtension } from './ceremony';
+import type { CallGuard } from './auth';
+import { CallAbandoned, hardenService, isMalformed, malformedReason } from './limits';
 
 export const ERROR_CODE_METADATA = 'kms-error-code';
 export const REQUEST_ID_METADATA = 'kms-request-id';
@@ -42,6 +45,10 @@ export interface GrpcServices {
   kms: KmsService;
   imports: ImportService;
   log: Logger;
+  /** Issue 5: the quorum guard and audit recorder around every action, and the Ceremony/Audit services. */
+  ceremony?: CeremonyExtension;
+  /** Issue 6: identity, rate limit, authorization and HSM bulkhead before every action (src/api/grpc/auth.ts). */
+  security?: CallGuard;
 }
 
 export function buildActions(s: GrpcServices): Record<string, Action> {
@@ -77,7 +84,8 @@ export function buildActions(s: GrpcServices): Record<string, Action> {
 }
 
 /** Empty proto3 map fields arrive as {}; the domain treats "no context" and "{}" the same. */
-function unary(name: string, action: Action, log: Logger): grpc.handleUnaryCall<unknown, unknown> {
+function unary(name: string, action: Action, log: Logger, guard?: CallGuard): grpc.handleUnaryCall<unknown, unknown> {
+  guard?.register(name);
   return (call, callback) => {
     const requestId = crypto.randomUUID();
     const started = process.hrtime.bigint();
@@ -90,7 +98,7 @@ function unary(name: string, action: Action, log: Logger): grpc.handleUnaryCall<
         // Internal details go to the log under the request id, never to the caller.
         log.error({ requestId, action: name, err: internal instanceof Error ? { name: internal.name, message: internal.message, stack: internal.stack } : String(internal) }, 'internal error');
       }
-      log.info({ requestId, action: name, outcome, ms: Math.round(ms * 10) / 10 }, 'call');
+      log.info({ requestId, action: name, principal: ctx.principal, outcome, ms: Math.round(ms * 10) / 10 }, 'call');
       if (err) {
         trailer.set(ERROR_CODE_METADATA, err.code);
         callback({ code: STATUS[err.status], details: err.message, metadata: trailer });
@@ -98,7 +106,10 @@ function unary(name: string, action: Action, log: Logger): grpc.handleUnaryCall<
     };
     let result: unknown;
     try {
-      result = action(call.request as never, ctx);
+      // Issue 6: the guard identifies, throttles, authorizes and queues; without one, only the decode check.
+      if (guard) result = guard.admit(name, call, ctx, () => action(call.request as never, ctx));
+      else if (isMalformed(call.request)) throw new KmsError('InvalidParameter', `request: not a valid ${name} request message (${malformedReason(call.request)})`);
+      else result = action(call.request as never, ctx);
     } catch (e) {
       return fail(e);
     }
@@ -111,6 +122,7 @@ function unary(name: string, action: Action, log: Logger): grpc.handleUnaryCall<
     );
 
     function fail(e: unknown) {
+      if (e instanceof CallAbandoned) return done(null, 'Abandoned'); // grpc-js has answered already
       if (e instanceof KmsError) return done(e, e.code);
       if (e instanceof HsmError) {
         const mapped = fromHsm(e);
@@ -133,14 +145,23 @@ export function createServer(s: GrpcServices, opts: { maxMessageBytes?: number }
     'grpc.max_send_message_length': opts.maxMessageBytes ?? 4 * 1024 * 1024,
   });
   const ctor = serviceConstructor('KeyManagementService');
-  const actions = buildActions(s);
+  const actions = s.ceremony ? s.ceremony.wrap(buildActions(s)) : buildActions(s);
   const impl: grpc.UntypedServiceImplementation = {};
   for (const name of Object.keys(ctor.service)) {
     const action = actions[name];
     if (!action) throw new Error(`no handler for RPC ${name}`);
-    impl[name] = unary(name, action, s.log);
+    impl[name] = unary(name, action, s.log, s.security);
   }
-  server.addService(ctor.service, impl);
+  server.addService(hardenService(ctor.service), impl);
+  for (const extra of s.ceremony?.services() ?? []) {
+    const c = serviceConstructor(extra.name);
+    const extraImpl: grpc.UntypedServiceImplementation = {};
+    for (const name of Object.keys(c.service)) {
+      if (!extra.actions[name]) throw new Error(`no handler for RPC ${extra.name}.${name}`);
+      extraImpl[name] = unary(name, extra.actions[name], s.log, s.security);
+    }
+    server.addService(hardenService(c.service), extraImpl);
+  }
   const health = new HealthImplementation({ '': 'NOT_SERVING', 'kms.v1.KeyManagementService': 'NOT_SERVING' });
   health.addToServer(server);
   new ReflectionService(loadApi().definition).addToServer(server);

@@ -1,0 +1,107 @@
+// gRPC side of issue 5: the CeremonyService and AuditService handlers, and the two decorators put
+// around every KeyManagementService action: the quorum guard (a guarded action called directly is
+// refused with Rejected.QuorumRequired) and the audit recorder (control-plane calls become audit
+// records; data-plane calls are counted per CMK, principal and action).
+
+import { KmsError } from '../../kms/errors';
+import type { CallContext } from '../../kms/types';
+import type { CeremonyRuntime } from '../../ceremony/setup';
+import { peerHost } from '../../ceremony/ceremony';
+import { isGuardable } from '../../ceremony/policy';
+import { safeParams } from '../../audit/audit';
+
+type Action = (req: never, ctx: CallContext) => unknown;
+type Req = Record<string, unknown>;
+
+export interface CeremonyExtension {
+  /** Wraps the KeyManagementService actions with the guard and the audit recorder. */
+  wrap(actions: Record<string, Action>): Record<string, Action>;
+  /** The other services to register, each with one action per RPC. */
+  services(): { name: 'CeremonyService' | 'AuditService'; actions: Record<string, Action> }[];
+}
+
+export const DATA_PLANE_ACTIONS = new Set(['Encrypt', 'Decrypt', 'GenerateDataKey', 'GenerateDataKeyWithoutPlaintext', 'ReEncrypt']);
+
+function str(v: unknown): string {
+  return typeof v === 'string' ? v : '';
+}
+
+export function ceremonyExtension(rt: CeremonyRuntime): CeremonyExtension {
+  const { ceremony, audit } = rt;
+
+  const record = (name: string, req: Req, ctx: CallContext, res: Req | undefined, err: unknown) => {
+    const outcome = err === undefined ? 'ok' : err instanceof KmsError ? err.code : 'InternalFailure';
+    const meta = (res?.KeyMetadata ?? {}) as Req;
+    const proposalId = str(req.ProposalId) || str(res?.ProposalId);
+    const keyId = str(req.KeyId) || str(meta.KeyId) || str(res?.KeyId) || (proposalId ? ceremony.keyIdOf(proposalId) : '');
+    if (DATA_PLANE_ACTIONS.has(name)) {
+      audit.count(keyId || str(req.DestinationKeyId), peerHost(ctx.principal), name, err === undefined);
+      if (!audit.config.dataPlaneEvents) return;
+    }
+    const details: Record<string, unknown> = safeParams(req);
+    if (err instanceof KmsError) details.Error = err.message.length > 400 ? `${err.message.slice(0, 397)}...` : err.message;
+    audit.append({ requestId: ctx.requestId, principal: ctx.principal, action: name, keyId, proposalId, outcome, details });
+    if (err === undefined && name === 'ImportKeyMaterial' && keyId) rt.sink.keyActionDone?.(name, keyId, ctx);
+  };
+
+  const audited =
+    (name: string, fn: (req: Req, ctx: CallContext) => unknown): Action =>
+    async (req: never, ctx: CallContext) => {
+      let res: unknown;
+      try {
+        res = await fn(req as Req, ctx);
+      } catch (e) {
+        record(name, (req ?? {}) as Req, ctx, undefined, e);
+        throw e;
+      }
+      record(name, (req ?? {}) as Req, ctx, res as Req, undefined);
+      return res;
+    };
+
+  return {
+    wrap(actions) {
+      const out: Record<string, Action> = {};
+      for (const [name, fn] of Object.entries(actions)) {
+        const inner = fn as (req: Req, ctx: CallContext) => unknown;
+        const guarded = isGuardable(name)
+          ? (req: Req, ctx: CallContext) => {
+              ceremony.checkDirect(name, req as { KeyId?: string });
+              return inner(req, ctx);
+            }
+          : inner;
+        out[name] = audited(name, guarded);
+      }
+      return out;
+    },
+    services() {
+      const c = ceremony;
+      const a = audit;
+      const list: { name: 'CeremonyService' | 'AuditService'; actions: Record<string, Action> }[] = [
+        {
+          name: 'CeremonyService',
+          actions: {
+            InitCeremony: audited('InitCeremony', (r, ctx) => c.InitCeremony(r, ctx)),
+            DescribeCeremony: audited('DescribeCeremony', () => c.DescribeCeremony()),
+            CreateProposal: audited('CreateProposal', (r, ctx) => c.CreateProposal(r, ctx)),
+            GetProposal: audited('GetProposal', (r) => c.GetProposal(r)),
+            ListProposals: audited('ListProposals', (r) => c.ListProposals(r)),
+            ApproveProposal: audited('ApproveProposal', (r, ctx) => c.ApproveProposal(r, ctx)),
+            ExecuteProposal: audited('ExecuteProposal', (r, ctx) => c.ExecuteProposal(r, ctx)),
+            CancelProposal: audited('CancelProposal', (r, ctx) => c.CancelProposal(r, ctx)),
+            RenewProposal: audited('RenewProposal', (r, ctx) => c.RenewProposal(r, ctx)),
+          },
+        },
+        {
+          name: 'AuditService',
+          actions: {
+            ListAuditEvents: audited('ListAuditEvents', (r) => a.ListAuditEvents(r)),
+            VerifyAudit: audited('VerifyAudit', () => a.VerifyAudit()),
+            ExportAudit: audited('ExportAudit', (r) => a.ExportAudit(r)),
+            GetUsageCounters: audited('GetUsageCounters', (r) => a.GetUsageCounters(r)),
+          },
+        },
+      ];
+      return list;
+    },
+  };
+}

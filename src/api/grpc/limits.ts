@@ -1,0 +1,240 @@
+// Limits that keep kmsd answering under abuse and overload, so that too much work turns into clear
+// errors (Throttling, RESOURCE_EXHAUSTED) instead of memory growth or a stuck event loop:
+//   - a per-principal token bucket (requests per second with a burst);
+//   - a bulkhead in front of the token: at most N actions that use the HSM in flight, a bounded
+//     queue behind them, and a queue timeout; a full queue is answered with Throttling at once;
+//   - request decoding that cannot fail inside grpc-js: a malformed protobuf frame becomes a
+//     marker the envelope answers with InvalidParameter (grpc-js itself would say INTERNAL).
+// The maximum message size is a server option (createServer).
+
+import * as grpc from '@grpc/grpc-js';
+import { KmsError } from '../../kms/errors';
+
+export interface LimitsConfig {
+  /** Requests per second per principal; 0 turns rate limiting off. */
+  ratePerSecond: number;
+  /** Bucket size: how many requests a principal may send at once after being idle. */
+  rateBurst: number;
+  /** Actions using the token that may be in flight at once. */
+  maxInFlight: number;
+  /** Actions waiting for a slot; beyond this, Throttling. */
+  maxQueued: number;
+  /** Longest wait for a slot before Throttling, ms. */
+  queueTimeoutMs: number;
+}
+
+export const DEFAULT_LIMITS: LimitsConfig = {
+  ratePerSecond: 0,
+  rateBurst: 0,
+  maxInFlight: 64,
+  maxQueued: 1024,
+  queueTimeoutMs: 5000,
+};
+
+// ------------------------------------------------------------------ rate limit
+
+interface Bucket {
+  tokens: number;
+  last: number;
+}
+
+/** Token buckets per principal. Idle full buckets are dropped, so the map stays small. */
+export class RateLimiter {
+  private readonly buckets = new Map<string, Bucket>();
+  private lastSweep = 0;
+
+  constructor(
+    private readonly rate: number,
+    private readonly burst: number,
+    private readonly now: () => number = () => performance.now(),
+  ) {}
+
+  get enabled(): boolean {
+    return this.rate > 0;
+  }
+
+  /** Takes one token for the principal, or throws Throttling. */
+  take(principal: string): void {
+    if (!this.enabled) return;
+    const t = this.now();
+    const cap = Math.max(1, this.burst || this.rate);
+    if (t - this.lastSweep > 10_000) this.sweep(t, cap);
+    let b = this.buckets.get(principal);
+    if (!b) {
+      b = { tokens: cap, last: t };
+      this.buckets.set(principal, b);
+    } else {
+      b.tokens = Math.min(cap, b.tokens + ((t - b.last) / 1000) * this.rate);
+      b.last = t;
+    }
+    if (b.tokens < 1) {
+      const waitMs = Math.ceil(((1 - b.tokens) / this.rate) * 1000);
+      throw new KmsError('Throttling', `principal ${principal} is over its rate limit of ${this.rate} requests per second (burst ${cap}); retry in ${waitMs} ms or later`);
+    }
+    b.tokens -= 1;
+  }
+
+  private sweep(t: number, cap: number): void {
+    this.lastSweep = t;
+    for (const [p, b] of this.buckets) {
+      if (b.tokens + ((t - b.last) / 1000) * this.rate >= cap) this.buckets.delete(p);
+    }
+  }
+
+  get size(): number {
+    return this.buckets.size;
+  }
+}
+
+// ------------------------------------------------------------------ bulkhead
+
+/** Raised (never sent: grpc-js has already answered) when a queued call's deadline passed or its client went away. */
+export class CallAbandoned extends Error {
+  constructor(readonly why: 'cancelled') {
+    super('the call was cancelled or its deadline passed while it waited');
+    this.name = 'CallAbandoned';
+  }
+}
+
+interface Waiter {
+  start: () => void;
+  fail: (e: Error) => void;
+}
+
+/**
+ * A semaphore with a bounded queue. Work runs when a slot is free; otherwise it waits in a FIFO of
+ * at most maxQueued entries for at most queueTimeoutMs; past either bound it fails with Throttling.
+ */
+export class Bulkhead {
+  private active = 0;
+  private readonly queue: Waiter[] = [];
+  readonly stats = { admitted: 0, queued: 0, rejected: 0, timedOut: 0, abandoned: 0, maxActive: 0, maxQueue: 0 };
+
+  constructor(private readonly cfg: Pick<LimitsConfig, 'maxInFlight' | 'maxQueued' | 'queueTimeoutMs'>) {}
+
+  get inFlight(): number {
+    return this.active;
+  }
+
+  get waiting(): number {
+    return this.queue.length;
+  }
+
+  /**
+   * Runs fn in a slot. `cancelled` is polled before starting, and `onCancel` registers a hook the
+   * caller fires when the call goes away, so abandoned work leaves the queue instead of running.
+   */
+  run<T>(fn: () => T | Promise<T>, call?: { cancelled: boolean; onCancel(cb: () => void): void }): Promise<T> {
+    if (this.active < this.cfg.maxInFlight && this.queue.length === 0) return this.start(fn);
+    if (this.queue.length >= this.cfg.maxQueued) {
+      this.stats.rejected++;
+      return Promise.reject(new KmsError('Throttling', `the HSM is busy: ${this.active} operations in flight and ${this.queue.length} waiting; retry with backoff`));
+    }
+    this.stats.queued++;
+    return new Promise<T>((resolve, reject) => {
+      let settled = false;
+      const timer = setTimeout(() => {
+        if (settled) return;
+        settled = true;
+        this.remove(w);
+        this.stats.timedOut++;
+        reject(new KmsError('Throttling', `the HSM is busy: no slot within ${this.cfg.queueTimeoutMs} ms; retry with backoff`));
+      }, this.cfg.queueTimeoutMs);
+      timer.unref?.();
+      const w: Waiter = {
+        start: () => {
+          if (settled) return;
+          settled = true;
+          clearTimeout(timer);
+          if (call?.cancelled) {
+            this.stats.abandoned++;
+            this.releaseNext();
+            reject(new CallAbandoned('cancelled'));
+            return;
+          }
+          this.start(fn, true).then(resolve, reject);
+        },
+        fail: (e) => {
+          if (settled) return;
+          settled = true;
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+      call?.onCancel(() => {
+        if (settled) return;
+        this.remove(w);
+        this.stats.abandoned++;
+        w.fail(new CallAbandoned('cancelled'));
+      });
+      this.queue.push(w);
+      if (this.queue.length > this.stats.maxQueue) this.stats.maxQueue = this.queue.length;
+    });
+  }
+
+  /** Starts fn, holding a slot until it settles. `handedOver`: the slot was passed on by releaseNext. */
+  private start<T>(fn: () => T | Promise<T>, handedOver = false): Promise<T> {
+    if (!handedOver) this.active++;
+    this.stats.admitted++;
+    if (this.active > this.stats.maxActive) this.stats.maxActive = this.active;
+    let p: Promise<T>;
+    try {
+      p = Promise.resolve(fn());
+    } catch (e) {
+      p = Promise.reject(e);
+    }
+    return p.finally(() => this.releaseNext());
+  }
+
+  /** Frees a slot: hands it to the next waiter, or gives it back. */
+  private releaseNext(): void {
+    const next = this.queue.shift();
+    if (next) next.start();
+    else this.active--;
+  }
+
+  private remove(w: Waiter): void {
+    const i = this.queue.indexOf(w);
+    if (i >= 0) this.queue.splice(i, 1);
+  }
+}
+
+// ------------------------------------------------------------------ request decoding
+
+const MALFORMED = Symbol('kmsd.malformedRequest');
+
+export interface MalformedRequest {
+  [MALFORMED]: string;
+}
+
+export function isMalformed(req: unknown): req is MalformedRequest {
+  return typeof req === 'object' && req !== null && MALFORMED in req;
+}
+
+export function malformedReason(req: MalformedRequest): string {
+  return req[MALFORMED];
+}
+
+/**
+ * A copy of a service definition whose request decoders never throw: a frame that is not a valid
+ * message of the request type decodes to a marker, and the envelope answers InvalidParameter with
+ * a request id, a log line and the usual accounting (grpc-js would answer INTERNAL on its own).
+ */
+export function hardenService(def: grpc.ServiceDefinition): grpc.ServiceDefinition {
+  const out: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const [name, m] of Object.entries(def)) {
+    const decode = m.requestDeserialize;
+    out[name] = {
+      ...m,
+      requestDeserialize: (bytes: Buffer) => {
+        try {
+          return decode(bytes);
+        } catch (e) {
+          const detail = e instanceof Error ? e.message.replace(/[^\x20-\x7e]/g, '?').slice(0, 120) : 'undecodable';
+          return { [MALFORMED]: detail } as MalformedRequest;
+        }
+      },
+    };
+  }
+  return out as grpc.ServiceDefinition;
+}

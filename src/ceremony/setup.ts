@@ -1,0 +1,77 @@
+// Builds the ceremony and audit parts for the composition root (src/daemon.ts): their stores, the
+// token's audit signing key, the audit log, and the ceremony with the audit log as its sink.
+
+import crypto from 'node:crypto';
+import type { Store } from '../store/store';
+import { CeremonyStore } from '../store/ceremony-store';
+import { AuditStore } from '../store/audit-store';
+import type { HsmToken } from '../hsm/token';
+import type { KmsService, Logger } from '../kms/service';
+import type { ImportService } from '../kms/import';
+import type { CallContext } from '../kms/types';
+import { AuditLog, auditConfigFromEnv } from '../audit/audit';
+import { Ceremony, CeremonySink, DEFAULT_CEREMONY_CONFIG } from './ceremony';
+
+export const AUDIT_SIGNING_KEY_ID = 'audit-v1';
+
+export interface CeremonyRuntime {
+  ceremony: Ceremony;
+  audit: AuditLog;
+  sink: CeremonySink;
+  kms: KmsService;
+  /** Scheduler tick: counters to disk, periodic checkpoint. */
+  tick(): void;
+  /** Shutdown: counters, a last record and a final checkpoint. */
+  close(): void;
+}
+
+export function startCeremonyAndAudit(o: { store: Store; token: HsmToken; kms: KmsService; imports: ImportService; log: Logger; env?: NodeJS.ProcessEnv }): CeremonyRuntime {
+  const env = o.env ?? process.env;
+  const ceremonyStore = new CeremonyStore(o.store);
+  const instanceId = ceremonyStore.instanceId(() => crypto.randomUUID());
+  const publicKey = o.token.ensureSigningKeyPair(AUDIT_SIGNING_KEY_ID);
+  const audit = new AuditLog(
+    new AuditStore(o.store),
+    { publicKeyDer: () => publicKey, sign: (data) => o.token.signEcdsaP256(AUDIT_SIGNING_KEY_ID, data) },
+    instanceId,
+    auditConfigFromEnv(env),
+  );
+  const sink: CeremonySink = {
+    record: (ev) => {
+      audit.append(ev);
+    },
+    keyActionDone: (action: string, keyId: string, ctx: CallContext, proposalId?: string) => {
+      if (action !== 'ImportKeyMaterial') return;
+      const row = o.kms.store.getCmk(keyId);
+      // Host-assisted unwrap had the material in kmsd's memory for a moment: always on the record.
+      if (row?.import_path?.includes('host-assisted')) {
+        audit.append({ requestId: ctx.requestId, principal: ctx.principal, action: 'HostAssistedUnwrap', keyId, proposalId, outcome: 'ok', details: { MaterialImportPath: row.import_path } });
+      }
+    },
+  };
+  const ttlRaw = env.KMS_PROPOSAL_TTL_SECONDS;
+  const ttl = ttlRaw ? Number(ttlRaw) : DEFAULT_CEREMONY_CONFIG.defaultProposalTtlSeconds;
+  if (!Number.isInteger(ttl) || ttl < 1 || ttl > DEFAULT_CEREMONY_CONFIG.maxProposalTtlSeconds) throw new Error(`KMS_PROPOSAL_TTL_SECONDS must be an integer from 1 to ${DEFAULT_CEREMONY_CONFIG.maxProposalTtlSeconds}`);
+  const info = o.token.tokenInfo();
+  const ceremony = new Ceremony(
+    ceremonyStore,
+    { kms: o.kms, imports: o.imports },
+    { instanceId, tokenLabel: info.label, tokenSerial: info.serialNumber },
+    { ...DEFAULT_CEREMONY_CONFIG, defaultProposalTtlSeconds: ttl },
+    sink,
+  );
+  const interrupted = ceremony.recoverInterrupted();
+  audit.append({ principal: 'kmsd', action: 'DaemonStarted', outcome: 'ok', details: { InstanceId: instanceId, TokenLabel: info.label, AuditKeySha256: audit.publicKeyFingerprint, InterruptedProposals: interrupted } });
+  o.log.info({ instanceId, auditKeySha256: audit.publicKeyFingerprint, ceremonyInitialized: ceremony.initialized() }, 'audit log and ceremony ready');
+  return {
+    ceremony,
+    audit,
+    sink,
+    kms: o.kms,
+    tick: () => audit.tick(),
+    close: () => {
+      audit.append({ principal: 'kmsd', action: 'DaemonStopped', outcome: 'ok' });
+      audit.close();
+    },
+  };
+}

@@ -1,0 +1,121 @@
+// Persistence of the audit trail (issue 5): the append-only, hash-chained audit_log table and the
+// data-plane usage counters. The chain rules live in src/audit.
+
+import { Store } from './store';
+
+export interface AuditRow {
+  seq: number;
+  time: number;
+  request_id: string;
+  principal: string;
+  action: string;
+  key_id: string;
+  proposal_id: string;
+  outcome: string;
+  details: string;
+  prev_hash: string;
+  hash: string;
+}
+
+export interface CounterRow {
+  key_id: string;
+  principal: string;
+  action: string;
+  ok: number;
+  errors: number;
+  first_at: number;
+  last_at: number;
+}
+
+export interface AuditFilter {
+  keyId?: string;
+  action?: string;
+  proposalId?: string;
+}
+
+function where(f: AuditFilter): { sql: string; args: string[] } {
+  const parts: string[] = [];
+  const args: string[] = [];
+  if (f.keyId) {
+    parts.push('key_id = ?');
+    args.push(f.keyId);
+  }
+  if (f.action) {
+    parts.push('action = ?');
+    args.push(f.action);
+  }
+  if (f.proposalId) {
+    parts.push('proposal_id = ?');
+    args.push(f.proposalId);
+  }
+  return { sql: parts.length ? `WHERE ${parts.join(' AND ')}` : '', args };
+}
+
+export class AuditStore {
+  constructor(readonly store: Store) {}
+
+  private get db() {
+    return this.store.db;
+  }
+
+  tx<T>(fn: () => T): T {
+    return this.store.tx(fn);
+  }
+
+  last(): AuditRow | undefined {
+    return this.db.prepare('SELECT * FROM audit_log ORDER BY seq DESC LIMIT 1').get() as AuditRow | undefined;
+  }
+
+  insert(row: AuditRow): void {
+    this.db
+      .prepare(
+        `INSERT INTO audit_log (seq, time, request_id, principal, action, key_id, proposal_id, outcome, details, prev_hash, hash)
+         VALUES (@seq, @time, @request_id, @principal, @action, @key_id, @proposal_id, @outcome, @details, @prev_hash, @hash)`,
+      )
+      .run(row);
+  }
+
+  count(f: AuditFilter = {}): number {
+    const w = where(f);
+    return (this.db.prepare(`SELECT COUNT(*) AS n FROM audit_log ${w.sql}`).get(...w.args) as { n: number }).n;
+  }
+
+  page(offset: number, limit: number, f: AuditFilter = {}): AuditRow[] {
+    const w = where(f);
+    return this.db.prepare(`SELECT * FROM audit_log ${w.sql} ORDER BY seq LIMIT ? OFFSET ?`).all(...w.args, limit, offset) as AuditRow[];
+  }
+
+  /** Records with afterSeq < seq <= upToSeq, in order (export pages). */
+  range(afterSeq: number, upToSeq: number, limit: number): AuditRow[] {
+    return this.db.prepare('SELECT * FROM audit_log WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?').all(afterSeq, upToSeq, limit) as AuditRow[];
+  }
+
+  /** Every record in seq order, streamed (verification of a long log never loads it whole). */
+  *iterate(): IterableIterator<AuditRow> {
+    yield* this.db.prepare('SELECT * FROM audit_log ORDER BY seq').iterate() as IterableIterator<AuditRow>;
+  }
+
+  lastOfAction(action: string): AuditRow | undefined {
+    return this.db.prepare('SELECT * FROM audit_log WHERE action = ? ORDER BY seq DESC LIMIT 1').get(action) as AuditRow | undefined;
+  }
+
+  // ------------------------------------------------------------------ usage counters
+
+  addCounters(rows: CounterRow[]): void {
+    if (rows.length === 0) return;
+    this.tx(() => {
+      const stmt = this.db.prepare(
+        `INSERT INTO usage_counters (key_id, principal, action, ok, errors, first_at, last_at) VALUES (@key_id, @principal, @action, @ok, @errors, @first_at, @last_at)
+         ON CONFLICT(key_id, principal, action) DO UPDATE SET ok = ok + excluded.ok, errors = errors + excluded.errors,
+           first_at = MIN(first_at, excluded.first_at), last_at = MAX(last_at, excluded.last_at)`,
+      );
+      for (const r of rows) stmt.run(r);
+    });
+  }
+
+  counters(keyId?: string): CounterRow[] {
+    return keyId
+      ? (this.db.prepare('SELECT * FROM usage_counters WHERE key_id = ? ORDER BY key_id, principal, action').all(keyId) as CounterRow[])
+      : (this.db.prepare('SELECT * FROM usage_counters ORDER BY key_id, principal, action').all() as CounterRow[]);
+  }
+}

@@ -1,0 +1,257 @@
+// Issue 5 acceptance: the hash-chained audit trail with token-signed checkpoints. Records are
+// tampered with directly in the daemon's SQLite file (as someone with the disk would), and
+// VerifyAudit must name the record; an export verifies offline with only the exported public key.
+
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Kmsd, listTokenObjects, makeTempDir } from '../helpers/daemon';
+import { client, prepareDataDir, refused, startCeremonyDaemon, SCRIPTS } from '../helpers/ceremony';
+import type { KmsdClient } from '../../src/client/kmsd-client';
+import { recordHash, isoMs } from '../../src/audit/chain';
+import { spawnSync } from 'node:child_process';
+
+/* eslint-disable @typescript-eslint/no-explicit-any */
+type J = Record<string, any>;
+
+let k: Kmsd;
+let c: KmsdClient;
+let dataDir: string;
+let dir: string;
+let db: Database.Database;
+
+interface Row {
+  seq: number;
+  time: number;
+  request_id: string;
+  principal: string;
+  action: string;
+  key_id: string;
+  proposal_id: string;
+  outcome: string;
+  details: string;
+  prev_hash: string;
+  hash: string;
+}
+
+const rowAt = (seq: number) => db.prepare('SELECT * FROM audit_log WHERE seq = ?').get(seq) as Row;
+const putRow = (r: Row) =>
+  db
+    .prepare('INSERT OR REPLACE INTO audit_log (seq, time, request_id, principal, action, key_id, proposal_id, outcome, details, prev_hash, hash) VALUES (@seq, @time, @request_id, @principal, @action, @key_id, @proposal_id, @outcome, @details, @prev_hash, @hash)')
+    .run(r);
+
+async function verify(): Promise<J> {
+  return c.call('VerifyAudit', {});
+}
+
+function verifyOffline(file: string, extra: string[] = []) {
+  const r = spawnSync(process.execPath, [path.join(SCRIPTS, 'verify-audit-export.js'), file, ...extra], { encoding: 'utf8' });
+  return { code: r.status, json: r.stdout ? JSON.parse(r.stdout) : undefined, stderr: r.stderr };
+}
+
+beforeAll(async () => {
+  dir = makeTempDir('kmsd-audit-files-');
+  dataDir = prepareDataDir();
+  k = await startCeremonyDaemon({}, dataDir, true);
+  c = client(k);
+});
+
+afterAll(async () => {
+  db?.close();
+  c?.close();
+  await k?.stop();
+  k?.cleanup();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+describe('audit records', () => {
+  it('record who, what, which key, the outcome and the request id of every control-plane call', async () => {
+    const keyId = ((await c.call('CreateKey', { ProtectionLevel: 'HSM', Description: 'audited' })) as J).KeyMetadata.KeyId;
+    await c.call('DisableKey', { KeyId: keyId });
+    const missing = crypto.randomUUID();
+    const failed = k.kmsctl(['DescribeKey', '--KeyId', missing]);
+    expect(failed.json.Code).toBe('Forbidden.KeyNotFound');
+
+    const all = ((await c.call('ListAuditEvents', { PageSize: 1000 })) as J).Events as J[];
+    expect(all[0]).toMatchObject({ Seq: 1, Action: 'DaemonStarted', Principal: 'kmsd' });
+    const created = all.find((e) => e.Action === 'CreateKey');
+    expect(created).toMatchObject({ KeyId: keyId, Outcome: 'ok' });
+    expect(created!.Principal).toMatch(/^(ipv4:)?127\.0\.0\.1:\d+$/);
+    expect(created!.RequestId).toMatch(/^[0-9a-f-]{36}$/);
+    expect(JSON.parse(created!.Details)).toMatchObject({ ProtectionLevel: 'HSM', Description: 'audited' });
+    expect(all.find((e) => e.Action === 'DisableKey')).toMatchObject({ KeyId: keyId, Outcome: 'ok' });
+    const refusal = all.find((e) => e.RequestId === failed.json.RequestId);
+    expect(refusal).toMatchObject({ Action: 'DescribeKey', KeyId: missing, Outcome: 'Forbidden.KeyNotFound' });
+    for (let i = 1; i < all.length; i++) expect(all[i].PrevHash).toBe(all[i - 1].Hash);
+
+    const byKey = (await c.call('ListAuditEvents', { KeyId: keyId, PageSize: 1, PageNumber: 2 })) as J;
+    expect(byKey.TotalCount).toBe(2);
+    expect(byKey.Events[0].Action).toBe('DisableKey');
+  });
+
+  it('count data-plane calls per CMK and principal instead of logging each', async () => {
+    const keyId = ((await c.call('CreateKey', {})) as J).KeyMetadata.KeyId;
+    const blobs = [];
+    for (let i = 0; i < 3; i++) blobs.push((await k.client.encrypt(keyId, Buffer.from(`m${i}`))).CiphertextBlob);
+    await k.client.decrypt(blobs[0]);
+    await refused(k.client.encrypt(crypto.randomUUID(), Buffer.from('x')) as Promise<unknown>, 'Forbidden.KeyNotFound');
+    const counters = ((await c.call('GetUsageCounters', { KeyId: keyId })) as J).Counters as J[];
+    expect(counters).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ KeyId: keyId, Principal: '127.0.0.1', Action: 'Encrypt', Count: 3, Errors: 0 }),
+        expect.objectContaining({ KeyId: keyId, Principal: '127.0.0.1', Action: 'Decrypt', Count: 1, Errors: 0 }),
+      ]),
+    );
+    const events = ((await c.call('ListAuditEvents', { KeyId: keyId, PageSize: 100 })) as J).Events as J[];
+    expect(events.map((e) => e.Action).filter((a) => a === 'Encrypt' || a === 'Decrypt')).toEqual([]);
+    expect(events.map((e) => e.Action)).toContain('CreateKey');
+  });
+
+  it('record every host-assisted unwrap', async () => {
+    const keyId = ((await c.call('CreateKey', { Origin: 'EXTERNAL', ProtectionLevel: 'HSM' })) as J).KeyMetadata.KeyId;
+    const p = (await c.call('GetParametersForImport', { KeyId: keyId, WrappingAlgorithm: 'RSAES_OAEP_SHA_256', WrappingKeySpec: 'RSA_2048' })) as J;
+    const pub = crypto.createPublicKey({ key: Buffer.from(p.PublicKey, 'base64'), format: 'der', type: 'spki' });
+    const ekm = crypto.publicEncrypt({ key: pub, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, crypto.randomBytes(32));
+    await c.call('ImportKeyMaterial', { KeyId: keyId, EncryptedKeyMaterial: ekm.toString('base64'), ImportToken: p.ImportToken });
+    const path_ = ((await c.call('DescribeKey', { KeyId: keyId })) as J).KeyMetadata.MaterialImportPath as string;
+    const events = ((await c.call('ListAuditEvents', { KeyId: keyId, Action: 'HostAssistedUnwrap' })) as J).Events as J[];
+    if (path_.includes('host-assisted')) {
+      expect(events).toHaveLength(1);
+      expect(JSON.parse(events[0].Details)).toEqual({ MaterialImportPath: path_ });
+    } else {
+      expect(events).toHaveLength(0); // the token did OAEP-SHA-256 itself: nothing was unwrapped on the host
+    }
+  });
+});
+
+describe('VerifyAudit', () => {
+  it('accepts the untouched log and checks the token-signed checkpoints', async () => {
+    await c.call('ExportAudit', { MaxRecords: 1 }); // forces a checkpoint
+    const v = await verify();
+    expect(v).toMatchObject({ Valid: true, FirstBadSeq: 0, Problem: '' });
+    expect(v.CheckpointsChecked).toBeGreaterThan(0);
+    expect(v.PublicKey).toMatch(/BEGIN PUBLIC KEY/);
+    // The checkpoint key is an EC key pair in the token whose private half never leaves it.
+    const objs = listTokenObjects(k).filter((o) => o.label === 'kmsd:sign:audit-v1');
+    const priv = objs.find((o) => o.type.startsWith('Private Key'));
+    expect(priv, JSON.stringify(objs)).toBeDefined();
+    expect(priv!.raw).toMatch(/EC/);
+    expect(priv!.access).toMatch(/never extractable/);
+    expect(priv!.access).toMatch(/(^|, )sensitive/);
+  });
+
+  it('names an edited, a deleted and a reordered record, and a rewrite that the checkpoint signature exposes', async () => {
+    db = new Database(path.join(dataDir, 'kmsd.sqlite'));
+    // Someone with the file drops the append-only triggers first.
+    db.exec('DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;');
+    const target = (db.prepare("SELECT seq FROM audit_log WHERE action = 'DisableKey'").get() as { seq: number }).seq;
+    const original = rowAt(target);
+
+    // Edited: the outcome of one record.
+    db.prepare("UPDATE audit_log SET outcome = 'Rejected.QuorumRequired' WHERE seq = ?").run(target);
+    let v = await verify();
+    expect(v).toMatchObject({ Valid: false, FirstBadSeq: target });
+    expect(v.Problem).toMatch(/edited/);
+    putRow(original);
+    expect((await verify()).Valid).toBe(true);
+
+    // Deleted.
+    db.prepare('DELETE FROM audit_log WHERE seq = ?').run(target);
+    v = await verify();
+    expect(v).toMatchObject({ Valid: false, FirstBadSeq: target });
+    expect(v.Problem).toMatch(/missing/);
+    putRow(original);
+    expect((await verify()).Valid).toBe(true);
+
+    // Reordered: two neighbours swap places.
+    const next = rowAt(target + 1);
+    db.transaction(() => {
+      putRow({ ...next, seq: target });
+      putRow({ ...original, seq: target + 1 });
+    })();
+    v = await verify();
+    expect(v).toMatchObject({ Valid: false, FirstBadSeq: target });
+    expect(v.Problem).toMatch(/does not link|reordered/);
+    db.transaction(() => {
+      putRow(original);
+      putRow(next);
+    })();
+    expect((await verify()).Valid).toBe(true);
+
+    // Rewritten consistently (every later hash recomputed): only the token's signature can tell.
+    const later = db.prepare('SELECT * FROM audit_log WHERE seq >= ? ORDER BY seq').all(target) as Row[];
+    const firstCheckpoint = later.find((r) => r.action === 'AuditCheckpoint')!;
+    expect(firstCheckpoint).toBeDefined();
+    db.transaction(() => {
+      let prev = rowAt(target - 1).hash;
+      for (const r of later) {
+        const changed = { ...r, prev_hash: prev, outcome: r.seq === target ? 'ok-but-forged' : r.outcome };
+        const rec = { Seq: changed.seq, Time: isoMs(changed.time), RequestId: changed.request_id, Principal: changed.principal, Action: changed.action, KeyId: changed.key_id, ProposalId: changed.proposal_id, Outcome: changed.outcome, Details: changed.details, PrevHash: changed.prev_hash };
+        changed.hash = recordHash(rec);
+        putRow(changed);
+        prev = changed.hash;
+      }
+    })();
+    v = await verify();
+    expect(v.Valid).toBe(false);
+    expect(v.FirstBadSeq).toBe(firstCheckpoint.seq);
+    expect(v.Problem).toMatch(/checkpoint/);
+    db.transaction(() => later.forEach(putRow))();
+    expect((await verify()).Valid).toBe(true);
+  });
+});
+
+describe('ExportAudit', () => {
+  it('writes a log that verifies offline with the exported public key, and fails when altered', async () => {
+    const file = path.join(dir, 'audit.jsonl');
+    const r = k.kmsctl(['ExportAudit', '--OutputFile', file]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.json.Records).toBeGreaterThan(10);
+    expect(k.kmsctl(['ExportAudit', '--OutputFile', file]).code).toBe(2); // never overwritten
+
+    const ok = verifyOffline(file);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.json).toMatchObject({ Valid: true, FirstBadSeq: 0 });
+    const v = await verify();
+    expect(ok.json.PublicKeyFingerprint).toBe(v.PublicKeyFingerprint);
+    const pinned = path.join(dir, 'audit-key.pem');
+    fs.writeFileSync(pinned, v.PublicKey);
+    expect(verifyOffline(file, ['--public-key', pinned]).code).toBe(0);
+
+    const lines = fs.readFileSync(file, 'utf8').trim().split('\n');
+    const edited = [...lines];
+    const rec = JSON.parse(edited[5]);
+    rec.Principal = 'someone-else';
+    edited[5] = JSON.stringify(rec);
+    const bad = path.join(dir, 'edited.jsonl');
+    fs.writeFileSync(bad, edited.join('\n') + '\n');
+    const e = verifyOffline(bad);
+    expect(e.code).toBe(1);
+    expect(e.json).toMatchObject({ Valid: false, FirstBadSeq: rec.Seq });
+
+    const cut = path.join(dir, 'cut.jsonl');
+    fs.writeFileSync(cut, lines.slice(0, -1).join('\n') + '\n');
+    expect(verifyOffline(cut).json.Valid).toBe(false);
+
+    const other = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'pem' }) as string;
+    fs.writeFileSync(path.join(dir, 'other.pem'), other);
+    expect(verifyOffline(file, ['--public-key', path.join(dir, 'other.pem')]).json.Problem).toMatch(/not the pinned key/);
+  });
+
+  it('keeps verifying across a restart (a final checkpoint at shutdown)', async () => {
+    db.close();
+    c.close();
+    expect(await k.stop()).toBe(0);
+    k = await startCeremonyDaemon({}, dataDir, true);
+    c = client(k);
+    db = new Database(path.join(dataDir, 'kmsd.sqlite'));
+    const v = await verify();
+    expect(v.Valid).toBe(true);
+    const actions = (db.prepare('SELECT action FROM audit_log ORDER BY seq').all() as { action: string }[]).map((r) => r.action);
+    const stopped = actions.lastIndexOf('DaemonStopped');
+    expect(actions[stopped + 1]).toBe('AuditCheckpoint');
+    expect(actions[stopped + 2]).toBe('DaemonStarted');
+  });
+});
