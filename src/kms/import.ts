@@ -126,7 +126,8 @@ export class ImportService {
     const plan = this.plan(alg);
     const rawDecrypt = needsRawDecrypt(plan);
     const now = this.kms.now();
-    const exp = now + this.config.importTokenTtlSeconds * 1000;
+    // Whole seconds, so the TokenExpireTime shown (RFC 3339 without fractions) is the exact expiry.
+    const exp = Math.floor((now + this.config.importTokenTtlSeconds * 1000) / 1000) * 1000;
     let wrap: WrappingKeyRow | undefined = this.store.issuePooledWrappingKey(spec, rawDecrypt, row.key_id, alg, exp);
     if (!wrap) {
       const wrapId = crypto.randomUUID();
