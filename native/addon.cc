@@ -6,6 +6,7 @@
 //   AesGcm#encryptBatch(items) / #decryptBatch(items)           -> Promise<Array<Buffer | Error>>
 //   AesGcm#stats(), #close(), #_closeWorkerSessions() (test hook)
 //   _ckrName(rv) (test hook)
+//   clearCryptoErrors() -> boolean (whether the calling thread's OpenSSL error queue had entries)
 //
 // Shape of a call: on the JS thread we validate the arguments, allocate the output Buffer (once,
 // at its final size or an upper bound), pin every Buffer involved in one private holder array
@@ -13,6 +14,7 @@
 // their own sessions; the worker that finishes a request's last job posts the request to a
 // thread-safe function, whose callback settles the promise on the JS thread.
 #include <napi.h>
+#include <openssl/err.h>  // Node's bundled OpenSSL headers (node-gyp's include dir); node exports the symbols
 
 #include <atomic>
 #include <cmath>
@@ -488,12 +490,25 @@ Napi::Value CkrNameForTesting(const Napi::CallbackInfo& info) {
   return Napi::String::New(env, CkrName(rv));
 }
 
+// SoftHSM links libcrypto, and inside node its OpenSSL calls bind to the copy the node binary
+// exports (the executable comes first in symbol lookup), so token and node:crypto share each
+// thread's OpenSSL error queue. A refused operation in the token (a C_UnwrapKey whose padding does
+// not check) can leave entries there that node:crypto then reports from its next, unrelated call
+// on the same thread: createPrivateKey throws "padding check failed". src/hsm calls this after
+// every pkcs11js call on the JS thread. Returns whether there was anything to clear.
+Napi::Value ClearCryptoErrors(const Napi::CallbackInfo& info) {
+  bool had = ERR_peek_error() != 0;
+  ERR_clear_error();
+  return Napi::Boolean::New(info.Env(), had);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();
   data->aesGcmConstructor = Napi::Persistent(AesGcm::Define(env));
   env.SetInstanceData(data);  // freed with the environment
   exports.Set("open", Napi::Function::New<Open>(env, "open"));
   exports.Set("_ckrName", Napi::Function::New<CkrNameForTesting>(env, "_ckrName"));
+  exports.Set("clearCryptoErrors", Napi::Function::New<ClearCryptoErrors>(env, "clearCryptoErrors"));
   return exports;
 }
 

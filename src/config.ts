@@ -26,6 +26,8 @@ export interface DaemonConfig {
   pendingWindowDaySeconds: number;
   minRotationIntervalSeconds: number;
   useNativeAddon: boolean;
+  /** Issue 4: worker threads (each with its own session) of the native addon; see DEFAULT_NATIVE_THREADS. */
+  nativeThreads?: number;
   logLevel: string;
   /** Issue 6: authorization and limits (defaults from securitySettings when absent). */
   security?: SecurityConfig;
@@ -50,6 +52,14 @@ export interface SecurityConfig {
 
 export class ConfigError extends Error {}
 
+/**
+ * Issue 4: the native addon's worker threads by default. One, because SoftHSM 2.6.1 serializes
+ * C_EncryptInit/C_Encrypt on a module-wide lock, so a second worker only adds contention (measured
+ * by `npm run bench`, see bench/README.md); an HSM with real parallelism wants about its number of
+ * crypto cores (KMS_NATIVE_THREADS).
+ */
+export const DEFAULT_NATIVE_THREADS = 1;
+
 const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-key' | 'tls-client-ca' | 'policy' | 'plaintext-loopback'> = {
   '--listen': 'listen',
   '--data-dir': 'dataDir',
@@ -70,7 +80,8 @@ export const USAGE = `usage: kmsd [--listen HOST:PORT] [--data-dir DIR] [--pkcs1
 
 Environment: KMS_LISTEN, KMS_DATA_DIR, KMS_PKCS11_MODULE, KMS_TOKEN_LABEL, KMS_PIN_FILE, KMS_TLS_CERT,
 KMS_TLS_KEY, KMS_TLS_CLIENT_CA, KMS_ALLOW_HOST_ASSISTED_UNWRAP (0|1), KMS_IMPORT_TOKEN_TTL_SECONDS,
-KMS_WRAPPING_KEY_POOL_SIZE, KMS_SCHEDULER_INTERVAL_MS, KMS_NATIVE (0 disables the addon), KMS_LOG_LEVEL.
+KMS_WRAPPING_KEY_POOL_SIZE, KMS_SCHEDULER_INTERVAL_MS, KMS_NATIVE (0 disables the addon), KMS_NATIVE_THREADS
+(the addon's worker threads, default 1), KMS_LOG_LEVEL.
 Security (docs/security.md): KMS_POLICY, KMS_PLAINTEXT_LOOPBACK (0|1, default 1 without TLS), KMS_RATE_LIMIT
 (requests/s per principal, 0 = off; default 1000 with TLS, 0 without), KMS_RATE_BURST, KMS_HSM_MAX_IN_FLIGHT,
 KMS_HSM_MAX_QUEUED, KMS_HSM_QUEUE_TIMEOUT_MS, KMS_MAX_MESSAGE_BYTES. SIGHUP reloads the policy file.
@@ -152,6 +163,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig
     pendingWindowDaySeconds: intSetting('pendingWindowDaySeconds', envValue(env, 'KMS_PENDING_WINDOW_DAY_SECONDS') ?? file.pendingWindowDaySeconds ?? 86400, 1, 86400),
     minRotationIntervalSeconds: intSetting('minRotationIntervalSeconds', envValue(env, 'KMS_MIN_ROTATION_INTERVAL_SECONDS') ?? file.minRotationIntervalSeconds ?? 7 * 86400, 1, 7 * 86400),
     useNativeAddon: boolSetting('KMS_NATIVE', envValue(env, 'KMS_NATIVE') ?? file.useNativeAddon) ?? true,
+    nativeThreads: intSetting('nativeThreads', envValue(env, 'KMS_NATIVE_THREADS') ?? file.nativeThreads ?? DEFAULT_NATIVE_THREADS, 1, 256),
     logLevel: (envValue(env, 'KMS_LOG_LEVEL') ?? (file.logLevel as string | undefined) ?? 'info').toString(),
   };
   // pino throws on an unknown level; say so here, as every other bad setting is said.

@@ -3,7 +3,7 @@
 
 import fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
-import { DaemonConfig, parseListen, securitySettings } from './config';
+import { DaemonConfig, DEFAULT_NATIVE_THREADS, parseListen, securitySettings } from './config';
 import { HsmToken } from './hsm/token';
 import { ensureDevToken, readPinFile } from './hsm/dev-token';
 import { probeCapabilities, HsmCapabilities } from './hsm/unwrap';
@@ -55,9 +55,9 @@ export async function startDaemon(cfg: DaemonConfig, log: Logger): Promise<Runni
     store = new Store(cfg.dataDir);
     const keyring = new Keyring(token, store);
     if (cfg.useNativeAddon) {
-      native = loadNative(token);
+      native = loadNative(token, cfg.nativeThreads ?? DEFAULT_NATIVE_THREADS);
       if (native.addon) keyring.attachNative(native.addon);
-      log.info({ nativeAddon: Boolean(native.addon), reason: native.reason }, native.addon ? 'native AES-GCM addon loaded' : 'native addon unavailable; using pkcs11js for the HSM data path');
+      log.info({ nativeAddon: Boolean(native.addon), threads: native.addon?.stats().threads, reason: native.reason }, native.addon ? 'native AES-GCM addon loaded' : 'native addon unavailable; using pkcs11js for the HSM data path');
     } else {
       log.info({ nativeAddon: false }, 'native addon disabled by configuration (KMS_NATIVE=0)');
     }

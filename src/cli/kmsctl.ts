@@ -19,14 +19,29 @@ interface FieldInfo {
   name: string;
   type: string;
   repeated: boolean;
+  /** A repeated message field that is not a map (e.g. EncryptBatch's Items): a JSON array of objects. */
+  list?: boolean;
 }
 
 function requestFields(action: string): FieldInfo[] {
   // Every service's RPCs are actions (KeyManagementService, CeremonyService, AuditService; names are unique).
-  const defs = SERVICES.map((svc) => loadApi().definition[`kms.v1.${svc}`] as unknown as Record<string, { requestType: { type: { field: { name: string; type: string; label: string }[] } } }>);
+  const defs = SERVICES.map(
+    (svc) =>
+      loadApi().definition[`kms.v1.${svc}`] as unknown as Record<
+        string,
+        { requestStream?: boolean; requestType: { type: { field: { name: string; type: string; label: string; typeName?: string }[]; nestedType?: { name: string; options?: { mapEntry?: boolean } }[] } } }
+      >,
+  );
   const method = defs.find((d) => Object.prototype.hasOwnProperty.call(d, action))?.[action];
   if (!method) throw new UsageError(`unknown action "${action}" (kmsctl --help lists them)`);
-  return method.requestType.type.field.map((f) => ({ name: f.name, type: f.type, repeated: f.label === 'LABEL_REPEATED' }));
+  if (method.requestStream) throw new UsageError(`${action} is a stream; kmsctl sends one batch with ${action.replace('Stream', 'Batch')}`);
+  // proto3 maps are repeated fields of a nested *Entry type marked mapEntry; other repeated messages are lists.
+  const maps = new Set((method.requestType.type.nestedType ?? []).filter((n) => n.options?.mapEntry).map((n) => n.name));
+  return method.requestType.type.field.map((f) => {
+    const repeated = f.label === 'LABEL_REPEATED';
+    const list = repeated && f.type === 'TYPE_MESSAGE' && !maps.has((f.typeName ?? '').split('.').pop() ?? '');
+    return { name: f.name, type: f.type, repeated, ...(list ? { list } : {}) };
+  });
 }
 
 /** Parameters kmsctl itself understands on top of the API's, per action. */
@@ -52,6 +67,20 @@ function convert(action: string, field: FieldInfo, raw: string): unknown {
       if (!['true', 'false'].includes(raw)) throw new UsageError(`--${field.name}: expected true or false (got "${raw}")`);
       return raw === 'true';
     case 'TYPE_MESSAGE':
+      if (field.list) {
+        // Issue 4: a list of messages (EncryptBatch/DecryptBatch --Items) takes a JSON array of objects
+        // with the API's field names: --Items '[{"KeyId":"…","Plaintext":"aGk="}]'.
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(raw);
+        } catch {
+          throw new UsageError(`--${field.name}: expected a JSON array of objects such as '[{"KeyId":"…"}]'`);
+        }
+        if (!Array.isArray(parsed) || parsed.some((x) => !x || typeof x !== 'object' || Array.isArray(x))) {
+          throw new UsageError(`--${field.name}: expected a JSON array of objects`);
+        }
+        return parsed;
+      }
       if (field.repeated) {
         // Map fields (EncryptionContext) take a JSON object of strings, as in the Alibaba CLI.
         let parsed: unknown;
@@ -76,6 +105,8 @@ const USAGE = (actions: string[]) => `usage: kmsctl [--endpoint HOST:PORT] [--ca
 Endpoint: --endpoint, else KMS_ENDPOINT, else 127.0.0.1:50051. TLS: --ca/--cert/--key or KMS_CA/KMS_CERT/KMS_KEY.
 Binary values (Plaintext, CiphertextBlob, EncryptedKeyMaterial, PublicKey) are base64.
 EncryptionContext takes a JSON object: --EncryptionContext '{"purpose":"backup"}'.
+EncryptBatch/DecryptBatch take --Items as a JSON array of Encrypt/Decrypt requests (at most 256):
+--Items '[{"KeyId":"alias/app","Plaintext":"aGk="}]'; each result has Code/Message when that item failed.
 GetParametersForImport also takes --OutputDir DIR, writing publickey_<KeyId>.bin (DER),
 publickey_<KeyId>.pem and token_<KeyId>.txt there (refusing to overwrite).
 

@@ -28,6 +28,61 @@ export class KmsClientError extends Error {
 
 export const DEFAULT_ENDPOINT = '127.0.0.1:50051';
 
+/** RPCs that are bidirectional streams (issue 4): not callable through call(). */
+export const STREAMING_ACTIONS = ['EncryptStream', 'DecryptStream'];
+
+export interface EncryptBatchItem {
+  KeyId: string;
+  /** Raw bytes (base64-encoded for you) or a base64 string. */
+  Plaintext: Buffer | string;
+  EncryptionContext?: Record<string, string>;
+}
+export interface DecryptBatchItem {
+  CiphertextBlob: string;
+  EncryptionContext?: Record<string, string>;
+  KeyId?: string;
+}
+/** Code is empty on success; else the item's error code and Message. */
+export interface EncryptBatchResult {
+  KeyId: string;
+  KeyVersionId: string;
+  CiphertextBlob: string;
+  Code: string;
+  Message: string;
+}
+export interface DecryptBatchResult {
+  KeyId: string;
+  KeyVersionId: string;
+  Plaintext: string;
+  Code: string;
+  Message: string;
+}
+export interface BatchResponse<R> {
+  Results: R[];
+  BatchId: string;
+  SuccessCount: number;
+  ErrorCount: number;
+  /** Streams only: the whole message was refused. */
+  Code: string;
+  Message: string;
+}
+export interface BatchStream<I, R> {
+  send(items: I[], batchId?: string): Promise<BatchResponse<R>>;
+  end(): Promise<void>;
+  cancel(): void;
+}
+
+function encryptItem(x: EncryptBatchItem): Json {
+  return { KeyId: x.KeyId, Plaintext: Buffer.isBuffer(x.Plaintext) ? x.Plaintext.toString('base64') : x.Plaintext, EncryptionContext: x.EncryptionContext ?? {} };
+}
+function decryptItem(x: DecryptBatchItem): Json {
+  return { CiphertextBlob: x.CiphertextBlob, EncryptionContext: x.EncryptionContext ?? {}, KeyId: x.KeyId ?? '' };
+}
+function toClientError(e: { code: grpc.status; details?: string; message?: string; metadata?: grpc.Metadata }): KmsClientError {
+  const code = e.metadata?.get('kms-error-code')?.[0]?.toString() ?? grpc.status[e.code] ?? 'Unknown';
+  return new KmsClientError(code, e.details || e.message || '', e.code, e.metadata?.get('kms-request-id')?.[0]?.toString());
+}
+
 /* eslint-disable @typescript-eslint/no-explicit-any */
 export type Json = Record<string, any>;
 
@@ -53,6 +108,7 @@ export class KmsClient {
   /** Calls one action by name with a request object in the API's field names. */
   call<T = Json>(action: string, request: Json = {}): Promise<T> {
     if (!this.actions.includes(action)) return Promise.reject(new KmsClientError('InvalidAction', `unknown action ${action}`, grpc.status.UNIMPLEMENTED));
+    if (STREAMING_ACTIONS.includes(action)) return Promise.reject(new KmsClientError('InvalidAction', `${action} is a stream: use openBatchStream()`, grpc.status.UNIMPLEMENTED));
     const deadline = new Date(Date.now() + (this.opts.deadlineMs ?? 60_000));
     return new Promise<T>((resolve, reject) => {
       this.stub[action](request, new grpc.Metadata(), { deadline }, (err: grpc.ServiceError | null, res: T) => {
@@ -81,5 +137,52 @@ export class KmsClient {
   async decrypt(blob: string, context?: Record<string, string>, keyId?: string): Promise<{ KeyId: string; KeyVersionId: string; Plaintext: Buffer }> {
     const r = await this.call<{ KeyId: string; KeyVersionId: string; Plaintext: string }>('Decrypt', { CiphertextBlob: blob, EncryptionContext: context ?? {}, KeyId: keyId ?? '' });
     return { ...r, Plaintext: Buffer.from(r.Plaintext, 'base64') };
+  }
+
+  // ---- issue 4: batches (at most MAX_BATCH_ITEMS = 256 items per call; per-item Code/Message)
+
+  encryptBatch(items: EncryptBatchItem[], batchId = '') {
+    return this.call<BatchResponse<EncryptBatchResult>>('EncryptBatch', { BatchId: batchId, Items: items.map(encryptItem) });
+  }
+  async decryptBatch(items: DecryptBatchItem[], batchId = ''): Promise<BatchResponse<DecryptBatchResult & { PlaintextBytes: Buffer | null }>> {
+    const r = await this.call<BatchResponse<DecryptBatchResult>>('DecryptBatch', { BatchId: batchId, Items: items.map(decryptItem) });
+    return { ...r, Results: r.Results.map((x) => ({ ...x, PlaintextBytes: x.Code ? null : Buffer.from(x.Plaintext, 'base64') })) };
+  }
+
+  /**
+   * A bidirectional EncryptStream / DecryptStream: send() one batch per message and get its
+   * response (in order); a message refused as a whole resolves with Code and Message set. A
+   * stream-level failure rejects every pending send. end() half-closes and resolves when the
+   * server has answered everything and closed its side.
+   */
+  openBatchStream(kind: 'encrypt'): BatchStream<EncryptBatchItem, EncryptBatchResult>;
+  openBatchStream(kind: 'decrypt'): BatchStream<DecryptBatchItem, DecryptBatchResult>;
+  openBatchStream(kind: 'encrypt' | 'decrypt'): BatchStream<EncryptBatchItem, EncryptBatchResult> | BatchStream<DecryptBatchItem, DecryptBatchResult> {
+    const call: grpc.ClientDuplexStream<Json, Json> = this.stub[kind === 'encrypt' ? 'EncryptStream' : 'DecryptStream'](new grpc.Metadata());
+    const toItem = kind === 'encrypt' ? encryptItem : decryptItem;
+    const waiting: { resolve: (r: any) => void; reject: (e: Error) => void }[] = [];
+    let failure: Error | null = null;
+    const closed = new Promise<void>((resolve, reject) => {
+      call.on('status', (st: grpc.StatusObject) => (st.code === grpc.status.OK ? resolve() : reject(toClientError(st))));
+    });
+    closed.catch(() => undefined);
+    call.on('data', (msg: Json) => waiting.shift()?.resolve(msg));
+    call.on('error', (e: grpc.ServiceError) => {
+      failure = toClientError(e);
+      for (const w of waiting.splice(0)) w.reject(failure);
+    });
+    return {
+      send: (items: any[], batchId = '') =>
+        new Promise<BatchResponse<any>>((resolve, reject) => {
+          if (failure) return reject(failure);
+          waiting.push({ resolve, reject });
+          call.write({ BatchId: batchId, Items: items.map(toItem as (x: any) => Json) });
+        }),
+      end: () => {
+        call.end();
+        return closed;
+      },
+      cancel: () => call.cancel(),
+    };
   }
 }

@@ -28,7 +28,7 @@ export const ERROR_TABLE = {
   'Rejected.ExternalKey': { status: 'FAILED_PRECONDITION', meaning: 'External CMKs cannot rotate or get new versions: import into a new CMK instead.' },
   'Rejected.NotExternalKey': { status: 'FAILED_PRECONDITION', meaning: 'Import actions apply only to CMKs with Origin EXTERNAL.' },
   'Rejected.KeyMaterialMismatch': { status: 'FAILED_PRECONDITION', meaning: 'A CMK holds one piece of key material for life; this is a different one.' },
-  'Rejected.KeyMaterialMissing': { status: 'FAILED_PRECONDITION', meaning: 'The token no longer holds this key version (reported at start-up reconciliation).' },
+  'Rejected.KeyMaterialMissing': { status: 'FAILED_PRECONDITION', meaning: 'The token does not hold this key version: reported missing at start-up reconciliation, or destroyed while the request was in flight.' },
   'Rejected.UnsupportedWrappingAlgorithm': { status: 'FAILED_PRECONDITION', meaning: 'The token cannot unwrap with this algorithm and no allowed fallback exists; the message says why.' },
   'Rejected.ImportTokenInvalid': { status: 'INVALID_ARGUMENT', meaning: 'The import token is malformed, forged or altered.' },
   'Rejected.ImportTokenExpired': { status: 'FAILED_PRECONDITION', meaning: 'The import token (and its wrapping key) expired: get new parameters.' },

@@ -5,13 +5,27 @@
 
 import crypto from 'node:crypto';
 import { HsmToken, TransientKey } from '../hsm/token';
-import { DecryptFailedError } from '../hsm/errors';
+import { DecryptFailedError, HsmError } from '../hsm/errors';
+import { KmsError } from './errors';
 import { KeyVersionRow, Store } from '../store/store';
 
 /** The part of the native addon (src/hsm/native-addon.ts) the keyring uses. */
 export interface NativeGcm {
   encrypt(handle: number, iv: Buffer, aad: Buffer, plaintext: Buffer): Promise<Buffer>;
   decrypt(handle: number, iv: Buffer, aad: Buffer, ciphertextWithTag: Buffer): Promise<Buffer>;
+  /** Issue 4: many operations in one call across the addon's workers; a Buffer or an Error per item. */
+  encryptBatch?(items: { handle: number; iv: Buffer; aad: Buffer; data: Buffer }[]): Promise<Array<Buffer | Error>>;
+  decryptBatch?(items: { handle: number; iv: Buffer; aad: Buffer; data: Buffer }[]): Promise<Array<Buffer | Error>>;
+  stats?(): { threads: number; sessionsReopened: number };
+}
+
+/** One AES-GCM operation of a batch (src/kms/batch.ts): `data` is the plaintext or the sealed bytes. */
+export interface GcmItem {
+  level: string;
+  v: KeyVersionRow;
+  iv: Buffer;
+  aad: Buffer;
+  data: Buffer;
 }
 
 export const ROOT_KEY_ID = 'root-v1';
@@ -109,12 +123,18 @@ export class Keyring {
 
   async encrypt(level: string, v: KeyVersionRow, iv: Buffer, aad: Buffer, plaintext: Buffer): Promise<Buffer> {
     if (level === 'HSM') {
-      if (this.native) {
-        this.stats.hsmEncryptNative++;
-        return this.native.encrypt(this.token.numericHandle('cmk', v.version_id), iv, aad, plaintext);
+      let handle: number | undefined;
+      try {
+        if (this.native) {
+          this.stats.hsmEncryptNative++;
+          handle = this.token.numericHandle('cmk', v.version_id);
+          return await this.native.encrypt(handle, iv, aad, plaintext);
+        }
+        this.stats.hsmEncryptPkcs11js++;
+        return this.token.encryptGcm('cmk', v.version_id, iv, aad, plaintext);
+      } catch (e) {
+        throw this.hsmFailure(e, v, 'encrypt', handle);
       }
-      this.stats.hsmEncryptPkcs11js++;
-      return this.token.encryptGcm('cmk', v.version_id, iv, aad, plaintext);
     }
     const c = crypto.createCipheriv('aes-256-gcm', this.softwareMaterial(v), iv);
     c.setAAD(aad);
@@ -124,18 +144,18 @@ export class Keyring {
   /** Throws DecryptFailedError on any authentication failure. */
   async decrypt(level: string, v: KeyVersionRow, iv: Buffer, aad: Buffer, sealed: Buffer): Promise<Buffer> {
     if (level === 'HSM') {
-      if (this.native) {
-        this.stats.hsmDecryptNative++;
-        try {
-          return await this.native.decrypt(this.token.numericHandle('cmk', v.version_id), iv, aad, sealed);
-        } catch (e) {
-          const code = (e as { code?: string }).code ?? '';
-          if (['CKR_ENCRYPTED_DATA_INVALID', 'CKR_GENERAL_ERROR', 'CKR_ENCRYPTED_DATA_LEN_RANGE'].includes(code)) throw new DecryptFailedError();
-          throw e;
+      let handle: number | undefined;
+      try {
+        if (this.native) {
+          this.stats.hsmDecryptNative++;
+          handle = this.token.numericHandle('cmk', v.version_id);
+          return await this.native.decrypt(handle, iv, aad, sealed);
         }
+        this.stats.hsmDecryptPkcs11js++;
+        return this.token.decryptGcm('cmk', v.version_id, iv, aad, sealed);
+      } catch (e) {
+        throw this.hsmFailure(e, v, 'decrypt', handle);
       }
-      this.stats.hsmDecryptPkcs11js++;
-      return this.token.decryptGcm('cmk', v.version_id, iv, aad, sealed);
     }
     const key = this.softwareMaterial(v);
     try {
@@ -146,6 +166,120 @@ export class Keyring {
     } catch {
       throw new DecryptFailedError();
     }
+  }
+
+  // ---------------------------------------------------------------- batches (issue 4)
+
+  /**
+   * One result per item, in order: the sealed bytes, or the Error encrypt() would have thrown for
+   * that item. With the addon attached, every HSM item goes to it in one encryptBatch call (run
+   * across its workers while the SOFTWARE items are done here); otherwise item by item.
+   */
+  encryptMany(items: GcmItem[]): Promise<Array<Buffer | Error>> {
+    return this.many('encrypt', items);
+  }
+
+  /** As encryptMany; authentication failures are DecryptFailedError. */
+  decryptMany(items: GcmItem[]): Promise<Array<Buffer | Error>> {
+    return this.many('decrypt', items);
+  }
+
+  private async many(op: 'encrypt' | 'decrypt', items: GcmItem[]): Promise<Array<Buffer | Error>> {
+    const out: Array<Buffer | Error> = new Array(items.length);
+    const native = this.native;
+    const batch = native ? (op === 'encrypt' ? native.encryptBatch : native.decryptBatch) : undefined;
+    const hsmIndex: number[] = [];
+    const hsmItems: { handle: number; iv: Buffer; aad: Buffer; data: Buffer }[] = [];
+    const gone = new Map<string, boolean>();
+    if (native && batch) {
+      for (let i = 0; i < items.length; i++) {
+        const it = items[i];
+        if (it.level !== 'HSM') continue;
+        try {
+          hsmItems.push({ handle: this.token.numericHandle('cmk', it.v.version_id), iv: it.iv, aad: it.aad, data: it.data });
+          hsmIndex.push(i);
+        } catch (e) {
+          out[i] = this.hsmFailure(e, it.v, op, undefined, gone);
+        }
+      }
+    }
+    let pending: Promise<Array<Buffer | Error>> | null = null;
+    if (native && batch && hsmItems.length > 0) {
+      if (op === 'encrypt') this.stats.hsmEncryptNative += hsmItems.length;
+      else this.stats.hsmDecryptNative += hsmItems.length;
+      pending = batch.call(native, hsmItems);
+    }
+    // Meanwhile, on this thread: SOFTWARE items (and HSM items when there is no addon).
+    for (let i = 0; i < items.length; i++) {
+      const it = items[i];
+      if (out[i] !== undefined || (pending && it.level === 'HSM')) continue;
+      try {
+        out[i] = op === 'encrypt' ? await this.encrypt(it.level, it.v, it.iv, it.aad, it.data) : await this.decrypt(it.level, it.v, it.iv, it.aad, it.data);
+      } catch (e) {
+        out[i] = e instanceof Error ? e : new Error(String(e));
+      }
+    }
+    if (pending) {
+      let results: Array<Buffer | Error>;
+      try {
+        results = await pending;
+      } catch (e) {
+        // Only a closed context rejects the whole batch.
+        const err = this.hsmFailure(e, items[hsmIndex[0]].v, op, undefined, gone);
+        results = hsmIndex.map(() => err);
+      }
+      results.forEach((r, j) => {
+        const i = hsmIndex[j];
+        out[i] = r instanceof Error ? this.hsmFailure(r, items[i].v, op, hsmItems[j].handle, gone) : r;
+      });
+    }
+    return out;
+  }
+
+  /** The addon's worker count and recovered sessions; null without the addon. */
+  nativeInfo(): { threads: number; sessionsReopened: number } | null {
+    const s = this.native?.stats?.();
+    return s ? { threads: s.threads, sessionsReopened: s.sessionsReopened } : null;
+  }
+
+  /**
+   * One shape for HSM-level failures, whichever path (addon or pkcs11js) ran the operation:
+   * authentication failures become DecryptFailedError; a key the token no longer holds becomes
+   * Rejected.KeyMaterialMissing: a stale handle, a lookup that finds nothing, or any other PKCS#11
+   * error once the object is gone or was replaced (material destroyed while the request was in
+   * flight; SoftHSM then answers C_EncryptInit with whatever it read from the dying object, e.g.
+   * CKR_KEY_FUNCTION_NOT_PERMITTED); a closed context an HsmError CLOSED (ServiceUnavailable.Hsm);
+   * the rest an HsmError with the CKR_ name, which the API reports as an internal error.
+   * `gone` memoizes the token lookup for the items of one batch.
+   */
+  private hsmFailure(e: unknown, v: KeyVersionRow, op: 'encrypt' | 'decrypt', usedHandle?: number, gone?: Map<string, boolean>): Error {
+    if (e instanceof KmsError || e instanceof DecryptFailedError) return e;
+    const code = (e as { code?: unknown }).code;
+    const name = typeof code === 'string' ? code : '';
+    const stale = ['CKR_KEY_HANDLE_INVALID', 'CKR_OBJECT_HANDLE_INVALID', 'NOT_FOUND'].includes(name);
+    if (stale || (name.startsWith('CKR_') && this.materialGone(v, usedHandle, gone))) {
+      return new KmsError('Rejected.KeyMaterialMissing', `KeyId: the token no longer holds key version ${v.version_id} (destroyed while the request was in flight, or removed outside kmsd)`);
+    }
+    // SoftHSM reports a bad tag as CKR_GENERAL_ERROR, others as CKR_ENCRYPTED_DATA_INVALID.
+    if (op === 'decrypt' && ['CKR_ENCRYPTED_DATA_INVALID', 'CKR_GENERAL_ERROR', 'CKR_ENCRYPTED_DATA_LEN_RANGE'].includes(name)) return new DecryptFailedError();
+    if (e instanceof HsmError) return e;
+    const fn = (e as { pkcs11Function?: unknown }).pkcs11Function;
+    return new HsmError(e instanceof Error ? e.message : String(e), name || 'CKR_GENERAL_ERROR', typeof fn === 'string' ? fn : undefined);
+  }
+
+  /** Has the version's token object gone, or been replaced since `usedHandle` was taken? */
+  private materialGone(v: KeyVersionRow, usedHandle: number | undefined, memo?: Map<string, boolean>): boolean {
+    const key = `${v.version_id}/${usedHandle ?? ''}`;
+    const known = memo?.get(key);
+    if (known !== undefined) return known;
+    let result: boolean;
+    try {
+      result = !this.token.has('cmk', v.version_id) || (usedHandle !== undefined && this.token.numericHandle('cmk', v.version_id) !== usedHandle);
+    } catch {
+      result = false; // the token cannot say: report the original error
+    }
+    memo?.set(key, result);
+    return result;
   }
 
   /** Is the version's material where its protection level says? */

@@ -93,14 +93,16 @@ export class KmsService {
     this.log.info({ keyId: row.key_id, reason }, 'key material deleted');
   }
 
-  private requireState(row: CmkRow, allowed: KeyState[], field = 'KeyId'): void {
+  /** Throws the state's Rejected.* error unless the CMK is in an allowed state (also used by src/kms/batch.ts). */
+  requireState(row: CmkRow, allowed: KeyState[], field = 'KeyId'): void {
     if (allowed.includes(row.key_state as KeyState)) return;
     const state = row.key_state as KeyState;
     const code = state === 'Disabled' ? 'Rejected.Disabled' : state === 'PendingImport' ? 'Rejected.PendingImport' : state === 'PendingDeletion' ? 'Rejected.PendingDeletion' : 'InvalidParameter';
     throw new KmsError(code, `${field}: CMK ${row.key_id} is ${state}; this action needs ${allowed.join(' or ')}`);
   }
 
-  private requireUsable(row: CmkRow): KeyVersionRow {
+  /** The primary version of an Enabled CMK whose material is present (also used by src/kms/batch.ts). */
+  requireUsable(row: CmkRow): KeyVersionRow {
     this.requireState(row, ['Enabled']);
     const ver = row.primary_key_version ? this.store.getVersion(row.primary_key_version) : undefined;
     if (!ver) throw new KmsError('InternalFailure', `CMK ${row.key_id} has no primary key version`);
@@ -263,10 +265,16 @@ export class KmsService {
     return {};
   }
 
-  /** Called by the scheduler when the deletion window has passed: material first, then metadata. */
+  /**
+   * Called by the scheduler when the deletion window has passed. Metadata first, then material (as
+   * in deleteMaterial): a crash in between leaves orphan token objects, which start-up
+   * reconciliation destroys. The other order left a PendingDeletion CMK whose token objects were
+   * gone, which CancelKeyDeletion could bring back as an Enabled CMK without material.
+   */
   destroyCmk(row: CmkRow): void {
-    for (const ver of this.store.listVersions(row.key_id)) this.keyring.destroy(ver.version_id);
+    const versions = this.store.listVersions(row.key_id);
     this.store.tx(() => this.store.deleteCmk(row.key_id));
+    for (const ver of versions) this.keyring.destroy(ver.version_id);
     this.log.info({ keyId: row.key_id }, 'CMK deleted at the end of its deletion window');
   }
 
@@ -393,8 +401,11 @@ export class KmsService {
     return Buffer.concat([header, sealed]).toString('base64');
   }
 
-  /** Opens a blob: parse, find the CMK and version it names, check state, authenticate and decrypt. */
-  private async open(blobB64: string | undefined, ctx: Context | undefined, field = 'CiphertextBlob'): Promise<{ row: CmkRow; ver: KeyVersionRow; plaintext: Buffer }> {
+  /**
+   * The checks before opening a blob: parse it, find the CMK and version it names, check state and
+   * material (also used by src/kms/batch.ts, which decrypts many blobs in one call).
+   */
+  locate(blobB64: string | undefined, field = 'CiphertextBlob'): { row: CmkRow; ver: KeyVersionRow; parsed: ReturnType<typeof parseBlob> } {
     const blob = v.base64(field, blobB64, { maxBytes: 64 * 1024 });
     const parsed = parseBlob(blob);
     const row = this.store.getCmk(parsed.keyId);
@@ -406,6 +417,12 @@ export class KmsService {
     if (ver.material_state !== 'Present') {
       throw new KmsError('Rejected.KeyMaterialMissing', `${field}: the material of key version ${ver.version_id} is not available`);
     }
+    return { row: current, ver, parsed };
+  }
+
+  /** Opens a blob: parse, find the CMK and version it names, check state, authenticate and decrypt. */
+  private async open(blobB64: string | undefined, ctx: Context | undefined, field = 'CiphertextBlob'): Promise<{ row: CmkRow; ver: KeyVersionRow; plaintext: Buffer }> {
+    const { row: current, ver, parsed } = this.locate(blobB64, field);
     try {
       const plaintext = await this.keyring.decrypt(current.protection_level, ver, parsed.iv, aadFor(parsed.header, ctx), parsed.sealed);
       return { row: current, ver, plaintext };

@@ -1,9 +1,9 @@
 // The catalogue of actions the authorization policy knows: every RPC of KeyManagementService,
 // CeremonyService and AuditService, with its class (which role may call it) and whether it is about
 // particular CMKs (then a grant names the keys) or about the service as a whole (then a grant must
-// say keys ["*"]). An RPC missing from this table is denied to everyone but a grant naming it
-// exactly, and the server logs that at start-up (src/api/grpc/auth.ts), so a new RPC is never open
-// by accident.
+// say keys ["*"]). An RPC missing from this table is denied to everyone while a policy is in force
+// (a grant cannot name it: validation refuses unknown actions), and the server logs that at start-up
+// (src/api/grpc/auth.ts), so a new RPC is never open by accident.
 
 export type ActionClass =
   /** Using a CMK: Encrypt, Decrypt, data keys. Never implied by a role: only grants give it. */
@@ -61,6 +61,12 @@ export const ACTIONS: Record<string, ActionInfo> = {
   GenerateDataKey: k('crypto', true),
   GenerateDataKeyWithoutPlaintext: k('crypto', true),
   ReEncrypt: k('crypto', true),
+  // Issue 4: batches and their streams; every item's CMK (and context) is checked, one refusal refuses the message.
+  EncryptBatch: k('crypto', true),
+  DecryptBatch: k('crypto', true),
+  EncryptStream: k('crypto', true),
+  DecryptStream: k('crypto', true),
+  DescribeRuntime: g('read'),
   // CeremonyService
   InitCeremony: g('ceremony'),
   CreateProposal: g('ceremony'),

@@ -72,17 +72,30 @@ export class Store {
   }
 
   close(): void {
+    this.statements.clear();
     if (this.db.open) this.db.close();
+  }
+
+  // Prepared once, reused: preparing on every lookup cost ~10% of a unary Encrypt (issue 4 bench).
+  private readonly statements = new Map<string, Database.Statement>();
+
+  private stmt(sql: string): Database.Statement {
+    let s = this.statements.get(sql);
+    if (!s) {
+      s = this.db.prepare(sql);
+      this.statements.set(sql, s);
+    }
+    return s;
   }
 
   private migrate(): void {
     this.db.exec('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)');
-    const applied = new Set((this.db.prepare('SELECT version FROM schema_migrations').all() as { version: number }[]).map((r) => r.version));
+    const applied = new Set((this.stmt('SELECT version FROM schema_migrations').all() as { version: number }[]).map((r) => r.version));
     for (const m of MIGRATIONS) {
       if (applied.has(m.version)) continue;
       this.db.transaction(() => {
         this.db.exec(m.sql);
-        this.db.prepare('INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)').run(m.version, Date.now());
+        this.stmt('INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)').run(m.version, Date.now());
       })();
     }
   }
@@ -94,12 +107,12 @@ export class Store {
   // ------------------------------------------------------------------ settings
 
   getSetting(name: string): string | undefined {
-    const row = this.db.prepare('SELECT value FROM settings WHERE name = ?').get(name) as { value: string } | undefined;
+    const row = this.stmt('SELECT value FROM settings WHERE name = ?').get(name) as { value: string } | undefined;
     return row?.value;
   }
 
   setSetting(name: string, value: string): void {
-    this.db.prepare('INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value').run(name, value);
+    this.stmt('INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value').run(name, value);
   }
 
   // ------------------------------------------------------------------ CMKs
@@ -118,7 +131,7 @@ export class Store {
   }
 
   getCmk(keyId: string): CmkRow | undefined {
-    return this.db.prepare('SELECT * FROM cmks WHERE key_id = ?').get(keyId) as CmkRow | undefined;
+    return this.stmt('SELECT * FROM cmks WHERE key_id = ?').get(keyId) as CmkRow | undefined;
   }
 
   /** Updates the named columns of one CMK. */
@@ -126,31 +139,31 @@ export class Store {
     const names = Object.keys(fields);
     if (names.length === 0) return;
     const set = names.map((n) => `${n} = @${n}`).join(', ');
-    this.db.prepare(`UPDATE cmks SET ${set} WHERE key_id = @key_id`).run({ ...fields, key_id: keyId });
+    this.stmt(`UPDATE cmks SET ${set} WHERE key_id = @key_id`).run({ ...fields, key_id: keyId });
   }
 
   deleteCmk(keyId: string): void {
-    this.db.prepare('DELETE FROM aliases WHERE key_id = ?').run(keyId);
-    this.db.prepare('DELETE FROM key_versions WHERE key_id = ?').run(keyId);
-    this.db.prepare('UPDATE wrapping_keys SET key_id = NULL WHERE key_id = ?').run(keyId);
-    this.db.prepare('DELETE FROM cmks WHERE key_id = ?').run(keyId);
+    this.stmt('DELETE FROM aliases WHERE key_id = ?').run(keyId);
+    this.stmt('DELETE FROM key_versions WHERE key_id = ?').run(keyId);
+    this.stmt('UPDATE wrapping_keys SET key_id = NULL WHERE key_id = ?').run(keyId);
+    this.stmt('DELETE FROM cmks WHERE key_id = ?').run(keyId);
   }
 
   countCmks(): number {
-    return (this.db.prepare('SELECT COUNT(*) AS n FROM cmks').get() as { n: number }).n;
+    return (this.stmt('SELECT COUNT(*) AS n FROM cmks').get() as { n: number }).n;
   }
 
   listCmks(offset: number, limit: number): CmkRow[] {
-    return this.db.prepare('SELECT * FROM cmks ORDER BY creation_date, key_id LIMIT ? OFFSET ?').all(limit, offset) as CmkRow[];
+    return this.stmt('SELECT * FROM cmks ORDER BY creation_date, key_id LIMIT ? OFFSET ?').all(limit, offset) as CmkRow[];
   }
 
   allCmks(): CmkRow[] {
-    return this.db.prepare('SELECT * FROM cmks').all() as CmkRow[];
+    return this.stmt('SELECT * FROM cmks').all() as CmkRow[];
   }
 
   cmksDue(now: number): { deletions: CmkRow[]; rotations: CmkRow[]; expiries: CmkRow[] } {
     return {
-      deletions: this.db.prepare("SELECT * FROM cmks WHERE key_state = 'PendingDeletion' AND delete_date <= ?").all(now) as CmkRow[],
+      deletions: this.stmt("SELECT * FROM cmks WHERE key_state = 'PendingDeletion' AND delete_date <= ?").all(now) as CmkRow[],
       rotations: this.db
         .prepare("SELECT * FROM cmks WHERE automatic_rotation = 'Enabled' AND key_state = 'Enabled' AND next_rotation_date IS NOT NULL AND next_rotation_date <= ?")
         .all(now) as CmkRow[],
@@ -169,53 +182,53 @@ export class Store {
   }
 
   getVersion(versionId: string): KeyVersionRow | undefined {
-    return this.db.prepare('SELECT * FROM key_versions WHERE version_id = ?').get(versionId) as KeyVersionRow | undefined;
+    return this.stmt('SELECT * FROM key_versions WHERE version_id = ?').get(versionId) as KeyVersionRow | undefined;
   }
 
   listVersions(keyId: string): KeyVersionRow[] {
-    return this.db.prepare('SELECT * FROM key_versions WHERE key_id = ? ORDER BY creation_date, version_id').all(keyId) as KeyVersionRow[];
+    return this.stmt('SELECT * FROM key_versions WHERE key_id = ? ORDER BY creation_date, version_id').all(keyId) as KeyVersionRow[];
   }
 
   allVersions(): KeyVersionRow[] {
-    return this.db.prepare('SELECT * FROM key_versions').all() as KeyVersionRow[];
+    return this.stmt('SELECT * FROM key_versions').all() as KeyVersionRow[];
   }
 
   updateVersion(versionId: string, fields: Partial<Pick<KeyVersionRow, 'software_wrapped' | 'material_state'>>): void {
     const names = Object.keys(fields);
     if (names.length === 0) return;
     const set = names.map((n) => `${n} = @${n}`).join(', ');
-    this.db.prepare(`UPDATE key_versions SET ${set} WHERE version_id = @version_id`).run({ ...fields, version_id: versionId });
+    this.stmt(`UPDATE key_versions SET ${set} WHERE version_id = @version_id`).run({ ...fields, version_id: versionId });
   }
 
   // ------------------------------------------------------------------ aliases
 
   insertAlias(row: AliasRow): void {
-    this.db.prepare('INSERT INTO aliases (alias_name, key_id, creation_date, update_date) VALUES (@alias_name, @key_id, @creation_date, @update_date)').run(row);
+    this.stmt('INSERT INTO aliases (alias_name, key_id, creation_date, update_date) VALUES (@alias_name, @key_id, @creation_date, @update_date)').run(row);
   }
 
   getAlias(name: string): AliasRow | undefined {
-    return this.db.prepare('SELECT * FROM aliases WHERE alias_name = ?').get(name) as AliasRow | undefined;
+    return this.stmt('SELECT * FROM aliases WHERE alias_name = ?').get(name) as AliasRow | undefined;
   }
 
   updateAlias(name: string, keyId: string, now: number): void {
-    this.db.prepare('UPDATE aliases SET key_id = ?, update_date = ? WHERE alias_name = ?').run(keyId, now, name);
+    this.stmt('UPDATE aliases SET key_id = ?, update_date = ? WHERE alias_name = ?').run(keyId, now, name);
   }
 
   deleteAlias(name: string): void {
-    this.db.prepare('DELETE FROM aliases WHERE alias_name = ?').run(name);
+    this.stmt('DELETE FROM aliases WHERE alias_name = ?').run(name);
   }
 
   countAliases(keyId?: string): number {
     const row = keyId
-      ? this.db.prepare('SELECT COUNT(*) AS n FROM aliases WHERE key_id = ?').get(keyId)
-      : this.db.prepare('SELECT COUNT(*) AS n FROM aliases').get();
+      ? this.stmt('SELECT COUNT(*) AS n FROM aliases WHERE key_id = ?').get(keyId)
+      : this.stmt('SELECT COUNT(*) AS n FROM aliases').get();
     return (row as { n: number }).n;
   }
 
   listAliases(offset: number, limit: number, keyId?: string): AliasRow[] {
     return keyId
-      ? (this.db.prepare('SELECT * FROM aliases WHERE key_id = ? ORDER BY alias_name LIMIT ? OFFSET ?').all(keyId, limit, offset) as AliasRow[])
-      : (this.db.prepare('SELECT * FROM aliases ORDER BY alias_name LIMIT ? OFFSET ?').all(limit, offset) as AliasRow[]);
+      ? (this.stmt('SELECT * FROM aliases WHERE key_id = ? ORDER BY alias_name LIMIT ? OFFSET ?').all(keyId, limit, offset) as AliasRow[])
+      : (this.stmt('SELECT * FROM aliases ORDER BY alias_name LIMIT ? OFFSET ?').all(limit, offset) as AliasRow[]);
   }
 
   // ------------------------------------------------------------------ wrapping keys
@@ -229,7 +242,7 @@ export class Store {
   }
 
   getWrappingKey(wrapId: string): WrappingKeyRow | undefined {
-    return this.db.prepare('SELECT * FROM wrapping_keys WHERE wrap_id = ?').get(wrapId) as WrappingKeyRow | undefined;
+    return this.stmt('SELECT * FROM wrapping_keys WHERE wrap_id = ?').get(wrapId) as WrappingKeyRow | undefined;
   }
 
   /** Takes one pooled (unissued) key pair of this spec and binds it to a CMK, atomically. */
@@ -239,28 +252,28 @@ export class Store {
         .prepare('SELECT * FROM wrapping_keys WHERE key_id IS NULL AND expires IS NULL AND key_spec = ? AND raw_decrypt = ? ORDER BY created LIMIT 1')
         .get(spec, rawDecrypt ? 1 : 0) as WrappingKeyRow | undefined;
       if (!row) return undefined;
-      this.db.prepare('UPDATE wrapping_keys SET key_id = ?, algorithm = ?, expires = ? WHERE wrap_id = ?').run(keyId, algorithm, expires, row.wrap_id);
+      this.stmt('UPDATE wrapping_keys SET key_id = ?, algorithm = ?, expires = ? WHERE wrap_id = ?').run(keyId, algorithm, expires, row.wrap_id);
       return { ...row, key_id: keyId, algorithm, expires };
     });
   }
 
   countPooledWrappingKeys(spec: string, rawDecrypt: boolean): number {
     return (
-      this.db.prepare('SELECT COUNT(*) AS n FROM wrapping_keys WHERE key_id IS NULL AND expires IS NULL AND key_spec = ? AND raw_decrypt = ?').get(spec, rawDecrypt ? 1 : 0) as {
+      this.stmt('SELECT COUNT(*) AS n FROM wrapping_keys WHERE key_id IS NULL AND expires IS NULL AND key_spec = ? AND raw_decrypt = ?').get(spec, rawDecrypt ? 1 : 0) as {
         n: number;
       }
     ).n;
   }
 
   expiredWrappingKeys(now: number): WrappingKeyRow[] {
-    return this.db.prepare('SELECT * FROM wrapping_keys WHERE expires IS NOT NULL AND expires <= ?').all(now) as WrappingKeyRow[];
+    return this.stmt('SELECT * FROM wrapping_keys WHERE expires IS NOT NULL AND expires <= ?').all(now) as WrappingKeyRow[];
   }
 
   allWrappingKeys(): WrappingKeyRow[] {
-    return this.db.prepare('SELECT * FROM wrapping_keys').all() as WrappingKeyRow[];
+    return this.stmt('SELECT * FROM wrapping_keys').all() as WrappingKeyRow[];
   }
 
   deleteWrappingKey(wrapId: string): void {
-    this.db.prepare('DELETE FROM wrapping_keys WHERE wrap_id = ?').run(wrapId);
+    this.stmt('DELETE FROM wrapping_keys WHERE wrap_id = ?').run(wrapId);
   }
 }

@@ -138,6 +138,21 @@ export function resourcesFor(action: string, req: Req, dir: KeyDirectory): KeyRe
       return [byRef(str(req.AliasName)), byRef(str(req.KeyId))];
     case 'DeleteAlias':
       return [byRef(str(req.AliasName))];
+    case 'EncryptBatch':
+    case 'EncryptStream':
+    case 'DecryptBatch':
+    case 'DecryptStream': {
+      // One resource per distinct (CMK reference, context) among the items.
+      const items = Array.isArray(req.Items) ? (req.Items as Req[]) : [];
+      const seen = new Map<string, KeyResource>();
+      for (const it of items) {
+        const ctx = ctxOf(it?.EncryptionContext);
+        const r = action.startsWith('Encrypt') ? byRef(str(it?.KeyId), ctx) : byBlob(str(it?.CiphertextBlob), ctx, str(it?.KeyId));
+        const key = JSON.stringify([r.keyId ?? r.ref, r.unknown ?? false, Object.entries(ctx).sort()]);
+        if (!seen.has(key)) seen.set(key, r);
+      }
+      return [...seen.values()];
+    }
     default:
       return actionInfo(action)?.keyed ? [byRef(str(req.KeyId))] : [];
   }
@@ -204,16 +219,16 @@ export class CallGuard {
     }
   }
 
-  /** Called once per registered RPC: an RPC the policy catalogue does not know is denied unless named. */
+  /** Called once per registered RPC: an RPC the policy catalogue does not know is denied to everyone under a policy. */
   register(action: string): void {
     if (!actionInfo(action) && !this.warned.has(action)) {
       this.warned.add(action);
-      this.o.log.warn({ action }, 'RPC unknown to the authorization catalogue (src/policy/actions.ts): only an explicit grant allows it');
+      this.o.log.warn({ action }, 'RPC unknown to the authorization catalogue (src/policy/actions.ts): denied to every caller while a policy is in force');
     }
   }
 
   /** The caller's principal, for the CallContext and for the policy. */
-  private identify(call: Cancellable): { principal: string; policyPrincipal: string } {
+  private identify(call: Cancellable, requestId: string): { principal: string; policyPrincipal: string } {
     if (!this.o.tls) return { principal: call.getPeer(), policyPrincipal: ANONYMOUS };
     const cert = call.getAuthContext?.()?.sslPeerCertificate;
     if (!cert) return { principal: ANONYMOUS, policyPrincipal: ANONYMOUS };
@@ -221,6 +236,12 @@ export class CallGuard {
     if ('refused' in p) {
       // The listener refuses such certificates at connect time; this is a second line.
       this.stats.unauthenticated++;
+      this.o.log.warn({ requestId, peer: call.getPeer(), reason: p.refused }, 'unauthenticated call refused');
+      try {
+        this.audit?.append({ requestId, principal: 'unauthenticated', action: 'Unauthenticated', outcome: 'Unauthenticated', details: { Peer: call.getPeer(), Reason: p.refused } });
+      } catch (e) {
+        this.o.log.error({ requestId, err: (e as Error).message }, 'could not audit a refusal');
+      }
       throw new KmsError('Unauthenticated', p.refused);
     }
     return { principal: p.principal, policyPrincipal: p.principal };
@@ -231,7 +252,7 @@ export class CallGuard {
    * InvalidParameter, Unauthenticated) or CallAbandoned otherwise.
    */
   admit(action: string, call: Cancellable, ctx: CallContext, run: () => unknown): unknown {
-    const who = this.identify(call);
+    const who = this.identify(call, ctx.requestId);
     ctx.principal = who.principal;
     if (call.cancelled) throw new CallAbandoned('cancelled');
     try {
@@ -272,6 +293,8 @@ export class CallGuard {
 
 // ------------------------------------------------------------------ the TLS listener
 
+export const MAX_TLS_CONNECTIONS = 4096;
+
 export interface TlsListenerOptions {
   host: string;
   port: number;
@@ -310,6 +333,9 @@ export async function listenTls(server: grpc.Server, o: TlsListenerOptions): Pro
     rejectUnauthorized: false,
     handshakeTimeout: 10_000,
   });
+  // Bounded connections: past this, new connections are dropped by the kernel-facing listener
+  // (each open connection costs a file descriptor and an HTTP/2 session).
+  tlsServer.maxConnections = MAX_TLS_CONNECTIONS;
   let refused = 0;
   const refuse = (socket: tls.TLSSocket | net.Socket, reason: string, subject?: string) => {
     refused++;

@@ -15,6 +15,8 @@ import type { CallContext } from '../../kms/types';
 import type { CeremonyExtension } from './ceremony';
 import type { CallGuard } from './auth';
 import { CallAbandoned, hardenService, isMalformed, malformedReason } from './limits';
+import { BatchService } from '../../kms/batch';
+import { describeRuntime, startRuntimeMonitor } from './runtime';
 
 export const ERROR_CODE_METADATA = 'kms-error-code';
 export const REQUEST_ID_METADATA = 'kms-request-id';
@@ -54,6 +56,7 @@ export interface GrpcServices {
 export function buildActions(s: GrpcServices): Record<string, Action> {
   const k = s.kms;
   const i = s.imports;
+  const batch = new BatchService(k);
   return {
     CreateKey: (r: never) => k.CreateKey(r),
     DescribeKey: (r: never) => k.DescribeKey(r),
@@ -80,6 +83,12 @@ export function buildActions(s: GrpcServices): Record<string, Action> {
     ImportKeyMaterial: (r: never) => i.ImportKeyMaterial(r),
     DeleteKeyMaterial: (r: never) => i.DeleteKeyMaterial(r),
     DescribeHsm: () => i.DescribeHsm(),
+    // Issue 4: batches, their streams (one batch per message, see bidi below) and runtime figures.
+    EncryptBatch: (r: never, ctx: CallContext) => batch.EncryptBatch(r, ctx),
+    DecryptBatch: (r: never, ctx: CallContext) => batch.DecryptBatch(r, ctx),
+    EncryptStream: (r: never, ctx: CallContext) => batch.EncryptBatch(r, ctx),
+    DecryptStream: (r: never, ctx: CallContext) => batch.DecryptBatch(r, ctx),
+    DescribeRuntime: (r: never) => describeRuntime(k.keyring, r),
   };
 }
 
@@ -133,6 +142,101 @@ function unary(name: string, action: Action, log: Logger, guard?: CallGuard): gr
   };
 }
 
+// ------------------------------------------------------------------ issue 4: batch streams
+
+/** Messages of one stream being worked on at once; past this the stream is paused (backpressure). */
+const STREAM_MAX_IN_FLIGHT = 8;
+
+/**
+ * A bidirectional stream of batches: each request message is one call of `action` through the same
+ * admission as a unary call (identity, rate limit, decode check, policy, bulkhead), under its own
+ * request id; up to STREAM_MAX_IN_FLIGHT messages run at once and the answers go out in request
+ * order. A message refused as a whole is answered with Code and Message (and its BatchId) and the
+ * stream goes on; the stream ends when the client half-closes and every answer is written.
+ */
+function bidi(name: string, action: Action, log: Logger, guard?: CallGuard): grpc.handleBidiStreamingCall<unknown, unknown> {
+  guard?.register(name);
+  return (call) => {
+    const streamId = crypto.randomUUID();
+    let seq = 0;
+    let inFlight = 0;
+    let ended = false;
+    let closed = false;
+    let tail: Promise<void> = Promise.resolve();
+    // One 'cancelled' listener for the stream; messages waiting in the bulkhead register here.
+    const cancelHooks = new Set<() => void>();
+    call.on('cancelled', () => {
+      for (const cb of [...cancelHooks]) cb();
+      cancelHooks.clear();
+    });
+    call.on('error', () => undefined); // a reset by the client ends the stream; nothing to answer
+    const finish = () => {
+      if (!ended || inFlight > 0 || closed) return;
+      closed = true;
+      tail.then(() => call.end());
+    };
+    call.on('data', (request: unknown) => {
+      const requestId = `${streamId}/${seq++}`;
+      const started = process.hrtime.bigint();
+      const ctx: CallContext = { requestId, principal: call.getPeer() };
+      const hooks: (() => void)[] = [];
+      const unit = {
+        request,
+        get cancelled() {
+          return call.cancelled;
+        },
+        getPeer: () => call.getPeer(),
+        getAuthContext: () => call.getAuthContext(),
+        on: (_event: 'cancelled', cb: () => void) => {
+          hooks.push(cb);
+          cancelHooks.add(cb);
+          return unit;
+        },
+      };
+      inFlight++;
+      if (inFlight >= STREAM_MAX_IN_FLIGHT) call.pause();
+      const batchId = typeof (request as { BatchId?: unknown })?.BatchId === 'string' ? (request as { BatchId: string }).BatchId : '';
+      const result = new Promise<unknown>((resolve) => {
+        if (guard) return resolve(guard.admit(name, unit, ctx, () => action(request as never, ctx)));
+        if (isMalformed(request)) throw new KmsError('InvalidParameter', `request: not a valid ${name} request message (${malformedReason(request)})`);
+        resolve(action(request as never, ctx));
+      });
+      const answer = result.then(
+        (value) => {
+          log.info({ requestId, action: name, principal: ctx.principal, outcome: 'ok', ms: Math.round(Number(process.hrtime.bigint() - started) / 1e5) / 10 }, 'call');
+          return value;
+        },
+        (e: unknown) => {
+          if (e instanceof CallAbandoned) return null;
+          let err: KmsError;
+          if (e instanceof KmsError) err = e;
+          else {
+            const mapped = e instanceof HsmError ? fromHsm(e) : null;
+            err = mapped ?? new KmsError('InternalFailure', `internal error (request id ${requestId})`);
+            log.error({ requestId, action: name, err: e instanceof Error ? { name: e.name, message: e.message, stack: e.stack } : String(e) }, 'internal error');
+          }
+          log.info({ requestId, action: name, principal: ctx.principal, outcome: err.code, ms: Math.round(Number(process.hrtime.bigint() - started) / 1e5) / 10 }, 'call');
+          return { Results: [], BatchId: batchId, SuccessCount: 0, ErrorCount: 0, Code: err.code, Message: err.message };
+        },
+      );
+      // Answers in request order, whatever order the work finishes in.
+      tail = tail.then(() =>
+        answer.then((value) => {
+          for (const cb of hooks) cancelHooks.delete(cb);
+          inFlight--;
+          if (value !== null && !call.cancelled && !call.destroyed) call.write(value);
+          if (inFlight < STREAM_MAX_IN_FLIGHT && call.isPaused()) call.resume();
+          finish();
+        }),
+      );
+    });
+    call.on('end', () => {
+      ended = true;
+      finish();
+    });
+  };
+}
+
 export interface ServerHandle {
   server: grpc.Server;
   port: number;
@@ -150,8 +254,10 @@ export function createServer(s: GrpcServices, opts: { maxMessageBytes?: number }
   for (const name of Object.keys(ctor.service)) {
     const action = actions[name];
     if (!action) throw new Error(`no handler for RPC ${name}`);
-    impl[name] = unary(name, action, s.log, s.security);
+    const m = ctor.service[name];
+    impl[name] = m.requestStream && m.responseStream ? bidi(name, action, s.log, s.security) : unary(name, action, s.log, s.security);
   }
+  startRuntimeMonitor();
   server.addService(hardenService(ctor.service), impl);
   for (const extra of s.ceremony?.services() ?? []) {
     const c = serviceConstructor(extra.name);

@@ -1,0 +1,281 @@
+// Issue 4: EncryptBatch / DecryptBatch (and their streams, which run one batch per message) for
+// high-volume callers. Each item goes through the same lookups and state checks as a unary
+// Encrypt/Decrypt (KmsService.resolve, requireUsable, locate) and yields the same blob or the same
+// error code and message; one bad item never fails the batch. The AES-GCM work of a whole batch is
+// one Keyring call, so HSM items reach the native addon as one encryptBatch/decryptBatch.
+//
+// Only the batch as a whole can be refused (InvalidParameter): no items, more than MAX_BATCH_ITEMS,
+// or a BatchId that is not at most 128 printable ASCII characters. The synchronous checks run in
+// slices, one per event-loop turn (TurnQueue), so large batches arriving together cannot stall the
+// daemon; results are the same as if the items had been checked one after another.
+
+import crypto from 'node:crypto';
+import { DecryptFailedError, HsmError } from '../hsm/errors';
+import { aadFor, buildHeader, IV_BYTES, parseBlob, validateContext } from './ciphertext';
+import { KmsError, invalid } from './errors';
+import type { GcmItem } from './keyring';
+import type { CmkRow, KeyVersionRow } from '../store/store';
+import { KmsService, MAX_PLAINTEXT_BYTES } from './service';
+import type { CallContext, Context } from './types';
+import * as v from './validate';
+
+/** Items per batch message (EncryptBatch, DecryptBatch and each message of their streams). */
+export const MAX_BATCH_ITEMS = 256;
+
+export interface EncryptItem {
+  KeyId?: string;
+  Plaintext?: string;
+  EncryptionContext?: Context;
+}
+
+export interface DecryptItem {
+  CiphertextBlob?: string;
+  EncryptionContext?: Context;
+  KeyId?: string;
+}
+
+/** A per-item outcome: the unary response's fields, or Code and Message of its error. */
+export interface EncryptResult {
+  KeyId: string;
+  KeyVersionId: string;
+  CiphertextBlob: string;
+  Code: string;
+  Message: string;
+}
+
+export interface DecryptResult {
+  KeyId: string;
+  KeyVersionId: string;
+  Plaintext: string;
+  Code: string;
+  Message: string;
+}
+
+export interface BatchResponse<R> {
+  Results: R[];
+  BatchId: string;
+  SuccessCount: number;
+  ErrorCount: number;
+}
+
+const EMPTY = { KeyId: '', KeyVersionId: '', Code: '', Message: '' };
+
+/** HSM conditions that mean "the token is not usable" (as the gRPC envelope maps them for unary calls). */
+const UNAVAILABLE = new Set(['CLOSED', 'CKR_DEVICE_REMOVED', 'CKR_TOKEN_NOT_PRESENT', 'CKR_DEVICE_ERROR']);
+
+/** Items checked per event-loop turn (see TurnQueue). */
+const CHUNK = 64;
+
+/**
+ * Runs the synchronous part of every batch in flight (lookups, checks, building headers) one chunk
+ * per event-loop turn, first come first served. Many batches often arrive in one socket read;
+ * without this their checks would all run in that one turn and stall every other call.
+ */
+class TurnQueue {
+  private readonly queue: (() => void)[] = [];
+  private scheduled = false;
+
+  run<T>(fn: () => T): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push(() => {
+        try {
+          resolve(fn());
+        } catch (e) {
+          reject(e);
+        }
+      });
+      this.kick();
+    });
+  }
+
+  private kick(): void {
+    if (this.scheduled || this.queue.length === 0) return;
+    this.scheduled = true;
+    // An immediate queued from an immediate runs on the next turn: I/O and timers go in between.
+    setImmediate(() => {
+      this.scheduled = false;
+      this.queue.shift()?.();
+      this.kick();
+    });
+  }
+}
+
+/**
+ * Memoized lookups for one chunk (checked synchronously, so the state cannot change under it):
+ * a batch usually names a few CMKs many times. Errors are memoized too and thrown again as is.
+ */
+class Lookups {
+  private readonly cmks = new Map<string, { row: CmkRow } | { error: unknown }>();
+  private readonly usable = new Map<string, { ver: KeyVersionRow } | { error: unknown }>();
+  private readonly located = new Map<string, { row: CmkRow; ver: KeyVersionRow } | { error: unknown }>();
+  constructor(private readonly kms: KmsService) {}
+
+  resolve(keyId: string | undefined): CmkRow {
+    const k = String(keyId ?? '');
+    let r = this.cmks.get(k);
+    if (!r) {
+      try {
+        r = { row: this.kms.resolve('KeyId', keyId) };
+      } catch (error) {
+        r = { error };
+      }
+      this.cmks.set(k, r);
+    }
+    if ('error' in r) throw r.error;
+    return r.row;
+  }
+
+  /** KmsService.locate, memoized by the CMK and version a blob names (its parse is per blob). */
+  locate(blobB64: string | undefined): ReturnType<KmsService['locate']> {
+    const parsed = parseBlob(v.base64('CiphertextBlob', blobB64, { maxBytes: 64 * 1024 }));
+    const k = `${parsed.keyId}/${parsed.keyVersionId}`;
+    let r = this.located.get(k);
+    if (!r) {
+      try {
+        const l = this.kms.locate(blobB64);
+        r = { row: l.row, ver: l.ver };
+      } catch (error) {
+        r = { error };
+      }
+      this.located.set(k, r);
+    }
+    if ('error' in r) throw r.error;
+    return { row: r.row, ver: r.ver, parsed };
+  }
+
+  requireUsable(row: CmkRow): KeyVersionRow {
+    let r = this.usable.get(row.key_id);
+    if (!r) {
+      try {
+        r = { ver: this.kms.requireUsable(row) };
+      } catch (error) {
+        r = { error };
+      }
+      this.usable.set(row.key_id, r);
+    }
+    if ('error' in r) throw r.error;
+    return r.ver;
+  }
+}
+
+export class BatchService {
+  private readonly turns = new TurnQueue();
+
+  constructor(private readonly kms: KmsService) {}
+
+  /** Calls check(item, index, lookups) for every item, a chunk per turn; a throw is that item's failure. */
+  private async checkAll<T>(items: T[], check: (item: T, index: number, lookups: Lookups) => void, fail: (e: unknown, index: number) => void): Promise<void> {
+    for (let start = 0; start < items.length; start += CHUNK) {
+      await this.turns.run(() => {
+        const lookups = new Lookups(this.kms);
+        for (let i = start; i < Math.min(items.length, start + CHUNK); i++) {
+          try {
+            check(items[i], i, lookups);
+          } catch (e) {
+            fail(e, i);
+          }
+        }
+      });
+    }
+  }
+
+  async EncryptBatch(req: { Items?: EncryptItem[]; BatchId?: string }, ctx?: CallContext): Promise<BatchResponse<EncryptResult>> {
+    const items = checkItems(req.Items);
+    const batchId = batchIdOf(req.BatchId);
+    const results: EncryptResult[] = new Array(items.length);
+    const ivs = crypto.randomBytes(IV_BYTES * items.length);
+    // Lookups and checks, item by item, in the order Encrypt makes them.
+    const work: { index: number; keyId: string; versionId: string; header: Buffer; item: GcmItem }[] = [];
+    await this.checkAll(
+      items,
+      (it, i, lookups) => {
+        const row = lookups.resolve(it.KeyId);
+        const pt = v.base64('Plaintext', it.Plaintext, { maxBytes: MAX_PLAINTEXT_BYTES, allowEmpty: false });
+        const ctxMap = context('EncryptionContext', it.EncryptionContext);
+        const ver = lookups.requireUsable(row);
+        const iv = ivs.subarray(i * IV_BYTES, (i + 1) * IV_BYTES);
+        const header = buildHeader(row.key_id, ver.version_id, iv);
+        work.push({ index: i, keyId: row.key_id, versionId: ver.version_id, header, item: { level: row.protection_level, v: ver, iv, aad: aadFor(header, ctxMap), data: pt } });
+      },
+      (e, i) => (results[i] = { ...EMPTY, CiphertextBlob: '', ...this.failure(e, ctx, i) }),
+    );
+    const sealed = await this.kms.keyring.encryptMany(work.map((w) => w.item));
+    work.forEach((w, j) => {
+      const r = sealed[j];
+      results[w.index] =
+        r instanceof Error
+          ? { ...EMPTY, CiphertextBlob: '', ...this.failure(r, ctx, w.index) }
+          : { KeyId: w.keyId, KeyVersionId: w.versionId, CiphertextBlob: Buffer.concat([w.header, r]).toString('base64'), Code: '', Message: '' };
+    });
+    return summary(results, batchId);
+  }
+
+  async DecryptBatch(req: { Items?: DecryptItem[]; BatchId?: string }, ctx?: CallContext): Promise<BatchResponse<DecryptResult>> {
+    const items = checkItems(req.Items);
+    const batchId = batchIdOf(req.BatchId);
+    const results: DecryptResult[] = new Array(items.length);
+    const work: { index: number; keyId: string; versionId: string; item: GcmItem }[] = [];
+    await this.checkAll(
+      items,
+      (it, i, lookups) => {
+        // Decrypt's order: context, the optional KeyId, then the blob.
+        const ctxMap = context('EncryptionContext', it.EncryptionContext);
+        const expected = it.KeyId ? lookups.resolve(it.KeyId) : undefined;
+        const { row, ver, parsed } = lookups.locate(it.CiphertextBlob);
+        if (expected && parsed.keyId !== expected.key_id) {
+          throw new KmsError('IncorrectKeyId', `KeyId: the ciphertext was made by CMK ${parsed.keyId}, not ${expected.key_id}`);
+        }
+        work.push({ index: i, keyId: row.key_id, versionId: ver.version_id, item: { level: row.protection_level, v: ver, iv: parsed.iv, aad: aadFor(parsed.header, ctxMap), data: parsed.sealed } });
+      },
+      (e, i) => (results[i] = { ...EMPTY, Plaintext: '', ...this.failure(e, ctx, i) }),
+    );
+    const opened = await this.kms.keyring.decryptMany(work.map((w) => w.item));
+    work.forEach((w, j) => {
+      const r = opened[j];
+      if (r instanceof Error) {
+        results[w.index] = { ...EMPTY, Plaintext: '', ...this.failure(r, ctx, w.index) };
+        return;
+      }
+      try {
+        results[w.index] = { KeyId: w.keyId, KeyVersionId: w.versionId, Plaintext: r.toString('base64'), Code: '', Message: '' };
+      } finally {
+        r.fill(0);
+      }
+    });
+    return summary(results, batchId);
+  }
+
+  /** The Code and Message a unary call would have answered with; internal errors are logged, not returned. */
+  private failure(e: unknown, ctx: CallContext | undefined, index: number): { Code: string; Message: string } {
+    if (e instanceof KmsError) return { Code: e.code, Message: e.message };
+    if (e instanceof DecryptFailedError) {
+      return { Code: 'InvalidCiphertext', Message: 'CiphertextBlob: authentication failed (the blob was altered, or the EncryptionContext differs from the one used to encrypt)' };
+    }
+    if (e instanceof HsmError && UNAVAILABLE.has(e.code)) return { Code: 'ServiceUnavailable.Hsm', Message: `the HSM is not available (${e.code})` };
+    const requestId = ctx?.requestId ?? '';
+    this.kms.log.error({ requestId, item: index, err: e instanceof Error ? { name: e.name, message: e.message } : String(e) }, 'internal error in a batch item');
+    return { Code: 'InternalFailure', Message: `internal error (request id ${requestId}, item ${index})` };
+  }
+}
+
+function checkItems<T>(items: T[] | undefined): T[] {
+  if (!Array.isArray(items) || items.length === 0) throw invalid('Items', `needs 1 to ${MAX_BATCH_ITEMS} items`);
+  if (items.length > MAX_BATCH_ITEMS) throw invalid('Items', `at most ${MAX_BATCH_ITEMS} items per batch (got ${items.length}); split it`);
+  return items;
+}
+
+function batchIdOf(id: string | undefined): string {
+  const s = id ?? '';
+  if (s.length > 128 || !/^[\x20-\x7e]*$/.test(s)) throw invalid('BatchId', 'at most 128 printable ASCII characters');
+  return s;
+}
+
+function context(field: string, ctx: Context | undefined): Context | undefined {
+  validateContext(field, ctx);
+  return ctx && Object.keys(ctx).length > 0 ? ctx : undefined;
+}
+
+function summary<R extends { Code: string }>(results: R[], batchId: string): BatchResponse<R> {
+  const errors = results.filter((r) => r.Code !== '').length;
+  return { Results: results, BatchId: batchId, SuccessCount: results.length - errors, ErrorCount: errors };
+}
