@@ -1,0 +1,172 @@
+// Authorization end to end (issue 6, item 2 and the acceptance line "with a grant: allowed only on
+// the granted keys and actions"): grants on key ids, aliases and patterns, EncryptionContext
+// conditions, the admin and custodian roles, ciphertexts authorized by the CMK inside them, SIGHUP
+// reload (a bad file keeps the old policy), and per-principal rate limits (Throttling).
+
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KmsClient } from '../../src/client/client';
+import { TlsKmsd, makePki, refused, startTlsKmsd } from './tls-fixture';
+
+let t: TlsKmsd;
+let admin: KmsClient;
+let app1: KmsClient;
+let app2: KmsClient;
+const keys: Record<string, string> = {};
+
+const basePolicy = (extra: object[] = []) => ({
+  version: 1,
+  admins: ['admin'],
+  custodians: ['custodian-1'],
+  grants: [
+    { id: 'app-1-aliases', principals: ['app-1'], actions: ['Encrypt', 'Decrypt', 'GenerateDataKey*', 'DescribeKey'], keys: ['alias/app-1-*'] },
+    { id: 'flood', principals: ['flood'], actions: ['DescribeKey'], keys: ['*'] },
+    ...extra,
+  ],
+});
+
+beforeAll(async () => {
+  const pki = makePki(['admin', 'custodian-1', 'app-1', 'app-2', 'flood']);
+  t = await startTlsKmsd(pki, basePolicy(), { KMS_RATE_LIMIT: '40', KMS_RATE_BURST: '40' });
+  admin = t.client('admin');
+  app1 = t.client('app-1');
+  app2 = t.client('app-2');
+  for (const name of ['a', 'b', 'tenant', 'other']) keys[name] = (await admin.createKey({ Description: name, ProtectionLevel: name === 'b' ? 'HSM' : 'SOFTWARE' })).KeyMetadata.KeyId;
+  await admin.call('CreateAlias', { AliasName: 'alias/app-1-a', KeyId: keys.a });
+  await admin.call('CreateAlias', { AliasName: 'alias/app-1-b', KeyId: keys.b });
+  await admin.call('CreateAlias', { AliasName: 'alias/other', KeyId: keys.other });
+  // Grants on key ids need the ids: write them in and reload, as an operator would.
+  t.writePolicy(
+    basePolicy([
+      { id: 'app-1-tenant', principals: ['app-1'], actions: ['Encrypt', 'Decrypt'], keys: [keys.tenant], encryptionContext: { tenant: 'acme', stage: 'prod-*' } },
+      { id: 'app-2-reencrypt', principals: ['app-2'], actions: ['ReEncrypt', 'Encrypt'], keys: [keys.other] },
+    ]),
+  );
+  expect(await t.reload()).toBe('authorization policy reloaded');
+});
+
+afterAll(async () => {
+  await t?.stop();
+});
+
+async function denied(p: Promise<unknown>, principal: string, action: string) {
+  const e = await refused(p);
+  expect(e.grpcCode, e.message).toBe(grpc.status.PERMISSION_DENIED);
+  expect(e.code).toBe('Forbidden.NoPermission');
+  expect(e.message).toContain(`principal "${principal}" may not call ${action}`);
+  return e;
+}
+
+describe('grants', () => {
+  it('allow the granted actions on keys matched by alias pattern, by alias or by id', async () => {
+    const viaAlias = await app1.encrypt('alias/app-1-a', Buffer.from('one'));
+    const viaId = await app1.encrypt(keys.b, Buffer.from('two')); // keys.b has alias app-1-b
+    expect((await app1.decrypt(viaAlias.CiphertextBlob)).Plaintext.toString()).toBe('one');
+    expect((await app1.decrypt(viaId.CiphertextBlob)).Plaintext.toString()).toBe('two');
+    await app1.call('GenerateDataKey', { KeyId: 'alias/app-1-a' });
+    await app1.call('GenerateDataKeyWithoutPlaintext', { KeyId: 'alias/app-1-b' });
+  });
+
+  it('refuse the same actions on other keys, whether or not they exist', async () => {
+    await denied(app1.encrypt(keys.other, Buffer.from('x')), 'app-1', 'Encrypt');
+    const e = await denied(app1.encrypt('alias/other', Buffer.from('x')), 'app-1', 'Encrypt');
+    expect(e.message).toContain(`key ${keys.other} (alias/other)`);
+    // A key id that does not exist is refused the same way: no existence oracle.
+    await denied(app1.encrypt('00000000-0000-4000-8000-000000000000', Buffer.from('x')), 'app-1', 'Encrypt');
+  });
+
+  it('refuse actions that were not granted, even on granted keys', async () => {
+    await denied(app1.call('DisableKey', { KeyId: keys.a }), 'app-1', 'DisableKey');
+    await denied(app1.call('ReEncrypt', { CiphertextBlob: 'AAAA', DestinationKeyId: keys.a }), 'app-1', 'ReEncrypt');
+    await denied(app1.call('ListKeys', {}), 'app-1', 'ListKeys');
+    await denied(app1.createKey(), 'app-1', 'CreateKey');
+  });
+
+  it('authorize Decrypt by the CMK named inside the ciphertext', async () => {
+    const blob = (await app2.encrypt(keys.other, Buffer.from('app-2 data'))).CiphertextBlob;
+    const e = await denied(app1.decrypt(blob), 'app-1', 'Decrypt');
+    expect(e.message).toContain(keys.other);
+    // Saying another KeyId does not help: the blob's CMK is what is checked.
+    await denied(app1.decrypt(blob, undefined, 'alias/app-1-a'), 'app-1', 'Decrypt');
+    // A blob that names no readable CMK needs a grant on "*".
+    await denied(app1.call('Decrypt', { CiphertextBlob: Buffer.from('garbage').toString('base64') }), 'app-1', 'Decrypt');
+  });
+
+  it('need ReEncrypt on both the source and the destination CMK', async () => {
+    const src = (await app2.encrypt(keys.other, Buffer.from('move me'))).CiphertextBlob;
+    const ok = await app2.call('ReEncrypt', { CiphertextBlob: src, DestinationKeyId: keys.other });
+    expect(ok.KeyId).toBe(keys.other);
+    await denied(app2.call('ReEncrypt', { CiphertextBlob: src, DestinationKeyId: keys.a }), 'app-2', 'ReEncrypt');
+  });
+
+  it('with EncryptionContext conditions apply only when the context holds the required values', async () => {
+    const good = { tenant: 'acme', stage: 'prod-eu', extra: 'fine' };
+    const blob = (await app1.encrypt(keys.tenant, Buffer.from('tenant data'), good)).CiphertextBlob;
+    expect((await app1.decrypt(blob, good)).Plaintext.toString()).toBe('tenant data');
+    await denied(app1.encrypt(keys.tenant, Buffer.from('x')), 'app-1', 'Encrypt');
+    await denied(app1.encrypt(keys.tenant, Buffer.from('x'), { tenant: 'evil', stage: 'prod-eu' }), 'app-1', 'Encrypt');
+    await denied(app1.encrypt(keys.tenant, Buffer.from('x'), { tenant: 'acme', stage: 'dev' }), 'app-1', 'Encrypt');
+    await denied(app1.decrypt(blob, { tenant: 'acme' }), 'app-1', 'Decrypt');
+  });
+});
+
+describe('roles', () => {
+  it('admin runs the lifecycle on every key but cannot use keys', async () => {
+    await admin.call('DisableKey', { KeyId: keys.a });
+    await admin.call('EnableKey', { KeyId: keys.a });
+    await admin.call('UpdateKeyDescription', { KeyId: keys.b, Description: 'changed by admin' });
+    expect((await admin.call('ListKeys', { PageSize: 100 })).TotalCount).toBeGreaterThanOrEqual(4);
+    await denied(admin.encrypt(keys.a, Buffer.from('x')), 'admin', 'Encrypt');
+  });
+
+  it('custodians may approve proposals; admins may not', async () => {
+    const asCustodian = await refused(t.call('CeremonyService', 'custodian-1', 'ApproveProposal', { ProposalId: '00000000-0000-4000-8000-000000000000', CustodianId: 'x', Signature: 'AAAA' }));
+    expect(asCustodian.code).not.toBe('Forbidden.NoPermission'); // past authorization, refused by the ceremony itself
+    await denied(t.call('CeremonyService', 'admin', 'ApproveProposal', { ProposalId: '00000000-0000-4000-8000-000000000000', CustodianId: 'x', Signature: 'AAAA' }), 'admin', 'ApproveProposal');
+    await t.call('CeremonyService', 'custodian-1', 'ListProposals', {});
+    await denied(t.call('CeremonyService', 'custodian-1', 'CreateProposal', { Action: 'DisableKey', Parameters: { KeyId: keys.a } }), 'custodian-1', 'CreateProposal');
+    await denied(t.client('custodian-1').call('DescribeKey', { KeyId: keys.a }), 'custodian-1', 'DescribeKey');
+  });
+});
+
+describe('SIGHUP', () => {
+  it('reloads the policy: a new grant applies at once', async () => {
+    await denied(app2.encrypt(keys.a, Buffer.from('x')), 'app-2', 'Encrypt');
+    t.writePolicy(basePolicy([{ id: 'app-2-a', principals: ['app-2'], actions: ['Encrypt'], keys: [keys.a] }]));
+    expect(await t.reload()).toBe('authorization policy reloaded');
+    await app2.encrypt(keys.a, Buffer.from('now allowed'));
+  });
+
+  it('keeps the current policy when the new file is invalid, and logs why', async () => {
+    t.writePolicy({ version: 1, grants: [{ principals: ['app-2'], actions: ['Encrypt'], keys: ['not-a-key'] }] });
+    expect(await t.reload()).toMatch(/^policy reload failed/);
+    expect(t.k.logs()).toContain('grants[0].keys[0]: \\"not-a-key\\" is not');
+    await app2.encrypt(keys.a, Buffer.from('still allowed'));
+    await denied(app2.encrypt(keys.b, Buffer.from('x')), 'app-2', 'Encrypt');
+  });
+});
+
+describe('rate limits', () => {
+  it('throttle one principal with RESOURCE_EXHAUSTED Throttling while others are served', async () => {
+    const flood = t.client('flood');
+    await flood.describeKey(keys.a); // connect first
+    const started = Date.now();
+    const results = await Promise.allSettled(Array.from({ length: 200 }, () => flood.describeKey(keys.a)));
+    const elapsed = (Date.now() - started) / 1000;
+    const adminMeanwhile = await admin.describeKey(keys.a);
+    expect(adminMeanwhile.KeyMetadata.KeyId).toBe(keys.a);
+    const rejected = results.filter((r) => r.status === 'rejected').map((r) => (r as PromiseRejectedResult).reason);
+    for (const e of rejected) {
+      expect(e.grpcCode).toBe(grpc.status.RESOURCE_EXHAUSTED);
+      expect(e.code).toBe('Throttling');
+      expect(e.message).toMatch(/principal flood is over its rate limit of 40 requests per second/);
+    }
+    // A bucket of 40 refilled at 40/s: what got through is bounded by the time the burst took.
+    const accepted = results.length - rejected.length;
+    expect(accepted).toBeGreaterThanOrEqual(39);
+    expect(accepted).toBeLessThanOrEqual(40 + Math.ceil(40 * elapsed) + 2);
+    expect(rejected.length).toBeGreaterThan(0);
+    await new Promise((r) => setTimeout(r, 1100)); // refilled
+    await flood.describeKey(keys.a);
+  });
+});
