@@ -85,6 +85,10 @@ KMS_WRAPPING_KEY_POOL_SIZE, KMS_SCHEDULER_INTERVAL_MS, KMS_NATIVE (0 disables th
 Security (docs/security.md): KMS_POLICY, KMS_PLAINTEXT_LOOPBACK (0|1, default 1 without TLS), KMS_RATE_LIMIT
 (requests/s per principal, 0 = off; default 1000 with TLS, 0 without), KMS_RATE_BURST, KMS_HSM_MAX_IN_FLIGHT,
 KMS_HSM_MAX_QUEUED, KMS_HSM_QUEUE_TIMEOUT_MS, KMS_MAX_MESSAGE_BYTES. SIGHUP reloads the policy file.
+Ceremonies and audit (docs/ceremony.md, docs/audit.md): KMS_PROPOSAL_TTL_SECONDS (default 86400),
+KMS_AUDIT_DATA_PLANE (1 logs every Encrypt/Decrypt; default: counted only), KMS_AUDIT_CHECKPOINT_RECORDS,
+KMS_AUDIT_CHECKPOINT_SECONDS. Tests only: KMS_PENDING_WINDOW_DAY_SECONDS (seconds per deletion-window day),
+KMS_MIN_ROTATION_INTERVAL_SECONDS. A --config FILE (JSON) may hold the same settings.
 
 With --pkcs11-module, --token-label and --pin-file kmsd uses that existing token and never initializes
 one. With none of them it creates (once) a development SoftHSM token under DATA_DIR/softhsm.
