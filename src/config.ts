@@ -88,7 +88,7 @@ KMS_HSM_MAX_QUEUED, KMS_HSM_QUEUE_TIMEOUT_MS, KMS_MAX_MESSAGE_BYTES. SIGHUP relo
 Ceremonies and audit (docs/ceremony.md, docs/audit.md): KMS_PROPOSAL_TTL_SECONDS (default 86400),
 KMS_AUDIT_DATA_PLANE (1 logs every Encrypt/Decrypt; default: counted only), KMS_AUDIT_CHECKPOINT_RECORDS,
 KMS_AUDIT_CHECKPOINT_SECONDS. Tests only: KMS_PENDING_WINDOW_DAY_SECONDS (seconds per deletion-window day),
-KMS_MIN_ROTATION_INTERVAL_SECONDS. A --config FILE (JSON) may hold the same settings.
+KMS_MIN_ROTATION_INTERVAL_SECONDS.
 
 With --pkcs11-module, --token-label and --pin-file kmsd uses that existing token and never initializes
 one. With none of them it creates (once) a development SoftHSM token under DATA_DIR/softhsm.
