@@ -86,6 +86,27 @@ function toClientError(e: { code: grpc.status; details?: string; message?: strin
 /* eslint-disable @typescript-eslint/no-explicit-any */
 export type Json = Record<string, any>;
 
+export function endpointOf(opts: ClientOptions): string {
+  return opts.endpoint ?? process.env.KMS_ENDPOINT ?? DEFAULT_ENDPOINT;
+}
+
+/** TLS when a CA is given (option or KMS_CA), with a client certificate for mutual TLS; else plaintext. */
+export function channelCredentials(opts: ClientOptions): grpc.ChannelCredentials {
+  const caFile = opts.caFile ?? process.env.KMS_CA;
+  if (!caFile) return grpc.credentials.createInsecure();
+  const keyFile = opts.keyFile ?? process.env.KMS_KEY;
+  const certFile = opts.certFile ?? process.env.KMS_CERT;
+  return grpc.credentials.createSsl(fs.readFileSync(caFile), keyFile ? fs.readFileSync(keyFile) : null, certFile ? fs.readFileSync(certFile) : null);
+}
+
+/** One unary call on a stub, with a deadline, failing with the API error code as KmsClientError. */
+export function unaryCall<T>(stub: grpc.Client & Record<string, any>, action: string, request: Json, deadlineMs = 60_000): Promise<T> {
+  const deadline = new Date(Date.now() + deadlineMs);
+  return new Promise<T>((resolve, reject) => {
+    stub[action](request, new grpc.Metadata(), { deadline }, (err: grpc.ServiceError | null, res: T) => (err ? reject(toClientError(err)) : resolve(res)));
+  });
+}
+
 export class KmsClient {
   private readonly stub: grpc.Client & Record<string, any>;
   readonly actions: string[];
@@ -93,31 +114,14 @@ export class KmsClient {
   constructor(private readonly opts: ClientOptions = {}) {
     const ctor = serviceConstructor('KeyManagementService');
     this.actions = Object.keys(ctor.service);
-    const endpoint = opts.endpoint ?? process.env.KMS_ENDPOINT ?? DEFAULT_ENDPOINT;
-    const caFile = opts.caFile ?? process.env.KMS_CA;
-    const creds = caFile
-      ? grpc.credentials.createSsl(
-          fs.readFileSync(caFile),
-          (opts.keyFile ?? process.env.KMS_KEY) ? fs.readFileSync((opts.keyFile ?? process.env.KMS_KEY) as string) : null,
-          (opts.certFile ?? process.env.KMS_CERT) ? fs.readFileSync((opts.certFile ?? process.env.KMS_CERT) as string) : null,
-        )
-      : grpc.credentials.createInsecure();
-    this.stub = new ctor(endpoint, creds, { 'grpc.max_receive_message_length': 16 * 1024 * 1024 }) as grpc.Client & Record<string, any>;
+    this.stub = new ctor(endpointOf(opts), channelCredentials(opts), { 'grpc.max_receive_message_length': 16 * 1024 * 1024 }) as grpc.Client & Record<string, any>;
   }
 
   /** Calls one action by name with a request object in the API's field names. */
   call<T = Json>(action: string, request: Json = {}): Promise<T> {
     if (!this.actions.includes(action)) return Promise.reject(new KmsClientError('InvalidAction', `unknown action ${action}`, grpc.status.UNIMPLEMENTED));
     if (STREAMING_ACTIONS.includes(action)) return Promise.reject(new KmsClientError('InvalidAction', `${action} is a stream: use openBatchStream()`, grpc.status.UNIMPLEMENTED));
-    const deadline = new Date(Date.now() + (this.opts.deadlineMs ?? 60_000));
-    return new Promise<T>((resolve, reject) => {
-      this.stub[action](request, new grpc.Metadata(), { deadline }, (err: grpc.ServiceError | null, res: T) => {
-        if (!err) return resolve(res);
-        const code = err.metadata?.get('kms-error-code')?.[0]?.toString() ?? grpc.status[err.code] ?? 'Unknown';
-        const requestId = err.metadata?.get('kms-request-id')?.[0]?.toString();
-        reject(new KmsClientError(code, err.details || err.message, err.code, requestId));
-      });
-    });
+    return unaryCall<T>(this.stub, action, request, this.opts.deadlineMs);
   }
 
   close(): void {
