@@ -21,7 +21,7 @@
 // }
 
 import crypto from 'node:crypto';
-import { Cfg, ConfigError, SplitPlan, Transcript, UUID_RE, WRAPPING_ALGORITHMS, connect, main, randomMaterial, readConnection, readRandomSource, readSplitPlan, sha256, wrapMaterial, writeShares } from './lib';
+import { Cfg, ConfigError, SplitPlan, Transcript, UUID_RE, WRAPPING_ALGORITHMS, connect, main, randomMaterial, readConnection, readRandomSource, readSplitPlan, sha256, wrapMaterial, writeShares, createProposal } from './lib';
 import { keyCheckValue } from '../../src/ceremony/shamir';
 
 export function validate(configFile: string) {
@@ -95,16 +95,12 @@ main('import-external-key', async (configFile, dryRun) => {
     t.step('key material zeroed in memory');
     t.artifact('encrypted-key-material.bin', wrapped);
     t.step('CreateProposal ImportKeyMaterial');
-    const prop = (await client.call('CreateProposal', {
+    const prop = await createProposal(client, t, {
       Action: 'ImportKeyMaterial',
       Parameters: { KeyId: keyId, EncryptedKeyMaterial: wrapped.toString('base64'), ImportToken: params.ImportToken, KeyMaterialExpireUnix: String(p.expireUnix) },
       Requester: p.requester,
       ExpiresInSeconds: p.ttl,
-    })) as { ProposalId: string; Document: string; DocumentSha256: string; Required: number; ExpiresAt: string };
-    t.value('ProposalId', prop.ProposalId);
-    t.value('ProposalDocumentSha256', prop.DocumentSha256);
-    t.value('ProposalExpiresAt', prop.ExpiresAt);
-    t.artifact(`proposal-${prop.ProposalId}.json`, Buffer.from(prop.Document, 'base64'));
+    });
     t.done([
       `${prop.Required} custodians review and sign proposal-${prop.ProposalId}.json (kmsctl SignProposal --KeyFile KEY.pem --DocumentFile ..., or openssl pkeyutl -sign -rawin -inkey KEY.pem -in ... -out ID.sig)`,
       `kmsctl ApproveProposal --ProposalId ${prop.ProposalId} --CustodianId ID --SignatureFile ID.sig (once per custodian)`,

@@ -335,3 +335,25 @@ export async function writeShares(t: Transcript, material: Buffer, plan: SplitPl
     for (const s of shares) s.fill(0);
   }
 }
+
+export interface CreatedProposal {
+  ProposalId: string;
+  Document: string;
+  DocumentSha256: string;
+  Required: number;
+  ExpiresAt: string;
+}
+
+/** CreateProposal, then the proposal's id, digest, expiry and document go into the transcript. */
+export async function createProposal(
+  client: KmsdClient,
+  t: Transcript,
+  request: { Action: string; Parameters: Record<string, string>; Requester: string; ExpiresInSeconds: number },
+): Promise<CreatedProposal> {
+  const prop = (await client.call('CreateProposal', request)) as CreatedProposal;
+  t.value('ProposalId', prop.ProposalId);
+  t.value('ProposalDocumentSha256', prop.DocumentSha256);
+  t.value('ProposalExpiresAt', prop.ExpiresAt);
+  t.artifact(`proposal-${prop.ProposalId}.json`, Buffer.from(prop.Document, 'base64'));
+  return prop;
+}

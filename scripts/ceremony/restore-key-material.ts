@@ -23,7 +23,7 @@
 
 import fs from 'node:fs';
 import crypto from 'node:crypto';
-import { Cfg, ConfigError, Transcript, UUID_RE, WRAPPING_ALGORITHMS, connect, main, readConnection, readPrivateKey, sha256, wrapMaterial } from './lib';
+import { Cfg, ConfigError, Transcript, UUID_RE, WRAPPING_ALGORITHMS, connect, main, readConnection, readPrivateKey, sha256, wrapMaterial, createProposal } from './lib';
 import { ShareFile, combineShares, keyCheckValue, parseShareFile, shareBytes } from '../../src/ceremony/shamir';
 
 export function validate(configFile: string) {
@@ -110,16 +110,12 @@ main('restore-key-material', async (configFile, dryRun) => {
   try {
     t.artifact('encrypted-key-material.bin', wrapped);
     t.step('CreateProposal ImportKeyMaterial');
-    const prop = (await client.call('CreateProposal', {
+    const prop = await createProposal(client, t, {
       Action: 'ImportKeyMaterial',
       Parameters: { KeyId: p.keyId, EncryptedKeyMaterial: wrapped.toString('base64'), ImportToken: params.ImportToken, KeyMaterialExpireUnix: String(p.expireUnix) },
       Requester: p.requester,
       ExpiresInSeconds: p.ttl,
-    })) as { ProposalId: string; Document: string; DocumentSha256: string; Required: number; ExpiresAt: string };
-    t.value('ProposalId', prop.ProposalId);
-    t.value('ProposalDocumentSha256', prop.DocumentSha256);
-    t.value('ProposalExpiresAt', prop.ExpiresAt);
-    t.artifact(`proposal-${prop.ProposalId}.json`, Buffer.from(prop.Document, 'base64'));
+    });
     t.done([
       `${prop.Required} custodians sign proposal-${prop.ProposalId}.json: kmsctl SignProposal --KeyFile KEY.pem --DocumentFile proposal-${prop.ProposalId}.json, or openssl pkeyutl -sign -rawin -inkey KEY.pem -in proposal-${prop.ProposalId}.json -out ID.sig`,
       `kmsctl ApproveProposal --ProposalId ${prop.ProposalId} --CustodianId ID --SignatureFile ID.sig (once per custodian)`,

@@ -14,7 +14,7 @@
 //   "OutputDir": "rotate-out"                     must not exist (or be empty)
 // }
 
-import { Cfg, ConfigError, CUSTODIAN_ID_RE, Transcript, connect, main, readConnection, readPublicKey, sha256 } from './lib';
+import { Cfg, ConfigError, CUSTODIAN_ID_RE, Transcript, connect, main, readConnection, readPublicKey, sha256, createProposal } from './lib';
 
 export function validate(configFile: string) {
   const c = Cfg.load(configFile);
@@ -63,16 +63,12 @@ main('rotate-custodians', async (configFile, dryRun) => {
     for (const id of before.keys()) if (!p.custodians.some((x) => x.id === id)) t.value(`Custodian ${id}`, 'REMOVED');
     t.value('NewQuorum', `${p.threshold} of ${p.custodians.length}`);
     t.step('CreateProposal SetCustodians');
-    const prop = (await client.call('CreateProposal', {
+    const prop = await createProposal(client, t, {
       Action: 'SetCustodians',
       Parameters: { Custodians: p.custodians.map((x) => `${x.id}=${x.der.toString('base64')}`).join(','), Threshold: String(p.threshold) },
       Requester: p.requester,
       ExpiresInSeconds: p.ttl,
-    })) as { ProposalId: string; Document: string; DocumentSha256: string; Required: number; ExpiresAt: string };
-    t.value('ProposalId', prop.ProposalId);
-    t.value('ProposalDocumentSha256', prop.DocumentSha256);
-    t.value('ProposalExpiresAt', prop.ExpiresAt);
-    t.artifact(`proposal-${prop.ProposalId}.json`, Buffer.from(prop.Document, 'base64'));
+    });
     t.done([
       `${prop.Required} of the CURRENT custodians sign proposal-${prop.ProposalId}.json and call kmsctl ApproveProposal`,
       `kmsctl ExecuteProposal --ProposalId ${prop.ProposalId}; then kmsctl DescribeCeremony shows the new set`,
