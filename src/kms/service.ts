@@ -29,6 +29,7 @@ export const DEFAULT_KMS_CONFIG: KmsConfig = {
 };
 
 export interface Logger {
+  debug?(obj: object, msg?: string): void;
   info(obj: object, msg?: string): void;
   warn(obj: object, msg?: string): void;
   error(obj: object, msg?: string): void;
