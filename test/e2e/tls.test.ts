@@ -152,8 +152,14 @@ describe('gRPC over mutual TLS', () => {
 });
 
 describe('start-up checks', () => {
-  const run = (args: string[], env: Record<string, string> = {}) =>
-    spawnSync(process.execPath, [KMSD, '--data-dir', makeTempDir(), ...args], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 30_000 });
+  const run = (args: string[], env: Record<string, string> = {}) => {
+    const dir = makeTempDir();
+    try {
+      return spawnSync(process.execPath, [KMSD, '--data-dir', dir, ...args], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 30_000 });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  };
 
   it('refuses a non-loopback address without TLS, and plaintext when switched off', () => {
     const a = run(['--listen', '0.0.0.0:0']);

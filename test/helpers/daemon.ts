@@ -61,7 +61,7 @@ export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
   child.stdout!.on('data', (d) => (out += d.toString()));
   child.stderr!.on('data', (d) => (err += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  const port = await new Promise<number>((resolve, reject) => {
+  const listening = new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`kmsd did not start in 60 s\nstdout:\n${out}\nstderr:\n${err}`)), 60_000);
     const check = () => {
       const m = /listening on 127\.0\.0\.1:(\d+)/.exec(out);
@@ -76,6 +76,15 @@ export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
       reject(new Error(`kmsd exited with ${code} before listening\nstdout:\n${out}\nstderr:\n${err}`));
     });
   });
+  let port: number;
+  try {
+    port = await listening;
+  } catch (e) {
+    // A daemon that never listened: make sure it is gone, and remove the directory we created.
+    if (child.exitCode === null) child.kill('SIGKILL');
+    if (!opts.dataDir) fs.rmSync(dataDir, { recursive: true, force: true });
+    throw e;
+  }
   const endpoint = `127.0.0.1:${port}`;
   const client = new KmsClient({ endpoint });
   const softhsmDir = path.join(dataDir, 'softhsm');
