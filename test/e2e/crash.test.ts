@@ -65,6 +65,12 @@ interface ModelKey {
   lastMaterialAck?: 'import' | 'delete';
   /** Versions acknowledged by CreateKeyVersion (and the first). */
   versions: Set<string>;
+  /**
+   * A material operation (import or delete) is in flight from some lane. Two at once on one key
+   * could be acknowledged out of the order the daemon ran them in, and the model would then expect
+   * the wrong end state, so lanes never overlap material operations on the same key.
+   */
+  materialBusy?: boolean;
 }
 
 interface Ciphertext {
@@ -273,7 +279,7 @@ async function lane(client: KmsClient, stop: { stopped: boolean }, inFlight: Map
           break;
         }
         case 'Import': {
-          key = pick(live.filter((k) => k.origin === 'EXTERNAL' && k.material && k.lastMaterialAck !== 'import'));
+          key = pick(live.filter((k) => k.origin === 'EXTERNAL' && k.material && k.lastMaterialAck !== 'import' && !k.materialBusy));
           if (!key) {
             started.idle = true;
             await sleep(2);
@@ -289,14 +295,19 @@ async function lane(client: KmsClient, stop: { stopped: boolean }, inFlight: Map
           } else {
             started.action = 'ImportKeyMaterial';
             key.importSent = true;
-            await client.call('ImportKeyMaterial', { KeyId: key.keyId, EncryptedKeyMaterial: key.wrapped, ImportToken: key.importToken, KeyMaterialExpireUnix: 0 });
+            key.materialBusy = true;
+            try {
+              await client.call('ImportKeyMaterial', { KeyId: key.keyId, EncryptedKeyMaterial: key.wrapped, ImportToken: key.importToken, KeyMaterialExpireUnix: 0 });
+            } finally {
+              key.materialBusy = false;
+            }
             key.lastMaterialAck = 'import';
             key.materialDeleteSent = false;
           }
           break;
         }
         case 'DeleteKeyMaterial': {
-          key = pick(live.filter((k) => k.origin === 'EXTERNAL' && k.lastMaterialAck === 'import'));
+          key = pick(live.filter((k) => k.origin === 'EXTERNAL' && k.lastMaterialAck === 'import' && !k.materialBusy));
           if (!key) {
             started.idle = true;
             await sleep(2);
@@ -304,7 +315,12 @@ async function lane(client: KmsClient, stop: { stopped: boolean }, inFlight: Map
           }
           started.key = key;
           key.materialDeleteSent = true;
-          await client.call('DeleteKeyMaterial', { KeyId: key.keyId });
+          key.materialBusy = true;
+          try {
+            await client.call('DeleteKeyMaterial', { KeyId: key.keyId });
+          } finally {
+            key.materialBusy = false;
+          }
           key.lastMaterialAck = 'delete';
           key.importSent = false;
           break;
