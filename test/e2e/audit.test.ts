@@ -11,6 +11,7 @@ import { Kmsd, listTokenObjects, makeTempDir } from '../helpers/daemon';
 import { client, prepareDataDir, refused, startCeremonyDaemon, SCRIPTS } from '../helpers/ceremony';
 import type { KmsdClient } from '../../src/client/kmsd-client';
 import { recordHash, isoMs } from '../../src/audit/chain';
+import type { AuditRow } from '../../src/store/audit-store';
 import { spawnSync } from 'node:child_process';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
@@ -22,19 +23,7 @@ let dataDir: string;
 let dir: string;
 let db: Database.Database;
 
-interface Row {
-  seq: number;
-  time: number;
-  request_id: string;
-  principal: string;
-  action: string;
-  key_id: string;
-  proposal_id: string;
-  outcome: string;
-  details: string;
-  prev_hash: string;
-  hash: string;
-}
+type Row = AuditRow;
 
 const rowAt = (seq: number) => db.prepare('SELECT * FROM audit_log WHERE seq = ?').get(seq) as Row;
 const putRow = (r: Row) =>

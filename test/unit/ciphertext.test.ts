@@ -17,21 +17,12 @@ import {
   uuidToBytes,
   validateContext,
 } from '../../src/kms/ciphertext';
-import { KmsError } from '../../src/kms/errors';
+import { errorOf } from '../helpers/errors';
 
 const KEY_ID = '0f1e2d3c-4b5a-4978-8796-a5b4c3d2e1f0';
 const VERSION_ID = '11223344-5566-4788-99aa-bbccddeeff00';
 const IV = Buffer.from('000102030405060708090a0b', 'hex');
 
-function errorOf(fn: () => unknown): KmsError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(KmsError);
-    return e as KmsError;
-  }
-  throw new Error('did not throw');
-}
 
 describe('constants', () => {
   it('match the documented layout', () => {

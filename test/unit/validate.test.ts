@@ -2,20 +2,11 @@
 // message that starts with the parameter's name and states the rule.
 
 import { describe, expect, it } from 'vitest';
-import { KmsError } from '../../src/kms/errors';
+import { errorOf } from '../helpers/errors';
 import * as v from '../../src/kms/validate';
 
 const ID = '0f1e2d3c-4b5a-4978-8796-a5b4c3d2e1f0';
 
-function errorOf(fn: () => unknown): KmsError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).toBeInstanceOf(KmsError);
-    return e as KmsError;
-  }
-  throw new Error('did not throw');
-}
 
 function expectInvalid(fn: () => unknown, message: string | RegExp): void {
   const e = errorOf(fn);
