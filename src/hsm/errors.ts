@@ -51,3 +51,11 @@ export function toHsmError(err: unknown, fn: string): HsmError {
   const code = m ? m[1] : 'CKR_GENERAL_ERROR';
   return new HsmError(`${fn} failed: ${code}`, code, fn);
 }
+
+/**
+ * PKCS#11 codes that mean "AES-GCM authentication failed" in C_Decrypt. SoftHSM reports a bad tag as
+ * CKR_GENERAL_ERROR, other modules as CKR_ENCRYPTED_DATA_INVALID; a too-short input is LEN_RANGE.
+ */
+export function isGcmAuthFailure(code: string): boolean {
+  return code === 'CKR_ENCRYPTED_DATA_INVALID' || code === 'CKR_GENERAL_ERROR' || code === 'CKR_ENCRYPTED_DATA_LEN_RANGE';
+}

@@ -8,7 +8,7 @@
 
 import crypto from 'node:crypto';
 import * as pkcs11js from 'pkcs11js';
-import { HsmClosedError, HsmError, DecryptFailedError, UnwrapFailedError, isSessionLost, toHsmError } from './errors';
+import { HsmClosedError, HsmError, DecryptFailedError, UnwrapFailedError, isGcmAuthFailure, isSessionLost, toHsmError } from './errors';
 import { clearCryptoErrors } from './native-addon';
 
 type Handle = Buffer;
@@ -414,8 +414,7 @@ export class HsmToken {
       }, 'C_Decrypt');
     } catch (e) {
       const err = e as HsmError;
-      // SoftHSM reports a bad tag as CKR_GENERAL_ERROR, others as CKR_ENCRYPTED_DATA_INVALID.
-      if (['CKR_ENCRYPTED_DATA_INVALID', 'CKR_GENERAL_ERROR', 'CKR_ENCRYPTED_DATA_LEN_RANGE'].includes(err.code)) {
+      if (isGcmAuthFailure(err.code)) {
         throw new DecryptFailedError();
       }
       throw err;

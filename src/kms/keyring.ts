@@ -5,7 +5,7 @@
 
 import crypto from 'node:crypto';
 import { HsmToken, TransientKey } from '../hsm/token';
-import { DecryptFailedError, HsmError } from '../hsm/errors';
+import { DecryptFailedError, HsmError, isGcmAuthFailure } from '../hsm/errors';
 import { KmsError } from './errors';
 import { KeyVersionRow, Store } from '../store/store';
 
@@ -260,8 +260,7 @@ export class Keyring {
     if (stale || (name.startsWith('CKR_') && this.materialGone(v, usedHandle, gone))) {
       return new KmsError('Rejected.KeyMaterialMissing', `KeyId: the token no longer holds key version ${v.version_id} (destroyed while the request was in flight, or removed outside kmsd)`);
     }
-    // SoftHSM reports a bad tag as CKR_GENERAL_ERROR, others as CKR_ENCRYPTED_DATA_INVALID.
-    if (op === 'decrypt' && ['CKR_ENCRYPTED_DATA_INVALID', 'CKR_GENERAL_ERROR', 'CKR_ENCRYPTED_DATA_LEN_RANGE'].includes(name)) return new DecryptFailedError();
+    if (op === 'decrypt' && isGcmAuthFailure(name)) return new DecryptFailedError();
     if (e instanceof HsmError) return e;
     const fn = (e as { pkcs11Function?: unknown }).pkcs11Function;
     return new HsmError(e instanceof Error ? e.message : String(e), name || 'CKR_GENERAL_ERROR', typeof fn === 'string' ? fn : undefined);
