@@ -127,7 +127,8 @@ interface Proc {
 }
 
 let allLogs = '';
-let current: Proc | null = null;
+/** Every kmsd this file started, so afterAll can make sure none outlives the test. */
+const spawned = new Set<Proc>();
 
 let failpointModule = '';
 
@@ -140,7 +141,7 @@ function spawnKmsd(failpoint?: string, dir = dataDir): Proc {
   const p: Proc = { child, out: '', exited: new Promise((r) => child.on('exit', () => r())) };
   child.stdout!.on('data', (d) => (p.out += d.toString()));
   child.stderr!.on('data', (d) => (p.out += d.toString()));
-  current = p;
+  spawned.add(p);
   return p;
 }
 
@@ -176,9 +177,11 @@ async function kill(p: Proc): Promise<void> {
 }
 
 afterAll(async () => {
-  if (current && current.child.exitCode === null) {
-    current.child.kill('SIGKILL');
-    await current.exited;
+  for (const p of spawned) {
+    if (p.child.exitCode === null && p.child.signalCode === null) {
+      p.child.kill('SIGKILL');
+      await p.exited;
+    }
   }
   fs.rmSync(dataDir, { recursive: true, force: true });
 });
