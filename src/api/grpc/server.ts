@@ -17,6 +17,7 @@ import type { CallGuard } from './auth';
 import { CallAbandoned, hardenService, isMalformed, malformedReason } from './limits';
 import { BatchService } from '../../kms/batch';
 import { describeRuntime, startRuntimeMonitor } from './runtime';
+import { CallTurns } from './turns';
 
 /** Actions whose successful calls are logged at debug level (see unary()). */
 const DATA_PLANE_LOG_ACTIONS = new Set(['Encrypt', 'Decrypt', 'GenerateDataKey', 'GenerateDataKeyWithoutPlaintext', 'ReEncrypt', 'EncryptBatch', 'DecryptBatch']);
@@ -96,7 +97,7 @@ export function buildActions(s: GrpcServices): Record<string, Action> {
 }
 
 /** Empty proto3 map fields arrive as {}; the domain treats "no context" and "{}" the same. */
-function unary(name: string, action: Action, log: Logger, guard?: CallGuard): grpc.handleUnaryCall<unknown, unknown> {
+function unary(name: string, action: Action, log: Logger, guard?: CallGuard, turns?: CallTurns): grpc.handleUnaryCall<unknown, unknown> {
   guard?.register(name);
   return (call, callback) => {
     const requestId = crypto.randomUUID();
@@ -120,22 +121,27 @@ function unary(name: string, action: Action, log: Logger, guard?: CallGuard): gr
         callback({ code: STATUS[err.status], details: err.message, metadata: trailer });
       }
     };
-    let result: unknown;
-    try {
-      // Issue 6: the guard identifies, throttles, authorizes and queues; without one, only the decode check.
-      if (guard) result = guard.admit(name, call, ctx, () => action(call.request as never, ctx));
-      else if (isMalformed(call.request)) throw new KmsError('InvalidParameter', `request: not a valid ${name} request message (${malformedReason(call.request)})`);
-      else result = action(call.request as never, ctx);
-    } catch (e) {
-      return fail(e);
-    }
-    Promise.resolve(result).then(
-      (value) => {
-        done(null, 'ok');
-        callback(null, value, trailer);
-      },
-      (e) => fail(e),
-    );
+    const start = () => {
+      let result: unknown;
+      try {
+        // Issue 6: the guard identifies, throttles, authorizes and queues; without one, only the decode check.
+        if (guard) result = guard.admit(name, call, ctx, () => action(call.request as never, ctx));
+        else if (isMalformed(call.request)) throw new KmsError('InvalidParameter', `request: not a valid ${name} request message (${malformedReason(call.request)})`);
+        else result = action(call.request as never, ctx);
+      } catch (e) {
+        fail(e);
+        return;
+      }
+      Promise.resolve(result).then(
+        (value) => {
+          done(null, 'ok');
+          callback(null, value, trailer);
+        },
+        (e) => fail(e),
+      );
+    };
+    if (turns) turns.run(start);
+    else start();
 
     function fail(e: unknown) {
       if (e instanceof CallAbandoned) return done(null, 'Abandoned'); // grpc-js has answered already
@@ -258,11 +264,12 @@ export function createServer(s: GrpcServices, opts: { maxMessageBytes?: number }
   const ctor = serviceConstructor('KeyManagementService');
   const actions = s.ceremony ? s.ceremony.wrap(buildActions(s)) : buildActions(s);
   const impl: grpc.UntypedServiceImplementation = {};
+  const turns = new CallTurns();
   for (const name of Object.keys(ctor.service)) {
     const action = actions[name];
     if (!action) throw new Error(`no handler for RPC ${name}`);
     const m = ctor.service[name];
-    impl[name] = m.requestStream && m.responseStream ? bidi(name, action, s.log, s.security) : unary(name, action, s.log, s.security);
+    impl[name] = m.requestStream && m.responseStream ? bidi(name, action, s.log, s.security) : unary(name, action, s.log, s.security, turns);
   }
   startRuntimeMonitor();
   server.addService(hardenService(ctor.service), impl);
@@ -271,7 +278,7 @@ export function createServer(s: GrpcServices, opts: { maxMessageBytes?: number }
     const extraImpl: grpc.UntypedServiceImplementation = {};
     for (const name of Object.keys(c.service)) {
       if (!extra.actions[name]) throw new Error(`no handler for RPC ${extra.name}.${name}`);
-      extraImpl[name] = unary(name, extra.actions[name], s.log, s.security);
+      extraImpl[name] = unary(name, extra.actions[name], s.log, s.security, turns);
     }
     server.addService(hardenService(c.service), extraImpl);
   }
