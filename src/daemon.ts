@@ -9,6 +9,7 @@ import { ensureDevToken, readPinFile } from './hsm/dev-token';
 import { probeCapabilities, HsmCapabilities } from './hsm/unwrap';
 import { loadNative, NativeHandle } from './hsm/native-loader';
 import { Store } from './store/store';
+import { DataDirLock, lockDataDir } from './store/data-dir-lock';
 import { Keyring, ROOT_KEY_ID } from './kms/keyring';
 import { KmsService, Logger, DEFAULT_KMS_CONFIG } from './kms/service';
 import { ImportService, MAC_KEY_ID } from './kms/import';
@@ -37,6 +38,16 @@ export async function startDaemon(cfg: DaemonConfig, log: Logger): Promise<Runni
     fs.chmodSync(cfg.dataDir, 0o700);
     log.warn({ dataDir: cfg.dataDir }, 'data directory was accessible to others; now 0700');
   }
+  const lock = lockDataDir(cfg.dataDir);
+  try {
+    return await startLocked(cfg, log, lock);
+  } catch (e) {
+    lock.release();
+    throw e;
+  }
+}
+
+async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): Promise<RunningDaemon> {
   const production = Boolean(cfg.pkcs11Module);
   const tokenOpts = production
     ? { modulePath: cfg.pkcs11Module as string, tokenLabel: cfg.tokenLabel as string, pin: readPinFile(cfg.pinFile as string) }
@@ -154,6 +165,7 @@ export async function startDaemon(cfg: DaemonConfig, log: Logger): Promise<Runni
         openNative?.addon?.close();
         openStore.close();
         token.close();
+        lock.release();
       },
     };
   } catch (e) {

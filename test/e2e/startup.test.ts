@@ -272,6 +272,19 @@ describe('a running daemon', () => {
     expect(k.logs()).not.toContain('bad base64!');
   });
 
+  it('refuses a second kmsd on the same data directory in one line, and the first keeps serving', async () => {
+    const r = spawnSync(process.execPath, [KMSD, '--data-dir', k.dataDir, '--listen', '127.0.0.1:0'], { encoding: 'utf8', env: { ...process.env, KMS_LOG_LEVEL: 'info' }, timeout: 60_000 });
+    expectOneLineFailure({ status: r.status, stdout: r.stdout, stderr: r.stderr }, new RegExp(`data directory .* is in use by another kmsd \\(pid ${k.pid}\\)`));
+    expect(fs.readFileSync(path.join(k.dataDir, 'kmsd.lock'), 'utf8').trim()).toBe(String(k.pid));
+    const c = new KmsClient({ endpoint: k.endpoint });
+    try {
+      const m = (await c.call('CreateKey', { ProtectionLevel: 'HSM' })).KeyMetadata;
+      expect((await c.encrypt(m.KeyId, Buffer.from('still serving'))).KeyId).toBe(m.KeyId);
+    } finally {
+      c.close();
+    }
+  });
+
   it('exits 0 on SIGTERM, finishing the calls it already has', async () => {
     // A second client: stop() closes the daemon's own one first.
     const c = new KmsClient({ endpoint: k.endpoint });
@@ -296,5 +309,21 @@ describe('a running daemon', () => {
     expect(k.logs()).toContain('draining in-flight calls');
     expect(k.logs()).toMatch(/"msg":"stopped"/);
     expect(k.logs()).not.toContain('    at ');
+    expect(fs.existsSync(path.join(k.dataDir, 'kmsd.lock'))).toBe(false);
+  });
+});
+
+describe('the data directory lock', () => {
+  it('left behind by a killed kmsd is taken over at the next start', async () => {
+    const dataDir = makeTempDir('kmsd-stale-lock-');
+    dirs.push(dataDir);
+    const first = await startKmsd({ dataDir, keep: true });
+    const key = (await first.client.call('CreateKey', { ProtectionLevel: 'HSM' })).KeyMetadata.KeyId as string;
+    await first.kill();
+    expect(fs.readFileSync(path.join(dataDir, 'kmsd.lock'), 'utf8').trim()).toBe(String(first.pid));
+    const second = await startKmsd({ dataDir, keep: true });
+    started.push(second);
+    expect(fs.readFileSync(path.join(dataDir, 'kmsd.lock'), 'utf8').trim()).toBe(String(second.pid));
+    expect((await second.client.call('DescribeKey', { KeyId: key })).KeyMetadata.KeyState).toBe('Enabled');
   });
 });
