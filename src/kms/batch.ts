@@ -9,9 +9,8 @@
 // slices, one per event-loop turn (TurnQueue), so large batches arriving together cannot stall the
 // daemon; results are the same as if the items had been checked one after another.
 
-import crypto from 'node:crypto';
 import { DecryptFailedError, HsmError } from '../hsm/errors';
-import { aadFor, buildHeader, IV_BYTES, parseBlob, validateContext } from './ciphertext';
+import { aadFor, buildHeader, freshIv, parseBlob, validateContext } from './ciphertext';
 import { KmsError, invalid } from './errors';
 import type { GcmItem } from './keyring';
 import type { CmkRow, KeyVersionRow } from '../store/store';
@@ -183,7 +182,6 @@ export class BatchService {
     const items = checkItems(req.Items);
     const batchId = batchIdOf(req.BatchId);
     const results: EncryptResult[] = new Array(items.length);
-    const ivs = crypto.randomBytes(IV_BYTES * items.length);
     // Lookups and checks, item by item, in the order Encrypt makes them.
     const work: { index: number; keyId: string; versionId: string; header: Buffer; item: GcmItem }[] = [];
     await this.checkAll(
@@ -193,7 +191,7 @@ export class BatchService {
         const pt = v.base64('Plaintext', it.Plaintext, { maxBytes: MAX_PLAINTEXT_BYTES, allowEmpty: false });
         const ctxMap = context('EncryptionContext', it.EncryptionContext);
         const ver = lookups.requireUsable(row);
-        const iv = ivs.subarray(i * IV_BYTES, (i + 1) * IV_BYTES);
+        const iv = freshIv();
         const header = buildHeader(row.key_id, ver.version_id, iv);
         work.push({ index: i, keyId: row.key_id, versionId: ver.version_id, header, item: { level: row.protection_level, v: ver, iv, aad: aadFor(header, ctxMap), data: pt } });
       },

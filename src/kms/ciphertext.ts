@@ -12,6 +12,7 @@
 // AAD = bytes 0..48 (the header) || canonical EncryptionContext. Binding the header means a blob
 // relabelled to another CMK or version fails authentication even when both hold the same material.
 
+import crypto from 'node:crypto';
 import { KmsError, invalid } from './errors';
 
 export const MAGIC = Buffer.from('KMS', 'ascii');
@@ -34,6 +35,24 @@ export function uuidToBytes(id: string): Buffer {
 export function bytesToUuid(b: Buffer): string {
   const h = b.toString('hex');
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+// IVs are drawn from the CSPRNG a block at a time: one call per 256 IVs instead of one per
+// Encrypt (~2% of a unary call in the issue 4 profile). Every IV is its own slice of a block that is
+// never written again, so no two encryptions can share one.
+const IV_BLOCK_IVS = 256;
+let ivBlock = Buffer.alloc(0);
+let ivNext = 0;
+
+/** A fresh random 96-bit GCM IV. */
+export function freshIv(): Buffer {
+  if (ivNext + IV_BYTES > ivBlock.length) {
+    ivBlock = crypto.randomBytes(IV_BYTES * IV_BLOCK_IVS);
+    ivNext = 0;
+  }
+  const iv = ivBlock.subarray(ivNext, ivNext + IV_BYTES);
+  ivNext += IV_BYTES;
+  return iv;
 }
 
 export function buildHeader(keyId: string, keyVersionId: string, iv: Buffer): Buffer {

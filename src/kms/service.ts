@@ -7,7 +7,7 @@ import { Store, CmkRow, KeyVersionRow } from '../store/store';
 import { DecryptFailedError, HsmError } from '../hsm/errors';
 import { Keyring } from './keyring';
 import { KmsError, invalid } from './errors';
-import { aadFor, buildHeader, IV_BYTES, parseBlob, validateContext } from './ciphertext';
+import { aadFor, buildHeader, freshIv, parseBlob, validateContext } from './ciphertext';
 import * as v from './validate';
 import type { CallContext, Context, KeyMetadata, KeyState, KeyVersion, Origin, ProtectionLevel } from './types';
 
@@ -396,7 +396,7 @@ export class KmsService {
   }
 
   private async seal(row: CmkRow, ver: KeyVersionRow, plaintext: Buffer, ctx: Context | undefined): Promise<string> {
-    const iv = crypto.randomBytes(IV_BYTES);
+    const iv = freshIv();
     const header = buildHeader(row.key_id, ver.version_id, iv);
     const sealed = await this.keyring.encrypt(row.protection_level, ver, iv, aadFor(header, ctx), plaintext);
     return Buffer.concat([header, sealed]).toString('base64');
