@@ -12,6 +12,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KmsClient, KmsClientError } from '../../src/client/client';
+import { loadApi } from '../../src/api/proto';
 import { KMSD, Kmsd, ROOT, makeTempDir, startKmsd } from '../helpers/daemon';
 
 const MODULE = '/usr/lib/softhsm/libsofthsm2.so';
@@ -270,6 +271,41 @@ describe('a running daemon', () => {
     }
     // Request payloads are not logged either.
     expect(k.logs()).not.toContain('bad base64!');
+  });
+
+  it('answers errors and control-plane calls with a kms-request-id trailer, successful data-plane calls without', async () => {
+    const def = loadApi().definition['kms.v1.KeyManagementService'] as unknown as Record<string, grpc.MethodDefinition<object, any>>;
+    const client = new grpc.Client(k.endpoint, grpc.credentials.createInsecure());
+    const call = (action: string, req: object) =>
+      new Promise<{ res: any; err: grpc.ServiceError | null; requestId: string | undefined }>((resolve) => {
+        let answer: { res: any; err: grpc.ServiceError | null } | undefined;
+        let requestId: string | undefined;
+        let statusSeen = false;
+        const settle = () => answer && statusSeen && resolve({ ...answer, requestId });
+        const c = client.makeUnaryRequest(def[action].path, def[action].requestSerialize, def[action].responseDeserialize, req, (err, res) => {
+          answer = { err, res };
+          settle();
+        });
+        c.on('status', (st: grpc.StatusObject) => {
+          requestId = st.metadata.get('kms-request-id')[0]?.toString();
+          statusSeen = true;
+          settle();
+        });
+      });
+    try {
+      const created = await call('CreateKey', { ProtectionLevel: 'HSM' });
+      expect(created.requestId).toMatch(UUID);
+      const keyId = created.res.KeyMetadata.KeyId as string;
+      const enc = await call('Encrypt', { KeyId: keyId, Plaintext: Buffer.from('quiet').toString('base64') });
+      expect(enc.err).toBeNull();
+      expect(enc.requestId).toBeUndefined();
+      const bad = await call('Encrypt', { KeyId: keyId, Plaintext: 'not base64!' });
+      expect(bad.err?.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(bad.requestId).toMatch(UUID);
+      expect(k.logs()).toContain(`"requestId":"${bad.requestId}"`);
+    } finally {
+      client.close();
+    }
   });
 
   it('refuses a second kmsd on the same data directory in one line, and the first keeps serving', async () => {
