@@ -45,6 +45,8 @@ export class HsmToken {
   private session: Handle;
   private readonly slot: Handle;
   private readonly handleCache = new Map<string, Handle>();
+  /** Bumped whenever the session is reopened: handles taken before may be stale (see reopenSession). */
+  private sessionEpoch = 0;
   readonly slotId: number;
   readonly tokenLabel: string;
   readonly modulePath: string;
@@ -162,6 +164,16 @@ export class HsmToken {
     }
   }
 
+  /**
+   * withSession for an operation on one token object. If the session has to be reopened, the retry
+   * looks the object up again instead of using a handle that may have died with the old session.
+   */
+  private withObject<T>(kind: ObjectKind, id: string, fn: (p11: pkcs11js.PKCS11, s: Handle, h: Handle) => T, name: string): T {
+    const h = this.requireHandle(kind, id);
+    const epoch = this.sessionEpoch;
+    return this.withSession((p11, s) => fn(p11, s, this.sessionEpoch === epoch ? h : this.requireHandle(kind, id)), name);
+  }
+
   private reopenSession(p11: pkcs11js.PKCS11): void {
     try {
       p11.C_CloseSession(this.session);
@@ -174,7 +186,11 @@ export class HsmToken {
     } catch (e) {
       if (toHsmError(e, 'C_Login').code !== 'CKR_USER_ALREADY_LOGGED_IN') throw e;
     }
-    // Session objects (transient keys) died with the old session; token-object handles stay valid.
+    // Session objects (transient keys) died with the old session. Token-object handles may have
+    // too: SoftHSM forgets every object handle of a slot when its last session closes (as when the
+    // addon is not loaded and this was the only session), so they are looked up again.
+    this.handleCache.clear();
+    this.sessionEpoch++;
   }
 
   // ---------------------------------------------------------------- token information
@@ -293,17 +309,17 @@ export class HsmToken {
   }
 
   /** Security attributes as the token reports them (used by reconciliation checks and tests). */
-  keyAttributes(kind: ObjectKind, id: string): { sensitive: boolean; extractable: boolean; token: boolean } {
-    const h = this.requireHandle(kind, id);
-    return this.withSession((p11, s) => {
-      const a = p11.C_GetAttributeValue(s, h, [
-        { type: pkcs11js.CKA_SENSITIVE },
-        { type: pkcs11js.CKA_EXTRACTABLE },
-        { type: pkcs11js.CKA_TOKEN },
-      ]);
-      const bool = (v: unknown) => (v as Buffer)[0] === 1;
-      return { sensitive: bool(a[0].value), extractable: bool(a[1].value), token: bool(a[2].value) };
-    }, 'C_GetAttributeValue');
+  keyAttributes(kind: ObjectKind, id: string): { sensitive: boolean; extractable: boolean; token: boolean; modifiable: boolean } {
+    return this.withObject(
+      kind,
+      id,
+      (p11, s, h) => {
+        const a = p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_SENSITIVE }, { type: pkcs11js.CKA_EXTRACTABLE }, { type: pkcs11js.CKA_TOKEN }, { type: pkcs11js.CKA_MODIFIABLE }]);
+        const bool = (v: unknown) => (v as Buffer)[0] === 1;
+        return { sensitive: bool(a[0].value), extractable: bool(a[1].value), token: bool(a[2].value), modifiable: bool(a[3].value) };
+      },
+      'C_GetAttributeValue',
+    );
   }
 
   // ---------------------------------------------------------------- AES-256 keys
@@ -377,11 +393,15 @@ export class HsmToken {
   }
 
   hmacSha256(id: string, data: Buffer): Buffer {
-    const h = this.requireHandle('mac', id);
-    return this.withSession((p11, s) => {
-      p11.C_SignInit(s, { mechanism: pkcs11js.CKM_SHA256_HMAC, parameter: null as unknown as Buffer }, h);
-      return p11.C_Sign(s, data, Buffer.alloc(32));
-    }, 'C_Sign');
+    return this.withObject(
+      'mac',
+      id,
+      (p11, s, h) => {
+        p11.C_SignInit(s, { mechanism: pkcs11js.CKM_SHA256_HMAC, parameter: null as unknown as Buffer }, h);
+        return p11.C_Sign(s, data, Buffer.alloc(32));
+      },
+      'C_Sign',
+    );
   }
 
   private gcm(iv: Buffer, aad: Buffer): pkcs11js.Mechanism {
@@ -393,8 +413,15 @@ export class HsmToken {
 
   /** AES-256-GCM inside the token; returns ciphertext || 16-byte tag. */
   encryptGcm(kind: ObjectKind, id: string, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer {
-    const h = this.requireHandle(kind, id);
-    return this.encryptGcmHandle(h, iv, aad, plaintext);
+    return this.withObject(
+      kind,
+      id,
+      (p11, s, h) => {
+        p11.C_EncryptInit(s, this.gcm(iv, aad), h);
+        return p11.C_Encrypt(s, plaintext, Buffer.alloc(plaintext.length + 16));
+      },
+      'C_Encrypt',
+    );
   }
 
   private encryptGcmHandle(h: Handle, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer {
@@ -406,12 +433,16 @@ export class HsmToken {
 
   /** AES-256-GCM decrypt inside the token; any authentication failure is one DecryptFailedError. */
   decryptGcm(kind: ObjectKind, id: string, iv: Buffer, aad: Buffer, ciphertextWithTag: Buffer): Buffer {
-    const h = this.requireHandle(kind, id);
     try {
-      return this.withSession((p11, s) => {
-        p11.C_DecryptInit(s, this.gcm(iv, aad), h);
-        return p11.C_Decrypt(s, ciphertextWithTag, Buffer.alloc(ciphertextWithTag.length));
-      }, 'C_Decrypt');
+      return this.withObject(
+        kind,
+        id,
+        (p11, s, h) => {
+          p11.C_DecryptInit(s, this.gcm(iv, aad), h);
+          return p11.C_Decrypt(s, ciphertextWithTag, Buffer.alloc(ciphertextWithTag.length));
+        },
+        'C_Decrypt',
+      );
     } catch (e) {
       const err = e as HsmError;
       if (isGcmAuthFailure(err.code)) {
@@ -437,8 +468,9 @@ export class HsmToken {
   }
 
   /**
-   * Turns a transient key into the token object for a CMK version: copied with CKA_TOKEN=true and
-   * CKA_EXTRACTABLE=false (a permitted one-way change), then the transient is destroyed.
+   * Turns a transient key into the token object for a CMK version: copied with CKA_TOKEN=true,
+   * CKA_EXTRACTABLE=false and CKA_MODIFIABLE=false (permitted one-way changes); the caller then
+   * destroys the transient.
    */
   persistTransient(key: TransientKey, kind: ObjectKind, id: string): void {
     if (this.handleOf(kind, id)) throw new HsmError(`token object ${this.label(kind, id)} already exists`, 'EXISTS');
@@ -453,6 +485,8 @@ export class HsmToken {
             : []),
           { type: pkcs11js.CKA_LABEL, value: this.label(kind, id) },
           { type: pkcs11js.CKA_ID, value: Buffer.from(id, 'utf8') },
+          // Read-only like a generated CMK key: its usage cannot be widened later.
+          { type: pkcs11js.CKA_MODIFIABLE, value: false },
         ]),
       'C_CopyObject',
     );
@@ -623,9 +657,10 @@ export class HsmToken {
 
   /** RFC 5649 wrap of an extractable transient key under the root key. */
   wrapUnderRoot(rootId: string, key: TransientKey): Buffer {
-    const root = this.requireHandle('root', rootId);
-    return this.withSession(
-      (p11, s) => p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, root, key.handle, Buffer.alloc(1024)),
+    return this.withObject(
+      'root',
+      rootId,
+      (p11, s, root) => p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, root, key.handle, Buffer.alloc(1024)),
       'C_WrapKey',
     );
   }
@@ -635,8 +670,7 @@ export class HsmToken {
    * The caller owns (and zeroes) the buffer; the session object is destroyed before returning.
    */
   unwrapFromRoot(rootId: string, wrapped: Buffer): Buffer {
-    const root = this.requireHandle('root', rootId);
-    return this.withSession((p11, s) => {
+    return this.withObject('root', rootId, (p11, s, root) => {
       const h = p11.C_UnwrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, root, wrapped, [
         { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
         { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },

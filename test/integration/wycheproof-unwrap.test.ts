@@ -265,7 +265,7 @@ describe('HsmToken.importWrappingPrivateKey', () => {
   it('makes a sensitive, never extractable token key pair that unwraps, and refuses to overwrite it', () => {
     token.importWrappingPrivateKey('import-check', kp.privateKey, false, true);
     try {
-      expect(token.keyAttributes('wrap', 'import-check')).toEqual({ sensitive: true, extractable: false, token: true });
+      expect(token.keyAttributes('wrap', 'import-check')).toEqual({ sensitive: true, extractable: false, token: true, modifiable: false });
       expect(token.listIds('wrap')).toEqual(['import-check']);
       expect(token.wrappingModulusBytes('import-check')).toBe(256);
       expect(() => token.importWrappingPrivateKey('import-check', kp.privateKey, false, true)).toThrow(/already exists/);

@@ -1,0 +1,85 @@
+// HsmToken recovers from losing its session (src/hsm/token.ts withSession/withObject): when the
+// module closes every session of the slot, SoftHSM also forgets every object handle, so the token
+// must look its objects up again rather than retry with the handles it had cached.
+
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import * as pkcs11js from 'pkcs11js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ensureDevToken } from '../../src/hsm/dev-token';
+import { HsmToken } from '../../src/hsm/token';
+
+let dir: string;
+let token: HsmToken;
+let opts: ReturnType<typeof ensureDevToken>;
+
+beforeAll(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kmsd-session-recovery-'));
+  opts = ensureDevToken(dir);
+  token = HsmToken.open(opts);
+});
+
+afterAll(() => {
+  token?.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** What a module reset looks like from inside the process: every session of the slot closed. */
+function closeAllSessions(): void {
+  const p11 = new pkcs11js.PKCS11();
+  p11.load(opts.modulePath); // the same module instance (dlopen), already initialized by the token
+  const slot = p11.C_GetSlotList(true).find((s) => p11.C_GetTokenInfo(s).label.trim() === opts.tokenLabel);
+  if (!slot) throw new Error('dev token slot not found');
+  p11.C_CloseAllSessions(slot);
+}
+
+describe('after the module closed every session (and forgot every handle)', () => {
+  it('CMK encrypt/decrypt, HMAC and root-key wrap all work again, with the same keys', () => {
+    const id = crypto.randomUUID();
+    token.generateAesKey('cmk', id);
+    const macId = crypto.randomUUID();
+    token.generateMacKey(macId);
+    const rootId = crypto.randomUUID();
+    token.ensureRootKey(rootId);
+    const iv = crypto.randomBytes(12);
+    const aad = Buffer.from('aad');
+    const pt = Buffer.from('made before the reset');
+    const sealed = token.encryptGcm('cmk', id, iv, aad, pt);
+    const mac = token.hmacSha256(macId, Buffer.from('data'));
+    const soft = token.generateTransientExtractableAesKey();
+    const wrapped = token.wrapUnderRoot(rootId, soft);
+    token.destroyTransient(soft);
+    const material = token.unwrapFromRoot(rootId, wrapped);
+
+    closeAllSessions();
+    expect(token.decryptGcm('cmk', id, iv, aad, sealed).equals(pt)).toBe(true);
+    closeAllSessions();
+    expect(token.decryptGcm('cmk', id, iv, aad, token.encryptGcm('cmk', id, iv, aad, pt)).equals(pt)).toBe(true);
+    closeAllSessions();
+    expect(token.hmacSha256(macId, Buffer.from('data')).equals(mac)).toBe(true);
+    closeAllSessions();
+    expect(token.unwrapFromRoot(rootId, wrapped).equals(material)).toBe(true);
+    material.fill(0);
+    token.destroy('cmk', id);
+  });
+});
+
+describe('CMK key objects', () => {
+  it('are read-only, whether generated in the token or persisted from an unwrapped (transient) key', () => {
+    const generated = crypto.randomUUID();
+    token.generateAesKey('cmk', generated);
+    const imported = crypto.randomUUID();
+    const transient = token.generateTransientExtractableAesKey();
+    try {
+      token.persistTransient(transient, 'cmk', imported);
+    } finally {
+      token.destroyTransient(transient);
+    }
+    for (const id of [generated, imported]) {
+      expect(token.keyAttributes('cmk', id)).toEqual({ sensitive: true, extractable: false, token: true, modifiable: false });
+      token.destroy('cmk', id);
+    }
+  });
+});
