@@ -1,6 +1,7 @@
 // kmsd configuration: flags > environment > config file > defaults. Validated in one place so a
 // bad setting is a one-line error at start-up, never a surprise later.
 
+import os from 'node:os';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -53,12 +54,13 @@ export interface SecurityConfig {
 export class ConfigError extends Error {}
 
 /**
- * Issue 4: the native addon's worker threads by default. One, because SoftHSM 2.6.1 serializes
- * C_EncryptInit/C_Encrypt on a module-wide lock, so a second worker only adds contention (measured
- * by `npm run bench`, see bench/README.md); an HSM with real parallelism wants about its number of
- * crypto cores (KMS_NATIVE_THREADS).
+ * Issue 4: the native addon's worker threads by default: one per core, each with its own session.
+ * (Until unary calls were started in turns, a second worker lowered unary throughput on SoftHSM,
+ * whose token-object lookups serialize; A/B runs since show 2 workers on 2 cores no worse for unary
+ * calls and ~1.7x for batches: bench/README.md.) An HSM with more crypto cores than the host may
+ * want more (KMS_NATIVE_THREADS).
  */
-export const DEFAULT_NATIVE_THREADS = 1;
+export const DEFAULT_NATIVE_THREADS = Math.max(1, Math.min(256, os.availableParallelism()));
 
 const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-key' | 'tls-client-ca' | 'policy' | 'plaintext-loopback'> = {
   '--listen': 'listen',
@@ -81,7 +83,7 @@ export const USAGE = `usage: kmsd [--listen HOST:PORT] [--data-dir DIR] [--pkcs1
 Environment: KMS_LISTEN, KMS_DATA_DIR, KMS_PKCS11_MODULE, KMS_TOKEN_LABEL, KMS_PIN_FILE, KMS_TLS_CERT,
 KMS_TLS_KEY, KMS_TLS_CLIENT_CA, KMS_ALLOW_HOST_ASSISTED_UNWRAP (0|1), KMS_IMPORT_TOKEN_TTL_SECONDS,
 KMS_WRAPPING_KEY_POOL_SIZE, KMS_SCHEDULER_INTERVAL_MS, KMS_NATIVE (0 disables the addon), KMS_NATIVE_THREADS
-(the addon's worker threads, default 1), KMS_LOG_LEVEL.
+(the addon's worker threads, default: the number of cores), KMS_LOG_LEVEL.
 Security (docs/security.md): KMS_POLICY, KMS_PLAINTEXT_LOOPBACK (0|1, default 1 without TLS), KMS_RATE_LIMIT
 (requests/s per principal, 0 = off; default 1000 with TLS, 0 without), KMS_RATE_BURST, KMS_HSM_MAX_IN_FLIGHT,
 KMS_HSM_MAX_QUEUED, KMS_HSM_QUEUE_TIMEOUT_MS, KMS_MAX_MESSAGE_BYTES. SIGHUP reloads the policy file.

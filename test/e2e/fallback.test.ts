@@ -3,6 +3,7 @@
 // default) and one started with KMS_NATIVE=0, which must fall back to pkcs11js. The DescribeHsm
 // counters prove which path every HSM-level operation took: exactly one of them counts.
 
+import os from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Kmsd, startKmsd } from '../helpers/daemon';
 
@@ -36,7 +37,7 @@ describe.each(MODES)('$name', (mode) => {
     expect(d.NativeAddon).toBe(mode.native);
     const rt = await k.client.call('DescribeRuntime', {});
     expect(rt.NativeAddon).toBe(mode.native);
-    expect(rt.NativeThreads).toBe(mode.native ? 1 : 0); // the documented default for SoftHSM
+    expect(rt.NativeThreads).toBe(mode.native ? os.availableParallelism() : 0); // the documented default: one per core
     expect(rt.Pid).toBe(k.pid);
     expect(rt.EventLoopDelaySamples).toBeGreaterThan(0);
   });
