@@ -168,7 +168,7 @@ async function perOperation(): Promise<{ rows: OpRow[]; threads: number }> {
       });
       results.push({ method: 'pkcs11js sync', opsPerSec: baseline });
       for (const { threads, aes } of pools) {
-        const label = `${threads} thread${threads > 1 ? 's' : ''}${threads === DEFAULT_NATIVE_THREADS ? ", default" : ''}`;
+        const label = `${threads} thread${threads > 1 ? 's' : ''}${threads === DEFAULT_NATIVE_THREADS ? ', default' : ''}`;
         results.push({ method: `addon single, 64 in flight (${label})`, opsPerSec: await asyncRate(OP_MS, 64, async () => (await aes.encrypt(handle, iv, aad, pt), 1)) });
         results.push({
           method: `addon batch of ${BATCH} (${label})`,
