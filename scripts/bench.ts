@@ -5,7 +5,7 @@
 //      node:crypto AES-256-GCM, pkcs11js sync (HsmToken.encryptGcm, the daemon's fallback path),
 //      the addon one call per operation (64 in flight), the addon in batches of 256 (with the
 //      daemon's default thread count, one per core, and with 1 thread to show what the pool adds);
-//      baseline: pkcs11js sync of the same size.
+//      baseline: pkcs11js sync of the same size. All methods of one size run in interleaved windows.
 //   2. gRPC on loopback against the real kmsd (bin/kmsd.js as a child process) with a 256 B
 //      payload, at concurrency 1 and 64: a bare grpc-js echo service in its own child process
 //      (the transport ceiling; baseline), unary Encrypt on an HSM key and on a SOFTWARE key,
@@ -43,6 +43,8 @@ const ONLY = process.argv.flatMap((a, i) => (a === '--only' ? [process.argv[i + 
 const want = (section: string) => ONLY.length === 0 || ONLY.includes(section);
 
 const OP_MS = QUICK ? 400 : 2000;
+/** Per-operation rows: OP_ROUNDS interleaved windows per method, OP_MS in all. */
+const OP_ROUNDS = QUICK ? 2 : 5;
 const GRPC_WARM_MS = QUICK ? 300 : 1000;
 /** Unary rows: GRPC_ROUNDS interleaved windows of GRPC_WINDOW_MS per workload. */
 const GRPC_WINDOW_MS = QUICK ? 500 : 1000;
@@ -150,35 +152,65 @@ async function perOperation(): Promise<{ rows: OpRow[]; threads: number }> {
     for (const size of SIZES) {
       const pt = crypto.randomBytes(size);
       const items = Array.from({ length: BATCH }, () => ({ handle, iv, aad, data: pt }));
-      const results: { method: string; opsPerSec: number }[] = [];
-      results.push({
+      // Each method is a measurement; all of them run in interleaved windows (OP_ROUNDS rounds of
+      // OP_MS / OP_ROUNDS each, the order reversed every other round), so a noisy neighbour or a
+      // bad stretch of lock contention in the module lands on every row instead of one.
+      const methods: { method: string; run: (ms: number) => Promise<{ ops: number; ms: number }> }[] = [];
+      const timedSync = async (ms: number, step: () => number) => {
+        const t0 = now();
+        const rate = syncRate(ms, step);
+        return { ops: (rate * (now() - t0)) / 1000, ms: now() - t0 };
+      };
+      const timedAsync = async (ms: number, inFlight: number, step: () => Promise<number>) => {
+        const t0 = now();
+        const rate = await asyncRate(ms, inFlight, step);
+        return { ops: (rate * (now() - t0)) / 1000, ms: now() - t0 };
+      };
+      methods.push({
         method: 'node:crypto AES-256-GCM',
-        opsPerSec: syncRate(OP_MS, () => {
-          const c = crypto.createCipheriv('aes-256-gcm', soft, iv);
-          c.setAAD(aad);
-          c.update(pt);
-          c.final();
-          c.getAuthTag();
-          return 1;
-        }),
+        run: (ms) =>
+          timedSync(ms, () => {
+            const c = crypto.createCipheriv('aes-256-gcm', soft, iv);
+            c.setAAD(aad);
+            c.update(pt);
+            c.final();
+            c.getAuthTag();
+            return 1;
+          }),
       });
-      const baseline = syncRate(OP_MS, () => {
-        token.encryptGcm('cmk', keyId, iv, aad, pt);
-        return 1;
+      methods.push({
+        method: 'pkcs11js sync',
+        run: (ms) =>
+          timedSync(ms, () => {
+            token.encryptGcm('cmk', keyId, iv, aad, pt);
+            return 1;
+          }),
       });
-      results.push({ method: 'pkcs11js sync', opsPerSec: baseline });
       for (const { threads, aes } of pools) {
         const label = `${threads} thread${threads > 1 ? 's' : ''}${threads === DEFAULT_NATIVE_THREADS ? ', default' : ''}`;
-        results.push({ method: `addon single, 64 in flight (${label})`, opsPerSec: await asyncRate(OP_MS, 64, async () => (await aes.encrypt(handle, iv, aad, pt), 1)) });
-        results.push({
+        methods.push({ method: `addon single, 64 in flight (${label})`, run: (ms) => timedAsync(ms, 64, async () => (await aes.encrypt(handle, iv, aad, pt), 1)) });
+        methods.push({
           method: `addon batch of ${BATCH} (${label})`,
-          opsPerSec: await asyncRate(OP_MS, 2, async () => {
-            const out = await aes.encryptBatch(items);
-            if (out.some((x) => x instanceof Error)) throw new Error('a batch item failed');
-            return out.length;
-          }),
+          run: (ms) =>
+            timedAsync(ms, 2, async () => {
+              const out = await aes.encryptBatch(items);
+              if (out.some((x) => x instanceof Error)) throw new Error('a batch item failed');
+              return out.length;
+            }),
         });
       }
+      const totals = methods.map(() => ({ ops: 0, ms: 0 }));
+      for (let round = 0; round < OP_ROUNDS; round++) {
+        const order = methods.map((_, i) => i);
+        if (round % 2 === 1) order.reverse();
+        for (const i of order) {
+          const w = await methods[i].run(OP_MS / OP_ROUNDS);
+          totals[i].ops += w.ops;
+          totals[i].ms += w.ms;
+        }
+      }
+      const results = methods.map((m, i) => ({ method: m.method, opsPerSec: (totals[i].ops * 1000) / totals[i].ms }));
+      const baseline = results[1].opsPerSec;
       for (const r of results) rows.push({ size, method: r.method, opsPerSec: r0(r.opsPerSec), mibPerSec: r2((r.opsPerSec * size) / 1048576), baseline: 'pkcs11js sync', ratio: r2(r.opsPerSec / baseline) });
       process.stderr.write(`[bench] per-operation ${size} B done\n`);
     }
