@@ -302,7 +302,7 @@ describe('a running daemon', () => {
       const bad = await call('Encrypt', { KeyId: keyId, Plaintext: 'not base64!' });
       expect(bad.err?.code).toBe(grpc.status.INVALID_ARGUMENT);
       expect(bad.requestId).toMatch(UUID);
-      // The log line is written after the answer; give the pipe a moment.
+      // The log line reaches this process through a pipe, maybe after the answer does.
       for (let i = 0; i < 100 && !k.logs().includes(`"requestId":"${bad.requestId}"`); i++) await new Promise((r) => setTimeout(r, 50));
       expect(k.logs()).toContain(`"requestId":"${bad.requestId}"`);
     } finally {
