@@ -89,9 +89,9 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     log.info({ ...reconciled, wrappingKeys: wrapReconciled }, 'start-up reconciliation done');
 
     // Issue 5: custodians, proposals and the audit trail (guards nothing until InitCeremony).
-    const quorum = startCeremonyAndAudit({ store, token, kms, imports, log });
-    // Issue 6: principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
     const sec = cfg.security ?? securitySettings({}, {}, {}, Boolean(cfg.tls));
+    const quorum = startCeremonyAndAudit({ store, token, kms, imports, log, maxMessageBytes: sec.maxMessageBytes });
+    // Issue 6: principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
     const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: quorum.audit });
     const { server, health } = createServer({ kms, imports, log, ceremony: ceremonyExtension(quorum), security }, { maxMessageBytes: sec.maxMessageBytes });
     const { host, port } = parseListen(cfg.listen);

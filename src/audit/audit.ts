@@ -27,9 +27,14 @@ export interface AuditConfig {
   checkpointIntervalMs: number;
   /** Log each data-plane call as a record too (counters are kept either way). */
   dataPlaneEvents: boolean;
+  /**
+   * Most bytes of record lines in one ExportAudit page, whatever MaxRecords asks for, so a page
+   * never outgrows the gRPC message limit (the daemon sets half of it).
+   */
+  exportPageBytes: number;
 }
 
-export const DEFAULT_AUDIT_CONFIG: AuditConfig = { checkpointEveryRecords: 256, checkpointIntervalMs: 60_000, dataPlaneEvents: false };
+export const DEFAULT_AUDIT_CONFIG: AuditConfig = { checkpointEveryRecords: 256, checkpointIntervalMs: 60_000, dataPlaneEvents: false, exportPageBytes: 2 * 1024 * 1024 };
 
 export function auditConfigFromEnv(env: NodeJS.ProcessEnv): AuditConfig {
   const int = (name: string, dflt: number, min: number, max: number) => {
@@ -43,6 +48,7 @@ export function auditConfigFromEnv(env: NodeJS.ProcessEnv): AuditConfig {
     checkpointEveryRecords: int('KMS_AUDIT_CHECKPOINT_RECORDS', DEFAULT_AUDIT_CONFIG.checkpointEveryRecords, 1, 1_000_000),
     checkpointIntervalMs: int('KMS_AUDIT_CHECKPOINT_SECONDS', DEFAULT_AUDIT_CONFIG.checkpointIntervalMs / 1000, 1, 86400) * 1000,
     dataPlaneEvents: env.KMS_AUDIT_DATA_PLANE === '1' || env.KMS_AUDIT_DATA_PLANE === 'true',
+    exportPageBytes: DEFAULT_AUDIT_CONFIG.exportPageBytes,
   };
 }
 
@@ -318,8 +324,18 @@ export class AuditLog {
       throw invalid('UpToSeq', `must be 0 (start a new export) or a sequence number up to ${this.headSeq}`);
     }
     if (after > upTo) throw new KmsError('InvalidParameter', `AfterSeq: must not be beyond UpToSeq ${upTo}`);
-    const rows = this.store.range(after, upTo, max).map(toRecord);
-    const next = rows.length ? rows[rows.length - 1].Seq : after;
+    const lines: string[] = [];
+    let bytes = 0;
+    let next = after;
+    for (const row of this.store.range(after, upTo, max)) {
+      const rec = toRecord(row);
+      const line = canonicalJson(rec);
+      // The first line always goes, so every page makes progress.
+      if (lines.length > 0 && bytes + line.length > this.config.exportPageBytes) break;
+      lines.push(line);
+      bytes += line.length;
+      next = rec.Seq;
+    }
     return {
       Header: canonicalJson({
         Format: 'kmsd-audit-export/v1',
@@ -329,7 +345,7 @@ export class AuditLog {
         SignatureAlgorithm: 'ECDSA-P256-SHA256 (r||s, IEEE P1363, base64)',
         UpToSeq: upTo,
       }),
-      Lines: rows.map((r) => canonicalJson(r)),
+      Lines: lines,
       NextSeq: next,
       UpToSeq: upTo,
       Complete: next >= upTo,

@@ -25,7 +25,16 @@ export interface CeremonyRuntime {
   close(): void;
 }
 
-export function startCeremonyAndAudit(o: { store: Store; token: HsmToken; kms: KmsService; imports: ImportService; log: Logger; env?: NodeJS.ProcessEnv }): CeremonyRuntime {
+export function startCeremonyAndAudit(o: {
+  store: Store;
+  token: HsmToken;
+  kms: KmsService;
+  imports: ImportService;
+  log: Logger;
+  env?: NodeJS.ProcessEnv;
+  /** The gRPC message limit, which an ExportAudit page must stay under. */
+  maxMessageBytes?: number;
+}): CeremonyRuntime {
   const env = o.env ?? process.env;
   const ceremonyStore = new CeremonyStore(o.store);
   const instanceId = ceremonyStore.instanceId(() => crypto.randomUUID());
@@ -34,7 +43,7 @@ export function startCeremonyAndAudit(o: { store: Store; token: HsmToken; kms: K
     new AuditStore(o.store),
     { publicKeyDer: () => publicKey, sign: (data) => o.token.signEcdsaP256(AUDIT_SIGNING_KEY_ID, data) },
     instanceId,
-    auditConfigFromEnv(env),
+    { ...auditConfigFromEnv(env), ...(o.maxMessageBytes ? { exportPageBytes: Math.floor(o.maxMessageBytes / 2) } : {}) },
   );
   const sink: CeremonySink = {
     record: (ev) => {

@@ -244,3 +244,29 @@ describe('ExportAudit', () => {
     expect(actions[stopped + 2]).toBe('DaemonStarted');
   });
 });
+
+describe('ExportAudit under a small gRPC message limit', () => {
+  it('pages by size whatever MaxRecords asks for, and the paged export still verifies', async () => {
+    const small = await startCeremonyDaemon({ KMS_MAX_MESSAGE_BYTES: '16384' });
+    const sc = client(small);
+    try {
+      for (let i = 0; i < 60; i++) await sc.call('CreateKey', { ProtectionLevel: 'SOFTWARE', Description: `key ${i} ${'x'.repeat(120)}` });
+      const page = (await sc.call('ExportAudit', { MaxRecords: 10_000 })) as J;
+      expect(page.Complete).toBe(false);
+      expect((page.Lines as string[]).join('').length).toBeLessThanOrEqual(8192);
+      expect(page.Lines.length).toBeGreaterThan(1);
+      expect(page.NextSeq).toBe(JSON.parse(page.Lines[page.Lines.length - 1]).Seq);
+
+      const file = path.join(dir, 'small-pages.jsonl');
+      const r = small.kmsctl(['ExportAudit', '--OutputFile', file]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.json.Records).toBeGreaterThanOrEqual(60);
+      const ok = verifyOffline(file);
+      expect(ok.code, ok.stderr).toBe(0);
+      expect(ok.json).toMatchObject({ Valid: true });
+    } finally {
+      sc.close();
+      await small.stop();
+    }
+  });
+});
