@@ -42,7 +42,20 @@ export function iso(ms: number | null | undefined): string {
   return new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
 }
 
+/**
+ * What kmsd did to a CMK on its own (no caller asked): the end of a deletion window, expired key
+ * material, an automatic rotation. The composition root sends these to the audit log.
+ */
+export interface KeyEvent {
+  action: 'ScheduledKeyDeletion' | 'KeyMaterialExpired' | 'AutomaticRotation';
+  keyId: string;
+  details: Record<string, unknown>;
+}
+
 export class KmsService {
+  /** Receives every KeyEvent (src/daemon.ts wires it to the audit log). */
+  onKeyEvent: (ev: KeyEvent) => void = () => undefined;
+
   constructor(
     readonly store: Store,
     readonly keyring: Keyring,
@@ -92,6 +105,8 @@ export class KmsService {
     });
     for (const ver of versions) this.keyring.destroy(ver.version_id);
     this.log.info({ keyId: row.key_id, reason }, 'key material deleted');
+    // DeleteKeyMaterial is audited as the call it is; expiry has no caller.
+    if (reason === 'expired') this.keyEvent({ action: 'KeyMaterialExpired', keyId: row.key_id, details: { ExpiredAt: iso(row.material_expire_time) } });
   }
 
   /** Throws the state's Rejected.* error unless the CMK is in an allowed state (also used by src/kms/batch.ts). */
@@ -277,6 +292,16 @@ export class KmsService {
     this.store.tx(() => this.store.deleteCmk(row.key_id));
     for (const ver of versions) this.keyring.destroy(ver.version_id);
     this.log.info({ keyId: row.key_id }, 'CMK deleted at the end of its deletion window');
+    this.keyEvent({ action: 'ScheduledKeyDeletion', keyId: row.key_id, details: { KeyVersions: versions.map((x) => x.version_id) } });
+  }
+
+  private keyEvent(ev: KeyEvent): void {
+    try {
+      this.onKeyEvent(ev);
+    } catch (e) {
+      // The action is done; a failure to record it must not undo or repeat it.
+      this.log.error({ keyId: ev.keyId, action: ev.action, err: (e as Error).message }, 'could not record a key event');
+    }
   }
 
   // ================================================================ aliases
@@ -359,6 +384,7 @@ export class KmsService {
       throw e;
     }
     this.log.info({ keyId: row.key_id, keyVersionId: versionId, reason }, 'CMK rotated');
+    if (reason === 'automatic') this.keyEvent({ action: 'AutomaticRotation', keyId: row.key_id, details: { KeyVersionId: versionId } });
     return ver;
   }
 

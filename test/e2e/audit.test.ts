@@ -270,3 +270,43 @@ describe('ExportAudit under a small gRPC message limit', () => {
     }
   });
 });
+
+describe('what kmsd does to keys on its own', () => {
+  it('is audited: the end of a deletion window, expired key material, an automatic rotation', async () => {
+    // A "day" of PendingWindowInDays is 1 s and the scheduler looks every 100 ms.
+    const d = await startCeremonyDaemon({ KMS_PENDING_WINDOW_DAY_SECONDS: '1', KMS_SCHEDULER_INTERVAL_MS: '100', KMS_MIN_ROTATION_INTERVAL_SECONDS: '1' });
+    const dc = client(d);
+    try {
+      const doomed = ((await dc.call('CreateKey', { ProtectionLevel: 'HSM' })) as J).KeyMetadata.KeyId as string;
+      await dc.call('ScheduleKeyDeletion', { KeyId: doomed, PendingWindowInDays: 7 });
+      const rotating = ((await dc.call('CreateKey', { ProtectionLevel: 'SOFTWARE', EnableAutomaticRotation: true, RotationInterval: '1s' })) as J).KeyMetadata.KeyId as string;
+      const external = ((await dc.call('CreateKey', { Origin: 'EXTERNAL', ProtectionLevel: 'HSM' })) as J).KeyMetadata.KeyId as string;
+      const p = (await dc.call('GetParametersForImport', { KeyId: external, WrappingAlgorithm: 'RSAES_OAEP_SHA_1', WrappingKeySpec: 'RSA_2048' })) as J;
+      const pub = crypto.createPublicKey({ key: Buffer.from(p.PublicKey, 'base64'), format: 'der', type: 'spki' });
+      const wrapped = crypto.publicEncrypt({ key: pub, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha1' }, crypto.randomBytes(32));
+      const expireUnix = Math.floor(Date.now() / 1000) + 2;
+      await dc.call('ImportKeyMaterial', { KeyId: external, EncryptedKeyMaterial: wrapped.toString('base64'), ImportToken: p.ImportToken, KeyMaterialExpireUnix: expireUnix });
+
+      const want = [
+        { Action: 'ScheduledKeyDeletion', KeyId: doomed },
+        { Action: 'KeyMaterialExpired', KeyId: external },
+        { Action: 'AutomaticRotation', KeyId: rotating },
+      ];
+      const deadline = Date.now() + 20_000;
+      let events: J[] = [];
+      while (Date.now() < deadline) {
+        events = ((await dc.call('ListAuditEvents', { PageSize: 1000 })) as J).Events as J[];
+        if (want.every((w) => events.some((e) => e.Action === w.Action && e.KeyId === w.KeyId))) break;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      for (const w of want) expect(events.find((e) => e.Action === w.Action && e.KeyId === w.KeyId), w.Action).toMatchObject({ ...w, Principal: 'kmsd', Outcome: 'ok' });
+      const expired = events.find((e) => e.Action === 'KeyMaterialExpired') as J;
+      const details = typeof expired.Details === 'string' ? JSON.parse(expired.Details) : expired.Details;
+      expect(details.ExpiredAt).toBe(new Date(expireUnix * 1000).toISOString().replace('.000Z', 'Z'));
+      expect(((await dc.call('VerifyAudit', {})) as J).Valid).toBe(true);
+    } finally {
+      dc.close();
+      await d.stop();
+    }
+  }, 40_000);
+});
