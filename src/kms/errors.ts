@@ -31,7 +31,7 @@ export const ERROR_TABLE = {
   'Rejected.KeyMaterialMissing': { status: 'FAILED_PRECONDITION', meaning: 'The token does not hold this key version: reported missing at start-up reconciliation, or destroyed while the request was in flight.' },
   'Rejected.UnsupportedWrappingAlgorithm': { status: 'FAILED_PRECONDITION', meaning: 'The token cannot unwrap with this algorithm and no allowed fallback exists; the message says why.' },
   'Rejected.ImportTokenInvalid': { status: 'INVALID_ARGUMENT', meaning: 'The import token is malformed, forged or altered.' },
-  'Rejected.ImportTokenExpired': { status: 'FAILED_PRECONDITION', meaning: 'The import token (and its wrapping key) expired: get new parameters.' },
+  'Rejected.ImportTokenExpired': { status: 'FAILED_PRECONDITION', meaning: 'The import token (and its wrapping key) expired, or its wrapping key was destroyed after repeated failed imports: get new parameters.' },
   'Rejected.ImportTokenKeyMismatch': { status: 'INVALID_ARGUMENT', meaning: 'The import token was issued for another CMK.' },
   'InvalidParameter.EncryptedKeyMaterial': { status: 'INVALID_ARGUMENT', meaning: 'The encrypted key material cannot be unwrapped with the wrapping key and algorithm of the import token.' },
   'InvalidParameter.KeyMaterialLength': { status: 'INVALID_ARGUMENT', meaning: 'The key material is not a 256-bit AES key.' },

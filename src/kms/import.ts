@@ -17,6 +17,14 @@ export const MAC_KEY_ID = 'import-token-v1';
 const TOKEN_PREFIX = 'kmsd-it1.';
 const MAX_EXPIRE_UNIX = 253402300799;
 
+/**
+ * Failed imports an import token (its wrapping key) survives. Bleichenbacher-style attacks on RSA
+ * decryption need thousands of queries against one key; an honest custodian who wrapped the wrong
+ * file needs a few tries. At this count the wrapping key is destroyed in the token, so nothing
+ * wrapped under it (a legitimate import's EncryptedKeyMaterial included) can ever be decrypted.
+ */
+export const MAX_FAILED_IMPORTS_PER_TOKEN = 10;
+
 export interface ImportConfig {
   /** Life of an import token and its wrapping key, seconds (24 h). */
   importTokenTtlSeconds: number;
@@ -91,8 +99,11 @@ export class ImportService {
       throw new KmsError('Rejected.ImportTokenKeyMismatch', `ImportToken: was issued for CMK ${p.kid}, not ${keyId}; an import token imports into its own CMK only`);
     }
     const wrap = this.store.getWrappingKey(p.wid);
-    if (p.exp <= this.kms.now() || !wrap || !this.token.has('wrap', p.wid)) {
+    if (p.exp <= this.kms.now()) {
       throw new KmsError('Rejected.ImportTokenExpired', `ImportToken: expired at ${iso(p.exp)}; call GetParametersForImport for a new public key and token`);
+    }
+    if (!wrap || !this.token.has('wrap', p.wid)) {
+      throw new KmsError('Rejected.ImportTokenExpired', `ImportToken: its wrapping key no longer exists (destroyed after ${MAX_FAILED_IMPORTS_PER_TOKEN} failed imports, or removed from the token); call GetParametersForImport for a new public key and token`);
     }
     return p;
   }
@@ -144,6 +155,13 @@ export class ImportService {
     return { KeyId: row.key_id, ImportToken: importToken, PublicKey: wrap.public_key.toString('base64'), TokenExpireTime: iso(exp) };
   }
 
+  /** Token object first: once it is gone nothing wrapped under it opens, whatever a crash leaves in SQLite. */
+  private revokeWrappingKey(wrapId: string, keyId: string, failures: number): void {
+    this.token.destroy('wrap', wrapId);
+    this.store.deleteWrappingKey(wrapId);
+    this.kms.log.warn({ keyId, wrapId, failures }, 'wrapping key destroyed after repeated failed imports');
+  }
+
   ImportKeyMaterial(req: { KeyId?: string; EncryptedKeyMaterial?: string; ImportToken?: string; KeyMaterialExpireUnix?: number }) {
     const row = this.kms.resolve('KeyId', req.KeyId);
     this.requireExternal(row);
@@ -168,7 +186,13 @@ export class ImportService {
     } catch (e) {
       if (e instanceof UnwrapFailedError) {
         const pkcs1 = p.alg === 'RSAES_PKCS1_V1_5' ? ', or it does not hold a 256-bit AES key (with PKCS#1 v1.5 the two are deliberately not told apart)' : '';
-        throw new KmsError('InvalidParameter.EncryptedKeyMaterial', `EncryptedKeyMaterial: cannot be decrypted with the wrapping key of this import token using ${p.alg}${pkcs1}`);
+        const failures = this.store.countFailedImport(p.wid);
+        let after = ` (failed import ${failures} of ${MAX_FAILED_IMPORTS_PER_TOKEN} this import token allows)`;
+        if (failures >= MAX_FAILED_IMPORTS_PER_TOKEN) {
+          this.revokeWrappingKey(p.wid, row.key_id, failures);
+          after = `; that was failed import ${failures}, so this import token's wrapping key is now destroyed: call GetParametersForImport for a new one`;
+        }
+        throw new KmsError('InvalidParameter.EncryptedKeyMaterial', `EncryptedKeyMaterial: cannot be decrypted with the wrapping key of this import token using ${p.alg}${pkcs1}${after}`);
       }
       if (e instanceof MaterialLengthError) {
         throw new KmsError('InvalidParameter.KeyMaterialLength', `EncryptedKeyMaterial: the key material must be a 256-bit AES key (${e.message})`);

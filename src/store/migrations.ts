@@ -129,4 +129,10 @@ export const MIGRATIONS: Migration[] = [
       );
     `,
   },
+  // ---- failed imports per wrapping key: past a small number the key is destroyed, so the import
+  // path can never serve as a padding oracle (src/kms/import.ts).
+  {
+    version: 3,
+    sql: `ALTER TABLE wrapping_keys ADD COLUMN failed_imports INTEGER NOT NULL DEFAULT 0;`,
+  },
 ];

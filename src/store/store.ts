@@ -54,6 +54,8 @@ export interface WrappingKeyRow {
   key_id: string | null;
   algorithm: string | null;
   expires: number | null;
+  /** Imports under this key whose material could not be unwrapped (migration 3). */
+  failed_imports?: number;
 }
 
 /** Cached CMK or key-version rows before the cache starts over. */
@@ -305,6 +307,12 @@ export class Store {
 
   allWrappingKeys(): WrappingKeyRow[] {
     return this.stmt('SELECT * FROM wrapping_keys').all() as WrappingKeyRow[];
+  }
+
+  /** Counts one failed import under a wrapping key; returns the failures so far. */
+  countFailedImport(wrapId: string): number {
+    const r = this.stmt('UPDATE wrapping_keys SET failed_imports = failed_imports + 1 WHERE wrap_id = ? RETURNING failed_imports').get(wrapId) as { failed_imports: number } | undefined;
+    return r?.failed_imports ?? 0;
   }
 
   deleteWrappingKey(wrapId: string): void {

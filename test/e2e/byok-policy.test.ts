@@ -222,3 +222,52 @@ describe('host-assisted unwrap not allowed (KMS_ALLOW_HOST_ASSISTED_UNWRAP=0)', 
     expect(lines.filter((l) => /host-assisted/.test(l.msg ?? ''))).toEqual([]);
   });
 });
+
+describe('failed imports per import token', () => {
+  async function refusedCall(k: Kmsd, action: string, req: object): Promise<{ code: string; message: string }> {
+    try {
+      await k.client.call(action, req);
+    } catch (e) {
+      return { code: (e as { code: string }).code, message: (e as Error).message };
+    }
+    throw new Error(`${action} succeeded`);
+  }
+  const pkcs1 = (publicKeyB64: string, material: Buffer) =>
+    crypto.publicEncrypt({ key: crypto.createPublicKey({ key: Buffer.from(publicKeyB64, 'base64'), format: 'der', type: 'spki' }), padding: crypto.constants.RSA_PKCS1_PADDING }, material).toString('base64');
+
+  it('nine bad ciphertexts leave the token usable; the tenth destroys its wrapping key, and then even good material is refused', async () => {
+    const k = strict;
+    // Nine failures, then the right material: imported.
+    const a = (await k.client.call('CreateKey', { Origin: 'EXTERNAL', ProtectionLevel: 'HSM' })).KeyMetadata.KeyId as string;
+    const pa = await k.client.call('GetParametersForImport', { KeyId: a, WrappingAlgorithm: 'RSAES_PKCS1_V1_5' });
+    for (let i = 1; i <= 9; i++) {
+      const r = await refusedCall(k, 'ImportKeyMaterial', { KeyId: a, EncryptedKeyMaterial: crypto.randomBytes(256).toString('base64'), ImportToken: pa.ImportToken });
+      expect(r.code).toBe('InvalidParameter.EncryptedKeyMaterial');
+      expect(r.message).toContain(`failed import ${i} of 10`);
+    }
+    await k.client.call('ImportKeyMaterial', { KeyId: a, EncryptedKeyMaterial: pkcs1(pa.PublicKey, crypto.randomBytes(32)), ImportToken: pa.ImportToken });
+    expect((await k.client.describeKey(a)).KeyMetadata.KeyState).toBe('Enabled');
+
+    // Ten failures: the wrapping key is destroyed in the token.
+    const b = (await k.client.call('CreateKey', { Origin: 'EXTERNAL', ProtectionLevel: 'HSM' })).KeyMetadata.KeyId as string;
+    const before = wrapLabels(k);
+    const pb = await k.client.call('GetParametersForImport', { KeyId: b, WrappingAlgorithm: 'RSAES_PKCS1_V1_5' });
+    const label = [...wrapLabels(k)].find((l) => !before.has(l)) as string;
+    expect(tokenPublicKey(k, label)).toBe(pb.PublicKey);
+    const good = pkcs1(pb.PublicKey, crypto.randomBytes(32)); // made before the attack, as a captured import would be
+    for (let i = 1; i <= 10; i++) {
+      const r = await refusedCall(k, 'ImportKeyMaterial', { KeyId: b, EncryptedKeyMaterial: crypto.randomBytes(256).toString('base64'), ImportToken: pb.ImportToken });
+      expect(r.code).toBe('InvalidParameter.EncryptedKeyMaterial');
+      if (i === 10) expect(r.message).toMatch(/wrapping key is now destroyed: call GetParametersForImport/);
+    }
+    expect(wrapLabels(k).has(label)).toBe(false);
+    const after = await refusedCall(k, 'ImportKeyMaterial', { KeyId: b, EncryptedKeyMaterial: good, ImportToken: pb.ImportToken });
+    expect(after.code).toBe('Rejected.ImportTokenExpired');
+    expect(after.message).toMatch(/wrapping key no longer exists/);
+    expect((await k.client.describeKey(b)).KeyMetadata.KeyState).toBe('PendingImport');
+    // New parameters work.
+    const fresh = await k.client.call('GetParametersForImport', { KeyId: b, WrappingAlgorithm: 'RSAES_PKCS1_V1_5' });
+    await k.client.call('ImportKeyMaterial', { KeyId: b, EncryptedKeyMaterial: pkcs1(fresh.PublicKey, crypto.randomBytes(32)), ImportToken: fresh.ImportToken });
+    expect((await k.client.describeKey(b)).KeyMetadata.KeyState).toBe('Enabled');
+  });
+});
