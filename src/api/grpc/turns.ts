@@ -15,7 +15,7 @@ export class CallTurns {
   private queue: (() => void)[] = [];
   private head = 0;
   private scheduled = false;
-  /** Turns run and the longest queue seen, for DescribeRuntime. */
+  /** Turns run and the longest queue seen (tests read them). */
   readonly stats = { turns: 0, maxQueued: 0 };
 
   constructor(private readonly budgetMs = TURN_BUDGET_MS) {}
