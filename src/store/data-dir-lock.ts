@@ -14,7 +14,7 @@ export class DataDirInUseError extends Error {
     readonly dataDir: string,
     readonly pid: number,
   ) {
-    super(`data directory ${dataDir} is in use by another kmsd (pid ${pid}); stop it first, or give this one another --data-dir`);
+    super(`data directory ${dataDir} is in use by another kmsd (pid ${pid}); stop it first, or give this one another --data-dir (if no kmsd runs there, remove ${LOCK_FILE} in it)`);
     this.name = 'DataDirInUseError';
   }
 }
