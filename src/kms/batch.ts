@@ -6,10 +6,11 @@
 //
 // Only the batch as a whole can be refused (InvalidParameter): no items, more than MAX_BATCH_ITEMS,
 // or a BatchId that is not at most 128 printable ASCII characters. The synchronous checks run in
-// slices, one per event-loop turn (TurnQueue), so large batches arriving together cannot stall the
+// slices, one per event-loop turn (src/turns.ts), so large batches arriving together cannot stall the
 // daemon; results are the same as if the items had been checked one after another.
 
 import { DecryptFailedError, HsmError } from '../hsm/errors';
+import { Turns } from '../turns';
 import { aadFor, buildHeader, freshIv, parseBlob, validateContext } from './ciphertext';
 import { KmsError, invalid } from './errors';
 import type { GcmItem } from './keyring';
@@ -62,42 +63,8 @@ const EMPTY = { KeyId: '', KeyVersionId: '', Code: '', Message: '' };
 /** HSM conditions that mean "the token is not usable" (as the gRPC envelope maps them for unary calls). */
 const UNAVAILABLE = new Set(['CLOSED', 'CKR_DEVICE_REMOVED', 'CKR_TOKEN_NOT_PRESENT', 'CKR_DEVICE_ERROR']);
 
-/** Items checked per event-loop turn (see TurnQueue). */
+/** Items checked per event-loop turn (src/turns.ts). */
 const CHUNK = 64;
-
-/**
- * Runs the synchronous part of every batch in flight (lookups, checks, building headers) one chunk
- * per event-loop turn, first come first served. Many batches often arrive in one socket read;
- * without this their checks would all run in that one turn and stall every other call.
- */
-class TurnQueue {
-  private readonly queue: (() => void)[] = [];
-  private scheduled = false;
-
-  run<T>(fn: () => T): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      this.queue.push(() => {
-        try {
-          resolve(fn());
-        } catch (e) {
-          reject(e);
-        }
-      });
-      this.kick();
-    });
-  }
-
-  private kick(): void {
-    if (this.scheduled || this.queue.length === 0) return;
-    this.scheduled = true;
-    // An immediate queued from an immediate runs on the next turn: I/O and timers go in between.
-    setImmediate(() => {
-      this.scheduled = false;
-      this.queue.shift()?.();
-      this.kick();
-    });
-  }
-}
 
 /**
  * Memoized lookups for one chunk (checked synchronously, so the state cannot change under it):
@@ -158,14 +125,16 @@ class Lookups {
 }
 
 export class BatchService {
-  private readonly turns = new TurnQueue();
+  // One chunk per turn, first come first served: many batches often arrive in one socket read, and
+  // their checks must not all run in that one turn.
+  private readonly turns = new Turns(0);
 
   constructor(private readonly kms: KmsService) {}
 
   /** Calls check(item, index, lookups) for every item, a chunk per turn; a throw is that item's failure. */
   private async checkAll<T>(items: T[], check: (item: T, index: number, lookups: Lookups) => void, fail: (e: unknown, index: number) => void): Promise<void> {
     for (let start = 0; start < items.length; start += CHUNK) {
-      await this.turns.run(() => {
+      await this.turns.call(() => {
         const lookups = new Lookups(this.kms);
         for (let i = start; i < Math.min(items.length, start + CHUNK); i++) {
           try {

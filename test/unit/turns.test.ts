@@ -1,8 +1,9 @@
-// CallTurns (src/api/grpc/turns.ts): unary calls start in slices of bounded work, so the event
-// loop (and HTTP/2's flush of finished answers) gets a turn between slices.
+// Turns (src/turns.ts): queued work runs in slices of bounded work, so the event loop (and HTTP/2's
+// flush of finished answers) gets a turn between slices. Unary calls use a 0.5 ms budget, batch
+// checks a budget of 0 (one piece per turn).
 
 import { describe, expect, it } from 'vitest';
-import { CallTurns } from '../../src/api/grpc/turns';
+import { Turns } from '../../src/turns';
 
 function busy(ms: number): void {
   const end = performance.now() + ms;
@@ -11,9 +12,9 @@ function busy(ms: number): void {
   }
 }
 
-describe('CallTurns', () => {
+describe('Turns', () => {
   it('starts every call once, in arrival order', async () => {
-    const turns = new CallTurns(0.5);
+    const turns = new Turns(0.5);
     const ran: number[] = [];
     const all = Array.from({ length: 200 }, (_, i) => new Promise<void>((resolve) => turns.run(() => (ran.push(i), resolve()))));
     expect(ran).toEqual([]); // nothing runs inside the caller's macrotask
@@ -23,7 +24,7 @@ describe('CallTurns', () => {
   });
 
   it('yields to the event loop once a turn has used its budget', async () => {
-    const turns = new CallTurns(1);
+    const turns = new Turns(1);
     const events: string[] = [];
     const done = Array.from({ length: 6 }, (_, i) => new Promise<void>((resolve) => turns.run(() => (busy(0.6), events.push(`call ${i}`), resolve()))));
     // An I/O-phase callback queued meanwhile must get in between the slices, not after all six.
@@ -37,10 +38,28 @@ describe('CallTurns', () => {
   });
 
   it('a call that throws does not strand the calls behind it', async () => {
-    const turns = new CallTurns(0.5);
+    const turns = new Turns(0.5);
     turns.run(() => {
       throw new Error('boom');
     });
     await expect(new Promise<string>((resolve) => turns.run(() => resolve('next ran')))).resolves.toBe('next ran');
+  });
+
+  it('with a budget of 0 runs one piece per turn, and call() settles with the result or the throw', async () => {
+    const turns = new Turns(0);
+    const order: string[] = [];
+    const a = turns.call(() => (order.push('a'), 1));
+    const b = turns.call(() => {
+      order.push('b');
+      throw new Error('b failed');
+    });
+    const c = turns.call(() => (order.push('c'), 3));
+    setImmediate(() => order.push('other work'));
+    await expect(a).resolves.toBe(1);
+    await expect(b).rejects.toThrow('b failed');
+    await expect(c).resolves.toBe(3);
+    expect(turns.stats.turns).toBe(3);
+    expect(order.indexOf('other work')).toBeGreaterThan(0);
+    expect(order.indexOf('other work')).toBeLessThan(3);
   });
 });

@@ -17,7 +17,7 @@ import type { CallGuard } from './auth';
 import { CallAbandoned, hardenService, isMalformed, malformedReason } from './limits';
 import { BatchService } from '../../kms/batch';
 import { describeRuntime, startRuntimeMonitor } from './runtime';
-import { CallTurns } from './turns';
+import { CALL_TURN_BUDGET_MS, Turns } from '../../turns';
 
 /** Actions whose successful calls are logged at debug level and answered without a request id (see unary()). */
 const DATA_PLANE_ACTIONS = new Set(['Encrypt', 'Decrypt', 'GenerateDataKey', 'GenerateDataKeyWithoutPlaintext', 'ReEncrypt', 'EncryptBatch', 'DecryptBatch']);
@@ -97,7 +97,7 @@ export function buildActions(s: GrpcServices): Record<string, Action> {
 }
 
 /** Empty proto3 map fields arrive as {}; the domain treats "no context" and "{}" the same. */
-function unary(name: string, action: Action, log: Logger, guard?: CallGuard, turns?: CallTurns): grpc.handleUnaryCall<unknown, unknown> {
+function unary(name: string, action: Action, log: Logger, guard?: CallGuard, turns?: Turns): grpc.handleUnaryCall<unknown, unknown> {
   guard?.register(name);
   const quiet = DATA_PLANE_ACTIONS.has(name);
   return (call, callback) => {
@@ -272,7 +272,7 @@ export function createServer(s: GrpcServices, opts: { maxMessageBytes?: number }
   const ctor = serviceConstructor('KeyManagementService');
   const actions = s.ceremony ? s.ceremony.wrap(buildActions(s)) : buildActions(s);
   const impl: grpc.UntypedServiceImplementation = {};
-  const turns = new CallTurns();
+  const turns = new Turns(CALL_TURN_BUDGET_MS);
   for (const name of Object.keys(ctor.service)) {
     const action = actions[name];
     if (!action) throw new Error(`no handler for RPC ${name}`);
