@@ -9,10 +9,10 @@
 // slices, one per event-loop turn (src/turns.ts), so large batches arriving together cannot stall the
 // daemon; results are the same as if the items had been checked one after another.
 
-import { DecryptFailedError, HsmError } from '../hsm/errors';
+import { DecryptFailedError } from '../hsm/errors';
 import { Turns } from '../turns';
 import { aadFor, buildHeader, freshIv, parseBlob, validateContext } from './ciphertext';
-import { KmsError, invalid } from './errors';
+import { KmsError, hsmUnavailable, invalid } from './errors';
 import type { GcmItem } from './keyring';
 import type { CmkRow, KeyVersionRow } from '../store/store';
 import { KmsService, MAX_PLAINTEXT_BYTES } from './service';
@@ -59,9 +59,6 @@ export interface BatchResponse<R> {
 }
 
 const EMPTY = { KeyId: '', KeyVersionId: '', Code: '', Message: '' };
-
-/** HSM conditions that mean "the token is not usable" (as the gRPC envelope maps them for unary calls). */
-const UNAVAILABLE = new Set(['CLOSED', 'CKR_DEVICE_REMOVED', 'CKR_TOKEN_NOT_PRESENT', 'CKR_DEVICE_ERROR']);
 
 /** Items checked per event-loop turn (src/turns.ts). */
 const CHUNK = 64;
@@ -218,7 +215,8 @@ export class BatchService {
     if (e instanceof DecryptFailedError) {
       return { Code: 'InvalidCiphertext', Message: 'CiphertextBlob: authentication failed (the blob was altered, or the EncryptionContext differs from the one used to encrypt)' };
     }
-    if (e instanceof HsmError && UNAVAILABLE.has(e.code)) return { Code: 'ServiceUnavailable.Hsm', Message: `the HSM is not available (${e.code})` };
+    const down = hsmUnavailable(e);
+    if (down) return { Code: down.code, Message: down.message };
     const requestId = ctx?.requestId ?? '';
     this.kms.log.error({ requestId, item: index, err: e instanceof Error ? { name: e.name, message: e.message } : String(e) }, 'internal error in a batch item');
     return { Code: 'InternalFailure', Message: `internal error (request id ${requestId}, item ${index})` };

@@ -3,6 +3,8 @@
 // Where Alibaba Cloud KMS has a name for the error we use it; the rest are ours. docs/errors.md
 // mirrors this table (a unit test keeps them in step).
 
+import { HsmError } from '../hsm/errors';
+
 export type Status =
   | 'INVALID_ARGUMENT'
   | 'NOT_FOUND'
@@ -79,3 +81,14 @@ export function invalid(field: string, rule: string): KmsError {
 export function missing(field: string): KmsError {
   return new KmsError('MissingParameter', `${field}: is required`);
 }
+
+/**
+ * HSM conditions that mean "the token is not usable" rather than a bug, as the error a caller gets
+ * (unary calls and batch items alike); null for any other error.
+ */
+export function hsmUnavailable(e: unknown): KmsError | null {
+  if (!(e instanceof HsmError) || !TOKEN_GONE.has(e.code)) return null;
+  return new KmsError('ServiceUnavailable.Hsm', `the HSM is not available (${e.code})`);
+}
+
+const TOKEN_GONE = new Set(['CLOSED', 'CKR_DEVICE_REMOVED', 'CKR_TOKEN_NOT_PRESENT', 'CKR_DEVICE_ERROR']);

@@ -7,8 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
 import { loadApi, serviceConstructor } from '../proto';
-import { KmsError } from '../../kms/errors';
-import { HsmError } from '../../hsm/errors';
+import { KmsError, hsmUnavailable } from '../../kms/errors';
 import type { KmsService, Logger } from '../../kms/service';
 import type { ImportService } from '../../kms/import';
 import type { CallContext } from '../../kms/types';
@@ -39,12 +38,15 @@ const STATUS: Record<KmsError['status'], grpc.status> = {
 
 type Action = (req: never, ctx: CallContext) => unknown;
 
-/** HSM errors that mean "the token is not usable" rather than a bug. */
-function fromHsm(err: HsmError): KmsError | null {
-  if (err.code === 'CLOSED' || err.code === 'CKR_DEVICE_REMOVED' || err.code === 'CKR_TOKEN_NOT_PRESENT' || err.code === 'CKR_DEVICE_ERROR') {
-    return new KmsError('ServiceUnavailable.Hsm', `the HSM is not available (${err.code})`);
-  }
-  return null;
+/** The error a failed action is answered with; `internal` is the cause when it must go to the log. */
+function answerFor(e: unknown, requestId: string): { err: KmsError; internal?: unknown } {
+  if (e instanceof KmsError) return { err: e };
+  return { err: hsmUnavailable(e) ?? new KmsError('InternalFailure', `internal error (request id ${requestId})`), internal: e };
+}
+
+/** Internal details go to the log under the request id, never to the caller. */
+function logInternal(log: Logger, requestId: string, action: string, cause: unknown): void {
+  log.error({ requestId, action, err: cause instanceof Error ? { name: cause.name, message: cause.message, stack: cause.stack } : String(cause) }, 'internal error');
 }
 
 export interface GrpcServices {
@@ -111,10 +113,7 @@ function unary(name: string, action: Action, log: Logger, guard?: CallGuard, tur
     };
     const done = (err: KmsError | null, outcome: string, internal?: unknown) => {
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
-      if (internal !== undefined) {
-        // Internal details go to the log under the request id, never to the caller.
-        log.error({ requestId, action: name, err: internal instanceof Error ? { name: internal.name, message: internal.message, stack: internal.stack } : String(internal) }, 'internal error');
-      }
+      if (internal !== undefined) logInternal(log, requestId, name, internal);
       const entry = { requestId, action: name, principal: ctx.principal, outcome, ms: Math.round(ms * 10) / 10 };
       // Successful data-plane calls are counted by the audit log; one info line each cost ~8% of a
       // unary Encrypt (issue 4 bench), so they log at debug. Failures and control-plane calls at info.
@@ -153,12 +152,8 @@ function unary(name: string, action: Action, log: Logger, guard?: CallGuard, tur
 
     function fail(e: unknown) {
       if (e instanceof CallAbandoned) return done(null, 'Abandoned'); // grpc-js has answered already
-      if (e instanceof KmsError) return done(e, e.code);
-      if (e instanceof HsmError) {
-        const mapped = fromHsm(e);
-        if (mapped) return done(mapped, mapped.code, e);
-      }
-      return done(new KmsError('InternalFailure', `internal error (request id ${requestId})`), 'InternalFailure', e);
+      const { err, internal } = answerFor(e, requestId);
+      done(err, err.code, internal);
     }
   };
 }
@@ -229,13 +224,8 @@ function bidi(name: string, action: Action, log: Logger, guard?: CallGuard): grp
         },
         (e: unknown) => {
           if (e instanceof CallAbandoned) return null;
-          let err: KmsError;
-          if (e instanceof KmsError) err = e;
-          else {
-            const mapped = e instanceof HsmError ? fromHsm(e) : null;
-            err = mapped ?? new KmsError('InternalFailure', `internal error (request id ${requestId})`);
-            log.error({ requestId, action: name, err: e instanceof Error ? { name: e.name, message: e.message, stack: e.stack } : String(e) }, 'internal error');
-          }
+          const { err, internal } = answerFor(e, requestId);
+          if (internal !== undefined) logInternal(log, requestId, name, internal);
           log.info({ requestId, action: name, principal: ctx.principal, outcome: err.code, ms: Math.round(Number(process.hrtime.bigint() - started) / 1e5) / 10 }, 'call');
           return { Results: [], BatchId: batchId, SuccessCount: 0, ErrorCount: 0, Code: err.code, Message: err.message };
         },
