@@ -413,22 +413,17 @@ export class HsmToken {
 
   /** AES-256-GCM inside the token; returns ciphertext || 16-byte tag. */
   encryptGcm(kind: ObjectKind, id: string, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer {
-    return this.withObject(
-      kind,
-      id,
-      (p11, s, h) => {
-        p11.C_EncryptInit(s, this.gcm(iv, aad), h);
-        return p11.C_Encrypt(s, plaintext, Buffer.alloc(plaintext.length + 16));
-      },
-      'C_Encrypt',
-    );
+    return this.withObject(kind, id, (p11, s, h) => this.gcmEncrypt(p11, s, h, iv, aad, plaintext), 'C_Encrypt');
   }
 
+  /** encryptGcm for a key that is not a labelled token object (a transient key, a handle in hand). */
   private encryptGcmHandle(h: Handle, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer {
-    return this.withSession((p11, s) => {
-      p11.C_EncryptInit(s, this.gcm(iv, aad), h);
-      return p11.C_Encrypt(s, plaintext, Buffer.alloc(plaintext.length + 16));
-    }, 'C_Encrypt');
+    return this.withSession((p11, s) => this.gcmEncrypt(p11, s, h, iv, aad, plaintext), 'C_Encrypt');
+  }
+
+  private gcmEncrypt(p11: pkcs11js.PKCS11, s: Handle, h: Handle, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer {
+    p11.C_EncryptInit(s, this.gcm(iv, aad), h);
+    return p11.C_Encrypt(s, plaintext, Buffer.alloc(plaintext.length + 16));
   }
 
   /** AES-256-GCM decrypt inside the token; any authentication failure is one DecryptFailedError. */
