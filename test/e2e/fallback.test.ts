@@ -9,7 +9,7 @@ import { Kmsd, startKmsd } from '../helpers/daemon';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 
-const MODES = [
+const MODES: { name: string; env: Record<string, string>; native: boolean; log: RegExp }[] = [
   { name: 'native addon (default)', env: {}, native: true, log: /native AES-GCM addon loaded/ },
   { name: 'pkcs11js fallback (KMS_NATIVE=0)', env: { KMS_NATIVE: '0' }, native: false, log: /native addon disabled by configuration \(KMS_NATIVE=0\)/ },
 ];

@@ -30,11 +30,11 @@ afterAll(async () => {
   await t?.stop();
 });
 
-function handshake(opts: tls.ConnectionOptions): Promise<{ protocol: string | null; alpn: string | false; closedByServer: boolean; error?: string }> {
+function handshake(opts: tls.ConnectionOptions): Promise<{ protocol: string | null; alpn: string | false | null; closedByServer: boolean; error?: string }> {
   return new Promise((resolve) => {
     const s = tls.connect({ host: '127.0.0.1', port: t.k.port, servername: 'localhost', ca: fs.readFileSync(t.pki.file('ca.crt')), ALPNProtocols: ['h2'], ...opts });
     let protocol: string | null = null;
-    let alpn: string | false = false;
+    let alpn: string | false | null = false;
     s.on('secureConnect', () => {
       protocol = s.getProtocol();
       alpn = s.alpnProtocol;
