@@ -13,6 +13,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Kmsd, listTokenObjects, startKmsd } from '../helpers/daemon';
+import { clientErrorOf } from '../helpers/errors';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 
@@ -224,14 +225,6 @@ describe('host-assisted unwrap not allowed (KMS_ALLOW_HOST_ASSISTED_UNWRAP=0)', 
 });
 
 describe('failed imports per import token', () => {
-  async function refusedCall(k: Kmsd, action: string, req: object): Promise<{ code: string; message: string }> {
-    try {
-      await k.client.call(action, req);
-    } catch (e) {
-      return { code: (e as { code: string }).code, message: (e as Error).message };
-    }
-    throw new Error(`${action} succeeded`);
-  }
   const pkcs1 = (publicKeyB64: string, material: Buffer) =>
     crypto.publicEncrypt({ key: crypto.createPublicKey({ key: Buffer.from(publicKeyB64, 'base64'), format: 'der', type: 'spki' }), padding: crypto.constants.RSA_PKCS1_PADDING }, material).toString('base64');
 
@@ -241,7 +234,7 @@ describe('failed imports per import token', () => {
     const a = (await k.client.call('CreateKey', { Origin: 'EXTERNAL', ProtectionLevel: 'HSM' })).KeyMetadata.KeyId as string;
     const pa = await k.client.call('GetParametersForImport', { KeyId: a, WrappingAlgorithm: 'RSAES_PKCS1_V1_5' });
     for (let i = 1; i <= 9; i++) {
-      const r = await refusedCall(k, 'ImportKeyMaterial', { KeyId: a, EncryptedKeyMaterial: crypto.randomBytes(256).toString('base64'), ImportToken: pa.ImportToken });
+      const r = await clientErrorOf(k.client.call('ImportKeyMaterial', { KeyId: a, EncryptedKeyMaterial: crypto.randomBytes(256).toString('base64'), ImportToken: pa.ImportToken }));
       expect(r.code).toBe('InvalidParameter.EncryptedKeyMaterial');
       expect(r.message).toContain(`failed import ${i} of 10`);
     }
@@ -256,12 +249,12 @@ describe('failed imports per import token', () => {
     expect(tokenPublicKey(k, label)).toBe(pb.PublicKey);
     const good = pkcs1(pb.PublicKey, crypto.randomBytes(32)); // made before the attack, as a captured import would be
     for (let i = 1; i <= 10; i++) {
-      const r = await refusedCall(k, 'ImportKeyMaterial', { KeyId: b, EncryptedKeyMaterial: crypto.randomBytes(256).toString('base64'), ImportToken: pb.ImportToken });
+      const r = await clientErrorOf(k.client.call('ImportKeyMaterial', { KeyId: b, EncryptedKeyMaterial: crypto.randomBytes(256).toString('base64'), ImportToken: pb.ImportToken }));
       expect(r.code).toBe('InvalidParameter.EncryptedKeyMaterial');
       if (i === 10) expect(r.message).toMatch(/wrapping key is now destroyed: call GetParametersForImport/);
     }
     expect(wrapLabels(k).has(label)).toBe(false);
-    const after = await refusedCall(k, 'ImportKeyMaterial', { KeyId: b, EncryptedKeyMaterial: good, ImportToken: pb.ImportToken });
+    const after = await clientErrorOf(k.client.call('ImportKeyMaterial', { KeyId: b, EncryptedKeyMaterial: good, ImportToken: pb.ImportToken }));
     expect(after.code).toBe('Rejected.ImportTokenExpired');
     expect(after.message).toMatch(/wrapping key no longer exists/);
     expect((await k.client.describeKey(b)).KeyMetadata.KeyState).toBe('PendingImport');

@@ -12,7 +12,7 @@ import { spawnSync } from 'node:child_process';
 import Database from 'better-sqlite3';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, describe, expect, it } from 'vitest';
-import { KmsClientError } from '../../src/client/client';
+import { clientErrorOf } from '../helpers/errors';
 import { HsmToken } from '../../src/hsm/token';
 import { ROOT_KEY_ID } from '../../src/kms/keyring';
 import { Kmsd, listTokenObjects, makeTempDir, startKmsd } from '../helpers/daemon';
@@ -28,17 +28,6 @@ afterAll(async () => {
 async function start(): Promise<Kmsd> {
   k = await startKmsd({ dataDir, keep: true });
   return k;
-}
-
-const b64 = (s: string) => Buffer.from(s).toString('base64');
-
-async function errorOf(p: Promise<unknown>): Promise<KmsClientError> {
-  const e = await p.then(
-    () => null,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(KmsClientError);
-  return e as KmsClientError;
 }
 
 interface Blob {
@@ -115,7 +104,7 @@ describe('restart', () => {
     const d = await start();
     expect(await snapshot(d)).toEqual(before);
     expect((await d.client.call('DescribeKey', { KeyId: 'alias/persist/moved' })).KeyMetadata.KeyId).toBe(ids.SOFTWARE);
-    expect((await errorOf(d.client.call('DescribeKey', { KeyId: 'alias/persist/deleted' }))).code).toBe('Forbidden.AliasNotFound');
+    expect((await clientErrorOf(d.client.call('DescribeKey', { KeyId: 'alias/persist/deleted' }))).code).toBe('Forbidden.AliasNotFound');
     const meta = (id: string) => (before[id] as { meta: any }).meta;
     expect(meta(ids.disabled).KeyState).toBe('Disabled');
     expect(meta(ids.pending).KeyState).toBe('PendingDeletion');
@@ -135,16 +124,16 @@ describe('restart', () => {
     }
     // States still enforce, and are reversible after the restart.
     const dis = blobs.find((b) => b.keyId === ids.disabled)!;
-    const e1 = await errorOf(c.decrypt(dis.blob));
+    const e1 = await clientErrorOf(c.decrypt(dis.blob));
     expect(e1.code).toBe('Rejected.Disabled');
     expect(e1.grpcCode).toBe(grpc.status.FAILED_PRECONDITION);
     await c.call('EnableKey', { KeyId: ids.disabled });
     expect((await c.decrypt(dis.blob)).Plaintext.toString()).toBe('disabled data');
     const pen = blobs.find((b) => b.keyId === ids.pending)!;
-    expect((await errorOf(c.decrypt(pen.blob))).code).toBe('Rejected.PendingDeletion');
+    expect((await clientErrorOf(c.decrypt(pen.blob))).code).toBe('Rejected.PendingDeletion');
     await c.call('CancelKeyDeletion', { KeyId: ids.pending });
     expect((await c.decrypt(pen.blob)).Plaintext.toString()).toBe('pending data');
-    expect((await errorOf(c.encrypt(ids.external, Buffer.from('x')))).code).toBe('Rejected.PendingImport');
+    expect((await clientErrorOf(c.encrypt(ids.external, Buffer.from('x')))).code).toBe('Rejected.PendingImport');
     // New work after the restart uses the newest versions.
     const e = await c.encrypt('alias/persist/hsm', Buffer.from('after'));
     expect(e.KeyVersionId).toBe(blobs[1].versionId);
@@ -270,11 +259,11 @@ describe('start-up reconciliation', () => {
     const meta = (await d.client.call('DescribeKey', { KeyId: ids.HSM })).KeyMetadata;
     expect(meta.PrimaryKeyVersion).toBe(victim);
     expect((await d.client.call('ListKeyVersions', { KeyId: ids.HSM })).TotalCount).toBe(2);
-    const e = await errorOf(d.client.encrypt(ids.HSM, Buffer.from('x')));
+    const e = await clientErrorOf(d.client.encrypt(ids.HSM, Buffer.from('x')));
     expect(e.code).toBe('Rejected.KeyMaterialMissing');
     expect(e.grpcCode).toBe(grpc.status.FAILED_PRECONDITION);
     const old = blobs.find((b) => b.versionId === victim)!;
-    expect((await errorOf(d.client.decrypt(old.blob, old.ctx))).code).toBe('Rejected.KeyMaterialMissing');
+    expect((await clientErrorOf(d.client.decrypt(old.blob, old.ctx))).code).toBe('Rejected.KeyMaterialMissing');
     // The first version of the same CMK and the other CMKs are fine.
     const v1 = blobs.find((b) => b.keyId === ids.HSM && b.versionId !== victim)!;
     expect((await d.client.decrypt(v1.blob, v1.ctx)).Plaintext.toString()).toBe(v1.plaintext);

@@ -5,7 +5,7 @@
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
-import { KmsClientError } from '../../src/client/client';
+import { clientErrorOf } from '../helpers/errors';
 import { Kmsd, listTokenObjects, startKmsd } from '../helpers/daemon';
 
 let k: Kmsd;
@@ -28,15 +28,6 @@ async function versions(id: string): Promise<string[]> {
   const r = await k.client.call('ListKeyVersions', { KeyId: id, PageSize: 100 });
   expect(r.KeyVersions).toHaveLength(r.TotalCount);
   return r.KeyVersions.map((v: any) => v.KeyVersionId);
-}
-
-async function errorOf(p: Promise<unknown>): Promise<KmsClientError> {
-  const e = await p.then(
-    () => null,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(KmsClientError);
-  return e as KmsClientError;
 }
 
 /** Polls DescribeKey until pred holds or the timeout passes; returns the last metadata. */
@@ -92,7 +83,7 @@ describe('CreateKeyVersion', () => {
   it('is refused for a Disabled CMK (Rejected.Disabled) and an EXTERNAL CMK (Rejected.ExternalKey), state unchanged', async () => {
     const m = (await k.client.call('CreateKey', {})).KeyMetadata;
     await k.client.call('DisableKey', { KeyId: m.KeyId });
-    const e = await errorOf(k.client.call('CreateKeyVersion', { KeyId: m.KeyId }));
+    const e = await clientErrorOf(k.client.call('CreateKeyVersion', { KeyId: m.KeyId }));
     expect(e.code).toBe('Rejected.Disabled');
     expect(e.grpcCode).toBe(grpc.status.FAILED_PRECONDITION);
     expect(await versions(m.KeyId)).toEqual([m.PrimaryKeyVersion]);
@@ -181,7 +172,7 @@ describe('automatic rotation', () => {
     ];
     const total = (await k.client.call('ListKeys', {})).TotalCount;
     for (const [req, code, msg] of cases) {
-      const e = await errorOf(k.client.call('CreateKey', req));
+      const e = await clientErrorOf(k.client.call('CreateKey', req));
       expect(e.code, JSON.stringify(req)).toBe(code);
       expect(e.message).toMatch(msg);
     }

@@ -12,8 +12,6 @@
 // failure is the one UnwrapFailedError; nothing is left behind in the token.
 
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
 import * as pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
@@ -31,6 +29,7 @@ import {
   type WrappingAlgorithm,
 } from '../../src/hsm/unwrap.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../helpers/softhsm-token.js';
+import { loadWycheproof } from '../helpers/wycheproof.js';
 
 // ---------------------------------------------------------------------------------------------
 // Vector files
@@ -70,13 +69,6 @@ interface KwpGroup {
   tests: KwpTest[];
 }
 
-interface VectorFile<G> {
-  algorithm: string;
-  schema: string;
-  numberOfTests: number;
-  testGroups: G[];
-}
-
 const RSA_FILES: ReadonlyArray<{ file: string; algorithm: WrappingAlgorithm; schema: string; sha?: string }> = [
   { file: 'rsa_oaep_2048_sha1_mgf1sha1_test.json', algorithm: 'RSAES_OAEP_SHA_1', schema: 'rsaes_oaep_decrypt_schema_v1.json', sha: 'SHA-1' },
   { file: 'rsa_oaep_2048_sha256_mgf1sha256_test.json', algorithm: 'RSAES_OAEP_SHA_256', schema: 'rsaes_oaep_decrypt_schema_v1.json', sha: 'SHA-256' },
@@ -85,26 +77,6 @@ const RSA_FILES: ReadonlyArray<{ file: string; algorithm: WrappingAlgorithm; sch
   { file: 'rsa_pkcs1_2048_test.json', algorithm: 'RSAES_PKCS1_V1_5', schema: 'rsaes_pkcs1_decrypt_schema_v1.json' },
 ];
 const KWP_FILE = 'aes_kwp_test.json';
-
-/** WYCHEPROOF_DIR, else the first known location (missing vectors fail the run, never skip it). */
-function vectorDir(): string {
-  const candidates = [
-    process.env['WYCHEPROOF_DIR'],
-    path.resolve('test/vectors/wycheproof'),
-    path.resolve('vectors/wycheproof'),
-    path.resolve('../shared/vectors/wycheproof'),
-    '/work/shared/vectors/wycheproof',
-  ].filter((p): p is string => typeof p === 'string' && p.length > 0);
-  const found = candidates.find((dir) => fs.existsSync(path.join(dir, KWP_FILE)));
-  if (found === undefined) throw new Error(`Wycheproof vectors not found; set WYCHEPROOF_DIR (looked in ${candidates.join(', ')})`);
-  return found;
-}
-
-function loadVectors<G>(name: string, schema: string): VectorFile<G> {
-  const file = JSON.parse(fs.readFileSync(path.join(vectorDir(), name), 'utf8')) as VectorFile<G>;
-  if (file.schema !== schema || !Array.isArray(file.testGroups)) throw new Error(`${name}: unexpected schema ${String(file.schema)}`);
-  return file;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Expectations and bookkeeping
@@ -304,7 +276,7 @@ describe('HsmToken.importWrappingPrivateKey', () => {
 // padding check failed"). The results for the vectors must not depend on that.
 const RSA_VECTORS = new Map(
   RSA_FILES.map((spec) => {
-    const vectors = loadVectors<RsaGroup>(spec.file, spec.schema);
+    const vectors = loadWycheproof<RsaGroup>(spec.file, spec.schema);
     const keys = vectors.testGroups.map((g) => crypto.createPrivateKey({ key: Buffer.from(g.privateKeyPkcs8, 'hex'), format: 'der', type: 'pkcs8' }));
     return [spec.file, { vectors, keys }] as const;
   }),
@@ -415,7 +387,7 @@ describe('Wycheproof RSA vectors through unwrapKeyMaterial', () => {
 // AES-KWP: the second half of RSA_AES_KEY_WRAP_*
 
 describe('Wycheproof AES-KWP vectors through the composed RSA + AES-KWP paths', () => {
-  const vectors = loadVectors<KwpGroup>(KWP_FILE, 'keywrap_test_schema_v1.json');
+  const vectors = loadWycheproof<KwpGroup>(KWP_FILE, 'keywrap_test_schema_v1.json');
   // One generated wrapping key: the RSA half is ours, the AES-KWP half is the vector's.
   const wrapping = crypto.generateKeyPairSync('rsa', { modulusLength: 2048, publicExponent: 0x10001 });
 

@@ -6,8 +6,6 @@
 // logs in; the addon shares that module instance and login.
 
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
 import * as pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
@@ -23,6 +21,7 @@ import {
   type NativeItem,
 } from '../../src/hsm/native-addon.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../helpers/softhsm-token.js';
+import { loadWycheproof } from '../helpers/wycheproof.js';
 
 const THREADS = 2;
 
@@ -49,26 +48,8 @@ interface GcmGroup {
   tests: GcmVector[];
 }
 
-function vectorFile(): string {
-  const candidates = [
-    process.env['WYCHEPROOF_DIR'],
-    path.resolve('test/vectors/wycheproof'),
-    path.resolve('vectors/wycheproof'),
-    '/work/shared/vectors/wycheproof',
-  ].filter((p): p is string => typeof p === 'string' && p.length > 0);
-  const found = candidates.find((dir) => fs.existsSync(path.join(dir, 'aes_gcm_test.json')));
-  if (found === undefined) {
-    throw new Error(`Wycheproof vectors not found; set WYCHEPROOF_DIR (looked in ${candidates.join(', ')})`);
-  }
-  return path.join(found, 'aes_gcm_test.json');
-}
-
 function loadGcmVectors(): GcmVector[] {
-  const file = JSON.parse(fs.readFileSync(vectorFile(), 'utf8')) as { schema: string; testGroups: GcmGroup[] };
-  if (file.schema !== 'aead_test_schema_v1.json' || !Array.isArray(file.testGroups)) {
-    throw new Error(`aes_gcm_test.json: unexpected schema ${String(file.schema)}`);
-  }
-  return file.testGroups
+  return loadWycheproof<GcmGroup>('aes_gcm_test.json', 'aead_test_schema_v1.json').testGroups
     .filter((g) => g.keySize === 256 && g.ivSize === 96 && g.tagSize === 128)
     .flatMap((g) => g.tests);
 }

@@ -4,11 +4,10 @@
 // EM = c^d mod n, k bytes. The test then checks the host's half, oaepDecode.
 
 import crypto from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { OaepDecodingError, oaepDecode, type OaepHash } from '../../src/hsm/rsa-oaep.js';
+import { loadWycheproof } from '../helpers/wycheproof.js';
 
 // ---------------------------------------------------------------------------------------------
 // Wycheproof vector files (rsaes_oaep_decrypt_schema_v1.json)
@@ -34,46 +33,12 @@ interface OaepTestGroup {
   tests: OaepTestVector[];
 }
 
-interface OaepTestFile {
-  algorithm: string;
-  schema: string;
-  numberOfTests: number;
-  testGroups: OaepTestGroup[];
-}
-
 const VECTOR_FILES = [
   'rsa_oaep_2048_sha1_mgf1sha1_test.json',
   'rsa_oaep_2048_sha256_mgf1sha256_test.json',
   'rsa_oaep_3072_sha256_mgf1sha256_test.json',
   'rsa_oaep_4096_sha256_mgf1sha256_test.json',
 ] as const;
-
-/**
- * The vector directory: WYCHEPROOF_DIR, else the first known location that exists (paths relative
- * to the project root, where vitest runs). Missing vectors fail the run; they are never skipped.
- */
-function vectorDir(): string {
-  const candidates = [
-    process.env['WYCHEPROOF_DIR'],
-    path.resolve('test/vectors/wycheproof'),
-    path.resolve('vectors/wycheproof'),
-    '/work/shared/vectors/wycheproof',
-  ].filter((p): p is string => typeof p === 'string' && p.length > 0);
-  const found = candidates.find((dir) => fs.existsSync(path.join(dir, VECTOR_FILES[0])));
-  if (found === undefined) {
-    throw new Error(`Wycheproof vectors not found; set WYCHEPROOF_DIR (looked in ${candidates.join(', ')})`);
-  }
-  return found;
-}
-
-function loadVectorFile(dir: string, name: string): OaepTestFile {
-  const parsed: unknown = JSON.parse(fs.readFileSync(path.join(dir, name), 'utf8'));
-  const file = parsed as OaepTestFile;
-  if (file.schema !== 'rsaes_oaep_decrypt_schema_v1.json' || !Array.isArray(file.testGroups)) {
-    throw new Error(`${name}: unexpected schema ${String(file.schema)}`);
-  }
-  return file;
-}
 
 function hashName(wycheproofSha: string): OaepHash {
   switch (wycheproofSha) {
@@ -164,11 +129,9 @@ interface FileSummary {
 const summaries = new Map<string, FileSummary>();
 
 describe('oaepDecode against Wycheproof', () => {
-  const dir = vectorDir();
-
   for (const fileName of VECTOR_FILES) {
     describe(fileName, () => {
-      const file = loadVectorFile(dir, fileName);
+      const file = loadWycheproof<OaepTestGroup>(fileName, 'rsaes_oaep_decrypt_schema_v1.json');
       const summary: FileSummary = {
         valid: 0,
         invalid: 0,
