@@ -71,13 +71,31 @@ function readFile(name: string, file: string): Buffer {
   }
 }
 
+function alreadyThere(name: string, file: string): CeremonyUsageError {
+  return new CeremonyUsageError(`--${name}: ${file} already exists; refusing to overwrite`);
+}
+
+/** Refuses an output file that exists before any call is made (writeNew checks again when writing). */
+function refuseExisting(name: string, file: string | undefined): void {
+  if (file && fs.existsSync(file)) throw alreadyThere(name, file);
+}
+
 function writeNew(name: string, file: string, data: string | Buffer): void {
   try {
     fs.writeFileSync(file, data, { flag: 'wx', mode: 0o644 });
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new CeremonyUsageError(`--${name}: ${file} already exists; refusing to overwrite`);
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw alreadyThere(name, file);
     throw e;
   }
+}
+
+/** --OutputFile of CreateProposal and GetProposal: the document's exact bytes, the ones custodians sign. */
+function saveDocument(res: Record<string, unknown>, outputFile: string | undefined): Record<string, unknown> {
+  if (outputFile) {
+    writeNew('OutputFile', outputFile, Buffer.from(res.Document as string, 'base64'));
+    res.DocumentFile = outputFile;
+  }
+  return res;
 }
 
 /** "alice=alice.pub,bob=bob.pub" → [[alice, PEM text], ...] */
@@ -171,7 +189,7 @@ async function dispatch(action: string, m: Map<string, string>, client: KmsdClie
       const requester = take(m, 'Requester');
       const expires = int('ExpiresInSeconds', take(m, 'ExpiresInSeconds'));
       const outputFile = take(m, 'OutputFile');
-      if (outputFile && fs.existsSync(outputFile)) throw new CeremonyUsageError(`--OutputFile: ${outputFile} already exists; refusing to overwrite`);
+      refuseExisting('OutputFile', outputFile);
       const params: Record<string, string> = {};
       for (const [k, val] of m) params[k] = val;
       if (target === 'SetCustodians' && params.Custodians) {
@@ -180,24 +198,14 @@ async function dispatch(action: string, m: Map<string, string>, client: KmsdClie
           .join(',');
       }
       if (target === 'SetQuorumPolicy' && params.Policy?.startsWith('@')) params.Policy = readFile('Policy', params.Policy.slice(1)).toString('utf8');
-      const res = (await client.call('CreateProposal', { Action: target, Parameters: params, Requester: requester ?? '', ExpiresInSeconds: expires ?? 0 })) as Record<string, unknown>;
-      if (outputFile) {
-        writeNew('OutputFile', outputFile, Buffer.from(res.Document as string, 'base64'));
-        res.DocumentFile = outputFile;
-      }
-      return res;
+      return saveDocument((await client.call('CreateProposal', { Action: target, Parameters: params, Requester: requester ?? '', ExpiresInSeconds: expires ?? 0 })) as Record<string, unknown>, outputFile);
     }
     case 'GetProposal': {
       const id = take(m, 'ProposalId', true);
       const outputFile = take(m, 'OutputFile');
       noneLeft(action, m);
-      if (outputFile && fs.existsSync(outputFile)) throw new CeremonyUsageError(`--OutputFile: ${outputFile} already exists; refusing to overwrite`);
-      const res = (await client.call('GetProposal', { ProposalId: id })) as Record<string, unknown>;
-      if (outputFile) {
-        writeNew('OutputFile', outputFile, Buffer.from(res.Document as string, 'base64'));
-        res.DocumentFile = outputFile;
-      }
-      return res;
+      refuseExisting('OutputFile', outputFile);
+      return saveDocument((await client.call('GetProposal', { ProposalId: id })) as Record<string, unknown>, outputFile);
     }
     case 'SignProposal': {
       const id = take(m, 'ProposalId', true);
@@ -223,7 +231,7 @@ async function dispatch(action: string, m: Map<string, string>, client: KmsdClie
     case 'ExportAudit': {
       const outputFile = take(m, 'OutputFile', true);
       noneLeft(action, m);
-      if (fs.existsSync(outputFile)) throw new CeremonyUsageError(`--OutputFile: ${outputFile} already exists; refusing to overwrite`);
+      refuseExisting('OutputFile', outputFile);
       const lines: string[] = [];
       let header = '';
       let after = 0;
