@@ -99,7 +99,7 @@ export function buildActions(s: GrpcServices): Record<string, Action> {
 }
 
 /** Empty proto3 map fields arrive as {}; the domain treats "no context" and "{}" the same. */
-function unary(name: string, action: Action, log: Logger, guard?: CallGuard, turns?: Turns): grpc.handleUnaryCall<unknown, unknown> {
+function unary(name: string, action: Action, log: Logger, turns: Turns, guard?: CallGuard): grpc.handleUnaryCall<unknown, unknown> {
   guard?.register(name);
   const quiet = DATA_PLANE_ACTIONS.has(name);
   return (call, callback) => {
@@ -147,8 +147,7 @@ function unary(name: string, action: Action, log: Logger, guard?: CallGuard, tur
         (e) => fail(e),
       );
     };
-    if (turns) turns.run(start);
-    else start();
+    turns.run(start);
 
     function fail(e: unknown) {
       if (e instanceof CallAbandoned) return done(null, 'Abandoned'); // grpc-js has answered already
@@ -267,7 +266,7 @@ export function createServer(s: GrpcServices, opts: { maxMessageBytes?: number }
     const action = actions[name];
     if (!action) throw new Error(`no handler for RPC ${name}`);
     const m = ctor.service[name];
-    impl[name] = m.requestStream && m.responseStream ? bidi(name, action, s.log, s.security) : unary(name, action, s.log, s.security, turns);
+    impl[name] = m.requestStream && m.responseStream ? bidi(name, action, s.log, s.security) : unary(name, action, s.log, turns, s.security);
   }
   startRuntimeMonitor();
   server.addService(hardenService(ctor.service), impl);
@@ -276,7 +275,7 @@ export function createServer(s: GrpcServices, opts: { maxMessageBytes?: number }
     const extraImpl: grpc.UntypedServiceImplementation = {};
     for (const name of Object.keys(c.service)) {
       if (!extra.actions[name]) throw new Error(`no handler for RPC ${extra.name}.${name}`);
-      extraImpl[name] = unary(name, extra.actions[name], s.log, s.security, turns);
+      extraImpl[name] = unary(name, extra.actions[name], s.log, turns, s.security);
     }
     server.addService(hardenService(c.service), extraImpl);
   }
