@@ -94,7 +94,9 @@ KMS_MIN_ROTATION_INTERVAL_SECONDS.
 
 With --pkcs11-module, --token-label and --pin-file kmsd uses that existing token and never initializes
 one. With none of them it creates (once) a development SoftHSM token under DATA_DIR/softhsm.
-Listening on a non-loopback address requires TLS.`;
+Listening on a non-loopback address requires TLS.
+One kmsd per data directory: DATA_DIR/kmsd.lock holds its pid; a lock whose process is gone is
+taken over.`;
 
 function intSetting(name: string, raw: unknown, min: number, max: number): number {
   const n = typeof raw === 'number' ? raw : Number(raw);
