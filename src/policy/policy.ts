@@ -262,7 +262,11 @@ export class Policy {
     const via: string[] = [];
     for (const res of req.resources) {
       const gr = mine.find((x) => grantCovers(x, res));
-      if (!gr) return { allowed: false, reason: `no grant covers ${describeResource(res)}` };
+      if (!gr) {
+        // Named by key id (or by a ciphertext) where the caller holds alias grants: say how those apply.
+        const hint = res.alias === undefined && !res.unknown && mine.some((x) => x.aliases.length > 0) ? ' (grants on aliases cover only calls that name the CMK by a matching alias; for a ciphertext, in KeyId)' : '';
+        return { allowed: false, reason: `no grant covers ${describeResource(res)}${hint}` };
+      }
       via.push(gr.id);
     }
     return { allowed: true, via: `grant:${[...new Set(via)].join(',')}` };

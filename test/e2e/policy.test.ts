@@ -97,8 +97,14 @@ describe('grants', () => {
     // An alias no grant matches widens nothing.
     await admin.call('CreateAlias', { AliasName: 'alias/unrelated-x', KeyId: keys.secret });
     expect((await t.call('AuditService', 'admin', 'ListAuditEvents', { Action: 'GrantWidened', KeyId: keys.secret })).TotalCount).toBe(1);
-    await admin.call('DeleteAlias', { AliasName: 'alias/app-1-x' });
+    // Re-pointed elsewhere, the alias widens the grant to the new CMK and no longer opens SECRET's ciphertexts.
+    await admin.call('UpdateAlias', { AliasName: 'alias/app-1-x', KeyId: keys.other });
+    const moved = await t.call('AuditService', 'admin', 'ListAuditEvents', { Action: 'GrantWidened', KeyId: keys.other });
+    expect(moved.Events.map((e: { Details: string }) => JSON.parse(e.Details))).toEqual([{ AliasName: 'alias/app-1-x', By: 'UpdateAlias', Grants: ['app-1-aliases'] }]);
     await denied(app1.decrypt(blob, undefined, 'alias/app-1-x'), 'app-1', 'Decrypt');
+    await admin.call('DeleteAlias', { AliasName: 'alias/app-1-x' });
+    // The log says why a ciphertext alone is not enough.
+    expect(t.k.logs()).toContain('grants on aliases cover only calls that name the CMK by a matching alias; for a ciphertext, in KeyId');
   });
 
   it('refuse the same actions on other keys, whether or not they exist', async () => {
