@@ -41,7 +41,7 @@ export function validate(configFile: string) {
     backup = readSplitPlan(backupCfg);
     backupCfg.done();
   }
-  const requester = c.str('Requester', { re: /^[A-Za-z0-9._@-]{1,64}$/, rule: 'must be 1 to 64 of A-Z, a-z, 0-9, . _ @ -' });
+  const requester = c.str('Requester', { re: /^[A-Za-z0-9._-]{1,64}$/, rule: 'must be 1 to 64 of A-Z, a-z, 0-9, . _ - (no @: kmsd writes the requester as Requester@caller)' });
   const ttl = c.int('ProposalExpiresInSeconds', 0, 7 * 86400, 0);
   const outputDir = c.outputDir('OutputDir');
   c.done();

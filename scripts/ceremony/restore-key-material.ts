@@ -58,7 +58,7 @@ export function validate(configFile: string) {
   const alg = c.oneOf('WrappingAlgorithm', WRAPPING_ALGORITHMS, 'RSAES_OAEP_SHA_256');
   const spec = c.oneOf('WrappingKeySpec', ['RSA_2048', 'RSA_3072', 'RSA_4096'] as const, 'RSA_2048');
   const expireUnix = c.int('KeyMaterialExpireUnix', 0, 2 ** 40, 0);
-  const requester = c.str('Requester', { re: /^[A-Za-z0-9._@-]{1,64}$/, rule: 'must be 1 to 64 of A-Z, a-z, 0-9, . _ @ -' });
+  const requester = c.str('Requester', { re: /^[A-Za-z0-9._-]{1,64}$/, rule: 'must be 1 to 64 of A-Z, a-z, 0-9, . _ - (no @: kmsd writes the requester as Requester@caller)' });
   const ttl = c.int('ProposalExpiresInSeconds', 0, 7 * 86400, 0);
   const outputDir = c.outputDir('OutputDir');
   c.done();

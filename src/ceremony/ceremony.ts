@@ -14,7 +14,7 @@ import { KmsError, invalid, missing } from '../kms/errors';
 import * as v from '../kms/validate';
 import type { CallContext } from '../kms/types';
 import { CustodianKey, custodianId, parseCustodianKey, parseCustodianList, publicKeyPem, validateSet } from './custodians';
-import { DEFAULT_POLICY, QuorumPolicy, isGuardable, isGuarded, parsePolicy } from './policy';
+import { DEFAULT_POLICY, QuorumPolicy, REVERSES, guardReason, isGuardable, parsePolicy } from './policy';
 import { DOCUMENT_FORMAT, renderDocument, sha256Hex, verifyEd25519 } from './document';
 import { ActionTargets, KEY_ACTIONS, isKeyAction, prepareKeyAction, runKeyAction, scrubbedParameters } from './actions';
 
@@ -45,7 +45,8 @@ type CeremonyAction = (typeof CEREMONY_ACTIONS)[number];
 
 export const PROPOSABLE_ACTIONS = [...Object.keys(KEY_ACTIONS), ...CEREMONY_ACTIONS];
 
-const REQUESTER_RE = /^[A-Za-z0-9._@-]{1,64}$/;
+// No "@": it separates the declared name from the caller in the requester identity.
+const REQUESTER_RE = /^[A-Za-z0-9._-]{1,64}$/;
 const SIGNATURE_RE = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 
 type ViewState = 'Open' | 'Expired' | 'Cancelled' | 'Executed';
@@ -61,12 +62,25 @@ export function peerHost(principal: string): string {
   return m ? m[1] : p;
 }
 
-/** Who asked: the declared Requester name at the caller's host (or only the host). */
+/**
+ * The caller, for proposal ownership and usage counters: the exact principal of a client
+ * certificate, or the host of the gRPC peer when there is none (plaintext on loopback).
+ */
+export function callerOf(ctx: CallContext): string {
+  return ctx.authenticated ? ctx.principal : peerHost(ctx.principal);
+}
+
+/**
+ * Who asked: `Requester@caller`, or the caller alone. One string per (Requester, caller) pair and
+ * back: a Requester has no "@", so the first "@" ends it, and a caller with an "@" of its own is
+ * written "@caller" when no Requester is given. Two principals never share an identity, whatever
+ * names they choose.
+ */
 export function requesterIdentity(ctx: CallContext, declared: string | undefined): string {
-  const host = peerHost(ctx.principal);
-  if (!declared) return host;
-  if (!REQUESTER_RE.test(declared)) throw invalid('Requester', 'must be 1 to 64 of A-Z, a-z, 0-9, ".", "_", "@", "-"');
-  return `${declared}@${host}`;
+  const caller = callerOf(ctx);
+  if (!declared) return caller.includes('@') ? `@${caller}` : caller;
+  if (!REQUESTER_RE.test(declared)) throw invalid('Requester', 'must be 1 to 64 of A-Z, a-z, 0-9, ".", "_", "-" ("@" is not allowed: it separates the requester from the caller)');
+  return `${declared}@${caller}`;
 }
 
 export class Ceremony {
@@ -120,12 +134,15 @@ export class Ceremony {
   checkDirect(action: string, req: { KeyId?: string }): void {
     if (!this.initialized() || !isGuardable(action)) return;
     const row = this.targets.kms.resolve('KeyId', req.KeyId);
-    if (!isGuarded(this.policy(), action, row)) return;
+    const why = guardReason(this.policy(), action, row);
+    if (!why) return;
     const m = this.store.threshold();
     const n = this.store.activeCustodians().length;
     throw new KmsError(
       'Rejected.QuorumRequired',
-      `${action} on ${row.protection_level} CMK ${row.key_id} needs the approval of ${m} of ${n} custodians: ` +
+      `${action} on ${row.protection_level} CMK ${row.key_id} needs the approval of ${m} of ${n} custodians` +
+        (why === 'reverse' ? ` (it undoes ${REVERSES[action as keyof typeof REVERSES]}, which is guarded)` : '') +
+        ': ' +
         `kmsctl CreateProposal --Action ${action} --KeyId ${row.key_id} [its other parameters], then ${m} custodians sign the Document ` +
         `and call ApproveProposal, then kmsctl ExecuteProposal --ProposalId <id> (docs/ceremony.md)`,
     );

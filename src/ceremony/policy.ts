@@ -1,6 +1,8 @@
 // The quorum policy: which actions need M-of-N custodian approval, globally and per CMK. It applies
 // only once a ceremony is initialized; a daemon without custodians guards nothing. Changes to the
 // custodian set, the threshold or this policy are always guarded (they exist only as proposals).
+// The reverse of a guarded action (EnableKey of DisableKey, CancelKeyDeletion of
+// ScheduleKeyDeletion) is guarded too unless the policy says otherwise.
 
 import { invalid } from '../kms/errors';
 
@@ -23,6 +25,20 @@ export interface QuorumPolicy {
   ProtectionLevels: ('HSM' | 'SOFTWARE')[];
   /** Per CMK: this list replaces the global rule for that CMK (an empty list guards nothing on it). */
   Keys: Record<string, GuardableAction[]>;
+  /** Reverses that stay direct although the action they undo is guarded (absent: none). */
+  UnguardedReverses?: ReverseAction[];
+}
+
+/**
+ * Actions that undo another one. Where the action is guarded its reverse is guarded too, unless the
+ * policy lists the reverse in UnguardedReverses: otherwise one caller could undo at once what M
+ * custodians approved (a DisableKey proposal undone by a direct EnableKey).
+ */
+export const REVERSES = { EnableKey: 'DisableKey', CancelKeyDeletion: 'ScheduleKeyDeletion' } as const satisfies Partial<Record<GuardableAction, GuardableAction>>;
+export type ReverseAction = keyof typeof REVERSES;
+
+function isReverse(action: string): action is ReverseAction {
+  return Object.prototype.hasOwnProperty.call(REVERSES, action);
 }
 
 export const DEFAULT_POLICY: QuorumPolicy = {
@@ -35,11 +51,24 @@ export function isGuardable(action: string): action is GuardableAction {
   return (GUARDABLE_ACTIONS as readonly string[]).includes(action);
 }
 
-export function isGuarded(policy: QuorumPolicy, action: string, cmk: { key_id: string; protection_level: string }): boolean {
-  if (!isGuardable(action)) return false;
+/** The actions guarded on this CMK as the policy lists them (per CMK, or the global rule). */
+function listedFor(policy: QuorumPolicy, cmk: { key_id: string; protection_level: string }): GuardableAction[] {
   const perKey = policy.Keys[cmk.key_id];
-  if (perKey) return perKey.includes(action);
-  return policy.GuardedActions.includes(action) && (policy.ProtectionLevels as string[]).includes(cmk.protection_level);
+  if (perKey) return perKey;
+  return (policy.ProtectionLevels as string[]).includes(cmk.protection_level) ? policy.GuardedActions : [];
+}
+
+/** Why an action is guarded on this CMK: listed, or the reverse of a listed action; null when it is not. */
+export function guardReason(policy: QuorumPolicy, action: string, cmk: { key_id: string; protection_level: string }): 'listed' | 'reverse' | null {
+  if (!isGuardable(action)) return null;
+  const listed = listedFor(policy, cmk);
+  if (listed.includes(action)) return 'listed';
+  if (isReverse(action) && listed.includes(REVERSES[action]) && !(policy.UnguardedReverses ?? []).includes(action)) return 'reverse';
+  return null;
+}
+
+export function isGuarded(policy: QuorumPolicy, action: string, cmk: { key_id: string; protection_level: string }): boolean {
+  return guardReason(policy, action, cmk) !== null;
 }
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -54,7 +83,7 @@ export function parsePolicy(field: string, json: string | undefined): QuorumPoli
   }
   if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw invalid(field, 'must be a JSON object');
   const o = raw as Record<string, unknown>;
-  for (const k of Object.keys(o)) if (!['GuardedActions', 'ProtectionLevels', 'Keys'].includes(k)) throw invalid(field, `unknown member "${k}"`);
+  for (const k of Object.keys(o)) if (!['GuardedActions', 'ProtectionLevels', 'Keys', 'UnguardedReverses'].includes(k)) throw invalid(field, `unknown member "${k}"`);
   const actions = (name: string, v: unknown): GuardableAction[] => {
     if (!Array.isArray(v)) throw invalid(field, `${name} must be an array of action names`);
     for (const a of v) if (typeof a !== 'string' || !isGuardable(a)) throw invalid(field, `${name}: "${String(a)}" is not a guardable action (${GUARDABLE_ACTIONS.join(', ')})`);
@@ -70,5 +99,16 @@ export function parsePolicy(field: string, json: string | undefined): QuorumPoli
       keys[id] = actions(`Keys.${id}`, list);
     }
   }
-  return { GuardedActions: actions('GuardedActions', o.GuardedActions ?? []), ProtectionLevels: [...new Set(levels as ('HSM' | 'SOFTWARE')[])].sort(), Keys: keys };
+  let unguarded: ReverseAction[] = [];
+  if (o.UnguardedReverses !== undefined) {
+    const list = o.UnguardedReverses;
+    if (!Array.isArray(list) || list.some((a) => typeof a !== 'string' || !isReverse(a))) {
+      throw invalid(field, `UnguardedReverses must be an array of ${Object.keys(REVERSES).join(', ')} (reverses that stay direct when the action they undo is guarded)`);
+    }
+    unguarded = [...new Set(list as ReverseAction[])].sort();
+  }
+  const policy: QuorumPolicy = { GuardedActions: actions('GuardedActions', o.GuardedActions ?? []), ProtectionLevels: [...new Set(levels as ('HSM' | 'SOFTWARE')[])].sort(), Keys: keys };
+  // Only when given, so that a policy without the opt-out reads as before.
+  if (unguarded.length) policy.UnguardedReverses = unguarded;
+  return policy;
 }

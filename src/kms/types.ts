@@ -37,4 +37,6 @@ export interface KeyVersion {
 export interface CallContext {
   requestId: string;
   principal: string;
+  /** True when principal is a verified client certificate identity; otherwise it is the gRPC peer address or anonymous. */
+  authenticated?: boolean;
 }

@@ -16,7 +16,11 @@
 //   }
 //
 // Patterns: "*" matches any run of characters (including "/"); everything else is literal and
-// case-sensitive. Deny by default: a call is allowed only when a role or a grant allows the action
+// case-sensitive. A principal pattern matches one kind of principal only: "uri:PATTERN" or a pattern
+// that starts with a URI scheme ("spiffe://corp/*") matches URI SAN principals; "cn:PATTERN" or a
+// plain name (no ":", not starting with "*") matches subject CN principals; "anonymous" matches
+// callers without a certificate. Anything else ("*", "*-admin") is refused as ambiguous. A key
+// pattern on aliases ("alias/app-*") matches only the alias the caller named, never a key id. Deny by default: a call is allowed only when a role or a grant allows the action
 // on every CMK the request names. A grant with encryptionContext conditions applies only to calls
 // whose EncryptionContext holds every listed key with a matching value.
 
@@ -54,16 +58,38 @@ export interface KeyResource {
   ref: string;
   /** The CMK id, when the reference is a key id or an existing alias. */
   keyId?: string;
-  /** Alias names of the CMK (and the alias given, even if it does not exist). */
-  aliases: string[];
+  /**
+   * The alias the caller named for this CMK (it need not exist). Alias patterns of grants match this
+   * only: an alias an admin adds to some CMK later does not extend a grant to that CMK's key id.
+   */
+  alias?: string;
   /** The EncryptionContext that goes with this CMK in the request (Encrypt, Decrypt, ...). */
   context?: Record<string, string>;
   /** True when the request names a CMK the daemon cannot work out (a malformed ciphertext). */
   unknown?: boolean;
 }
 
+/** What kind of name a principal is: a certificate's URI SAN, its subject CN, or no certificate. */
+export type PrincipalKind = 'uri' | 'cn' | 'anonymous';
+
+export interface Principal {
+  kind: PrincipalKind;
+  name: string;
+}
+
+/** The name of callers that present no certificate (plaintext on loopback, TLS without a client CA). */
+export const ANONYMOUS = 'anonymous';
+
+/**
+ * A name that starts like a URI (RFC 3986 scheme, then ":"). A CN of this shape is never taken as an
+ * identity, so that no CN can pass for a URI SAN, and a URI SAN must have this shape.
+ */
+export function isUriShaped(s: string): boolean {
+  return /^[A-Za-z][A-Za-z0-9+.-]*:/.test(s);
+}
+
 export interface AccessRequest {
-  principal: string;
+  principal: Principal;
   action: string;
   /** The CMKs the request is about; empty for actions on the service as a whole. */
   resources: KeyResource[];
@@ -96,32 +122,84 @@ class Pattern {
   }
 }
 
+/** A principal pattern bound to the one kind of principal it can match. */
+class PrincipalPattern {
+  private readonly pattern: Pattern;
+  constructor(
+    readonly kind: PrincipalKind,
+    body: string,
+  ) {
+    this.pattern = new Pattern(body);
+  }
+  test(p: Principal): boolean {
+    return p.kind === this.kind && this.pattern.test(p.name);
+  }
+}
+
+/** Whether some URI-shaped name matches this pattern (its text before the first "*" must allow it). */
+function canMatchUri(pattern: string): boolean {
+  if (!pattern.includes('*')) return isUriShaped(pattern);
+  return /^(?:[A-Za-z][A-Za-z0-9+.-]*(?::[\s\S]*)?)?$/.test(pattern.split('*')[0]);
+}
+
+/** Which kind of principal a pattern names, or why it cannot be told or can never match. */
+export function classifyPrincipalPattern(text: string): { kind: PrincipalKind; body: string } | { problem: string } {
+  if (text === ANONYMOUS) return { kind: 'anonymous', body: text };
+  const explicit = /^(uri|cn):/.exec(text);
+  if (explicit) {
+    const kind = explicit[1] as 'uri' | 'cn';
+    const body = text.slice(explicit[0].length);
+    if (!body) return { problem: `"${text}" has an empty pattern after "${kind}:"` };
+    if (kind === 'uri' && !canMatchUri(body)) return { problem: `"${text}" can never match: a URI SAN principal starts with a scheme ("spiffe:", "urn:", ...)` };
+    if (kind === 'cn' && isUriShaped(body.split('*')[0])) return { problem: `"${text}" can never match: kmsd never takes a URI-shaped name from a subject CN` };
+    return { kind, body };
+  }
+  if (isUriShaped(text.split('*')[0])) return { kind: 'uri', body: text };
+  if (!text.includes(':') && !text.startsWith('*')) return { kind: 'cn', body: text };
+  return {
+    problem:
+      `"${text}" is ambiguous: it could match URI SAN and CN principals alike; ` +
+      `write "uri:${text}" for URI SANs or "cn:${text}" for subject CNs (a plain name without ":" that does not start with "*" is a CN, a name that starts with a URI scheme is a URI SAN)`,
+  };
+}
+
+function compilePrincipal(text: string): PrincipalPattern {
+  const c = classifyPrincipalPattern(text);
+  // Validation refused every pattern with a problem before a Policy is built.
+  if ('problem' in c) throw new Error(c.problem);
+  return new PrincipalPattern(c.kind, c.body);
+}
+
 interface CompiledGrant {
   id: string;
-  principals: Pattern[];
+  principals: PrincipalPattern[];
   actions: Set<string>;
-  keys: Pattern[];
+  /** Patterns on key ids: matched against the CMK id. */
+  keyIds: Pattern[];
+  /** Patterns on aliases (alias/...): matched against the alias the caller named only. */
+  aliases: Pattern[];
   anyKey: boolean;
   context: [string, Pattern][];
 }
 
 /** A validated, compiled policy. Immutable: a reload builds a new one. */
 export class Policy {
-  private readonly admins: Pattern[];
-  private readonly custodians: Pattern[];
+  private readonly admins: PrincipalPattern[];
+  private readonly custodians: PrincipalPattern[];
   private readonly grants: CompiledGrant[];
 
   private constructor(
     readonly doc: PolicyDocument,
     readonly source: string,
   ) {
-    this.admins = doc.admins.map((p) => new Pattern(p));
-    this.custodians = doc.custodians.map((p) => new Pattern(p));
+    this.admins = doc.admins.map(compilePrincipal);
+    this.custodians = doc.custodians.map(compilePrincipal);
     this.grants = doc.grants.map((gr) => ({
       id: gr.id,
-      principals: gr.principals.map((p) => new Pattern(p)),
+      principals: gr.principals.map(compilePrincipal),
       actions: new Set(expandActions(gr.actions)),
-      keys: gr.keys.map((p) => new Pattern(p)),
+      keyIds: gr.keys.filter((p) => p !== '*' && !p.startsWith('alias/')).map((p) => new Pattern(p)),
+      aliases: gr.keys.filter((p) => p.startsWith('alias/')).map((p) => new Pattern(p)),
       anyKey: gr.keys.includes('*'),
       context: Object.entries(gr.encryptionContext ?? {}).map(([key, val]) => [key, new Pattern(val)] as [string, Pattern]),
     }));
@@ -157,6 +235,15 @@ export class Policy {
     return { admins: this.admins.length, custodians: this.custodians.length, grants: this.grants.length };
   }
 
+  /**
+   * Ids of the grants that an alias of this name opens to their principals: those with an alias
+   * pattern matching it (a grant on "*" reaches every key anyway). Pointing such an alias at a CMK
+   * widens them to that CMK.
+   */
+  grantsReaching(alias: string): string[] {
+    return this.grants.filter((gr) => !gr.anyKey && gr.aliases.some((p) => p.test(alias))).map((gr) => gr.id);
+  }
+
   decide(req: AccessRequest): Decision {
     const info = actionInfo(req.action);
     // Roles: an action of the role's classes, on every key.
@@ -175,7 +262,11 @@ export class Policy {
     const via: string[] = [];
     for (const res of req.resources) {
       const gr = mine.find((x) => grantCovers(x, res));
-      if (!gr) return { allowed: false, reason: `no grant covers ${describeResource(res)}` };
+      if (!gr) {
+        // Named by key id (or by a ciphertext) where the caller holds alias grants: say how those apply.
+        const hint = res.alias === undefined && !res.unknown && mine.some((x) => x.aliases.length > 0) ? ' (grants on aliases cover only calls that name the CMK by a matching alias; for a ciphertext, in KeyId)' : '';
+        return { allowed: false, reason: `no grant covers ${describeResource(res)}${hint}` };
+      }
       via.push(gr.id);
     }
     return { allowed: true, via: `grant:${[...new Set(via)].join(',')}` };
@@ -185,8 +276,7 @@ export class Policy {
 function grantCovers(gr: CompiledGrant, res: KeyResource): boolean {
   let keyOk = gr.anyKey;
   if (!keyOk && !res.unknown) {
-    const names = [res.ref, ...(res.keyId ? [res.keyId] : []), ...res.aliases];
-    keyOk = gr.keys.some((p) => names.some((n) => p.test(n)));
+    keyOk = (res.keyId !== undefined && gr.keyIds.some((p) => p.test(res.keyId!))) || (res.alias !== undefined && gr.aliases.some((p) => p.test(res.alias!)));
   }
   if (!keyOk) return false;
   for (const [key, want] of gr.context) {
@@ -199,6 +289,7 @@ function grantCovers(gr: CompiledGrant, res: KeyResource): boolean {
 export function describeResource(res: KeyResource): string {
   if (res.unknown) return 'a ciphertext whose CMK cannot be read';
   if (res.keyId && res.ref !== res.keyId) return `key ${res.keyId} (${res.ref})`;
+  if (res.alias && res.alias !== res.ref) return `key ${res.ref} (${res.alias})`;
   return `key ${res.ref}`;
 }
 
@@ -240,7 +331,11 @@ function validate(raw: unknown, source: string): PolicyDocument {
       if (typeof p !== 'string' || p.length === 0 || p.length > MAX_PATTERN) bad(`${path}[${i}]`, `must be a non-empty string of at most ${MAX_PATTERN} characters`);
       // eslint-disable-next-line no-control-regex
       else if (/[\u0000-\u001f\u007f]/.test(p)) bad(`${path}[${i}]`, 'must not contain control characters');
-      else out.push(p);
+      else {
+        const c = classifyPrincipalPattern(p);
+        if ('problem' in c) bad(`${path}[${i}]`, c.problem);
+        else out.push(p);
+      }
     });
     return out;
   };

@@ -180,7 +180,30 @@ describe('the quorum guard', () => {
     expect(((await c.call('DescribeKey', { KeyId: hsm })) as J).KeyMetadata.KeyState).toBe('Enabled');
     const sw = ((await c.call('CreateKey', { ProtectionLevel: 'SOFTWARE' })) as J).KeyMetadata.KeyId;
     await c.call('DisableKey', { KeyId: sw });
-    await c.call('EnableKey', { KeyId: hsm });
+    await c.call('EnableKey', { KeyId: sw });
+  });
+
+  it('guards the reverse of a guarded action: what 2 of 3 custodians did is not undone by one direct call', async () => {
+    const hsm = await hsmKey();
+    const off = (await c.call('CreateProposal', { Action: 'DisableKey', Parameters: { KeyId: hsm } })) as J;
+    await approve(off, 'alice');
+    await approve(off, 'bob');
+    await c.call('ExecuteProposal', { ProposalId: off.ProposalId });
+    const e = await refused(c.call('EnableKey', { KeyId: hsm }), 'Rejected.QuorumRequired', 'FAILED_PRECONDITION');
+    expect(e.message).toMatch(/EnableKey on HSM CMK .* \(it undoes DisableKey, which is guarded\): kmsctl CreateProposal --Action EnableKey/);
+    expect(((await c.call('DescribeKey', { KeyId: hsm })) as J).KeyMetadata.KeyState).toBe('Disabled');
+    const on = (await c.call('CreateProposal', { Action: 'EnableKey', Parameters: { KeyId: hsm } })) as J;
+    await approve(on, 'carol');
+    await approve(on, 'bob');
+    await c.call('ExecuteProposal', { ProposalId: on.ProposalId });
+    expect(((await c.call('DescribeKey', { KeyId: hsm })) as J).KeyMetadata.KeyState).toBe('Enabled');
+
+    const del = (await c.call('CreateProposal', { Action: 'ScheduleKeyDeletion', Parameters: { KeyId: hsm, PendingWindowInDays: '7' } })) as J;
+    await approve(del, 'alice');
+    await approve(del, 'carol');
+    await c.call('ExecuteProposal', { ProposalId: del.ProposalId });
+    await refused(c.call('CancelKeyDeletion', { KeyId: hsm }), 'Rejected.QuorumRequired', 'FAILED_PRECONDITION');
+    expect(((await c.call('DescribeKey', { KeyId: hsm })) as J).KeyMetadata.KeyState).toBe('PendingDeletion');
   });
 
   it('runs a guarded action through a proposal exactly once, even when executed twice at the same time', async () => {
@@ -199,7 +222,9 @@ describe('the quorum guard', () => {
 
   it('follows a per-CMK policy changed through a SetQuorumPolicy proposal', async () => {
     const sw = ((await c.call('CreateKey', { ProtectionLevel: 'SOFTWARE' })) as J).KeyMetadata.KeyId;
-    const policy = { GuardedActions: ['ImportKeyMaterial', 'DeleteKeyMaterial', 'ScheduleKeyDeletion', 'DisableKey'], ProtectionLevels: ['HSM'], Keys: { [sw]: ['DisableKey', 'UpdateKeyDescription'] } };
+    const other = ((await c.call('CreateKey', { ProtectionLevel: 'SOFTWARE' })) as J).KeyMetadata.KeyId;
+    await c.call('DisableKey', { KeyId: other });
+    const policy = { GuardedActions: ['ImportKeyMaterial', 'DeleteKeyMaterial', 'ScheduleKeyDeletion', 'DisableKey'], ProtectionLevels: ['HSM'], Keys: { [sw]: ['DisableKey', 'UpdateKeyDescription'], [other]: ['DisableKey'] } };
     const p = (await c.call('CreateProposal', { Action: 'SetQuorumPolicy', Parameters: { Policy: JSON.stringify(policy) } })) as J;
     expect(JSON.parse(Buffer.from(p.Document, 'base64').toString()).Parameters.Policy.Keys[sw]).toEqual(['DisableKey', 'UpdateKeyDescription']);
     await approve(p, 'alice');
@@ -207,7 +232,28 @@ describe('the quorum guard', () => {
     await c.call('ExecuteProposal', { ProposalId: p.ProposalId });
     await refused(c.call('DisableKey', { KeyId: sw }), 'Rejected.QuorumRequired');
     await refused(c.call('UpdateKeyDescription', { KeyId: sw, Description: 'x' }), 'Rejected.QuorumRequired');
-    await c.call('EnableKey', { KeyId: sw });
+    // A per-CMK list guards the reverses of what it lists too.
+    await refused(c.call('EnableKey', { KeyId: other }), 'Rejected.QuorumRequired');
+  });
+
+  it('lets a policy keep a reverse direct when it says so (UnguardedReverses, itself a guarded change)', async () => {
+    const hsm = await hsmKey();
+    await refused(c.call('EnableKey', { KeyId: hsm }), 'Rejected.QuorumRequired');
+    const policy = { GuardedActions: ['ImportKeyMaterial', 'DeleteKeyMaterial', 'ScheduleKeyDeletion', 'DisableKey'], ProtectionLevels: ['HSM'], UnguardedReverses: ['EnableKey'] };
+    const bad = await refused(c.call('CreateProposal', { Action: 'SetQuorumPolicy', Parameters: { Policy: JSON.stringify({ ...policy, UnguardedReverses: ['DisableKey'] }) } }), 'InvalidParameter');
+    expect(bad.message).toMatch(/UnguardedReverses must be an array of EnableKey, CancelKeyDeletion/);
+    const p = (await c.call('CreateProposal', { Action: 'SetQuorumPolicy', Parameters: { Policy: JSON.stringify(policy) } })) as J;
+    expect(JSON.parse(Buffer.from(p.Document, 'base64').toString()).Parameters.Policy.UnguardedReverses).toEqual(['EnableKey']);
+    await approve(p, 'alice');
+    await approve(p, 'bob');
+    await c.call('ExecuteProposal', { ProposalId: p.ProposalId });
+    await c.call('EnableKey', { KeyId: hsm });
+    // CancelKeyDeletion, not listed, stays guarded.
+    const del = (await c.call('CreateProposal', { Action: 'ScheduleKeyDeletion', Parameters: { KeyId: hsm, PendingWindowInDays: '7' } })) as J;
+    await approve(del, 'alice');
+    await approve(del, 'bob');
+    await c.call('ExecuteProposal', { ProposalId: del.ProposalId });
+    await refused(c.call('CancelKeyDeletion', { KeyId: hsm }), 'Rejected.QuorumRequired');
   });
 });
 

@@ -6,17 +6,19 @@
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KmsClient } from '../../src/client/client';
-import { TlsKmsd, makePki, refused, startTlsKmsd } from './tls-fixture';
+import { TlsKmsd, issueClientCert, makePki, refused, startTlsKmsd } from './tls-fixture';
 
 let t: TlsKmsd;
 let admin: KmsClient;
 let app1: KmsClient;
 let app2: KmsClient;
 const keys: Record<string, string> = {};
+/** The policy in force once the key ids are known. */
+let fullPolicy: object;
 
 const basePolicy = (extra: object[] = []) => ({
   version: 1,
-  admins: ['admin'],
+  admins: ['admin', 'spiffe://corp/ops/*'],
   custodians: ['custodian-1'],
   grants: [
     { id: 'app-1-aliases', principals: ['app-1'], actions: ['Encrypt', 'Decrypt', 'GenerateDataKey*', 'DescribeKey'], keys: ['alias/app-1-*'] },
@@ -26,22 +28,23 @@ const basePolicy = (extra: object[] = []) => ({
 });
 
 beforeAll(async () => {
-  const pki = makePki(['admin', 'custodian-1', 'app-1', 'app-2', 'flood']);
+  const pki = makePki(['admin', 'custodian-1', 'app-1', 'app-2', 'flood', 'uri:spiffe://corp/ops/ops-alice']);
+  // Issued by the trusted CA, no SAN, a CN that reads like an admin's URI identity.
+  issueClientCert(pki, 'evil-cn', '/O=kmsd development/CN=spiffe:\\/\\/corp\\/ops\\/evil');
   t = await startTlsKmsd(pki, basePolicy(), { KMS_RATE_LIMIT: '40', KMS_RATE_BURST: '40' });
   admin = t.client('admin');
   app1 = t.client('app-1');
   app2 = t.client('app-2');
-  for (const name of ['a', 'b', 'tenant', 'other']) keys[name] = (await admin.createKey({ Description: name, ProtectionLevel: name === 'b' ? 'HSM' : 'SOFTWARE' })).KeyMetadata.KeyId;
+  for (const name of ['a', 'b', 'tenant', 'other', 'secret']) keys[name] = (await admin.createKey({ Description: name, ProtectionLevel: name === 'b' ? 'HSM' : 'SOFTWARE' })).KeyMetadata.KeyId;
   await admin.call('CreateAlias', { AliasName: 'alias/app-1-a', KeyId: keys.a });
   await admin.call('CreateAlias', { AliasName: 'alias/app-1-b', KeyId: keys.b });
   await admin.call('CreateAlias', { AliasName: 'alias/other', KeyId: keys.other });
   // Grants on key ids need the ids: write them in and reload, as an operator would.
-  t.writePolicy(
-    basePolicy([
-      { id: 'app-1-tenant', principals: ['app-1'], actions: ['Encrypt', 'Decrypt'], keys: [keys.tenant], encryptionContext: { tenant: 'acme', stage: 'prod-*' } },
-      { id: 'app-2-reencrypt', principals: ['app-2'], actions: ['ReEncrypt', 'Encrypt'], keys: [keys.other] },
-    ]),
-  );
+  fullPolicy = basePolicy([
+    { id: 'app-1-tenant', principals: ['app-1'], actions: ['Encrypt', 'Decrypt'], keys: [keys.tenant], encryptionContext: { tenant: 'acme', stage: 'prod-*' } },
+    { id: 'app-2-reencrypt', principals: ['app-2'], actions: ['ReEncrypt', 'Encrypt'], keys: [keys.other] },
+  ]);
+  t.writePolicy(fullPolicy);
   expect(await t.reload()).toBe('authorization policy reloaded');
 });
 
@@ -58,13 +61,50 @@ async function denied(p: Promise<unknown>, principal: string, action: string) {
 }
 
 describe('grants', () => {
-  it('allow the granted actions on keys matched by alias pattern, by alias or by id', async () => {
+  it('allow the granted actions on keys named by an alias that matches the pattern', async () => {
     const viaAlias = await app1.encrypt('alias/app-1-a', Buffer.from('one'));
-    const viaId = await app1.encrypt(keys.b, Buffer.from('two')); // keys.b has alias app-1-b
-    expect((await app1.decrypt(viaAlias.CiphertextBlob)).Plaintext.toString()).toBe('one');
-    expect((await app1.decrypt(viaId.CiphertextBlob)).Plaintext.toString()).toBe('two');
+    const viaB = await app1.encrypt('alias/app-1-b', Buffer.from('two'));
+    // Decrypt: the ciphertext names the CMK; KeyId names the alias it is reached by.
+    expect((await app1.decrypt(viaAlias.CiphertextBlob, undefined, 'alias/app-1-a')).Plaintext.toString()).toBe('one');
+    expect((await app1.decrypt(viaB.CiphertextBlob, undefined, 'alias/app-1-b')).Plaintext.toString()).toBe('two');
     await app1.call('GenerateDataKey', { KeyId: 'alias/app-1-a' });
     await app1.call('GenerateDataKeyWithoutPlaintext', { KeyId: 'alias/app-1-b' });
+  });
+
+  it('match alias patterns only against the alias the caller named, never a key id or a ciphertext alone', async () => {
+    // keys.b has the alias alias/app-1-b, yet a grant on alias/app-1-* does not reach it by its id.
+    await denied(app1.encrypt(keys.b, Buffer.from('x')), 'app-1', 'Encrypt');
+    await denied(app1.call('DescribeKey', { KeyId: keys.b }), 'app-1', 'DescribeKey');
+    const blob = (await app1.encrypt('alias/app-1-b', Buffer.from('y'))).CiphertextBlob;
+    await denied(app1.decrypt(blob), 'app-1', 'Decrypt');
+    await denied(app1.decrypt(blob, undefined, keys.b), 'app-1', 'Decrypt');
+    // An alias that matches the pattern but points at another CMK does not name this one.
+    await denied(app1.decrypt(blob, undefined, 'alias/app-1-a'), 'app-1', 'Decrypt');
+  });
+
+  it('an alias an admin points at another CMK reaches only calls that name that alias, and is audited as a widened grant', async () => {
+    await denied(app1.encrypt(keys.secret, Buffer.from('x')), 'app-1', 'Encrypt');
+    await admin.call('CreateAlias', { AliasName: 'alias/app-1-x', KeyId: keys.secret });
+    // The attack of the report: the raw id of the CMK stays out of reach.
+    await denied(app1.encrypt(keys.secret, Buffer.from('x')), 'app-1', 'Encrypt');
+    // The alias itself is a delegation by whoever manages aliases, recorded as such.
+    const blob = (await app1.encrypt('alias/app-1-x', Buffer.from('delegated'))).CiphertextBlob;
+    expect((await app1.decrypt(blob, undefined, 'alias/app-1-x')).Plaintext.toString()).toBe('delegated');
+    const ev = await t.call('AuditService', 'admin', 'ListAuditEvents', { Action: 'GrantWidened', KeyId: keys.secret });
+    expect(ev.Events).toHaveLength(1);
+    expect(ev.Events[0]).toMatchObject({ Principal: 'admin', KeyId: keys.secret, Outcome: 'ok' });
+    expect(JSON.parse(ev.Events[0].Details)).toEqual({ AliasName: 'alias/app-1-x', By: 'CreateAlias', Grants: ['app-1-aliases'] });
+    // An alias no grant matches widens nothing.
+    await admin.call('CreateAlias', { AliasName: 'alias/unrelated-x', KeyId: keys.secret });
+    expect((await t.call('AuditService', 'admin', 'ListAuditEvents', { Action: 'GrantWidened', KeyId: keys.secret })).TotalCount).toBe(1);
+    // Re-pointed elsewhere, the alias widens the grant to the new CMK and no longer opens SECRET's ciphertexts.
+    await admin.call('UpdateAlias', { AliasName: 'alias/app-1-x', KeyId: keys.other });
+    const moved = await t.call('AuditService', 'admin', 'ListAuditEvents', { Action: 'GrantWidened', KeyId: keys.other });
+    expect(moved.Events.map((e: { Details: string }) => JSON.parse(e.Details))).toEqual([{ AliasName: 'alias/app-1-x', By: 'UpdateAlias', Grants: ['app-1-aliases'] }]);
+    await denied(app1.decrypt(blob, undefined, 'alias/app-1-x'), 'app-1', 'Decrypt');
+    await admin.call('DeleteAlias', { AliasName: 'alias/app-1-x' });
+    // The log says why a ciphertext alone is not enough.
+    expect(t.k.logs()).toContain('grants on aliases cover only calls that name the CMK by a matching alias; for a ciphertext, in KeyId');
   });
 
   it('refuse the same actions on other keys, whether or not they exist', async () => {
@@ -107,6 +147,29 @@ describe('grants', () => {
     await denied(app1.encrypt(keys.tenant, Buffer.from('x'), { tenant: 'evil', stage: 'prod-eu' }), 'app-1', 'Encrypt');
     await denied(app1.encrypt(keys.tenant, Buffer.from('x'), { tenant: 'acme', stage: 'dev' }), 'app-1', 'Encrypt');
     await denied(app1.decrypt(blob, { tenant: 'acme' }), 'app-1', 'Decrypt');
+  });
+});
+
+describe('principals', () => {
+  it('a URI SAN principal matches a URI pattern: spiffe://corp/ops/* is admin', async () => {
+    const ops = t.client('ops-alice');
+    expect((await ops.call('ListKeys', { PageSize: 1 })).TotalCount).toBeGreaterThanOrEqual(1);
+    await denied(ops.encrypt(keys.a, Buffer.from('x')), 'spiffe://corp/ops/ops-alice', 'Encrypt');
+  });
+
+  it('a certificate whose CN reads like a URI identity is refused, not taken for spiffe://corp/ops/*', async () => {
+    const evil = t.client('evil-cn');
+    const e = await refused(evil.call('ListKeys', { PageSize: 1 }));
+    expect(e.grpcCode, e.message).toBe(grpc.status.UNAVAILABLE);
+    expect(t.k.logs()).toMatch(/"subject":"spiffe:\/\/corp\/ops\/evil","reason":"the subject CN of the client certificate has the shape of a URI[^"]*","msg":"TLS connection refused"/);
+  });
+
+  it('a policy with a pattern that does not say which kind of principal it names is refused, naming it', async () => {
+    t.writePolicy({ ...fullPolicy, admins: ['admin', '*'] });
+    expect(await t.reload()).toMatch(/^policy reload failed/);
+    expect(t.k.logs()).toContain('admins[1]: \\"*\\" is ambiguous');
+    t.writePolicy(fullPolicy);
+    expect(await t.reload()).toBe('authorization policy reloaded');
   });
 });
 

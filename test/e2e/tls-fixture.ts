@@ -29,6 +29,27 @@ export function makePki(principals: string[]): Pki {
   return { dir, file: (n) => path.join(dir, 'ca', n), other: (n) => path.join(dir, 'other', n) };
 }
 
+/**
+ * A client certificate from the trusted CA with any subject and extensions, made with plain openssl
+ * (dev-ca.sh accepts only well-formed principals): what an attacker who can get a certificate
+ * issued would present. Written as client-NAME.crt/.key, so client(NAME) presents it.
+ */
+export function issueClientCert(pki: Pki, name: string, subject: string, extensions = 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth'): void {
+  const key = pki.file(`client-${name}.key`);
+  const csr = pki.file(`client-${name}.csr`);
+  const ext = pki.file(`client-${name}.ext`);
+  const openssl = (args: string[]) => {
+    const r = spawnSync('openssl', args, { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`openssl ${args[0]} failed: ${r.stderr}`);
+  };
+  openssl(['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', key]);
+  openssl(['req', '-new', '-key', key, '-subj', subject, '-out', csr]);
+  fs.writeFileSync(ext, `${extensions}\n`);
+  openssl(['x509', '-req', '-in', csr, '-CA', pki.file('ca.crt'), '-CAkey', pki.file('ca.key'), '-CAcreateserial', '-sha256', '-days', '2', '-extfile', ext, '-out', pki.file(`client-${name}.crt`)]);
+  fs.rmSync(csr);
+  fs.rmSync(ext);
+}
+
 export interface TlsKmsd {
   k: Kmsd;
   pki: Pki;

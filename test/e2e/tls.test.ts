@@ -86,7 +86,7 @@ describe('gRPC over mutual TLS', () => {
   it('takes the principal from the subject CN: app-1 uses its key through its alias grant', async () => {
     const app = t.client('app-1');
     const e = await app.encrypt('alias/app-1-main', Buffer.from('tls secret'));
-    const d = await app.decrypt(e.CiphertextBlob);
+    const d = await app.decrypt(e.CiphertextBlob, undefined, 'alias/app-1-main');
     expect(d.Plaintext.toString()).toBe('tls secret');
   });
 

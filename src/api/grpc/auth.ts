@@ -15,12 +15,11 @@ import { KmsError } from '../../kms/errors';
 import { parseBlob } from '../../kms/ciphertext';
 import type { CallContext } from '../../kms/types';
 import type { KmsService, Logger } from '../../kms/service';
-import { Policy, KeyResource, PolicyError, describeResource } from '../../policy/policy';
+import { ANONYMOUS, Policy, KeyResource, PolicyError, PrincipalKind, describeResource, isUriShaped } from '../../policy/policy';
 import { actionInfo } from '../../policy/actions';
 import { Bulkhead, CallAbandoned, LimitsConfig, RateLimiter, isMalformed, malformedReason } from './limits';
 
-/** The principal of callers that present no certificate (plaintext on loopback, TLS without a client CA). */
-export const ANONYMOUS = 'anonymous';
+export { ANONYMOUS };
 
 /** Where denials and refused connections are recorded (src/audit's AuditLog has this shape). */
 export interface AuditSink {
@@ -67,14 +66,18 @@ export function parseSubjectAltName(san: string | undefined): { type: string; va
 }
 
 /**
- * The principal a client certificate speaks for: its URI SAN when it has exactly one (SPIFFE style),
- * else its subject CN. A certificate with several URI SANs or several CNs is ambiguous and refused,
- * as is one with neither.
+ * The principal a client certificate speaks for, with its kind: its URI SAN when it has exactly one
+ * (SPIFFE style), else its subject CN. The two name spaces never overlap: a URI SAN must start with
+ * a scheme, and a CN that does (`spiffe://corp/ops/x`, `urn:x`, `host:1`) is refused, so a CN can
+ * never pass for a URI identity; neither can a CN take the name of callers without a certificate.
+ * A certificate with several URI SANs or several CNs is ambiguous and refused, as is one with
+ * neither. DNS and other SANs are not identities here.
  */
-export function principalFromCertificate(cert: Pick<tls.PeerCertificate, 'subject' | 'subjectaltname'>): { principal: string } | { refused: string } {
+export function principalFromCertificate(cert: Pick<tls.PeerCertificate, 'subject' | 'subjectaltname'>): { principal: string; kind: PrincipalKind } | { refused: string } {
   const uris = parseSubjectAltName(cert.subjectaltname).filter((e) => e.type === 'URI').map((e) => e.value);
   if (uris.length > 1) return { refused: `the client certificate has ${uris.length} URI SANs; kmsd needs at most one to name the caller` };
   let principal: string | undefined = uris[0];
+  const kind: PrincipalKind = principal ? 'uri' : 'cn';
   if (!principal) {
     const cn = (cert.subject as unknown as Record<string, string | string[]> | undefined)?.CN;
     if (Array.isArray(cn)) return { refused: 'the client certificate has several subject CNs' };
@@ -82,25 +85,30 @@ export function principalFromCertificate(cert: Pick<tls.PeerCertificate, 'subjec
   }
   if (!principal) return { refused: 'the client certificate names no principal (no URI SAN and no subject CN)' };
   if (!PRINCIPAL_RE.test(principal)) return { refused: 'the client certificate principal has characters kmsd does not accept (printable ASCII, at most 256)' };
-  return { principal };
+  if (kind === 'uri' && !isUriShaped(principal)) return { refused: 'the URI SAN of the client certificate is not a URI (it must start with a scheme such as spiffe:)' };
+  if (kind === 'cn' && isUriShaped(principal)) {
+    return { refused: 'the subject CN of the client certificate has the shape of a URI (scheme:...); kmsd takes URI identities from a URI SAN only, never from a CN' };
+  }
+  if (kind === 'cn' && principal === ANONYMOUS) return { refused: `the subject CN "${ANONYMOUS}" is reserved for callers without a certificate` };
+  return { principal, kind };
 }
 
 // ------------------------------------------------------------------ resources
 
 /** Resolves key references for authorization (reads metadata; never touches the token). */
 export interface KeyDirectory {
-  resolve(ref: string): { keyId?: string; aliases: string[] };
+  /** The CMK id a reference names: the target of an existing alias, or the reference itself when it is not an alias. */
+  resolve(ref: string): { keyId?: string };
 }
 
 export function storeDirectory(kms: KmsService): KeyDirectory {
-  const aliasesOf = (keyId: string) => kms.store.listAliases(0, 10_000, keyId).map((a) => a.alias_name);
   return {
     resolve(ref) {
       if (ref.startsWith('alias/')) {
         const a = kms.store.getAlias(ref);
-        return a ? { keyId: a.key_id, aliases: aliasesOf(a.key_id) } : { aliases: [ref] };
+        return a ? { keyId: a.key_id } : {};
       }
-      return kms.store.getCmk(ref) ? { keyId: ref, aliases: aliasesOf(ref) } : { keyId: ref, aliases: [] };
+      return { keyId: ref };
     },
   };
 }
@@ -109,20 +117,27 @@ type Req = Record<string, unknown>;
 const str = (v: unknown): string => (typeof v === 'string' ? v : '');
 const ctxOf = (v: unknown): Record<string, string> => (v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, string>) : {});
 
-/** The CMKs a request names, each with the EncryptionContext that goes with it. */
+/**
+ * The CMKs a request names, each with the EncryptionContext that goes with it and the alias the
+ * caller named it by, if any. A ciphertext names its CMK itself; the caller's KeyId beside it counts
+ * as the alias it was named by only when that alias points at the ciphertext's CMK right now.
+ */
 export function resourcesFor(action: string, req: Req, dir: KeyDirectory): KeyResource[] {
   const byRef = (ref: string, context?: Record<string, string>): KeyResource => {
-    if (!ref) return { ref: '', aliases: [], unknown: true, context };
+    if (!ref) return { ref: '', unknown: true, context };
     const r = dir.resolve(ref);
-    return { ref, keyId: r.keyId, aliases: r.aliases.includes(ref) || !ref.startsWith('alias/') ? r.aliases : [ref, ...r.aliases], context };
+    return ref.startsWith('alias/') ? { ref, keyId: r.keyId, alias: ref, context } : { ref, keyId: r.keyId, context };
   };
-  const byBlob = (blob: string, context: Record<string, string>, fallbackRef: string): KeyResource => {
+  const byBlob = (blob: string, context: Record<string, string>, namedRef: string): KeyResource => {
+    let keyId: string;
     try {
-      const keyId = parseBlob(Buffer.from(blob, 'base64')).keyId;
-      return byRef(keyId, context);
+      keyId = parseBlob(Buffer.from(blob, 'base64')).keyId;
     } catch {
-      return fallbackRef ? byRef(fallbackRef, context) : { ref: '', aliases: [], unknown: true, context };
+      return namedRef ? byRef(namedRef, context) : { ref: '', unknown: true, context };
     }
+    const res = byRef(keyId, context);
+    if (namedRef.startsWith('alias/') && res.keyId !== undefined && dir.resolve(namedRef).keyId === res.keyId) res.alias = namedRef;
+    return res;
   };
   switch (action) {
     case 'Encrypt':
@@ -148,7 +163,7 @@ export function resourcesFor(action: string, req: Req, dir: KeyDirectory): KeyRe
       for (const it of items) {
         const ctx = ctxOf(it?.EncryptionContext);
         const r = action.startsWith('Encrypt') ? byRef(str(it?.KeyId), ctx) : byBlob(str(it?.CiphertextBlob), ctx, str(it?.KeyId));
-        const key = JSON.stringify([r.keyId ?? r.ref, r.unknown ?? false, Object.entries(ctx).sort()]);
+        const key = JSON.stringify([r.keyId ?? r.ref, r.alias ?? '', r.unknown ?? false, Object.entries(ctx).sort()]);
         if (!seen.has(key)) seen.set(key, r);
       }
       return [...seen.values()];
@@ -227,11 +242,15 @@ export class CallGuard {
     }
   }
 
-  /** The caller's principal, for the CallContext and for the policy. */
-  private identify(call: Cancellable, requestId: string): { principal: string; policyPrincipal: string } {
-    if (!this.o.tls) return { principal: call.getPeer(), policyPrincipal: ANONYMOUS };
+  /**
+   * The caller's principal, for the CallContext and for the policy (with its kind). `authenticated`
+   * when it comes from a verified client certificate; otherwise `principal` is the gRPC peer address
+   * (plaintext) or anonymous.
+   */
+  private identify(call: Cancellable, requestId: string): { principal: string; policyPrincipal: string; kind: PrincipalKind; authenticated: boolean } {
+    if (!this.o.tls) return { principal: call.getPeer(), policyPrincipal: ANONYMOUS, kind: 'anonymous', authenticated: false };
     const cert = call.getAuthContext?.()?.sslPeerCertificate;
-    if (!cert) return { principal: ANONYMOUS, policyPrincipal: ANONYMOUS };
+    if (!cert) return { principal: ANONYMOUS, policyPrincipal: ANONYMOUS, kind: 'anonymous', authenticated: false };
     const p = principalFromCertificate(cert);
     if ('refused' in p) {
       // The listener refuses such certificates at connect time; this is a second line.
@@ -244,7 +263,7 @@ export class CallGuard {
       }
       throw new KmsError('Unauthenticated', p.refused);
     }
-    return { principal: p.principal, policyPrincipal: p.principal };
+    return { principal: p.principal, policyPrincipal: p.principal, kind: p.kind, authenticated: true };
   }
 
   /**
@@ -254,6 +273,7 @@ export class CallGuard {
   admit(action: string, call: Cancellable, ctx: CallContext, run: () => unknown): unknown {
     const who = this.identify(call, ctx.requestId);
     ctx.principal = who.principal;
+    if (who.authenticated) ctx.authenticated = true;
     if (call.cancelled) throw new CallAbandoned('cancelled');
     try {
       this.rate.take(who.policyPrincipal);
@@ -268,13 +288,36 @@ export class CallGuard {
     if (policy) {
       const req = (call.request ?? {}) as Req;
       const resources = actionInfo(action)?.keyed ? resourcesFor(action, req, this.o.directory) : [];
-      const d = policy.decide({ principal: who.policyPrincipal, action, resources });
+      const d = policy.decide({ principal: { kind: who.kind, name: who.policyPrincipal }, action, resources });
       if (!d.allowed) this.deny(action, who, call.getPeer(), ctx, resources, d.reason);
+      if (action === 'CreateAlias' || action === 'UpdateAlias') run = this.recordWidening(policy, action, req, ctx, run);
     }
     const info = actionInfo(action);
     const usesToken = !info || info.cls === 'crypto' || info.cls === 'lifecycle' || info.cls === 'ceremony';
     if (!usesToken) return run();
     return this.bulkhead.run(run, { get cancelled() { return call.cancelled; }, onCancel: (cb) => call.on('cancelled', cb) });
+  }
+
+  /**
+   * Pointing an alias at a CMK hands that CMK to every grant with a matching alias pattern: no policy
+   * change and no quorum, so once the alias change succeeds it is audited as what it is
+   * (GrantWidened, naming the grants), beside the record of the call itself.
+   */
+  private recordWidening(policy: Policy, action: string, req: Req, ctx: CallContext, run: () => unknown): () => unknown {
+    const aliasName = str(req.AliasName);
+    const grants = policy.grantsReaching(aliasName);
+    if (grants.length === 0) return run;
+    return () =>
+      Promise.resolve(run()).then((res) => {
+        const keyId = this.o.directory.resolve(aliasName).keyId;
+        this.o.log.warn({ requestId: ctx.requestId, principal: ctx.principal, action, aliasName, keyId, grants }, 'alias change widens grants');
+        try {
+          this.audit?.append({ requestId: ctx.requestId, principal: ctx.principal, action: 'GrantWidened', keyId, outcome: 'ok', details: { AliasName: aliasName, By: action, Grants: grants } });
+        } catch (e) {
+          this.o.log.error({ requestId: ctx.requestId, err: (e as Error).message }, 'could not audit a widened grant');
+        }
+        return res;
+      });
   }
 
   private deny(action: string, who: { principal: string; policyPrincipal: string }, peer: string, ctx: CallContext, resources: KeyResource[], reason: string): never {

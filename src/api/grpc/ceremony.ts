@@ -6,7 +6,7 @@
 import { KmsError } from '../../kms/errors';
 import type { CallContext } from '../../kms/types';
 import type { CeremonyRuntime } from '../../ceremony/setup';
-import { peerHost } from '../../ceremony/ceremony';
+import { callerOf } from '../../ceremony/ceremony';
 import { isGuardable } from '../../ceremony/policy';
 import { safeParams } from '../../audit/audit';
 
@@ -35,7 +35,7 @@ export function ceremonyExtension(rt: CeremonyRuntime): CeremonyExtension {
     const proposalId = str(req.ProposalId) || str(res?.ProposalId);
     const keyId = str(req.KeyId) || str(meta.KeyId) || str(res?.KeyId) || (proposalId ? ceremony.keyIdOf(proposalId) : '');
     if (DATA_PLANE_ACTIONS.has(name)) {
-      audit.count(keyId || str(req.DestinationKeyId), peerHost(ctx.principal), name, err === undefined);
+      audit.count(keyId || str(req.DestinationKeyId), callerOf(ctx), name, err === undefined);
       if (!audit.config.dataPlaneEvents) return;
     }
     const details: Record<string, unknown> = safeParams(req);
