@@ -103,7 +103,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     let tlsListener: TlsListener | null = null;
     let boundPort: number;
     if (cfg.tls) {
-      tlsListener = await listenTls(server, { host, port, certFile: cfg.tls.certFile, keyFile: cfg.tls.keyFile, clientCaFile: cfg.tls.clientCaFile, log, audit: () => quorum.audit });
+      tlsListener = await listenTls(server, { host, port, certFile: cfg.tls.certFile, keyFile: cfg.tls.keyFile, clientCaFile: cfg.tls.clientCaFile, log, audit: () => quorum.audit, limits: sec });
       boundPort = tlsListener.port;
     } else {
       const bindHost = host.includes(':') ? `[${host}]` : host;

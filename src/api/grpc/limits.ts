@@ -5,6 +5,9 @@
 //     queue behind them, and a queue timeout; a full queue is answered with Throttling at once;
 //   - request decoding that cannot fail inside grpc-js: a malformed protobuf frame becomes a
 //     marker the envelope answers with InvalidParameter (grpc-js itself would say INTERNAL).
+//   - unauthenticated TLS connections: a handshake timeout and caps per source address and in all
+//     (ConnectionLimits, enforced by listenTls);
+//   - batch streams: open streams and buffered bytes per connection and per principal (StreamLimits).
 // The maximum message size is a server option (createServer).
 
 import * as grpc from '@grpc/grpc-js';
@@ -22,6 +25,22 @@ export interface LimitsConfig {
   /** Longest wait for a slot before Throttling, ms. */
   queueTimeoutMs: number;
 }
+
+/** Connections that have not completed the TLS handshake (src/api/grpc/auth.ts, listenTls). */
+export interface ConnectionLimits {
+  /** From connect to a completed handshake, ms; a slower connection is closed. */
+  handshakeTimeoutMs: number;
+  /** Unauthenticated connections held at once, in all; below MAX_TLS_CONNECTIONS. */
+  maxUnauthenticated: number;
+  /** Unauthenticated connections held at once from one source address. */
+  maxUnauthenticatedPerAddress: number;
+}
+
+export const DEFAULT_CONNECTION_LIMITS: ConnectionLimits = {
+  handshakeTimeoutMs: 10_000,
+  maxUnauthenticated: 1024,
+  maxUnauthenticatedPerAddress: 64,
+};
 
 export const DEFAULT_LIMITS: LimitsConfig = {
   ratePerSecond: 0,

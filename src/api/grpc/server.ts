@@ -38,9 +38,34 @@ const STATUS: Record<KmsError['status'], grpc.status> = {
 
 type Action = (req: never, ctx: CallContext) => unknown;
 
+/**
+ * Longest error message sent back, in characters and in bytes once percent-encoded for the
+ * grpc-message trailer. A trailer larger than the peer's header-list limit is never delivered (the
+ * client waits for its deadline instead), and grpc-js clients accept 8 KiB of metadata by default.
+ */
+export const MAX_ANSWER_MESSAGE_CHARS = 1024;
+export const MAX_ANSWER_MESSAGE_BYTES = 4096;
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
+/** A message within MAX_ANSWER_MESSAGE_CHARS/BYTES; a longer one is cut and says how much was cut. */
+export function boundedMessage(message: string): string {
+  const m = message.replace(LONE_SURROGATE, '\uFFFD');
+  const fits = (s: string) => s.length <= MAX_ANSWER_MESSAGE_CHARS && encodeURI(s).length <= MAX_ANSWER_MESSAGE_BYTES;
+  if (fits(m)) return m;
+  // Room for the note; a cut never splits a surrogate pair.
+  let keep = Math.min(m.length, MAX_ANSWER_MESSAGE_CHARS - 48);
+  while (keep > 0 && encodeURI(m.slice(0, keep)).length > MAX_ANSWER_MESSAGE_BYTES - 48) keep = Math.floor(keep * 0.8);
+  if (keep > 0 && /[\uD800-\uDBFF]/.test(m[keep - 1])) keep--;
+  return `${m.slice(0, keep)}... (${m.length - keep} more characters cut)`;
+}
+
 /** The error a failed action is answered with; `internal` is the cause when it must go to the log. */
 function answerFor(e: unknown, requestId: string): { err: KmsError; internal?: unknown } {
-  if (e instanceof KmsError) return { err: e };
+  if (e instanceof KmsError) {
+    const message = boundedMessage(e.message);
+    return { err: message === e.message ? e : new KmsError(e.code, message) };
+  }
   return { err: hsmUnavailable(e) ?? new KmsError('InternalFailure', `internal error (request id ${requestId})`), internal: e };
 }
 
