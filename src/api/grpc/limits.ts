@@ -286,7 +286,7 @@ export function collectGarbage(): void {
   gc?.();
 }
 
-const MiB = (n: number) => `${Math.round((n / 1024 / 1024) * 10) / 10} MiB`;
+const MiB = (n: number) => (n >= 1024 * 1024 ? `${Math.round((n / 1024 / 1024) * 10) / 10} MiB` : `${n} bytes`);
 
 /**
  * Open batch streams and the bytes they hold, per connection and per principal. Limits a client

@@ -221,15 +221,16 @@ function endStreamWith(call: grpc.ServerDuplexStream<unknown, unknown>, err: Kms
   const t = new grpc.Metadata();
   t.set(REQUEST_ID_METADATA, streamId);
   t.set(ERROR_CODE_METADATA, err.code);
-  call.emit('error', { code: STATUS[err.status], details: err.message, metadata: t });
   // grpc-js keeps the HTTP/2 stream to itself (call.call.stream, with no server interceptors).
   const h2 = (call as unknown as { call?: { stream?: http2.ServerHttp2Stream } }).call?.stream;
-  if (!h2 || typeof h2.close !== 'function') return;
-  const reset = () => {
-    if (!h2.closed && !h2.destroyed) h2.close(http2.constants.NGHTTP2_NO_ERROR);
-  };
+  // Only a trailers-only answer is reset: after headers, the status goes out as trailers later on.
+  const trailersOnly = h2 !== undefined && typeof h2.close === 'function' && !h2.headersSent;
+  call.emit('error', { code: STATUS[err.status], details: err.message, metadata: t });
+  if (!trailersOnly) return;
   // The status goes out from grpc-js's _final, after this turn.
-  setImmediate(() => (h2.headersSent ? reset() : h2.once('wantTrailers', reset)));
+  setImmediate(() => {
+    if (h2.headersSent && !h2.closed && !h2.destroyed) h2.close(http2.constants.NGHTTP2_NO_ERROR);
+  });
 }
 
 /**
