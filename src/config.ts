@@ -99,7 +99,7 @@ Security (docs/security.md): KMS_POLICY, KMS_PLAINTEXT_LOOPBACK (0|1, default 1 
 (requests/s per principal, 0 = off; default 1000 with TLS, 0 without), KMS_RATE_BURST, KMS_HSM_MAX_IN_FLIGHT,
 KMS_HSM_MAX_QUEUED, KMS_HSM_QUEUE_TIMEOUT_MS, KMS_MAX_MESSAGE_BYTES, KMS_TLS_HANDSHAKE_TIMEOUT_MS (default 10000),
 KMS_TLS_MAX_UNAUTHENTICATED (default 1024), KMS_TLS_MAX_UNAUTHENTICATED_PER_ADDRESS (default 64),
-KMS_MAX_CONCURRENT_STREAMS (per connection, default 256), KMS_STREAM_MAX_PER_CONNECTION (default 8),
+KMS_MAX_CONCURRENT_STREAMS (per connection, default 256), KMS_STREAM_MAX_PER_CONNECTION (default 16),
 KMS_STREAM_MAX_PER_PRINCIPAL (default 32), KMS_STREAM_BUFFER_BYTES_PER_CONNECTION (default 8 MiB),
 KMS_STREAM_BUFFER_BYTES_PER_PRINCIPAL (default 32 MiB). SIGHUP reloads the policy file.
 Ceremonies and audit (docs/ceremony.md, docs/audit.md): KMS_PROPOSAL_TTL_SECONDS (default 86400),
@@ -235,7 +235,7 @@ export function securitySettings(flags: Record<string, string>, env: NodeJS.Proc
     maxUnauthenticated: intSetting('tlsMaxUnauthenticated', val(null, 'KMS_TLS_MAX_UNAUTHENTICATED', 'tlsMaxUnauthenticated') ?? 1024, 1, 3072),
     maxUnauthenticatedPerAddress: intSetting('tlsMaxUnauthenticatedPerAddress', val(null, 'KMS_TLS_MAX_UNAUTHENTICATED_PER_ADDRESS', 'tlsMaxUnauthenticatedPerAddress') ?? 64, 1, 3072),
     maxConcurrentStreams: intSetting('maxConcurrentStreams', val(null, 'KMS_MAX_CONCURRENT_STREAMS', 'maxConcurrentStreams') ?? 256, 1, 65_536),
-    maxStreamsPerConnection: intSetting('streamMaxPerConnection', val(null, 'KMS_STREAM_MAX_PER_CONNECTION', 'streamMaxPerConnection') ?? 8, 1, 65_536),
+    maxStreamsPerConnection: intSetting('streamMaxPerConnection', val(null, 'KMS_STREAM_MAX_PER_CONNECTION', 'streamMaxPerConnection') ?? 16, 1, 65_536),
     maxStreamsPerPrincipal: intSetting('streamMaxPerPrincipal', val(null, 'KMS_STREAM_MAX_PER_PRINCIPAL', 'streamMaxPerPrincipal') ?? 32, 1, 1_000_000),
     maxBufferedBytesPerConnection: intSetting('streamBufferBytesPerConnection', val(null, 'KMS_STREAM_BUFFER_BYTES_PER_CONNECTION', 'streamBufferBytesPerConnection') ?? 8 * 1024 * 1024, 64 * 1024, 4 * 1024 * 1024 * 1024),
     maxBufferedBytesPerPrincipal: intSetting('streamBufferBytesPerPrincipal', val(null, 'KMS_STREAM_BUFFER_BYTES_PER_PRINCIPAL', 'streamBufferBytesPerPrincipal') ?? 32 * 1024 * 1024, 64 * 1024, 16 * 1024 * 1024 * 1024),

@@ -347,8 +347,8 @@ describe('raw frames', () => {
     const head = Buffer.alloc(5);
     head.writeUInt32BE(body.length, 1);
     const frame = Buffer.concat([head, body]);
-    // More streams than one connection may hold open (KMS_STREAM_MAX_PER_CONNECTION, 8 by default).
-    const streams = Array.from({ length: 12 }, () => {
+    // More streams than one connection may hold open (KMS_STREAM_MAX_PER_CONNECTION, 16 by default).
+    const streams = Array.from({ length: 20 }, () => {
       const s = session.request({ ':method': 'POST', ':path': m.path, 'content-type': 'application/grpc', te: 'trailers' });
       s.on('error', () => undefined);
       const headers = new Promise<http2.IncomingHttpHeaders>((resolve) => {
@@ -361,7 +361,7 @@ describe('raw frames', () => {
     const answered = await Promise.all(streams.map((x) => x.headers));
     const refused = answered.filter((h) => h['grpc-status'] === String(grpc.status.RESOURCE_EXHAUSTED));
     expect(refused.length).toBe(4);
-    for (const h of refused) expect(decodeURIComponent(String(h['grpc-message']))).toMatch(/limit is 8 \(KMS_STREAM_MAX_PER_CONNECTION\)/);
+    for (const h of refused) expect(decodeURIComponent(String(h['grpc-message']))).toMatch(/limit is 16 \(KMS_STREAM_MAX_PER_CONNECTION\)/);
     await healthy();
     for (const x of streams) x.s.close(http2.constants.NGHTTP2_CANCEL);
     session.close();

@@ -95,7 +95,7 @@ describe('transport settings', () => {
       maxUnauthenticated: 1024,
       maxUnauthenticatedPerAddress: 64,
       maxConcurrentStreams: 256,
-      maxStreamsPerConnection: 8,
+      maxStreamsPerConnection: 16,
       maxStreamsPerPrincipal: 32,
       maxBufferedBytesPerConnection: 8 * 1024 * 1024,
       maxBufferedBytesPerPrincipal: 32 * 1024 * 1024,

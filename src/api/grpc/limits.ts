@@ -235,7 +235,7 @@ export interface StreamLimits {
 }
 
 export const DEFAULT_STREAM_LIMITS: StreamLimits = {
-  maxStreamsPerConnection: 8,
+  maxStreamsPerConnection: 16,
   maxStreamsPerPrincipal: 32,
   maxBufferedBytesPerConnection: 8 * 1024 * 1024,
   maxBufferedBytesPerPrincipal: 32 * 1024 * 1024,
