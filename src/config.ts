@@ -49,6 +49,17 @@ export interface SecurityConfig {
   queueTimeoutMs: number;
   /** Largest gRPC message accepted or sent, bytes. */
   maxMessageBytes: number;
+  /** TLS connections that have not completed the handshake: timeout, caps in all and per source address. */
+  handshakeTimeoutMs: number;
+  maxUnauthenticated: number;
+  maxUnauthenticatedPerAddress: number;
+  /** HTTP/2 streams open at once per connection, every call counted. */
+  maxConcurrentStreams: number;
+  /** EncryptStream/DecryptStream: open streams and the bytes they hold, per connection and per principal. */
+  maxStreamsPerConnection: number;
+  maxStreamsPerPrincipal: number;
+  maxBufferedBytesPerConnection: number;
+  maxBufferedBytesPerPrincipal: number;
 }
 
 export class ConfigError extends Error {}
@@ -86,7 +97,11 @@ KMS_WRAPPING_KEY_POOL_SIZE, KMS_SCHEDULER_INTERVAL_MS, KMS_NATIVE (0 disables th
 (the addon's worker threads, default: the number of cores), KMS_LOG_LEVEL.
 Security (docs/security.md): KMS_POLICY, KMS_PLAINTEXT_LOOPBACK (0|1, default 1 without TLS), KMS_RATE_LIMIT
 (requests/s per principal, 0 = off; default 1000 with TLS, 0 without), KMS_RATE_BURST, KMS_HSM_MAX_IN_FLIGHT,
-KMS_HSM_MAX_QUEUED, KMS_HSM_QUEUE_TIMEOUT_MS, KMS_MAX_MESSAGE_BYTES. SIGHUP reloads the policy file.
+KMS_HSM_MAX_QUEUED, KMS_HSM_QUEUE_TIMEOUT_MS, KMS_MAX_MESSAGE_BYTES, KMS_TLS_HANDSHAKE_TIMEOUT_MS (default 10000),
+KMS_TLS_MAX_UNAUTHENTICATED (default 1024), KMS_TLS_MAX_UNAUTHENTICATED_PER_ADDRESS (default 64),
+KMS_MAX_CONCURRENT_STREAMS (per connection, default 256), KMS_STREAM_MAX_PER_CONNECTION (default 16),
+KMS_STREAM_MAX_PER_PRINCIPAL (default 32), KMS_STREAM_BUFFER_BYTES_PER_CONNECTION (default 8 MiB),
+KMS_STREAM_BUFFER_BYTES_PER_PRINCIPAL (default 32 MiB). SIGHUP reloads the policy file.
 Ceremonies and audit (docs/ceremony.md, docs/audit.md): KMS_PROPOSAL_TTL_SECONDS (default 86400),
 KMS_AUDIT_DATA_PLANE (1 logs every Encrypt/Decrypt; default: counted only), KMS_AUDIT_CHECKPOINT_RECORDS,
 KMS_AUDIT_CHECKPOINT_SECONDS. Tests only: KMS_PENDING_WINDOW_DAY_SECONDS (seconds per deletion-window day),
@@ -214,5 +229,15 @@ export function securitySettings(flags: Record<string, string>, env: NodeJS.Proc
     maxQueued: intSetting('hsmMaxQueued', val(null, 'KMS_HSM_MAX_QUEUED', 'hsmMaxQueued') ?? 1024, 0, 1_000_000),
     queueTimeoutMs: intSetting('hsmQueueTimeoutMs', val(null, 'KMS_HSM_QUEUE_TIMEOUT_MS', 'hsmQueueTimeoutMs') ?? 5000, 1, 600_000),
     maxMessageBytes: intSetting('maxMessageBytes', val(null, 'KMS_MAX_MESSAGE_BYTES', 'maxMessageBytes') ?? 4 * 1024 * 1024, 1024, 64 * 1024 * 1024),
+    handshakeTimeoutMs: intSetting('tlsHandshakeTimeoutMs', val(null, 'KMS_TLS_HANDSHAKE_TIMEOUT_MS', 'tlsHandshakeTimeoutMs') ?? 10_000, 100, 120_000),
+    // At most 3072 of the listener's 4096 connections (MAX_TLS_CONNECTIONS) may be unauthenticated:
+    // the rest is kept for clients that completed the handshake.
+    maxUnauthenticated: intSetting('tlsMaxUnauthenticated', val(null, 'KMS_TLS_MAX_UNAUTHENTICATED', 'tlsMaxUnauthenticated') ?? 1024, 1, 3072),
+    maxUnauthenticatedPerAddress: intSetting('tlsMaxUnauthenticatedPerAddress', val(null, 'KMS_TLS_MAX_UNAUTHENTICATED_PER_ADDRESS', 'tlsMaxUnauthenticatedPerAddress') ?? 64, 1, 3072),
+    maxConcurrentStreams: intSetting('maxConcurrentStreams', val(null, 'KMS_MAX_CONCURRENT_STREAMS', 'maxConcurrentStreams') ?? 256, 1, 65_536),
+    maxStreamsPerConnection: intSetting('streamMaxPerConnection', val(null, 'KMS_STREAM_MAX_PER_CONNECTION', 'streamMaxPerConnection') ?? 16, 1, 65_536),
+    maxStreamsPerPrincipal: intSetting('streamMaxPerPrincipal', val(null, 'KMS_STREAM_MAX_PER_PRINCIPAL', 'streamMaxPerPrincipal') ?? 32, 1, 1_000_000),
+    maxBufferedBytesPerConnection: intSetting('streamBufferBytesPerConnection', val(null, 'KMS_STREAM_BUFFER_BYTES_PER_CONNECTION', 'streamBufferBytesPerConnection') ?? 8 * 1024 * 1024, 64 * 1024, 4 * 1024 * 1024 * 1024),
+    maxBufferedBytesPerPrincipal: intSetting('streamBufferBytesPerPrincipal', val(null, 'KMS_STREAM_BUFFER_BYTES_PER_PRINCIPAL', 'streamBufferBytesPerPrincipal') ?? 32 * 1024 * 1024, 64 * 1024, 16 * 1024 * 1024 * 1024),
   };
 }

@@ -96,14 +96,14 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     kms.onKeyEvent = (ev) => quorum.audit.append({ principal: 'kmsd', action: ev.action, keyId: ev.keyId, outcome: 'ok', details: ev.details });
     // Issue 6: principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
     const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: quorum.audit });
-    const { server, health } = createServer({ kms, imports, log, ceremony: ceremonyExtension(quorum), security }, { maxMessageBytes: sec.maxMessageBytes });
+    const { server, health } = createServer({ kms, imports, log, ceremony: ceremonyExtension(quorum), security }, { maxMessageBytes: sec.maxMessageBytes, maxConcurrentStreams: sec.maxConcurrentStreams, streamLimits: sec });
     const { host, port } = parseListen(cfg.listen);
     // TLS: our own TLS 1.3 listener (client certificates checked and refusals audited) feeding the
     // gRPC server; plaintext only on loopback (config.ts refuses anything else).
     let tlsListener: TlsListener | null = null;
     let boundPort: number;
     if (cfg.tls) {
-      tlsListener = await listenTls(server, { host, port, certFile: cfg.tls.certFile, keyFile: cfg.tls.keyFile, clientCaFile: cfg.tls.clientCaFile, log, audit: () => quorum.audit });
+      tlsListener = await listenTls(server, { host, port, certFile: cfg.tls.certFile, keyFile: cfg.tls.keyFile, clientCaFile: cfg.tls.clientCaFile, log, audit: () => quorum.audit, limits: sec });
       boundPort = tlsListener.port;
     } else {
       const bindHost = host.includes(':') ? `[${host}]` : host;

@@ -337,4 +337,35 @@ describe('raw frames', () => {
     await healthy();
     expect(k.logs()).not.toMatch(/"msg":"internal error"/);
   });
+
+  it('batch streams that send and never read: the ones over the limit are refused with RESOURCE_EXHAUSTED, the daemon keeps serving', async () => {
+    const session = http2.connect(`http://${k.endpoint}`, { maxSessionMemory: 256 });
+    session.on('error', () => undefined);
+    const m = def['kms.v1.KeyManagementService'].EncryptStream;
+    const items = Array.from({ length: 24 }, () => ({ KeyId: known[0], Plaintext: Buffer.alloc(6 * 1024, 0x62).toString('base64') }));
+    const body = m.requestSerialize({ BatchId: 'unread', Items: items }) as Buffer;
+    const head = Buffer.alloc(5);
+    head.writeUInt32BE(body.length, 1);
+    const frame = Buffer.concat([head, body]);
+    // More streams than one connection may hold open (KMS_STREAM_MAX_PER_CONNECTION, 16 by default).
+    const streams = Array.from({ length: 20 }, () => {
+      const s = session.request({ ':method': 'POST', ':path': m.path, 'content-type': 'application/grpc', te: 'trailers' });
+      s.on('error', () => undefined);
+      const headers = new Promise<http2.IncomingHttpHeaders>((resolve) => {
+        s.once('response', resolve);
+        s.once('close', () => resolve({}));
+      });
+      s.write(frame); // and never read what comes back
+      return { s, headers };
+    });
+    const answered = await Promise.all(streams.map((x) => x.headers));
+    const refused = answered.filter((h) => h['grpc-status'] === String(grpc.status.RESOURCE_EXHAUSTED));
+    expect(refused.length).toBe(4);
+    for (const h of refused) expect(decodeURIComponent(String(h['grpc-message']))).toMatch(/limit is 16 \(KMS_STREAM_MAX_PER_CONNECTION\)/);
+    await healthy();
+    for (const x of streams) x.s.close(http2.constants.NGHTTP2_CANCEL);
+    session.close();
+    await healthy();
+    expect(k.logs()).not.toMatch(/"msg":"internal error"/);
+  });
 });

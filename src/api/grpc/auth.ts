@@ -17,7 +17,7 @@ import type { CallContext } from '../../kms/types';
 import type { KmsService, Logger } from '../../kms/service';
 import { ANONYMOUS, Policy, KeyResource, PolicyError, PrincipalKind, describeResource, isUriShaped } from '../../policy/policy';
 import { actionInfo } from '../../policy/actions';
-import { Bulkhead, CallAbandoned, LimitsConfig, RateLimiter, isMalformed, malformedReason } from './limits';
+import { Bulkhead, CallAbandoned, ConnectionLimits, DEFAULT_CONNECTION_LIMITS, LimitsConfig, RateLimiter, isMalformed, malformedReason } from './limits';
 
 export { ANONYMOUS };
 
@@ -347,6 +347,8 @@ export interface TlsListenerOptions {
   log: Logger;
   /** Read at refusal time, so the audit log can be attached after the listener starts. */
   audit?: () => AuditSink | undefined;
+  /** Unauthenticated connections: handshake timeout and caps (DEFAULT_CONNECTION_LIMITS when absent). */
+  limits?: ConnectionLimits;
 }
 
 export interface TlsListener {
@@ -354,6 +356,14 @@ export interface TlsListener {
   /** Stops accepting connections (in-flight calls are drained by the gRPC server). */
   close(): Promise<void>;
   readonly refused: number;
+  /** Connections closed before completing the handshake: out of time, or pushed out by a newer one. */
+  readonly unauthenticatedClosed: { timedOut: number; evicted: number };
+}
+
+interface Unauthenticated {
+  raw: net.Socket;
+  address: string;
+  timer: NodeJS.Timeout;
 }
 
 /**
@@ -361,8 +371,20 @@ export interface TlsListener {
  * certificate that chains to it and names a principal; any other connection is closed right after
  * the handshake, before a single request is read, and the refusal is logged and audited with the
  * peer address and the reason.
+ *
+ * A connection that has not completed its handshake is unauthenticated and costs kmsd a slot, so
+ * such connections are bounded: each is closed when the handshake has not completed within
+ * handshakeTimeoutMs of the connect (however slowly its bytes trickle in), and at most
+ * maxUnauthenticatedPerAddress from one source address and maxUnauthenticated in all are held; a
+ * new connection over either cap pushes out the oldest unauthenticated one (of its address, or of
+ * all), so a client about to complete its handshake is never locked out by connections that will
+ * not. maxUnauthenticated is below MAX_TLS_CONNECTIONS: the rest is kept for authenticated clients.
  */
 export async function listenTls(server: grpc.Server, o: TlsListenerOptions): Promise<TlsListener> {
+  const limits = o.limits ?? DEFAULT_CONNECTION_LIMITS;
+  if (limits.maxUnauthenticated >= MAX_TLS_CONNECTIONS) {
+    throw new Error(`maxUnauthenticated (${limits.maxUnauthenticated}) must stay below MAX_TLS_CONNECTIONS (${MAX_TLS_CONNECTIONS})`);
+  }
   const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
   const ca = o.clientCaFile ? fs.readFileSync(o.clientCaFile) : undefined;
   const tlsServer = tls.createServer({
@@ -374,7 +396,8 @@ export async function listenTls(server: grpc.Server, o: TlsListenerOptions): Pro
     requestCert: Boolean(ca),
     // Verified here rather than inside OpenSSL so that a refusal can be audited with its reason.
     rejectUnauthorized: false,
-    handshakeTimeout: 10_000,
+    // Node's own timeout restarts with every byte received; the timer below does not.
+    handshakeTimeout: limits.handshakeTimeoutMs,
   });
   // Bounded connections: past this, new connections are dropped by the kernel-facing listener
   // (each open connection costs a file descriptor and an HTTP/2 session).
@@ -390,7 +413,66 @@ export async function listenTls(server: grpc.Server, o: TlsListenerOptions): Pro
       o.log.error({ err: (e as Error).message }, 'could not audit a refused connection');
     }
   };
+
+  // Unauthenticated connections, keyed by peer address and port, oldest first (Map order).
+  const pending = new Map<string, Unauthenticated>();
+  const byAddress = new Map<string, Set<string>>();
+  // Connections this listener closed itself: their handshake error is not logged one by one.
+  const closedHere = new Set<string>();
+  const closedCount = { timedOut: 0, evicted: 0 };
+  // One log line per second at most for closed connections: a flood must not flood the log.
+  const sinceLog = { timedOut: 0, evicted: 0, addresses: new Set<string>() };
+  let logTimer: NodeJS.Timeout | null = null;
+  const logClosed = () => {
+    logTimer = null;
+    o.log.warn(
+      { timedOut: sinceLog.timedOut, evicted: sinceLog.evicted, addresses: [...sinceLog.addresses], handshakeTimeoutMs: limits.handshakeTimeoutMs, maxUnauthenticated: limits.maxUnauthenticated, maxUnauthenticatedPerAddress: limits.maxUnauthenticatedPerAddress },
+      'TLS handshake not completed: unauthenticated connections closed',
+    );
+    sinceLog.timedOut = 0;
+    sinceLog.evicted = 0;
+    sinceLog.addresses.clear();
+  };
+  const release = (key: string): Unauthenticated | undefined => {
+    const u = pending.get(key);
+    if (!u) return undefined;
+    clearTimeout(u.timer);
+    pending.delete(key);
+    const set = byAddress.get(u.address);
+    set?.delete(key);
+    if (set && set.size === 0) byAddress.delete(u.address);
+    return u;
+  };
+  const drop = (key: string, why: 'timedOut' | 'evicted') => {
+    const u = release(key);
+    if (!u) return;
+    closedCount[why]++;
+    sinceLog[why]++;
+    if (sinceLog.addresses.size < 16) sinceLog.addresses.add(u.address);
+    if (!logTimer) logTimer = setTimeout(logClosed, 1000).unref();
+    closedHere.add(key);
+    // Destroying the TCP socket also ends the TLS socket on top of it (its handshake fails).
+    u.raw.destroy();
+  };
+  tlsServer.on('connection', (raw: net.Socket) => {
+    const address = raw.remoteAddress ?? 'unknown';
+    const key = `${address}:${raw.remotePort}`;
+    const mine = byAddress.get(address);
+    if (mine && mine.size >= limits.maxUnauthenticatedPerAddress) drop(mine.values().next().value as string, 'evicted');
+    if (pending.size >= limits.maxUnauthenticated) drop(pending.keys().next().value as string, 'evicted');
+    const timer = setTimeout(() => drop(key, 'timedOut'), limits.handshakeTimeoutMs);
+    timer.unref();
+    pending.set(key, { raw, address, timer });
+    if (mine) mine.add(key);
+    else byAddress.set(address, new Set([key]));
+    raw.once('close', () => {
+      release(key);
+      // The TLS socket reports its failed handshake after this; forget the key once it has.
+      setImmediate(() => closedHere.delete(key));
+    });
+  });
   tlsServer.on('secureConnection', (socket: tls.TLSSocket) => {
+    release(`${socket.remoteAddress}:${socket.remotePort}`);
     socket.on('error', () => undefined); // resets after the handshake are the peer's business
     if (ca) {
       const cert = socket.getPeerCertificate();
@@ -416,8 +498,13 @@ export async function listenTls(server: grpc.Server, o: TlsListenerOptions): Pro
     injector.injectConnection(socket);
   });
   tlsServer.on('tlsClientError', (err, socket) => {
+    // Node leaves the connection open after a failed handshake (a timeout included) when this
+    // event has a listener: close it here.
+    socket.destroy();
+    const key = `${socket.remoteAddress}:${socket.remotePort}`;
+    if (closedHere.has(key)) return;
     // Failed handshakes (old TLS versions, garbage, port scans): logged, not audited one by one.
-    o.log.warn({ peer: `${socket.remoteAddress}:${socket.remotePort}`, reason: (err as NodeJS.ErrnoException).code ?? err.message }, 'TLS handshake failed');
+    o.log.warn({ peer: key, reason: (err as NodeJS.ErrnoException).code ?? err.message }, 'TLS handshake failed');
   });
   await new Promise<void>((resolve, reject) => {
     tlsServer.once('error', reject);
@@ -432,9 +519,12 @@ export async function listenTls(server: grpc.Server, o: TlsListenerOptions): Pro
     get refused() {
       return refused;
     },
+    unauthenticatedClosed: closedCount,
     // Stops accepting; open sessions belong to the gRPC server, whose tryShutdown drains them.
     close: async () => {
       tlsServer.close();
+      for (const key of [...pending.keys()]) release(key)?.raw.destroy();
+      if (logTimer) clearTimeout(logTimer);
     },
   };
 }

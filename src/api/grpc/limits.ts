@@ -5,8 +5,13 @@
 //     queue behind them, and a queue timeout; a full queue is answered with Throttling at once;
 //   - request decoding that cannot fail inside grpc-js: a malformed protobuf frame becomes a
 //     marker the envelope answers with InvalidParameter (grpc-js itself would say INTERNAL).
+//   - unauthenticated TLS connections: a handshake timeout and caps per source address and in all
+//     (ConnectionLimits, enforced by listenTls);
+//   - batch streams: open streams and buffered bytes per connection and per principal (StreamLimits).
 // The maximum message size is a server option (createServer).
 
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import * as grpc from '@grpc/grpc-js';
 import { KmsError } from '../../kms/errors';
 
@@ -22,6 +27,22 @@ export interface LimitsConfig {
   /** Longest wait for a slot before Throttling, ms. */
   queueTimeoutMs: number;
 }
+
+/** Connections that have not completed the TLS handshake (src/api/grpc/auth.ts, listenTls). */
+export interface ConnectionLimits {
+  /** From connect to a completed handshake, ms; a slower connection is closed. */
+  handshakeTimeoutMs: number;
+  /** Unauthenticated connections held at once, in all; below MAX_TLS_CONNECTIONS. */
+  maxUnauthenticated: number;
+  /** Unauthenticated connections held at once from one source address. */
+  maxUnauthenticatedPerAddress: number;
+}
+
+export const DEFAULT_CONNECTION_LIMITS: ConnectionLimits = {
+  handshakeTimeoutMs: 10_000,
+  maxUnauthenticated: 1024,
+  maxUnauthenticatedPerAddress: 64,
+};
 
 export const DEFAULT_LIMITS: LimitsConfig = {
   ratePerSecond: 0,
@@ -199,9 +220,189 @@ export class Bulkhead {
   }
 }
 
+// ------------------------------------------------------------------ batch streams
+
+/** Batch streams (EncryptStream, DecryptStream): how many are open and how much they may hold. */
+export interface StreamLimits {
+  /** Open streams per connection; a stream over it is refused with RESOURCE_EXHAUSTED. */
+  maxStreamsPerConnection: number;
+  /** Open streams per principal, over every connection. */
+  maxStreamsPerPrincipal: number;
+  /** Bytes of stream messages being worked on and of answers the client has not read yet, per connection. */
+  maxBufferedBytesPerConnection: number;
+  /** The same, per principal. */
+  maxBufferedBytesPerPrincipal: number;
+}
+
+export const DEFAULT_STREAM_LIMITS: StreamLimits = {
+  maxStreamsPerConnection: 16,
+  maxStreamsPerPrincipal: 32,
+  maxBufferedBytesPerConnection: 8 * 1024 * 1024,
+  maxBufferedBytesPerPrincipal: 32 * 1024 * 1024,
+};
+
+interface StreamPool {
+  streams: number;
+  bytes: number;
+}
+
+/** What one stream holds, charged to its connection and its principal as well. */
+export interface StreamAccount {
+  /** Bytes this stream holds now (messages in work, answers not yet taken by the client). */
+  readonly bytes: number;
+  /**
+   * Charges `n` bytes if the connection and the principal have room. Without room: 'wait' when this
+   * stream holds something itself (it gets room back as its own answers are read), else a
+   * Throttling error naming the limit (the room is held by other streams, maybe never given back).
+   */
+  reserve(n: number): 'ok' | 'wait' | KmsError;
+  /** Whether another message may be read now: the same answer as reserve() for a message of 1 byte, without charging it. */
+  room(): 'ok' | 'wait' | KmsError;
+  release(n: number): void;
+  /** Gives back everything and the stream's place; idempotent. */
+  close(): void;
+}
+
+/** Streams that held at least this much together get a full garbage collection once they hold nothing. */
+const IDLE_COLLECT_BYTES = 4 * 1024 * 1024;
+
+let gc: (() => void) | null | undefined;
+
+/**
+ * A full V8 garbage collection. Large stream messages leave hundreds of MB of garbage that an idle
+ * daemon would otherwise keep (V8 collects on allocation, and an idle kmsd allocates little), so
+ * once stream buffers drain this gives the memory back. Costs one pause of some ms, at most once
+ * per drain of a large stream load.
+ */
+export function collectGarbage(): void {
+  if (gc === undefined) {
+    try {
+      v8.setFlagsFromString('--expose-gc');
+      gc = vm.runInNewContext('gc') as () => void;
+    } catch {
+      gc = null;
+    }
+  }
+  gc?.();
+}
+
+const MiB = (n: number) => (n >= 1024 * 1024 ? `${Math.round((n / 1024 / 1024) * 10) / 10} MiB` : `${n} bytes`);
+
+/**
+ * Open batch streams and the bytes they hold, per connection and per principal. Limits a client
+ * that sends large messages and never reads the answers: without them each stream kept its
+ * messages and their answers in memory for as long as it stayed open.
+ */
+export class StreamBudget {
+  private readonly connections = new Map<string, StreamPool>();
+  private readonly principals = new Map<string, StreamPool>();
+  readonly stats = { refusedStreams: 0, refusedMessages: 0, maxBytes: 0 };
+  private total = 0;
+
+  private peakSinceIdle = 0;
+  private collectTimer: NodeJS.Timeout | null = null;
+
+  /** `onIdle`: called (debounced) when streams that held a lot hold nothing any more. */
+  constructor(
+    readonly limits: StreamLimits,
+    private readonly onIdle: () => void = collectGarbage,
+  ) {}
+
+  /** Bytes held by every stream now. */
+  get bytes(): number {
+    return this.total;
+  }
+
+  /** Opens a stream for `connection` (its peer address) and `principal`, or throws Throttling naming the limit. */
+  open(action: string, connection: string, principal: string): StreamAccount {
+    const conn = this.connections.get(connection) ?? { streams: 0, bytes: 0 };
+    const who = this.principals.get(principal) ?? { streams: 0, bytes: 0 };
+    const l = this.limits;
+    if (conn.streams >= l.maxStreamsPerConnection) {
+      this.stats.refusedStreams++;
+      throw new KmsError('Throttling', `${action}: ${conn.streams} EncryptStream/DecryptStream streams are open on this connection, the limit is ${l.maxStreamsPerConnection} (KMS_STREAM_MAX_PER_CONNECTION); end a stream or use another connection`);
+    }
+    if (who.streams >= l.maxStreamsPerPrincipal) {
+      this.stats.refusedStreams++;
+      throw new KmsError('Throttling', `${action}: principal ${principal} has ${who.streams} EncryptStream/DecryptStream streams open, the limit is ${l.maxStreamsPerPrincipal} (KMS_STREAM_MAX_PER_PRINCIPAL); end a stream first`);
+    }
+    conn.streams++;
+    who.streams++;
+    this.connections.set(connection, conn);
+    this.principals.set(principal, who);
+    let own = 0;
+    let closed = false;
+    const stats = this.stats;
+    const release = (n: number) => {
+      const k = Math.min(n, own);
+      own -= k;
+      conn.bytes -= k;
+      who.bytes -= k;
+      this.total -= k;
+      if (this.total === 0 && this.peakSinceIdle >= IDLE_COLLECT_BYTES) {
+        this.peakSinceIdle = 0;
+        if (this.collectTimer) clearTimeout(this.collectTimer);
+        this.collectTimer = setTimeout(() => {
+          this.collectTimer = null;
+          if (this.total === 0) this.onIdle();
+        }, 1000).unref();
+      }
+    };
+    return {
+      get bytes() {
+        return own;
+      },
+      room: () => check(1, false),
+      reserve: (n) => {
+        const r = check(n, true);
+        if (r !== 'ok' || closed) return r;
+        own += n;
+        conn.bytes += n;
+        who.bytes += n;
+        this.total += n;
+        if (this.total > this.stats.maxBytes) this.stats.maxBytes = this.total;
+        if (this.total > this.peakSinceIdle) this.peakSinceIdle = this.total;
+        return 'ok';
+      },
+      release: (n) => {
+        if (!closed) release(n);
+      },
+      close: () => {
+        if (closed) return;
+        release(own);
+        closed = true;
+        conn.streams--;
+        who.streams--;
+        if (conn.streams === 0) this.connections.delete(connection);
+        if (who.streams === 0) this.principals.delete(principal);
+      },
+    };
+    function check(n: number, count: boolean): 'ok' | 'wait' | KmsError {
+      if (closed) return 'ok';
+      // A message alone is always taken: the limits are on what streams hold together.
+      const overConn = conn.bytes > 0 && conn.bytes + n > l.maxBufferedBytesPerConnection;
+      const overWho = who.bytes > 0 && who.bytes + n > l.maxBufferedBytesPerPrincipal;
+      if (overConn || overWho) {
+        if (own > 0) return 'wait';
+        if (count) stats.refusedMessages++;
+        return overConn
+            ? new KmsError('Throttling', `${action}: EncryptStream/DecryptStream buffers of this connection are full (${MiB(conn.bytes)} of messages in work and answers not read by the client), the limit is ${MiB(l.maxBufferedBytesPerConnection)} (KMS_STREAM_BUFFER_BYTES_PER_CONNECTION); read the answers of open streams`)
+            : new KmsError('Throttling', `${action}: EncryptStream/DecryptStream buffers of principal ${principal} are full (${MiB(who.bytes)} of messages in work and answers not read), the limit is ${MiB(l.maxBufferedBytesPerPrincipal)} (KMS_STREAM_BUFFER_BYTES_PER_PRINCIPAL); read the answers of open streams`);
+      }
+      return 'ok';
+    }
+  }
+}
+
 // ------------------------------------------------------------------ request decoding
 
 const MALFORMED = Symbol('kmsd.malformedRequest');
+const WIRE_BYTES = Symbol('kmsd.wireBytes');
+
+/** The size of a request as it arrived (its protobuf encoding), or 0 when unknown. */
+export function wireBytes(req: unknown): number {
+  return typeof req === 'object' && req !== null && WIRE_BYTES in req ? (req as { [WIRE_BYTES]: number })[WIRE_BYTES] : 0;
+}
 
 export interface MalformedRequest {
   [MALFORMED]: string;
@@ -227,12 +428,16 @@ export function hardenService(def: grpc.ServiceDefinition): grpc.ServiceDefiniti
     out[name] = {
       ...m,
       requestDeserialize: (bytes: Buffer) => {
+        let req: object;
         try {
-          return decode(bytes);
+          req = decode(bytes) as object;
         } catch (e) {
           const detail = e instanceof Error ? e.message.replace(/[^\x20-\x7e]/g, '?').slice(0, 120) : 'undecodable';
-          return { [MALFORMED]: detail } as MalformedRequest;
+          req = { [MALFORMED]: detail } as MalformedRequest;
         }
+        // Streams charge their memory limits by it (StreamBudget); invisible to everything else.
+        if (req && typeof req === 'object') Object.defineProperty(req, WIRE_BYTES, { value: bytes.length });
+        return req;
       },
     };
   }

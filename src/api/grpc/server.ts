@@ -3,6 +3,7 @@
 // and server reflection are registered beside the KMS service.
 
 import crypto from 'node:crypto';
+import http2 from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
@@ -12,8 +13,9 @@ import type { KmsService, Logger } from '../../kms/service';
 import type { ImportService } from '../../kms/import';
 import type { CallContext } from '../../kms/types';
 import type { CeremonyExtension } from './ceremony';
+import { ANONYMOUS, principalFromCertificate } from './auth';
 import type { CallGuard } from './auth';
-import { CallAbandoned, hardenService, isMalformed, malformedReason } from './limits';
+import { CallAbandoned, DEFAULT_STREAM_LIMITS, StreamAccount, StreamBudget, StreamLimits, hardenService, isMalformed, malformedReason, wireBytes } from './limits';
 import { BatchService } from '../../kms/batch';
 import { describeRuntime, startRuntimeMonitor } from './runtime';
 import { CALL_TURN_BUDGET_MS, Turns } from '../../turns';
@@ -38,9 +40,34 @@ const STATUS: Record<KmsError['status'], grpc.status> = {
 
 type Action = (req: never, ctx: CallContext) => unknown;
 
+/**
+ * Longest error message sent back, in characters and in bytes once percent-encoded for the
+ * grpc-message trailer. A trailer larger than the peer's header-list limit is never delivered (the
+ * client waits for its deadline instead), and grpc-js clients accept 8 KiB of metadata by default.
+ */
+export const MAX_ANSWER_MESSAGE_CHARS = 1024;
+export const MAX_ANSWER_MESSAGE_BYTES = 4096;
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
+/** A message within MAX_ANSWER_MESSAGE_CHARS/BYTES; a longer one is cut and says how much was cut. */
+export function boundedMessage(message: string): string {
+  const m = message.replace(LONE_SURROGATE, '\uFFFD');
+  const fits = (s: string) => s.length <= MAX_ANSWER_MESSAGE_CHARS && encodeURI(s).length <= MAX_ANSWER_MESSAGE_BYTES;
+  if (fits(m)) return m;
+  // Room for the note; a cut never splits a surrogate pair.
+  let keep = Math.min(m.length, MAX_ANSWER_MESSAGE_CHARS - 48);
+  while (keep > 0 && encodeURI(m.slice(0, keep)).length > MAX_ANSWER_MESSAGE_BYTES - 48) keep = Math.floor(keep * 0.8);
+  if (keep > 0 && /[\uD800-\uDBFF]/.test(m[keep - 1])) keep--;
+  return `${m.slice(0, keep)}... (${m.length - keep} more characters cut)`;
+}
+
 /** The error a failed action is answered with; `internal` is the cause when it must go to the log. */
 function answerFor(e: unknown, requestId: string): { err: KmsError; internal?: unknown } {
-  if (e instanceof KmsError) return { err: e };
+  if (e instanceof KmsError) {
+    const message = boundedMessage(e.message);
+    return { err: message === e.message ? e : new KmsError(e.code, message) };
+  }
   return { err: hsmUnavailable(e) ?? new KmsError('InternalFailure', `internal error (request id ${requestId})`), internal: e };
 }
 
@@ -161,6 +188,50 @@ function unary(name: string, action: Action, log: Logger, turns: Turns, guard?: 
 
 /** Messages of one stream being worked on at once; past this the stream is paused (backpressure). */
 const STREAM_MAX_IN_FLIGHT = 8;
+/** Bytes of answers written to a stream and not yet taken by its client past which the stream is paused. */
+const STREAM_WRITE_HIGH_WATER = 1024 * 1024;
+
+/** The principal a stream's limits are counted under: the certificate's, or anonymous. */
+function streamPrincipal(call: grpc.ServerDuplexStream<unknown, unknown>): string {
+  const cert = call.getAuthContext()?.sslPeerCertificate;
+  if (!cert) return ANONYMOUS;
+  const p = principalFromCertificate(cert);
+  return 'principal' in p ? p.principal : 'unauthenticated';
+}
+
+/** Roughly the encoded size of a batch answer: its strings and a little per item. */
+function answerBytes(value: unknown): number {
+  const results = (value as { Results?: Record<string, unknown>[] })?.Results;
+  let n = 64;
+  if (Array.isArray(results)) {
+    for (const r of results) {
+      n += 16;
+      for (const v of Object.values(r)) if (typeof v === 'string') n += v.length;
+    }
+  }
+  return n;
+}
+
+/**
+ * Ends a stream with an error status (trailers-only when nothing was written yet), then resets it
+ * (NO_ERROR, after the status), so the client stops sending: grpc-js would otherwise go on
+ * receiving, and dropping, whatever the client still sends on it.
+ */
+function endStreamWith(call: grpc.ServerDuplexStream<unknown, unknown>, err: KmsError, streamId: string): void {
+  const t = new grpc.Metadata();
+  t.set(REQUEST_ID_METADATA, streamId);
+  t.set(ERROR_CODE_METADATA, err.code);
+  // grpc-js keeps the HTTP/2 stream to itself (call.call.stream, with no server interceptors).
+  const h2 = (call as unknown as { call?: { stream?: http2.ServerHttp2Stream } }).call?.stream;
+  // Only a trailers-only answer is reset: after headers, the status goes out as trailers later on.
+  const trailersOnly = h2 !== undefined && typeof h2.close === 'function' && !h2.headersSent;
+  call.emit('error', { code: STATUS[err.status], details: err.message, metadata: t });
+  if (!trailersOnly) return;
+  // The status goes out from grpc-js's _final, after this turn.
+  setImmediate(() => {
+    if (h2.headersSent && !h2.closed && !h2.destroyed) h2.close(http2.constants.NGHTTP2_NO_ERROR);
+  });
+}
 
 /**
  * A bidirectional stream of batches: each request message is one call of `action` through the same
@@ -168,29 +239,85 @@ const STREAM_MAX_IN_FLIGHT = 8;
  * request id; up to STREAM_MAX_IN_FLIGHT messages run at once and the answers go out in request
  * order. A message refused as a whole is answered with Code and Message (and its BatchId) and the
  * stream goes on; the stream ends when the client half-closes and every answer is written.
+ *
+ * Memory is bounded (StreamBudget): a stream over the connection's or the principal's limit of open
+ * streams is refused at once with RESOURCE_EXHAUSTED; each message is charged its size until its
+ * answer has been taken by the client, and the stream stops reading while it has
+ * STREAM_MAX_IN_FLIGHT messages in work or STREAM_WRITE_HIGH_WATER bytes of answers unread, or
+ * while its connection or principal is out of room and it holds something itself; a stream that
+ * holds nothing when there is no room (other streams hold it) ends with RESOURCE_EXHAUSTED.
  */
-function bidi(name: string, action: Action, log: Logger, guard?: CallGuard): grpc.handleBidiStreamingCall<unknown, unknown> {
+function bidi(name: string, action: Action, log: Logger, budget: StreamBudget, guard?: CallGuard): grpc.handleBidiStreamingCall<unknown, unknown> {
   guard?.register(name);
   return (call) => {
     const streamId = crypto.randomUUID();
+    call.on('error', () => undefined); // a reset by the client ends the stream; nothing to answer
+    // grpc-js decodes up to 16 messages ahead of the handler (the object-mode default): keep it to one.
+    const readable = (call as unknown as { _readableState?: { highWaterMark: number } })._readableState;
+    if (readable) readable.highWaterMark = 1;
+    let account: StreamAccount;
+    try {
+      account = budget.open(name, call.getPeer(), streamPrincipal(call));
+    } catch (e) {
+      const { err } = answerFor(e, streamId);
+      log.info({ requestId: streamId, action: name, peer: call.getPeer(), outcome: err.code, reason: err.message }, 'stream refused');
+      endStreamWith(call, err, streamId);
+      return;
+    }
     let seq = 0;
     let inFlight = 0;
+    let unread = 0; // bytes of answers written and not yet taken by the client
     let ended = false;
     let closed = false;
+    let stopped = false;
+    const waiting: unknown[] = [];
     let tail: Promise<void> = Promise.resolve();
     // One 'cancelled' listener for the stream; messages waiting in the bulkhead register here.
     const cancelHooks = new Set<() => void>();
     call.on('cancelled', () => {
       for (const cb of [...cancelHooks]) cb();
       cancelHooks.clear();
+      waiting.length = 0;
+      account.close();
     });
-    call.on('error', () => undefined); // a reset by the client ends the stream; nothing to answer
+    call.on('close', () => account.close());
     const finish = () => {
-      if (!ended || inFlight > 0 || closed) return;
+      if (!ended || inFlight > 0 || waiting.length > 0 || closed || stopped) return;
       closed = true;
-      tail.then(() => call.end());
+      tail.then(() => {
+        account.close();
+        call.end();
+      });
     };
-    call.on('data', (request: unknown) => {
+    const stop = (err: KmsError) => {
+      // Only reached by a stream that holds nothing: no answer of its own is pending.
+      stopped = true;
+      waiting.length = 0;
+      account.close();
+      log.info({ requestId: streamId, action: name, peer: call.getPeer(), outcome: err.code, reason: err.message }, 'stream refused');
+      endStreamWith(call, err, streamId);
+    };
+    const pump = () => {
+      while (waiting.length > 0 && !stopped && !call.cancelled) {
+        if (inFlight >= STREAM_MAX_IN_FLIGHT || unread >= STREAM_WRITE_HIGH_WATER) break;
+        const cost = Math.max(1, wireBytes(waiting[0]));
+        const room = account.reserve(cost);
+        if (room === 'wait') break;
+        if (room instanceof KmsError) return stop(room);
+        start(waiting.shift(), cost);
+      }
+      if (stopped) return;
+      if (waiting.length > 0 || inFlight >= STREAM_MAX_IN_FLIGHT || unread >= STREAM_WRITE_HIGH_WATER) call.pause();
+      else {
+        // Read the next message only when there is room for it: a message read is a message decoded.
+        const room = account.room();
+        if (room instanceof KmsError) return stop(room);
+        if (room === 'wait') call.pause();
+        else if (call.isPaused()) call.resume();
+      }
+      finish();
+    };
+    const start = (request: unknown, cost: number) => {
       const requestId = `${streamId}/${seq++}`;
       const started = process.hrtime.bigint();
       const ctx: CallContext = { requestId, principal: call.getPeer() };
@@ -209,7 +336,6 @@ function bidi(name: string, action: Action, log: Logger, guard?: CallGuard): grp
         },
       };
       inFlight++;
-      if (inFlight >= STREAM_MAX_IN_FLIGHT) call.pause();
       const batchId = typeof (request as { BatchId?: unknown })?.BatchId === 'string' ? (request as { BatchId: string }).BatchId : '';
       const result = new Promise<unknown>((resolve) => {
         if (guard) return resolve(guard.admit(name, unit, ctx, () => action(request as never, ctx)));
@@ -229,21 +355,39 @@ function bidi(name: string, action: Action, log: Logger, guard?: CallGuard): grp
           return { Results: [], BatchId: batchId, SuccessCount: 0, ErrorCount: 0, Code: err.code, Message: err.message };
         },
       );
-      // Answers in request order, whatever order the work finishes in.
+      // Answers in request order, whatever order the work finishes in. The message's charge is
+      // given back when the client has taken its answer (grpc-js calls back once it is sent).
       tail = tail.then(() =>
         answer.then((value) => {
           for (const cb of hooks) cancelHooks.delete(cb);
           inFlight--;
-          if (value !== null && !call.cancelled && !call.destroyed) call.write(value);
-          if (inFlight < STREAM_MAX_IN_FLIGHT && call.isPaused()) call.resume();
-          finish();
+          if (value !== null && !call.cancelled && !call.destroyed) {
+            const size = answerBytes(value);
+            unread += size;
+            call.write(value, () => {
+              unread -= size;
+              account.release(cost);
+              pump();
+            });
+          } else {
+            account.release(cost);
+          }
+          pump();
         }),
       );
+    };
+    // Paused before the first 'data' listener, so nothing is read until pump() finds room.
+    call.pause();
+    call.on('data', (request: unknown) => {
+      if (stopped) return;
+      waiting.push(request);
+      pump();
     });
     call.on('end', () => {
       ended = true;
       finish();
     });
+    pump();
   };
 }
 
@@ -253,11 +397,20 @@ export interface ServerHandle {
   health: HealthImplementation;
 }
 
-export function createServer(s: GrpcServices, opts: { maxMessageBytes?: number } = {}): { server: grpc.Server; health: HealthImplementation } {
+/** HTTP/2 streams (calls of any kind) one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS). */
+export const DEFAULT_MAX_CONCURRENT_STREAMS = 256;
+
+export function createServer(
+  s: GrpcServices,
+  opts: { maxMessageBytes?: number; maxConcurrentStreams?: number; streamLimits?: StreamLimits } = {},
+): { server: grpc.Server; health: HealthImplementation; streams: StreamBudget } {
   const server = new grpc.Server({
     'grpc.max_receive_message_length': opts.maxMessageBytes ?? 4 * 1024 * 1024,
     'grpc.max_send_message_length': opts.maxMessageBytes ?? 4 * 1024 * 1024,
+    // Clients queue calls beyond it on their side instead of making kmsd hold them.
+    'grpc.max_concurrent_streams': opts.maxConcurrentStreams ?? DEFAULT_MAX_CONCURRENT_STREAMS,
   });
+  const streams = new StreamBudget(opts.streamLimits ?? DEFAULT_STREAM_LIMITS);
   const ctor = serviceConstructor('KeyManagementService');
   const actions = s.ceremony ? s.ceremony.wrap(buildActions(s)) : buildActions(s);
   const impl: grpc.UntypedServiceImplementation = {};
@@ -266,7 +419,7 @@ export function createServer(s: GrpcServices, opts: { maxMessageBytes?: number }
     const action = actions[name];
     if (!action) throw new Error(`no handler for RPC ${name}`);
     const m = ctor.service[name];
-    impl[name] = m.requestStream && m.responseStream ? bidi(name, action, s.log, s.security) : unary(name, action, s.log, turns, s.security);
+    impl[name] = m.requestStream && m.responseStream ? bidi(name, action, s.log, streams, s.security) : unary(name, action, s.log, turns, s.security);
   }
   startRuntimeMonitor();
   server.addService(hardenService(ctor.service), impl);
@@ -282,5 +435,5 @@ export function createServer(s: GrpcServices, opts: { maxMessageBytes?: number }
   const health = new HealthImplementation({ '': 'NOT_SERVING', 'kms.v1.KeyManagementService': 'NOT_SERVING' });
   health.addToServer(server);
   new ReflectionService(loadApi().definition).addToServer(server);
-  return { server, health };
+  return { server, health, streams };
 }
