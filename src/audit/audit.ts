@@ -88,6 +88,11 @@ export const MAX_AUDIT_DETAILS_CHARS = 16 * 1024;
 /** Sizes a record is cut to where a listing or an export page cannot hold it whole. */
 const TRUNCATED_COLUMN_CHARS = 160;
 const TRUNCATED_DETAILS_CHARS = 512;
+/**
+ * Most bytes a cut-down record takes in an answer: six columns, Details (its quotes escaped once
+ * more inside the summary), the two hashes, the time and the field tags.
+ */
+const TRUNCATED_RECORD_BYTES = 2304;
 /** Open refusal windows; beyond this, new principals share one window per action and reason. */
 const MAX_REFUSAL_WINDOWS = 1024;
 
@@ -131,7 +136,10 @@ export function boundDetails(details: Record<string, unknown>): string {
  * flag says its contents cannot be checked against Hash.
  */
 export function truncatedRecord(r: AuditRecord): AuditRecord & { Truncated: true } {
-  const col = (s: string) => boundString(s, TRUNCATED_COLUMN_CHARS);
+  // Printable ASCII only, so the cut-down record's size in bytes is bounded too.
+  const view = (s: string, max: number) => boundString(s, max).replace(/[^\x20-\x7e]/g, '?');
+  const col = (s: string) => view(s, TRUNCATED_COLUMN_CHARS);
+  const plain = r.Details.length <= TRUNCATED_DETAILS_CHARS && /^[\x20-\x7e]*$/.test(r.Details);
   return {
     ...r,
     RequestId: col(r.RequestId),
@@ -140,7 +148,7 @@ export function truncatedRecord(r: AuditRecord): AuditRecord & { Truncated: true
     KeyId: col(r.KeyId),
     ProposalId: col(r.ProposalId),
     Outcome: col(r.Outcome),
-    Details: r.Details.length <= TRUNCATED_DETAILS_CHARS ? r.Details : canonicalJson({ DetailsTruncated: boundString(r.Details, TRUNCATED_DETAILS_CHARS - 24) }),
+    Details: plain ? r.Details : canonicalJson({ DetailsTruncated: view(r.Details, TRUNCATED_DETAILS_CHARS - 32) }),
     Truncated: true,
   };
 }
@@ -192,12 +200,11 @@ export function safeParams(req: unknown): Record<string, unknown> {
   return out;
 }
 
-/** Upper bound of a truncated record's canonical JSON (columns, summary Details, hashes, time). */
-const TRUNCATED_RECORD_CHARS = 7 * TRUNCATED_COLUMN_CHARS + TRUNCATED_DETAILS_CHARS + 512;
-
-/** Characters of a record's fields: a cheap upper-bound estimate of its JSON size without building it. */
-function recordChars(r: AuditRecord): number {
-  return 3 * (r.RequestId.length + r.Principal.length + r.Action.length + r.KeyId.length + r.ProposalId.length + r.Outcome.length) + 2 * r.Details.length + 400;
+/** Bytes a record takes in a ListAuditEvents answer: its strings and the field tags. */
+function answerBytes(r: AuditRecord): number {
+  let n = 64;
+  for (const s of [r.Time, r.RequestId, r.Principal, r.Action, r.KeyId, r.ProposalId, r.Outcome, r.Details, r.PrevHash, r.Hash]) n += Buffer.byteLength(s, 'utf8');
+  return n;
 }
 
 function toRecord(r: AuditRow): AuditRecord {
@@ -453,7 +460,12 @@ export class AuditLog {
 
   ListAuditEvents(req: { PageNumber?: number; PageSize?: number; KeyId?: string; Action?: string; ProposalId?: string }) {
     const page = v.intInRange('PageNumber', req.PageNumber, 1, 1_000_000_000, 1);
-    const size = v.intInRange('PageSize', req.PageSize, 1, 1000, 50);
+    // A page must fit the message limit even when every record on it has to be cut down.
+    const maxSize = Math.max(1, Math.min(1000, Math.floor((2 * this.config.exportPageBytes) / TRUNCATED_RECORD_BYTES)));
+    if (req.PageSize && Number.isInteger(req.PageSize) && req.PageSize > maxSize && req.PageSize <= 1000) {
+      throw invalid('PageSize', `at most ${maxSize} under this daemon's message limit (KMS_MAX_MESSAGE_BYTES)`);
+    }
+    const size = v.intInRange('PageSize', req.PageSize, 1, 1000, Math.min(50, maxSize));
     const filter = { keyId: req.KeyId || undefined, action: req.Action || undefined, proposalId: req.ProposalId || undefined };
     return {
       Events: this.fitPage(this.store.page((page - 1) * size, size, filter).map(toRecord)),
@@ -470,18 +482,18 @@ export class AuditLog {
    */
   private fitPage(records: AuditRecord[]): (AuditRecord & { Truncated?: boolean })[] {
     const budget = this.config.exportPageBytes;
-    // rest[i]: room the records after i need at most, each at its truncated size.
+    const sizes = records.map(answerBytes);
+    // rest[i]: room the records after i need at most, each at its cut-down size.
     const rest = new Array<number>(records.length).fill(0);
-    for (let i = records.length - 2; i >= 0; i--) rest[i] = rest[i + 1] + Math.min(recordChars(records[i + 1]), TRUNCATED_RECORD_CHARS);
+    for (let i = records.length - 2; i >= 0; i--) rest[i] = rest[i + 1] + Math.min(sizes[i + 1], TRUNCATED_RECORD_BYTES);
     let used = 0;
     return records.map((rec, i) => {
-      const size = Buffer.byteLength(canonicalJson(rec), 'utf8');
-      if (used + size + rest[i] <= budget) {
-        used += size;
+      if (used + sizes[i] + rest[i] <= budget) {
+        used += sizes[i];
         return rec;
       }
       const t = truncatedRecord(rec);
-      used += Buffer.byteLength(canonicalJson(t), 'utf8');
+      used += answerBytes(t);
       return t;
     });
   }
