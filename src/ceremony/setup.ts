@@ -10,7 +10,7 @@ import type { KmsService, Logger } from '../kms/service';
 import type { ImportService } from '../kms/import';
 import type { CallContext } from '../kms/types';
 import { AuditLog, auditConfigFromEnv } from '../audit/audit';
-import { isUuid } from '../kms/validate';
+import { MAX_IDENTIFIER_CHARS, isUuid } from '../kms/validate';
 import { Ceremony, CeremonySink, DEFAULT_CEREMONY_CONFIG } from './ceremony';
 
 export const AUDIT_SIGNING_KEY_ID = 'audit-v1';
@@ -48,6 +48,7 @@ export function startCeremonyAndAudit(o: {
   );
   // Records and counters name the CMK a caller meant, whatever form the KeyId was typed in.
   audit.resolveKeyId = (ref) => {
+    if (ref.length > MAX_IDENTIFIER_CHARS) return undefined;
     if (ref.startsWith('alias/')) return o.kms.store.getAlias(ref)?.key_id;
     const id = ref.toLowerCase();
     return isUuid(id) && o.kms.store.getCmk(id) ? id : undefined;
