@@ -2,7 +2,7 @@
 // configured CA, refused connections logged and audited), the caller's principal (from the client
 // certificate), and the admission pipeline every call passes before its action runs:
 //
-//   identify → rate limit (per principal) → decode check → authorize (policy) → bulkhead (HSM slots)
+//   identify → rate limit (per principal) → decode check → identifiers → authorize (policy) → bulkhead (HSM slots)
 //
 // Identifiers in the request are validated and bounded before policy. Denials are PERMISSION_DENIED
 // (Forbidden.NoPermission) naming the principal, the action and the CMK reference, never a
