@@ -200,11 +200,17 @@ describe('a record an older kmsd wrote unbounded', () => {
       row.hash = recordHash({ Seq: row.seq, Time: isoMs(row.time), RequestId: row.request_id, Principal: row.principal, Action: row.action, KeyId: row.key_id, ProposalId: row.proposal_id, Outcome: row.outcome, Details: row.details, PrevHash: row.prev_hash });
       db.prepare('INSERT INTO audit_log (seq, time, request_id, principal, action, key_id, proposal_id, outcome, details, prev_hash, hash) VALUES (@seq, @time, @request_id, @principal, @action, @key_id, @proposal_id, @outcome, @details, @prev_hash, @hash)').run(row);
       legacySeq = row.seq;
+      // And a usage counter row keyed by whatever the caller sent, as the older kmsd kept them.
+      db.prepare('INSERT INTO usage_counters (key_id, principal, action, ok, errors, first_at, last_at) VALUES (?, ?, ?, 0, 1, ?, ?)').run(huge, '127.0.0.1', 'Encrypt', Date.now(), Date.now());
     } finally {
       db.close();
     }
     await start();
     expect(((await c.call('VerifyAudit', {})) as J).Valid).toBe(true);
+    const counters = ((await c.call('GetUsageCounters', {})) as J).Counters as J[];
+    const old = counters.find((row) => row.KeyId.startsWith('LLLL'));
+    expect(old!.KeyId).toContain(`truncated: ${huge.length} bytes, sha256 ${sha256(huge)}`);
+    expect(old!.KeyId.length).toBeLessThanOrEqual(256);
 
     for (const size of [1000, 50, 1]) {
       const events = await allEvents(size);
