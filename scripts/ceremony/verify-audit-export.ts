@@ -4,7 +4,10 @@
 // token. Pin the key with --public-key (the PEM from VerifyAudit / DescribeCeremony at install time,
 // compared by fingerprint), or at least compare the printed fingerprint with a trusted copy.
 //
-// usage: node dist/scripts/ceremony/verify-audit-export.js EXPORT.jsonl [--public-key KEY.pem]
+// A record the export carries truncated (flag Truncated: too big for a page) fails the check, or,
+// with --allow-truncated, is taken on trust and listed in TruncatedRecords.
+//
+// usage: node dist/scripts/ceremony/verify-audit-export.js EXPORT.jsonl [--public-key KEY.pem] [--allow-truncated]
 // exit 0: valid; 1: invalid (the first bad record is named); 2: usage or unreadable file.
 
 import fs from 'node:fs';
@@ -16,7 +19,7 @@ function fail(code: number, msg: string): never {
   process.exit(code);
 }
 
-export function verifyExport(text: string, pinnedPem?: string) {
+export function verifyExport(text: string, pinnedPem?: string, opts: { allowTruncated?: boolean } = {}) {
   const lines = text.split('\n').filter((l) => l.trim());
   if (lines.length === 0) throw new Error('empty export');
   const header = JSON.parse(lines[0]) as { Format: string; InstanceId: string; PublicKey: string; PublicKeyFingerprint: string; UpToSeq: number };
@@ -25,7 +28,7 @@ export function verifyExport(text: string, pinnedPem?: string) {
   const fingerprint = crypto.createHash('sha256').update(key.export({ type: 'spki', format: 'der' })).digest('hex');
   if (pinnedPem) {
     const pinned = crypto.createHash('sha256').update(crypto.createPublicKey(pinnedPem).export({ type: 'spki', format: 'der' })).digest('hex');
-    if (pinned !== fingerprint) return { valid: false, fingerprint, firstBadSeq: 0, problem: `the export's public key (sha256 ${fingerprint}) is not the pinned key (sha256 ${pinned})`, records: 0, checkpoints: 0 };
+    if (pinned !== fingerprint) return { valid: false, fingerprint, firstBadSeq: 0, problem: `the export's public key (sha256 ${fingerprint}) is not the pinned key (sha256 ${pinned})`, records: 0, checkpoints: 0, truncated: [] as number[] };
   }
   const records = lines.slice(1).map((l, i) => {
     try {
@@ -34,7 +37,7 @@ export function verifyExport(text: string, pinnedPem?: string) {
       throw new Error(`line ${i + 2} is not JSON`);
     }
   });
-  const v = verifyChain(records, key, header.InstanceId);
+  const v = verifyChain(records, key, header.InstanceId, opts);
   let { valid, problem, firstBadSeq } = v;
   if (valid) {
     const last = records[records.length - 1];
@@ -48,7 +51,7 @@ export function verifyExport(text: string, pinnedPem?: string) {
       problem = `the export ends at record ${last.Seq}, but its header says ${header.UpToSeq}: records were cut off`;
     }
   }
-  return { valid, fingerprint, firstBadSeq, problem, records: v.recordsChecked, checkpoints: v.checkpointsChecked, instanceId: header.InstanceId };
+  return { valid, fingerprint, firstBadSeq, problem, records: v.recordsChecked, checkpoints: v.checkpointsChecked, instanceId: header.InstanceId, truncated: v.truncated };
 }
 
 if (require.main === module) {
@@ -64,7 +67,9 @@ if (require.main === module) {
     }
     args.splice(ki, 2);
   }
-  if (args.length !== 1) fail(2, 'usage: verify-audit-export EXPORT.jsonl [--public-key KEY.pem]');
+  const ti = args.indexOf('--allow-truncated');
+  if (ti >= 0) args.splice(ti, 1);
+  if (args.length !== 1) fail(2, 'usage: verify-audit-export EXPORT.jsonl [--public-key KEY.pem] [--allow-truncated]');
   let text = '';
   try {
     text = fs.readFileSync(args[0], 'utf8');
@@ -73,10 +78,10 @@ if (require.main === module) {
   }
   let r;
   try {
-    r = verifyExport(text, pinned);
+    r = verifyExport(text, pinned, { allowTruncated: ti >= 0 });
   } catch (e) {
     fail(1, `invalid export: ${(e as Error).message}`);
   }
-  process.stdout.write(JSON.stringify({ Valid: r.valid, Records: r.records, Checkpoints: r.checkpoints, FirstBadSeq: r.firstBadSeq, Problem: r.problem, PublicKeyFingerprint: r.fingerprint }, null, 2) + '\n');
+  process.stdout.write(JSON.stringify({ Valid: r.valid, Records: r.records, Checkpoints: r.checkpoints, FirstBadSeq: r.firstBadSeq, Problem: r.problem, PublicKeyFingerprint: r.fingerprint, TruncatedRecords: r.truncated }, null, 2) + '\n');
   process.exit(r.valid ? 0 : 1);
 }

@@ -32,9 +32,11 @@ export interface AuditConfig {
    * never outgrows the gRPC message limit (the daemon sets half of it).
    */
   exportPageBytes: number;
+  /** Refusals of one principal, action and reason within this long become one record with a count. */
+  refusalWindowMs: number;
 }
 
-export const DEFAULT_AUDIT_CONFIG: AuditConfig = { checkpointEveryRecords: 256, checkpointIntervalMs: 60_000, dataPlaneEvents: false, exportPageBytes: 2 * 1024 * 1024 };
+export const DEFAULT_AUDIT_CONFIG: AuditConfig = { checkpointEveryRecords: 256, checkpointIntervalMs: 60_000, dataPlaneEvents: false, exportPageBytes: 2 * 1024 * 1024, refusalWindowMs: 60_000 };
 
 export function auditConfigFromEnv(env: NodeJS.ProcessEnv): AuditConfig {
   const int = (name: string, dflt: number, min: number, max: number) => {
@@ -49,6 +51,7 @@ export function auditConfigFromEnv(env: NodeJS.ProcessEnv): AuditConfig {
     checkpointIntervalMs: int('KMS_AUDIT_CHECKPOINT_SECONDS', DEFAULT_AUDIT_CONFIG.checkpointIntervalMs / 1000, 1, 86400) * 1000,
     dataPlaneEvents: env.KMS_AUDIT_DATA_PLANE === '1' || env.KMS_AUDIT_DATA_PLANE === 'true',
     exportPageBytes: DEFAULT_AUDIT_CONFIG.exportPageBytes,
+    refusalWindowMs: DEFAULT_AUDIT_CONFIG.refusalWindowMs,
   };
 }
 
@@ -61,6 +64,93 @@ export interface AuditEventInput {
   /** "ok" or the error code. */
   outcome: string;
   details?: Record<string, unknown>;
+}
+
+/**
+ * A refusal before the action ran (rate limit, undecodable request, HSM queue full, the caller gone,
+ * an identifier refused where the request was first seen). Floods of these are aggregated.
+ */
+export interface RefusalInput extends AuditEventInput {
+  /** Short reason class: RateLimit, MalformedRequest, HsmBusy, Abandoned, InvalidIdentifier. */
+  kind: string;
+  /** The message the caller was answered with. */
+  error: string;
+}
+
+// Sizes of a record. Clients choose most of what goes into one, so every part is bounded: an
+// oversized value keeps its beginning and says how long it was and what its SHA-256 is.
+/** Longest value of a column: RequestId, Principal, Action, KeyId, ProposalId, Outcome. */
+export const MAX_AUDIT_COLUMN_CHARS = 256;
+/** Longest string inside Details. */
+export const MAX_AUDIT_DETAIL_STRING_CHARS = 1024;
+/** Longest Details (its canonical JSON); past it, Details is replaced by a bounded summary. */
+export const MAX_AUDIT_DETAILS_CHARS = 16 * 1024;
+/** Sizes a record is cut to where a listing or an export page cannot hold it whole. */
+const TRUNCATED_COLUMN_CHARS = 160;
+const TRUNCATED_DETAILS_CHARS = 512;
+/**
+ * Most bytes a cut-down record takes in an answer: six columns, Details (its quotes escaped once
+ * more inside the summary), the two hashes, the time and the field tags.
+ */
+const TRUNCATED_RECORD_BYTES = 2304;
+/** Open refusal windows; beyond this, new principals share one window per action and reason. */
+const MAX_REFUSAL_WINDOWS = 1024;
+
+function sha256Hex(s: string): string {
+  return crypto.createHash('sha256').update(s, 'utf8').digest('hex');
+}
+
+/**
+ * The string itself when it has at most `max` characters, else its beginning followed by
+ * "...[truncated: N bytes, sha256 H]" (N and H of its UTF-8 encoding), `max` characters in all.
+ */
+export function boundString(s: string, max: number): string {
+  if (s.length <= max) return s;
+  const marker = `...[truncated: ${Buffer.byteLength(s, 'utf8')} bytes, sha256 ${sha256Hex(s)}]`;
+  let head = s.slice(0, Math.max(0, max - marker.length));
+  // Never end on half a surrogate pair: SQLite would store U+FFFD and the hash would no longer match.
+  if (/[\ud800-\udbff]$/.test(head)) head = head.slice(0, -1);
+  return head + marker;
+}
+
+function boundValue(v: unknown, depth = 0): unknown {
+  if (typeof v === 'string') return boundString(v, MAX_AUDIT_DETAIL_STRING_CHARS);
+  if (v === null || typeof v !== 'object') return v;
+  if (depth > 8) return boundString(JSON.stringify(v) ?? '', MAX_AUDIT_DETAIL_STRING_CHARS);
+  if (Array.isArray(v)) return v.map((x) => boundValue(x, depth + 1));
+  const out: Record<string, unknown> = {};
+  for (const [k, x] of Object.entries(v as Record<string, unknown>)) out[boundString(k, MAX_AUDIT_COLUMN_CHARS)] = boundValue(x, depth + 1);
+  return out;
+}
+
+/** Details as stored: every string bounded, and the whole bounded (a summary when it is still too long). */
+export function boundDetails(details: Record<string, unknown>): string {
+  const json = canonicalJson(boundValue(details));
+  if (json.length <= MAX_AUDIT_DETAILS_CHARS) return json;
+  return canonicalJson({ DetailsTruncated: boundString(json, MAX_AUDIT_DETAIL_STRING_CHARS) });
+}
+
+/**
+ * A record cut down to a few KiB for a listing or an export page that cannot hold it whole (one an
+ * older kmsd wrote unbounded). Hash and PrevHash stay, so the chain can still be followed; the
+ * flag says its contents cannot be checked against Hash.
+ */
+export function truncatedRecord(r: AuditRecord): AuditRecord & { Truncated: true } {
+  // Printable ASCII only, so the cut-down record's size in bytes is bounded too.
+  const view = (s: string, max: number) => boundString(s, max).replace(/[^\x20-\x7e]/g, '?');
+  const col = (s: string) => view(s, TRUNCATED_COLUMN_CHARS);
+  const plain = r.Details.length <= TRUNCATED_DETAILS_CHARS && /^[\x20-\x7e]*$/.test(r.Details);
+  return {
+    ...r,
+    RequestId: col(r.RequestId),
+    Principal: col(r.Principal),
+    Action: col(r.Action),
+    KeyId: col(r.KeyId),
+    ProposalId: col(r.ProposalId),
+    Outcome: col(r.Outcome),
+    Details: plain ? r.Details : canonicalJson({ DetailsTruncated: view(r.Details, TRUNCATED_DETAILS_CHARS - 32) }),
+    Truncated: true,
+  };
 }
 
 /** Parameters recorded verbatim: identifiers and settings, never data or material. */
@@ -102,12 +192,19 @@ export function safeParams(req: unknown): Record<string, unknown> {
   for (const [k, val] of Object.entries(req as Record<string, unknown>)) {
     if (val === undefined || val === null || val === '' || (typeof val === 'number' && val === 0 && k !== 'KeyMaterialExpireUnix')) continue;
     if (PLAIN_PARAMS.has(k) && (typeof val === 'string' || typeof val === 'number' || typeof val === 'boolean')) {
-      out[k] = typeof val === 'string' && val.length > 512 ? `${val.slice(0, 509)}...` : val;
+      out[k] = typeof val === 'string' ? boundString(val, 512) : val;
     } else if (HASHED_PARAMS.has(k) && typeof val === 'string') {
       out[`${k}Sha256`] = crypto.createHash('sha256').update(val, 'utf8').digest('hex');
     }
   }
   return out;
+}
+
+/** Bytes a record takes in a ListAuditEvents answer: its strings and the field tags. */
+function answerBytes(r: AuditRecord): number {
+  let n = 64;
+  for (const s of [r.Time, r.RequestId, r.Principal, r.Action, r.KeyId, r.ProposalId, r.Outcome, r.Details, r.PrevHash, r.Hash]) n += Buffer.byteLength(s, 'utf8');
+  return n;
 }
 
 function toRecord(r: AuditRow): AuditRecord {
@@ -133,12 +230,28 @@ interface Counter {
   last: number;
 }
 
+/** Refusals of one (principal, action, outcome, kind) since the record that opened the window. */
+interface RefusalWindow {
+  opened: number;
+  /** Refusals after the first (which was recorded when the window opened). */
+  count: number;
+  first: number;
+  last: number;
+  ev: RefusalInput;
+}
+
 export class AuditLog {
   private headSeq: number;
   private headHash: string;
   private lastCheckpointAt: number;
   private lastCheckpointSeq: number;
   private readonly pending = new Map<string, Counter>();
+  private readonly refusals = new Map<string, RefusalWindow>();
+  /**
+   * The CMK id a KeyId as typed stands for (an alias, a CMK id in another case), when that CMK
+   * exists; set by the composition root, which knows the store. Records and counters carry it.
+   */
+  resolveKeyId: (ref: string) => string | undefined = () => undefined;
   readonly publicKey: crypto.KeyObject;
   readonly publicKeyPem: string;
   readonly publicKeyFingerprint: string;
@@ -164,24 +277,40 @@ export class AuditLog {
 
   // ---------------------------------------------------------------- writing
 
-  /** Appends one record (synchronously committed, so a returned call is always on the record). */
+  /**
+   * Appends one record (synchronously committed, so a returned call is always on the record). The
+   * KeyId column holds the CMK id the caller's KeyId resolves to (or the id itself when it has the
+   * form of one); when that differs from what the caller typed, Details.KeyId keeps the typed form.
+   * Every part is bounded (MAX_AUDIT_* above).
+   */
   append(ev: AuditEventInput): AuditRecord {
-    const rec = this.appendRaw(ev);
+    const given = ev.keyId ?? '';
+    const keyId = this.keyIdColumn(given);
+    let details = ev.details ?? {};
+    if (given !== keyId && details.KeyId === undefined) details = { ...details, KeyId: given };
+    const rec = this.appendRaw({ ...ev, keyId }, boundDetails(details));
     if (rec.Seq - this.lastCheckpointSeq > this.config.checkpointEveryRecords) this.checkpoint();
     return rec;
   }
 
+  /** A CMK id, or '' when the reference neither resolves nor has the form of a CMK id. */
+  private keyIdColumn(ref: string): string {
+    if (!ref || ref.length > v.MAX_IDENTIFIER_CHARS) return '';
+    return this.resolveKeyId(ref) ?? (v.isUuid(ref) ? ref : '');
+  }
+
   private appendRaw(ev: AuditEventInput, details?: string, time = this.now()): AuditRecord {
+    const col = (s: string | undefined) => boundString(s ?? '', MAX_AUDIT_COLUMN_CHARS);
     const body: Omit<AuditRecord, 'Hash'> = {
       Seq: this.headSeq + 1,
       Time: isoMs(time),
-      RequestId: ev.requestId ?? '',
-      Principal: ev.principal,
-      Action: ev.action,
-      KeyId: ev.keyId ?? '',
-      ProposalId: ev.proposalId ?? '',
-      Outcome: ev.outcome,
-      Details: details ?? canonicalJson(ev.details ?? {}),
+      RequestId: col(ev.requestId),
+      Principal: col(ev.principal),
+      Action: col(ev.action),
+      KeyId: col(ev.keyId),
+      ProposalId: col(ev.proposalId),
+      Outcome: col(ev.outcome),
+      Details: details ?? boundDetails(ev.details ?? {}),
       PrevHash: this.headHash,
     };
     const hash = recordHash(body);
@@ -221,22 +350,91 @@ export class AuditLog {
     return rec;
   }
 
-  /** Scheduler tick: flush counters; checkpoint when the interval has passed and the log grew. */
+  /**
+   * A call refused before its action ran. `aggregate`: the first refusal of a principal, action,
+   * outcome and kind is recorded at once (Details.Count 1) and opens a window of refusalWindowMs;
+   * the refusals that follow within it become one record when it closes (Details.Count, FirstTime,
+   * LastTime), so a flood costs two records per window. Otherwise one record, as for any call.
+   */
+  refusal(ev: RefusalInput, aggregate: boolean): void {
+    const details = { ...(ev.details ?? {}), Refusal: ev.kind, Error: ev.error };
+    if (!aggregate) {
+      this.append({ ...ev, details });
+      return;
+    }
+    const now = this.now();
+    const principal = boundString(ev.principal, MAX_AUDIT_COLUMN_CHARS);
+    let key = JSON.stringify([principal, ev.action, ev.outcome, ev.kind]);
+    let w = this.refusals.get(key);
+    if (w && now - w.opened >= this.config.refusalWindowMs) {
+      this.closeRefusalWindow(key, w);
+      w = undefined;
+    }
+    if (!w && this.refusals.size >= MAX_REFUSAL_WINDOWS) {
+      // Too many distinct principals at once: the rest share one window per action and reason.
+      key = JSON.stringify(['*', ev.action, ev.outcome, ev.kind]);
+      w = this.refusals.get(key);
+      ev = { ...ev, principal: '*' };
+    }
+    // What a window keeps of a request is bounded too: a flood must not pin what it sent.
+    const kept = (): RefusalInput => ({
+      principal: boundString(ev.principal, MAX_AUDIT_COLUMN_CHARS),
+      action: boundString(ev.action, MAX_AUDIT_COLUMN_CHARS),
+      keyId: ev.keyId === undefined ? undefined : boundString(ev.keyId, MAX_AUDIT_COLUMN_CHARS),
+      outcome: boundString(ev.outcome, MAX_AUDIT_COLUMN_CHARS),
+      kind: ev.kind,
+      error: boundString(ev.error, MAX_AUDIT_DETAIL_STRING_CHARS),
+      details: boundValue(ev.details ?? {}) as Record<string, unknown>,
+    });
+    if (w) {
+      w.count++;
+      if (w.count === 1) w.first = now;
+      w.last = now;
+      w.ev = kept();
+      return;
+    }
+    this.append({ ...ev, details: { ...details, Count: 1 } });
+    this.refusals.set(key, { opened: now, count: 0, first: 0, last: 0, ev: kept() });
+  }
+
+  private closeRefusalWindow(key: string, w: RefusalWindow): void {
+    this.refusals.delete(key);
+    if (w.count === 0) return;
+    const { ev } = w;
+    // The tally has no single request: the last refusal's message and parameters stand for it.
+    this.append({ principal: ev.principal, action: ev.action, keyId: ev.keyId, outcome: ev.outcome, details: { ...(ev.details ?? {}), Refusal: ev.kind, Error: ev.error, Count: w.count, FirstTime: isoMs(w.first), LastTime: isoMs(w.last) } });
+  }
+
+  /** Closes refusal windows older than refusalWindowMs (all of them with `all`). */
+  flushRefusals(all = false): void {
+    const now = this.now();
+    for (const [key, w] of [...this.refusals]) if (all || now - w.opened >= this.config.refusalWindowMs) this.closeRefusalWindow(key, w);
+  }
+
+  /** Scheduler tick: flush counters and refusal tallies; checkpoint when the interval has passed and the log grew. */
   tick(): void {
     this.flushCounters();
+    this.flushRefusals();
     if (this.headSeq > this.lastCheckpointSeq && this.now() - this.lastCheckpointAt >= this.config.checkpointIntervalMs) this.checkpoint();
   }
 
   /** Shutdown: counters to disk and a final checkpoint. */
   close(): void {
     this.flushCounters();
+    this.flushRefusals(true);
     this.checkpoint();
   }
 
   // ---------------------------------------------------------------- data-plane counters
 
+  /**
+   * One data-plane call. `keyId` must be the id of an existing CMK (resolved by the caller); calls
+   * that named no existing CMK are counted under '' for their principal and action, so no client
+   * string ever becomes a row.
+   */
   count(keyId: string, principal: string, action: string, ok: boolean): void {
-    const k = JSON.stringify([keyId, principal, action]);
+    const id = keyId.length === 36 && v.isUuid(keyId) ? keyId : '';
+    const k = JSON.stringify([id, boundString(principal, MAX_AUDIT_COLUMN_CHARS), action]);
     const now = this.now();
     let c = this.pending.get(k);
     if (!c) {
@@ -262,14 +460,42 @@ export class AuditLog {
 
   ListAuditEvents(req: { PageNumber?: number; PageSize?: number; KeyId?: string; Action?: string; ProposalId?: string }) {
     const page = v.intInRange('PageNumber', req.PageNumber, 1, 1_000_000_000, 1);
-    const size = v.intInRange('PageSize', req.PageSize, 1, 1000, 50);
+    // A page must fit the message limit even when every record on it has to be cut down.
+    const maxSize = Math.max(1, Math.min(1000, Math.floor((2 * this.config.exportPageBytes) / TRUNCATED_RECORD_BYTES)));
+    if (req.PageSize && Number.isInteger(req.PageSize) && req.PageSize > maxSize && req.PageSize <= 1000) {
+      throw invalid('PageSize', `at most ${maxSize} under this daemon's message limit (KMS_MAX_MESSAGE_BYTES)`);
+    }
+    const size = v.intInRange('PageSize', req.PageSize, 1, 1000, Math.min(50, maxSize));
     const filter = { keyId: req.KeyId || undefined, action: req.Action || undefined, proposalId: req.ProposalId || undefined };
     return {
-      Events: this.store.page((page - 1) * size, size, filter).map(toRecord),
+      Events: this.fitPage(this.store.page((page - 1) * size, size, filter).map(toRecord)),
       TotalCount: this.store.count(filter),
       PageNumber: page,
       PageSize: size,
     };
+  }
+
+  /**
+   * A listing page within exportPageBytes: records go whole while the rest of the page still fits
+   * at their truncated size; a record that does not (one an older kmsd wrote unbounded) is listed
+   * truncated, with Truncated set, so no record can make a page unanswerable.
+   */
+  private fitPage(records: AuditRecord[]): (AuditRecord & { Truncated?: boolean })[] {
+    const budget = this.config.exportPageBytes;
+    const sizes = records.map(answerBytes);
+    // rest[i]: room the records after i need at most, each at its cut-down size.
+    const rest = new Array<number>(records.length).fill(0);
+    for (let i = records.length - 2; i >= 0; i--) rest[i] = rest[i + 1] + Math.min(sizes[i + 1], TRUNCATED_RECORD_BYTES);
+    let used = 0;
+    return records.map((rec, i) => {
+      if (used + sizes[i] + rest[i] <= budget) {
+        used += sizes[i];
+        return rec;
+      }
+      const t = truncatedRecord(rec);
+      used += answerBytes(t);
+      return t;
+    });
   }
 
   /** Checks the whole chain and every checkpoint signature against the token's key. */
@@ -329,11 +555,17 @@ export class AuditLog {
     let next = after;
     for (const row of this.store.range(after, upTo, max)) {
       const rec = toRecord(row);
-      const line = canonicalJson(rec);
-      // The first line always goes, so every page makes progress.
-      if (lines.length > 0 && bytes + line.length > this.config.exportPageBytes) break;
+      let line = canonicalJson(rec);
+      let size = Buffer.byteLength(line, 'utf8');
+      // The first line always goes, so every page makes progress; a record too big for a page on
+      // its own (one an older kmsd wrote unbounded) goes truncated, flagged Truncated.
+      if (lines.length > 0 && bytes + size > this.config.exportPageBytes) break;
+      if (size > this.config.exportPageBytes) {
+        line = canonicalJson(truncatedRecord(rec));
+        size = Buffer.byteLength(line, 'utf8');
+      }
       lines.push(line);
-      bytes += line.length;
+      bytes += size;
       next = rec.Seq;
     }
     return {
@@ -355,9 +587,10 @@ export class AuditLog {
   GetUsageCounters(req: { KeyId?: string }) {
     this.flushCounters();
     return {
+      // Bounded on the way out too: rows an older kmsd keyed by whatever the caller sent.
       Counters: this.store.counters(req.KeyId || undefined).map((c) => ({
-        KeyId: c.key_id,
-        Principal: c.principal,
+        KeyId: boundString(c.key_id, MAX_AUDIT_COLUMN_CHARS),
+        Principal: boundString(c.principal, MAX_AUDIT_COLUMN_CHARS),
         Action: c.action,
         Count: c.ok,
         Errors: c.errors,

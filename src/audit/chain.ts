@@ -31,6 +31,12 @@ export interface AuditRecord {
   Details: string;
   PrevHash: string;
   Hash: string;
+  /**
+   * Set on a record that a listing or an export page could only carry cut down (one too big for a
+   * page): Hash and PrevHash are the record's, its other fields are not, so it cannot be checked.
+   * Not part of the hashed record.
+   */
+  Truncated?: boolean;
 }
 
 export interface CheckpointDetails {
@@ -84,15 +90,21 @@ export interface ChainVerdict {
   uncheckpointed: number;
   firstBadSeq: number;
   problem: string;
+  /** Records taken on trust because they arrived Truncated (only with allowTruncated). */
+  truncated: number[];
 }
 
 /**
  * Walks records in the order given (seq order) and stops at the first problem, naming the record:
  * a gap or reordering of sequence numbers, a broken link to the previous record, contents that do
  * not match the record's hash, or a checkpoint whose signature or hash does not hold.
+ *
+ * A record flagged Truncated cannot be checked against its hash: it is a problem, unless
+ * `allowTruncated`, when its Hash is taken as given (the links before and after it and the
+ * checkpoints after it are still checked) and its Seq is listed in `truncated`.
  */
-export function verifyChain(records: Iterable<AuditRecord>, publicKey: crypto.KeyObject, instanceId: string): ChainVerdict {
-  const v: ChainVerdict = { valid: true, recordsChecked: 0, checkpointsChecked: 0, lastCheckpointSeq: 0, uncheckpointed: 0, firstBadSeq: 0, problem: '' };
+export function verifyChain(records: Iterable<AuditRecord>, publicKey: crypto.KeyObject, instanceId: string, opts: { allowTruncated?: boolean } = {}): ChainVerdict {
+  const v: ChainVerdict = { valid: true, recordsChecked: 0, checkpointsChecked: 0, lastCheckpointSeq: 0, uncheckpointed: 0, firstBadSeq: 0, problem: '', truncated: [] };
   const bad = (seq: number, problem: string): ChainVerdict => ({ ...v, valid: false, firstBadSeq: seq, problem });
   let expectedSeq = 1;
   let prevHash = GENESIS_HASH;
@@ -106,7 +118,13 @@ export function verifyChain(records: Iterable<AuditRecord>, publicKey: crypto.Ke
     if (r.PrevHash !== prevHash) {
       return bad(r.Seq, `record ${r.Seq} does not link to record ${r.Seq - 1} (PrevHash differs): a record was removed, inserted, reordered or rewritten here`);
     }
-    if (recordHash(r) !== r.Hash) {
+    if (r.Truncated === true) {
+      if (!opts.allowTruncated) {
+        return bad(r.Seq, `record ${r.Seq} was truncated in the export (too big for a page), so its contents cannot be checked; export with a larger message limit, or accept it unchecked with --allow-truncated`);
+      }
+      if (r.Action === CHECKPOINT_ACTION) return bad(r.Seq, `checkpoint record ${r.Seq} was truncated in the export`);
+      v.truncated.push(r.Seq);
+    } else if (recordHash(r) !== r.Hash) {
       return bad(r.Seq, `record ${r.Seq} does not match its hash: its contents were edited`);
     }
     if (r.Action === CHECKPOINT_ACTION) {

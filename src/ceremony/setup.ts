@@ -10,6 +10,7 @@ import type { KmsService, Logger } from '../kms/service';
 import type { ImportService } from '../kms/import';
 import type { CallContext } from '../kms/types';
 import { AuditLog, auditConfigFromEnv } from '../audit/audit';
+import { MAX_IDENTIFIER_CHARS, isUuid } from '../kms/validate';
 import { Ceremony, CeremonySink, DEFAULT_CEREMONY_CONFIG } from './ceremony';
 
 export const AUDIT_SIGNING_KEY_ID = 'audit-v1';
@@ -45,6 +46,13 @@ export function startCeremonyAndAudit(o: {
     instanceId,
     { ...auditConfigFromEnv(env), ...(o.maxMessageBytes ? { exportPageBytes: Math.floor(o.maxMessageBytes / 2) } : {}) },
   );
+  // Records and counters name the CMK a caller meant, whatever form the KeyId was typed in.
+  audit.resolveKeyId = (ref) => {
+    if (ref.length > MAX_IDENTIFIER_CHARS) return undefined;
+    if (ref.startsWith('alias/')) return o.kms.store.getAlias(ref)?.key_id;
+    const id = ref.toLowerCase();
+    return isUuid(id) && o.kms.store.getCmk(id) ? id : undefined;
+  };
   const sink: CeremonySink = {
     record: (ev) => {
       audit.append(ev);

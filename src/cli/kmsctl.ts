@@ -3,7 +3,7 @@
 // type of that field in the request message (string, integer, boolean, or a JSON map), so every
 // RPC of the service is an action here without a table to keep in step.
 // Success: the response as JSON on stdout, exit 0. Failure: {"Code","Message"} on stderr, exit 1;
-// usage errors exit 2.
+// usage errors exit 2. VerifyAudit prints its verdict and exits 1 when the log does not verify.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -173,6 +173,8 @@ export async function run(argv: string[]): Promise<number> {
       res.Files = files;
     }
     process.stdout.write(JSON.stringify(res, null, 2) + '\n');
+    // A check that fails is a failure of the command, verdict printed all the same.
+    if (action === 'VerifyAudit' && res.Valid !== true) return 1;
     return 0;
   } finally {
     client.close();

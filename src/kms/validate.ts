@@ -84,6 +84,47 @@ export function rotationIntervalSeconds(field: string, v: string, minSeconds: nu
   return n;
 }
 
+/** Longest identifier a request may carry in any field (the longest legal one, an alias, is 255). */
+export const MAX_IDENTIFIER_CHARS = 256;
+
+/** Fields that name a CMK: a CMK id or an alias, checked in full where a call is first seen. */
+const KEY_REF_FIELDS = ['KeyId', 'DestinationKeyId'] as const;
+/** Other identifiers, bounded where a call is first seen (their own rules apply in the action). */
+const BOUNDED_FIELDS = ['AliasName', 'KeyVersionId', 'ProposalId', 'CustodianId', 'Requester', 'BatchId'] as const;
+
+function bounded(field: string, v: unknown): void {
+  if (typeof v === 'string' && v.length > MAX_IDENTIFIER_CHARS) throw invalid(field, `at most ${MAX_IDENTIFIER_CHARS} characters (got ${v.length})`);
+}
+
+/**
+ * The identifier parameters of a request, checked before anything logs, audits, counts or looks
+ * them up: CMK references must be a CMK id or an alias, every other identifier (and each batch
+ * item's KeyId, whose syntax the batch answers per item) at most MAX_IDENTIFIER_CHARS long.
+ * Empty fields are left to the action, which knows whether they are required.
+ */
+export function requestIdentifiers(req: unknown): void {
+  if (!req || typeof req !== 'object') return;
+  const r = req as Record<string, unknown>;
+  for (const f of KEY_REF_FIELDS) {
+    const val = r[f];
+    if (typeof val === 'string' && val !== '') {
+      bounded(f, val);
+      keyIdOrAlias(f, val);
+    }
+  }
+  for (const f of BOUNDED_FIELDS) bounded(f, r[f]);
+  if (Array.isArray(r.Items)) {
+    r.Items.forEach((it: unknown, i: number) => {
+      if (it && typeof it === 'object') for (const f of [...KEY_REF_FIELDS, 'KeyVersionId']) bounded(`Items[${i}].${f}`, (it as Record<string, unknown>)[f]);
+    });
+  }
+  if (Array.isArray(r.Custodians)) {
+    r.Custodians.forEach((it: unknown, i: number) => {
+      if (it && typeof it === 'object') bounded(`Custodians[${i}].CustodianId`, (it as Record<string, unknown>).CustodianId);
+    });
+  }
+}
+
 function truncate(s: string): string {
   return s.length > 80 ? `${s.slice(0, 77)}...` : s;
 }

@@ -1,6 +1,6 @@
 // Hostile input (issue 6, item 5): fast-check property tests over the request fields of every RPC
 // of KeyManagementService, CeremonyService and AuditService, sent through the real gRPC stack to a
-// real kmsd; then raw frames that are not valid protobuf, HTTP/2-level garbage, a gzip bomb and an
+// real kmsd; every identifier field at 200 KiB; then raw frames that are not valid protobuf, HTTP/2-level garbage, a gzip bomb and an
 // oversized message sent to the port. For each: a clear status (never INTERNAL or UNKNOWN, always
 // an error code from the one table), the daemon keeps serving, and a rejected call changes nothing
 // (ListKeys / DescribeKey / ListKeyVersions / ListAliases / the ceremony, before and after).
@@ -237,6 +237,51 @@ describe('every RPC, random request fields', () => {
       await healthy();
     });
   }
+});
+
+describe('oversized identifiers', () => {
+  // Every identifier field of every unary RPC (and a batch item's KeyId) at 200 KiB: refused at once
+  // naming the field, and afterwards the audit log lists, exports and counts as before: nothing the
+  // caller sent is kept, logged or counted whole.
+  const IDENTIFIERS = ['KeyId', 'DestinationKeyId', 'AliasName', 'KeyVersionId', 'ProposalId', 'CustodianId', 'Requester', 'BatchId'];
+  const huge = 'k'.repeat(200 * 1024);
+  it('are refused naming the field, and listing, export and counters still answer in full', async () => {
+    let sent = 0;
+    for (const r of RPCS.filter((x) => !x.name.endsWith('Stream'))) {
+      const cases: [string, Record<string, unknown>][] = r.fields.filter((f) => IDENTIFIERS.includes(f.name) && f.type === 'TYPE_STRING').map((f) => [f.name, { [f.name]: huge }]);
+      if (r.fields.some((f) => f.name === 'Items')) cases.push(['Items[0].KeyId', { Items: [{ KeyId: huge }] }]);
+      for (const [field, req] of cases) {
+        const out = await unary(r, req);
+        expectClear(`${r.name} ${field}`, out);
+        expect(out.ok, `${r.name} with a 200 KiB ${field}`).toBe(false);
+        expect(out.errorCode, `${r.name} ${field}: ${out.details}`).toBe('InvalidParameter');
+        expect(out.details!.startsWith(`${field}: `), `${r.name}: ${out.details!.slice(0, 200)}`).toBe(true);
+        expect(out.details!.length).toBeLessThan(1000);
+        sent++;
+      }
+    }
+    expect(sent).toBeGreaterThan(20);
+
+    let total = Infinity;
+    for (let page = 1; page * 100 < total + 100; page++) {
+      const r = await call('ListAuditEvents', { PageNumber: page, PageSize: 100 });
+      total = Math.min(total, r.TotalCount);
+      for (const ev of r.Events) expect(JSON.stringify(ev).length).toBeLessThan(40_000);
+    }
+    let after = 0;
+    let upTo = 0;
+    for (;;) {
+      const page = await call('ExportAudit', { AfterSeq: after, UpToSeq: upTo, MaxRecords: 10_000 });
+      upTo = page.UpToSeq;
+      if (page.Complete) break;
+      expect(page.NextSeq).toBeGreaterThan(after);
+      after = page.NextSeq;
+    }
+    const counters = (await call('GetUsageCounters', {})).Counters as { KeyId: string }[];
+    for (const row of counters) expect(row.KeyId.length === 0 || row.KeyId.length === 36, row.KeyId.slice(0, 60)).toBe(true);
+    expect(Math.max(0, ...(k.logs().match(/k{1000,}/g) ?? []).map((m) => m.length))).toBe(0);
+    await healthy();
+  });
 });
 
 describe('raw frames', () => {

@@ -175,3 +175,19 @@ describe('rotationIntervalSeconds', () => {
     expectInvalid(() => v.rotationIntervalSeconds('RotationInterval', '604799s', min, max), /got 604799s/);
   });
 });
+
+describe('requestIdentifiers', () => {
+  it('checks CMK references in full and bounds every other identifier, naming the field', () => {
+    const long = 'x'.repeat(257);
+    v.requestIdentifiers({ KeyId: ID, DestinationKeyId: 'alias/a', AliasName: 'alias/b', Requester: 'ops', Items: [{ KeyId: 'not-checked-here' }] });
+    v.requestIdentifiers({ KeyId: '', AliasName: 'x'.repeat(256) }); // empty: the action says whether it is required
+    expectInvalid(() => v.requestIdentifiers({ KeyId: ID.toUpperCase() }), /^KeyId: ".*" is neither a key id/);
+    expectInvalid(() => v.requestIdentifiers({ KeyId: `alias/${'a'.repeat(4 * 1024 * 1024)}` }), 'KeyId: at most 256 characters (got 4194310)');
+    expectInvalid(() => v.requestIdentifiers({ DestinationKeyId: 'bogus' }), /^DestinationKeyId: /);
+    for (const f of ['AliasName', 'KeyVersionId', 'ProposalId', 'CustodianId', 'Requester', 'BatchId']) {
+      expectInvalid(() => v.requestIdentifiers({ [f]: long }), `${f}: at most 256 characters (got 257)`);
+    }
+    expectInvalid(() => v.requestIdentifiers({ Items: [{ KeyId: ID }, { KeyId: long }] }), 'Items[1].KeyId: at most 256 characters (got 257)');
+    expectInvalid(() => v.requestIdentifiers({ Custodians: [{ CustodianId: long }] }), 'Custodians[0].CustodianId: at most 256 characters (got 257)');
+  });
+});

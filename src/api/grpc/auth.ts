@@ -2,10 +2,12 @@
 // configured CA, refused connections logged and audited), the caller's principal (from the client
 // certificate), and the admission pipeline every call passes before its action runs:
 //
-//   identify → rate limit (per principal) → decode check → authorize (policy) → bulkhead (HSM slots)
+//   identify → rate limit (per principal) → decode check → identifiers → authorize (policy) → bulkhead (HSM slots)
 //
-// Denials are PERMISSION_DENIED (Forbidden.NoPermission) naming the principal, the action and the
-// CMK reference, never a parameter value; each is logged and audited.
+// Identifiers in the request are validated and bounded before policy. Denials are PERMISSION_DENIED
+// (Forbidden.NoPermission) naming the principal, the action and the CMK reference, never a
+// parameter value; each is logged and audited. Calls refused before their action runs (rate limit,
+// undecodable, bad identifier, HSM queue) are audited too, floods aggregated (src/audit).
 
 import fs from 'node:fs';
 import net from 'node:net';
@@ -17,6 +19,7 @@ import type { CallContext } from '../../kms/types';
 import type { KmsService, Logger } from '../../kms/service';
 import { ANONYMOUS, Policy, KeyResource, PolicyError, PrincipalKind, describeResource, isUriShaped } from '../../policy/policy';
 import { actionInfo } from '../../policy/actions';
+import * as v from '../../kms/validate';
 import { Bulkhead, CallAbandoned, ConnectionLimits, DEFAULT_CONNECTION_LIMITS, LimitsConfig, RateLimiter, isMalformed, malformedReason } from './limits';
 
 export { ANONYMOUS };
@@ -24,6 +27,8 @@ export { ANONYMOUS };
 /** Where denials and refused connections are recorded (src/audit's AuditLog has this shape). */
 export interface AuditSink {
   append(ev: { requestId?: string; principal: string; action: string; keyId?: string; outcome: string; details?: Record<string, unknown> }): unknown;
+  /** A call refused before its action ran; `aggregate` folds a flood into one record per window. */
+  refusal?(ev: { requestId?: string; principal: string; action: string; keyId?: string; outcome: string; kind: string; error: string; details?: Record<string, unknown> }, aggregate: boolean): unknown;
 }
 
 // ------------------------------------------------------------------ principals
@@ -279,10 +284,22 @@ export class CallGuard {
       this.rate.take(who.policyPrincipal);
     } catch (e) {
       this.stats.throttled++;
+      this.refused(action, who, call, ctx, 'RateLimit', e, true);
       throw e;
     }
     if (isMalformed(call.request)) {
-      throw new KmsError('InvalidParameter', `request: not a valid ${action} request message (${malformedReason(call.request)})`);
+      const e = new KmsError('InvalidParameter', `request: not a valid ${action} request message (${malformedReason(call.request)})`);
+      this.refused(action, who, call, ctx, 'MalformedRequest', e, true);
+      throw e;
+    }
+    // Identifiers are checked here, before policy resolution, a log line, an audit record or a
+    // counter can see them. A refusal is recorded as the action's would be: one record per call,
+    // except for the data plane (counted, not logged), whose floods are aggregated.
+    try {
+      v.requestIdentifiers(call.request);
+    } catch (e) {
+      this.refused(action, who, call, ctx, 'InvalidIdentifier', e, actionInfo(action)?.cls === 'crypto');
+      throw e;
     }
     const policy = this.policy;
     if (policy) {
@@ -295,7 +312,33 @@ export class CallGuard {
     const info = actionInfo(action);
     const usesToken = !info || info.cls === 'crypto' || info.cls === 'lifecycle' || info.cls === 'ceremony';
     if (!usesToken) return run();
-    return this.bulkhead.run(run, { get cancelled() { return call.cancelled; }, onCancel: (cb) => call.on('cancelled', cb) });
+    let started = false;
+    return this.bulkhead
+      .run(
+        () => {
+          started = true;
+          return run();
+        },
+        { get cancelled() { return call.cancelled; }, onCancel: (cb) => call.on('cancelled', cb) },
+      )
+      .catch((e: unknown) => {
+        // Refused by the bulkhead (queue full or timed out) or abandoned in the queue: the action
+        // never ran, so its own audit record will not be written.
+        if (!started) this.refused(action, who, call, ctx, e instanceof CallAbandoned ? 'Abandoned' : 'HsmBusy', e, true);
+        throw e;
+      });
+  }
+
+  /** Audits a call refused before its action ran (see AuditLog.refusal). */
+  private refused(action: string, who: { principal: string; policyPrincipal: string }, call: Cancellable, ctx: CallContext, kind: string, e: unknown, aggregate: boolean): void {
+    if (!this.audit?.refusal) return;
+    const outcome = e instanceof KmsError ? e.code : e instanceof CallAbandoned ? 'Abandoned' : 'InternalFailure';
+    const req = isMalformed(call.request) ? {} : ((call.request ?? {}) as Req);
+    try {
+      this.audit.refusal({ requestId: ctx.requestId, principal: who.policyPrincipal, action, keyId: str(req.KeyId) || str(req.DestinationKeyId), outcome, kind, error: (e as Error).message, details: { Peer: call.getPeer() } }, aggregate);
+    } catch (err) {
+      this.o.log.error({ requestId: ctx.requestId, err: (err as Error).message }, 'could not audit a refusal');
+    }
   }
 
   /**
@@ -323,10 +366,13 @@ export class CallGuard {
   private deny(action: string, who: { principal: string; policyPrincipal: string }, peer: string, ctx: CallContext, resources: KeyResource[], reason: string): never {
     this.stats.denied++;
     const on = resources.length ? ` on ${resources.map(describeResource).join(' and ')}` : '';
-    const keyId = resources.find((r) => r.keyId)?.keyId;
+    // Identifiers were bounded in admit; the audit log resolves the reference to its CMK id and
+    // keeps the caller's form beside it.
+    const named = resources.find((r) => r.keyId || r.ref);
+    const keyId = named?.keyId;
     this.o.log.warn({ requestId: ctx.requestId, principal: who.policyPrincipal, peer, action, keyId, reason }, 'permission denied');
     try {
-      this.audit?.append({ requestId: ctx.requestId, principal: who.policyPrincipal, action, keyId, outcome: 'Forbidden.NoPermission', details: { Reason: reason, Peer: peer } });
+      this.audit?.append({ requestId: ctx.requestId, principal: who.policyPrincipal, action, keyId: named?.ref || keyId, outcome: 'Forbidden.NoPermission', details: { Reason: reason, Peer: peer } });
     } catch (e) {
       this.o.log.error({ requestId: ctx.requestId, err: (e as Error).message }, 'could not audit a denial');
     }

@@ -35,7 +35,11 @@ export function ceremonyExtension(rt: CeremonyRuntime): CeremonyExtension {
     const proposalId = str(req.ProposalId) || str(res?.ProposalId);
     const keyId = str(req.KeyId) || str(meta.KeyId) || str(res?.KeyId) || (proposalId ? ceremony.keyIdOf(proposalId) : '');
     if (DATA_PLANE_ACTIONS.has(name)) {
-      audit.count(keyId || str(req.DestinationKeyId), callerOf(ctx), name, err === undefined);
+      // Counted under the CMK the call used (its answer names it) or, for a refusal, the existing
+      // CMK the request names; anything else under '' (see AuditLog.count).
+      const ref = str(req.KeyId) || str(req.DestinationKeyId);
+      const cmk = str(res?.KeyId) || (ref ? audit.resolveKeyId(ref) : undefined) || '';
+      audit.count(cmk, callerOf(ctx), name, err === undefined);
       if (!audit.config.dataPlaneEvents) return;
     }
     const details: Record<string, unknown> = safeParams(req);
