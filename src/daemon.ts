@@ -90,6 +90,14 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
       allowHostAssistedUnwrap: cfg.allowHostAssistedUnwrap ?? !production,
       wrappingKeyPoolSize: cfg.wrappingKeyPoolSize,
     });
+
+    // Issue 5: custodians, proposals and the audit trail (guards nothing until InitCeremony).
+    const sec = cfg.security ?? securitySettings({}, {}, {}, Boolean(cfg.tls));
+    const quorum = startCeremonyAndAudit({ store, token, kms, imports, log, maxMessageBytes: sec.maxMessageBytes });
+    // What kmsd does to keys on its own (deletion windows ending, material expiring, automatic
+    // rotation) is audited like the calls, under kmsd's own name.
+    kms.onKeyEvent = (ev) => quorum.audit.append({ principal: 'kmsd', action: ev.action, keyId: ev.keyId, outcome: 'ok', details: ev.details });
+    // After the audit log is up, so the outcome of every retried destroy is on the record.
     // Destroys the token refused before (or a crash interrupted) first, then the open intents; what
     // the store does not explain after that is reported and kept.
     const inventory = binding.inventory;
@@ -102,13 +110,6 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     const wrapReconciled = imports.reconcileWrappingKeys(inventory);
     const unknown = kms.reportUnknown(inventory);
     log.info({ ...reconciled, wrappingKeys: wrapReconciled, pendingDestroys: retried, unknown: unknown.length }, 'start-up reconciliation done');
-
-    // Issue 5: custodians, proposals and the audit trail (guards nothing until InitCeremony).
-    const sec = cfg.security ?? securitySettings({}, {}, {}, Boolean(cfg.tls));
-    const quorum = startCeremonyAndAudit({ store, token, kms, imports, log, maxMessageBytes: sec.maxMessageBytes });
-    // What kmsd does to keys on its own (deletion windows ending, material expiring, automatic
-    // rotation) is audited like the calls, under kmsd's own name.
-    kms.onKeyEvent = (ev) => quorum.audit.append({ principal: 'kmsd', action: ev.action, keyId: ev.keyId, outcome: 'ok', details: ev.details });
     // Issue 6: principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
     const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: quorum.audit });
     const { server, health } = createServer({ kms, imports, log, ceremony: ceremonyExtension(quorum), security }, { maxMessageBytes: sec.maxMessageBytes });
