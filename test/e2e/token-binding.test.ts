@@ -13,7 +13,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Kmsd, createExternalToken, makeTempDir, runKmsdToExit, startKmsd, tokenCmkObjects, ExternalToken } from '../helpers/daemon';
 import { clientErrorOf } from '../helpers/errors';
-import { client as fullClient } from '../helpers/ceremony';
+import { client as fullClient, custodianKeys } from '../helpers/ceremony';
 
 const started: Kmsd[] = [];
 const dirs: string[] = [];
@@ -199,6 +199,45 @@ describe('a store that is not the token’s own is refused, never reconciled', (
     k = await start(dir);
     expect(k.logs()).toMatch(/"outcome":"bound-existing-deployment"/);
     for (const id of ids) await roundTrip(k, id);
+    await k.stop();
+  }, 120_000);
+});
+
+describe('removing unknown token objects under a ceremony', () => {
+  it('is a guarded action once custodians exist: direct calls are refused, an approved proposal removes them', async () => {
+    const dir = newDir('kmsd-guarded-');
+    let k = await start(dir);
+    await hsmKeys(k, 2);
+    await k.stop();
+    const before = tokenCmkObjects(k);
+    for (const f of ['kmsd.sqlite', 'kmsd.sqlite-wal', 'kmsd.sqlite-shm']) fs.rmSync(path.join(dir, f), { force: true });
+    k = await start(dir, ['--adopt-token']);
+    const keys = custodianKeys(newDir('kmsd-custodians-'), ['alice', 'bob']);
+    const init = k.kmsctl(['InitCeremony', '--Custodians', ['alice', 'bob'].map((id) => `${id}=${keys[id].pub}`).join(','), '--Threshold', '2']);
+    expect(init.code, init.stderr).toBe(0);
+
+    const direct = k.kmsctl(['RemoveUnknownTokenObjects', '--All', 'true']);
+    expect(direct.code).toBe(1);
+    expect(direct.json.Code).toBe('Rejected.QuorumRequired');
+    expect(direct.json.Message).toMatch(/CreateProposal --Action RemoveUnknownTokenObjects/);
+    expect(tokenCmkObjects(k)).toEqual(before);
+
+    const c = fullClient(k);
+    try {
+      const p = await c.call('CreateProposal', { Action: 'RemoveUnknownTokenObjects', Parameters: { ObjectIds: before.join(',') } });
+      for (const id of ['alice', 'bob']) {
+        const signature = crypto.sign(null, Buffer.from(p.Document, 'base64'), crypto.createPrivateKey(fs.readFileSync(keys[id].pem))).toString('base64');
+        await c.call('ApproveProposal', { ProposalId: p.ProposalId, CustodianId: id, Signature: signature });
+      }
+      const ex = await c.call('ExecuteProposal', { ProposalId: p.ProposalId });
+      expect(ex.Outcome).toBe('Succeeded');
+      expect(JSON.parse(ex.Result).Removed.map((o: any) => o.ObjectId).sort()).toEqual(before);
+    } finally {
+      c.close();
+    }
+    expect(tokenCmkObjects(k)).toEqual([]);
+    const removed = ((await auditEvents(k, { PageSize: 1000 })).Events as any[]).filter((e) => e.Action === 'UnknownTokenObjectRemoved');
+    expect(removed.map((e) => JSON.parse(e.Details).ObjectId).sort()).toEqual(before);
     await k.stop();
   }, 120_000);
 });
