@@ -10,6 +10,7 @@ import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Kmsd, createExternalToken, makeTempDir, runKmsdToExit, startKmsd, tokenCmkObjects, ExternalToken } from '../helpers/daemon';
 import { clientErrorOf } from '../helpers/errors';
@@ -184,21 +185,38 @@ describe('a store that is not the token’s own is refused, never reconciled', (
     await k.stop();
   }, 120_000);
 
-  it('a deployment from before the binding is bound on its first start when the store explains the token', async () => {
+  it('a deployment from before the binding is bound on its first start when the store explains the token, refused when it does not', async () => {
     const dir = newDir('kmsd-legacy-');
     let k = await start(dir);
     const ids = await hsmKeys(k, 2);
     await k.stop();
     // What a token of the earlier version looks like: no kmsd:instance object.
     const env = k.tokenEnv();
-    const del = spawnSync('pkcs11-tool', ['--module', env.module, '--token-label', 'kmsd-dev', '--login', '--pin', env.pin, '--delete-object', '--type', 'data', '--application-label', 'kmsd:instance'], {
-      encoding: 'utf8',
-      env: { ...process.env, SOFTHSM2_CONF: env.SOFTHSM2_CONF },
-    });
-    expect(del.status, del.stderr).toBe(0);
+    const deleteInstanceObject = () => {
+      const del = spawnSync('pkcs11-tool', ['--module', env.module, '--token-label', 'kmsd-dev', '--login', '--pin', env.pin, '--delete-object', '--type', 'data', '--application-label', 'kmsd:instance'], {
+        encoding: 'utf8',
+        env: { ...process.env, SOFTHSM2_CONF: env.SOFTHSM2_CONF },
+      });
+      expect(del.status, del.stderr).toBe(0);
+    };
+    deleteInstanceObject();
     k = await start(dir);
     expect(k.logs()).toMatch(/"outcome":"bound-existing-deployment"/);
     for (const id of ids) await roundTrip(k, id);
+    const lost = (await k.client.describeKey(ids[1])).KeyMetadata.PrimaryKeyVersion;
+    await k.stop();
+
+    // The same, but the store does not know one of the token's CMK objects: refused, then adopted.
+    deleteInstanceObject();
+    const db = new Database(path.join(dir, 'kmsd.sqlite'));
+    db.prepare('DELETE FROM key_versions WHERE key_id = ?').run(ids[1]);
+    db.prepare('DELETE FROM cmks WHERE key_id = ?').run(ids[1]);
+    db.close();
+    expectRefusal(runKmsdToExit(dir), /does not explain 1 of its objects/, new RegExp(`kmsd:cmk:${lost}`), /--adopt-token/);
+    expect(tokenCmkObjects(k)).toContain(lost);
+    k = await start(dir, ['--adopt-token']);
+    expect((await k.client.call('DescribeHsm')).UnknownTokenObjects.filter((o: any) => o.Kind === 'cmk')).toEqual([{ Kind: 'cmk', ObjectId: lost }]);
+    await roundTrip(k, ids[0]);
     await k.stop();
   }, 120_000);
 });
