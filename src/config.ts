@@ -32,6 +32,8 @@ export interface DaemonConfig {
   logLevel: string;
   /** Issue 6: authorization and limits (defaults from securitySettings when absent). */
   security?: SecurityConfig;
+  /** --adopt-token: bind a store without a binding (or older than the token) to the token as it is (src/kms/binding.ts). */
+  adoptToken?: boolean;
 }
 
 /** Issue 6: who may call (policy), how much (limits), and whether plaintext is served at all. */
@@ -89,7 +91,7 @@ const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-ke
 
 export const USAGE = `usage: kmsd [--listen HOST:PORT] [--data-dir DIR] [--pkcs11-module PATH] [--token-label LABEL]
             [--pin-file FILE] [--config FILE] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
-            [--policy FILE] [--plaintext-loopback 0|1]
+            [--policy FILE] [--plaintext-loopback 0|1] [--adopt-token]
 
 Environment: KMS_LISTEN, KMS_DATA_DIR, KMS_PKCS11_MODULE, KMS_TOKEN_LABEL, KMS_PIN_FILE, KMS_TLS_CERT,
 KMS_TLS_KEY, KMS_TLS_CLIENT_CA, KMS_ALLOW_HOST_ASSISTED_UNWRAP (0|1), KMS_IMPORT_TOKEN_TTL_SECONDS,
@@ -111,7 +113,11 @@ With --pkcs11-module, --token-label and --pin-file kmsd uses that existing token
 one. With none of them it creates (once) a development SoftHSM token under DATA_DIR/softhsm.
 Listening on a non-loopback address requires TLS.
 One kmsd per data directory: DATA_DIR/kmsd.lock holds its pid; a lock whose process is gone is
-taken over.`;
+taken over.
+The store (DATA_DIR/kmsd.sqlite) and the token are bound to each other: kmsd refuses to start with a
+store that is not the token's own (another data directory, a deleted or truncated kmsd.sqlite, a
+backup older than the token) and says why. --adopt-token binds a store without a binding (or older
+than the token) to the token as it is, destroying nothing.`;
 
 function intSetting(name: string, raw: unknown, min: number, max: number): number {
   const n = typeof raw === 'number' ? raw : Number(raw);
@@ -153,6 +159,10 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig
   const flags: Record<string, string> = {};
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
+    if (a === '--adopt-token') {
+      flags.adoptToken = '1';
+      continue;
+    }
     const [name, inline] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
     const key = FLAGS[name];
     if (!key) throw new ConfigError(`unknown argument "${a}"`);
@@ -187,6 +197,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig
     minRotationIntervalSeconds: intSetting('minRotationIntervalSeconds', envValue(env, 'KMS_MIN_ROTATION_INTERVAL_SECONDS') ?? file.minRotationIntervalSeconds ?? 7 * 86400, 1, 7 * 86400),
     useNativeAddon: boolSetting('KMS_NATIVE', envValue(env, 'KMS_NATIVE') ?? file.useNativeAddon) ?? true,
     nativeThreads: intSetting('nativeThreads', envValue(env, 'KMS_NATIVE_THREADS') ?? file.nativeThreads ?? DEFAULT_NATIVE_THREADS, 1, 256),
+    adoptToken: flags.adoptToken === '1',
     logLevel: (envValue(env, 'KMS_LOG_LEVEL') ?? (file.logLevel as string | undefined) ?? 'info').toString(),
   };
   // pino throws on an unknown level; say so here, as every other bad setting is said.

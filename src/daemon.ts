@@ -13,6 +13,7 @@ import { DataDirLock, lockDataDir } from './store/data-dir-lock';
 import { Keyring, ROOT_KEY_ID } from './kms/keyring';
 import { KmsService, Logger, DEFAULT_KMS_CONFIG } from './kms/service';
 import { ImportService, MAC_KEY_ID } from './kms/import';
+import { bindStoreToToken } from './kms/binding';
 import { createServer } from './api/grpc/server';
 import { ceremonyExtension } from './api/grpc/ceremony';
 import { startCeremonyAndAudit } from './ceremony/setup';
@@ -56,6 +57,12 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
   let store: Store | null = null;
   let native: NativeHandle | null = null;
   try {
+    // The binding check comes before kmsd creates or destroys anything in the token: a store that is
+    // not the token's own is refused, never reconciled (src/kms/binding.ts).
+    store = new Store(cfg.dataDir);
+    const binding = bindStoreToToken(store, token, { adopt: Boolean(cfg.adoptToken), log });
+    log.info({ instanceId: binding.instanceId, outcome: binding.outcome, token: token.tokenLabel }, 'metadata store and token belong together');
+    // Objects that exist once per token: created on the first start, never destroyed or reported.
     token.ensureRootKey(ROOT_KEY_ID);
     token.generateMacKey(MAC_KEY_ID);
     const info = token.tokenInfo();
@@ -63,7 +70,6 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     log.info({ token: info.label, manufacturer: info.manufacturer, model: info.model, capabilities }, 'token capabilities probed');
     if (!capabilities.aesGcm) throw new Error('the token does not support CKM_AES_GCM, which every CMK operation needs');
 
-    store = new Store(cfg.dataDir);
     const keyring = new Keyring(token, store);
     if (cfg.useNativeAddon) {
       native = loadNative(token, cfg.nativeThreads ?? DEFAULT_NATIVE_THREADS);
@@ -84,9 +90,6 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
       allowHostAssistedUnwrap: cfg.allowHostAssistedUnwrap ?? !production,
       wrappingKeyPoolSize: cfg.wrappingKeyPoolSize,
     });
-    const reconciled = kms.reconcile();
-    const wrapReconciled = imports.reconcileWrappingKeys();
-    log.info({ ...reconciled, wrappingKeys: wrapReconciled }, 'start-up reconciliation done');
 
     // Issue 5: custodians, proposals and the audit trail (guards nothing until InitCeremony).
     const sec = cfg.security ?? securitySettings({}, {}, {}, Boolean(cfg.tls));
@@ -94,6 +97,19 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     // What kmsd does to keys on its own (deletion windows ending, material expiring, automatic
     // rotation) is audited like the calls, under kmsd's own name.
     kms.onKeyEvent = (ev) => quorum.audit.append({ principal: 'kmsd', action: ev.action, keyId: ev.keyId, outcome: 'ok', details: ev.details });
+    // After the audit log is up, so the outcome of every retried destroy is on the record.
+    // Destroys the token refused before (or a crash interrupted) first, then the open intents; what
+    // the store does not explain after that is reported and kept.
+    const inventory = binding.inventory;
+    const retried = kms.retryPendingDestroys('start-up');
+    for (const d of retried.destroyed) {
+      const [kind, id] = d.split(':') as ['cmk' | 'wrap', string];
+      inventory[kind].delete(id);
+    }
+    const reconciled = kms.reconcile(inventory);
+    const wrapReconciled = imports.reconcileWrappingKeys(inventory);
+    const unknown = kms.reportUnknown(inventory);
+    log.info({ ...reconciled, wrappingKeys: wrapReconciled, pendingDestroys: retried, unknown: unknown.length }, 'start-up reconciliation done');
     // Issue 6: principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
     const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: quorum.audit });
     const { server, health } = createServer({ kms, imports, log, ceremony: ceremonyExtension(quorum), security }, { maxMessageBytes: sec.maxMessageBytes, maxConcurrentStreams: sec.maxConcurrentStreams, streamLimits: sec });

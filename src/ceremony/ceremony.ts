@@ -43,7 +43,14 @@ export interface CeremonySink {
 const CEREMONY_ACTIONS = ['SetCustodians', 'SetQuorumPolicy'] as const;
 type CeremonyAction = (typeof CEREMONY_ACTIONS)[number];
 
-export const PROPOSABLE_ACTIONS = [...Object.keys(KEY_ACTIONS), ...CEREMONY_ACTIONS];
+/**
+ * Actions on the token as a whole: guarded once a ceremony is initialized (whatever the quorum
+ * policy says), so that removing token objects the store cannot explain, which may be the only copy
+ * of someone's key material, takes the quorum.
+ */
+export const TOKEN_ACTIONS = ['RemoveUnknownTokenObjects'] as const;
+
+export const PROPOSABLE_ACTIONS = [...Object.keys(KEY_ACTIONS), ...CEREMONY_ACTIONS, ...TOKEN_ACTIONS];
 
 // No "@": it separates the declared name from the caller in the requester identity.
 const REQUESTER_RE = /^[A-Za-z0-9._-]{1,64}$/;
@@ -132,6 +139,15 @@ export class Ceremony {
    * Rejected.QuorumRequired (FAILED_PRECONDITION) and names the proposal flow.
    */
   checkDirect(action: string, req: { KeyId?: string }): void {
+    if (this.initialized() && (TOKEN_ACTIONS as readonly string[]).includes(action)) {
+      const m = this.store.threshold();
+      const n = this.store.activeCustodians().length;
+      throw new KmsError(
+        'Rejected.QuorumRequired',
+        `${action} needs the approval of ${m} of ${n} custodians once a ceremony is initialized: kmsctl CreateProposal --Action ${action} ` +
+          `--Parameters '{"ObjectIds":"<id>,<id>"}' (or '{"All":"true"}'), then ${m} custodians sign the Document and call ApproveProposal, then kmsctl ExecuteProposal --ProposalId <id> (docs/ceremony.md)`,
+      );
+    }
     if (!this.initialized() || !isGuardable(action)) return;
     const row = this.targets.kms.resolve('KeyId', req.KeyId);
     const why = guardReason(this.policy(), action, row);
@@ -311,6 +327,14 @@ export class Ceremony {
       const policy = parsePolicy('Parameters.Policy', params.Policy);
       return { keyId: null, request: { Policy: policy }, view: { Policy: policy, PolicyBefore: this.policy() } };
     }
+    if (action === 'RemoveUnknownTokenObjects') {
+      for (const k of Object.keys(params)) if (k !== 'ObjectIds' && k !== 'All') throw invalid(`Parameters.${k}`, 'RemoveUnknownTokenObjects takes ObjectIds or All');
+      if (params.All !== undefined && params.All !== 'true') throw invalid('Parameters.All', 'must be "true" when given');
+      const request = { ObjectIds: params.ObjectIds ?? '', All: params.All === 'true' };
+      // What the custodians see is what kmsd knows now; execution checks each id again.
+      const unknown = this.targets.kms.unknownObjects;
+      return { keyId: null, request, view: { ...request, UnknownTokenObjectsNow: unknown.slice(0, 200), UnknownCountNow: unknown.length } };
+    }
     throw invalid('Action', `must be one of ${PROPOSABLE_ACTIONS.join(', ')} (got "${String(action).slice(0, 60)}")`);
   }
 
@@ -460,6 +484,7 @@ export class Ceremony {
   private async run(action: string, request: Record<string, unknown>): Promise<unknown> {
     if (isKeyAction(action)) return runKeyAction(this.targets, action, request);
     if ((CEREMONY_ACTIONS as readonly string[]).includes(action)) return this.runCeremonyAction(action as CeremonyAction, request);
+    if (action === 'RemoveUnknownTokenObjects') return this.targets.kms.RemoveUnknownTokenObjects(request as { ObjectIds?: string; All?: boolean });
     throw new KmsError('InternalFailure', `proposal action ${action} has no executor`);
   }
 

@@ -33,6 +33,15 @@ const LABEL_PREFIX: Record<ObjectKind, string> = {
   mac: 'kmsd:mac:',
 };
 
+const OBJECT_KINDS = Object.keys(LABEL_PREFIX) as ObjectKind[];
+
+/** CKA_APPLICATION of the token's kmsd:instance data object, and its label prefix. */
+const INSTANCE_APPLICATION = 'kmsd:instance';
+const INSTANCE_LABEL_PREFIX = 'kmsd:instance:';
+
+/** The kmsd objects of a token by kind (ids), as inventory() finds them in one pass. */
+export type TokenInventory = Record<ObjectKind | 'sign', Set<string>> & { instanceObjects: number };
+
 /** A short-lived session object (ephemeral or not yet persisted key). Always pass it to destroyTransient. */
 export class TransientKey {
   constructor(readonly handle: Handle) {}
@@ -190,6 +199,7 @@ export class HsmToken {
     // too: SoftHSM forgets every object handle of a slot when its last session closes (as when the
     // addon is not loaded and this was the only session), so they are looked up again.
     this.handleCache.clear();
+    this.instanceHandle = null;
     this.sessionEpoch++;
   }
 
@@ -265,7 +275,15 @@ export class HsmToken {
 
   /** Ids of every token object of a kind, for start-up reconciliation. */
   listIds(kind: ObjectKind): string[] {
-    const prefix = LABEL_PREFIX[kind];
+    return [...this.inventory()[kind]];
+  }
+
+  /**
+   * Every kmsd object of the token in one C_FindObjects pass: ids by kind (a key pair counts once),
+   * the signing keys, and how many kmsd:instance objects there are. Objects of other applications
+   * sharing the token are not kmsd's and are left out.
+   */
+  inventory(): TokenInventory {
     return this.withSession((p11, s) => {
       p11.C_FindObjectsInit(s, [{ type: pkcs11js.CKA_TOKEN, value: true }]);
       const handles: Handle[] = [];
@@ -278,17 +296,31 @@ export class HsmToken {
       } finally {
         p11.C_FindObjectsFinal(s);
       }
-      const ids = new Set<string>();
+      const inv: TokenInventory = { cmk: new Set(), wrap: new Set(), root: new Set(), mac: new Set(), sign: new Set(), instanceObjects: 0 };
       for (const h of handles) {
-        const label = p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_LABEL }])[0].value as Buffer;
-        const text = label.toString('utf8');
-        if (text.startsWith(prefix)) ids.add(text.slice(prefix.length));
+        const text = (p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_LABEL }])[0].value as Buffer).toString('utf8');
+        if (text.startsWith(INSTANCE_LABEL_PREFIX)) {
+          inv.instanceObjects++;
+          continue;
+        }
+        if (text.startsWith('kmsd:sign:')) {
+          inv.sign.add(text.slice('kmsd:sign:'.length));
+          continue;
+        }
+        for (const kind of OBJECT_KINDS) {
+          if (text.startsWith(LABEL_PREFIX[kind])) inv[kind].add(text.slice(LABEL_PREFIX[kind].length));
+        }
       }
-      return [...ids];
+      return inv;
     }, 'C_FindObjects');
   }
 
-  /** Destroys every token object with this kind and id (a key pair has two). Returns how many. */
+  /**
+   * Destroys every token object with this kind and id (a key pair has two). Returns how many. When
+   * a C_DestroyObject fails, some modules (SoftHSM) hide the object from this process until it is
+   * restarted although it is still in the token; a later call that then finds nothing throws
+   * DESTROY_UNCONFIRMED instead of reporting success.
+   */
   destroy(kind: ObjectKind, id: string): number {
     const label = this.label(kind, id);
     this.handleCache.delete(label);
@@ -303,9 +335,91 @@ export class HsmToken {
       } finally {
         p11.C_FindObjectsFinal(s);
       }
-      for (const h of found) p11.C_DestroyObject(s, h);
+      if (found.length === 0 && this.failedDestroys.has(label)) {
+        throw new HsmError(`destroying token object ${label} failed earlier, and the module no longer shows it to this process: whether it is gone is known only after a restart`, 'DESTROY_UNCONFIRMED', 'C_DestroyObject');
+      }
+      for (const h of found) {
+        try {
+          p11.C_DestroyObject(s, h);
+        } catch (e) {
+          this.failedDestroys.add(label);
+          throw e;
+        }
+      }
+      this.failedDestroys.delete(label);
       return found.length;
     }, 'C_DestroyObject');
+  }
+
+  /** Labels whose C_DestroyObject failed in this process (see destroy). */
+  private readonly failedDestroys = new Set<string>();
+
+  // ---------------------------------------------------------------- the store/token binding
+  // One CKO_DATA object, kmsd:instance, names the metadata store this token belongs to (CKA_VALUE, the
+  // instance id, fixed at creation) and carries in its label the highest creation sequence kmsd took
+  // before creating a token object (kmsd:instance:<seq>): a store whose committed sequence is lower
+  // is older than the token. The sequence lives here rather than on each object because CMK objects
+  // are CKA_MODIFIABLE=false with CKA_LABEL and CKA_ID fixed by the design, and modules reject
+  // vendor attributes (SoftHSM: CKR_ATTRIBUTE_TYPE_INVALID); one mark also covers objects created
+  // and destroyed since the store was copied.
+
+  private instanceHandle: Handle | null = null;
+  private instanceSequence = 0;
+
+  /** The token's kmsd:instance object, or null when it has none; more than one is an error. */
+  readInstance(): { instanceId: string; sequence: number } | null {
+    return this.withSession((p11, s) => {
+      p11.C_FindObjectsInit(s, [
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+        { type: pkcs11js.CKA_APPLICATION, value: INSTANCE_APPLICATION },
+      ]);
+      let found: Handle[];
+      try {
+        found = p11.C_FindObjects(s, 2);
+      } finally {
+        p11.C_FindObjectsFinal(s);
+      }
+      if (found.length > 1) throw new HsmError(`the token holds more than one ${INSTANCE_APPLICATION} object; remove the extra one by hand (pkcs11-tool) after checking which one its data directory names`, 'AMBIGUOUS');
+      if (found.length === 0) return null;
+      const a = p11.C_GetAttributeValue(s, found[0], [{ type: pkcs11js.CKA_VALUE }, { type: pkcs11js.CKA_LABEL }]);
+      const instanceId = (a[0].value as Buffer).toString('utf8');
+      const label = (a[1].value as Buffer).toString('utf8');
+      const m = /^kmsd:instance:(\d{1,15})$/.exec(label);
+      if (!m) throw new HsmError(`the token's ${INSTANCE_APPLICATION} object has label "${label.slice(0, 80)}", not kmsd:instance:<sequence>`, 'UNSUPPORTED');
+      this.instanceHandle = found[0];
+      this.instanceSequence = Number(m[1]);
+      return { instanceId, sequence: this.instanceSequence };
+    }, 'C_FindObjects');
+  }
+
+  /** Creates the kmsd:instance object (first start, adoption, binding an existing deployment). */
+  createInstance(instanceId: string, sequence: number): void {
+    if (this.readInstance()) throw new HsmError('the token already has a kmsd:instance object', 'EXISTS');
+    this.instanceHandle = this.withSession(
+      (p11, s) =>
+        p11.C_CreateObject(s, [
+          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+          { type: pkcs11js.CKA_TOKEN, value: true }, // the binding outlives every process
+          { type: pkcs11js.CKA_PRIVATE, value: true }, // only a logged-in user sees which store owns the token
+          { type: pkcs11js.CKA_MODIFIABLE, value: true }, // the label carries the creation sequence
+          { type: pkcs11js.CKA_APPLICATION, value: INSTANCE_APPLICATION }, // what readInstance finds it by
+          { type: pkcs11js.CKA_VALUE, value: Buffer.from(instanceId, 'utf8') }, // the instance id; read-only once created
+          { type: pkcs11js.CKA_LABEL, value: `${INSTANCE_LABEL_PREFIX}${sequence}` },
+        ]),
+      'C_CreateObject',
+    );
+    this.instanceSequence = sequence;
+  }
+
+  /** Raises the token's creation sequence to `seq` before an object with that sequence is created. */
+  raiseSequence(seq: number): void {
+    if (seq <= this.instanceSequence) return;
+    if (!this.instanceHandle) this.readInstance();
+    const h = this.instanceHandle;
+    if (!h) throw new HsmError('the token has no kmsd:instance object', 'NOT_FOUND');
+    this.withSession((p11, s) => p11.C_SetAttributeValue(s, h, [{ type: pkcs11js.CKA_LABEL, value: `${INSTANCE_LABEL_PREFIX}${seq}` }]), 'C_SetAttributeValue');
+    this.instanceSequence = seq;
   }
 
   /** Security attributes as the token reports them (used by reconciliation checks and tests). */

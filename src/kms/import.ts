@@ -12,6 +12,7 @@ import * as v from './validate';
 import { HsmCapabilities, MaterialLengthError, WRAPPING_ALGORITHMS, WRAPPING_KEY_SPECS, WrappingAlgorithm, WrappingKeySpec, needsRawDecrypt, planUnwrap, unwrapKeyMaterial } from '../hsm/unwrap';
 import { UnwrapFailedError } from '../hsm/errors';
 import type { WrappingKeyRow } from '../store/store';
+import type { TokenInventory } from '../hsm/token';
 
 export const MAC_KEY_ID = 'import-token-v1';
 const TOKEN_PREFIX = 'kmsd-it1.';
@@ -142,24 +143,44 @@ export class ImportService {
     let wrap: WrappingKeyRow | undefined = this.store.issuePooledWrappingKey(spec, rawDecrypt, row.key_id, alg, exp);
     if (!wrap) {
       const wrapId = crypto.randomUUID();
-      const publicKey = this.token.generateWrappingKeyPair(wrapId, WRAPPING_KEY_SPECS[spec], rawDecrypt);
-      wrap = { wrap_id: wrapId, key_spec: spec, raw_decrypt: rawDecrypt ? 1 : 0, public_key: publicKey, created: now, key_id: row.key_id, algorithm: alg, expires: exp };
-      try {
-        this.store.insertWrappingKey(wrap);
-      } catch (e) {
-        this.token.destroy('wrap', wrapId);
-        throw e;
-      }
+      const { seq, value: publicKey } = this.kms.createUnderIntent('wrap', wrapId, () => this.token.generateWrappingKeyPair(wrapId, WRAPPING_KEY_SPECS[spec], rawDecrypt));
+      const fresh: WrappingKeyRow = { wrap_id: wrapId, key_spec: spec, raw_decrypt: rawDecrypt ? 1 : 0, public_key: publicKey, created: now, key_id: row.key_id, algorithm: alg, expires: exp };
+      this.commitWrappingKey(fresh, seq);
+      wrap = fresh;
     }
     const importToken = this.issueToken({ kid: row.key_id, wid: wrap.wrap_id, alg, spec, iat: now, exp });
     return { KeyId: row.key_id, ImportToken: importToken, PublicKey: wrap.public_key.toString('base64'), TokenExpireTime: iso(exp) };
   }
 
-  /** Token object first: once it is gone nothing wrapped under it opens, whatever a crash leaves in SQLite. */
+  /** Metadata and its intent in one transaction; if that fails, the new key pair is destroyed. */
+  private commitWrappingKey(w: WrappingKeyRow, seq: number): void {
+    try {
+      this.store.tx(() => {
+        this.store.insertWrappingKey(w);
+        this.store.clearIntent(seq);
+      });
+    } catch (e) {
+      this.kms.abandonIntent('wrap', w.wrap_id, seq);
+      throw e;
+    }
+  }
+
+  /**
+   * A wrapping key's row goes, with a pending destroy of its key pair, in one transaction; then the
+   * pair is destroyed (retried until the token confirms it). Without its row no import token
+   * naming it verifies, so nothing wrapped under it opens even while the destroy is pending.
+   */
+  private retireWrappingKey(wrapId: string, keyId: string | null, reason: string): boolean {
+    this.store.tx(() => {
+      this.store.deleteWrappingKey(wrapId);
+      this.store.addPendingDestroy('wrap', wrapId, keyId, reason, this.kms.now());
+    });
+    return this.kms.destroyPending('wrap', wrapId, 'call');
+  }
+
   private revokeWrappingKey(wrapId: string, keyId: string, failures: number): void {
-    this.token.destroy('wrap', wrapId);
-    this.store.deleteWrappingKey(wrapId);
-    this.kms.log.warn({ keyId, wrapId, failures }, 'wrapping key destroyed after repeated failed imports');
+    const gone = this.retireWrappingKey(wrapId, keyId, 'failed-imports');
+    this.kms.log.warn({ keyId, wrapId, failures, destroyPending: !gone }, 'wrapping key destroyed after repeated failed imports');
   }
 
   ImportKeyMaterial(req: { KeyId?: string; EncryptedKeyMaterial?: string; ImportToken?: string; KeyMaterialExpireUnix?: number }) {
@@ -210,22 +231,32 @@ export class ImportService {
         // Same material again while it is still there: only the expiry changes.
         this.store.updateCmk(row.key_id, { material_expire_time: expireMs });
       } else {
-        // Token object first, then the commit; a crash in between leaves an orphan that start-up
-        // reconciliation destroys, and the client's retry imports again.
+        // A destroy of this version's earlier material that the token refused must finish first:
+        // retried later, it would destroy the material imported now.
+        if (level === 'HSM' && !this.kms.destroyPending('cmk', ver.version_id, 'call')) throw this.kms.destroyPendingError(row.key_id, [ver.version_id]);
+        // Intent, token object, then the commit; a crash in between leaves an open intent, whose
+        // object start-up reconciliation destroys, and the client's retry imports again.
         if (level === 'HSM' && this.token.has('cmk', ver.version_id)) this.token.destroy('cmk', ver.version_id);
-        const softwareWrapped = this.kms.keyring.persist(level, ver.version_id, key);
+        let seq: number | null = null;
+        let softwareWrapped: Buffer | null = null;
+        if (level === 'HSM') seq = this.kms.createUnderIntent('cmk', ver.version_id, () => this.kms.keyring.persist(level, ver.version_id, key)).seq;
+        else softwareWrapped = this.kms.keyring.persist(level, ver.version_id, key);
         try {
           this.store.tx(() => {
             this.store.updateVersion(ver.version_id, { material_state: 'Present', software_wrapped: softwareWrapped });
             this.store.updateCmk(row.key_id, {
-              key_state: row.key_state === 'PendingImport' ? 'Enabled' : row.key_state,
+              // A CMK that was Disabled when its material was deleted stays Disabled.
+              key_state: row.key_state === 'PendingImport' ? (row.state_after_import === 'Disabled' ? 'Disabled' : 'Enabled') : row.key_state,
+              state_after_import: null,
               material_fingerprint: row.material_fingerprint ?? fp,
               material_expire_time: expireMs,
               import_path: plan.path,
             });
+            if (seq !== null) this.store.clearIntent(seq);
           });
         } catch (e) {
-          this.kms.keyring.destroy(ver.version_id);
+          if (seq !== null) this.kms.abandonIntent('cmk', ver.version_id, seq);
+          else this.kms.keyring.forget(ver.version_id);
           throw e;
         }
       }
@@ -244,7 +275,10 @@ export class ImportService {
     if (row.key_state === 'PendingDeletion') {
       throw new KmsError('Rejected.PendingDeletion', `KeyId: CMK ${row.key_id} is PendingDeletion`);
     }
-    if (row.key_state !== 'PendingImport') this.kms.deleteMaterial(row, 'deleted');
+    // Already PendingImport: a destroy the token refused earlier is retried now, and the answer says
+    // whether the material is gone.
+    const pending = row.key_state !== 'PendingImport' ? this.kms.deleteMaterial(row, 'deleted') : this.kms.pendingDestroysOf(row.key_id).map((r) => r.object_id).filter((id) => !this.kms.destroyPending('cmk', id, 'call'));
+    if (pending.length) throw this.kms.destroyPendingError(row.key_id, pending);
     return {};
   }
 
@@ -264,13 +298,8 @@ export class ImportService {
     for (const rawDecrypt of this.poolVariants()) {
       if (this.store.countPooledWrappingKeys('RSA_2048', rawDecrypt) >= this.config.wrappingKeyPoolSize) continue;
       const wrapId = crypto.randomUUID();
-      const publicKey = this.token.generateWrappingKeyPair(wrapId, 2048, rawDecrypt);
-      try {
-        this.store.insertWrappingKey({ wrap_id: wrapId, key_spec: 'RSA_2048', raw_decrypt: rawDecrypt ? 1 : 0, public_key: publicKey, created: this.kms.now(), key_id: null, algorithm: null, expires: null });
-      } catch (e) {
-        this.token.destroy('wrap', wrapId);
-        throw e;
-      }
+      const { seq, value: publicKey } = this.kms.createUnderIntent('wrap', wrapId, () => this.token.generateWrappingKeyPair(wrapId, 2048, rawDecrypt));
+      this.commitWrappingKey({ wrap_id: wrapId, key_spec: 'RSA_2048', raw_decrypt: rawDecrypt ? 1 : 0, public_key: publicKey, created: this.kms.now(), key_id: null, algorithm: null, expires: null }, seq);
       return true;
     }
     return false;
@@ -279,26 +308,37 @@ export class ImportService {
   /** Destroys wrapping key pairs whose import tokens have expired. */
   destroyExpiredWrappingKeys(): number {
     const expired = this.store.expiredWrappingKeys(this.kms.now());
-    for (const w of expired) {
-      this.token.destroy('wrap', w.wrap_id);
-      this.store.deleteWrappingKey(w.wrap_id);
-    }
+    for (const w of expired) this.retireWrappingKey(w.wrap_id, w.key_id, 'expired');
     return expired.length;
   }
 
-  /** Start-up: token wrapping keys without metadata are destroyed; metadata without a key is dropped. */
-  reconcileWrappingKeys(): { destroyed: number; dropped: number } {
+  /**
+   * Start-up: key pairs named by an open intent and by no wrapping key row are destroyed (their
+   * GetParametersForImport or pool refill never committed); rows whose key pair the token does not
+   * hold are dropped (nothing wrapped under it can be opened anyway). Any other key pair without a
+   * row is unknown: kept and reported (KmsService.findUnknown).
+   */
+  reconcileWrappingKeys(inv: TokenInventory): { destroyed: number; dropped: number } {
     const rows = new Map(this.store.allWrappingKeys().map((w) => [w.wrap_id, w]));
     let destroyed = 0;
     let dropped = 0;
-    for (const id of this.token.listIds('wrap')) {
-      if (!rows.has(id)) {
-        this.token.destroy('wrap', id);
-        destroyed++;
+    for (const intent of this.store.allIntents()) {
+      if (intent.kind !== 'wrap') continue;
+      const id = intent.object_id;
+      if (inv.wrap.has(id) && !rows.has(id)) {
+        try {
+          this.token.destroy('wrap', id);
+          inv.wrap.delete(id);
+          destroyed++;
+        } catch (e) {
+          this.store.tx(() => this.store.addPendingDestroy('wrap', id, null, 'creation-interrupted', this.kms.now()));
+          this.kms.log.warn({ wrapId: id, err: (e as Error).message }, 'could not destroy the wrapping key of an interrupted creation; retrying later');
+        }
       }
+      this.store.clearIntent(intent.seq);
     }
     for (const w of rows.values()) {
-      if (!this.token.has('wrap', w.wrap_id)) {
+      if (!inv.wrap.has(w.wrap_id)) {
         this.store.deleteWrappingKey(w.wrap_id);
         dropped++;
       }
@@ -332,6 +372,8 @@ export class ImportService {
       WrappingAlgorithms: algorithms,
       NativeAddon: this.kms.keyring.nativeAttached,
       Counters: { ...this.kms.keyring.stats },
+      UnknownTokenObjects: this.kms.unknownObjects,
+      PendingTokenDestroys: this.store.pendingDestroys().map((r) => ({ Kind: r.kind, ObjectId: r.object_id, KeyId: r.key_id ?? '', Reason: r.reason, Attempts: r.attempts, LastError: r.last_error ?? '' })),
     };
   }
 }

@@ -82,12 +82,6 @@ export class Keyring {
     return this.token.wrapUnderRoot(ROOT_KEY_ID, key);
   }
 
-  /** Destroys the material of a version (token object and/or cached bytes). */
-  destroy(versionId: string): void {
-    this.forget(versionId);
-    this.token.destroy('cmk', versionId);
-  }
-
   /** Zeroes cached SOFTWARE material (disable, deletion, shutdown). */
   forget(versionId: string): void {
     const m = this.software.get(versionId);

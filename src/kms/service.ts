@@ -3,9 +3,10 @@
 // API's field names, and every failure is a KmsError from the one error table.
 
 import crypto from 'node:crypto';
-import { Store, CmkRow, KeyVersionRow } from '../store/store';
+import { Store, CmkRow, KeyVersionRow, TokenDestroyRow, TokenObjectKind } from '../store/store';
 import { DecryptFailedError, HsmError } from '../hsm/errors';
 import { Keyring } from './keyring';
+import type { TokenInventory } from '../hsm/token';
 import { KmsError, invalid } from './errors';
 import { aadFor, buildHeader, freshIv, parseBlob, validateContext } from './ciphertext';
 import * as v from './validate';
@@ -47,14 +48,26 @@ export function iso(ms: number | null | undefined): string {
  * material, an automatic rotation. The composition root sends these to the audit log.
  */
 export interface KeyEvent {
-  action: 'ScheduledKeyDeletion' | 'KeyMaterialExpired' | 'AutomaticRotation';
+  action: 'ScheduledKeyDeletion' | 'KeyMaterialExpired' | 'AutomaticRotation' | 'KeyMaterialDestroyFailed' | 'KeyMaterialDestroyed' | 'UnknownTokenObjectRemoved';
   keyId: string;
   details: Record<string, unknown>;
+}
+
+/** A token object that looks like kmsd's but that the store does not explain: reported and kept. */
+export interface UnknownTokenObject {
+  Kind: TokenObjectKind;
+  ObjectId: string;
 }
 
 export class KmsService {
   /** Receives every KeyEvent (src/daemon.ts wires it to the audit log). */
   onKeyEvent: (ev: KeyEvent) => void = () => undefined;
+
+  /** Token objects the store does not explain, as last found (start-up, RemoveUnknownTokenObjects). */
+  unknownObjects: UnknownTokenObject[] = [];
+
+  /** When a pending destroy may next be retried by the scheduler (backoff after failures). */
+  private readonly destroyRetryAt = new Map<string, number>();
 
   constructor(
     readonly store: Store,
@@ -92,21 +105,124 @@ export class KmsService {
     return row;
   }
 
-  /** Destroys an EXTERNAL CMK's material and moves it to PendingImport; the CMK and its fingerprint stay. */
-  deleteMaterial(row: CmkRow, reason: 'expired' | 'deleted'): void {
+  /**
+   * Destroys an EXTERNAL CMK's material and moves it to PendingImport; the CMK and its fingerprint
+   * stay. Returns the key versions whose token object could not be destroyed yet (retried until
+   * gone). A Disabled CMK remembers it: material imported again leaves it Disabled.
+   */
+  deleteMaterial(row: CmkRow, reason: 'expired' | 'deleted'): string[] {
     const versions = this.store.listVersions(row.key_id);
-    // Metadata first: a crash after this commit leaves an orphan token object, which start-up
-    // reconciliation destroys; never an Enabled CMK whose material is gone.
+    const hsm = row.protection_level === 'HSM';
+    const now = this.now();
+    // Metadata and the pending destroys commit together, then the token objects go: a crash or a
+    // token refusal in between leaves destroys that are retried (scheduler, start-up) until done,
+    // never an Enabled CMK whose material is gone.
     this.store.tx(() => {
-      for (const ver of versions) this.store.updateVersion(ver.version_id, { material_state: 'Absent', software_wrapped: null });
+      for (const ver of versions) {
+        this.store.updateVersion(ver.version_id, { material_state: 'Absent', software_wrapped: null });
+        if (hsm) this.store.addPendingDestroy('cmk', ver.version_id, row.key_id, reason, now);
+      }
       const fields: Partial<CmkRow> = { material_expire_time: null, import_path: null };
-      if (row.key_state !== 'PendingDeletion') fields.key_state = 'PendingImport';
+      if (row.key_state !== 'PendingDeletion') {
+        fields.key_state = 'PendingImport';
+        fields.state_after_import = row.key_state === 'Disabled' ? 'Disabled' : null;
+      } else if (row.state_before_deletion === 'Disabled') {
+        fields.state_after_import = 'Disabled';
+      }
       this.store.updateCmk(row.key_id, fields);
     });
-    for (const ver of versions) this.keyring.destroy(ver.version_id);
-    this.log.info({ keyId: row.key_id, reason }, 'key material deleted');
+    for (const ver of versions) this.keyring.forget(ver.version_id);
+    const pending = hsm ? versions.filter((ver) => !this.destroyPending('cmk', ver.version_id, 'call')) : [];
+    this.log.info({ keyId: row.key_id, reason, destroyPending: pending.map((x) => x.version_id) }, 'key material deleted');
     // DeleteKeyMaterial is audited as the call it is; expiry has no caller.
     if (reason === 'expired') this.keyEvent({ action: 'KeyMaterialExpired', keyId: row.key_id, details: { ExpiredAt: iso(row.material_expire_time) } });
+    return pending.map((x) => x.version_id);
+  }
+
+  // ================================================================ token objects: intents and destroys
+
+  /**
+   * Creates a token object under a write-ahead intent: the intent (with the next creation sequence)
+   * is committed first, the token's sequence raised, then the object created. The caller clears the
+   * intent (store.clearIntent) in the transaction that commits the object's metadata; an intent left
+   * open by a crash is what lets start-up reconciliation destroy the object, and nothing else does.
+   */
+  createUnderIntent<T>(kind: TokenObjectKind, id: string, create: () => T): { seq: number; value: T } {
+    const seq = this.store.openIntent(kind, id, this.now());
+    try {
+      this.keyring.token.raiseSequence(seq);
+      return { seq, value: create() };
+    } catch (e) {
+      this.abandonIntent(kind, id, seq);
+      throw e;
+    }
+  }
+
+  /** The object of an intent will not get metadata: destroy whatever the token holds, then close the intent. */
+  abandonIntent(kind: TokenObjectKind, id: string, seq: number): void {
+    try {
+      this.keyring.forget(id);
+      this.keyring.token.destroy(kind, id);
+      this.store.clearIntent(seq);
+    } catch (e) {
+      // The intent stays open: start-up reconciliation destroys the object.
+      this.log.error({ kind, objectId: id, err: (e as Error).message }, 'could not destroy a token object whose metadata was not committed');
+    }
+  }
+
+  /**
+   * One attempt at a pending destroy. True when the token confirms the object is gone (the row is
+   * removed); false when it refused (the row stays, with the attempt counted). The first failure and
+   * a success after failures are audited (failures at start-up too); the rest are logged.
+   */
+  destroyPending(kind: TokenObjectKind, id: string, when: 'call' | 'scheduler' | 'start-up'): boolean {
+    const row = this.store.getPendingDestroy(kind, id);
+    if (!row) return true;
+    const keyId = row.key_id ?? '';
+    try {
+      this.keyring.token.destroy(kind, id);
+    } catch (e) {
+      const err = e as { code?: string; message?: string };
+      const reason = err.code ? `${err.code}` : String(err.message ?? e);
+      const attempts = this.store.notePendingDestroyFailure(kind, id, reason);
+      this.destroyRetryAt.set(`${kind}:${id}`, this.now() + Math.min(300_000, 1000 * 2 ** Math.min(attempts, 9)));
+      this.log.warn({ kind, objectId: id, keyId, attempts, err: err.message ?? String(e) }, 'the token refused to destroy an object; retrying later');
+      if (kind === 'cmk' && (attempts === 1 || when === 'start-up')) {
+        this.keyEvent({ action: 'KeyMaterialDestroyFailed', keyId, details: { KeyVersionId: id, Reason: row.reason, Error: reason, Attempts: attempts, Retried: when } });
+      }
+      return false;
+    }
+    this.store.deletePendingDestroy(kind, id);
+    this.destroyRetryAt.delete(`${kind}:${id}`);
+    if (row.attempts > 0) {
+      this.log.info({ kind, objectId: id, keyId, attempts: row.attempts + 1 }, 'token object destroyed after earlier failures');
+      if (kind === 'cmk') this.keyEvent({ action: 'KeyMaterialDestroyed', keyId, details: { KeyVersionId: id, Reason: row.reason, Attempts: row.attempts + 1, Retried: when } });
+    }
+    return true;
+  }
+
+  /** Retries every pending destroy (the scheduler honours the backoff; start-up tries them all). */
+  retryPendingDestroys(when: 'scheduler' | 'start-up'): { destroyed: string[]; failed: string[] } {
+    const out = { destroyed: [] as string[], failed: [] as string[] };
+    const now = this.now();
+    for (const row of this.store.pendingDestroys()) {
+      if (when === 'scheduler' && (this.destroyRetryAt.get(`${row.kind}:${row.object_id}`) ?? 0) > now) continue;
+      (this.destroyPending(row.kind, row.object_id, when) ? out.destroyed : out.failed).push(`${row.kind}:${row.object_id}`);
+    }
+    return out;
+  }
+
+  /** Pending destroys of one CMK's versions (DeleteKeyMaterial answers with them). */
+  pendingDestroysOf(keyId: string): TokenDestroyRow[] {
+    return this.store.pendingDestroys().filter((r) => r.key_id === keyId);
+  }
+
+  /** The error a caller gets while a CMK's material is deleted in the metadata but not yet in the token. */
+  destroyPendingError(keyId: string, versionIds: string[]): KmsError {
+    return new KmsError(
+      'ServiceUnavailable.KeyMaterialDestroyPending',
+      `KeyId: CMK ${keyId} is PendingImport, but the token refused to destroy the material of key version ${versionIds.join(', ')}; kmsd retries until it is gone (audited), and this call can be repeated`,
+    );
   }
 
   /** Throws the state's Rejected.* error unless the CMK is in an allowed state (also used by src/kms/batch.ts). */
@@ -198,17 +314,20 @@ export class KmsService {
       state_before_deletion: null,
       import_path: null,
     };
-    // Token object first, metadata second: a crash in between leaves an orphan that start-up
-    // reconciliation destroys, never metadata that points at missing material.
+    // Intent, token object, metadata: a crash in between leaves an open intent, and start-up
+    // reconciliation destroys the object it names; never metadata that points at missing material.
     let wrapped: Buffer | null = null;
-    if (origin !== 'EXTERNAL') wrapped = this.keyring.generate(level, versionId);
+    let seq: number | null = null;
+    if (origin !== 'EXTERNAL' && level === 'HSM') seq = this.createUnderIntent('cmk', versionId, () => this.keyring.generate(level, versionId)).seq;
+    else if (origin !== 'EXTERNAL') wrapped = this.keyring.generate(level, versionId);
     try {
       this.store.tx(() => {
         this.store.insertCmk(row);
         this.store.insertVersion({ version_id: versionId, key_id: keyId, creation_date: now, software_wrapped: wrapped, material_state: origin === 'EXTERNAL' ? 'Absent' : 'Present' });
+        if (seq !== null) this.store.clearIntent(seq);
       });
     } catch (e) {
-      if (origin !== 'EXTERNAL') this.keyring.destroy(versionId);
+      if (seq !== null) this.abandonIntent('cmk', versionId, seq);
       throw e;
     }
     this.log.info({ keyId, origin, protectionLevel: level }, 'CMK created');
@@ -276,23 +395,29 @@ export class KmsService {
     const hasMaterial = this.store.listVersions(row.key_id).some((x) => x.material_state === 'Present');
     let next = (row.state_before_deletion ?? 'Enabled') as KeyState;
     if (row.origin === 'EXTERNAL' && !hasMaterial) next = 'PendingImport';
-    if (next === 'PendingImport' && hasMaterial) next = 'Enabled';
+    if (next === 'PendingImport' && hasMaterial) next = row.state_after_import === 'Disabled' ? 'Disabled' : 'Enabled';
     this.store.updateCmk(row.key_id, { key_state: next, delete_date: null, state_before_deletion: null });
     return {};
   }
 
   /**
-   * Called by the scheduler when the deletion window has passed. Metadata first, then material (as
-   * in deleteMaterial): a crash in between leaves orphan token objects, which start-up
-   * reconciliation destroys. The other order left a PendingDeletion CMK whose token objects were
-   * gone, which CancelKeyDeletion could bring back as an Enabled CMK without material.
+   * Called by the scheduler when the deletion window has passed. Metadata (with a pending destroy
+   * per HSM version) first, then material: a crash or a token refusal in between leaves destroys
+   * that are retried until done. The other order left a PendingDeletion CMK whose token objects
+   * were gone, which CancelKeyDeletion could bring back as an Enabled CMK without material.
    */
   destroyCmk(row: CmkRow): void {
     const versions = this.store.listVersions(row.key_id);
-    this.store.tx(() => this.store.deleteCmk(row.key_id));
-    for (const ver of versions) this.keyring.destroy(ver.version_id);
-    this.log.info({ keyId: row.key_id }, 'CMK deleted at the end of its deletion window');
-    this.keyEvent({ action: 'ScheduledKeyDeletion', keyId: row.key_id, details: { KeyVersions: versions.map((x) => x.version_id) } });
+    const hsm = row.protection_level === 'HSM';
+    const now = this.now();
+    this.store.tx(() => {
+      this.store.deleteCmk(row.key_id);
+      if (hsm) for (const ver of versions) this.store.addPendingDestroy('cmk', ver.version_id, row.key_id, 'key-deleted', now);
+    });
+    for (const ver of versions) this.keyring.forget(ver.version_id);
+    const pending = hsm ? versions.filter((ver) => !this.destroyPending('cmk', ver.version_id, 'call')).map((x) => x.version_id) : [];
+    this.log.info({ keyId: row.key_id, destroyPending: pending }, 'CMK deleted at the end of its deletion window');
+    this.keyEvent({ action: 'ScheduledKeyDeletion', keyId: row.key_id, details: { KeyVersions: versions.map((x) => x.version_id), MaterialDestroyPending: pending } });
   }
 
   private keyEvent(ev: KeyEvent): void {
@@ -368,7 +493,11 @@ export class KmsService {
     this.requireState(row, ['Enabled']);
     const now = this.now();
     const versionId = crypto.randomUUID();
-    const wrapped = this.keyring.generate(row.protection_level, versionId);
+    const hsm = row.protection_level === 'HSM';
+    let seq: number | null = null;
+    let wrapped: Buffer | null = null;
+    if (hsm) seq = this.createUnderIntent('cmk', versionId, () => this.keyring.generate('HSM', versionId)).seq;
+    else wrapped = this.keyring.generate(row.protection_level, versionId);
     const ver: KeyVersionRow = { version_id: versionId, key_id: row.key_id, creation_date: now, software_wrapped: wrapped, material_state: 'Present' };
     try {
       this.store.tx(() => {
@@ -378,9 +507,10 @@ export class KmsService {
           last_rotation_date: now,
           next_rotation_date: row.rotation_interval_s ? now + row.rotation_interval_s * 1000 : null,
         });
+        if (seq !== null) this.store.clearIntent(seq);
       });
     } catch (e) {
-      this.keyring.destroy(versionId);
+      if (seq !== null) this.abandonIntent('cmk', versionId, seq);
       throw e;
     }
     this.log.info({ keyId: row.key_id, keyVersionId: versionId, reason }, 'CMK rotated');
@@ -536,6 +666,7 @@ export class KmsService {
 
   /** One pass of the scheduler: deletions, material expiry, automatic rotation. Errors are logged per key. */
   runDueWork(): { deleted: number; expired: number; rotated: number } {
+    this.guard('-', 'destroy retry', () => this.retryPendingDestroys('scheduler'));
     const due = this.store.cmksDue(this.now());
     const result = { deleted: 0, expired: 0, rotated: 0 };
     for (const row of due.deletions) {
@@ -568,26 +699,37 @@ export class KmsService {
   }
 
   /**
-   * Start-up reconciliation of metadata with the token: token objects that no metadata claims are
-   * destroyed (a crash between creating them and committing), and versions whose material is missing
-   * from the token are reported and marked Missing, never silently dropped.
+   * Start-up reconciliation of metadata with the token (after the store/token binding check, with
+   * the token's inventory from one pass). Destroys only what the store itself recorded as being
+   * created and never finished: CMK objects named by an open intent and claimed by no key version.
+   * Versions whose material is missing from the token are reported and marked Missing, never
+   * dropped. Wrapping keys are ImportService.reconcileWrappingKeys; unknown objects findUnknown.
    */
-  reconcile(): { destroyedOrphans: string[]; missing: string[] } {
+  reconcile(inv: TokenInventory): { destroyedOrphans: string[]; missing: string[] } {
     const versions = new Map(this.store.allVersions().map((x) => [x.version_id, x]));
+    const cmks = new Map(this.store.allCmks().map((r) => [r.key_id, r]));
     const destroyedOrphans: string[] = [];
-    for (const id of this.keyring.token.listIds('cmk')) {
-      const ver = versions.get(id);
-      const row = ver ? this.store.getCmk(ver.key_id) : undefined;
-      if (!ver || !row || ver.material_state === 'Absent' || row.protection_level !== 'HSM') {
-        this.keyring.token.destroy('cmk', id);
-        destroyedOrphans.push(id);
+    const now = this.now();
+    for (const intent of this.store.allIntents()) {
+      if (intent.kind !== 'cmk') continue;
+      const id = intent.object_id;
+      if (inv.cmk.has(id) && !this.claimsCmkObject(versions.get(id), cmks)) {
+        try {
+          this.keyring.token.destroy('cmk', id);
+          inv.cmk.delete(id);
+          destroyedOrphans.push(id);
+        } catch (e) {
+          this.store.tx(() => this.store.addPendingDestroy('cmk', id, null, 'creation-interrupted', now));
+          this.log.warn({ objectId: id, err: (e as Error).message }, 'could not destroy the token object of an interrupted creation; retrying later');
+        }
       }
+      this.store.clearIntent(intent.seq);
     }
     const missing: string[] = [];
     for (const ver of versions.values()) {
-      const row = this.store.getCmk(ver.key_id);
+      const row = cmks.get(ver.key_id);
       if (!row || ver.material_state === 'Absent') continue;
-      const present = this.keyring.present(row.protection_level, ver);
+      const present = row.protection_level === 'HSM' ? inv.cmk.has(ver.version_id) : ver.software_wrapped !== null;
       if (!present && ver.material_state === 'Present') {
         this.store.updateVersion(ver.version_id, { material_state: 'Missing' });
         missing.push(ver.version_id);
@@ -597,5 +739,74 @@ export class KmsService {
     }
     if (destroyedOrphans.length || missing.length) this.log.warn({ destroyedOrphans, missing }, 'reconciled metadata with the token');
     return { destroyedOrphans, missing };
+  }
+
+  /** Does this key version's metadata claim a token object (an HSM version with material)? */
+  private claimsCmkObject(ver: KeyVersionRow | undefined, cmks?: Map<string, CmkRow>): boolean {
+    if (!ver || ver.material_state === 'Absent') return false;
+    const row = cmks ? cmks.get(ver.key_id) : this.store.getCmk(ver.key_id);
+    return row?.protection_level === 'HSM';
+  }
+
+  /**
+   * Token objects (CMK material, wrapping keys) that nothing in the store explains: no metadata
+   * claims them, no creation is in flight (open intent), no destroy is pending. They are kept and
+   * reported (log, DescribeHsm) until an operator removes them (RemoveUnknownTokenObjects).
+   */
+  findUnknown(inv: TokenInventory): UnknownTokenObject[] {
+    const versions = new Map(this.store.allVersions().map((x) => [x.version_id, x]));
+    const cmks = new Map(this.store.allCmks().map((r) => [r.key_id, r]));
+    const wraps = new Set(this.store.allWrappingKeys().map((w) => w.wrap_id));
+    const busy = new Set([...this.store.allIntents(), ...this.store.pendingDestroys()].map((r) => `${r.kind}:${r.object_id}`));
+    const out: UnknownTokenObject[] = [];
+    for (const id of inv.cmk) if (!busy.has(`cmk:${id}`) && !this.claimsCmkObject(versions.get(id), cmks)) out.push({ Kind: 'cmk', ObjectId: id });
+    for (const id of inv.wrap) if (!busy.has(`wrap:${id}`) && !wraps.has(id)) out.push({ Kind: 'wrap', ObjectId: id });
+    return out;
+  }
+
+  /** Refreshes unknownObjects from the token; logs them when there are any. */
+  reportUnknown(inv: TokenInventory = this.keyring.token.inventory()): UnknownTokenObject[] {
+    this.unknownObjects = this.findUnknown(inv);
+    if (this.unknownObjects.length) {
+      this.log.warn(
+        { unknown: this.unknownObjects.slice(0, 100), count: this.unknownObjects.length },
+        'the token holds objects the store does not explain; they are kept (kmsctl DescribeHsm lists them, kmsctl RemoveUnknownTokenObjects removes them)',
+      );
+    }
+    return this.unknownObjects;
+  }
+
+  /**
+   * The operator's removal of unknown token objects: each named id (or all with All) must be unknown
+   * right now, checked against a fresh inventory; nothing is destroyed unless every id checks out.
+   * Each removal is audited.
+   */
+  RemoveUnknownTokenObjects(req: { ObjectIds?: string; All?: boolean }): { Removed: UnknownTokenObject[]; Failed: { Kind: string; ObjectId: string; Error: string }[] } {
+    const ids = (req.ObjectIds ?? '').split(',').map((x) => x.trim()).filter(Boolean);
+    if (req.All && ids.length) throw invalid('ObjectIds', 'give either ObjectIds or All, not both');
+    if (!req.All && ids.length === 0) throw invalid('ObjectIds', 'name the unknown token objects to remove (comma-separated ObjectId values from DescribeHsm UnknownTokenObjects), or give All=true');
+    if (ids.length > 1000) throw invalid('ObjectIds', 'at most 1000 ids per call');
+    for (const id of ids) if (!/^[A-Za-z0-9._-]{1,64}$/.test(id)) throw invalid('ObjectIds', `"${id.slice(0, 64)}" is not an object id (letters, digits, '.', '_', '-'; at most 64)`);
+    const unknown = this.findUnknown(this.keyring.token.inventory());
+    const byId = new Map(unknown.map((u) => [u.ObjectId, u]));
+    const targets = req.All ? unknown : ids.map((id) => byId.get(id) ?? null);
+    const notUnknown = ids.filter((id) => !byId.has(id));
+    if (notUnknown.length) {
+      throw invalid('ObjectIds', `${notUnknown.slice(0, 10).join(', ')} ${notUnknown.length === 1 ? 'is' : 'are'} not unknown token objects (claimed by metadata, being created or destroyed, or not in the token); nothing was removed`);
+    }
+    const removed: UnknownTokenObject[] = [];
+    const failed: { Kind: string; ObjectId: string; Error: string }[] = [];
+    for (const t of targets as UnknownTokenObject[]) {
+      try {
+        this.keyring.token.destroy(t.Kind, t.ObjectId);
+        removed.push(t);
+        this.keyEvent({ action: 'UnknownTokenObjectRemoved', keyId: '', details: { Kind: t.Kind, ObjectId: t.ObjectId } });
+      } catch (e) {
+        failed.push({ Kind: t.Kind, ObjectId: t.ObjectId, Error: (e as { code?: string }).code ?? 'CKR_GENERAL_ERROR' });
+      }
+    }
+    this.log.warn({ removed, failed }, 'unknown token objects removed by an operator');
+    this.unknownObjects = this.findUnknown(this.keyring.token.inventory());
+    return { Removed: removed, Failed: failed };
   }
 }

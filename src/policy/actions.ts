@@ -47,6 +47,8 @@ export const ACTIONS: Record<string, ActionInfo> = {
   GetParametersForImport: k('lifecycle'),
   ImportKeyMaterial: k('lifecycle'),
   DeleteKeyMaterial: k('lifecycle'),
+  // Destroys token objects the store does not explain: an admin action, under the quorum when one is set.
+  RemoveUnknownTokenObjects: g('lifecycle'),
   // KeyManagementService: metadata
   DescribeKey: k('read'),
   ListKeys: g('read'),

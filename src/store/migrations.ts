@@ -135,4 +135,31 @@ export const MIGRATIONS: Migration[] = [
     version: 3,
     sql: `ALTER TABLE wrapping_keys ADD COLUMN failed_imports INTEGER NOT NULL DEFAULT 0;`,
   },
+  // ---- the store/token binding: write-ahead intents for token objects being created (start-up
+  // reconciliation destroys only what an open intent names), destroys the token refused and that are
+  // retried until the object is gone, and the state an external CMK returns to when its material is
+  // imported again (a Disabled CMK stays Disabled across DeleteKeyMaterial and re-import).
+  {
+    version: 4,
+    sql: `
+      CREATE TABLE token_intents (
+        seq INTEGER PRIMARY KEY,            -- creation sequence, also raised in the token's kmsd:instance object
+        kind TEXT NOT NULL,                 -- cmk | wrap
+        object_id TEXT NOT NULL,
+        created INTEGER NOT NULL
+      );
+      CREATE INDEX token_intents_by_object ON token_intents(kind, object_id);
+      CREATE TABLE token_destroys (
+        kind TEXT NOT NULL,
+        object_id TEXT NOT NULL,
+        key_id TEXT,                        -- the CMK whose material it was (cmk), for the audit record
+        reason TEXT NOT NULL,               -- deleted | expired | key-deleted | wrapping-key-expired | ...
+        since INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        PRIMARY KEY (kind, object_id)
+      );
+      ALTER TABLE cmks ADD COLUMN state_after_import TEXT;
+    `,
+  },
 ];

@@ -27,6 +27,8 @@ export interface CmkRow {
   material_fingerprint: Buffer | null;
   state_before_deletion: string | null;
   import_path: string | null;
+  /** An external CMK's state once material is imported again: 'Disabled', or null for Enabled (migration 4). */
+  state_after_import?: string | null;
 }
 
 export interface KeyVersionRow {
@@ -57,6 +59,32 @@ export interface WrappingKeyRow {
   /** Imports under this key whose material could not be unwrapped (migration 3). */
   failed_imports?: number;
 }
+
+/** Token object kinds that are created per CMK version or import (the others exist once per token). */
+export type TokenObjectKind = 'cmk' | 'wrap';
+
+/** A token object being created: its metadata is not committed yet (migration 4). */
+export interface TokenIntentRow {
+  seq: number;
+  kind: TokenObjectKind;
+  object_id: string;
+  created: number;
+}
+
+/** A token object whose metadata is gone and which kmsd destroys until the token confirms it (migration 4). */
+export interface TokenDestroyRow {
+  kind: TokenObjectKind;
+  object_id: string;
+  key_id: string | null;
+  reason: string;
+  since: number;
+  attempts: number;
+  last_error: string | null;
+}
+
+/** The store's half of the store/token binding (the token's half is its kmsd:instance object). */
+const INSTANCE_ID_SETTING = 'instance.id';
+const TOKEN_SEQUENCE_SETTING = 'token.sequence';
 
 /** Cached CMK or key-version rows before the cache starts over. */
 const ROW_CACHE_LIMIT = 10_000;
@@ -145,6 +173,78 @@ export class Store {
 
   setSetting(name: string, value: string): void {
     this.stmt('INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value').run(name, value);
+  }
+
+  // ------------------------------------------------------------------ store/token binding
+
+  /** The instance id this store is bound to (also the audit log's instance id); undefined for a new store. */
+  instanceId(): string | undefined {
+    return this.getSetting(INSTANCE_ID_SETTING);
+  }
+
+  setInstanceId(id: string): void {
+    this.setSetting(INSTANCE_ID_SETTING, id);
+  }
+
+  /** The last token-object creation sequence this store committed (0 before the first). */
+  tokenSequence(): number {
+    return Number(this.getSetting(TOKEN_SEQUENCE_SETTING) ?? 0);
+  }
+
+  /** Raises the committed sequence (adoption of a token whose sequence is ahead); never lowers it. */
+  raiseTokenSequence(seq: number): void {
+    if (seq > this.tokenSequence()) this.setSetting(TOKEN_SEQUENCE_SETTING, String(seq));
+  }
+
+  /** True when the store records nothing yet: no CMK, wrapping key, audit record or custodian. */
+  isEmpty(): boolean {
+    const n = (table: string) => (this.stmt(`SELECT EXISTS (SELECT 1 FROM ${table}) AS n`).get() as { n: number }).n;
+    return n('cmks') === 0 && n('wrapping_keys') === 0 && n('audit_log') === 0 && n('ceremony_custodians') === 0;
+  }
+
+  /**
+   * Write-ahead intent for a token object about to be created, committed on its own before the
+   * object exists: takes the next creation sequence and returns it.
+   */
+  openIntent(kind: TokenObjectKind, objectId: string, now: number): number {
+    return this.tx(() => {
+      const seq = this.tokenSequence() + 1;
+      this.setSetting(TOKEN_SEQUENCE_SETTING, String(seq));
+      this.stmt('INSERT INTO token_intents (seq, kind, object_id, created) VALUES (?, ?, ?, ?)').run(seq, kind, objectId, now);
+      return seq;
+    });
+  }
+
+  /** Closes an intent (in the transaction that commits the object's metadata, or after a failed creation). */
+  clearIntent(seq: number): void {
+    this.stmt('DELETE FROM token_intents WHERE seq = ?').run(seq);
+  }
+
+  allIntents(): TokenIntentRow[] {
+    return this.stmt('SELECT * FROM token_intents ORDER BY seq').all() as TokenIntentRow[];
+  }
+
+  /** Records a token object to destroy (in the transaction that removes the metadata that claimed it). */
+  addPendingDestroy(kind: TokenObjectKind, objectId: string, keyId: string | null, reason: string, now: number): void {
+    this.stmt('INSERT INTO token_destroys (kind, object_id, key_id, reason, since) VALUES (?, ?, ?, ?, ?) ON CONFLICT(kind, object_id) DO NOTHING').run(kind, objectId, keyId, reason, now);
+  }
+
+  getPendingDestroy(kind: TokenObjectKind, objectId: string): TokenDestroyRow | undefined {
+    return this.stmt('SELECT * FROM token_destroys WHERE kind = ? AND object_id = ?').get(kind, objectId) as TokenDestroyRow | undefined;
+  }
+
+  pendingDestroys(): TokenDestroyRow[] {
+    return this.stmt('SELECT * FROM token_destroys ORDER BY since, object_id').all() as TokenDestroyRow[];
+  }
+
+  /** Counts a failed attempt; returns the attempts so far. */
+  notePendingDestroyFailure(kind: TokenObjectKind, objectId: string, error: string): number {
+    const r = this.stmt('UPDATE token_destroys SET attempts = attempts + 1, last_error = ? WHERE kind = ? AND object_id = ? RETURNING attempts').get(error, kind, objectId) as { attempts: number } | undefined;
+    return r?.attempts ?? 0;
+  }
+
+  deletePendingDestroy(kind: TokenObjectKind, objectId: string): void {
+    this.stmt('DELETE FROM token_destroys WHERE kind = ? AND object_id = ?').run(kind, objectId);
   }
 
   // ------------------------------------------------------------------ CMKs

@@ -33,7 +33,7 @@ export interface Kmsd {
   /** SIGKILL (crash) and wait. */
   kill(): Promise<void>;
   /** Environment for pkcs11-tool / softhsm2-util against this daemon's development token. */
-  tokenEnv(): { SOFTHSM2_CONF: string; pin: string; module: string };
+  tokenEnv(): TokenEnv;
   /** Removes the data directory (after stop). */
   cleanup(): void;
 }
@@ -135,10 +135,19 @@ export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
   return self;
 }
 
+/** How to reach a SoftHSM token from outside kmsd (pkcs11-tool, softhsm2-util). */
+export interface TokenEnv {
+  SOFTHSM2_CONF: string;
+  pin: string;
+  module: string;
+  /** The token label (the development token's when absent). */
+  label?: string;
+}
+
 /** pkcs11-tool --list-objects on a daemon's token, parsed into objects with their label and flags. */
-export function listTokenObjects(k: Kmsd): { type: string; label: string; usage: string; access: string; raw: string }[] {
+export function listTokenObjects(k: Kmsd | { tokenEnv(): TokenEnv }): { type: string; label: string; usage: string; access: string; raw: string }[] {
   const env = k.tokenEnv();
-  const r = spawnSync('pkcs11-tool', ['--module', env.module, '--token-label', 'kmsd-dev', '--login', '--pin', env.pin, '--list-objects'], {
+  const r = spawnSync('pkcs11-tool', ['--module', env.module, '--token-label', env.label ?? 'kmsd-dev', '--login', '--pin', env.pin, '--list-objects'], {
     encoding: 'utf8',
     env: { ...process.env, SOFTHSM2_CONF: env.SOFTHSM2_CONF },
   });
@@ -151,4 +160,62 @@ export function listTokenObjects(k: Kmsd): { type: string; label: string; usage:
     access: /Access:\s*(.*)/.exec(raw)?.[1].trim() ?? '',
     raw,
   }));
+}
+
+/** The kmsd:cmk:* key objects (CMK key versions) a token holds, by key version id. */
+export function tokenCmkObjects(k: Kmsd | { tokenEnv(): TokenEnv }): string[] {
+  return listTokenObjects(k)
+    .filter((o) => o.label.startsWith('kmsd:cmk:') && o.type.startsWith('Secret Key'))
+    .map((o) => o.label.slice('kmsd:cmk:'.length))
+    .sort();
+}
+
+/**
+ * An existing ("production") SoftHSM token outside any data directory, used by kmsd through
+ * --pkcs11-module/--token-label/--pin-file, so several data directories can meet the same token.
+ */
+export interface ExternalToken {
+  dir: string;
+  label: string;
+  /** kmsd arguments that select this token. */
+  args: string[];
+  /** Environment kmsd needs to find it (SOFTHSM2_CONF). */
+  env: Record<string, string>;
+  tokenEnv(): TokenEnv;
+  cleanup(): void;
+}
+
+export function createExternalToken(label = 'kmsd-prod'): ExternalToken {
+  const dir = makeTempDir('kmsd-ext-token-');
+  const tokens = path.join(dir, 'tokens');
+  fs.mkdirSync(tokens, { mode: 0o700 });
+  const conf = path.join(dir, 'softhsm2.conf');
+  fs.writeFileSync(conf, `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\n`);
+  const pin = '1234-' + process.pid;
+  const pinFile = path.join(dir, 'user.pin');
+  fs.writeFileSync(pinFile, pin + '\n', { mode: 0o600 });
+  // PINs on the command line are fine for a throwaway test token.
+  const r = spawnSync('softhsm2-util', ['--init-token', '--free', '--label', label, '--so-pin', 'so-' + pin, '--pin', pin], { encoding: 'utf8', env: { ...process.env, SOFTHSM2_CONF: conf } });
+  if (r.status !== 0) throw new Error(`softhsm2-util failed: ${r.stderr}`);
+  const module = '/usr/lib/softhsm/libsofthsm2.so';
+  return {
+    dir,
+    label,
+    args: ['--pkcs11-module', module, '--token-label', label, '--pin-file', pinFile],
+    env: { SOFTHSM2_CONF: conf },
+    tokenEnv: () => ({ SOFTHSM2_CONF: conf, pin, module, label }),
+    cleanup: () => fs.rmSync(dir, { recursive: true, force: true }),
+  };
+}
+
+/** Runs kmsd that is expected to refuse to start; returns its exit code and output (a start that listens is stopped and reported). */
+export function runKmsdToExit(dataDir: string, args: string[] = [], env: Record<string, string> = {}): { code: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [KMSD, '--data-dir', dataDir, '--listen', '127.0.0.1:0', ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, KMS_LOG_LEVEL: 'info', ...env },
+    // A kmsd that does start never exits on its own: the timeout kills it, and the caller sees code null.
+    timeout: 30_000,
+    killSignal: 'SIGKILL',
+  });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }

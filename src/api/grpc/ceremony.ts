@@ -6,7 +6,7 @@
 import { KmsError } from '../../kms/errors';
 import type { CallContext } from '../../kms/types';
 import type { CeremonyRuntime } from '../../ceremony/setup';
-import { callerOf } from '../../ceremony/ceremony';
+import { TOKEN_ACTIONS, callerOf } from '../../ceremony/ceremony';
 import { isGuardable } from '../../ceremony/policy';
 import { safeParams } from '../../audit/audit';
 
@@ -67,7 +67,7 @@ export function ceremonyExtension(rt: CeremonyRuntime): CeremonyExtension {
       const out: Record<string, Action> = {};
       for (const [name, fn] of Object.entries(actions)) {
         const inner = fn as (req: Req, ctx: CallContext) => unknown;
-        const guarded = isGuardable(name)
+        const guarded = isGuardable(name) || (TOKEN_ACTIONS as readonly string[]).includes(name)
           ? (req: Req, ctx: CallContext) => {
               ceremony.checkDirect(name, req as { KeyId?: string });
               return inner(req, ctx);

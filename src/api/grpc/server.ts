@@ -116,6 +116,7 @@ export function buildActions(s: GrpcServices): Record<string, Action> {
     ImportKeyMaterial: (r: never) => i.ImportKeyMaterial(r),
     DeleteKeyMaterial: (r: never) => i.DeleteKeyMaterial(r),
     DescribeHsm: () => i.DescribeHsm(),
+    RemoveUnknownTokenObjects: (r: never) => k.RemoveUnknownTokenObjects(r),
     // Issue 4: batches, their streams (one batch per message, see bidi below) and runtime figures.
     EncryptBatch: (r: never, ctx: CallContext) => batch.EncryptBatch(r, ctx),
     DecryptBatch: (r: never, ctx: CallContext) => batch.DecryptBatch(r, ctx),
