@@ -41,6 +41,8 @@ export interface HttpContext {
   run(action: string, req: Record<string, unknown>, who: { principal: string; accessKeyId: string }, call: HttpCall): Promise<unknown>;
   region: string;
   account: string;
+  /** `--aws-region`: the only region an AWS SigV4 credential scope may name; any region when unset. */
+  awsRegion?: string;
   log: Logger;
 }
 
