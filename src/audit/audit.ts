@@ -66,6 +66,9 @@ export interface AuditEventInput {
 /** Parameters recorded verbatim: identifiers and settings, never data or material. */
 const PLAIN_PARAMS = new Set([
   'KeyId',
+  'Principal',
+  'AccessKeyId',
+  'Status',
   'AliasName',
   'Origin',
   'KeySpec',

@@ -58,6 +58,8 @@ export const ERROR_TABLE = {
   // ---- issue 6: authentication and authorization
   Unauthenticated: { status: 'UNAUTHENTICATED', meaning: 'The caller presented no usable identity (a client certificate that names no principal, or names it ambiguously).' },
   'Forbidden.NoPermission': { status: 'PERMISSION_DENIED', meaning: 'The authorization policy gives this principal no role or grant for this action on this CMK; the message names the principal, the action and the key.' },
+  // ---- access keys for the HTTP dialects
+  'Forbidden.AccessKeyNotFound': { status: 'NOT_FOUND', meaning: 'No access key has this AccessKeyId (UpdateAccessKey, DeleteAccessKey).' },
 } as const satisfies Record<string, { status: Status; meaning: string }>;
 
 export type ErrorCode = keyof typeof ERROR_TABLE;

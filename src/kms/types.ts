@@ -37,4 +37,6 @@ export interface KeyVersion {
 export interface CallContext {
   requestId: string;
   principal: string;
+  /** The access key an HTTP request was signed with (audited beside the principal). */
+  accessKeyId?: string;
 }

@@ -135,4 +135,19 @@ export const MIGRATIONS: Migration[] = [
     version: 3,
     sql: `ALTER TABLE wrapping_keys ADD COLUMN failed_imports INTEGER NOT NULL DEFAULT 0;`,
   },
+  // ---- access keys for the HTTP dialects: the secret is stored only as an RFC 5649 wrap under the
+  // token-resident root key, as SOFTWARE key material is (src/kms/access-keys.ts).
+  {
+    version: 4,
+    sql: `
+      CREATE TABLE access_keys (
+        access_key_id TEXT PRIMARY KEY,
+        principal TEXT NOT NULL,
+        status TEXT NOT NULL,
+        sealed_secret BLOB NOT NULL,
+        creation_date INTEGER NOT NULL,
+        update_date INTEGER NOT NULL
+      );
+    `,
+  },
 ];

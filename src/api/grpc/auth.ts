@@ -18,6 +18,7 @@ import type { KmsService, Logger } from '../../kms/service';
 import { Policy, KeyResource, PolicyError, describeResource } from '../../policy/policy';
 import { actionInfo } from '../../policy/actions';
 import { Bulkhead, CallAbandoned, LimitsConfig, RateLimiter, isMalformed, malformedReason } from './limits';
+import type { AdmissionCall } from '../admission';
 
 /** The principal of callers that present no certificate (plaintext on loopback, TLS without a client CA). */
 export const ANONYMOUS = 'anonymous';
@@ -171,13 +172,7 @@ export interface GuardOptions {
   audit?: AuditSink;
 }
 
-interface Cancellable {
-  cancelled: boolean;
-  on(event: 'cancelled', cb: () => void): unknown;
-  getAuthContext?(): { sslPeerCertificate?: tls.PeerCertificate } | null;
-  getPeer(): string;
-  request: unknown;
-}
+type Cancellable = AdmissionCall;
 
 export class CallGuard {
   private policy: Policy | null;
@@ -229,6 +224,8 @@ export class CallGuard {
 
   /** The caller's principal, for the CallContext and for the policy. */
   private identify(call: Cancellable, requestId: string): { principal: string; policyPrincipal: string } {
+    // An HTTP request signed with an access key: the key's principal, for the policy as for the log.
+    if (call.authenticated) return { principal: call.authenticated.principal, policyPrincipal: call.authenticated.principal };
     if (!this.o.tls) return { principal: call.getPeer(), policyPrincipal: ANONYMOUS };
     const cert = call.getAuthContext?.()?.sslPeerCertificate;
     if (!cert) return { principal: ANONYMOUS, policyPrincipal: ANONYMOUS };

@@ -7,14 +7,16 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
 import { loadApi, serviceConstructor } from '../proto';
-import { KmsError, hsmUnavailable } from '../../kms/errors';
+import { KmsError } from '../../kms/errors';
 import type { KmsService, Logger } from '../../kms/service';
 import type { ImportService } from '../../kms/import';
 import type { CallContext } from '../../kms/types';
 import type { CeremonyExtension } from './ceremony';
 import type { CallGuard } from './auth';
-import { CallAbandoned, hardenService, isMalformed, malformedReason } from './limits';
+import { CallAbandoned, hardenService } from './limits';
+import { admit, answerFor, logInternal } from '../admission';
 import { BatchService } from '../../kms/batch';
+import type { AccessKeyService } from '../../kms/access-keys';
 import { describeRuntime, startRuntimeMonitor } from './runtime';
 import { CALL_TURN_BUDGET_MS, Turns } from '../../turns';
 
@@ -38,17 +40,6 @@ const STATUS: Record<KmsError['status'], grpc.status> = {
 
 type Action = (req: never, ctx: CallContext) => unknown;
 
-/** The error a failed action is answered with; `internal` is the cause when it must go to the log. */
-function answerFor(e: unknown, requestId: string): { err: KmsError; internal?: unknown } {
-  if (e instanceof KmsError) return { err: e };
-  return { err: hsmUnavailable(e) ?? new KmsError('InternalFailure', `internal error (request id ${requestId})`), internal: e };
-}
-
-/** Internal details go to the log under the request id, never to the caller. */
-function logInternal(log: Logger, requestId: string, action: string, cause: unknown): void {
-  log.error({ requestId, action, err: cause instanceof Error ? { name: cause.name, message: cause.message, stack: cause.stack } : String(cause) }, 'internal error');
-}
-
 export interface GrpcServices {
   kms: KmsService;
   imports: ImportService;
@@ -57,6 +48,13 @@ export interface GrpcServices {
   ceremony?: CeremonyExtension;
   /** Issue 6: identity, rate limit, authorization and HSM bulkhead before every action (src/api/grpc/auth.ts). */
   security?: CallGuard;
+  /** Access keys of the HTTP dialects (src/kms/access-keys.ts). */
+  accessKeys?: AccessKeyService;
+}
+
+function need<T>(service: T | undefined): T {
+  if (!service) throw new KmsError('InternalFailure', 'access keys are not configured in this server');
+  return service;
 }
 
 export function buildActions(s: GrpcServices): Record<string, Action> {
@@ -95,6 +93,10 @@ export function buildActions(s: GrpcServices): Record<string, Action> {
     EncryptStream: (r: never, ctx: CallContext) => batch.EncryptBatch(r, ctx),
     DecryptStream: (r: never, ctx: CallContext) => batch.DecryptBatch(r, ctx),
     DescribeRuntime: (r: never) => describeRuntime(k.keyring, r),
+    CreateAccessKey: (r: never) => need(s.accessKeys).CreateAccessKey(r),
+    ListAccessKeys: () => need(s.accessKeys).ListAccessKeys(),
+    UpdateAccessKey: (r: never) => need(s.accessKeys).UpdateAccessKey(r),
+    DeleteAccessKey: (r: never) => need(s.accessKeys).DeleteAccessKey(r),
   };
 }
 
@@ -129,9 +131,7 @@ function unary(name: string, action: Action, log: Logger, turns: Turns, guard?: 
       let result: unknown;
       try {
         // Issue 6: the guard identifies, throttles, authorizes and queues; without one, only the decode check.
-        if (guard) result = guard.admit(name, call, ctx, () => action(call.request as never, ctx));
-        else if (isMalformed(call.request)) throw new KmsError('InvalidParameter', `request: not a valid ${name} request message (${malformedReason(call.request)})`);
-        else result = action(call.request as never, ctx);
+        result = admit(name, call, ctx, guard, () => action(call.request as never, ctx));
       } catch (e) {
         fail(e);
         return;
@@ -212,9 +212,7 @@ function bidi(name: string, action: Action, log: Logger, guard?: CallGuard): grp
       if (inFlight >= STREAM_MAX_IN_FLIGHT) call.pause();
       const batchId = typeof (request as { BatchId?: unknown })?.BatchId === 'string' ? (request as { BatchId: string }).BatchId : '';
       const result = new Promise<unknown>((resolve) => {
-        if (guard) return resolve(guard.admit(name, unit, ctx, () => action(request as never, ctx)));
-        if (isMalformed(request)) throw new KmsError('InvalidParameter', `request: not a valid ${name} request message (${malformedReason(request)})`);
-        resolve(action(request as never, ctx));
+        resolve(admit(name, unit, ctx, guard, () => action(request as never, ctx)));
       });
       const answer = result.then(
         (value) => {
@@ -253,7 +251,7 @@ export interface ServerHandle {
   health: HealthImplementation;
 }
 
-export function createServer(s: GrpcServices, opts: { maxMessageBytes?: number } = {}): { server: grpc.Server; health: HealthImplementation } {
+export function createServer(s: GrpcServices, opts: { maxMessageBytes?: number } = {}): { server: grpc.Server; health: HealthImplementation; actions: Record<string, Action> } {
   const server = new grpc.Server({
     'grpc.max_receive_message_length': opts.maxMessageBytes ?? 4 * 1024 * 1024,
     'grpc.max_send_message_length': opts.maxMessageBytes ?? 4 * 1024 * 1024,
@@ -282,5 +280,6 @@ export function createServer(s: GrpcServices, opts: { maxMessageBytes?: number }
   const health = new HealthImplementation({ '': 'NOT_SERVING', 'kms.v1.KeyManagementService': 'NOT_SERVING' });
   health.addToServer(server);
   new ReflectionService(loadApi().definition).addToServer(server);
-  return { server, health };
+  // The decorated table goes back too: the HTTP dialects run the very same actions (src/api/admission.ts).
+  return { server, health, actions };
 }

@@ -58,6 +58,7 @@ export const HTTP_ERROR_TABLE: Record<ErrorCode, DialectError> = {
   'Rejected.NotRequester': { alibaba: ali('Rejected.NotRequester', 403), aws: aws('AccessDeniedException') },
   Unauthenticated: { alibaba: ali('InvalidAccessKeyId.NotFound', 404), aws: aws('UnrecognizedClientException') },
   'Forbidden.NoPermission': { alibaba: ali('Forbidden.NoPermission', 403), aws: aws('AccessDeniedException') },
+  'Forbidden.AccessKeyNotFound': { alibaba: ali('InvalidAccessKeyId.NotFound', 404), aws: aws('NotFoundException') },
 };
 
 /** Refusals of the HTTP transport itself, before a domain action runs. */
