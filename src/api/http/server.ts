@@ -18,9 +18,10 @@ import crypto from 'node:crypto';
 import type { Logger } from '../../kms/service';
 import { principalFromCertificate } from '../grpc/auth';
 import { alibabaDialect } from './alibaba';
+import { awsDialect } from './aws';
 import type { Dialect, HttpAnswer, HttpCall, HttpContext } from './types';
 
-export const DIALECTS: Dialect[] = [alibabaDialect];
+export const DIALECTS: Dialect[] = [awsDialect, alibabaDialect];
 
 /** Largest request body read, bytes; a larger one is refused with 413 before it is read whole. */
 export const MAX_BODY_BYTES = 1024 * 1024;

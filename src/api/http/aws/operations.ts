@@ -356,13 +356,13 @@ export const OPERATIONS: Record<string, Operation> = {
     return { CiphertextBlob: r.CiphertextBlob, KeyId: keyArn(x, r.KeyId) };
   },
 
-  async GenerateRandom(req, x) {
+  async GenerateRandom(req) {
     if (str(req, 'CustomKeyStoreId') !== undefined) throw unsupported('CustomKeyStoreId', 'kmsd has no custom key stores');
     if (has(req, 'Recipient')) throw unsupported('Recipient', 'kmsd has no Nitro Enclaves attestation');
-    const n = int(req, 'NumberOfBytes');
-    if (n === undefined) throw missing('NumberOfBytes');
-    const r = await act(x, 'GenerateRandom', { NumberOfBytes: n });
-    return { Plaintext: r.Plaintext };
+    int(req, 'NumberOfBytes');
+    // Random bytes would bypass the admission (policy, rate limit, audit) unless they come from a
+    // domain action, and kmsd has none yet: refused rather than served around the rules.
+    throw unsupported('NumberOfBytes', 'kmsd has no GenerateRandom action yet; use GenerateDataKey (its Plaintext is random)');
   },
 
   async GetParametersForImport(req, x) {
