@@ -280,7 +280,7 @@ export class CallGuard {
     const keyId = resources.find((r) => r.keyId)?.keyId;
     this.o.log.warn({ requestId: ctx.requestId, principal: who.policyPrincipal, peer, action, keyId, reason }, 'permission denied');
     try {
-      this.audit?.append({ requestId: ctx.requestId, principal: who.policyPrincipal, action, keyId, outcome: 'Forbidden.NoPermission', details: { Reason: reason, Peer: peer } });
+      this.audit?.append({ requestId: ctx.requestId, principal: who.policyPrincipal, action, keyId, outcome: 'Forbidden.NoPermission', details: { Reason: reason, Peer: peer, ...(ctx.accessKeyId ? { AccessKeyId: ctx.accessKeyId } : {}) } });
     } catch (e) {
       this.o.log.error({ requestId: ctx.requestId, err: (e as Error).message }, 'could not audit a denial');
     }

@@ -88,8 +88,12 @@ function decodeComponent(s: string, what: string): string {
   }
 }
 
-/** Every parameter of the query and the form body, in order; a name given twice is refused. */
-export function readParams(call: HttpCall): [string, string][] {
+/**
+ * Every parameter of the query and the form body, in order (`all`), and those of the query alone
+ * (what a V3 signature's canonical query covers; the body is covered by its hash). A name given
+ * twice, in either place, is refused.
+ */
+export function readParams(call: HttpCall): { all: [string, string][]; query: [string, string][] } {
   const out: [string, string][] = [];
   const seen = new Set<string>();
   const add = (raw: string, where: string) => {
@@ -106,6 +110,7 @@ export function readParams(call: HttpCall): [string, string][] {
     }
   };
   add(call.rawQuery, 'query');
+  const query = out.slice();
   if (call.body.length > 0) {
     const type = String(call.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
     if (type !== 'application/x-www-form-urlencoded') throw new HttpRefusalError('UnsupportedMediaType', `Content-Type: the body must be application/x-www-form-urlencoded (got "${type.slice(0, 64)}")`);
@@ -113,7 +118,7 @@ export function readParams(call: HttpCall): [string, string][] {
     if (Buffer.byteLength(text) !== call.body.length || text.includes('\uFFFD')) throw new HttpRefusalError('MalformedRequest', 'body: not UTF-8');
     add(text, 'body');
   }
-  return out;
+  return { all: out, query };
 }
 
 /** The domain request of an action from its string parameters, typed by the gRPC message. */
@@ -212,11 +217,11 @@ function checkTime(value: string | undefined, field: string, now: number): void 
 }
 
 function authenticate(call: HttpCall, ctx: HttpContext): Authenticated {
-  const list = readParams(call);
-  const params = new Map(list);
+  const { all, query } = readParams(call);
+  const params = new Map(all);
   const authorization = header(call, 'authorization');
-  if (authorization?.startsWith('ACS3-')) return authenticateV3(call, ctx, list, params, authorization);
-  return authenticateV2(call, ctx, list, params);
+  if (authorization?.startsWith('ACS3-')) return authenticateV3(call, ctx, query, params, authorization);
+  return authenticateV2(call, ctx, all, params);
 }
 
 function accessKey(ctx: HttpContext, id: string) {
@@ -256,7 +261,7 @@ function authenticateV2(call: HttpCall, ctx: HttpContext, list: [string, string]
   return { accessKeyId: key.accessKeyId, principal: key.principal, action, params };
 }
 
-function authenticateV3(call: HttpCall, ctx: HttpContext, list: [string, string][], params: Map<string, string>, authorization: string): Authenticated {
+function authenticateV3(call: HttpCall, ctx: HttpContext, query: [string, string][], params: Map<string, string>, authorization: string): Authenticated {
   const auth = parseV3Authorization(authorization);
   if (!auth) throw new HttpRefusalError('IncompleteSignature', 'Authorization: must be "ACS3-HMAC-SHA256 Credential=ID,SignedHeaders=a;b,Signature=HEX"');
   const headers: Record<string, string> = {};
@@ -273,7 +278,7 @@ function authenticateV3(call: HttpCall, ctx: HttpContext, list: [string, string]
   const key = accessKey(ctx, auth.accessKeyId);
   const bodyHash = crypto.createHash('sha256').update(call.body).digest('hex');
   if (headers['x-acs-content-sha256'] !== bodyHash) throw new HttpRefusalError('SignatureMismatch', 'x-acs-content-sha256: is not the SHA-256 of the body');
-  const canonical = v3CanonicalRequest(call.method, decodeComponent(call.path, 'path'), list, headers, auth.signedHeaders, bodyHash);
+  const canonical = v3CanonicalRequest(call.method, decodeComponent(call.path, 'path'), query, headers, auth.signedHeaders, bodyHash);
   if (!sameSignature(v3Signature(key.secret(), canonical), auth.signature)) throw new HttpRefusalError('SignatureMismatch', 'Signature: does not match the canonical request signed with the access key secret');
   useNonce(key.accessKeyId, headers['x-acs-signature-nonce'], 'x-acs-signature-nonce', call.receivedAt);
   if (headers['x-acs-version'] !== ALIBABA_API_VERSION) throw invalid('x-acs-version', `must be ${ALIBABA_API_VERSION}`);
