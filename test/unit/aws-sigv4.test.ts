@@ -210,6 +210,16 @@ describe('SigV4 verification of requests signed by the AWS SDK signer', () => {
     expect(rec.unsealed).toBe(2);
   });
 
+  it('leaves the access key store\'s secret buffer as it was (other regions and dialects read it again)', async () => {
+    // AccessKeyService unseals a secret once and hands out the same buffer on every call.
+    const shared = Buffer.from(SECRET);
+    const rec = { ...record(), secret: () => shared };
+    const cache = new SigningKeyCache();
+    expect(verify(await signed({ region: 'us-east-1' }), rec, { cache }).region).toBe('us-east-1');
+    expect(shared.toString()).toBe(SECRET);
+    expect(verify(await signed({ region: 'eu-west-1' }), rec, { cache }).region).toBe('eu-west-1');
+  });
+
   it('answers every malformed Authorization header with a refusal, never another error', async () => {
     const base = await signed();
     const auth = base.headers.authorization;

@@ -179,13 +179,13 @@ export class SigningKeyCache {
     const id = `${record.accessKeyId}\n${date}\n${region}\n${service}`;
     const hit = this.keys.get(id);
     if (hit) return hit;
-    const secret = record.secret();
+    // The secret buffer is the access key store's own (unsealed once, kept for every dialect):
+    // only the copy made here is zeroed.
+    const seed = Buffer.concat([Buffer.from('AWS4'), record.secret()]);
     let k: Buffer;
-    const seed = Buffer.concat([Buffer.from('AWS4'), secret]);
     try {
       k = hmac(seed, date);
     } finally {
-      secret.fill(0);
       seed.fill(0);
     }
     for (const part of [region, service, 'aws4_request']) k = hmac(k, part);
