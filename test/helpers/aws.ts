@@ -78,7 +78,8 @@ export async function awsRaw(port: number, o: RawRequest): Promise<RawAnswer> {
   const req = { headers, body };
   o.after?.(req);
   return new Promise((resolve, reject) => {
-    const r = http.request({ host: '127.0.0.1', port, method: o.method ?? 'POST', path: '/', headers: { ...req.headers, 'content-length': String(req.body.length) } }, (res) => {
+    // A connection per request: a test's case never depends on the state a previous case left.
+    const r = http.request({ host: '127.0.0.1', port, agent: false, method: o.method ?? 'POST', path: '/', headers: { ...req.headers, 'content-length': String(req.body.length) } }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => {
