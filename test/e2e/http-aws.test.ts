@@ -6,6 +6,7 @@
 // kmsd as it was.
 
 import { spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -26,6 +27,7 @@ import {
   GenerateDataKeyWithoutPlaintextCommand,
   GetKeyRotationStatusCommand,
   GetParametersForImportCommand,
+  ImportKeyMaterialCommand,
   KMSClient,
   ListAliasesCommand,
   ListKeysCommand,
@@ -227,6 +229,61 @@ describe('lifecycle and cryptography as AWS answers them', () => {
     const soft = await newKey();
     expect((await k.client.call('DescribeKey', { KeyId: hsm })).KeyMetadata.ProtectionLevel).toBe('HSM');
     expect((await k.client.call('DescribeKey', { KeyId: soft })).KeyMetadata.ProtectionLevel).toBe('SOFTWARE');
+  });
+});
+
+describe('import with every wrapping algorithm, and its refusals', () => {
+  /** The wrapping each WrappingAlgorithm means, done with node:crypto as a client would. */
+  function wrap(alg: string, spkiDer: Uint8Array, material: Buffer): Buffer {
+    const pub = crypto.createPublicKey({ key: Buffer.from(spkiDer), format: 'der', type: 'spki' });
+    const oaep = (hash: string, data: Buffer) => crypto.publicEncrypt({ key: pub, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: hash }, data);
+    if (alg === 'RSAES_PKCS1_V1_5') return crypto.publicEncrypt({ key: pub, padding: crypto.constants.RSA_PKCS1_PADDING }, material);
+    if (alg === 'RSAES_OAEP_SHA_1') return oaep('sha1', material);
+    if (alg === 'RSAES_OAEP_SHA_256') return oaep('sha256', material);
+    const aes = crypto.randomBytes(32);
+    const kw = crypto.createCipheriv('id-aes256-wrap-pad', aes, Buffer.from('A65959A6', 'hex'));
+    return Buffer.concat([oaep(alg.endsWith('SHA_1') ? 'sha1' : 'sha256', aes), kw.update(material), kw.final()]);
+  }
+
+  it('imports with each of the five wrapping algorithms and encrypts with the result', async () => {
+    const material = crypto.randomBytes(32);
+    for (const alg of ['RSAES_PKCS1_V1_5', 'RSAES_OAEP_SHA_1', 'RSAES_OAEP_SHA_256', 'RSA_AES_KEY_WRAP_SHA_1', 'RSA_AES_KEY_WRAP_SHA_256'] as const) {
+      const id = (await kms.send(new CreateKeyCommand({ Origin: 'EXTERNAL' }))).KeyMetadata!.KeyId!;
+      const p = await kms.send(new GetParametersForImportCommand({ KeyId: arn(id), WrappingAlgorithm: alg, WrappingKeySpec: 'RSA_2048' }));
+      expect(p.KeyId).toBe(arn(id));
+      expect(crypto.createPublicKey({ key: Buffer.from(p.PublicKey!), format: 'der', type: 'spki' }).asymmetricKeyDetails?.modulusLength).toBe(2048);
+      expect(Math.abs(p.ParametersValidTo!.getTime() - Date.now() - 86400_000)).toBeLessThan(3600_000);
+      expect((await kms.send(new ImportKeyMaterialCommand({ KeyId: id, ImportToken: p.ImportToken, EncryptedKeyMaterial: wrap(alg, p.PublicKey!, material), ExpirationModel: 'KEY_MATERIAL_DOES_NOT_EXPIRE' }))).KeyId).toBe(arn(id));
+      const m = (await kms.send(new DescribeKeyCommand({ KeyId: id }))).KeyMetadata!;
+      expect(m, alg).toMatchObject({ KeyState: 'Enabled', Origin: 'EXTERNAL', ExpirationModel: 'KEY_MATERIAL_DOES_NOT_EXPIRE' });
+      expect(m.ValidTo).toBeUndefined();
+      const blob = (await kms.send(new EncryptCommand({ KeyId: id, Plaintext: Buffer.from(alg) }))).CiphertextBlob;
+      expect(Buffer.from((await kms.send(new DecryptCommand({ CiphertextBlob: blob }))).Plaintext!).toString()).toBe(alg);
+    }
+  });
+
+  it("answers AWS's import errors: undecryptable material, other material, a forged token, a bad ValidTo, and DeleteImportedKeyMaterial", async () => {
+    const id = (await kms.send(new CreateKeyCommand({ Origin: 'EXTERNAL' }))).KeyMetadata!.KeyId!;
+    const p = await kms.send(new GetParametersForImportCommand({ KeyId: id, WrappingAlgorithm: 'RSAES_OAEP_SHA_256', WrappingKeySpec: 'RSA_2048' }));
+    const material = crypto.randomBytes(32);
+    const imp = (o: Partial<{ EncryptedKeyMaterial: Uint8Array; ImportToken: Uint8Array; ValidTo: Date; ExpirationModel: 'KEY_MATERIAL_EXPIRES' | 'KEY_MATERIAL_DOES_NOT_EXPIRE' }>) =>
+      kms.send(new ImportKeyMaterialCommand({ KeyId: id, ImportToken: p.ImportToken, EncryptedKeyMaterial: wrap('RSAES_OAEP_SHA_256', p.PublicKey!, material), ...o }));
+    expect((await awsError(imp({ EncryptedKeyMaterial: crypto.randomBytes(256) }))).name).toBe('InvalidCiphertextException');
+    const forged = Buffer.from(p.ImportToken!);
+    forged[forged.length - 2] ^= 1;
+    expect((await awsError(imp({ ImportToken: forged }))).name).toBe('InvalidImportTokenException');
+    expect((await awsError(imp({ ExpirationModel: 'KEY_MATERIAL_EXPIRES' }))).message).toContain('ValidTo: is required');
+    expect((await awsError(imp({ ValidTo: new Date(Date.now() - 60_000) }))).message).toContain('ValidTo: must be in the future');
+    expect((await awsError(imp({ ValidTo: new Date(Date.now() + 60_000), ExpirationModel: 'KEY_MATERIAL_DOES_NOT_EXPIRE' }))).name).toBe('ValidationException');
+    expect((await kms.send(new DescribeKeyCommand({ KeyId: id }))).KeyMetadata!.KeyState).toBe('PendingImport');
+    await imp({ ValidTo: new Date(Date.now() + 86400_000) });
+    const m = (await kms.send(new DescribeKeyCommand({ KeyId: id }))).KeyMetadata!;
+    expect(m).toMatchObject({ KeyState: 'Enabled', ExpirationModel: 'KEY_MATERIAL_EXPIRES' });
+    expect(Math.abs(m.ValidTo!.getTime() - Date.now() - 86400_000)).toBeLessThan(3600_000);
+    const other = wrap('RSAES_OAEP_SHA_256', p.PublicKey!, crypto.randomBytes(32));
+    expect((await awsError(imp({ EncryptedKeyMaterial: other }))).name).toBe('IncorrectKeyMaterialException');
+    expect((await kms.send(new DeleteImportedKeyMaterialCommand({ KeyId: id }))).KeyId).toBe(arn(id));
+    expect((await kms.send(new DescribeKeyCommand({ KeyId: id }))).KeyMetadata).toMatchObject({ KeyState: 'PendingImport', Enabled: false });
   });
 });
 
