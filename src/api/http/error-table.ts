@@ -72,6 +72,9 @@ export type HttpRefusal =
   | 'UnknownAction' // no such action / X-Amz-Target
   | 'MalformedRequest' // a query, form or JSON body that does not parse
   | 'BodyTooLarge' // over 1 MiB
+  | 'HeadersTooLarge' // request line and headers over 16 KiB
+  | 'RequestTimeout' // headers or body not received in time
+  | 'NotHttp' // bytes that are not an HTTP/1.1 request
   | 'UnsupportedMediaType'; // a body type the dialect does not read
 
 export const HTTP_REFUSAL_TABLE: Record<HttpRefusal, DialectError> = {
@@ -84,6 +87,9 @@ export const HTTP_REFUSAL_TABLE: Record<HttpRefusal, DialectError> = {
   UnknownAction: { alibaba: ali('InvalidAction.NotFound', 404), aws: aws('UnknownOperationException') },
   MalformedRequest: { alibaba: ali('InvalidParameter', 400), aws: aws('SerializationException') },
   BodyTooLarge: { alibaba: ali('RequestEntityTooLarge', 413), aws: aws('ValidationException', 413) },
+  HeadersTooLarge: { alibaba: ali('RequestHeaderFieldsTooLarge', 431), aws: aws('ValidationException', 431) },
+  RequestTimeout: { alibaba: ali('RequestTimeout', 408), aws: aws('RequestTimeoutException', 408) },
+  NotHttp: { alibaba: ali('MalformedRequest', 400), aws: aws('SerializationException') },
   UnsupportedMediaType: { alibaba: ali('UnsupportedMediaType', 415), aws: aws('SerializationException', 415) },
 };
 

@@ -20,6 +20,7 @@ import { principalFromCertificate } from '../grpc/auth';
 import { alibabaDialect } from './alibaba';
 import { awsDialect } from './aws';
 import type { Dialect, HttpAnswer, HttpCall, HttpContext } from './types';
+import { HTTP_ERROR_TABLE, HTTP_REFUSAL_TABLE, HttpRefusal } from './error-table';
 
 export const DIALECTS: Dialect[] = [awsDialect, alibabaDialect];
 
@@ -45,9 +46,10 @@ export interface HttpListener {
   close(graceMs?: number): Promise<void>;
 }
 
-function plain(status: number, code: string, message: string, requestId: string): HttpAnswer {
+function plain(refusal: HttpRefusal, message: string, requestId: string): HttpAnswer {
   // Before a dialect is chosen (or when none claims the request) the answer is Alibaba-shaped:
   // it is the default dialect at '/'.
+  const { code, status } = HTTP_REFUSAL_TABLE[refusal].alibaba;
   return {
     status,
     headers: { 'content-type': 'application/json; charset=utf-8', 'x-acs-request-id': requestId },
@@ -63,11 +65,14 @@ function send(res: http.ServerResponse, a: HttpAnswer): void {
 
 export async function listenHttp(o: HttpListenerOptions): Promise<HttpListener> {
   const dialects = o.dialects ?? DIALECTS;
-  const common: http.ServerOptions = { maxHeaderSize: MAX_HEADER_BYTES, keepAlive: true, requestTimeout: 30_000, headersTimeout: 10_000, keepAliveTimeout: 5_000 };
+  // requireHostHeader off: Node would answer a request without Host with an empty 400 of its own;
+  // the dialects answer it instead (a V3 signature needs a signed Host anyway).
+  const common: http.ServerOptions = { maxHeaderSize: MAX_HEADER_BYTES, keepAlive: true, requestTimeout: 30_000, headersTimeout: 10_000, keepAliveTimeout: 5_000, requireHostHeader: false };
   const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
     serve(req, res).catch((e) => {
       o.log.error({ err: (e as Error).message }, 'http request failed');
-      send(res, plain(500, 'InternalFailure', 'internal error', ''));
+      const { code, status } = HTTP_ERROR_TABLE.InternalFailure.alibaba;
+      send(res, { status, headers: { 'content-type': 'application/json; charset=utf-8' }, body: JSON.stringify({ Code: code, Message: 'internal error', RequestId: '', HostId: 'kmsd' }) });
     });
   };
   let server: http.Server;
@@ -88,13 +93,19 @@ export async function listenHttp(o: HttpListenerOptions): Promise<HttpListener> 
     server = http.createServer(common, handler);
   }
   server.on('clientError', (err, socket) => {
-    // Oversized headers (431), malformed request lines (400) and timeouts: answered by Node's
-    // defaults where a socket is still writable; logged without content.
+    // Oversized headers, bytes that are not HTTP, timeouts: answered (Alibaba-shaped, as no dialect
+    // was chosen) where the socket is still writable, then closed; logged without content.
     const code = (err as NodeJS.ErrnoException).code;
     o.log.warn({ peer: (socket as net.Socket).remoteAddress, reason: code ?? err.message }, 'http client error');
     if (!socket.writable) return socket.destroy();
-    const status = code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
-    socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+    const a =
+      code === 'HPE_HEADER_OVERFLOW'
+        ? plain('HeadersTooLarge', `request line and headers: larger than ${MAX_HEADER_BYTES} bytes`, '')
+        : code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? plain('RequestTimeout', 'the request was not received in time', '')
+          : plain('NotHttp', 'not a well-formed HTTP/1.1 request', '');
+    const status = a.status;
+    socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(a.body)}\r\n\r\n${a.body}`);
   });
 
   async function serve(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
@@ -103,7 +114,7 @@ export async function listenHttp(o: HttpListenerOptions): Promise<HttpListener> 
     const url = req.url ?? '/';
     if (url.length > MAX_URL_BYTES) {
       req.resume();
-      return send(res, plain(414, 'InvalidParameter', `URL: longer than ${MAX_URL_BYTES} bytes`, requestId));
+      return send(res, plain('HeadersTooLarge', `URL: longer than ${MAX_URL_BYTES} bytes`, requestId));
     }
     let certPrincipal: string | undefined;
     if (o.tls?.clientCaFile) {
@@ -111,21 +122,27 @@ export async function listenHttp(o: HttpListenerOptions): Promise<HttpListener> 
       const p = cert && Object.keys(cert).length ? principalFromCertificate(cert) : { refused: 'no client certificate' };
       if ('refused' in p) {
         req.resume();
-        return send(res, plain(401, 'Unauthenticated', p.refused, requestId));
+        const { code, status } = HTTP_ERROR_TABLE.Unauthenticated.alibaba;
+        return send(res, { status, headers: { 'content-type': 'application/json; charset=utf-8' }, body: JSON.stringify({ Code: code, Message: p.refused, RequestId: requestId, HostId: 'kmsd' }) });
       }
       certPrincipal = p.principal;
     }
     const declared = Number(req.headers['content-length'] ?? 0);
     if (declared > MAX_BODY_BYTES) {
       res.setHeader('connection', 'close');
-      send(res, plain(413, 'RequestEntityTooLarge', `body: larger than ${MAX_BODY_BYTES} bytes`, requestId));
+      send(res, plain('BodyTooLarge', `body: larger than ${MAX_BODY_BYTES} bytes`, requestId));
       req.socket.destroySoon?.();
       return;
     }
     const body = await readBody(req);
+    if (body === undefined) {
+      // The client broke off or sent a malformed body (clientError answers where it still can).
+      o.log.warn({ requestId, peer: req.socket.remoteAddress }, 'http request body not received whole');
+      return;
+    }
     if (body === null) {
       res.setHeader('connection', 'close');
-      send(res, plain(413, 'RequestEntityTooLarge', `body: larger than ${MAX_BODY_BYTES} bytes`, requestId));
+      send(res, plain('BodyTooLarge', `body: larger than ${MAX_BODY_BYTES} bytes`, requestId));
       req.socket.destroySoon?.();
       return;
     }
@@ -142,7 +159,7 @@ export async function listenHttp(o: HttpListenerOptions): Promise<HttpListener> 
       certPrincipal,
     };
     const dialect = dialects.find((d) => d.matches(call));
-    if (!dialect) return send(res, plain(404, 'InvalidAction.NotFound', `no API at ${call.path}`, requestId));
+    if (!dialect) return send(res, plain('UnknownAction', `no API at ${call.path.slice(0, 128)}`, requestId));
     send(res, await dialect.handle(call, o.ctx));
   }
 
@@ -172,9 +189,9 @@ export async function listenHttp(o: HttpListenerOptions): Promise<HttpListener> 
   };
 }
 
-/** The whole body, or null as soon as it passes MAX_BODY_BYTES (the rest is not read). */
-function readBody(req: http.IncomingMessage): Promise<Buffer | null> {
-  return new Promise((resolve, reject) => {
+/** The whole body; null as soon as it passes MAX_BODY_BYTES (the rest is not read); undefined if it never ends. */
+function readBody(req: http.IncomingMessage): Promise<Buffer | null | undefined> {
+  return new Promise((resolve) => {
     const chunks: Buffer[] = [];
     let size = 0;
     let done = false;
@@ -195,11 +212,13 @@ function readBody(req: http.IncomingMessage): Promise<Buffer | null> {
         resolve(Buffer.concat(chunks, size));
       }
     });
-    req.on('error', (e) => {
+    const broken = () => {
       if (!done) {
         done = true;
-        reject(e);
+        resolve(undefined);
       }
-    });
+    };
+    req.on('error', broken);
+    req.on('close', broken);
   });
 }
