@@ -182,8 +182,15 @@ describe('lifecycle and cryptography as AWS answers them', () => {
   it('disables, enables, schedules and cancels deletion, with DisabledException and KMSInvalidStateException between', async () => {
     const id = await newKey('lifecycle');
     const pt = Buffer.from('lifecycle');
-    await kms.send(new DisableKeyCommand({ KeyId: id }));
+    const disabled = await kms.send(new DisableKeyCommand({ KeyId: id }));
     expect((await kms.send(new DescribeKeyCommand({ KeyId: id }))).KeyMetadata).toMatchObject({ KeyState: 'Disabled', Enabled: false });
+    // The audit record: the access key's principal, the access key id, and the request id the SDK saw.
+    const listed = k.kmsctl(['ListAuditEvents', '--KeyId', id, '--Action', 'DisableKey']);
+    expect(listed.code, listed.stderr).toBe(0);
+    const events = listed.json.Events;
+    expect(events).toHaveLength(1);
+    expect(events[0]).toMatchObject({ Principal: 'aws-admin', Outcome: 'ok', RequestId: disabled.$metadata.requestId });
+    expect(JSON.parse(events[0].Details).AccessKeyId).toBe(admin.AccessKeyId);
     expect(await awsError(kms.send(new EncryptCommand({ KeyId: id, Plaintext: pt })))).toMatchObject({ name: 'DisabledException', status: 400 });
     await kms.send(new EnableKeyCommand({ KeyId: arn(id) }));
     await kms.send(new EncryptCommand({ KeyId: id, Plaintext: pt }));
