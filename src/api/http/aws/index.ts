@@ -8,7 +8,7 @@
 // type, operation and body, then the operation through the shared admission.
 
 import { KmsError } from '../../../kms/errors';
-import { HTTP_ERROR_TABLE, HTTP_REFUSAL_TABLE, HttpRefusalError } from '../error-table';
+import { HTTP_ERROR_TABLE, HTTP_REFUSAL_TABLE, HttpRefusal, HttpRefusalError } from '../error-table';
 import type { Dialect, HttpAnswer, HttpCall, HttpContext } from '../types';
 import { AwsFault } from './faults';
 import { parseJsonObject } from './json';
@@ -30,6 +30,16 @@ function failure(type: string, status: number, message: string, requestId: strin
   return answer(status, requestId, { __type: type, message }, type);
 }
 
+/**
+ * A transport refusal as the AWS dialect answers it. The listener refuses some requests before a
+ * dialect is chosen (a body over 1 MiB, oversized headers); for a request awsDialect.matches() it
+ * can answer with this instead of the Alibaba shape.
+ */
+export function awsRefusal(refusal: HttpRefusal, message: string, requestId: string): HttpAnswer {
+  const row = HTTP_REFUSAL_TABLE[refusal].aws;
+  return failure(row.type, row.status, message, requestId);
+}
+
 /** Any error of a request as AWS's answer; internal ones go to the log under the request id only. */
 function errorAnswer(e: unknown, call: HttpCall, ctx: HttpContext, op: string | undefined): HttpAnswer {
   if (e instanceof KmsError) {
@@ -37,9 +47,8 @@ function errorAnswer(e: unknown, call: HttpCall, ctx: HttpContext, op: string | 
     return failure(row.type, row.status, e.message, call.requestId);
   }
   if (e instanceof HttpRefusalError) {
-    const row = HTTP_REFUSAL_TABLE[e.refusal].aws;
     ctx.log.warn({ requestId: call.requestId, peer: call.peer, dialect: 'aws', operation: op, refusal: e.refusal, reason: e.message }, 'http request refused');
-    return failure(row.type, row.status, e.message, call.requestId);
+    return awsRefusal(e.refusal, e.message, call.requestId);
   }
   if (e instanceof AwsFault) return failure(e.type, e.status, e.message, call.requestId);
   const err = e instanceof Error ? { name: e.name, message: e.message, stack: e.stack } : String(e);
