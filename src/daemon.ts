@@ -15,6 +15,7 @@ import { Keyring, ROOT_KEY_ID } from './kms/keyring';
 import { KmsService, Logger, DEFAULT_KMS_CONFIG } from './kms/service';
 import { ImportService, MAC_KEY_ID } from './kms/import';
 import { createServer } from './api/grpc/server';
+import { KmsError } from './kms/errors';
 import { ceremonyExtension } from './api/grpc/ceremony';
 import { startCeremonyAndAudit } from './ceremony/setup';
 import { CallGuard, TlsListener, listenTls, storeDirectory } from './api/grpc/auth';
@@ -127,7 +128,8 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
       const adm = admission(actions, security, log);
       const ctx: HttpContext = {
         lookupAccessKey: (id) => accessKeys.lookup(id),
-        run: (action, req, who, call) => {
+        run: async (action, req, who, call) => {
+          if (!adm.has(action)) throw new KmsError('InternalFailure', `no action ${action} behind the HTTP listener`);
           const unit: AdmissionCall = { request: req, cancelled: false, on: () => unit, getPeer: () => call.peer, authenticated: { principal: who.principal } };
           return adm.run(action, req, unit, { requestId: call.requestId, principal: who.principal, accessKeyId: who.accessKeyId });
         },

@@ -21,11 +21,11 @@ function byKey(a: [string, string], b: [string, string]): number {
   return a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0;
 }
 
+/** Sorted by the decoded names (as the SDKs' TreeMap / sort do), then each name and value encoded. */
 export function canonicalQuery(params: [string, string][]): string {
-  return params
-    .map(([k, v]) => [percentEncode(k), percentEncode(v)] as [string, string])
+  return [...params]
     .sort(byKey)
-    .map(([k, v]) => `${k}=${v}`)
+    .map(([k, v]) => `${percentEncode(k)}=${percentEncode(v)}`)
     .join('&');
 }
 
