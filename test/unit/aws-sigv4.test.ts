@@ -210,6 +210,22 @@ describe('SigV4 verification of requests signed by the AWS SDK signer', () => {
     expect(rec.unsealed).toBe(2);
   });
 
+  it('drops the signing keys of an access key once it is Inactive or gone', async () => {
+    const rec = record();
+    const cache = new SigningKeyCache();
+    verify(await signed(), rec, { cache });
+    verify(await signed({ region: 'eu-west-1' }), rec, { cache });
+    expect(cache.held(AK)).toBe(2);
+    const inactive = { ...rec, status: 'Inactive' as const };
+    expect(refusal(() => verify(signedSync.good, inactive, { cache })).refusal).toBe('InactiveAccessKey');
+    expect(cache.held(AK)).toBe(0);
+    verify(await signed(), rec, { cache });
+    expect(cache.held(AK)).toBe(1);
+    expect(refusal(() => verify(signedSync.good, { ...rec, accessKeyId: 'KMSDSOMEOTHERKEY' }, { cache })).refusal).toBe('UnknownAccessKey');
+    expect(cache.held(AK)).toBe(0);
+    expect(rec.unsealed).toBe(3);
+  });
+
   it('leaves the access key store\'s secret buffer as it was (other regions and dialects read it again)', async () => {
     // AccessKeyService unseals a secret once and hands out the same buffer on every call.
     const shared = Buffer.from(SECRET);

@@ -167,17 +167,19 @@ function amzDate(ms: number): string {
 const hmac = (key: crypto.BinaryLike, data: string): Buffer => crypto.createHmac('sha256', key).update(data, 'utf8').digest();
 
 /**
- * Signing keys by access key, date, region and service. A key's secret never changes (a new secret
- * is a new access key id), so a cached signing key is reused without unsealing the secret again;
- * the access key is still looked up (and must be Active) on every request.
+ * Signing keys by access key, then by date, region and service. A key's secret never changes (a new
+ * secret is a new access key id), so a cached signing key is reused without unsealing the secret
+ * again; the access key is still looked up (and must be Active) on every request, and the signing
+ * keys of one that is unknown or Inactive are zeroed and dropped then.
  */
 export class SigningKeyCache {
-  private readonly keys = new Map<string, Buffer>();
+  private readonly byKey = new Map<string, Map<string, Buffer>>();
+  private size = 0;
   constructor(private readonly max = 1024) {}
 
   get(record: AccessKeyRecord, date: string, region: string, service: string): Buffer {
-    const id = `${record.accessKeyId}\n${date}\n${region}\n${service}`;
-    const hit = this.keys.get(id);
+    const scope = `${date}\n${region}\n${service}`;
+    const hit = this.byKey.get(record.accessKeyId)?.get(scope);
     if (hit) return hit;
     // The secret buffer is the access key store's own (unsealed once, kept for every dialect):
     // only the copy made here is zeroed.
@@ -189,13 +191,26 @@ export class SigningKeyCache {
       seed.fill(0);
     }
     for (const part of [region, service, 'aws4_request']) k = hmac(k, part);
-    if (this.keys.size >= this.max) {
-      const oldest = this.keys.keys().next().value as string;
-      this.keys.get(oldest)?.fill(0);
-      this.keys.delete(oldest);
-    }
-    this.keys.set(id, k);
+    if (this.size >= this.max) this.forget(this.byKey.keys().next().value as string);
+    let scopes = this.byKey.get(record.accessKeyId);
+    if (!scopes) this.byKey.set(record.accessKeyId, (scopes = new Map()));
+    scopes.set(scope, k);
+    this.size++;
     return k;
+  }
+
+  /** Zeroes and drops every signing key of an access key. */
+  forget(accessKeyId: string): void {
+    const scopes = this.byKey.get(accessKeyId);
+    if (!scopes) return;
+    for (const k of scopes.values()) k.fill(0);
+    this.size -= scopes.size;
+    this.byKey.delete(accessKeyId);
+  }
+
+  /** Signing keys held for an access key (for tests). */
+  held(accessKeyId: string): number {
+    return this.byKey.get(accessKeyId)?.size ?? 0;
   }
 }
 
@@ -252,8 +267,11 @@ export function verifySigV4(req: SignedRequest, o: VerifyOptions, cache: Signing
     throw new HttpRefusalError('UnknownAccessKey', 'The security token included in the request is invalid: kmsd issues no session tokens (X-Amz-Security-Token)');
   }
   const record = o.lookupAccessKey(auth.accessKeyId);
-  if (!record) throw new HttpRefusalError('UnknownAccessKey', `The security token included in the request is invalid: no access key ${JSON.stringify(auth.accessKeyId.slice(0, 64))}`);
-  if (record.status !== 'Active') throw new HttpRefusalError('InactiveAccessKey', `The security token included in the request is invalid: access key ${record.accessKeyId} is Inactive`);
+  if (!record || record.status !== 'Active') {
+    cache.forget(auth.accessKeyId);
+    if (!record) throw new HttpRefusalError('UnknownAccessKey', `The security token included in the request is invalid: no access key ${JSON.stringify(auth.accessKeyId.slice(0, 64))}`);
+    throw new HttpRefusalError('InactiveAccessKey', `The security token included in the request is invalid: access key ${record.accessKeyId} is Inactive`);
+  }
 
   const payloadHash = req.body.length === 0 ? EMPTY_SHA256 : crypto.createHash('sha256').update(req.body).digest('hex');
   const declared = req.headers['x-amz-content-sha256'];
