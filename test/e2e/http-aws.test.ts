@@ -152,6 +152,9 @@ describe('key references, metadata and paging', () => {
     const alias = await awsError(kms.send(new DisableKeyCommand({ KeyId: 'alias/aws-refs' })));
     expect(alias.name).toBe('ValidationException');
     expect(alias.message).toContain('KeyId: takes a key id or key ARN, not an alias');
+    const reserved = await awsError(kms.send(new CreateAliasCommand({ AliasName: 'alias/aws/s3', TargetKeyId: id })));
+    expect(reserved.name).toBe('ValidationException');
+    expect(reserved.message).toContain('AliasName: must not begin with "alias/aws/"');
     const missing = await awsError(kms.send(new DescribeKeyCommand({ KeyId: '00000000-0000-4000-8000-000000000000' })));
     expect(missing).toMatchObject({ name: 'NotFoundException', status: 400 });
     expect(missing.requestId).toMatch(/^[0-9a-f-]{36}$/);

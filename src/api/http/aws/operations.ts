@@ -226,6 +226,13 @@ function textBlob(req: Req, field: string): string {
 
 const MAX_VALID_TO = 253402300799; // 9999-12-31T23:59:59Z, the domain's bound
 
+/** AliasName of CreateAlias/UpdateAlias: the domain's rules, and AWS's reserved prefix. */
+function aliasName(req: Req): string {
+  const name = str(req, 'AliasName', true);
+  if (name.startsWith('alias/aws/')) throw invalid('AliasName', 'must not begin with "alias/aws/" (reserved for AWS managed keys, as in AWS KMS)');
+  return name;
+}
+
 type Operation = (req: Req, x: Exchange) => Promise<unknown>;
 
 export const OPERATIONS: Record<string, Operation> = {
@@ -283,12 +290,12 @@ export const OPERATIONS: Record<string, Operation> = {
   },
 
   async CreateAlias(req, x) {
-    await act(x, 'CreateAlias', { AliasName: str(req, 'AliasName', true), KeyId: keyRef(x, req, 'TargetKeyId', { alias: false }) });
+    await act(x, 'CreateAlias', { AliasName: aliasName(req), KeyId: keyRef(x, req, 'TargetKeyId', { alias: false }) });
     return {};
   },
 
   async UpdateAlias(req, x) {
-    await act(x, 'UpdateAlias', { AliasName: str(req, 'AliasName', true), KeyId: keyRef(x, req, 'TargetKeyId', { alias: false }) });
+    await act(x, 'UpdateAlias', { AliasName: aliasName(req), KeyId: keyRef(x, req, 'TargetKeyId', { alias: false }) });
     return {};
   },
 
