@@ -41,6 +41,12 @@ function str(req: Record<string, unknown>, name: string): string {
 export class AccessKeyService {
   /** Unsealed secrets by access key id (ASCII bytes of the secret string). */
   private readonly secrets = new Map<string, Buffer>();
+  /**
+   * Keys by id, read once: every signed request looks its key up. kmsd is the only writer of the
+   * table (it holds the data directory's lock) and drops an entry when it changes the key; absent
+   * ids are not cached, so unknown ids cannot fill memory.
+   */
+  private readonly views = new Map<string, AccessKeyView>();
   /** Called after a key changes (the HTTP side drops what it derived from it). */
   onChange: (accessKeyId: string) => void = () => undefined;
 
@@ -88,15 +94,20 @@ export class AccessKeyService {
 
   /** The key a request names, or undefined; reads SQLite, unseals the secret on first use. */
   lookup(id: string): AccessKeyView | undefined {
+    const cached = this.views.get(id);
+    if (cached) return cached;
     if (!ID_RE.test(id)) return undefined;
     const row = this.store.getAccessKey(id);
     if (!row) return undefined;
-    return {
+    const view: AccessKeyView = Object.freeze({
       accessKeyId: row.access_key_id,
       principal: row.principal,
       status: row.status === 'Active' ? 'Active' : 'Inactive',
       secret: () => this.secretOf(row),
-    };
+    });
+    if (this.views.size >= 10_000) this.views.clear();
+    this.views.set(id, view);
+    return view;
   }
 
   /** How many access keys exist (the development key is made only when there is none). */
@@ -107,6 +118,7 @@ export class AccessKeyService {
   /** Zeroes every cached secret (shutdown). */
   forgetAll(): void {
     for (const id of [...this.secrets.keys()]) this.forget(id);
+    this.views.clear();
   }
 
   private secretOf(row: AccessKeyRow): Buffer {
@@ -130,6 +142,7 @@ export class AccessKeyService {
   }
 
   private forget(id: string): void {
+    this.views.delete(id);
     this.secrets.get(id)?.fill(0);
     this.secrets.delete(id);
   }

@@ -209,11 +209,13 @@ function header(call: HttpCall, name: string): string | undefined {
   return Array.isArray(v) ? v.join(',') : v;
 }
 
-function checkTime(value: string | undefined, field: string, now: number): void {
+/** The request's signing time, checked to be within 15 minutes of the server's clock. */
+function checkTime(value: string | undefined, field: string, now: number): number {
   if (!value) throw new HttpRefusalError('IncompleteSignature', `${field}: is required`);
   if (!TIMESTAMP_RE.test(value)) throw new HttpRefusalError('StaleTimestamp', `${field}: must be a UTC time such as 2026-01-02T03:04:05Z`);
   const t = Date.parse(value);
   if (!Number.isFinite(t) || Math.abs(now - t) > NONCE_WINDOW_MS) throw new HttpRefusalError('StaleTimestamp', `${field}: more than 15 minutes from the server's time`);
+  return t;
 }
 
 function authenticate(call: HttpCall, ctx: HttpContext): Authenticated {
@@ -231,10 +233,10 @@ function accessKey(ctx: HttpContext, id: string) {
   return key;
 }
 
-function useNonce(accessKeyId: string, nonce: string | undefined, field: string, now: number): void {
+function useNonce(accessKeyId: string, nonce: string | undefined, field: string, now: number, signedAt: number): void {
   if (!nonce) throw new HttpRefusalError('IncompleteSignature', `${field}: is required`);
   if (nonce.length > 128) throw invalid(field, 'at most 128 characters');
-  const r = nonces.use(accessKeyId, nonce, now);
+  const r = nonces.use(accessKeyId, nonce, now, signedAt);
   if (r === 'replayed') throw new HttpRefusalError('ReplayedNonce', `${field}: this nonce was already used within 15 minutes`);
   if (r === 'full') throw new KmsError('Throttling', 'too many signed requests within 15 minutes; retry later');
 }
@@ -246,11 +248,11 @@ function authenticateV2(call: HttpCall, ctx: HttpContext, list: [string, string]
   if (params.get('SignatureMethod') !== 'HMAC-SHA1') throw new HttpRefusalError('IncompleteSignature', 'SignatureMethod: must be HMAC-SHA1');
   if (params.get('SignatureVersion') !== '1.0') throw new HttpRefusalError('IncompleteSignature', 'SignatureVersion: must be 1.0');
   if (params.has('SignatureType') && params.get('SignatureType') !== '') throw new HttpRefusalError('IncompleteSignature', 'SignatureType: only HMAC signatures are accepted');
-  checkTime(params.get('Timestamp'), 'Timestamp', call.receivedAt);
+  const signedAt = checkTime(params.get('Timestamp'), 'Timestamp', call.receivedAt);
   const key = accessKey(ctx, params.get('AccessKeyId') as string);
   const expected = v2Signature(key.secret(), call.method, list);
   if (!sameSignature(expected, params.get('Signature') as string)) throw new HttpRefusalError('SignatureMismatch', 'Signature: does not match the request signed with the access key secret');
-  useNonce(key.accessKeyId, params.get('SignatureNonce'), 'SignatureNonce', call.receivedAt);
+  useNonce(key.accessKeyId, params.get('SignatureNonce'), 'SignatureNonce', call.receivedAt, signedAt);
   const action = params.get('Action');
   if (!action) throw missing('Action');
   const version = params.get('Version');
@@ -274,13 +276,13 @@ function authenticateV3(call: HttpCall, ctx: HttpContext, query: [string, string
     if (!auth.signedHeaders.includes(h)) throw new HttpRefusalError('IncompleteSignature', `SignedHeaders: must include ${h}`);
   }
   for (const h of auth.signedHeaders) if (headers[h] === undefined) throw new HttpRefusalError('IncompleteSignature', `SignedHeaders: names ${h}, which the request does not have`);
-  checkTime(headers['x-acs-date'], 'x-acs-date', call.receivedAt);
+  const signedAt = checkTime(headers['x-acs-date'], 'x-acs-date', call.receivedAt);
   const key = accessKey(ctx, auth.accessKeyId);
   const bodyHash = crypto.createHash('sha256').update(call.body).digest('hex');
   if (headers['x-acs-content-sha256'] !== bodyHash) throw new HttpRefusalError('SignatureMismatch', 'x-acs-content-sha256: is not the SHA-256 of the body');
   const canonical = v3CanonicalRequest(call.method, decodeComponent(call.path, 'path'), query, headers, auth.signedHeaders, bodyHash);
   if (!sameSignature(v3Signature(key.secret(), canonical), auth.signature)) throw new HttpRefusalError('SignatureMismatch', 'Signature: does not match the canonical request signed with the access key secret');
-  useNonce(key.accessKeyId, headers['x-acs-signature-nonce'], 'x-acs-signature-nonce', call.receivedAt);
+  useNonce(key.accessKeyId, headers['x-acs-signature-nonce'], 'x-acs-signature-nonce', call.receivedAt, signedAt);
   if (headers['x-acs-version'] !== ALIBABA_API_VERSION) throw invalid('x-acs-version', `must be ${ALIBABA_API_VERSION}`);
   const action = headers['x-acs-action'];
   if (params.has('Action') && params.get('Action') !== action) throw invalid('Action', 'differs from the x-acs-action header');
