@@ -234,6 +234,18 @@ describe('lifecycle and cryptography as AWS answers them', () => {
     expect((await awsError(kms.send(new EncryptCommand({ KeyId: id, Plaintext: Buffer.from('x'), GrantTokens: ['g'] })))).name).toBe('UnsupportedOperationException');
   });
 
+  it('binds an EncryptionContext member named "__proto__" like any other', async () => {
+    const id = await newKey('proto context');
+    const enc = await awsRaw(port, { key: admin, target: 'TrentService.Encrypt', body: `{"KeyId":"${id}","Plaintext":"cHJvdG8=","EncryptionContext":{"__proto__":"x","a":"b"}}` });
+    expect(enc.status, enc.text).toBe(200);
+    const blob = enc.json.CiphertextBlob as string;
+    const without = await awsRaw(port, { key: admin, target: 'TrentService.Decrypt', body: JSON.stringify({ CiphertextBlob: blob, EncryptionContext: { a: 'b' } }) });
+    expect([without.status, without.json.__type]).toEqual([400, 'InvalidCiphertextException']);
+    const withIt = await awsRaw(port, { key: admin, target: 'TrentService.Decrypt', body: `{"CiphertextBlob":"${blob}","EncryptionContext":{"a":"b","__proto__":"x"}}` });
+    expect(withIt.status, withIt.text).toBe(200);
+    expect(withIt.json.Plaintext).toBe('cHJvdG8=');
+  });
+
   it('creates an HSM CMK when the kmsd:ProtectionLevel tag says so, and a SOFTWARE one by default', async () => {
     const hsm = (await kms.send(new CreateKeyCommand({ Tags: [{ TagKey: 'kmsd:ProtectionLevel', TagValue: 'HSM' }] }))).KeyMetadata!.KeyId!;
     const soft = await newKey();

@@ -32,8 +32,8 @@ async function act(x: Exchange, action: string, req: Req): Promise<any> {
 
 const has = (req: Req, field: string) => Object.prototype.hasOwnProperty.call(req, field) && req[field] !== null;
 
-function wrongType(field: string, expected: string, v: unknown): HttpRefusalError {
-  const got = Array.isArray(v) ? 'an array' : v === null ? 'null' : typeof v === 'object' ? 'an object' : `a ${typeof v}`;
+function wrongType(field: string, expected: string, value: unknown): HttpRefusalError {
+  const got = Array.isArray(value) ? 'an array' : value === null ? 'null' : typeof value === 'object' ? 'an object' : `a ${typeof value}`;
   return new HttpRefusalError('MalformedRequest', `${field}: expected ${expected}, got ${got}`);
 }
 
@@ -77,12 +77,13 @@ function stringMap(req: Req, field: string): Record<string, string> | undefined 
   if (!has(req, field)) return undefined;
   const v = req[field];
   if (typeof v !== 'object' || Array.isArray(v) || v === null) throw wrongType(field, 'an object of strings', v);
-  const out: Record<string, string> = {};
-  for (const [k, val] of Object.entries(v)) {
+  const entries = Object.entries(v);
+  for (const [k, val] of entries) {
     if (typeof val !== 'string') throw wrongType(`${field}.${k.slice(0, 64)}`, 'a string', val);
-    out[k] = val;
   }
-  return out;
+  // Own properties for every member: assigning out["__proto__"] = "x" on a plain object would drop
+  // that member silently, and the ciphertext would be bound to a context without it.
+  return Object.fromEntries(entries) as Record<string, string>;
 }
 
 function list(req: Req, field: string): unknown[] | undefined {
