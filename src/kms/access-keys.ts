@@ -16,7 +16,7 @@ export interface AccessKeyView {
   accessKeyId: string;
   principal: string;
   status: AccessKeyStatus;
-  /** The secret as the client holds it (ASCII); the caller must not keep or log it. */
+  /** The secret as the client holds it (ASCII), cached here: callers must not keep, change, zero or log it. */
   secret(): Buffer;
 }
 

@@ -28,7 +28,8 @@ export interface AccessKeyRecord {
   accessKeyId: string;
   principal: string;
   status: 'Active' | 'Inactive';
-  /** The unsealed secret; callers zero it when done. */
+  /** The unsealed secret, cached by the access key service (zeroed there when the key changes):
+      read it, never keep, modify or zero it. */
   secret(): Buffer;
 }
 
