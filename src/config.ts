@@ -34,6 +34,11 @@ export interface DaemonConfig {
   security?: SecurityConfig;
   /** --adopt-token: bind a store without a binding (or older than the token) to the token as it is (src/kms/binding.ts). */
   adoptToken?: boolean;
+  /** The HTTP listener of the Alibaba and AWS dialects (HOST:PORT); none when unset. */
+  httpListen?: string;
+  /** Region and account in ARNs (acs:kms:REGION:ACCOUNT:key/ID and the AWS form). */
+  region: string;
+  account: string;
 }
 
 /** Issue 6: who may call (policy), how much (limits), and whether plaintext is served at all. */
@@ -87,11 +92,13 @@ const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-ke
   '--tls-client-ca': 'tls-client-ca',
   '--policy': 'policy',
   '--plaintext-loopback': 'plaintext-loopback',
+  '--http-listen': 'httpListen',
 };
 
 export const USAGE = `usage: kmsd [--listen HOST:PORT] [--data-dir DIR] [--pkcs11-module PATH] [--token-label LABEL]
             [--pin-file FILE] [--config FILE] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
             [--policy FILE] [--plaintext-loopback 0|1] [--adopt-token]
+            [--http-listen HOST:PORT]
 
 Environment: KMS_LISTEN, KMS_DATA_DIR, KMS_PKCS11_MODULE, KMS_TOKEN_LABEL, KMS_PIN_FILE, KMS_TLS_CERT,
 KMS_TLS_KEY, KMS_TLS_CLIENT_CA, KMS_ALLOW_HOST_ASSISTED_UNWRAP (0|1), KMS_IMPORT_TOKEN_TTL_SECONDS,
@@ -106,7 +113,8 @@ KMS_STREAM_MAX_PER_PRINCIPAL (default 32), KMS_STREAM_BUFFER_BYTES_PER_CONNECTIO
 KMS_STREAM_BUFFER_BYTES_PER_PRINCIPAL (default 32 MiB). SIGHUP reloads the policy file.
 Ceremonies and audit (docs/ceremony.md, docs/audit.md): KMS_PROPOSAL_TTL_SECONDS (default 86400),
 KMS_AUDIT_DATA_PLANE (1 logs every Encrypt/Decrypt; default: counted only), KMS_AUDIT_CHECKPOINT_RECORDS,
-KMS_AUDIT_CHECKPOINT_SECONDS. Tests only: KMS_PENDING_WINDOW_DAY_SECONDS (seconds per deletion-window day),
+KMS_AUDIT_CHECKPOINT_SECONDS. HTTP (Alibaba and AWS SDKs, README): KMS_HTTP_LISTEN (HOST:PORT, same TLS and
+loopback rule as gRPC), KMS_REGION and KMS_ACCOUNT (in ARNs; default local and kmsd). Tests only: KMS_PENDING_WINDOW_DAY_SECONDS (seconds per deletion-window day),
 KMS_MIN_ROTATION_INTERVAL_SECONDS.
 
 With --pkcs11-module, --token-label and --pin-file kmsd uses that existing token and never initializes
@@ -140,11 +148,11 @@ function boolSetting(name: string, raw: unknown): boolean | undefined {
   throw new ConfigError(`${name} must be 0 or 1 (got ${String(raw)})`);
 }
 
-export function parseListen(listen: string): { host: string; port: number } {
+export function parseListen(listen: string, flag = '--listen'): { host: string; port: number } {
   const m = /^(\[[0-9a-fA-F:]+\]|[^:\s]+):(\d{1,5})$/.exec(listen);
-  if (!m) throw new ConfigError(`--listen must be HOST:PORT (got "${listen}")`);
+  if (!m) throw new ConfigError(`${flag} must be HOST:PORT (got "${listen}")`);
   const port = Number(m[2]);
-  if (port > 65535) throw new ConfigError(`--listen port must be 0..65535 (got ${port})`);
+  if (port > 65535) throw new ConfigError(`${flag} port must be 0..65535 (got ${port})`);
   return { host: m[1].replace(/^\[|\]$/g, ''), port };
 }
 
@@ -199,7 +207,13 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig
     nativeThreads: intSetting('nativeThreads', envValue(env, 'KMS_NATIVE_THREADS') ?? file.nativeThreads ?? DEFAULT_NATIVE_THREADS, 1, 256),
     adoptToken: flags.adoptToken === '1',
     logLevel: (envValue(env, 'KMS_LOG_LEVEL') ?? (file.logLevel as string | undefined) ?? 'info').toString(),
+    httpListen: pick('httpListen', 'KMS_HTTP_LISTEN', 'httpListen'),
+    region: envValue(env, 'KMS_REGION') ?? (file.region as string | undefined) ?? 'local',
+    account: envValue(env, 'KMS_ACCOUNT') ?? (file.account as string | undefined) ?? 'kmsd',
   };
+  for (const [name, value] of [['region', cfg.region], ['account', cfg.account]] as const) {
+    if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(value)) throw new ConfigError(`${name} must be lower-case letters, digits and '-', at most 63 (got "${value}")`);
+  }
   // pino throws on an unknown level; say so here, as every other bad setting is said.
   if (!LOG_LEVELS.includes(cfg.logLevel)) throw new ConfigError(`logLevel must be one of ${LOG_LEVELS.join(', ')} (got ${cfg.logLevel})`);
   const cert = pick('tls-cert', 'KMS_TLS_CERT', 'tlsCert');
@@ -216,6 +230,12 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig
   const { host } = parseListen(cfg.listen);
   if (!isLoopback(host) && !cfg.tls) {
     throw new ConfigError(`refusing to listen on non-loopback address ${cfg.listen} without TLS (give --tls-cert and --tls-key)`);
+  }
+  if (cfg.httpListen) {
+    const http = parseListen(cfg.httpListen, '--http-listen');
+    if (!isLoopback(http.host) && !cfg.tls) {
+      throw new ConfigError(`refusing to serve HTTP on non-loopback address ${cfg.httpListen} without TLS (give --tls-cert and --tls-key)`);
+    }
   }
   cfg.security = securitySettings(flags, env, file, Boolean(cfg.tls));
   return cfg;

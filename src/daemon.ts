@@ -2,6 +2,7 @@
 // orderly shutdown (drain calls, stop the scheduler, zero cached material, close store and token).
 
 import fs from 'node:fs';
+import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { DaemonConfig, DEFAULT_NATIVE_THREADS, parseListen, securitySettings } from './config';
 import { HsmToken } from './hsm/token';
@@ -15,13 +16,21 @@ import { KmsService, Logger, DEFAULT_KMS_CONFIG } from './kms/service';
 import { ImportService, MAC_KEY_ID } from './kms/import';
 import { bindStoreToToken } from './kms/binding';
 import { createServer } from './api/grpc/server';
+import { KmsError } from './kms/errors';
 import { ceremonyExtension } from './api/grpc/ceremony';
 import { startCeremonyAndAudit } from './ceremony/setup';
 import { CallGuard, TlsListener, listenTls, storeDirectory } from './api/grpc/auth';
+import { AccessKeyService } from './kms/access-keys';
+import { admission } from './api/admission';
+import { HttpListener, listenHttp } from './api/http/server';
+import type { HttpContext } from './api/http/types';
+import type { AdmissionCall } from './api/admission';
 
 export interface RunningDaemon {
   address: string;
   port: number;
+  /** HOST:PORT of the HTTP listener (Alibaba and AWS dialects), when --http-listen is given. */
+  httpAddress?: string;
   kms: KmsService;
   imports: ImportService;
   capabilities: HsmCapabilities;
@@ -81,7 +90,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     const kms = new KmsService(
       store,
       keyring,
-      { ...DEFAULT_KMS_CONFIG, pendingWindowDaySeconds: cfg.pendingWindowDaySeconds, minRotationIntervalSeconds: cfg.minRotationIntervalSeconds },
+      { ...DEFAULT_KMS_CONFIG, arnPrefix: `acs:kms:${cfg.region}:${cfg.account}`, pendingWindowDaySeconds: cfg.pendingWindowDaySeconds, minRotationIntervalSeconds: cfg.minRotationIntervalSeconds },
       log,
     );
     const imports = new ImportService(kms, capabilities, {
@@ -112,7 +121,8 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     log.info({ ...reconciled, wrappingKeys: wrapReconciled, pendingDestroys: retried, unknown: unknown.length }, 'start-up reconciliation done');
     // Issue 6: principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
     const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: quorum.audit });
-    const { server, health } = createServer({ kms, imports, log, ceremony: ceremonyExtension(quorum), security }, { maxMessageBytes: sec.maxMessageBytes, maxConcurrentStreams: sec.maxConcurrentStreams, streamLimits: sec });
+    const accessKeys = new AccessKeyService(store, keyring);
+    const { server, health, actions, streams } = createServer({ kms, imports, log, ceremony: ceremonyExtension(quorum), security, accessKeys }, { maxMessageBytes: sec.maxMessageBytes, maxConcurrentStreams: sec.maxConcurrentStreams, streamLimits: sec });
     const { host, port } = parseListen(cfg.listen);
     // TLS: our own TLS 1.3 listener (client certificates checked and refusals audited) feeding the
     // gRPC server; plaintext only on loopback (config.ts refuses anything else).
@@ -125,9 +135,37 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
       const bindHost = host.includes(':') ? `[${host}]` : host;
       boundPort = await new Promise<number>((resolve, reject) => server.bindAsync(`${bindHost}:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
     }
+    const address = `${host.includes(':') ? `[${host}]` : host}:${boundPort}`;
+
+    // The HTTP dialects run the same decorated actions through the same admission as gRPC.
+    let httpListener: HttpListener | null = null;
+    let httpAddress: string | undefined;
+    if (cfg.httpListen) {
+      const adm = admission(actions, security, log);
+      const ctx: HttpContext = {
+        lookupAccessKey: (id) => accessKeys.lookup(id),
+        run: async (action, req, who, call) => {
+          if (!adm.has(action)) throw new KmsError('InternalFailure', `no action ${action} behind the HTTP listener`);
+          const unit: AdmissionCall = { request: req, cancelled: false, on: () => unit, getPeer: () => call.peer, authenticated: { principal: who.principal } };
+          return adm.run(action, req, unit, { requestId: call.requestId, principal: who.principal, accessKeyId: who.accessKeyId });
+        },
+        region: cfg.region,
+        account: cfg.account,
+        log,
+      };
+      const h = parseListen(cfg.httpListen, '--http-listen');
+      try {
+        httpListener = await listenHttp({ host: h.host, port: h.port, tls: cfg.tls, ctx, log });
+      } catch (e) {
+        server.forceShutdown();
+        await tlsListener?.close();
+        throw e;
+      }
+      httpAddress = `${h.host.includes(':') ? `[${h.host}]` : h.host}:${httpListener.port}`;
+      if (!production) ensureDevAccessKey(cfg.dataDir, accessKeys, log, (ev) => quorum.audit.append(ev));
+    }
     health.setStatus('', 'SERVING');
     health.setStatus('kms.v1.KeyManagementService', 'SERVING');
-    const address = `${host.includes(':') ? `[${host}]` : host}:${boundPort}`;
 
     let ticking = false;
     const tick = () => {
@@ -153,6 +191,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     return {
       address,
       port: boundPort,
+      httpAddress,
       kms,
       imports,
       capabilities,
@@ -163,6 +202,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
         stopped = true;
         clearInterval(timer);
         await tlsListener?.close();
+        await httpListener?.close(graceMs);
         health.setStatus('', 'NOT_SERVING');
         health.setStatus('kms.v1.KeyManagementService', 'NOT_SERVING');
         await new Promise<void>((resolve) => {
@@ -181,6 +221,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
           log.error({ err: (e as Error).message }, 'closing the audit log failed');
         }
         keyring.forgetAll();
+        accessKeys.forgetAll();
         openNative?.addon?.close();
         openStore.close();
         token.close();
@@ -193,4 +234,22 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     token.close();
     throw e;
   }
+}
+
+/** The development token's first HTTP start: one access key for the local admin, in DATA_DIR/dev-access-key.json (0600). */
+export const DEV_ACCESS_KEY_FILE = 'dev-access-key.json';
+export const DEV_ACCESS_KEY_PRINCIPAL = 'local-admin';
+
+function ensureDevAccessKey(dataDir: string, accessKeys: AccessKeyService, log: Logger, audit: (ev: { principal: string; action: string; outcome: string; details: Record<string, unknown> }) => unknown): void {
+  if (accessKeys.count() > 0) return;
+  const file = path.join(dataDir, DEV_ACCESS_KEY_FILE);
+  if (fs.existsSync(file)) {
+    log.warn({ file }, 'no access key exists but the development access key file does; not overwriting it (delete it to get a new key)');
+    return;
+  }
+  const key = accessKeys.CreateAccessKey({ Principal: DEV_ACCESS_KEY_PRINCIPAL });
+  audit({ principal: 'kmsd', action: 'CreateAccessKey', outcome: 'ok', details: { AccessKeyId: key.AccessKeyId, Principal: key.Principal } });
+  // Written with O_EXCL: a file someone else left there is not overwritten (nor trusted).
+  fs.writeFileSync(file, JSON.stringify({ AccessKeyId: key.AccessKeyId, AccessKeySecret: key.AccessKeySecret, Principal: key.Principal }, null, 2) + '\n', { mode: 0o600, flag: 'wx' });
+  log.info({ accessKeyId: key.AccessKeyId, principal: key.Principal, file }, 'development access key created (the secret is only in that file)');
 }

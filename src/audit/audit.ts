@@ -156,6 +156,9 @@ export function truncatedRecord(r: AuditRecord): AuditRecord & { Truncated: true
 /** Parameters recorded verbatim: identifiers and settings, never data or material. */
 const PLAIN_PARAMS = new Set([
   'KeyId',
+  'Principal',
+  'AccessKeyId',
+  'Status',
   'AliasName',
   'Origin',
   'KeySpec',

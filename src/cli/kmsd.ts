@@ -45,6 +45,7 @@ async function main(): Promise<void> {
     process.exit(1);
   }
   log.info({ address: daemon.address, dataDir: cfg.dataDir, tls: Boolean(cfg.tls) }, `listening on ${daemon.address}`);
+  if (daemon.httpAddress) log.info({ address: daemon.httpAddress, tls: Boolean(cfg.tls) }, `http listening on ${daemon.httpAddress}`);
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

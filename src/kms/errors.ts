@@ -60,6 +60,8 @@ export const ERROR_TABLE = {
   'Forbidden.NoPermission': { status: 'PERMISSION_DENIED', meaning: 'The authorization policy gives this principal no role or grant for this action on this CMK; the message names the principal, the action and the key.' },
   // ---- the store/token binding and destroys the token refused
   'ServiceUnavailable.KeyMaterialDestroyPending': { status: 'UNAVAILABLE', meaning: 'The key material is deleted in the metadata (the CMK is PendingImport) but the token refused to destroy it; kmsd retries until it is gone (each outcome audited). Repeating the call retries at once.' },
+  // ---- access keys for the HTTP dialects
+  'Forbidden.AccessKeyNotFound': { status: 'NOT_FOUND', meaning: 'No access key has this AccessKeyId (UpdateAccessKey, DeleteAccessKey).' },
 } as const satisfies Record<string, { status: Status; meaning: string }>;
 
 export type ErrorCode = keyof typeof ERROR_TABLE;

@@ -82,6 +82,25 @@ export class Keyring {
     return this.token.wrapUnderRoot(ROOT_KEY_ID, key);
   }
 
+  /**
+   * A new access key secret: 32 bytes generated in the token and wrapped under the root key, as
+   * SOFTWARE material is. Returns the wrap (the only form stored) and the bytes (the caller zeroes them).
+   */
+  newSealedSecret(): { sealed: Buffer; secret: Buffer } {
+    const k = this.token.generateTransientExtractableAesKey();
+    try {
+      const sealed = this.token.wrapUnderRoot(ROOT_KEY_ID, k);
+      return { sealed, secret: this.token.unwrapFromRoot(ROOT_KEY_ID, sealed) };
+    } finally {
+      this.token.destroyTransient(k);
+    }
+  }
+
+  /** The bytes of a sealed secret (the caller zeroes them). */
+  unsealSecret(sealed: Buffer): Buffer {
+    return this.token.unwrapFromRoot(ROOT_KEY_ID, sealed);
+  }
+
   /** Zeroes cached SOFTWARE material (disable, deletion, shutdown). */
   forget(versionId: string): void {
     const m = this.software.get(versionId);

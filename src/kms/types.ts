@@ -39,4 +39,6 @@ export interface CallContext {
   principal: string;
   /** True when principal is a verified client certificate identity; otherwise it is the gRPC peer address or anonymous. */
   authenticated?: boolean;
+  /** The access key an HTTP request was signed with (audited beside the principal). */
+  accessKeyId?: string;
 }

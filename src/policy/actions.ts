@@ -69,6 +69,11 @@ export const ACTIONS: Record<string, ActionInfo> = {
   EncryptStream: k('crypto', true),
   DecryptStream: k('crypto', true),
   DescribeRuntime: g('read'),
+  // Access keys of the HTTP dialects: credentials are the admin's to manage.
+  CreateAccessKey: g('lifecycle'),
+  ListAccessKeys: g('read'),
+  UpdateAccessKey: g('lifecycle'),
+  DeleteAccessKey: g('lifecycle'),
   // CeremonyService
   InitCeremony: g('ceremony'),
   CreateProposal: g('ceremony'),

@@ -162,4 +162,19 @@ export const MIGRATIONS: Migration[] = [
       ALTER TABLE cmks ADD COLUMN state_after_import TEXT;
     `,
   },
+  // ---- access keys for the HTTP dialects: the secret is stored only as an RFC 5649 wrap under the
+  // token-resident root key, as SOFTWARE key material is (src/kms/access-keys.ts).
+  {
+    version: 5,
+    sql: `
+      CREATE TABLE access_keys (
+        access_key_id TEXT PRIMARY KEY,
+        principal TEXT NOT NULL,
+        status TEXT NOT NULL,
+        sealed_secret BLOB NOT NULL,
+        creation_date INTEGER NOT NULL,
+        update_date INTEGER NOT NULL
+      );
+    `,
+  },
 ];

@@ -89,6 +89,15 @@ const TOKEN_SEQUENCE_SETTING = 'token.sequence';
 /** Cached CMK or key-version rows before the cache starts over. */
 const ROW_CACHE_LIMIT = 10_000;
 
+export interface AccessKeyRow {
+  access_key_id: string;
+  principal: string;
+  status: string;
+  sealed_secret: Buffer;
+  creation_date: number;
+  update_date: number;
+}
+
 export class Store {
   readonly db: Database.Database;
 
@@ -365,6 +374,32 @@ export class Store {
     return keyId
       ? (this.stmt('SELECT * FROM aliases WHERE key_id = ? ORDER BY alias_name LIMIT ? OFFSET ?').all(keyId, limit, offset) as AliasRow[])
       : (this.stmt('SELECT * FROM aliases ORDER BY alias_name LIMIT ? OFFSET ?').all(limit, offset) as AliasRow[]);
+  }
+
+  // ------------------------------------------------------------------ access keys (HTTP dialects)
+
+  insertAccessKey(row: AccessKeyRow): void {
+    this.stmt('INSERT INTO access_keys (access_key_id, principal, status, sealed_secret, creation_date, update_date) VALUES (@access_key_id, @principal, @status, @sealed_secret, @creation_date, @update_date)').run(row);
+  }
+
+  getAccessKey(id: string): AccessKeyRow | undefined {
+    return this.stmt('SELECT * FROM access_keys WHERE access_key_id = ?').get(id) as AccessKeyRow | undefined;
+  }
+
+  listAccessKeys(): AccessKeyRow[] {
+    return this.stmt('SELECT * FROM access_keys ORDER BY creation_date, access_key_id').all() as AccessKeyRow[];
+  }
+
+  countAccessKeys(): number {
+    return (this.stmt('SELECT COUNT(*) AS n FROM access_keys').get() as { n: number }).n;
+  }
+
+  updateAccessKeyStatus(id: string, status: string, now: number): void {
+    this.stmt('UPDATE access_keys SET status = ?, update_date = ? WHERE access_key_id = ?').run(status, now, id);
+  }
+
+  deleteAccessKey(id: string): void {
+    this.stmt('DELETE FROM access_keys WHERE access_key_id = ?').run(id);
   }
 
   // ------------------------------------------------------------------ wrapping keys

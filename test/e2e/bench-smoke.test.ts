@@ -50,6 +50,17 @@ describe('npm run bench (--quick)', () => {
     expect(j.rsaWrapping.map((x: any) => x.figure)).toEqual([expect.stringMatching(/pool size 0/), expect.stringMatching(/pool warm/), expect.stringMatching(/^ImportKeyMaterial/)]);
     for (const x of j.rsaWrapping) expect(positive(x.p50Ms) && positive(x.speedup), x.figure).toBe(true);
 
+    // 5. The Alibaba dialect over HTTP: echo baseline and Encrypt (V2) at concurrency 1 and 64, and V2 verification cost.
+    for (const w of ['echo', 'Encrypt, HSM key, Alibaba V2']) {
+      for (const c of [1, 64]) {
+        const row = j.alibabaHttp.rows.find((x: any) => x.workload.startsWith(w) && x.concurrency === c);
+        expect(row, `alibaba ${w} c=${c}`).toBeDefined();
+        expect([row.requestsPerSec, row.ratio, row.p50Ms, row.p99Ms].every(positive), `alibaba ${w} c=${c}`).toBe(true);
+      }
+    }
+    expect(positive(j.alibabaHttp.verifyMicros)).toBe(true);
+    expect(r.stdout).toContain('5. Alibaba dialect over HTTP/1.1 keep-alive');
+
     // The four targets, each with what was achieved; and the printed tables.
     expect(j.targets.map((t: any) => t.goal)).toEqual([0.85, 20, 1.7, 20]);
     for (const t of j.targets) expect(positive(t.achieved) && typeof t.met === 'boolean', t.target).toBe(true);

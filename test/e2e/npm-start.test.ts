@@ -1,9 +1,10 @@
 // The README's first command: `npm start` sets up, builds, creates a development token and runs
 // kmsd; `npx kmsctl CreateKey --ProtectionLevel HSM` answers. The data directory and port come from
-// KMS_DATA_DIR / KMS_LISTEN so the test does not touch ./var or 50051.
+// KMS_DATA_DIR / KMS_LISTEN / KMS_HTTP_LISTEN so the test does not touch ./var, 50051 or 8080.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
+import path from 'node:path';
 import { ROOT, makeTempDir } from '../helpers/daemon';
 
 describe('npm start and npx kmsctl', () => {
@@ -23,7 +24,7 @@ describe('npm start and npx kmsctl', () => {
   it('brings kmsd up and kmsctl creates an HSM key through the npx bin entry', async () => {
     child = spawn('npm', ['start', '--silent'], {
       cwd: ROOT,
-      env: { ...process.env, KMS_DATA_DIR: dataDir, KMS_LISTEN: '127.0.0.1:0' },
+      env: { ...process.env, KMS_DATA_DIR: dataDir, KMS_LISTEN: '127.0.0.1:0', KMS_HTTP_LISTEN: '127.0.0.1:0' },
       stdio: ['ignore', 'pipe', 'pipe'],
       detached: true,
     });
@@ -34,7 +35,7 @@ describe('npm start and npx kmsctl', () => {
       const t = setTimeout(() => reject(new Error(`npm start did not listen:\n${out}`)), 100_000);
       child!.stdout!.on('data', () => {
         const m = /listening on (127\.0\.0\.1:\d+)/.exec(out);
-        if (m) {
+        if (m && /http listening on 127\.0\.0\.1:\d+/.test(out)) {
           clearTimeout(t);
           resolve(m[1]);
         }
@@ -52,5 +53,12 @@ describe('npm start and npx kmsctl', () => {
     expect(meta.KeyState).toBe('Enabled');
     // The development token was created inside the data directory.
     expect(fs.existsSync(`${dataDir}/softhsm/softhsm2.conf`)).toBe(true);
+    // The HTTP listener is on (127.0.0.1:8080 unless KMS_HTTP_LISTEN says otherwise), with the
+    // development access key for the local admin in the data directory, owner-only.
+    expect(JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')).scripts.start).toContain('--http-listen ${KMS_HTTP_LISTEN:-127.0.0.1:8080}');
+    const keyFile = `${dataDir}/dev-access-key.json`;
+    expect(fs.statSync(keyFile).mode & 0o777).toBe(0o600);
+    expect(JSON.parse(fs.readFileSync(keyFile, 'utf8'))).toMatchObject({ AccessKeyId: expect.stringMatching(/^KMSD/), AccessKeySecret: expect.any(String), Principal: 'local-admin' });
+    expect(out).toContain('development access key created');
   });
 });

@@ -3,7 +3,7 @@
 
 import { describe, expect, it } from 'vitest';
 import { StreamBudget } from '../../src/api/grpc/limits';
-import { MAX_ANSWER_MESSAGE_BYTES, MAX_ANSWER_MESSAGE_CHARS, boundedMessage } from '../../src/api/grpc/server';
+import { MAX_ANSWER_MESSAGE_BYTES, MAX_ANSWER_MESSAGE_CHARS, boundedMessage } from '../../src/api/admission';
 import { ConfigError, loadConfig } from '../../src/config';
 import { KmsError } from '../../src/kms/errors';
 

@@ -21,6 +21,7 @@ import { ANONYMOUS, Policy, KeyResource, PolicyError, PrincipalKind, describeRes
 import { actionInfo } from '../../policy/actions';
 import * as v from '../../kms/validate';
 import { Bulkhead, CallAbandoned, ConnectionLimits, DEFAULT_CONNECTION_LIMITS, LimitsConfig, RateLimiter, isMalformed, malformedReason } from './limits';
+import type { AdmissionCall } from '../admission';
 
 export { ANONYMOUS };
 
@@ -191,13 +192,7 @@ export interface GuardOptions {
   audit?: AuditSink;
 }
 
-interface Cancellable {
-  cancelled: boolean;
-  on(event: 'cancelled', cb: () => void): unknown;
-  getAuthContext?(): { sslPeerCertificate?: tls.PeerCertificate } | null;
-  getPeer(): string;
-  request: unknown;
-}
+type Cancellable = AdmissionCall;
 
 export class CallGuard {
   private policy: Policy | null;
@@ -253,6 +248,12 @@ export class CallGuard {
    * (plaintext) or anonymous.
    */
   private identify(call: Cancellable, requestId: string): { principal: string; policyPrincipal: string; kind: PrincipalKind; authenticated: boolean } {
+    // An HTTP request signed with an access key: the key's principal, for the policy as for the log.
+    // The name was given by an admin (CreateAccessKey), so a URI-shaped one is a URI principal.
+    if (call.authenticated) {
+      const name = call.authenticated.principal;
+      return { principal: name, policyPrincipal: name, kind: isUriShaped(name) ? 'uri' : 'cn', authenticated: true };
+    }
     if (!this.o.tls) return { principal: call.getPeer(), policyPrincipal: ANONYMOUS, kind: 'anonymous', authenticated: false };
     const cert = call.getAuthContext?.()?.sslPeerCertificate;
     if (!cert) return { principal: ANONYMOUS, policyPrincipal: ANONYMOUS, kind: 'anonymous', authenticated: false };
@@ -372,7 +373,7 @@ export class CallGuard {
     const keyId = named?.keyId;
     this.o.log.warn({ requestId: ctx.requestId, principal: who.policyPrincipal, peer, action, keyId, reason }, 'permission denied');
     try {
-      this.audit?.append({ requestId: ctx.requestId, principal: who.policyPrincipal, action, keyId: named?.ref || keyId, outcome: 'Forbidden.NoPermission', details: { Reason: reason, Peer: peer } });
+      this.audit?.append({ requestId: ctx.requestId, principal: who.policyPrincipal, action, keyId: named?.ref || keyId, outcome: 'Forbidden.NoPermission', details: { Reason: reason, Peer: peer, ...(ctx.accessKeyId ? { AccessKeyId: ctx.accessKeyId } : {}) } });
     } catch (e) {
       this.o.log.error({ requestId: ctx.requestId, err: (e as Error).message }, 'could not audit a denial');
     }

@@ -44,6 +44,9 @@ export function ceremonyExtension(rt: CeremonyRuntime): CeremonyExtension {
     }
     const details: Record<string, unknown> = safeParams(req);
     if (err instanceof KmsError) details.Error = err.message.length > 400 ? `${err.message.slice(0, 397)}...` : err.message;
+    // HTTP calls name the access key they were signed with; CreateAccessKey names the key it made.
+    const accessKeyId = ctx.accessKeyId ?? str(res?.AccessKeyId);
+    if (accessKeyId) details.AccessKeyId = accessKeyId;
     audit.append({ requestId: ctx.requestId, principal: ctx.principal, action: name, keyId, proposalId, outcome, details });
     if (err === undefined && name === 'ImportKeyMaterial' && keyId) rt.sink.keyActionDone?.(name, keyId, ctx);
   };

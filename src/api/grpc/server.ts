@@ -8,15 +8,17 @@ import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 import { ReflectionService } from '@grpc/reflection';
 import { loadApi, serviceConstructor } from '../proto';
-import { KmsError, hsmUnavailable } from '../../kms/errors';
+import { KmsError } from '../../kms/errors';
 import type { KmsService, Logger } from '../../kms/service';
 import type { ImportService } from '../../kms/import';
 import type { CallContext } from '../../kms/types';
 import type { CeremonyExtension } from './ceremony';
 import { ANONYMOUS, principalFromCertificate } from './auth';
 import type { CallGuard } from './auth';
-import { CallAbandoned, DEFAULT_STREAM_LIMITS, StreamAccount, StreamBudget, StreamLimits, hardenService, isMalformed, malformedReason, wireBytes } from './limits';
+import { CallAbandoned, DEFAULT_STREAM_LIMITS, StreamAccount, StreamBudget, StreamLimits, hardenService, wireBytes } from './limits';
+import { admit, answerFor, logInternal } from '../admission';
 import { BatchService } from '../../kms/batch';
+import type { AccessKeyService } from '../../kms/access-keys';
 import { describeRuntime, startRuntimeMonitor } from './runtime';
 import { CALL_TURN_BUDGET_MS, Turns } from '../../turns';
 
@@ -40,42 +42,6 @@ const STATUS: Record<KmsError['status'], grpc.status> = {
 
 type Action = (req: never, ctx: CallContext) => unknown;
 
-/**
- * Longest error message sent back, in characters and in bytes once percent-encoded for the
- * grpc-message trailer. A trailer larger than the peer's header-list limit is never delivered (the
- * client waits for its deadline instead), and grpc-js clients accept 8 KiB of metadata by default.
- */
-export const MAX_ANSWER_MESSAGE_CHARS = 1024;
-export const MAX_ANSWER_MESSAGE_BYTES = 4096;
-
-const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
-
-/** A message within MAX_ANSWER_MESSAGE_CHARS/BYTES; a longer one is cut and says how much was cut. */
-export function boundedMessage(message: string): string {
-  const m = message.replace(LONE_SURROGATE, '\uFFFD');
-  const fits = (s: string) => s.length <= MAX_ANSWER_MESSAGE_CHARS && encodeURI(s).length <= MAX_ANSWER_MESSAGE_BYTES;
-  if (fits(m)) return m;
-  // Room for the note; a cut never splits a surrogate pair.
-  let keep = Math.min(m.length, MAX_ANSWER_MESSAGE_CHARS - 48);
-  while (keep > 0 && encodeURI(m.slice(0, keep)).length > MAX_ANSWER_MESSAGE_BYTES - 48) keep = Math.floor(keep * 0.8);
-  if (keep > 0 && /[\uD800-\uDBFF]/.test(m[keep - 1])) keep--;
-  return `${m.slice(0, keep)}... (${m.length - keep} more characters cut)`;
-}
-
-/** The error a failed action is answered with; `internal` is the cause when it must go to the log. */
-function answerFor(e: unknown, requestId: string): { err: KmsError; internal?: unknown } {
-  if (e instanceof KmsError) {
-    const message = boundedMessage(e.message);
-    return { err: message === e.message ? e : new KmsError(e.code, message) };
-  }
-  return { err: hsmUnavailable(e) ?? new KmsError('InternalFailure', `internal error (request id ${requestId})`), internal: e };
-}
-
-/** Internal details go to the log under the request id, never to the caller. */
-function logInternal(log: Logger, requestId: string, action: string, cause: unknown): void {
-  log.error({ requestId, action, err: cause instanceof Error ? { name: cause.name, message: cause.message, stack: cause.stack } : String(cause) }, 'internal error');
-}
-
 export interface GrpcServices {
   kms: KmsService;
   imports: ImportService;
@@ -84,6 +50,13 @@ export interface GrpcServices {
   ceremony?: CeremonyExtension;
   /** Issue 6: identity, rate limit, authorization and HSM bulkhead before every action (src/api/grpc/auth.ts). */
   security?: CallGuard;
+  /** Access keys of the HTTP dialects (src/kms/access-keys.ts). */
+  accessKeys?: AccessKeyService;
+}
+
+function need<T>(service: T | undefined): T {
+  if (!service) throw new KmsError('InternalFailure', 'access keys are not configured in this server');
+  return service;
 }
 
 export function buildActions(s: GrpcServices): Record<string, Action> {
@@ -123,6 +96,10 @@ export function buildActions(s: GrpcServices): Record<string, Action> {
     EncryptStream: (r: never, ctx: CallContext) => batch.EncryptBatch(r, ctx),
     DecryptStream: (r: never, ctx: CallContext) => batch.DecryptBatch(r, ctx),
     DescribeRuntime: (r: never) => describeRuntime(k.keyring, r),
+    CreateAccessKey: (r: never) => need(s.accessKeys).CreateAccessKey(r),
+    ListAccessKeys: () => need(s.accessKeys).ListAccessKeys(),
+    UpdateAccessKey: (r: never) => need(s.accessKeys).UpdateAccessKey(r),
+    DeleteAccessKey: (r: never) => need(s.accessKeys).DeleteAccessKey(r),
   };
 }
 
@@ -157,9 +134,7 @@ function unary(name: string, action: Action, log: Logger, turns: Turns, guard?: 
       let result: unknown;
       try {
         // Issue 6: the guard identifies, throttles, authorizes and queues; without one, only the decode check.
-        if (guard) result = guard.admit(name, call, ctx, () => action(call.request as never, ctx));
-        else if (isMalformed(call.request)) throw new KmsError('InvalidParameter', `request: not a valid ${name} request message (${malformedReason(call.request)})`);
-        else result = action(call.request as never, ctx);
+        result = admit(name, call, ctx, guard, () => action(call.request as never, ctx));
       } catch (e) {
         fail(e);
         return;
@@ -339,9 +314,7 @@ function bidi(name: string, action: Action, log: Logger, budget: StreamBudget, g
       inFlight++;
       const batchId = typeof (request as { BatchId?: unknown })?.BatchId === 'string' ? (request as { BatchId: string }).BatchId : '';
       const result = new Promise<unknown>((resolve) => {
-        if (guard) return resolve(guard.admit(name, unit, ctx, () => action(request as never, ctx)));
-        if (isMalformed(request)) throw new KmsError('InvalidParameter', `request: not a valid ${name} request message (${malformedReason(request)})`);
-        resolve(action(request as never, ctx));
+        resolve(admit(name, unit, ctx, guard, () => action(request as never, ctx)));
       });
       const answer = result.then(
         (value) => {
@@ -404,7 +377,7 @@ export const DEFAULT_MAX_CONCURRENT_STREAMS = 256;
 export function createServer(
   s: GrpcServices,
   opts: { maxMessageBytes?: number; maxConcurrentStreams?: number; streamLimits?: StreamLimits } = {},
-): { server: grpc.Server; health: HealthImplementation; streams: StreamBudget } {
+): { server: grpc.Server; health: HealthImplementation; streams: StreamBudget; actions: Record<string, Action> } {
   const server = new grpc.Server({
     'grpc.max_receive_message_length': opts.maxMessageBytes ?? 4 * 1024 * 1024,
     'grpc.max_send_message_length': opts.maxMessageBytes ?? 4 * 1024 * 1024,
@@ -436,5 +409,6 @@ export function createServer(
   const health = new HealthImplementation({ '': 'NOT_SERVING', 'kms.v1.KeyManagementService': 'NOT_SERVING' });
   health.addToServer(server);
   new ReflectionService(loadApi().definition).addToServer(server);
-  return { server, health, streams };
+  // The decorated table goes back too: the HTTP dialects run the very same actions (src/api/admission.ts).
+  return { server, health, streams, actions };
 }

@@ -1,0 +1,224 @@
+// The HTTP listener beside gRPC: HTTP/1.1 with keep-alive, HTTPS with the gRPC certificate when TLS
+// is configured (a client certificate required with a client CA), plain HTTP only on loopback
+// (config.ts refuses anything else). It bounds what a client can make kmsd hold (header and URL
+// size, a 1 MiB body refused before it is read whole, timeouts), then hands the request to the
+// first dialect that claims it. Dialects speak wire formats only; identity, policy, limits and
+// audit are behind HttpContext.run (src/api/admission.ts).
+//
+// For the AWS dialect (src/api/http/aws/index.ts): register it by adding
+//   import { awsDialect } from './aws';
+// and putting `awsDialect` FIRST in DIALECTS below (it matches on X-Amz-Target; Alibaba takes the rest).
+
+import fs from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import net from 'node:net';
+import type tls from 'node:tls';
+import crypto from 'node:crypto';
+import type { Logger } from '../../kms/service';
+import { principalFromCertificate } from '../grpc/auth';
+import { alibabaDialect } from './alibaba';
+import { awsDialect } from './aws';
+import type { Dialect, HttpAnswer, HttpCall, HttpContext } from './types';
+import { HTTP_ERROR_TABLE, HTTP_REFUSAL_TABLE, HttpRefusal } from './error-table';
+
+export const DIALECTS: Dialect[] = [awsDialect, alibabaDialect];
+
+/** Largest request body read, bytes; a larger one is refused with 413 before it is read whole. */
+export const MAX_BODY_BYTES = 1024 * 1024;
+/** Largest request line plus headers, bytes (Node answers 431 above it). */
+export const MAX_HEADER_BYTES = 16 * 1024;
+/** Longest URL (path and query) accepted, bytes. */
+export const MAX_URL_BYTES = 16 * 1024;
+
+export interface HttpListenerOptions {
+  host: string;
+  port: number;
+  tls?: { certFile: string; keyFile: string; clientCaFile?: string };
+  ctx: HttpContext;
+  log: Logger;
+  dialects?: Dialect[];
+}
+
+export interface HttpListener {
+  port: number;
+  /** Stops accepting, lets in-flight requests finish (at most graceMs), then closes idle keep-alive connections. */
+  close(graceMs?: number): Promise<void>;
+}
+
+function plain(refusal: HttpRefusal, message: string, requestId: string): HttpAnswer {
+  // Before a dialect is chosen (or when none claims the request) the answer is Alibaba-shaped:
+  // it is the default dialect at '/'.
+  const { code, status } = HTTP_REFUSAL_TABLE[refusal].alibaba;
+  return {
+    status,
+    headers: { 'content-type': 'application/json; charset=utf-8', 'x-acs-request-id': requestId },
+    body: JSON.stringify({ Code: code, Message: message, RequestId: requestId, HostId: 'kmsd' }),
+  };
+}
+
+function send(res: http.ServerResponse, a: HttpAnswer): void {
+  if (res.headersSent || res.destroyed) return;
+  res.writeHead(a.status, { ...a.headers, 'content-length': String(Buffer.byteLength(a.body)) });
+  res.end(a.body);
+}
+
+export async function listenHttp(o: HttpListenerOptions): Promise<HttpListener> {
+  const dialects = o.dialects ?? DIALECTS;
+  // requireHostHeader off: Node would answer a request without Host with an empty 400 of its own;
+  // the dialects answer it instead (a V3 signature needs a signed Host anyway).
+  const common: http.ServerOptions = { maxHeaderSize: MAX_HEADER_BYTES, keepAlive: true, requestTimeout: 30_000, headersTimeout: 10_000, keepAliveTimeout: 5_000, requireHostHeader: false };
+  const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
+    serve(req, res).catch((e) => {
+      o.log.error({ err: (e as Error).message }, 'http request failed');
+      const { code, status } = HTTP_ERROR_TABLE.InternalFailure.alibaba;
+      send(res, { status, headers: { 'content-type': 'application/json; charset=utf-8' }, body: JSON.stringify({ Code: code, Message: 'internal error', RequestId: '', HostId: 'kmsd' }) });
+    });
+  };
+  let server: http.Server;
+  if (o.tls) {
+    server = https.createServer(
+      {
+        ...common,
+        cert: fs.readFileSync(o.tls.certFile),
+        key: fs.readFileSync(o.tls.keyFile),
+        ca: o.tls.clientCaFile ? fs.readFileSync(o.tls.clientCaFile) : undefined,
+        requestCert: Boolean(o.tls.clientCaFile),
+        rejectUnauthorized: Boolean(o.tls.clientCaFile),
+        minVersion: 'TLSv1.2',
+      },
+      handler,
+    );
+  } else {
+    server = http.createServer(common, handler);
+  }
+  server.on('clientError', (err, socket) => {
+    // Oversized headers, bytes that are not HTTP, timeouts: answered (Alibaba-shaped, as no dialect
+    // was chosen) where the socket is still writable, then closed; logged without content.
+    const code = (err as NodeJS.ErrnoException).code;
+    o.log.warn({ peer: (socket as net.Socket).remoteAddress, reason: code ?? err.message }, 'http client error');
+    if (!socket.writable) return socket.destroy();
+    const a =
+      code === 'HPE_HEADER_OVERFLOW'
+        ? plain('HeadersTooLarge', `request line and headers: larger than ${MAX_HEADER_BYTES} bytes`, '')
+        : code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? plain('RequestTimeout', 'the request was not received in time', '')
+          : plain('NotHttp', 'not a well-formed HTTP/1.1 request', '');
+    const status = a.status;
+    socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(a.body)}\r\n\r\n${a.body}`);
+  });
+
+  async function serve(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const requestId = crypto.randomUUID();
+    const receivedAt = Date.now();
+    const url = req.url ?? '/';
+    if (url.length > MAX_URL_BYTES) {
+      req.resume();
+      return send(res, plain('HeadersTooLarge', `URL: longer than ${MAX_URL_BYTES} bytes`, requestId));
+    }
+    let certPrincipal: string | undefined;
+    if (o.tls?.clientCaFile) {
+      const cert = (req.socket as tls.TLSSocket).getPeerCertificate?.();
+      const p = cert && Object.keys(cert).length ? principalFromCertificate(cert) : { refused: 'no client certificate' };
+      if ('refused' in p) {
+        req.resume();
+        const { code, status } = HTTP_ERROR_TABLE.Unauthenticated.alibaba;
+        return send(res, { status, headers: { 'content-type': 'application/json; charset=utf-8' }, body: JSON.stringify({ Code: code, Message: p.refused, RequestId: requestId, HostId: 'kmsd' }) });
+      }
+      certPrincipal = p.principal;
+    }
+    const declared = Number(req.headers['content-length'] ?? 0);
+    if (declared > MAX_BODY_BYTES) {
+      res.setHeader('connection', 'close');
+      send(res, plain('BodyTooLarge', `body: larger than ${MAX_BODY_BYTES} bytes`, requestId));
+      req.socket.destroySoon?.();
+      return;
+    }
+    const body = await readBody(req);
+    if (body === undefined) {
+      // The client broke off or sent a malformed body (clientError answers where it still can).
+      o.log.warn({ requestId, peer: req.socket.remoteAddress }, 'http request body not received whole');
+      return;
+    }
+    if (body === null) {
+      res.setHeader('connection', 'close');
+      send(res, plain('BodyTooLarge', `body: larger than ${MAX_BODY_BYTES} bytes`, requestId));
+      req.socket.destroySoon?.();
+      return;
+    }
+    const q = url.indexOf('?');
+    const call: HttpCall = {
+      requestId,
+      method: req.method ?? 'GET',
+      path: q < 0 ? url : url.slice(0, q),
+      rawQuery: q < 0 ? '' : url.slice(q + 1),
+      headers: req.headers,
+      body,
+      peer: req.socket.remoteAddress ?? '',
+      receivedAt,
+      certPrincipal,
+    };
+    const dialect = dialects.find((d) => d.matches(call));
+    if (!dialect) return send(res, plain('UnknownAction', `no API at ${call.path.slice(0, 128)}`, requestId));
+    send(res, await dialect.handle(call, o.ctx));
+  }
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host: o.host, port: o.port }, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as net.AddressInfo).port;
+  return {
+    port,
+    close: (graceMs = 10_000) =>
+      new Promise<void>((resolve) => {
+        const force = setTimeout(() => {
+          server.closeAllConnections();
+          resolve();
+        }, graceMs);
+        force.unref();
+        server.close(() => {
+          clearTimeout(force);
+          resolve();
+        });
+        server.closeIdleConnections();
+      }),
+  };
+}
+
+/** The whole body; null as soon as it passes MAX_BODY_BYTES (the rest is not read); undefined if it never ends. */
+function readBody(req: http.IncomingMessage): Promise<Buffer | null | undefined> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let done = false;
+    req.on('data', (c: Buffer) => {
+      if (done) return;
+      size += c.length;
+      if (size > MAX_BODY_BYTES) {
+        done = true;
+        req.pause();
+        resolve(null);
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('end', () => {
+      if (!done) {
+        done = true;
+        resolve(Buffer.concat(chunks, size));
+      }
+    });
+    const broken = () => {
+      if (!done) {
+        done = true;
+        resolve(undefined);
+      }
+    };
+    req.on('error', broken);
+    req.on('close', broken);
+  });
+}

@@ -1,0 +1,65 @@
+// A real kmsd with its HTTP listener (the Alibaba and AWS dialects) on a loopback port, and a plain
+// node:http client for requests the SDKs would never send (tampered, replayed, oversized).
+
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { Kmsd, StartOptions, startKmsd } from './daemon';
+
+export interface HttpKmsd extends Kmsd {
+  httpPort: number;
+  /** HOST:PORT of the HTTP listener. */
+  httpEndpoint: string;
+  /** The development access key kmsd wrote to DATA_DIR/dev-access-key.json (principal local-admin). */
+  devKey: { AccessKeyId: string; AccessKeySecret: string };
+}
+
+export async function startHttpKmsd(opts: StartOptions = {}): Promise<HttpKmsd> {
+  const k = await startKmsd({ ...opts, args: ['--http-listen', '127.0.0.1:0', ...(opts.args ?? [])] });
+  try {
+    // The HTTP line follows the gRPC one in the same start-up turn.
+    let m: RegExpExecArray | null = null;
+    for (let i = 0; i < 100 && !m; i++) {
+      m = /http listening on 127\.0\.0\.1:(\d+)/.exec(k.logs());
+      if (!m) await new Promise((r) => setTimeout(r, 50));
+    }
+    if (!m) throw new Error(`kmsd did not print "http listening on":\n${k.logs()}`);
+    const httpPort = Number(m[1]);
+    const devKey = JSON.parse(fs.readFileSync(path.join(k.dataDir, 'dev-access-key.json'), 'utf8'));
+    return Object.assign(k, { httpPort, httpEndpoint: `127.0.0.1:${httpPort}`, devKey });
+  } catch (e) {
+    await k.stop();
+    throw e;
+  }
+}
+
+export interface RawAnswer {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+  json: any; // eslint-disable-line @typescript-eslint/no-explicit-any
+}
+
+/** One request on its own connection; resolves with whatever kmsd answered (or rejects if it hung up). */
+export function rawRequest(port: number, o: { method?: string; path?: string; headers?: Record<string, string>; body?: string | Buffer }): Promise<RawAnswer> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, method: o.method ?? 'POST', path: o.path ?? '/', headers: o.headers, agent: false }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        const body = Buffer.concat(chunks).toString('utf8');
+        let json: unknown;
+        try {
+          json = JSON.parse(body);
+        } catch {
+          json = undefined;
+        }
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body, json });
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    if (o.body !== undefined) req.write(o.body);
+    req.end();
+  });
+}
