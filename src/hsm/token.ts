@@ -674,7 +674,8 @@ export class HsmToken {
         { type: pkcs11js.CKA_EXTRACTABLE, value: true },
       ]);
       try {
-        return Buffer.from(p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_VALUE }])[0].value as Buffer);
+        // Handed over as is, not copied: a copy would leave this Buffer, never zeroed, in the heap.
+        return p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_VALUE }])[0].value as Buffer;
       } finally {
         p11.C_DestroyObject(s, h);
       }

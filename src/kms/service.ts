@@ -464,9 +464,13 @@ export class KmsService {
   async Encrypt(req: { KeyId?: string; Plaintext?: string; EncryptionContext?: Context }) {
     const row = this.resolve('KeyId', req.KeyId);
     const pt = v.base64('Plaintext', req.Plaintext, { maxBytes: MAX_PLAINTEXT_BYTES, allowEmpty: false });
-    const ctx = this.context('EncryptionContext', req.EncryptionContext);
-    const ver = this.requireUsable(row);
-    return { KeyId: row.key_id, KeyVersionId: ver.version_id, CiphertextBlob: await this.seal(row, ver, pt, ctx) };
+    try {
+      const ctx = this.context('EncryptionContext', req.EncryptionContext);
+      const ver = this.requireUsable(row);
+      return { KeyId: row.key_id, KeyVersionId: ver.version_id, CiphertextBlob: await this.seal(row, ver, pt, ctx) };
+    } finally {
+      pt.fill(0);
+    }
   }
 
   async Decrypt(req: { CiphertextBlob?: string; EncryptionContext?: Context; KeyId?: string }) {
