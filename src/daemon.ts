@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { DaemonConfig, DEFAULT_NATIVE_THREADS, parseListen, securitySettings } from './config';
 import { HsmToken } from './hsm/token';
-import { ensureDevToken, readPinFile } from './hsm/dev-token';
+import { ensureDevToken, octal, readPinFile } from './hsm/dev-token';
 import { probeCapabilities, HsmCapabilities } from './hsm/unwrap';
 import { loadNative, NativeHandle } from './hsm/native-loader';
 import { Store } from './store/store';
@@ -47,11 +47,17 @@ export async function startDaemon(cfg: DaemonConfig, log: Logger): Promise<Runni
   }
 }
 
+function productionToken(cfg: DaemonConfig): { modulePath: string; tokenLabel: string; pin: string; pinFile: string; pinLooseMode: number | null } {
+  const read = readPinFile(cfg.pinFile as string, cfg.allowInsecurePinFile);
+  return { modulePath: cfg.pkcs11Module as string, tokenLabel: cfg.tokenLabel as string, pin: read.pin, pinFile: read.file, pinLooseMode: read.looseMode };
+}
+
 async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): Promise<RunningDaemon> {
   const production = Boolean(cfg.pkcs11Module);
-  const tokenOpts = production
-    ? { modulePath: cfg.pkcs11Module as string, tokenLabel: cfg.tokenLabel as string, pin: readPinFile(cfg.pinFile as string) }
-    : ensureDevToken(cfg.dataDir);
+  const tokenOpts = production ? productionToken(cfg) : ensureDevToken(cfg.dataDir);
+  if (tokenOpts.pinLooseMode !== null) {
+    log.warn({ pinFile: tokenOpts.pinFile, mode: octal(tokenOpts.pinLooseMode) }, 'PIN file is accessible to group or others: anyone who can read it can log in to the token (chmod 600 it)');
+  }
   const token = HsmToken.open(tokenOpts);
   let store: Store | null = null;
   let native: NativeHandle | null = null;
