@@ -119,20 +119,22 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     health.setStatus('kms.v1.KeyManagementService', 'SERVING');
     const address = `${host.includes(':') ? `[${host}]` : host}:${boundPort}`;
 
-    let ticking = false;
-    const tick = () => {
-      if (ticking) return;
-      ticking = true;
+    let ticking: Promise<void> | null = null;
+    const pass = async () => {
       try {
         kms.runDueWork();
         imports.destroyExpiredWrappingKeys();
-        imports.refillPoolOnce();
+        await imports.refillPoolOnce(); // the RSA generation runs off the event loop
         quorum.tick();
       } catch (e) {
         log.error({ err: (e as Error).message }, 'scheduler pass failed');
-      } finally {
-        ticking = false;
       }
+    };
+    const tick = () => {
+      if (ticking) return;
+      ticking = pass().finally(() => {
+        ticking = null;
+      });
     };
     const timer = setInterval(tick, cfg.schedulerIntervalMs);
     timer.unref();
@@ -152,6 +154,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
         if (stopped) return;
         stopped = true;
         clearInterval(timer);
+        await ticking;
         await tlsListener?.close();
         health.setStatus('', 'NOT_SERVING');
         health.setStatus('kms.v1.KeyManagementService', 'NOT_SERVING');
@@ -171,6 +174,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
           log.error({ err: (e as Error).message }, 'closing the audit log failed');
         }
         keyring.forgetAll();
+        await token.drain(); // key pair generations of calls cut off by the grace period
         openNative?.addon?.close();
         openStore.close();
         token.close();
