@@ -88,6 +88,8 @@ export function readPinFile(file: string, allowLoose: boolean): PinFileRead {
   } finally {
     if (fd !== undefined) fs.closeSync(fd);
   }
+  // An empty file holds no secret, whoever may read it: say what is really wrong with it.
+  if (!pin) throw new HsmError(`PIN file ${file} is empty`, 'PIN_FILE');
   const looseMode = (mode & 0o077) !== 0 ? mode : null;
   if (looseMode !== null && !allowLoose) {
     throw new HsmError(
@@ -95,7 +97,6 @@ export function readPinFile(file: string, allowLoose: boolean): PinFileRead {
       'PIN_FILE',
     );
   }
-  if (!pin) throw new HsmError(`PIN file ${file} is empty`, 'PIN_FILE');
   return { file, pin, looseMode };
 }
 
