@@ -7,6 +7,7 @@
 //   AesGcm#stats(), #close(), #_closeWorkerSessions() (test hook)
 //   _ckrName(rv) (test hook)
 //   clearCryptoErrors() -> boolean (whether the calling thread's OpenSSL error queue had entries)
+//   disableCoreDumps() -> { coreLimitZero, notDumpable, error? } (process-wide; Node has no setrlimit)
 //
 // Shape of a call: on the JS thread we validate the arguments, allocate the output Buffer (once,
 // at its final size or an upper bound), pin every Buffer involved in one private holder array
@@ -15,6 +16,13 @@
 // thread-safe function, whose callback settles the promise on the JS thread.
 #include <napi.h>
 #include <openssl/err.h>  // Node's bundled OpenSSL headers (node-gyp's include dir); node exports the symbols
+
+#include <errno.h>
+#include <string.h>
+#include <sys/resource.h>
+#if defined(__linux__)
+#include <sys/prctl.h>
+#endif
 
 #include <atomic>
 #include <cmath>
@@ -502,6 +510,32 @@ Napi::Value ClearCryptoErrors(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), had);
 }
 
+// A core of kmsd would hold the PIN, SOFTWARE key material, plaintexts and data keys. Two locks, so
+// that either alone is enough: RLIMIT_CORE 0 (soft and hard, so an unprivileged process cannot raise
+// it again) and, on Linux, PR_SET_DUMPABLE 0, which also stops a core when someone with privilege
+// raises the limit from outside (prlimit), and makes /proc/PID/mem and ptrace root-only. Both last
+// until exec. Reports what holds afterwards rather than what was asked.
+Napi::Value DisableCoreDumps(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string error;
+  struct rlimit zero = {0, 0};
+  if (setrlimit(RLIMIT_CORE, &zero) != 0) error = std::string("setrlimit(RLIMIT_CORE): ") + strerror(errno);
+  struct rlimit now = {1, 1};
+  bool coreLimitZero = getrlimit(RLIMIT_CORE, &now) == 0 && now.rlim_cur == 0;
+  bool notDumpable = false;
+#if defined(__linux__)
+  if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 && error.empty()) error = std::string("prctl(PR_SET_DUMPABLE): ") + strerror(errno);
+  notDumpable = prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 0;
+#else
+  if (error.empty()) error = "PR_SET_DUMPABLE exists only on Linux";
+#endif
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("coreLimitZero", Napi::Boolean::New(env, coreLimitZero));
+  result.Set("notDumpable", Napi::Boolean::New(env, notDumpable));
+  if (!error.empty()) result.Set("error", Napi::String::New(env, error));
+  return result;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();
   data->aesGcmConstructor = Napi::Persistent(AesGcm::Define(env));
@@ -509,6 +543,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("open", Napi::Function::New<Open>(env, "open"));
   exports.Set("_ckrName", Napi::Function::New<CkrNameForTesting>(env, "_ckrName"));
   exports.Set("clearCryptoErrors", Napi::Function::New<ClearCryptoErrors>(env, "clearCryptoErrors"));
+  exports.Set("disableCoreDumps", Napi::Function::New<DisableCoreDumps>(env, "disableCoreDumps"));
   return exports;
 }
 

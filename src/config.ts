@@ -19,6 +19,8 @@ export interface DaemonConfig {
   pkcs11Module?: string;
   tokenLabel?: string;
   pinFile?: string;
+  /** Accept a --pin-file that group or others may access (warned about); refused otherwise. */
+  allowInsecurePinFile: boolean;
   tls?: TlsConfig;
   allowHostAssistedUnwrap?: boolean;
   importTokenTtlSeconds: number;
@@ -80,7 +82,7 @@ export class ConfigError extends Error {}
  */
 export const DEFAULT_NATIVE_THREADS = Math.max(1, Math.min(256, os.availableParallelism()));
 
-const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-key' | 'tls-client-ca' | 'policy' | 'plaintext-loopback'> = {
+const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-key' | 'tls-client-ca' | 'policy' | 'plaintext-loopback' | 'allow-insecure-pin-file'> = {
   '--listen': 'listen',
   '--data-dir': 'dataDir',
   '--pkcs11-module': 'pkcs11Module',
@@ -93,11 +95,12 @@ const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-ke
   '--policy': 'policy',
   '--plaintext-loopback': 'plaintext-loopback',
   '--http-listen': 'httpListen',
+  '--allow-insecure-pin-file': 'allow-insecure-pin-file',
 };
 
 export const USAGE = `usage: kmsd [--listen HOST:PORT] [--data-dir DIR] [--pkcs11-module PATH] [--token-label LABEL]
             [--pin-file FILE] [--config FILE] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
-            [--policy FILE] [--plaintext-loopback 0|1] [--adopt-token]
+            [--policy FILE] [--plaintext-loopback 0|1] [--adopt-token] [--allow-insecure-pin-file 0|1]
             [--http-listen HOST:PORT]
 
 Environment: KMS_LISTEN, KMS_DATA_DIR, KMS_PKCS11_MODULE, KMS_TOKEN_LABEL, KMS_PIN_FILE, KMS_TLS_CERT,
@@ -118,7 +121,8 @@ loopback rule as gRPC), KMS_REGION and KMS_ACCOUNT (in ARNs; default local and k
 KMS_MIN_ROTATION_INTERVAL_SECONDS.
 
 With --pkcs11-module, --token-label and --pin-file kmsd uses that existing token and never initializes
-one. With none of them it creates (once) a development SoftHSM token under DATA_DIR/softhsm.
+one. A PIN file that group or others may access is refused unless --allow-insecure-pin-file 1
+(KMS_ALLOW_INSECURE_PIN_FILE=1), and then warned about. With none of them it creates (once) a development SoftHSM token under DATA_DIR/softhsm.
 Listening on a non-loopback address requires TLS.
 One kmsd per data directory: DATA_DIR/kmsd.lock holds its pid; a lock whose process is gone is
 taken over.
@@ -197,6 +201,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig
     pkcs11Module: pick('pkcs11Module', 'KMS_PKCS11_MODULE', 'pkcs11Module'),
     tokenLabel: pick('tokenLabel', 'KMS_TOKEN_LABEL', 'tokenLabel'),
     pinFile: pick('pinFile', 'KMS_PIN_FILE', 'pinFile'),
+    allowInsecurePinFile: boolSetting('allowInsecurePinFile', pick('allow-insecure-pin-file', 'KMS_ALLOW_INSECURE_PIN_FILE', 'allowInsecurePinFile') ?? file.allowInsecurePinFile) ?? false,
     allowHostAssistedUnwrap: boolSetting('allowHostAssistedUnwrap', envValue(env, 'KMS_ALLOW_HOST_ASSISTED_UNWRAP') ?? file.allowHostAssistedUnwrap),
     importTokenTtlSeconds: intSetting('importTokenTtlSeconds', envValue(env, 'KMS_IMPORT_TOKEN_TTL_SECONDS') ?? file.importTokenTtlSeconds ?? 86400, 1, 30 * 86400),
     wrappingKeyPoolSize: intSetting('wrappingKeyPoolSize', envValue(env, 'KMS_WRAPPING_KEY_POOL_SIZE') ?? file.wrappingKeyPoolSize ?? 2, 0, 64),

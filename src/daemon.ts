@@ -6,7 +6,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { DaemonConfig, DEFAULT_NATIVE_THREADS, parseListen, securitySettings } from './config';
 import { HsmToken } from './hsm/token';
-import { ensureDevToken, readPinFile } from './hsm/dev-token';
+import { ensureDevToken, octal, readPinFile } from './hsm/dev-token';
 import { probeCapabilities, HsmCapabilities } from './hsm/unwrap';
 import { loadNative, NativeHandle } from './hsm/native-loader';
 import { Store } from './store/store';
@@ -57,11 +57,17 @@ export async function startDaemon(cfg: DaemonConfig, log: Logger): Promise<Runni
   }
 }
 
+function productionToken(cfg: DaemonConfig): { modulePath: string; tokenLabel: string; pin: string; pinFile: string; pinLooseMode: number | null } {
+  const read = readPinFile(cfg.pinFile as string, cfg.allowInsecurePinFile);
+  return { modulePath: cfg.pkcs11Module as string, tokenLabel: cfg.tokenLabel as string, pin: read.pin, pinFile: read.file, pinLooseMode: read.looseMode };
+}
+
 async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): Promise<RunningDaemon> {
   const production = Boolean(cfg.pkcs11Module);
-  const tokenOpts = production
-    ? { modulePath: cfg.pkcs11Module as string, tokenLabel: cfg.tokenLabel as string, pin: readPinFile(cfg.pinFile as string) }
-    : ensureDevToken(cfg.dataDir);
+  const tokenOpts = production ? productionToken(cfg) : ensureDevToken(cfg.dataDir);
+  if (tokenOpts.pinLooseMode !== null) {
+    log.warn({ pinFile: tokenOpts.pinFile, mode: octal(tokenOpts.pinLooseMode) }, 'PIN file is accessible to group or others: anyone who can read it can log in to the token (chmod 600 it)');
+  }
   const token = HsmToken.open(tokenOpts);
   let store: Store | null = null;
   let native: NativeHandle | null = null;
@@ -167,20 +173,22 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     health.setStatus('', 'SERVING');
     health.setStatus('kms.v1.KeyManagementService', 'SERVING');
 
-    let ticking = false;
-    const tick = () => {
-      if (ticking) return;
-      ticking = true;
+    let ticking: Promise<void> | null = null;
+    const pass = async () => {
       try {
         kms.runDueWork();
         imports.destroyExpiredWrappingKeys();
-        imports.refillPoolOnce();
+        await imports.refillPoolOnce(); // the RSA generation runs off the event loop
         quorum.tick();
       } catch (e) {
         log.error({ err: (e as Error).message }, 'scheduler pass failed');
-      } finally {
-        ticking = false;
       }
+    };
+    const tick = () => {
+      if (ticking) return;
+      ticking = pass().finally(() => {
+        ticking = null;
+      });
     };
     const timer = setInterval(tick, cfg.schedulerIntervalMs);
     timer.unref();
@@ -201,6 +209,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
         if (stopped) return;
         stopped = true;
         clearInterval(timer);
+        await ticking;
         await tlsListener?.close();
         await httpListener?.close(graceMs);
         health.setStatus('', 'NOT_SERVING');
@@ -222,6 +231,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
         }
         keyring.forgetAll();
         accessKeys.forgetAll();
+        await token.drain(); // key pair generations of calls cut off by the grace period
         openNative?.addon?.close();
         openStore.close();
         token.close();

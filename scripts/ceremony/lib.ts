@@ -219,7 +219,7 @@ export async function randomMaterial(source: { kind: 'openssl' } | { kind: 'pkcs
   // Loaded only when used, so the openssl path needs no PKCS#11 module.
   const { HsmToken } = await import('../../src/hsm/token');
   const { readPinFile } = await import('../../src/hsm/dev-token');
-  const token = HsmToken.open({ modulePath: source.module, tokenLabel: source.tokenLabel, pin: readPinFile(source.pinFile) });
+  const token = HsmToken.open({ modulePath: source.module, tokenLabel: source.tokenLabel, pin: readPinFile(source.pinFile, true).pin });
   try {
     return token.random(32);
   } finally {

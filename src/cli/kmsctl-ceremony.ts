@@ -13,8 +13,8 @@
 
 import fs from 'node:fs';
 import crypto from 'node:crypto';
-import { KmsdClient } from '../client/kmsd-client';
-import type { ClientOptions } from '../client/client';
+import type { LightClient } from '../client/light-client';
+import type { ClientOptions } from '../client/basics';
 
 export const CEREMONY_CLI_ACTIONS = ['InitCeremony', 'CreateProposal', 'GetProposal', 'SignProposal', 'ApproveProposal', 'ExportAudit'];
 
@@ -128,7 +128,7 @@ export async function runCeremonyCli(action: string, args: string[], opts: Clien
     if (e instanceof CeremonyUsageError) return usage(e);
     throw e;
   }
-  const client = new KmsdClient(opts);
+  const client = new (await import('../client/light-client')).LightClient(opts); // loaded only when needed
   try {
     const out = await dispatch(action, m, client);
     process.stdout.write(JSON.stringify(out, null, 2) + '\n');
@@ -176,7 +176,7 @@ function signLocal(m: Map<string, string>) {
   return signDocument(keyFile, document);
 }
 
-async function dispatch(action: string, m: Map<string, string>, client: KmsdClient): Promise<unknown> {
+async function dispatch(action: string, m: Map<string, string>, client: LightClient): Promise<unknown> {
   switch (action) {
     case 'InitCeremony': {
       const custodians = custodianFiles('Custodians', take(m, 'Custodians', true));

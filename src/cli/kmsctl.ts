@@ -5,12 +5,14 @@
 // Success: the response as JSON on stdout, exit 0. Failure: {"Code","Message"} on stderr, exit 1;
 // usage errors exit 2. VerifyAudit prints its verdict and exits 1 when the log does not verify.
 
+// Start-up time matters (ceremony scripts call kmsctl dozens of times): actions and their
+// parameters come from the precompiled descriptor (src/client/descriptor.ts), and gRPC and
+// protobufjs are loaded only when a call is made.
+
 import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
-import { loadApi } from '../api/proto';
-import { KmsClientError } from '../client/client';
-import { KmsdClient, SERVICES } from '../client/kmsd-client';
+import { SERVICE_NAMES, lookupType, serviceMethods, serviceOf } from '../client/descriptor';
 import { CEREMONY_CLI_ACTIONS, CEREMONY_USAGE, runCeremonyCli } from './kmsctl-ceremony';
 
 class UsageError extends Error {}
@@ -23,24 +25,24 @@ interface FieldInfo {
   list?: boolean;
 }
 
+const SCALARS = new Set(['double', 'float', 'int32', 'int64', 'uint32', 'uint64', 'sint32', 'sint64', 'fixed32', 'fixed64', 'sfixed32', 'sfixed64', 'bool', 'string', 'bytes']);
+
 function requestFields(action: string): FieldInfo[] {
   // Every service's RPCs are actions (KeyManagementService, CeremonyService, AuditService; names are unique).
-  const defs = SERVICES.map(
-    (svc) =>
-      loadApi().definition[`kms.v1.${svc}`] as unknown as Record<
-        string,
-        { requestStream?: boolean; requestType: { type: { field: { name: string; type: string; label: string; typeName?: string }[]; nestedType?: { name: string; options?: { mapEntry?: boolean } }[] } } }
-      >,
-  );
-  const method = defs.find((d) => Object.prototype.hasOwnProperty.call(d, action))?.[action];
+  const service = serviceOf(action);
+  const method = service ? serviceMethods(service)[action] : undefined;
   if (!method) throw new UsageError(`unknown action "${action}" (kmsctl --help lists them)`);
   if (method.requestStream) throw new UsageError(`${action} is a stream; kmsctl sends one batch with ${action.replace('Stream', 'Batch')}`);
-  // proto3 maps are repeated fields of a nested *Entry type marked mapEntry; other repeated messages are lists.
-  const maps = new Set((method.requestType.type.nestedType ?? []).filter((n) => n.options?.mapEntry).map((n) => n.name));
-  return method.requestType.type.field.map((f) => {
-    const repeated = f.label === 'LABEL_REPEATED';
-    const list = repeated && f.type === 'TYPE_MESSAGE' && !maps.has((f.typeName ?? '').split('.').pop() ?? '');
-    return { name: f.name, type: f.type, repeated, ...(list ? { list } : {}) };
+  const fields = lookupType(method.requestType)?.fields ?? {};
+  // Field kinds in descriptor.proto's words (TYPE_STRING, ...), which convert() speaks.
+  return Object.entries(fields).map(([name, f]) => {
+    const repeated = f.rule === 'repeated';
+    if (f.keyType) return { name, type: 'TYPE_MESSAGE', repeated: true }; // a map (EncryptionContext)
+    if (SCALARS.has(f.type)) return { name, type: `TYPE_${f.type.toUpperCase()}`, repeated };
+    // A type nested in the request message, or one of the package.
+    const t = lookupType(`${method.requestType}.${f.type}`) ?? lookupType(f.type);
+    if (t?.values) return { name, type: 'TYPE_ENUM', repeated };
+    return { name, type: 'TYPE_MESSAGE', repeated, ...(repeated ? { list: true } : {}) };
   });
 }
 
@@ -141,7 +143,7 @@ export async function run(argv: string[]): Promise<number> {
   }
   const action = argv[i++];
   if (!action || action === '--help' || action === '-h' || action === 'help') {
-    const names = SERVICES.flatMap((svc) => Object.keys(loadApi().definition[`kms.v1.${svc}`] as object));
+    const names = SERVICE_NAMES.flatMap((svc) => Object.keys(serviceMethods(svc)));
     process.stdout.write(USAGE([...names, 'SignProposal']) + '\n' + CEREMONY_USAGE + '\n');
     return action ? 0 : 2;
   }
@@ -165,7 +167,8 @@ export async function run(argv: string[]): Promise<number> {
     if (name in request) throw new UsageError(`--${name} given twice`);
     request[name] = convert(action, field, value);
   }
-  const client = new KmsdClient(opts);
+  const { LightClient } = await import('../client/light-client');
+  const client = new LightClient(opts);
   try {
     const res = (await client.call(action, request)) as Record<string, unknown>;
     if (local.OutputDir) {
@@ -190,7 +193,8 @@ export function main(): void {
         process.stderr.write(`kmsctl: ${e.message}\n`);
         process.exit(2);
       }
-      const out = e instanceof KmsClientError ? { Code: e.code, Message: e.message, RequestId: e.requestId } : { Code: 'ClientError', Message: (e as Error).message };
+      // By name: the client module (and gRPC) is not loaded unless a call was made.
+      const out = (e as Error)?.name === 'KmsClientError' ? { Code: e.code, Message: e.message, RequestId: e.requestId } : { Code: 'ClientError', Message: (e as Error).message };
       process.stderr.write(JSON.stringify(out) + '\n');
       process.exit(1);
     },

@@ -6,6 +6,7 @@ import pino from 'pino';
 import { ConfigError, USAGE, loadConfig } from '../config';
 import { startDaemon } from '../daemon';
 import { HsmError } from '../hsm/errors';
+import { disableCoreDumps } from '../hsm/native-addon';
 
 /** Start-up failures are one line (issue 2): messages from tools (softhsm2-util's stderr) may span several. */
 function oneLine(message: string): string {
@@ -20,6 +21,8 @@ async function main(): Promise<void> {
     process.stdout.write(USAGE + '\n');
     return;
   }
+  // Before anything secret is read (the PIN file) or made (SOFTWARE material, data keys).
+  const coreDumps = disableCoreDumps();
   let cfg;
   try {
     cfg = loadConfig(argv, process.env);
@@ -36,6 +39,8 @@ async function main(): Promise<void> {
     // Defence in depth: these field names never carry secrets in our own log calls, and never will.
     redact: { paths: ['pin', '*.pin', 'Plaintext', '*.Plaintext', 'EncryptedKeyMaterial', '*.EncryptedKeyMaterial', 'material', '*.material'], censor: '[redacted]' },
   });
+  if (coreDumps.disabled) log.info({ coreDumps: 'disabled' }, 'core dumps disabled (RLIMIT_CORE 0, not dumpable)');
+  else log.warn({ coreDumps: 'enabled', coreLimitZero: coreDumps.coreLimitZero, notDumpable: coreDumps.notDumpable, reason: coreDumps.reason }, 'core dumps are NOT disabled: a core of kmsd would hold the PIN and key material');
   let daemon;
   try {
     daemon = await startDaemon(cfg, log);

@@ -1,32 +1,12 @@
 // Typed client for the kmsd gRPC API, used by kmsctl, tests and benchmarks. Errors come back as
 // KmsClientError with the API error code (from the `kms-error-code` trailer) and the message.
 
-import fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { serviceConstructor } from '../api/proto';
+import { ClientOptions, Json, KmsClientError, channelCredentials, endpointOf, toClientError } from './basics';
 
-export interface ClientOptions {
-  endpoint?: string;
-  /** CA bundle to verify the server (enables TLS); cert/key for mutual TLS. */
-  caFile?: string;
-  certFile?: string;
-  keyFile?: string;
-  deadlineMs?: number;
-}
-
-export class KmsClientError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-    readonly grpcCode: grpc.status,
-    readonly requestId?: string,
-  ) {
-    super(message);
-    this.name = 'KmsClientError';
-  }
-}
-
-export const DEFAULT_ENDPOINT = '127.0.0.1:50051';
+export { DEFAULT_ENDPOINT, KmsClientError, channelCredentials, endpointOf } from './basics';
+export type { ClientOptions, Json } from './basics';
 
 /** RPCs that are bidirectional streams (issue 4): not callable through call(). */
 export const STREAMING_ACTIONS = ['EncryptStream', 'DecryptStream'];
@@ -78,26 +58,8 @@ function encryptItem(x: EncryptBatchItem): Json {
 function decryptItem(x: DecryptBatchItem): Json {
   return { CiphertextBlob: x.CiphertextBlob, EncryptionContext: x.EncryptionContext ?? {}, KeyId: x.KeyId ?? '' };
 }
-function toClientError(e: { code: grpc.status; details?: string; message?: string; metadata?: grpc.Metadata }): KmsClientError {
-  const code = e.metadata?.get('kms-error-code')?.[0]?.toString() ?? grpc.status[e.code] ?? 'Unknown';
-  return new KmsClientError(code, e.details || e.message || '', e.code, e.metadata?.get('kms-request-id')?.[0]?.toString());
-}
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
-export type Json = Record<string, any>;
-
-export function endpointOf(opts: ClientOptions): string {
-  return opts.endpoint ?? process.env.KMS_ENDPOINT ?? DEFAULT_ENDPOINT;
-}
-
-/** TLS when a CA is given (option or KMS_CA), with a client certificate for mutual TLS; else plaintext. */
-export function channelCredentials(opts: ClientOptions): grpc.ChannelCredentials {
-  const caFile = opts.caFile ?? process.env.KMS_CA;
-  if (!caFile) return grpc.credentials.createInsecure();
-  const keyFile = opts.keyFile ?? process.env.KMS_KEY;
-  const certFile = opts.certFile ?? process.env.KMS_CERT;
-  return grpc.credentials.createSsl(fs.readFileSync(caFile), keyFile ? fs.readFileSync(keyFile) : null, certFile ? fs.readFileSync(certFile) : null);
-}
 
 /** One unary call on a stub, with a deadline, failing with the API error code as KmsClientError. */
 export function unaryCall<T>(stub: grpc.Client & Record<string, any>, action: string, request: Json, deadlineMs = 60_000): Promise<T> {

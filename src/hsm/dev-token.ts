@@ -22,7 +22,7 @@ export function findSoftHsmModule(): string {
  * Makes sure DATA_DIR/softhsm holds an initialized token and returns how to open it. Sets
  * SOFTHSM2_CONF for this process, which SoftHSM reads at C_Initialize.
  */
-export function ensureDevToken(dataDir: string): { modulePath: string; tokenLabel: string; pin: string } {
+export function ensureDevToken(dataDir: string): { modulePath: string; tokenLabel: string; pin: string; pinFile: string; pinLooseMode: number | null } {
   const dir = path.join(dataDir, 'softhsm');
   const tokens = path.join(dir, 'tokens');
   const conf = path.join(dir, 'softhsm2.conf');
@@ -57,16 +57,49 @@ export function ensureDevToken(dataDir: string): { modulePath: string; tokenLabe
     }
     fs.renameSync(`${pinFile}.new`, pinFile);
   }
-  return { modulePath, tokenLabel: DEV_TOKEN_LABEL, pin: fs.readFileSync(pinFile, 'utf8').trim() };
+  // kmsd made it 0600; someone loosened it since: warned about (the development token is not refused).
+  const read = readPinFile(pinFile, true);
+  return { modulePath, tokenLabel: DEV_TOKEN_LABEL, pin: read.pin, pinFile, pinLooseMode: read.looseMode };
 }
 
-export function readPinFile(file: string): string {
+/** A PIN read from a file, and whether the file was open to others. */
+export interface PinFileRead {
+  file: string;
+  pin: string;
+  /** The file's permission bits when group or others have any access to it; null when owner-only. */
+  looseMode: number | null;
+}
+
+/**
+ * Reads a PIN file. One that group or others may access is refused unless `allowLoose` (then the
+ * caller warns): anyone who can read it can log in to the token. Mode and content come from the
+ * same open file, so a swap between the check and the read cannot slip a looser file in.
+ */
+export function readPinFile(file: string, allowLoose: boolean): PinFileRead {
   let pin: string;
+  let mode: number;
+  let fd: number | undefined;
   try {
-    pin = fs.readFileSync(file, 'utf8').trim();
+    fd = fs.openSync(file, 'r');
+    mode = fs.fstatSync(fd).mode & 0o777;
+    pin = fs.readFileSync(fd, 'utf8').trim();
   } catch (e) {
     throw new HsmError(`cannot read PIN file ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, 'PIN_FILE');
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
   }
+  // An empty file holds no secret, whoever may read it: say what is really wrong with it.
   if (!pin) throw new HsmError(`PIN file ${file} is empty`, 'PIN_FILE');
-  return pin;
+  const looseMode = (mode & 0o077) !== 0 ? mode : null;
+  if (looseMode !== null && !allowLoose) {
+    throw new HsmError(
+      `PIN file ${file} is accessible to group or others (mode ${octal(looseMode)}): run chmod 600 ${file} (or chmod go-rwx), or accept it with --allow-insecure-pin-file 1 / KMS_ALLOW_INSECURE_PIN_FILE=1`,
+      'PIN_FILE',
+    );
+  }
+  return { file, pin, looseMode };
+}
+
+export function octal(mode: number): string {
+  return `0${mode.toString(8).padStart(3, '0')}`;
 }

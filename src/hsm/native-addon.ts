@@ -78,6 +78,7 @@ export interface NativeAddon {
 interface RawAddon extends NativeAddon {
   _ckrName(rv: number): string;
   clearCryptoErrors?(): boolean;
+  disableCoreDumps?(): { coreLimitZero: boolean; notDumpable: boolean; error?: string };
 }
 
 interface RawAesGcm extends NativeAesGcm {
@@ -156,6 +157,31 @@ export function nativeAddonLoadError(): string | undefined {
 export function clearCryptoErrors(): boolean {
   const addon = load();
   return addon !== null && typeof addon.clearCryptoErrors === 'function' ? addon.clearCryptoErrors() : false;
+}
+
+/** What disableCoreDumps() left in force. */
+export interface CoreDumpState {
+  /** Both locks hold: RLIMIT_CORE is 0 and the process is not dumpable. */
+  disabled: boolean;
+  coreLimitZero: boolean;
+  notDumpable: boolean;
+  /** Why not (both), when disabled is false. */
+  reason?: string;
+}
+
+/**
+ * Turns core dumps off for the whole process (a core would hold the PIN, SOFTWARE key material,
+ * plaintexts and data keys): RLIMIT_CORE 0 and PR_SET_DUMPABLE 0, through the addon, since Node
+ * itself has neither setrlimit nor prctl. Without the addon nothing changes and `reason` says why.
+ */
+export function disableCoreDumps(): CoreDumpState {
+  const addon = load();
+  if (addon === null || typeof addon.disableCoreDumps !== 'function') {
+    return { disabled: false, coreLimitZero: false, notDumpable: false, reason: addon === null ? loadError : 'the native addon predates disableCoreDumps (rebuild it)' };
+  }
+  const r = addon.disableCoreDumps();
+  const disabled = r.coreLimitZero && r.notDumpable;
+  return { disabled, coreLimitZero: r.coreLimitZero, notDumpable: r.notDumpable, ...(disabled ? {} : { reason: r.error ?? 'the limits did not take effect' }) };
 }
 
 /** Narrows a batch result. */

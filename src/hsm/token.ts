@@ -49,6 +49,32 @@ export class TransientKey {
 
 let moduleRefCount = 0;
 
+const RSA_KEY_PAIR_GEN: pkcs11js.Mechanism = { mechanism: pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN, parameter: null as unknown as Buffer };
+
+/** RSA key pair generations run at once off the event loop; see generateWrappingKeyPairOffLoop. */
+export const MAX_KEY_PAIR_GENERATIONS = 2;
+
+/** A counting semaphore: acquire() resolves to a release function, FIFO. */
+class Slots {
+  private used = 0;
+  private readonly waiting: Array<() => void> = [];
+
+  constructor(private readonly size: number) {}
+
+  async acquire(): Promise<() => void> {
+    if (this.used >= this.size) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    else this.used++;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const next = this.waiting.shift();
+      if (next) next(); // the slot passes straight on
+      else this.used--;
+    };
+  }
+}
+
 export class HsmToken {
   private p11: pkcs11js.PKCS11 | null;
   private session: Handle;
@@ -788,7 +814,8 @@ export class HsmToken {
         { type: pkcs11js.CKA_EXTRACTABLE, value: true },
       ]);
       try {
-        return Buffer.from(p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_VALUE }])[0].value as Buffer);
+        // Handed over as is, not copied: a copy would leave this Buffer, never zeroed, in the heap.
+        return p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_VALUE }])[0].value as Buffer;
       } finally {
         p11.C_DestroyObject(s, h);
       }
@@ -799,47 +826,104 @@ export class HsmToken {
 
   /**
    * A fresh RSA key pair for GetParametersForImport. The private half is a token object that can
-   * only unwrap (and, only when the host-assisted OAEP path is allowed, raw-decrypt).
+   * only unwrap (and, only when the host-assisted OAEP path is allowed, raw-decrypt). Runs on the
+   * event loop: for session-only pairs (capability probes, tests); GetParametersForImport and the
+   * pool use generateWrappingKeyPairOffLoop.
    */
   generateWrappingKeyPair(id: string, bits: number, allowDecrypt: boolean, token = true): Buffer {
     const label = this.label('wrap', id);
-    const idBytes = Buffer.from(id, 'utf8');
-    const pair = this.withSession(
-      (p11, s) =>
-        p11.C_GenerateKeyPair(
-          s,
-          { mechanism: pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN, parameter: null as unknown as Buffer },
-          [
-            { type: pkcs11js.CKA_TOKEN, value: token },
-            { type: pkcs11js.CKA_PRIVATE, value: false }, // the public key is public
-            { type: pkcs11js.CKA_MODULUS_BITS, value: bits },
-            { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
-            { type: pkcs11js.CKA_ENCRYPT, value: true }, // clients encrypt outside; in-token use is for probes
-            { type: pkcs11js.CKA_WRAP, value: true },
-            { type: pkcs11js.CKA_VERIFY, value: false },
-            { type: pkcs11js.CKA_LABEL, value: label },
-            { type: pkcs11js.CKA_ID, value: idBytes },
-          ],
-          [
-            { type: pkcs11js.CKA_TOKEN, value: token }, // survives restarts for the 24 h life of the import token
-            { type: pkcs11js.CKA_PRIVATE, value: true },
-            { type: pkcs11js.CKA_SENSITIVE, value: true }, // the private key never leaves the token
-            { type: pkcs11js.CKA_EXTRACTABLE, value: false },
-            { type: pkcs11js.CKA_MODIFIABLE, value: false },
-            { type: pkcs11js.CKA_UNWRAP, value: true }, // its one job: unwrap key material into the token
-            { type: pkcs11js.CKA_DECRYPT, value: allowDecrypt }, // raw RSA for host-assisted OAEP only
-            { type: pkcs11js.CKA_SIGN, value: false },
-            { type: pkcs11js.CKA_SIGN_RECOVER, value: false },
-            { type: pkcs11js.CKA_DERIVE, value: false },
-            { type: pkcs11js.CKA_LABEL, value: label },
-            { type: pkcs11js.CKA_ID, value: idBytes },
-          ],
-        ),
-      'C_GenerateKeyPair',
-    );
+    const { publicTemplate, privateTemplate } = this.wrappingKeyPairTemplates(id, bits, allowDecrypt, token);
+    const pair = this.withSession((p11, s) => p11.C_GenerateKeyPair(s, RSA_KEY_PAIR_GEN, publicTemplate, privateTemplate), 'C_GenerateKeyPair');
     if (token) this.handleCache.set(label, pair.privateKey);
     else this.transientPairs.set(id, pair);
     return this.publicKeyDer(pair.publicKey);
+  }
+
+  /**
+   * generateWrappingKeyPair for a token pair, off the event loop: an RSA_4096 generation takes
+   * seconds, and on the event loop every other call waited for it. pkcs11js runs C_GenerateKeyPair
+   * on a libuv thread, on a session of its own (a session is not for two threads at once; the new
+   * one shares the login). At most MAX_KEY_PAIR_GENERATIONS run at once, so the libuv pool (4
+   * threads, shared with file and crypto work) and the cores keep room for everything else; the
+   * rest queue here. close() waits for the ones running (see drain).
+   */
+  generateWrappingKeyPairOffLoop(id: string, bits: number, allowDecrypt: boolean): Promise<Buffer> {
+    const p = this.generateOffLoop(id, bits, allowDecrypt);
+    this.offLoop.add(p);
+    p.then(
+      () => this.offLoop.delete(p),
+      () => this.offLoop.delete(p),
+    );
+    return p;
+  }
+
+  /** Resolves once no off-loop generation is running or queued (shutdown, before close()). */
+  async drain(): Promise<void> {
+    while (this.offLoop.size > 0) await Promise.allSettled([...this.offLoop]);
+  }
+
+  private readonly offLoop = new Set<Promise<Buffer>>();
+  private readonly keyPairSlots = new Slots(MAX_KEY_PAIR_GENERATIONS);
+
+  private async generateOffLoop(id: string, bits: number, allowDecrypt: boolean): Promise<Buffer> {
+    const label = this.label('wrap', id);
+    const { publicTemplate, privateTemplate } = this.wrappingKeyPairTemplates(id, bits, allowDecrypt, true);
+    const release = await this.keyPairSlots.acquire();
+    try {
+      const p11 = this.p11;
+      if (!p11) throw new HsmClosedError();
+      const s = p11.C_OpenSession(this.slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+      let pair: pkcs11js.KeyPair;
+      try {
+        pair = await p11.C_GenerateKeyPairAsync(s, RSA_KEY_PAIR_GEN, publicTemplate, privateTemplate);
+      } catch (e) {
+        throw toHsmError(e, 'C_GenerateKeyPair');
+      } finally {
+        try {
+          p11.C_CloseSession(s); // token objects outlive the session that made them
+        } catch {
+          /* already gone with the token */
+        }
+        clearCryptoErrors();
+      }
+      if (!this.p11) throw new HsmClosedError();
+      this.handleCache.set(label, pair.privateKey);
+      return this.publicKeyDer(pair.publicKey);
+    } finally {
+      release();
+    }
+  }
+
+  private wrappingKeyPairTemplates(id: string, bits: number, allowDecrypt: boolean, token: boolean): { publicTemplate: pkcs11js.Template; privateTemplate: pkcs11js.Template } {
+    const label = this.label('wrap', id);
+    const idBytes = Buffer.from(id, 'utf8');
+    return {
+      publicTemplate: [
+        { type: pkcs11js.CKA_TOKEN, value: token },
+        { type: pkcs11js.CKA_PRIVATE, value: false }, // the public key is public
+        { type: pkcs11js.CKA_MODULUS_BITS, value: bits },
+        { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
+        { type: pkcs11js.CKA_ENCRYPT, value: true }, // clients encrypt outside; in-token use is for probes
+        { type: pkcs11js.CKA_WRAP, value: true },
+        { type: pkcs11js.CKA_VERIFY, value: false },
+        { type: pkcs11js.CKA_LABEL, value: label },
+        { type: pkcs11js.CKA_ID, value: idBytes },
+      ],
+      privateTemplate: [
+        { type: pkcs11js.CKA_TOKEN, value: token }, // survives restarts for the 24 h life of the import token
+        { type: pkcs11js.CKA_PRIVATE, value: true },
+        { type: pkcs11js.CKA_SENSITIVE, value: true }, // the private key never leaves the token
+        { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+        { type: pkcs11js.CKA_MODIFIABLE, value: false },
+        { type: pkcs11js.CKA_UNWRAP, value: true }, // its one job: unwrap key material into the token
+        { type: pkcs11js.CKA_DECRYPT, value: allowDecrypt }, // raw RSA for host-assisted OAEP only
+        { type: pkcs11js.CKA_SIGN, value: false },
+        { type: pkcs11js.CKA_SIGN_RECOVER, value: false },
+        { type: pkcs11js.CKA_DERIVE, value: false },
+        { type: pkcs11js.CKA_LABEL, value: label },
+        { type: pkcs11js.CKA_ID, value: idBytes },
+      ],
+    };
   }
 
   private readonly transientPairs = new Map<string, { publicKey: Handle; privateKey: Handle }>();

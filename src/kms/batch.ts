@@ -155,15 +155,27 @@ export class BatchService {
       (it, i, lookups) => {
         const row = lookups.resolve(it.KeyId);
         const pt = v.base64('Plaintext', it.Plaintext, { maxBytes: MAX_PLAINTEXT_BYTES, allowEmpty: false });
-        const ctxMap = context('EncryptionContext', it.EncryptionContext);
-        const ver = lookups.requireUsable(row);
+        let ctxMap: ReturnType<typeof context>;
+        let ver: ReturnType<typeof lookups.requireUsable>;
+        try {
+          ctxMap = context('EncryptionContext', it.EncryptionContext);
+          ver = lookups.requireUsable(row);
+        } catch (e) {
+          pt.fill(0); // refused item: its plaintext goes no further
+          throw e;
+        }
         const iv = freshIv();
         const header = buildHeader(row.key_id, ver.version_id, iv);
         work.push({ index: i, keyId: row.key_id, versionId: ver.version_id, header, item: { level: row.protection_level, v: ver, iv, aad: aadFor(header, ctxMap), data: pt } });
       },
       (e, i) => (results[i] = { ...EMPTY, CiphertextBlob: '', ...this.failure(e, ctx, i) }),
     );
-    const sealed = await this.kms.keyring.encryptMany(work.map((w) => w.item));
+    let sealed: Array<Buffer | Error>;
+    try {
+      sealed = await this.kms.keyring.encryptMany(work.map((w) => w.item));
+    } finally {
+      for (const w of work) w.item.data.fill(0); // the plaintexts
+    }
     work.forEach((w, j) => {
       const r = sealed[j];
       results[w.index] =

@@ -129,7 +129,7 @@ export class ImportService {
     return plan;
   }
 
-  GetParametersForImport(req: { KeyId?: string; WrappingAlgorithm?: string; WrappingKeySpec?: string }) {
+  async GetParametersForImport(req: { KeyId?: string; WrappingAlgorithm?: string; WrappingKeySpec?: string }) {
     const row = this.kms.resolve('KeyId', req.KeyId);
     const alg = v.oneOf('WrappingAlgorithm', req.WrappingAlgorithm, WRAPPING_ALGORITHMS, 'RSAES_PKCS1_V1_5');
     const spec = v.oneOf('WrappingKeySpec', req.WrappingKeySpec, Object.keys(WRAPPING_KEY_SPECS) as WrappingKeySpec[], 'RSA_2048');
@@ -143,8 +143,18 @@ export class ImportService {
     let wrap: WrappingKeyRow | undefined = this.store.issuePooledWrappingKey(spec, rawDecrypt, row.key_id, alg, exp);
     if (!wrap) {
       const wrapId = crypto.randomUUID();
-      const { seq, value: publicKey } = this.kms.createUnderIntent('wrap', wrapId, () => this.token.generateWrappingKeyPair(wrapId, WRAPPING_KEY_SPECS[spec], rawDecrypt));
+      // Off the event loop (RSA_4096 takes seconds); other calls are served meanwhile.
+      const { seq, value: publicKey } = await this.kms.createUnderIntentAsync('wrap', wrapId, () => this.token.generateWrappingKeyPairOffLoop(wrapId, WRAPPING_KEY_SPECS[spec], rawDecrypt));
       const fresh: WrappingKeyRow = { wrap_id: wrapId, key_spec: spec, raw_decrypt: rawDecrypt ? 1 : 0, public_key: publicKey, created: now, key_id: row.key_id, algorithm: alg, expires: exp };
+      try {
+        // The CMK may have changed state (or gone) while the pair was generated.
+        const current = this.store.getCmk(row.key_id);
+        if (!current) throw new KmsError('Forbidden.KeyNotFound', `KeyId: CMK ${row.key_id} no longer exists`);
+        this.requireImportState(current);
+      } catch (e) {
+        this.kms.abandonIntent('wrap', wrapId, seq);
+        throw e;
+      }
       this.commitWrappingKey(fresh, seq);
       wrap = fresh;
     }
@@ -293,12 +303,12 @@ export class ImportService {
     return [...variants];
   }
 
-  /** Adds at most one RSA_2048 key pair to the pool (RSA generation blocks ~100 ms; spread it out). */
-  refillPoolOnce(): boolean {
+  /** Adds at most one RSA_2048 key pair to the pool, generated off the event loop. */
+  async refillPoolOnce(): Promise<boolean> {
     for (const rawDecrypt of this.poolVariants()) {
       if (this.store.countPooledWrappingKeys('RSA_2048', rawDecrypt) >= this.config.wrappingKeyPoolSize) continue;
       const wrapId = crypto.randomUUID();
-      const { seq, value: publicKey } = this.kms.createUnderIntent('wrap', wrapId, () => this.token.generateWrappingKeyPair(wrapId, 2048, rawDecrypt));
+      const { seq, value: publicKey } = await this.kms.createUnderIntentAsync('wrap', wrapId, () => this.token.generateWrappingKeyPairOffLoop(wrapId, 2048, rawDecrypt));
       this.commitWrappingKey({ wrap_id: wrapId, key_spec: 'RSA_2048', raw_decrypt: rawDecrypt ? 1 : 0, public_key: publicKey, created: this.kms.now(), key_id: null, algorithm: null, expires: null }, seq);
       return true;
     }

@@ -171,13 +171,19 @@ export class Keyring {
       }
     }
     const key = this.softwareMaterial(v);
+    // The parts hold plaintext (unauthenticated until final()): zeroed whatever happens.
+    const parts: Buffer[] = [];
     try {
       const d = crypto.createDecipheriv('aes-256-gcm', key, iv);
       d.setAAD(aad);
       d.setAuthTag(sealed.subarray(sealed.length - 16));
-      return Buffer.concat([d.update(sealed.subarray(0, sealed.length - 16)), d.final()]);
+      parts.push(d.update(sealed.subarray(0, sealed.length - 16)));
+      parts.push(d.final());
+      return Buffer.concat(parts);
     } catch {
       throw new DecryptFailedError();
+    } finally {
+      for (const p of parts) p.fill(0);
     }
   }
 

@@ -158,6 +158,18 @@ export class KmsService {
     }
   }
 
+  /** createUnderIntent for a creation that runs off the event loop (RSA key pairs). */
+  async createUnderIntentAsync<T>(kind: TokenObjectKind, id: string, create: () => Promise<T>): Promise<{ seq: number; value: T }> {
+    const seq = this.store.openIntent(kind, id, this.now());
+    try {
+      this.keyring.token.raiseSequence(seq);
+      return { seq, value: await create() };
+    } catch (e) {
+      this.abandonIntent(kind, id, seq);
+      throw e;
+    }
+  }
+
   /** The object of an intent will not get metadata: destroy whatever the token holds, then close the intent. */
   abandonIntent(kind: TokenObjectKind, id: string, seq: number): void {
     try {
@@ -594,9 +606,13 @@ export class KmsService {
   async Encrypt(req: { KeyId?: string; Plaintext?: string; EncryptionContext?: Context }) {
     const row = this.resolve('KeyId', req.KeyId);
     const pt = v.base64('Plaintext', req.Plaintext, { maxBytes: MAX_PLAINTEXT_BYTES, allowEmpty: false });
-    const ctx = this.context('EncryptionContext', req.EncryptionContext);
-    const ver = this.requireUsable(row);
-    return { KeyId: row.key_id, KeyVersionId: ver.version_id, CiphertextBlob: await this.seal(row, ver, pt, ctx) };
+    try {
+      const ctx = this.context('EncryptionContext', req.EncryptionContext);
+      const ver = this.requireUsable(row);
+      return { KeyId: row.key_id, KeyVersionId: ver.version_id, CiphertextBlob: await this.seal(row, ver, pt, ctx) };
+    } finally {
+      pt.fill(0);
+    }
   }
 
   async Decrypt(req: { CiphertextBlob?: string; EncryptionContext?: Context; KeyId?: string }) {

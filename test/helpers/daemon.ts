@@ -32,6 +32,8 @@ export interface Kmsd {
   stop(): Promise<number | null>;
   /** SIGKILL (crash) and wait. */
   kill(): Promise<void>;
+  /** Sends a signal and waits for the exit; returns the exit code (null when a signal ended it). */
+  signal(sig: NodeJS.Signals): Promise<number | null>;
   /** Environment for pkcs11-tool / softhsm2-util against this daemon's development token. */
   tokenEnv(): TokenEnv;
   /** Removes the data directory (after stop). */
@@ -44,6 +46,11 @@ export interface StartOptions {
   args?: string[];
   /** Keep the data dir on stop (for restart tests); cleanup() removes it. */
   keep?: boolean;
+  /** Working directory of the kmsd process (default: the test's). */
+  cwd?: string;
+  /** Run kmsd as this user and group (the test must be root); dataDir and cwd must be theirs. */
+  uid?: number;
+  gid?: number;
 }
 
 export function makeTempDir(prefix = 'kmsd-test-'): string {
@@ -55,6 +62,9 @@ export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
   const child: ChildProcess = spawn(process.execPath, [KMSD, '--data-dir', dataDir, '--listen', '127.0.0.1:0', ...(opts.args ?? [])], {
     env: { ...process.env, KMS_LOG_LEVEL: 'info', KMS_WRAPPING_KEY_POOL_SIZE: '1', ...(opts.env ?? {}) },
     stdio: ['ignore', 'pipe', 'pipe'],
+    cwd: opts.cwd,
+    uid: opts.uid,
+    gid: opts.gid,
   });
   let out = '';
   let err = '';
@@ -120,6 +130,12 @@ export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
       client.close();
       child.kill('SIGKILL');
       await exited;
+    },
+    async signal(sig) {
+      stopped = true;
+      client.close();
+      child.kill(sig);
+      return exited;
     },
     tokenEnv() {
       return {
