@@ -66,6 +66,17 @@ export interface AuditEventInput {
 /** Parameters recorded verbatim: identifiers and settings, never data or material. */
 const PLAIN_PARAMS = new Set([
   'KeyId',
+  // The external key store proxy: where a call came from in AWS (the spec's requestMetadata).
+  'UriPathPrefix',
+  'ExternalKeyId',
+  'Operations',
+  'AwsPrincipalArn',
+  'AwsSourceVpc',
+  'AwsSourceVpce',
+  'KmsKeyArn',
+  'KmsOperation',
+  'KmsRequestId',
+  'KmsViaService',
   'Principal',
   'AccessKeyId',
   'Status',
@@ -99,13 +110,17 @@ const PLAIN_PARAMS = new Set([
 /** Parameters recorded only as SHA-256 (of the string as sent). */
 const HASHED_PARAMS = new Set(['EncryptedKeyMaterial', 'ImportToken', 'Signature', 'CiphertextBlob']);
 
+/** ARNs are recorded whole (up to 2,048 characters, the longest AWS makes). */
+const LONG_PARAMS = new Set(['AwsPrincipalArn', 'KmsKeyArn']);
+
 export function safeParams(req: unknown): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   if (!req || typeof req !== 'object') return out;
   for (const [k, val] of Object.entries(req as Record<string, unknown>)) {
     if (val === undefined || val === null || val === '' || (typeof val === 'number' && val === 0 && k !== 'KeyMaterialExpireUnix')) continue;
     if (PLAIN_PARAMS.has(k) && (typeof val === 'string' || typeof val === 'number' || typeof val === 'boolean')) {
-      out[k] = typeof val === 'string' && val.length > 512 ? `${val.slice(0, 509)}...` : val;
+      const max = LONG_PARAMS.has(k) ? 2048 : 512;
+      out[k] = typeof val === 'string' && val.length > max ? `${val.slice(0, max - 3)}...` : val;
     } else if (HASHED_PARAMS.has(k) && typeof val === 'string') {
       out[`${k}Sha256`] = crypto.createHash('sha256').update(val, 'utf8').digest('hex');
     }
