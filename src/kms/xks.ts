@@ -170,6 +170,7 @@ export function ciphertextDataIntegrityValue(aad: Buffer | undefined, r: Omit<Xk
 export class XksService {
   /** Unsealed secrets by access key id (ASCII bytes of the secret string). */
   private readonly secrets = new Map<string, Buffer>();
+  private lastSeen: { label: string; model: string; manufacturer: string } | undefined;
 
   constructor(
     private readonly store: XksStore,
@@ -354,9 +355,12 @@ export class XksService {
   async XksGetHealthStatus(): Promise<XksHealth> {
     try {
       const t = await this.token.probe();
+      this.lastSeen = { label: t.label, model: t.model, manufacturer: t.manufacturer };
       return { healthy: true, tokenLabel: t.label, tokenModel: t.model, tokenManufacturer: t.manufacturer };
     } catch (e) {
-      return { healthy: false, tokenLabel: '', tokenModel: '', tokenManufacturer: '', reason: (e as Error).message.slice(0, 200) };
+      // The token as last seen names what is UNAVAILABLE.
+      const t = this.lastSeen;
+      return { healthy: false, tokenLabel: t?.label ?? '', tokenModel: t?.model ?? '', tokenManufacturer: t?.manufacturer ?? '', reason: (e as Error).message.slice(0, 200) };
     }
   }
 

@@ -8,7 +8,9 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { makeTempDir } from '../helpers/daemon';
 import { HttpKmsd, rawRequest, startHttpKmsd } from '../helpers/http';
+import { XKS_ERRORS as XKS_STATUSES } from '../../src/api/http/xks/errors';
 import { ARN_PRINCIPAL, XksCredential, requestMetadata, xksRequest } from '../helpers/xks';
 
 let k: HttpKmsd;
@@ -386,5 +388,94 @@ describe('routes, methods and authentication', () => {
     expect((await call('health', health())).status).toBe(200);
     expect(ok(k.kmsctl(['ListXksKeyStores'])).KeyStores.find((s: any) => s.UriPathPrefix === 'ks-one').AccessKeyIds).toEqual([second.AccessKeyId]);
     expect(old.AccessKeyId).not.toBe(cred.AccessKeyId);
+  });
+});
+
+describe('with an authorization policy, and once the token is gone', () => {
+  let p: HttpKmsd;
+  let policyDir: string;
+  let pc: XksCredential;
+  const pUp = '/pk/kms/xks/v1';
+  const pcall = (op: string, body: unknown) => xksRequest(p.httpPort, { op, uriPath: pUp, body, cred: pc });
+
+  beforeAll(async () => {
+    policyDir = makeTempDir('kmsd-xks-policy-');
+    const policyFile = path.join(policyDir, 'policy.json');
+    // The key store's principal may use only CMKs aliased xks-allowed; health needs a grant on "*".
+    fs.writeFileSync(
+      policyFile,
+      JSON.stringify({
+        version: 1,
+        admins: ['anonymous'],
+        grants: [
+          { id: 'xks-health', principals: ['xks:pk'], actions: ['XksGetHealthStatus'], keys: ['*'] },
+          { id: 'xks-use', principals: ['xks:pk'], actions: ['XksEncrypt', 'XksDecrypt', 'XksGetKeyMetadata'], keys: ['alias/xks-allowed'] },
+        ],
+      }),
+    );
+    p = await startHttpKmsd({ args: ['--policy', policyFile] });
+    const allowed = ok(p.kmsctl(['CreateKey', '--ProtectionLevel', 'HSM'])).KeyMetadata.KeyId;
+    const denied = ok(p.kmsctl(['CreateKey', '--ProtectionLevel', 'HSM'])).KeyMetadata.KeyId;
+    ok(p.kmsctl(['CreateAlias', '--AliasName', 'alias/xks-allowed', '--KeyId', allowed]));
+    pc = ok(p.kmsctl(['CreateXksKeyStore', '--UriPathPrefix', 'pk']));
+    ok(p.kmsctl(['CreateXksKey', '--UriPathPrefix', 'pk', '--KeyId', allowed, '--ExternalKeyId', 'allowed', '--Operations', 'ENCRYPT,DECRYPT']));
+    ok(p.kmsctl(['CreateXksKey', '--UriPathPrefix', 'pk', '--KeyId', denied, '--ExternalKeyId', 'denied', '--Operations', 'ENCRYPT,DECRYPT']));
+  });
+
+  afterAll(async () => {
+    await p?.stop();
+    if (policyDir) fs.rmSync(policyDir, { recursive: true, force: true });
+  });
+
+  it('answers AccessDeniedException (403) for a CMK the key store principal has no grant on, and audits the denial', async () => {
+    const body = () => ({ requestMetadata: requestMetadata('Encrypt'), plaintext: b64('x'), encryptionAlgorithm: 'AES_GCM' });
+    expect((await pcall('keys/allowed/encrypt', body())).status).toBe(200);
+    expectError(await pcall('keys/denied/encrypt', body()), 403, 'AccessDeniedException');
+    expectError(await pcall('keys/denied/metadata', { requestMetadata: requestMetadata('DescribeKey') }), 403, 'AccessDeniedException');
+    const events = ok(p.kmsctl(['ListAuditEvents', '--PageSize', '200', '--Action', 'XksEncrypt'])).Events as any[];
+    const denial = events.find((e) => e.Outcome === 'Forbidden.NoPermission');
+    expect(denial).toMatchObject({ Principal: 'xks:pk' });
+    expect(JSON.parse(denial.Details)).toMatchObject({ AccessKeyId: pc.AccessKeyId });
+  });
+
+  it('answers GetHealthStatus UNAVAILABLE, not a hang or a crash, when the token is gone; key operations fail with an error', async () => {
+    const health = () => pcall('health', { requestMetadata: { kmsOperation: 'KmsHealthCheck', kmsRequestId: crypto.randomUUID() } });
+    const before = await health();
+    expect(before.json.ekmFleetDetails[0].healthStatus).toBe('ACTIVE');
+    // The token's storage removed under the running daemon, as when a token is deleted or its HSM
+    // partition is lost: SoftHSM then fails every operation on it.
+    const tokens = path.join(p.dataDir, 'softhsm', 'tokens');
+    fs.rmSync(tokens, { recursive: true, force: true });
+    fs.mkdirSync(tokens);
+    const after = await health();
+    expect(after.status, after.body).toBe(200);
+    expect(after.json.ekmFleetDetails).toEqual([{ id: before.json.ekmFleetDetails[0].id, model: before.json.ekmFleetDetails[0].model, healthStatus: 'UNAVAILABLE' }]);
+    // The log line is written asynchronously; wait for it rather than for a time.
+    for (let i = 0; i < 100 && !p.logs().includes('the token is UNAVAILABLE'); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(p.logs()).toContain('the token is UNAVAILABLE');
+    const e = await pcall('keys/allowed/encrypt', { requestMetadata: requestMetadata('Encrypt'), plaintext: b64('x'), encryptionAlgorithm: 'AES_GCM' });
+    expect(e.status).toBeGreaterThanOrEqual(400);
+    expect(Object.keys(XKS_STATUSES)).toContain(e.json.errorName);
+    // Still serving.
+    expect((await health()).status).toBe(200);
+  });
+});
+
+describe('over the rate limit', () => {
+  it('answers ThrottlingException (429)', async () => {
+    // One request per second per principal, burst 1: twenty at once cannot all pass.
+    const t = await startHttpKmsd({ env: { KMS_RATE_LIMIT: '1', KMS_RATE_BURST: '1' } });
+    try {
+      const c = ok(t.kmsctl(['CreateXksKeyStore', '--UriPathPrefix', 'tk']));
+      const answers = await Promise.all(
+        Array.from({ length: 20 }, () => xksRequest(t.httpPort, { op: 'health', uriPath: '/tk/kms/xks/v1', cred: c, body: { requestMetadata: { kmsOperation: 'KmsHealthCheck', kmsRequestId: crypto.randomUUID() } } })),
+      );
+      const throttled = answers.filter((a) => a.status === 429);
+      expect(throttled.length).toBeGreaterThan(0);
+      for (const a of throttled) expectError(a, 429, 'ThrottlingException');
+      expect(answers.every((a) => a.status === 200 || a.status === 429)).toBe(true);
+    } finally {
+      await t.stop();
+    }
   });
 });

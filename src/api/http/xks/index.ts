@@ -224,6 +224,7 @@ export const xksDialect: Dialect = {
       switch (r.op) {
         case 'health': {
           const h = (await ctx.run(ACTION.health, req, caller, call)) as XksHealth;
+          if (!h.healthy) ctx.log.warn({ requestId: call.requestId, dialect: 'xks', reason: h.reason }, 'xks health check: the token is UNAVAILABLE');
           return answer(200, call.requestId, healthBody(h));
         }
         case 'metadata': {
