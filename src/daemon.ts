@@ -100,13 +100,6 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
 
     // Issue 5: custodians, proposals and the audit trail (guards nothing until InitCeremony).
     const sec = cfg.security ?? securitySettings({}, {}, {}, Boolean(cfg.tls));
-    const quorum = startCeremonyAndAudit({ store, token, kms, imports, log, maxMessageBytes: sec.maxMessageBytes });
-    // What kmsd does to keys on its own (deletion windows ending, material expiring, automatic
-    // rotation) is audited like the calls, under kmsd's own name.
-    kms.onKeyEvent = (ev) => quorum.audit.append({ principal: 'kmsd', action: ev.action, keyId: ev.keyId, outcome: 'ok', details: ev.details });
-    // Issue 6: principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
-    const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: quorum.audit });
-    const accessKeys = new AccessKeyService(store, keyring);
     // The external key store's health check is deep: token info and a wrap under the root key,
     // which throws (never blocks) once the token is gone.
     const xks = new XksService(new XksStore(store), kms, keyring, {
@@ -116,6 +109,13 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
         return info;
       },
     });
+    const quorum = startCeremonyAndAudit({ store, token, kms, imports, xks, log, maxMessageBytes: sec.maxMessageBytes });
+    // What kmsd does to keys on its own (deletion windows ending, material expiring, automatic
+    // rotation) is audited like the calls, under kmsd's own name.
+    kms.onKeyEvent = (ev) => quorum.audit.append({ principal: 'kmsd', action: ev.action, keyId: ev.keyId, outcome: 'ok', details: ev.details });
+    // Issue 6: principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
+    const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: quorum.audit });
+    const accessKeys = new AccessKeyService(store, keyring);
     const { server, health, actions } = createServer({ kms, imports, log, ceremony: ceremonyExtension(quorum), security, accessKeys, xks }, { maxMessageBytes: sec.maxMessageBytes });
     const { host, port } = parseListen(cfg.listen);
     // TLS: our own TLS 1.3 listener (client certificates checked and refusals audited) feeding the

@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir } from '../helpers/daemon';
+import { client, custodianKeys, opensslSign, writeDoc } from '../helpers/ceremony';
 import { HttpKmsd, rawRequest, startHttpKmsd } from '../helpers/http';
 import { XKS_ERRORS as XKS_STATUSES } from '../../src/api/http/xks/errors';
 import { ARN_PRINCIPAL, XksCredential, requestMetadata, xksRequest } from '../helpers/xks';
@@ -476,6 +477,34 @@ describe('over the rate limit', () => {
       expect(answers.every((a) => a.status === 200 || a.status === 429)).toBe(true);
     } finally {
       await t.stop();
+    }
+  });
+});
+
+describe('under a ceremony quorum', () => {
+  it('CreateXksKey can be guarded: called directly it is Rejected.QuorumRequired, through an approved proposal it runs', async () => {
+    const dir = makeTempDir('kmsd-xks-custodian-');
+    try {
+      const keys = custodianKeys(dir, ['alice']);
+      ok(k.kmsctl(['InitCeremony', '--Custodians', `alice=${keys.alice.pub}`, '--Threshold', '1']));
+      const c = client(k);
+      const approveAndRun = async (action: string, parameters: Record<string, string>) => {
+        const p = (await c.call('CreateProposal', { Action: action, Parameters: parameters })) as any;
+        await c.call('ApproveProposal', { ProposalId: p.ProposalId, CustodianId: 'alice', Signature: opensslSign(keys.alice.pem, writeDoc(dir, `${p.ProposalId}.doc`, p.Document)) });
+        return (await c.call('ExecuteProposal', { ProposalId: p.ProposalId })) as any;
+      };
+      const policy = { GuardedActions: ['ImportKeyMaterial', 'DeleteKeyMaterial', 'ScheduleKeyDeletion', 'DisableKey', 'CreateXksKey'], ProtectionLevels: ['HSM'], Keys: {} };
+      await approveAndRun('SetQuorumPolicy', { Policy: JSON.stringify(policy) });
+      const direct = k.kmsctl(['CreateXksKey', '--UriPathPrefix', 'ks-one', '--KeyId', hsmKey, '--ExternalKeyId', 'guarded', '--Operations', 'ENCRYPT,DECRYPT']);
+      expect(direct.code).toBe(1);
+      expect(direct.json.Code).toBe('Rejected.QuorumRequired');
+      expectError(await encrypt('guarded', Buffer.from('x')), 404, 'KeyNotFoundException');
+      const done = await approveAndRun('CreateXksKey', { KeyId: hsmKey, UriPathPrefix: 'ks-one', ExternalKeyId: 'guarded', Operations: 'ENCRYPT,DECRYPT' });
+      expect(JSON.parse(done.Result)).toMatchObject({ ExternalKeyId: 'guarded', KeyId: hsmKey });
+      expect((await encrypt('guarded', Buffer.from('x'))).status).toBe(200);
+      c.close();
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 });
