@@ -298,6 +298,9 @@ export class XksService {
   async XksEncrypt(req: XksEncryptRequest): Promise<XksEncryptResult> {
     const { xk, row } = this.externalKey(req);
     this.allow(xk, 'encrypt');
+    // A CDIV tells AWS KMS that a decrypt with this key will succeed (Appendix C); a key that may
+    // not decrypt cannot say so.
+    if (req.CdivAlgorithm !== undefined) this.allow(xk, 'decrypt', ' (a ciphertextDataIntegrityValue promises that the ciphertext decrypts with this key)');
     const ver = this.usable(row);
     const iv = Buffer.from(freshIv());
     const metadata = Buffer.concat([Buffer.of(METADATA_FORMAT), uuidToBytes(ver.version_id)]);
@@ -393,10 +396,10 @@ export class XksService {
     return { xk, row: this.kms.expireIfDue(cmk) };
   }
 
-  private allow(xk: XksKeyRow, op: 'encrypt' | 'decrypt'): void {
+  private allow(xk: XksKeyRow, op: 'encrypt' | 'decrypt', why = ''): void {
     const ops = XKS_OPERATIONS[xk.operations as XksOperations];
     if (!ops?.[op]) {
-      throw new KmsError('Rejected.XksKeyUsage', `external key "${xk.external_key_id}" allows ${xk.operations}, not ${op.toUpperCase()} (kmsctl CreateXksKey --Operations)`);
+      throw new KmsError('Rejected.XksKeyUsage', `external key "${xk.external_key_id}" allows ${xk.operations}, not ${op.toUpperCase()}${why} (kmsctl CreateXksKey --Operations)`);
     }
   }
 

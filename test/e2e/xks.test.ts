@@ -288,9 +288,12 @@ describe('Encrypt and Decrypt', () => {
 });
 
 describe('the operations an external key allows', () => {
-  it('encrypt-only: Encrypt works, Decrypt is InvalidKeyUsageException', async () => {
-    const e = await encrypt('enc-only', Buffer.from('x'), undefined, true);
+  it('encrypt-only: Encrypt works, Decrypt is InvalidKeyUsageException, and so is Encrypt with a CDIV', async () => {
+    const e = await encrypt('enc-only', Buffer.from('x'));
     expect(e.status, e.body).toBe(200);
+    // The CDIV promises that a decrypt with this key will succeed (Appendix C), which it cannot.
+    expectError(await encrypt('enc-only', Buffer.from('x'), undefined, true), 400, 'InvalidKeyUsageException');
+    expectError(await encrypt('enc-only', Buffer.from('x'), Buffer.from('a'), true), 400, 'InvalidKeyUsageException');
     expectError(await call('keys/enc-only/decrypt', decryptBody(e.json)), 400, 'InvalidKeyUsageException');
     // The same ciphertext decrypts where DECRYPT is allowed (the same CMK).
     expect((await call('keys/dec-only/decrypt', decryptBody(e.json))).json).toEqual({ plaintext: b64('x') });
