@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir } from '../helpers/daemon';
+import { makePki, startTlsKmsd } from './tls-fixture';
 import { client, custodianKeys, opensslSign, writeDoc } from '../helpers/ceremony';
 import { HttpKmsd, rawRequest, startHttpKmsd } from '../helpers/http';
 import { XKS_ERRORS as XKS_STATUSES } from '../../src/api/http/xks/errors';
@@ -508,6 +509,29 @@ describe('under a ceremony quorum', () => {
       c.close();
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('over HTTPS with a client certificate', () => {
+  it('serves the XKS API on the TLS listener; a client without a certificate is refused at the TLS layer', async () => {
+    const pki = makePki(['admin', 'cks.kms.us-east-2.amazonaws.com']);
+    const t = await startTlsKmsd(pki, { version: 1, admins: ['admin'], grants: [{ id: 'xks', principals: ['xks:tls'], actions: ['Xks*'], keys: ['*'] }] }, { KMS_HTTP_LISTEN: '127.0.0.1:0' });
+    try {
+      let m: RegExpExecArray | null = null;
+      for (let i = 0; i < 100 && !(m = /http listening on 127\.0\.0\.1:(\d+)/.exec(t.k.logs())); i++) await new Promise((r) => setTimeout(r, 50));
+      const port = Number(m?.[1]);
+      const key = t.kmsctl('admin', ['CreateKey', '--ProtectionLevel', 'HSM']).json.KeyMetadata.KeyId;
+      const c = t.kmsctl('admin', ['CreateXksKeyStore', '--UriPathPrefix', 'tls']).json as XksCredential;
+      expect(t.kmsctl('admin', ['CreateXksKey', '--UriPathPrefix', 'tls', '--KeyId', key, '--ExternalKeyId', 'k', '--Operations', 'ENCRYPT,DECRYPT']).code).toBe(0);
+      const tls = { caFile: pki.file('ca.crt'), certFile: pki.file('client-cks.kms.us-east-2.amazonaws.com.crt'), keyFile: pki.file('client-cks.kms.us-east-2.amazonaws.com.key') };
+      const req = (op: string, body: unknown, o: { tls?: { caFile: string; certFile?: string; keyFile?: string } } = { tls }) => xksRequest(port, { op, uriPath: '/tls/kms/xks/v1', body, cred: c, tls: o.tls });
+      const e = await req('keys/k/encrypt', { requestMetadata: requestMetadata('Encrypt'), plaintext: b64('over tls'), encryptionAlgorithm: 'AES_GCM', ciphertextDataIntegrityValueAlgorithm: 'SHA_256' });
+      expect(e.status, e.body).toBe(200);
+      expect((await req('keys/k/decrypt', decryptBody(e.json))).json).toEqual({ plaintext: b64('over tls') });
+      await expect(req('health', { requestMetadata: { kmsOperation: 'KmsHealthCheck', kmsRequestId: 'x' } }, { tls: { caFile: pki.file('ca.crt') } })).rejects.toThrow();
+    } finally {
+      await t.stop();
     }
   });
 });

@@ -5,6 +5,8 @@
 import crypto from 'node:crypto';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { Sha256 } from '@smithy/core/checksum';
+import fs from 'node:fs';
+import https from 'node:https';
 import { RawAnswer, rawRequest } from './http';
 
 export interface XksCredential {
@@ -25,6 +27,8 @@ export interface XksRequest {
   date?: Date;
   /** Sent as is instead of JSON.stringify(body) (malformed bodies). */
   rawBody?: string;
+  /** HTTPS to `localhost` with this CA, and a client certificate when given. */
+  tls?: { caFile: string; certFile?: string; keyFile?: string };
 }
 
 export const ARN_PRINCIPAL = 'arn:aws:iam::123456789012:user/Alice';
@@ -45,10 +49,47 @@ export async function xksRequest(port: number, r: XksRequest): Promise<RawAnswer
     sha256: Sha256,
     applyChecksum: false,
   });
+  const host = r.tls ? 'localhost' : '127.0.0.1';
   const signed = (await signer.sign(
-    { method: r.method ?? 'POST', protocol: 'http:', hostname: '127.0.0.1', port, path, query: {}, headers: { host: `127.0.0.1:${port}`, 'content-type': 'application/json' }, body } as never,
+    { method: r.method ?? 'POST', protocol: r.tls ? 'https:' : 'http:', hostname: host, port, path, query: {}, headers: { host: `${host}:${port}`, 'content-type': 'application/json' }, body } as never,
     // AWS KMS signs host and x-amz-date only (the spec's Appendix A).
     { signingDate: r.date, unsignableHeaders: new Set(['content-type']) },
   )) as unknown as { headers: Record<string, string> };
+  if (r.tls) return httpsRequest(port, r.tls, { method: r.method ?? 'POST', path, headers: signed.headers, body });
   return rawRequest(port, { method: r.method ?? 'POST', path, headers: signed.headers, body: r.method === 'GET' ? undefined : body });
+}
+
+function httpsRequest(port: number, tls: NonNullable<XksRequest['tls']>, o: { method: string; path: string; headers: Record<string, string>; body: string }): Promise<RawAnswer> {
+  return new Promise((resolve, reject) => {
+    const req = https.request(
+      {
+        host: 'localhost',
+        port,
+        method: o.method,
+        path: o.path,
+        headers: o.headers,
+        agent: false,
+        ca: fs.readFileSync(tls.caFile),
+        cert: tls.certFile ? fs.readFileSync(tls.certFile) : undefined,
+        key: tls.keyFile ? fs.readFileSync(tls.keyFile) : undefined,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const body = Buffer.concat(chunks).toString('utf8');
+          let json: unknown;
+          try {
+            json = JSON.parse(body);
+          } catch {
+            json = undefined;
+          }
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body, json });
+        });
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(o.body);
+  });
 }
