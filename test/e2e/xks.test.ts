@@ -273,14 +273,18 @@ describe('Encrypt and Decrypt', () => {
     const longKey = `arn:aws:kms:us-east-2:123456789012:key/${'k'.repeat(2048 - 'arn:aws:kms:us-east-2:123456789012:key/'.length)}`;
     expect(longPrincipal).toHaveLength(2048);
     const kmsRequestId = crypto.randomUUID();
-    const md = requestMetadata('GenerateDataKey', { awsPrincipalArn: longPrincipal, kmsKeyArn: longKey, kmsRequestId });
+    // With the optional members, and one AWS KMS may add later (Appendix B): accepted, not recorded.
+    const md = requestMetadata('GenerateDataKey', { awsPrincipalArn: longPrincipal, kmsKeyArn: longKey, kmsRequestId, awsSourceVpc: 'vpc-0123', awsSourceVpce: 'vpce-0456', kmsFutureMember: 'later' });
     const r = await call('keys/both/encrypt', { requestMetadata: md, plaintext: b64(crypto.randomBytes(32)), encryptionAlgorithm: 'AES_GCM' });
     expect(r.status, r.body).toBe(200);
     const events = ok(k.kmsctl(['ListAuditEvents', '--PageSize', '500', '--Action', 'XksEncrypt'])).Events as any[];
     const ev = events.find((x) => x.Details.includes(kmsRequestId));
     expect(ev).toBeDefined();
     const details = JSON.parse(ev.Details);
-    expect(details).toMatchObject({ AwsPrincipalArn: longPrincipal, KmsKeyArn: longKey, KmsOperation: 'GenerateDataKey', KmsRequestId: kmsRequestId, KmsViaService: 'ebs', UriPathPrefix: 'ks-one', ExternalKeyId: 'both', AccessKeyId: cred.AccessKeyId });
+    expect(details).toMatchObject({ AwsPrincipalArn: longPrincipal, KmsKeyArn: longKey, KmsOperation: 'GenerateDataKey', KmsRequestId: kmsRequestId, KmsViaService: 'ebs', AwsSourceVpc: 'vpc-0123', AwsSourceVpce: 'vpce-0456', UriPathPrefix: 'ks-one', ExternalKeyId: 'both', AccessKeyId: cred.AccessKeyId });
+    expect(ev.Details).not.toContain('later');
+    // Neither the plaintext nor anything derived from it is in the record.
+    expect(Object.keys(details).filter((x) => /plain|aad|cipher/i.test(x))).toEqual([]);
     expect(ev.KeyId).toBe(hsmKey);
     expect(ev.Principal).toBe('xks:ks-one');
     const tooLong = await call('keys/both/encrypt', { requestMetadata: { ...md, awsPrincipalArn: `${longPrincipal}x` }, plaintext: 'AAAA', encryptionAlgorithm: 'AES_GCM' });
