@@ -21,6 +21,8 @@ import { ceremonyExtension } from './api/grpc/ceremony';
 import { startCeremonyAndAudit } from './ceremony/setup';
 import { CallGuard, TlsListener, listenTls, storeDirectory } from './api/grpc/auth';
 import { AccessKeyService } from './kms/access-keys';
+import { XksService } from './kms/xks';
+import { XksStore } from './store/xks-store';
 import { admission } from './api/admission';
 import { HttpListener, listenHttp } from './api/http/server';
 import type { HttpContext } from './api/http/types';
@@ -108,7 +110,16 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
 
     // Issue 5: custodians, proposals and the audit trail (guards nothing until InitCeremony).
     const sec = cfg.security ?? securitySettings({}, {}, {}, Boolean(cfg.tls));
-    const quorum = startCeremonyAndAudit({ store, token, kms, imports, log, maxMessageBytes: sec.maxMessageBytes });
+    // The external key store's health check is deep: token info and a wrap under the root key,
+    // which throws (never blocks) once the token is gone.
+    const xks = new XksService(new XksStore(store), kms, keyring, {
+      probe: async () => {
+        const info = token.tokenInfo();
+        keyring.newSealedSecret().secret.fill(0);
+        return info;
+      },
+    });
+    const quorum = startCeremonyAndAudit({ store, token, kms, imports, xks, log, maxMessageBytes: sec.maxMessageBytes });
     // What kmsd does to keys on its own (deletion windows ending, material expiring, automatic
     // rotation) is audited like the calls, under kmsd's own name.
     kms.onKeyEvent = (ev) => quorum.audit.append({ principal: 'kmsd', action: ev.action, keyId: ev.keyId, outcome: 'ok', details: ev.details });
@@ -128,7 +139,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     // Issue 6: principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
     const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: quorum.audit });
     const accessKeys = new AccessKeyService(store, keyring);
-    const { server, health, actions, streams } = createServer({ kms, imports, log, ceremony: ceremonyExtension(quorum), security, accessKeys }, { maxMessageBytes: sec.maxMessageBytes, maxConcurrentStreams: sec.maxConcurrentStreams, streamLimits: sec });
+    const { server, health, actions, streams } = createServer({ kms, imports, log, ceremony: ceremonyExtension(quorum), security, accessKeys, xks }, { maxMessageBytes: sec.maxMessageBytes, maxConcurrentStreams: sec.maxConcurrentStreams, streamLimits: sec });
     const { host, port } = parseListen(cfg.listen);
     // TLS: our own TLS 1.3 listener (client certificates checked and refusals audited) feeding the
     // gRPC server; plaintext only on loopback (config.ts refuses anything else).
@@ -158,6 +169,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
         region: cfg.region,
         account: cfg.account,
         log,
+        xks: { lookupCredential: (id) => xks.lookupCredential(id), keyIdOf: (prefix, externalKeyId) => xks.keyIdOf(prefix, externalKeyId) },
       };
       const h = parseListen(cfg.httpListen, '--http-listen');
       try {
@@ -232,6 +244,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
         keyring.forgetAll();
         accessKeys.forgetAll();
         await token.drain(); // key pair generations of calls cut off by the grace period
+        xks.forgetAll();
         openNative?.addon?.close();
         openStore.close();
         token.close();

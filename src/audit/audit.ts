@@ -82,7 +82,7 @@ export interface RefusalInput extends AuditEventInput {
 /** Longest value of a column: RequestId, Principal, Action, KeyId, ProposalId, Outcome. */
 export const MAX_AUDIT_COLUMN_CHARS = 256;
 /** Longest string inside Details. */
-export const MAX_AUDIT_DETAIL_STRING_CHARS = 1024;
+export const MAX_AUDIT_DETAIL_STRING_CHARS = 2048;
 /** Longest Details (its canonical JSON); past it, Details is replaced by a bounded summary. */
 export const MAX_AUDIT_DETAILS_CHARS = 16 * 1024;
 /** Sizes a record is cut to where a listing or an export page cannot hold it whole. */
@@ -156,6 +156,17 @@ export function truncatedRecord(r: AuditRecord): AuditRecord & { Truncated: true
 /** Parameters recorded verbatim: identifiers and settings, never data or material. */
 const PLAIN_PARAMS = new Set([
   'KeyId',
+  // The external key store proxy: where a call came from in AWS (the spec's requestMetadata).
+  'UriPathPrefix',
+  'ExternalKeyId',
+  'Operations',
+  'AwsPrincipalArn',
+  'AwsSourceVpc',
+  'AwsSourceVpce',
+  'KmsKeyArn',
+  'KmsOperation',
+  'KmsRequestId',
+  'KmsViaService',
   'Principal',
   'AccessKeyId',
   'Status',
@@ -189,13 +200,16 @@ const PLAIN_PARAMS = new Set([
 /** Parameters recorded only as SHA-256 (of the string as sent). */
 const HASHED_PARAMS = new Set(['EncryptedKeyMaterial', 'ImportToken', 'Signature', 'CiphertextBlob']);
 
+/** ARNs are recorded whole (up to 2,048 characters, the longest AWS makes). */
+const LONG_PARAMS = new Set(['AwsPrincipalArn', 'KmsKeyArn']);
+
 export function safeParams(req: unknown): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   if (!req || typeof req !== 'object') return out;
   for (const [k, val] of Object.entries(req as Record<string, unknown>)) {
     if (val === undefined || val === null || val === '' || (typeof val === 'number' && val === 0 && k !== 'KeyMaterialExpireUnix')) continue;
     if (PLAIN_PARAMS.has(k) && (typeof val === 'string' || typeof val === 'number' || typeof val === 'boolean')) {
-      out[k] = typeof val === 'string' ? boundString(val, 512) : val;
+      out[k] = typeof val === 'string' ? boundString(val, LONG_PARAMS.has(k) ? 2048 : 512) : val;
     } else if (HASHED_PARAMS.has(k) && typeof val === 'string') {
       out[`${k}Sha256`] = crypto.createHash('sha256').update(val, 'utf8').digest('hex');
     }

@@ -6,6 +6,7 @@
 import crypto from 'node:crypto';
 import type { KmsService } from '../kms/service';
 import type { ImportService } from '../kms/import';
+import type { XksService } from '../kms/xks';
 import { KmsError, invalid, missing } from '../kms/errors';
 import * as v from '../kms/validate';
 import { GUARDABLE_ACTIONS, GuardableAction } from './policy';
@@ -13,6 +14,8 @@ import { GUARDABLE_ACTIONS, GuardableAction } from './policy';
 export interface ActionTargets {
   kms: KmsService;
   imports: ImportService;
+  /** The external key store proxy, when the daemon has one. */
+  xks?: XksService;
 }
 
 type ParamKind = 'string' | 'int' | 'base64';
@@ -48,6 +51,13 @@ export const KEY_ACTIONS: Record<GuardableAction, KeyActionSpec> = {
     run: (t, r) => t.kms.UpdateKeyDescription(r),
   },
   CreateKeyVersion: { params: { KeyId: { kind: 'string', required: true } }, run: (t, r) => t.kms.CreateKeyVersion(r) },
+  CreateXksKey: {
+    params: { KeyId: { kind: 'string', required: true }, UriPathPrefix: { kind: 'string', required: true }, ExternalKeyId: { kind: 'string', required: true }, Operations: { kind: 'string', required: true } },
+    run: (t, r) => {
+      if (!t.xks) throw new KmsError('InternalFailure', 'external key stores are not configured in this server');
+      return t.xks.CreateXksKey(r);
+    },
+  },
 };
 
 export function isKeyAction(action: string): action is GuardableAction {

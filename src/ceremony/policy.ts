@@ -16,6 +16,8 @@ export const GUARDABLE_ACTIONS = [
   'EnableKey',
   'UpdateKeyDescription',
   'CreateKeyVersion',
+  // Exposing an HSM CMK to AWS KMS through the external key store proxy.
+  'CreateXksKey',
 ] as const;
 export type GuardableAction = (typeof GUARDABLE_ACTIONS)[number];
 

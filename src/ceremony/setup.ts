@@ -8,6 +8,7 @@ import { AuditStore } from '../store/audit-store';
 import type { HsmToken } from '../hsm/token';
 import type { KmsService, Logger } from '../kms/service';
 import type { ImportService } from '../kms/import';
+import type { XksService } from '../kms/xks';
 import type { CallContext } from '../kms/types';
 import { AuditLog, auditConfigFromEnv } from '../audit/audit';
 import { MAX_IDENTIFIER_CHARS, isUuid } from '../kms/validate';
@@ -31,6 +32,8 @@ export function startCeremonyAndAudit(o: {
   token: HsmToken;
   kms: KmsService;
   imports: ImportService;
+  /** The external key store proxy (CreateXksKey can be guarded). */
+  xks?: XksService;
   log: Logger;
   env?: NodeJS.ProcessEnv;
   /** The gRPC message limit, which an ExportAudit page must stay under. */
@@ -72,7 +75,7 @@ export function startCeremonyAndAudit(o: {
   const info = o.token.tokenInfo();
   const ceremony = new Ceremony(
     ceremonyStore,
-    { kms: o.kms, imports: o.imports },
+    { kms: o.kms, imports: o.imports, xks: o.xks },
     { instanceId, tokenLabel: info.label, tokenSerial: info.serialNumber },
     { ...DEFAULT_CEREMONY_CONFIG, defaultProposalTtlSeconds: ttl },
     sink,

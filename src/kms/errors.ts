@@ -62,6 +62,15 @@ export const ERROR_TABLE = {
   'ServiceUnavailable.KeyMaterialDestroyPending': { status: 'UNAVAILABLE', meaning: 'The key material is deleted in the metadata (the CMK is PendingImport) but the token refused to destroy it; kmsd retries until it is gone (each outcome audited). Repeating the call retries at once.' },
   // ---- access keys for the HTTP dialects
   'Forbidden.AccessKeyNotFound': { status: 'NOT_FOUND', meaning: 'No access key has this AccessKeyId (UpdateAccessKey, DeleteAccessKey).' },
+  // ---- AWS external key store (XKS proxy)
+  'Forbidden.XksKeyStoreNotFound': { status: 'NOT_FOUND', meaning: 'No external key store has this UriPathPrefix.' },
+  'Forbidden.XksCredentialNotFound': { status: 'NOT_FOUND', meaning: 'No external key store credential has this AccessKeyId.' },
+  'Forbidden.XksKeyNotFound': { status: 'NOT_FOUND', meaning: 'The external key store has no external key with this ExternalKeyId (or the CMK it exposed was deleted).' },
+  'EntityAlreadyExists.XksKeyStore': { status: 'ALREADY_EXISTS', meaning: 'An external key store with this UriPathPrefix exists.' },
+  'EntityAlreadyExists.XksKey': { status: 'ALREADY_EXISTS', meaning: 'The external key store already has an external key with this ExternalKeyId.' },
+  'Rejected.XksCredentialLimit': { status: 'FAILED_PRECONDITION', meaning: 'The external key store already has two credentials (the current one and its replacement): delete the one AWS KMS no longer uses first.' },
+  'Rejected.XksKeyStoreNotEmpty': { status: 'FAILED_PRECONDITION', meaning: 'The external key store still exposes external keys: DeleteXksKey them first.' },
+  'Rejected.XksKeyUsage': { status: 'FAILED_PRECONDITION', meaning: 'The external key does not allow this operation (its Operations, set by CreateXksKey).' },
 } as const satisfies Record<string, { status: Status; meaning: string }>;
 
 export type ErrorCode = keyof typeof ERROR_TABLE;

@@ -74,6 +74,20 @@ export const ACTIONS: Record<string, ActionInfo> = {
   ListAccessKeys: g('read'),
   UpdateAccessKey: g('lifecycle'),
   DeleteAccessKey: g('lifecycle'),
+  // The AWS external key store proxy: key stores, credentials and external keys are the admin's;
+  // the XKS operations are called by a key store's principal "xks:PREFIX" and need grants like Encrypt.
+  CreateXksKeyStore: g('lifecycle'),
+  CreateXksCredential: g('lifecycle'),
+  DeleteXksCredential: g('lifecycle'),
+  ListXksKeyStores: g('read'),
+  DeleteXksKeyStore: g('lifecycle'),
+  CreateXksKey: k('lifecycle'),
+  DeleteXksKey: g('lifecycle'),
+  ListXksKeys: g('read'),
+  XksGetKeyMetadata: k('read'),
+  XksEncrypt: k('crypto'),
+  XksDecrypt: k('crypto'),
+  XksGetHealthStatus: g('read'),
   // CeremonyService
   InitCeremony: g('ceremony'),
   CreateProposal: g('ceremony'),

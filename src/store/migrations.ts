@@ -32,7 +32,7 @@ export const MIGRATIONS: Migration[] = [
       );
       CREATE TABLE key_versions (
         version_id TEXT PRIMARY KEY,
-        key_id TEXT NOT NULL REFERENCES cmks(key_id),
+        key_id TEXT NOT NULL,                -- the CMK; no foreign key: its deletion leaves the mapping answering KeyNotFound
         creation_date INTEGER NOT NULL,
         software_wrapped BLOB,
         material_state TEXT NOT NULL DEFAULT 'Present'
@@ -40,7 +40,7 @@ export const MIGRATIONS: Migration[] = [
       CREATE INDEX key_versions_by_key ON key_versions(key_id);
       CREATE TABLE aliases (
         alias_name TEXT PRIMARY KEY,
-        key_id TEXT NOT NULL REFERENCES cmks(key_id),
+        key_id TEXT NOT NULL,                -- the CMK; no foreign key: its deletion leaves the mapping answering KeyNotFound
         creation_date INTEGER NOT NULL,
         update_date INTEGER NOT NULL
       );
@@ -175,6 +175,34 @@ export const MIGRATIONS: Migration[] = [
         creation_date INTEGER NOT NULL,
         update_date INTEGER NOT NULL
       );
+    `,
+  },
+  // ---- AWS KMS external key store (XKS proxy): key stores by URI path prefix, their SigV4
+  // credentials (the secret sealed under the root key, as access keys are), and the external keys
+  // that expose one CMK each (src/kms/xks.ts).
+  {
+    version: 6,
+    sql: `
+      CREATE TABLE xks_key_stores (
+        uri_path_prefix TEXT PRIMARY KEY,
+        creation_date INTEGER NOT NULL
+      );
+      CREATE TABLE xks_credentials (
+        access_key_id TEXT PRIMARY KEY,
+        uri_path_prefix TEXT NOT NULL REFERENCES xks_key_stores(uri_path_prefix),
+        sealed_secret BLOB NOT NULL,
+        creation_date INTEGER NOT NULL
+      );
+      CREATE INDEX xks_credentials_by_store ON xks_credentials(uri_path_prefix);
+      CREATE TABLE xks_keys (
+        uri_path_prefix TEXT NOT NULL REFERENCES xks_key_stores(uri_path_prefix),
+        external_key_id TEXT NOT NULL,
+        key_id TEXT NOT NULL,                -- the CMK; no foreign key: its deletion leaves the mapping answering KeyNotFound
+        operations TEXT NOT NULL,            -- ENCRYPT,DECRYPT | ENCRYPT | DECRYPT | NONE
+        creation_date INTEGER NOT NULL,
+        PRIMARY KEY (uri_path_prefix, external_key_id)
+      );
+      CREATE INDEX xks_keys_by_cmk ON xks_keys(key_id);
     `,
   },
 ];

@@ -76,6 +76,12 @@ const MUTATING = new Set([
   'ExecuteProposal',
   'CancelProposal',
   'RenewProposal',
+  'CreateXksKeyStore',
+  'CreateXksCredential',
+  'DeleteXksCredential',
+  'DeleteXksKeyStore',
+  'CreateXksKey',
+  'DeleteXksKey',
 ]);
 
 const CLEAR = new Set([grpc.status.INVALID_ARGUMENT, grpc.status.NOT_FOUND, grpc.status.FAILED_PRECONDITION, grpc.status.ALREADY_EXISTS, grpc.status.PERMISSION_DENIED, grpc.status.RESOURCE_EXHAUSTED, grpc.status.UNAUTHENTICATED]);
@@ -119,7 +125,10 @@ async function snapshot(): Promise<string> {
   const aliases = await call('ListAliases', { PageSize: 100 });
   const ceremony = await call('DescribeCeremony', {});
   const proposals = await call('ListProposals', { PageSize: 100 });
-  return JSON.stringify({ keys, aliases, ceremony, proposals });
+  const xksStores = await call('ListXksKeyStores', {});
+  const xksKeys = [];
+  for (const st of xksStores.KeyStores) xksKeys.push(await call('ListXksKeys', { UriPathPrefix: st.UriPathPrefix }));
+  return JSON.stringify({ keys, aliases, ceremony, proposals, xksStores, xksKeys });
 }
 
 async function healthy(): Promise<void> {

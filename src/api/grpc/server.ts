@@ -19,6 +19,7 @@ import { CallAbandoned, DEFAULT_STREAM_LIMITS, StreamAccount, StreamBudget, Stre
 import { admit, answerFor, logInternal } from '../admission';
 import { BatchService } from '../../kms/batch';
 import type { AccessKeyService } from '../../kms/access-keys';
+import type { XksService } from '../../kms/xks';
 import { describeRuntime, startRuntimeMonitor } from './runtime';
 import { CALL_TURN_BUDGET_MS, Turns } from '../../turns';
 
@@ -52,10 +53,12 @@ export interface GrpcServices {
   security?: CallGuard;
   /** Access keys of the HTTP dialects (src/kms/access-keys.ts). */
   accessKeys?: AccessKeyService;
+  /** The AWS external key store proxy (src/kms/xks.ts). */
+  xks?: XksService;
 }
 
-function need<T>(service: T | undefined): T {
-  if (!service) throw new KmsError('InternalFailure', 'access keys are not configured in this server');
+function need<T>(service: T | undefined, what = 'access keys'): T {
+  if (!service) throw new KmsError('InternalFailure', `${what} are not configured in this server`);
   return service;
 }
 
@@ -100,6 +103,20 @@ export function buildActions(s: GrpcServices): Record<string, Action> {
     ListAccessKeys: () => need(s.accessKeys).ListAccessKeys(),
     UpdateAccessKey: (r: never) => need(s.accessKeys).UpdateAccessKey(r),
     DeleteAccessKey: (r: never) => need(s.accessKeys).DeleteAccessKey(r),
+    // The AWS external key store proxy: its administration (gRPC and kmsctl) and the four XKS
+    // operations, which only the HTTP listener's XKS dialect calls (no RPC carries them).
+    CreateXksKeyStore: (r: never) => need(s.xks, 'external key stores').CreateXksKeyStore(r),
+    CreateXksCredential: (r: never) => need(s.xks, 'external key stores').CreateXksCredential(r),
+    DeleteXksCredential: (r: never) => need(s.xks, 'external key stores').DeleteXksCredential(r),
+    ListXksKeyStores: () => need(s.xks, 'external key stores').ListXksKeyStores(),
+    DeleteXksKeyStore: (r: never) => need(s.xks, 'external key stores').DeleteXksKeyStore(r),
+    CreateXksKey: (r: never) => need(s.xks, 'external key stores').CreateXksKey(r),
+    DeleteXksKey: (r: never) => need(s.xks, 'external key stores').DeleteXksKey(r),
+    ListXksKeys: (r: never) => need(s.xks, 'external key stores').ListXksKeys(r),
+    XksGetKeyMetadata: (r: never) => need(s.xks, 'external key stores').XksGetKeyMetadata(r),
+    XksEncrypt: (r: never) => need(s.xks, 'external key stores').XksEncrypt(r),
+    XksDecrypt: (r: never) => need(s.xks, 'external key stores').XksDecrypt(r),
+    XksGetHealthStatus: () => need(s.xks, 'external key stores').XksGetHealthStatus(),
   };
 }
 

@@ -60,6 +60,14 @@ export const HTTP_ERROR_TABLE: Record<ErrorCode, DialectError> = {
   'Forbidden.NoPermission': { alibaba: ali('Forbidden.NoPermission', 403), aws: aws('AccessDeniedException') },
   'ServiceUnavailable.KeyMaterialDestroyPending': { alibaba: ali('ServiceUnavailableTemporary', 503), aws: aws('KMSInternalException', 500) },
   'Forbidden.AccessKeyNotFound': { alibaba: ali('InvalidAccessKeyId.NotFound', 404), aws: aws('NotFoundException') },
+  'Forbidden.XksKeyStoreNotFound': { alibaba: ali('Forbidden.XksKeyStoreNotFound', 404), aws: aws('NotFoundException') },
+  'Forbidden.XksCredentialNotFound': { alibaba: ali('Forbidden.XksCredentialNotFound', 404), aws: aws('NotFoundException') },
+  'Forbidden.XksKeyNotFound': { alibaba: ali('Forbidden.XksKeyNotFound', 404), aws: aws('NotFoundException') },
+  'EntityAlreadyExists.XksKeyStore': { alibaba: ali('EntityAlreadyExists.XksKeyStore', 409), aws: aws('AlreadyExistsException') },
+  'EntityAlreadyExists.XksKey': { alibaba: ali('EntityAlreadyExists.XksKey', 409), aws: aws('AlreadyExistsException') },
+  'Rejected.XksCredentialLimit': { alibaba: ali('Rejected.XksCredentialLimit', 409), aws: aws('LimitExceededException') },
+  'Rejected.XksKeyStoreNotEmpty': { alibaba: ali('Rejected.XksKeyStoreNotEmpty', 409), aws: aws('KMSInvalidStateException') },
+  'Rejected.XksKeyUsage': { alibaba: ali('Rejected.XksKeyUsage', 409), aws: aws('KMSInvalidStateException') },
 };
 
 /** Refusals of the HTTP transport itself, before a domain action runs. */

@@ -19,10 +19,12 @@ import type { Logger } from '../../kms/service';
 import { principalFromCertificate } from '../grpc/auth';
 import { alibabaDialect } from './alibaba';
 import { awsDialect } from './aws';
+import { xksDialect } from './xks';
 import type { Dialect, HttpAnswer, HttpCall, HttpContext } from './types';
 import { HTTP_ERROR_TABLE, HTTP_REFUSAL_TABLE, HttpRefusal } from './error-table';
 
-export const DIALECTS: Dialect[] = [awsDialect, alibabaDialect];
+// The XKS proxy first: its requests carry SigV4 too, but it claims them by path (.../kms/xks/v1/...).
+export const DIALECTS: Dialect[] = [xksDialect, awsDialect, alibabaDialect];
 
 /** Largest request body read, bytes; a larger one is refused with 413 before it is read whole. */
 export const MAX_BODY_BYTES = 1024 * 1024;

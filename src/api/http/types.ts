@@ -4,6 +4,7 @@
 
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Logger } from '../../kms/service';
+import type { XksCredentialView } from '../../kms/xks';
 
 export interface HttpCall {
   requestId: string;
@@ -45,6 +46,12 @@ export interface HttpContext {
   /** `--aws-region`: the only region an AWS SigV4 credential scope may name; any region when unset. */
   awsRegion?: string;
   log: Logger;
+  /** The AWS external key store proxy (src/api/http/xks/); its operations run through `run` too. */
+  xks?: {
+    lookupCredential(accessKeyId: string): XksCredentialView | undefined;
+    /** The CMK an external key exposes, so the policy can name it; undefined when there is none. */
+    keyIdOf(uriPathPrefix: string, externalKeyId: string): string | undefined;
+  };
 }
 
 export interface Dialect {

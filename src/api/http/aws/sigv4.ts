@@ -32,6 +32,12 @@ export interface VerifyOptions {
   service: string;
   /** When set, the only region a credential scope may name. */
   region?: string;
+  /** Headers the signature must cover (default: host, x-amz-date, x-amz-target, as the KMS API needs). */
+  requiredSignedHeaders?: readonly string[];
+  /** Headers that must be signed when the request has them (default: content-type, x-amz-content-sha256, x-amz-security-token). */
+  signedWhenPresent?: readonly string[];
+  /** How far X-Amz-Date may be from kmsd's clock (default MAX_SKEW_MS). */
+  maxSkewMs?: number;
   lookupAccessKey(id: string): AccessKeyRecord | undefined;
 }
 
@@ -234,10 +240,10 @@ export function verifySigV4(req: SignedRequest, o: VerifyOptions, cache: Signing
   const auth = parseAuthorization(header);
 
   const signed = new Set(auth.signedHeaders);
-  for (const h of REQUIRED_SIGNED) {
+  for (const h of o.requiredSignedHeaders ?? REQUIRED_SIGNED) {
     if (!signed.has(h)) throw incomplete(`Authorization: SignedHeaders must include ${h}`);
   }
-  for (const h of ['content-type', 'x-amz-content-sha256', 'x-amz-security-token']) {
+  for (const h of o.signedWhenPresent ?? ['content-type', 'x-amz-content-sha256', 'x-amz-security-token']) {
     if (headerOf(req.headers, h) !== undefined && !signed.has(h)) throw incomplete(`Authorization: the ${h} header is present, so SignedHeaders must include it`);
   }
   for (const h of auth.signedHeaders) {
@@ -255,11 +261,13 @@ export function verifySigV4(req: SignedRequest, o: VerifyOptions, cache: Signing
   if (o.region !== undefined && auth.region !== o.region) {
     throw mismatch(`Authorization: the credential must be scoped to region '${o.region}' (this kmsd's --aws-region), not '${auth.region.slice(0, 40)}'`);
   }
-  if (date < req.receivedAt - MAX_SKEW_MS) {
-    throw new HttpRefusalError('StaleTimestamp', `Signature expired: ${dateHeader} is now earlier than ${amzDate(req.receivedAt - MAX_SKEW_MS)} (${amzDate(req.receivedAt)} - 15 min.)`);
+  const skew = o.maxSkewMs ?? MAX_SKEW_MS;
+  const minutes = `${Math.round(skew / 60_000)} min.`;
+  if (date < req.receivedAt - skew) {
+    throw new HttpRefusalError('StaleTimestamp', `Signature expired: ${dateHeader} is now earlier than ${amzDate(req.receivedAt - skew)} (${amzDate(req.receivedAt)} - ${minutes})`);
   }
-  if (date > req.receivedAt + MAX_SKEW_MS) {
-    throw new HttpRefusalError('StaleTimestamp', `Signature not yet current: ${dateHeader} is still later than ${amzDate(req.receivedAt + MAX_SKEW_MS)} (${amzDate(req.receivedAt)} + 15 min.)`);
+  if (date > req.receivedAt + skew) {
+    throw new HttpRefusalError('StaleTimestamp', `Signature not yet current: ${dateHeader} is still later than ${amzDate(req.receivedAt + skew)} (${amzDate(req.receivedAt)} + ${minutes})`);
   }
 
   if (req.headers['x-amz-security-token'] !== undefined) {
@@ -284,7 +292,7 @@ export function verifySigV4(req: SignedRequest, o: VerifyOptions, cache: Signing
   const expected = crypto.createHmac('sha256', cache.get(record, auth.date, auth.region, auth.service)).update(toSign, 'utf8').digest();
   const given = Buffer.from(auth.signature, 'hex');
   if (!crypto.timingSafeEqual(expected, given)) {
-    throw mismatch('The request signature we calculated does not match the signature you provided. Check your access key secret and signing method (AWS Signature Version 4, service kms).');
+    throw mismatch(`The request signature we calculated does not match the signature you provided. Check your access key secret and signing method (AWS Signature Version 4, service ${o.service}).`);
   }
   return { accessKeyId: record.accessKeyId, principal: record.principal, region: auth.region };
 }

@@ -1,0 +1,105 @@
+// Persistence of the AWS external key store proxy: key stores (one per URI path prefix), their
+// SigV4 credentials (secrets only sealed under the root key) and the external keys that expose
+// CMKs. SQL lives here, as everywhere, in src/store; the rules live in src/kms/xks.ts.
+
+import type { Store } from './store';
+
+/** What this file uses of a prepared statement (better-sqlite3's, through Store.db). */
+interface Statement {
+  run(...params: unknown[]): unknown;
+  get(...params: unknown[]): unknown;
+  all(...params: unknown[]): unknown[];
+}
+
+export interface XksKeyStoreRow {
+  uri_path_prefix: string;
+  creation_date: number;
+}
+
+export interface XksCredentialRow {
+  access_key_id: string;
+  uri_path_prefix: string;
+  sealed_secret: Buffer;
+  creation_date: number;
+}
+
+export interface XksKeyRow {
+  uri_path_prefix: string;
+  external_key_id: string;
+  key_id: string;
+  operations: string;
+  creation_date: number;
+}
+
+export class XksStore {
+  constructor(readonly store: Store) {}
+
+  /** Prepared once: the credential and key lookups run on every XKS request. */
+  private readonly statements = new Map<string, Statement>();
+
+  private prepare(sql: string): Statement {
+    let s = this.statements.get(sql);
+    if (!s) {
+      s = this.store.db.prepare(sql);
+      this.statements.set(sql, s);
+    }
+    return s;
+  }
+
+  tx<T>(fn: () => T): T {
+    return this.store.tx(fn);
+  }
+
+  insertKeyStore(row: XksKeyStoreRow): void {
+    this.prepare('INSERT INTO xks_key_stores (uri_path_prefix, creation_date) VALUES (@uri_path_prefix, @creation_date)').run(row);
+  }
+
+  getKeyStore(prefix: string): XksKeyStoreRow | undefined {
+    return this.prepare('SELECT * FROM xks_key_stores WHERE uri_path_prefix = ?').get(prefix) as XksKeyStoreRow | undefined;
+  }
+
+  listKeyStores(): XksKeyStoreRow[] {
+    return this.prepare('SELECT * FROM xks_key_stores ORDER BY uri_path_prefix').all() as XksKeyStoreRow[];
+  }
+
+  deleteKeyStore(prefix: string): void {
+    this.prepare('DELETE FROM xks_credentials WHERE uri_path_prefix = ?').run(prefix);
+    this.prepare('DELETE FROM xks_key_stores WHERE uri_path_prefix = ?').run(prefix);
+  }
+
+  insertCredential(row: XksCredentialRow): void {
+    this.prepare('INSERT INTO xks_credentials (access_key_id, uri_path_prefix, sealed_secret, creation_date) VALUES (@access_key_id, @uri_path_prefix, @sealed_secret, @creation_date)').run(row);
+  }
+
+  getCredential(accessKeyId: string): XksCredentialRow | undefined {
+    return this.prepare('SELECT * FROM xks_credentials WHERE access_key_id = ?').get(accessKeyId) as XksCredentialRow | undefined;
+  }
+
+  listCredentials(prefix: string): XksCredentialRow[] {
+    return this.prepare('SELECT * FROM xks_credentials WHERE uri_path_prefix = ? ORDER BY creation_date, access_key_id').all(prefix) as XksCredentialRow[];
+  }
+
+  deleteCredential(accessKeyId: string): void {
+    this.prepare('DELETE FROM xks_credentials WHERE access_key_id = ?').run(accessKeyId);
+  }
+
+  insertKey(row: XksKeyRow): void {
+    this.prepare('INSERT INTO xks_keys (uri_path_prefix, external_key_id, key_id, operations, creation_date) VALUES (@uri_path_prefix, @external_key_id, @key_id, @operations, @creation_date)').run(row);
+  }
+
+  getKey(prefix: string, externalKeyId: string): XksKeyRow | undefined {
+    return this.prepare('SELECT * FROM xks_keys WHERE uri_path_prefix = ? AND external_key_id = ?').get(prefix, externalKeyId) as XksKeyRow | undefined;
+  }
+
+  listKeys(prefix: string): XksKeyRow[] {
+    return this.prepare('SELECT * FROM xks_keys WHERE uri_path_prefix = ? ORDER BY external_key_id').all(prefix) as XksKeyRow[];
+  }
+
+  countKeys(prefix: string): number {
+    return (this.prepare('SELECT COUNT(*) AS n FROM xks_keys WHERE uri_path_prefix = ?').get(prefix) as { n: number }).n;
+  }
+
+  deleteKey(prefix: string, externalKeyId: string): void {
+    this.prepare('DELETE FROM xks_keys WHERE uri_path_prefix = ? AND external_key_id = ?').run(prefix, externalKeyId);
+  }
+}
