@@ -589,7 +589,7 @@ describe('SIGKILL at random points', () => {
     expect(stats.kills).toBeGreaterThanOrEqual(KILLS + FAILPOINTS.length * FAILPOINT_ROUNDS);
     // Every failpoint fired at least once (or the harness is not testing what it says).
     for (const fp of FAILPOINTS) expect(Object.keys(stats.failpointKills).some((k) => k.startsWith(fp)), `failpoint ${fp} never fired`).toBe(true);
-  }, 240_000);
+  }, 600_000);
 
   it('a crash inside the end of a deletion window leaves pending destroys, never metadata without material', async () => {
     // A CMK with three HSM versions is scheduled for deletion; kmsd then runs through the failpoint
