@@ -396,7 +396,8 @@ describe('refusals: AWS __type and status, and nothing changed', () => {
     try {
       const pt = Buffer.from('granted');
       const blob = (await appKms.send(new EncryptCommand({ KeyId: 'alias/aws-app-data', Plaintext: pt }))).CiphertextBlob;
-      expect(Buffer.from((await appKms.send(new DecryptCommand({ CiphertextBlob: blob }))).Plaintext!)).toEqual(pt);
+      // An alias grant covers Decrypt when the caller names the alias (docs/security.md).
+      expect(Buffer.from((await appKms.send(new DecryptCommand({ CiphertextBlob: blob, KeyId: 'alias/aws-app-data' }))).Plaintext!)).toEqual(pt);
       const action = await awsError(appKms.send(new DisableKeyCommand({ KeyId: target })));
       expect(action).toMatchObject({ name: 'AccessDeniedException', status: 400 });
       expect(action.message).toContain('principal "aws-app" may not call DisableKey');

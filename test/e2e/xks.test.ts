@@ -410,18 +410,17 @@ describe('with an authorization policy, and once the token is gone', () => {
   beforeAll(async () => {
     policyDir = makeTempDir('kmsd-xks-policy-');
     const policyFile = path.join(policyDir, 'policy.json');
-    // The key store's principal may use only CMKs aliased xks-allowed; health needs a grant on "*".
-    fs.writeFileSync(
-      policyFile,
-      JSON.stringify({
-        version: 1,
-        admins: ['anonymous'],
-        grants: [
-          { id: 'xks-health', principals: ['xks:pk'], actions: ['XksGetHealthStatus'], keys: ['*'] },
-          { id: 'xks-use', principals: ['xks:pk'], actions: ['XksEncrypt', 'XksDecrypt', 'XksGetKeyMetadata'], keys: ['alias/xks-allowed'] },
-        ],
-      }),
-    );
+    // The key store's principal may use only the CMK it is granted by id (an XKS request names an
+    // external key, never an alias, so alias grants cannot reach it); health needs a grant on "*".
+    const policy = (keys: string[]) => ({
+      version: 1,
+      admins: ['anonymous'],
+      grants: [
+        { id: 'xks-health', principals: ['xks:pk'], actions: ['XksGetHealthStatus'], keys: ['*'] },
+        ...(keys.length ? [{ id: 'xks-use', principals: ['xks:pk'], actions: ['XksEncrypt', 'XksDecrypt', 'XksGetKeyMetadata'], keys }] : []),
+      ],
+    });
+    fs.writeFileSync(policyFile, JSON.stringify(policy([])));
     p = await startHttpKmsd({ args: ['--policy', policyFile] });
     const allowed = ok(p.kmsctl(['CreateKey', '--ProtectionLevel', 'HSM'])).KeyMetadata.KeyId;
     const denied = ok(p.kmsctl(['CreateKey', '--ProtectionLevel', 'HSM'])).KeyMetadata.KeyId;
@@ -429,6 +428,12 @@ describe('with an authorization policy, and once the token is gone', () => {
     pc = ok(p.kmsctl(['CreateXksKeyStore', '--UriPathPrefix', 'pk']));
     ok(p.kmsctl(['CreateXksKey', '--UriPathPrefix', 'pk', '--KeyId', allowed, '--ExternalKeyId', 'allowed', '--Operations', 'ENCRYPT,DECRYPT']));
     ok(p.kmsctl(['CreateXksKey', '--UriPathPrefix', 'pk', '--KeyId', denied, '--ExternalKeyId', 'denied', '--Operations', 'ENCRYPT,DECRYPT']));
+    // Grants on key ids need the ids: write them in and reload, as an operator would.
+    fs.writeFileSync(policyFile, JSON.stringify(policy([allowed])));
+    const before = p.logs().length;
+    process.kill(p.pid, 'SIGHUP');
+    for (let i = 0; i < 200 && !/authorization policy reloaded/.test(p.logs().slice(before)); i++) await new Promise((r) => setTimeout(r, 50));
+    expect(p.logs().slice(before)).toMatch(/authorization policy reloaded/);
   });
 
   afterAll(async () => {
