@@ -1,6 +1,7 @@
 // Issue 3, acceptance 3 (import token expiry, and material expiry swept by the scheduler) and 7 (the
 // host-assisted policy and the capability probe), against two real kmsd daemons (dist/):
-//   short   KMS_IMPORT_TOKEN_TTL_SECONDS=2, KMS_SCHEDULER_INTERVAL_MS=200: import tokens expire after 2 s
+//   short   KMS_IMPORT_TOKEN_TTL_SECONDS=6, KMS_SCHEDULER_INTERVAL_MS=200: import tokens expire after 6 s
+//           (long enough that the pkcs11-tool checks before expiry finish on a loaded machine)
 //           and the scheduler destroys their wrapping keys and expired material within 200 ms;
 //   strict  KMS_ALLOW_HOST_ASSISTED_UNWRAP=0 (the production default): no OAEP decoding in the daemon,
 //           so algorithms the token cannot unwrap itself are refused, and say why.
@@ -23,7 +24,7 @@ let strict: Kmsd;
 beforeAll(async () => {
   [short, strict] = await Promise.all([
     // No pre-generated wrapping keys: each GetParametersForImport makes a fresh pair, seen as new labels.
-    startKmsd({ env: { KMS_IMPORT_TOKEN_TTL_SECONDS: '2', KMS_SCHEDULER_INTERVAL_MS: '200', KMS_WRAPPING_KEY_POOL_SIZE: '0' } }),
+    startKmsd({ env: { KMS_IMPORT_TOKEN_TTL_SECONDS: '6', KMS_SCHEDULER_INTERVAL_MS: '200', KMS_WRAPPING_KEY_POOL_SIZE: '0' } }),
     // A scheduler that never ticks: no pool refills, so the token holds only what the calls here make.
     startKmsd({ env: { KMS_ALLOW_HOST_ASSISTED_UNWRAP: '0', KMS_SCHEDULER_INTERVAL_MS: '3600000' } }),
   ]);
@@ -79,20 +80,23 @@ function tokenPublicKey(k: Kmsd, label: string): string {
   }
 }
 
-describe('import token expiry (KMS_IMPORT_TOKEN_TTL_SECONDS=2)', () => {
+describe('import token expiry (KMS_IMPORT_TOKEN_TTL_SECONDS=6)', () => {
   it('after expiry ImportKeyMaterial is Rejected.ImportTokenExpired and the wrapping key is gone from the token', async () => {
     const cmk = (await short.client.createKey({ Origin: 'EXTERNAL', ProtectionLevel: 'HSM' })).KeyMetadata;
     const labelsBefore = wrapLabels(short);
     const before = Date.now();
     const p = await short.client.call('GetParametersForImport', { KeyId: cmk.KeyId, WrappingAlgorithm: 'RSAES_OAEP_SHA_1', WrappingKeySpec: 'RSA_2048' });
     const expires = Date.parse(p.TokenExpireTime);
-    expect(expires).toBeGreaterThan(before + 2000 - 1000);
-    expect(expires).toBeLessThanOrEqual(Date.now() + 2000);
+    expect(expires).toBeGreaterThan(before + 6000 - 1000);
+    expect(expires).toBeLessThanOrEqual(Date.now() + 6000);
     // The new wrapping key pair (private and public half share the label) holds the public key handed out.
-    const created = [...wrapLabels(short)].filter((l) => !labelsBefore.has(l));
+    // One listing for both checks: on a loaded machine the 2 s token may expire (and its key pair be
+    // destroyed) between two pkcs11-tool runs.
+    const objects = listTokenObjects(short);
+    const created = [...new Set(objects.filter((o) => o.label.startsWith('kmsd:wrap:')).map((o) => o.label))].filter((l) => !labelsBefore.has(l));
     expect(created).toHaveLength(1);
     const label = created[0];
-    expect(listTokenObjects(short).filter((o) => o.label === label).map((o) => o.type).sort()).toEqual(['Private Key Object', 'Public Key Object']);
+    expect(objects.filter((o) => o.label === label).map((o) => o.type).sort()).toEqual(['Private Key Object', 'Public Key Object']);
     expect(tokenPublicKey(short, label)).toBe(p.PublicKey);
 
     const encrypted = wrapOaep(p.PublicKey, crypto.randomBytes(32), 'sha1');

@@ -176,7 +176,8 @@ describe('a store that is not the token’s own is refused, never reconciled', (
 
     k = await start(dir, ['--adopt-token']);
     expect(tokenCmkObjects(k)).toEqual(before);
-    expect((await k.client.call('DescribeHsm')).UnknownTokenObjects).toHaveLength(2);
+    // The two newer CMK objects; the wrapping-key pool may have made key pairs after the backup too.
+    expect(((await k.client.call('DescribeHsm')).UnknownTokenObjects as any[]).filter((o) => o.Kind === 'cmk')).toHaveLength(2);
     await roundTrip(k, first);
     await k.stop();
     // Bound again: a plain restart starts, still destroying nothing.

@@ -11,6 +11,7 @@ import { Keyring, ROOT_KEY_ID } from '../../src/kms/keyring';
 import { DEFAULT_KMS_CONFIG, KmsService, type Logger } from '../../src/kms/service';
 import { BatchService } from '../../src/kms/batch';
 import { Store } from '../../src/store/store';
+import { bindStoreToToken } from '../../src/kms/binding';
 import { makeTempDir } from '../helpers/daemon';
 import { createSoftHsmToken, type SoftHsmToken } from '../helpers/softhsm-token';
 
@@ -38,9 +39,11 @@ beforeAll(() => {
   };
   softhsm = createSoftHsmToken({ label: 'zeroing' });
   token = HsmToken.open({ modulePath: softhsm.modulePath, tokenLabel: softhsm.label, pin: softhsm.userPin });
-  token.ensureRootKey(ROOT_KEY_ID);
   dataDir = makeTempDir('kmsd-zeroing-');
   store = new Store(dataDir);
+  // As the daemon does: store and token bound first, then the root key.
+  bindStoreToToken(store, token, { adopt: false, log: quiet });
+  token.ensureRootKey(ROOT_KEY_ID);
   kms = new KmsService(store, new Keyring(token, store), DEFAULT_KMS_CONFIG, quiet);
 });
 
