@@ -3,8 +3,8 @@
 // (config.ts refuses anything else). It bounds what a client can make kmsd hold (header and URL
 // size, a 1 MiB body refused before it is read whole, timeouts), then hands the request to the
 // first dialect that claims it. A refusal made before the body is read is shaped by the dialect the
-// request is for, as far as its request line and headers tell (Dialect.refuse). Dialects speak wire formats only; identity, policy, limits and
-// audit are behind HttpContext.run (src/api/admission.ts).
+// request is for, as far as its request line and headers tell (Dialect.refuse). Dialects speak wire
+// formats only; identity, policy, limits and audit are behind HttpContext.run (src/api/admission.ts).
 //
 // For the AWS dialect (src/api/http/aws/index.ts): register it by adding
 //   import { awsDialect } from './aws';
