@@ -41,6 +41,8 @@ export interface DaemonConfig {
   /** Region and account in ARNs (acs:kms:REGION:ACCOUNT:key/ID and the AWS form). */
   region: string;
   account: string;
+  /** --aws-region: the only region a SigV4 credential scope may name (AWS and XKS dialects); any when unset. */
+  awsRegion?: string;
 }
 
 /** Issue 6: who may call (policy), how much (limits), and whether plaintext is served at all. */
@@ -95,13 +97,14 @@ const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-ke
   '--policy': 'policy',
   '--plaintext-loopback': 'plaintext-loopback',
   '--http-listen': 'httpListen',
+  '--aws-region': 'awsRegion',
   '--allow-insecure-pin-file': 'allow-insecure-pin-file',
 };
 
 export const USAGE = `usage: kmsd [--listen HOST:PORT] [--data-dir DIR] [--pkcs11-module PATH] [--token-label LABEL]
             [--pin-file FILE] [--config FILE] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
             [--policy FILE] [--plaintext-loopback 0|1] [--adopt-token] [--allow-insecure-pin-file 0|1]
-            [--http-listen HOST:PORT]
+            [--http-listen HOST:PORT] [--aws-region REGION]
 
 Environment: KMS_LISTEN, KMS_DATA_DIR, KMS_PKCS11_MODULE, KMS_TOKEN_LABEL, KMS_PIN_FILE, KMS_TLS_CERT,
 KMS_TLS_KEY, KMS_TLS_CLIENT_CA, KMS_ALLOW_HOST_ASSISTED_UNWRAP (0|1), KMS_IMPORT_TOKEN_TTL_SECONDS,
@@ -117,7 +120,8 @@ KMS_STREAM_BUFFER_BYTES_PER_PRINCIPAL (default 32 MiB). SIGHUP reloads the polic
 Ceremonies and audit (docs/ceremony.md, docs/audit.md): KMS_PROPOSAL_TTL_SECONDS (default 86400),
 KMS_AUDIT_DATA_PLANE (1 logs every Encrypt/Decrypt; default: counted only), KMS_AUDIT_CHECKPOINT_RECORDS,
 KMS_AUDIT_CHECKPOINT_SECONDS. HTTP (Alibaba and AWS SDKs, README): KMS_HTTP_LISTEN (HOST:PORT, same TLS and
-loopback rule as gRPC), KMS_REGION and KMS_ACCOUNT (in ARNs; default local and kmsd). Tests only: KMS_PENDING_WINDOW_DAY_SECONDS (seconds per deletion-window day),
+loopback rule as gRPC), KMS_REGION and KMS_ACCOUNT (in ARNs; default local and kmsd), KMS_AWS_REGION (the only region an AWS
+SigV4 credential scope may name; default: any). Tests only: KMS_PENDING_WINDOW_DAY_SECONDS (seconds per deletion-window day),
 KMS_MIN_ROTATION_INTERVAL_SECONDS.
 
 With --pkcs11-module, --token-label and --pin-file kmsd uses that existing token and never initializes
@@ -215,8 +219,9 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig
     httpListen: pick('httpListen', 'KMS_HTTP_LISTEN', 'httpListen'),
     region: envValue(env, 'KMS_REGION') ?? (file.region as string | undefined) ?? 'local',
     account: envValue(env, 'KMS_ACCOUNT') ?? (file.account as string | undefined) ?? 'kmsd',
+    awsRegion: pick('awsRegion', 'KMS_AWS_REGION', 'awsRegion'),
   };
-  for (const [name, value] of [['region', cfg.region], ['account', cfg.account]] as const) {
+  for (const [name, value] of [['region', cfg.region], ['account', cfg.account], ...(cfg.awsRegion !== undefined ? [['awsRegion', cfg.awsRegion] as const] : [])] as const) {
     if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(value)) throw new ConfigError(`${name} must be lower-case letters, digits and '-', at most 63 (got "${value}")`);
   }
   // pino throws on an unknown level; say so here, as every other bad setting is said.

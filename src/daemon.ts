@@ -168,6 +168,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
         },
         region: cfg.region,
         account: cfg.account,
+        awsRegion: cfg.awsRegion,
         log,
         xks: { lookupCredential: (id) => xks.lookupCredential(id), keyIdOf: (prefix, externalKeyId) => xks.keyIdOf(prefix, externalKeyId) },
       };

@@ -7,7 +7,7 @@ import { Store, CmkRow, KeyVersionRow, TokenDestroyRow, TokenObjectKind } from '
 import { DecryptFailedError, HsmError } from '../hsm/errors';
 import { Keyring } from './keyring';
 import type { TokenInventory } from '../hsm/token';
-import { KmsError, invalid } from './errors';
+import { KmsError, invalid, missing } from './errors';
 import { aadFor, buildHeader, freshIv, parseBlob, validateContext } from './ciphertext';
 import * as v from './validate';
 import type { CallContext, Context, KeyMetadata, KeyState, KeyVersion, Origin, ProtectionLevel } from './types';
@@ -37,6 +37,8 @@ export interface Logger {
 }
 
 export const MAX_PLAINTEXT_BYTES = 6144;
+/** Most bytes one GenerateRandom returns (AWS KMS's bound). */
+export const MAX_RANDOM_BYTES = 1024;
 
 export function iso(ms: number | null | undefined): string {
   if (ms === null || ms === undefined) return '';
@@ -530,6 +532,33 @@ export class KmsService {
     return ver;
   }
 
+  /**
+   * Turns a CMK's automatic rotation on (with CreateKey's interval rules) or off. An EXTERNAL CMK
+   * cannot rotate, as in CreateKey. Changing the interval of a rotating CMK counts from its last
+   * rotation (or creation); a date already past rotates it at the scheduler's next pass.
+   */
+  UpdateRotationPolicy(req: { KeyId?: string; EnableAutomaticRotation?: boolean; RotationInterval?: string }): Record<string, never> {
+    const row = this.resolve('KeyId', req.KeyId);
+    if (req.EnableAutomaticRotation === undefined || req.EnableAutomaticRotation === null) throw missing('EnableAutomaticRotation');
+    if (typeof req.EnableAutomaticRotation !== 'boolean') throw invalid('EnableAutomaticRotation', 'must be true or false');
+    if (!req.EnableAutomaticRotation) {
+      if (req.RotationInterval) throw invalid('RotationInterval', 'only allowed with EnableAutomaticRotation=true');
+      this.requireState(row, ['Enabled', 'Disabled', 'PendingImport']);
+      this.store.updateCmk(row.key_id, { automatic_rotation: 'Disabled', rotation_interval_s: null, next_rotation_date: null });
+      return {};
+    }
+    if (row.origin === 'EXTERNAL') {
+      throw new KmsError('Rejected.ExternalKey', `EnableAutomaticRotation: CMK ${row.key_id} has Origin EXTERNAL and cannot rotate; a different key material needs a new CMK`);
+    }
+    const interval = v.rotationIntervalSeconds('RotationInterval', req.RotationInterval || '365d', this.config.minRotationIntervalSeconds, this.config.maxRotationIntervalSeconds);
+    this.requireState(row, ['Enabled', 'Disabled']);
+    const now = this.now();
+    const from = row.automatic_rotation === 'Enabled' ? (row.last_rotation_date ?? row.creation_date) : now;
+    this.store.updateCmk(row.key_id, { automatic_rotation: 'Enabled', rotation_interval_s: interval, next_rotation_date: Math.max(now, from + interval * 1000) });
+    this.log.info({ keyId: row.key_id, rotationIntervalSeconds: interval }, 'CMK automatic rotation set');
+    return {};
+  }
+
   CreateKeyVersion(req: { KeyId?: string }): { KeyVersion: KeyVersion } {
     const row = this.resolve('KeyId', req.KeyId);
     return { KeyVersion: this.version(row, this.rotate(row, 'manual')) };
@@ -657,6 +686,21 @@ export class KmsService {
   async GenerateDataKeyWithoutPlaintext(req: { KeyId?: string; KeySpec?: string; NumberOfBytes?: number; EncryptionContext?: Context }) {
     const r = await this.GenerateDataKey(req);
     return { KeyId: r.KeyId, KeyVersionId: r.KeyVersionId, CiphertextBlob: r.CiphertextBlob };
+  }
+
+  /**
+   * Random bytes for the caller, from the token's C_GenerateRandom: the token keeps a session pool,
+   * so the call is one cheap round trip, and the bytes come from the HSM's RNG as a KMS's
+   * GenerateRandom promises (node:crypto would be no better than the caller's own).
+   */
+  GenerateRandom(req: { NumberOfBytes?: number }): { Plaintext: string } {
+    const n = v.intInRange('NumberOfBytes', req.NumberOfBytes, 1, MAX_RANDOM_BYTES);
+    const bytes = this.keyring.token.random(n);
+    try {
+      return { Plaintext: bytes.toString('base64') };
+    } finally {
+      bytes.fill(0);
+    }
   }
 
   async ReEncrypt(req: { CiphertextBlob?: string; DestinationKeyId?: string; SourceEncryptionContext?: Context; DestinationEncryptionContext?: Context }) {

@@ -40,6 +40,7 @@ export const ACTIONS: Record<string, ActionInfo> = {
   DisableKey: k('lifecycle'),
   ScheduleKeyDeletion: k('lifecycle'),
   CancelKeyDeletion: k('lifecycle'),
+  UpdateRotationPolicy: k('lifecycle'),
   CreateAlias: k('lifecycle'),
   UpdateAlias: k('lifecycle'),
   DeleteAlias: k('lifecycle'),
@@ -63,6 +64,8 @@ export const ACTIONS: Record<string, ActionInfo> = {
   GenerateDataKey: k('crypto', true),
   GenerateDataKeyWithoutPlaintext: k('crypto', true),
   ReEncrypt: k('crypto', true),
+  // Random bytes name no CMK: a grant must say keys ["*"]; like every crypto action, no role implies it.
+  GenerateRandom: g('crypto'),
   // Issue 4: batches and their streams; every item's CMK (and context) is checked, one refusal refuses the message.
   EncryptBatch: k('crypto', true),
   DecryptBatch: k('crypto', true),

@@ -64,6 +64,7 @@ const MUTATING = new Set([
   'DisableKey',
   'ScheduleKeyDeletion',
   'CancelKeyDeletion',
+  'UpdateRotationPolicy',
   'CreateAlias',
   'UpdateAlias',
   'DeleteAlias',

@@ -225,9 +225,10 @@ describe('lifecycle and cryptography as AWS answers them', () => {
     const wrongSource = await awsError(kms.send(new ReEncryptCommand({ CiphertextBlob: noPt.CiphertextBlob, SourceEncryptionContext: ctx, SourceKeyId: other, DestinationKeyId: other })));
     expect(wrongSource.name).toBe('IncorrectKeyException');
     expect(await kms.send(new GetKeyRotationStatusCommand({ KeyId: id }))).toMatchObject({ KeyRotationEnabled: false, KeyId: arn(id) });
-    for (const cmd of [new EnableKeyRotationCommand({ KeyId: id }), new DisableKeyRotationCommand({ KeyId: id })]) {
-      expect((await awsError(kms.send(cmd as never))).name).toBe('UnsupportedOperationException');
-    }
+    await kms.send(new EnableKeyRotationCommand({ KeyId: id, RotationPeriodInDays: 180 }));
+    expect(await kms.send(new GetKeyRotationStatusCommand({ KeyId: id }))).toMatchObject({ KeyRotationEnabled: true, RotationPeriodInDays: 180 });
+    await kms.send(new DisableKeyRotationCommand({ KeyId: id }));
+    expect(await kms.send(new GetKeyRotationStatusCommand({ KeyId: id }))).toMatchObject({ KeyRotationEnabled: false });
     expect((await awsError(kms.send(new GetParametersForImportCommand({ KeyId: id, WrappingAlgorithm: 'RSAES_OAEP_SHA_256', WrappingKeySpec: 'RSA_2048' })))).name).toBe('UnsupportedOperationException');
     expect((await awsError(kms.send(new DeleteImportedKeyMaterialCommand({ KeyId: id })))).name).toBe('UnsupportedOperationException');
     expect((await awsError(kms.send(new CreateKeyCommand({ Tags: [{ TagKey: 'team', TagValue: 'x' }] })))).name).toBe('TagException');

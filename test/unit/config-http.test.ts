@@ -42,3 +42,12 @@ describe('region and account', () => {
     expect(configError([], { KMS_ACCOUNT: 'a:b' })).toContain('account must be lower-case letters');
   });
 });
+
+describe('--aws-region', () => {
+  it('is unset (any region) unless given; the flag wins over KMS_AWS_REGION; a bad value is refused by name', () => {
+    expect(loadConfig([], {}).awsRegion).toBeUndefined();
+    expect(loadConfig([], { KMS_AWS_REGION: 'eu-west-1' }).awsRegion).toBe('eu-west-1');
+    expect(loadConfig(['--aws-region', 'us-east-1'], { KMS_AWS_REGION: 'eu-west-1' }).awsRegion).toBe('us-east-1');
+    expect(configError(['--aws-region', 'US East'])).toContain('awsRegion must be lower-case letters');
+  });
+});

@@ -2,8 +2,9 @@
 // is configured (a client certificate required with a client CA), plain HTTP only on loopback
 // (config.ts refuses anything else). It bounds what a client can make kmsd hold (header and URL
 // size, a 1 MiB body refused before it is read whole, timeouts), then hands the request to the
-// first dialect that claims it. Dialects speak wire formats only; identity, policy, limits and
-// audit are behind HttpContext.run (src/api/admission.ts).
+// first dialect that claims it. A refusal made before the body is read is shaped by the dialect the
+// request is for, as far as its request line and headers tell (Dialect.refuse). Dialects speak wire
+// formats only; identity, policy, limits and audit are behind HttpContext.run (src/api/admission.ts).
 //
 // For the AWS dialect (src/api/http/aws/index.ts): register it by adding
 //   import { awsDialect } from './aws';
@@ -49,14 +50,52 @@ export interface HttpListener {
 }
 
 function plain(refusal: HttpRefusal, message: string, requestId: string): HttpAnswer {
-  // Before a dialect is chosen (or when none claims the request) the answer is Alibaba-shaped:
-  // it is the default dialect at '/'.
+  // When no dialect claims the request (or none shapes refusals) the answer is Alibaba-shaped: it
+  // is the default dialect at '/'.
   const { code, status } = HTTP_REFUSAL_TABLE[refusal].alibaba;
   return {
     status,
     headers: { 'content-type': 'application/json; charset=utf-8', 'x-acs-request-id': requestId },
     body: JSON.stringify({ Code: code, Message: message, RequestId: requestId, HostId: 'kmsd' }),
   };
+}
+
+/** What is known of a request refused before it is read whole. */
+type Known = Pick<HttpCall, 'method' | 'path' | 'rawQuery' | 'headers'>;
+
+/** A refusal before the body is read, in the shape of the dialect the request is for as far as `known` tells. */
+function early(dialects: Dialect[], known: Known, refusal: HttpRefusal, message: string, requestId: string): HttpAnswer {
+  const call: HttpCall = { requestId, ...known, body: Buffer.alloc(0), peer: '', receivedAt: Date.now() };
+  let dialect: Dialect | undefined;
+  try {
+    dialect = dialects.find((d) => d.matches(call));
+  } catch {
+    dialect = undefined;
+  }
+  return dialect?.refuse ? dialect.refuse(refusal, message, requestId) : plain(refusal, message, requestId);
+}
+
+/**
+ * What Node kept of a request whose headers overflowed (err.rawPacket: the bytes of the chunk being
+ * parsed, often only the tail of the headers): the request line when it is there, and every whole
+ * or cut-off header line, enough for a dialect to recognize its own request.
+ */
+function knownFromRaw(raw: unknown): Known {
+  const known: Known = { method: '', path: '', rawQuery: '', headers: {} };
+  if (!Buffer.isBuffer(raw)) return known;
+  const lines = raw.subarray(0, MAX_HEADER_BYTES * 2).toString('latin1').split('\r\n');
+  const first = /^([A-Z]+) (\S+) HTTP\/1\.[01]$/.exec(lines[0] ?? '');
+  if (first) {
+    const q = first[2].indexOf('?');
+    known.method = first[1];
+    known.path = q < 0 ? first[2] : first[2].slice(0, q);
+    known.rawQuery = q < 0 ? '' : first[2].slice(q + 1);
+  }
+  for (const line of lines.slice(first ? 1 : 0)) {
+    const m = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*)$/.exec(line);
+    if (m && !(m[1].toLowerCase() in known.headers)) known.headers[m[1].toLowerCase()] = m[2];
+  }
+  return known;
 }
 
 function send(res: http.ServerResponse, a: HttpAnswer): void {
@@ -102,21 +141,27 @@ export async function listenHttp(o: HttpListenerOptions): Promise<HttpListener> 
     if (!socket.writable) return socket.destroy();
     const a =
       code === 'HPE_HEADER_OVERFLOW'
-        ? plain('HeadersTooLarge', `request line and headers: larger than ${MAX_HEADER_BYTES} bytes`, '')
+        ? early(dialects, knownFromRaw((err as { rawPacket?: unknown }).rawPacket), 'HeadersTooLarge', `request line and headers: larger than ${MAX_HEADER_BYTES} bytes`, '')
         : code === 'ERR_HTTP_REQUEST_TIMEOUT'
           ? plain('RequestTimeout', 'the request was not received in time', '')
           : plain('NotHttp', 'not a well-formed HTTP/1.1 request', '');
     const status = a.status;
-    socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(a.body)}\r\n\r\n${a.body}`);
+    const head = Object.entries(a.headers)
+      .filter(([k]) => k !== 'content-length' && k !== 'connection')
+      .map(([k, v]) => `${k}: ${v}\r\n`)
+      .join('');
+    socket.end(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\nConnection: close\r\n${head}Content-Length: ${Buffer.byteLength(a.body)}\r\n\r\n${a.body}`);
   });
 
   async function serve(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const requestId = crypto.randomUUID();
     const receivedAt = Date.now();
     const url = req.url ?? '/';
+    const q = url.indexOf('?');
+    const known: Known = { method: req.method ?? 'GET', path: q < 0 ? url : url.slice(0, q), rawQuery: q < 0 ? '' : url.slice(q + 1), headers: req.headers };
     if (url.length > MAX_URL_BYTES) {
       req.resume();
-      return send(res, plain('HeadersTooLarge', `URL: longer than ${MAX_URL_BYTES} bytes`, requestId));
+      return send(res, early(dialects, known, 'HeadersTooLarge', `URL: longer than ${MAX_URL_BYTES} bytes`, requestId));
     }
     let certPrincipal: string | undefined;
     if (o.tls?.clientCaFile) {
@@ -132,7 +177,7 @@ export async function listenHttp(o: HttpListenerOptions): Promise<HttpListener> 
     const declared = Number(req.headers['content-length'] ?? 0);
     if (declared > MAX_BODY_BYTES) {
       res.setHeader('connection', 'close');
-      send(res, plain('BodyTooLarge', `body: larger than ${MAX_BODY_BYTES} bytes`, requestId));
+      send(res, early(dialects, known, 'BodyTooLarge', `body: larger than ${MAX_BODY_BYTES} bytes`, requestId));
       req.socket.destroySoon?.();
       return;
     }
@@ -144,17 +189,13 @@ export async function listenHttp(o: HttpListenerOptions): Promise<HttpListener> 
     }
     if (body === null) {
       res.setHeader('connection', 'close');
-      send(res, plain('BodyTooLarge', `body: larger than ${MAX_BODY_BYTES} bytes`, requestId));
+      send(res, early(dialects, known, 'BodyTooLarge', `body: larger than ${MAX_BODY_BYTES} bytes`, requestId));
       req.socket.destroySoon?.();
       return;
     }
-    const q = url.indexOf('?');
     const call: HttpCall = {
       requestId,
-      method: req.method ?? 'GET',
-      path: q < 0 ? url : url.slice(0, q),
-      rawQuery: q < 0 ? '' : url.slice(q + 1),
-      headers: req.headers,
+      ...known,
       body,
       peer: req.socket.remoteAddress ?? '',
       receivedAt,

@@ -5,6 +5,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Logger } from '../../kms/service';
 import type { XksCredentialView } from '../../kms/xks';
+import type { HttpRefusal } from './error-table';
 
 export interface HttpCall {
   requestId: string;
@@ -58,4 +59,9 @@ export interface Dialect {
   name: string;
   matches(call: HttpCall): boolean;
   handle(call: HttpCall, ctx: HttpContext): Promise<HttpAnswer>;
+  /** Shapes a refusal the listener makes before the request is read whole (a body over 1 MiB, an
+      over-long URL, oversized headers), for a request that `matches` on what is known by then: the
+      call has an empty body, and after oversized headers only what Node kept of them. Without it
+      the refusal is Alibaba-shaped. */
+  refuse?(refusal: HttpRefusal, message: string, requestId: string): HttpAnswer;
 }

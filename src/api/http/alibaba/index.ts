@@ -26,6 +26,7 @@ export const ALIBABA_ACTIONS = [
   'DisableKey',
   'ScheduleKeyDeletion',
   'CancelKeyDeletion',
+  'UpdateRotationPolicy',
   'CreateAlias',
   'UpdateAlias',
   'DeleteAlias',

@@ -94,4 +94,6 @@ export const awsDialect: Dialect = {
       return errorAnswer(e, call, ctx, op);
     }
   },
+
+  refuse: awsRefusal,
 };

@@ -364,13 +364,13 @@ export const OPERATIONS: Record<string, Operation> = {
     return { CiphertextBlob: r.CiphertextBlob, KeyId: keyArn(x, r.KeyId) };
   },
 
-  async GenerateRandom(req) {
+  async GenerateRandom(req, x) {
     if (str(req, 'CustomKeyStoreId') !== undefined) throw unsupported('CustomKeyStoreId', 'kmsd has no custom key stores');
     if (has(req, 'Recipient')) throw unsupported('Recipient', 'kmsd has no Nitro Enclaves attestation');
-    int(req, 'NumberOfBytes');
-    // Random bytes would bypass the admission (policy, rate limit, audit) unless they come from a
-    // domain action, and kmsd has none yet: refused rather than served around the rules.
-    throw unsupported('NumberOfBytes', 'kmsd has no GenerateRandom action yet; use GenerateDataKey (its Plaintext is random)');
+    const n = int(req, 'NumberOfBytes');
+    if (n === undefined) throw missing('NumberOfBytes');
+    const r = await act(x, 'GenerateRandom', { NumberOfBytes: n });
+    return { Plaintext: r.Plaintext };
   },
 
   async GetParametersForImport(req, x) {
@@ -428,11 +428,17 @@ export const OPERATIONS: Record<string, Operation> = {
     };
   },
 
-  async EnableKeyRotation() {
-    throw unsupported('KeyId', 'kmsd sets automatic rotation when a CMK is created (kmsctl CreateKey --EnableAutomaticRotation true --RotationInterval ...); it cannot be turned on later');
+  async EnableKeyRotation(req, x) {
+    const keyId = keyRef(x, req, 'KeyId', { alias: false });
+    // AWS's bounds first, then the domain's interval rules (kmsd rotates at most every 730 days).
+    const days = int(req, 'RotationPeriodInDays') ?? 365;
+    if (days < 90 || days > 2560) throw invalid('RotationPeriodInDays', `must be from 90 to 2560 (got ${days})`);
+    await act(x, 'UpdateRotationPolicy', { KeyId: keyId, EnableAutomaticRotation: true, RotationInterval: `${days}d` });
+    return {};
   },
 
-  async DisableKeyRotation() {
-    throw unsupported('KeyId', 'kmsd sets automatic rotation when a CMK is created; it cannot be turned off later');
+  async DisableKeyRotation(req, x) {
+    await act(x, 'UpdateRotationPolicy', { KeyId: keyRef(x, req, 'KeyId', { alias: false }), EnableAutomaticRotation: false });
+    return {};
   },
 };

@@ -17,6 +17,7 @@ import * as v from '../../../kms/validate';
 import { XKS_MAX_AAD, XKS_MAX_PLAINTEXT, XKS_TAG_BYTES, xksPrincipal } from '../../../kms/xks';
 import type { XksEncryptResult, XksHealth } from '../../../kms/xks';
 import { HttpRefusalError } from '../error-table';
+import type { HttpRefusal } from '../error-table';
 import type { Dialect, HttpAnswer, HttpCall, HttpContext } from '../types';
 import { AwsFault } from '../aws/faults';
 import { SigningKeyCache, verifySigV4 } from '../aws/sigv4';
@@ -273,7 +274,18 @@ export const xksDialect: Dialect = {
       return errorAnswer(e, call, ctx, op);
     }
   },
+
+  refuse: xksRefusal,
 };
+
+/**
+ * A refusal of the listener before the request is read whole (body over 1 MiB, oversized URL or
+ * headers): the spec names no status for a request too large to read, and its name for input
+ * outside what the proxy accepts is ValidationException (400).
+ */
+export function xksRefusal(_refusal: HttpRefusal, message: string, requestId: string): HttpAnswer {
+  return failure('ValidationException', XKS_ERRORS.ValidationException, message, requestId);
+}
 
 function errorAnswer(e: unknown, call: HttpCall, ctx: HttpContext, op: Operation | undefined): HttpAnswer {
   if (e instanceof XksFault) {
