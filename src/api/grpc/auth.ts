@@ -376,7 +376,7 @@ export class CallGuard {
     const d = rules.decide(present);
     if (d.allowed) return;
     this.stats.denied++;
-    const rule = d.rule === 'default' ? 'default' : d.rule;
+    const rule = d.rule;
     const matched = Object.entries(d.matched).map(([c, pattern]) => `${c} "${pattern}"`).join(', ');
     const reason = rule === 'default' ? 'no xks rule matched and the xks default is deny' : `xks rule "${rule}" denies${matched ? ` (matched ${matched})` : ''}`;
     const request = { ...present, ExternalKeyId: str(req.ExternalKeyId), KmsRequestId: str(req.KmsRequestId) };
