@@ -12,7 +12,8 @@
 //         "actions": ["Encrypt", "Decrypt", "GenerateDataKey*"],
 //         "keys": ["alias/app-1-*", "1c4f...-uuid"],  // key ids, aliases or patterns; "*" for all
 //         "encryptionContext": { "tenant": "acme" } } // optional: required key/values in the request
-//     ]
+//     ],
+//     "xks": { "rules": [...], "default": "allow" }   // optional: src/policy/xks.ts
 //   }
 //
 // Patterns: "*" matches any run of characters (including "/"); everything else is literal and
@@ -26,6 +27,7 @@
 
 import fs from 'node:fs';
 import { ACTIONS, ActionInfo, CONTEXT_ACTIONS, KNOWN_ACTIONS, ROLE_CLASSES, actionInfo } from './actions';
+import { XksRules, XksSection, validateXks } from './xks';
 
 export class PolicyError extends Error {
   constructor(
@@ -50,6 +52,8 @@ export interface PolicyDocument {
   admins: string[];
   custodians: string[];
   grants: Grant[];
+  /** The external key store's secondary authorization on AWS's request metadata. */
+  xks?: XksSection;
 }
 
 /** One CMK a request is about, as far as the request and the metadata can tell. */
@@ -187,6 +191,8 @@ export class Policy {
   private readonly admins: PrincipalPattern[];
   private readonly custodians: PrincipalPattern[];
   private readonly grants: CompiledGrant[];
+  /** The `xks` section's rules; absent when the file has none (every XKS call the grants allow runs). */
+  readonly xks?: XksRules;
 
   private constructor(
     readonly doc: PolicyDocument,
@@ -203,6 +209,7 @@ export class Policy {
       anyKey: gr.keys.includes('*'),
       context: Object.entries(gr.encryptionContext ?? {}).map(([key, val]) => [key, new Pattern(val)] as [string, Pattern]),
     }));
+    if (doc.xks) this.xks = new XksRules(doc.xks);
   }
 
   /** Parses and validates a policy document; throws PolicyError listing every problem. */
@@ -231,8 +238,8 @@ export class Policy {
     return new Policy({ version: 1, admins: [], custodians: [], grants: [] }, source);
   }
 
-  get summary(): { admins: number; custodians: number; grants: number } {
-    return { admins: this.admins.length, custodians: this.custodians.length, grants: this.grants.length };
+  get summary(): { admins: number; custodians: number; grants: number; xksRules?: number; xksDefault?: string } {
+    return { admins: this.admins.length, custodians: this.custodians.length, grants: this.grants.length, ...this.xks?.summary };
   }
 
   /**
@@ -315,7 +322,7 @@ function validate(raw: unknown, source: string): PolicyDocument {
   const bad = (path: string, msg: string) => problems.push(`${path}: ${msg}`);
   if (!isObject(raw)) throw new PolicyError(source, ['the document must be a JSON object']);
   for (const key of Object.keys(raw)) {
-    if (!['version', 'description', 'admins', 'custodians', 'grants'].includes(key)) bad(key, 'unknown field (allowed: version, description, admins, custodians, grants)');
+    if (!['version', 'description', 'admins', 'custodians', 'grants', 'xks'].includes(key)) bad(key, 'unknown field (allowed: version, description, admins, custodians, grants, xks)');
   }
   if (raw.version !== 1) bad('version', `must be 1 (got ${JSON.stringify(raw.version)})`);
   if (raw.description !== undefined && typeof raw.description !== 'string') bad('description', 'must be a string');
@@ -413,6 +420,7 @@ function validate(raw: unknown, source: string): PolicyDocument {
     }
     grants.push({ id, principals, actions, keys, encryptionContext });
   });
+  const xks = raw.xks === undefined ? undefined : validateXks(raw.xks, bad);
   if (problems.length) throw new PolicyError(source, problems);
-  return { version: 1, admins, custodians, grants };
+  return { version: 1, admins, custodians, grants, ...(xks ? { xks } : {}) };
 }

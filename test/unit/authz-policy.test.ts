@@ -52,7 +52,7 @@ describe('policy validation', () => {
     });
     expect(p).toEqual(
       expect.arrayContaining([
-        'admin: unknown field (allowed: version, description, admins, custodians, grants)',
+        'admin: unknown field (allowed: version, description, admins, custodians, grants, xks)',
         'version: must be 1 (got 2)',
         'grants[0].principals: must be a non-empty array of principal names or patterns',
         'grants[0].actions: must be a non-empty array of action names or patterns',

@@ -19,6 +19,7 @@ import type { CallContext } from '../../kms/types';
 import type { KmsService, Logger } from '../../kms/service';
 import { ANONYMOUS, Policy, KeyResource, PolicyError, PrincipalKind, describeResource, isUriShaped } from '../../policy/policy';
 import { actionInfo } from '../../policy/actions';
+import { XKS_RULED_ACTIONS, XksRules } from '../../policy/xks';
 import * as v from '../../kms/validate';
 import { Bulkhead, CallAbandoned, ConnectionLimits, DEFAULT_CONNECTION_LIMITS, LimitsConfig, RateLimiter, isMalformed, malformedReason } from './limits';
 import type { AdmissionCall } from '../admission';
@@ -308,6 +309,7 @@ export class CallGuard {
       const resources = actionInfo(action)?.keyed ? resourcesFor(action, req, this.o.directory) : [];
       const d = policy.decide({ principal: { kind: who.kind, name: who.policyPrincipal }, action, resources });
       if (!d.allowed) this.deny(action, who, call.getPeer(), ctx, resources, d.reason);
+      if (policy.xks && XKS_RULED_ACTIONS.has(action)) this.xksRules(policy.xks, action, who, call.getPeer(), ctx, req);
       if (action === 'CreateAlias' || action === 'UpdateAlias') run = this.recordWidening(policy, action, req, ctx, run);
     }
     const info = actionInfo(action);
@@ -362,6 +364,37 @@ export class CallGuard {
         }
         return res;
       });
+  }
+
+  /**
+   * The policy's `xks` rules on the request metadata AWS KMS sent. A denial names the rule and what
+   * it matched, with the metadata beside it, in the log and the audit: enough to find the rule to change.
+   */
+  private xksRules(rules: XksRules, action: string, who: { policyPrincipal: string }, peer: string, ctx: CallContext, req: Req): void {
+    const facts = { UriPathPrefix: str(req.UriPathPrefix), AwsPrincipalArn: str(req.AwsPrincipalArn), KmsKeyArn: str(req.KmsKeyArn), KmsOperation: str(req.KmsOperation) };
+    const present = Object.fromEntries(Object.entries(facts).filter(([, val]) => val !== '')) as typeof facts;
+    const d = rules.decide(present);
+    if (d.allowed) return;
+    this.stats.denied++;
+    const rule = d.rule;
+    const matched = Object.entries(d.matched).map(([c, pattern]) => `${c} "${pattern}"`).join(', ');
+    const reason = rule === 'default' ? 'no xks rule matched and the xks default is deny' : `xks rule "${rule}" denies${matched ? ` (matched ${matched})` : ''}`;
+    const request = { ...present, ExternalKeyId: str(req.ExternalKeyId), KmsRequestId: str(req.KmsRequestId) };
+    this.o.log.warn({ requestId: ctx.requestId, principal: who.policyPrincipal, peer, action, keyId: str(req.KeyId) || undefined, xksRule: rule, matched: d.matched, ...request, reason }, 'permission denied by the xks policy');
+    try {
+      this.audit?.append({
+        requestId: ctx.requestId,
+        principal: who.policyPrincipal,
+        action,
+        keyId: str(req.KeyId) || undefined,
+        outcome: 'Forbidden.NoPermission',
+        details: { Reason: reason, XksRule: rule, Matched: d.matched, ...request, Peer: peer, ...(ctx.accessKeyId ? { AccessKeyId: ctx.accessKeyId } : {}) },
+      });
+    } catch (e) {
+      this.o.log.error({ requestId: ctx.requestId, err: (e as Error).message }, 'could not audit a denial');
+    }
+    // AWS KMS passes the message on to its caller: the rule's id, not the ARNs it matched.
+    throw new KmsError('Forbidden.NoPermission', `${action} is denied by the key store's xks policy (${rule === 'default' ? 'the default' : `rule "${rule}"`})`);
   }
 
   private deny(action: string, who: { principal: string; policyPrincipal: string }, peer: string, ctx: CallContext, resources: KeyResource[], reason: string): never {
