@@ -1,19 +1,15 @@
 // kmsctl's client: every unary action of every service as one gRPC call over node:http2, with
-// messages encoded by protobufjs/light from the precompiled descriptor (src/client/descriptor.ts).
-// It converts exactly as the proto-loader stubs of KmsClient and KmsdClient do (same
-// fromObject/toObject calls, same options), but loads neither @grpc/grpc-js nor the .proto parser:
-// loading grpc-js alone was most of a kmsctl call's start-up time. No kmsctl action streams (the
+// messages encoded from the precompiled descriptor (src/client/descriptor.ts, src/client/wire.ts)
+// as the proto-loader stubs of KmsClient and KmsdClient encode them, but without loading
+// @grpc/grpc-js or any protobuf library: loading them was most of a kmsctl call's start-up time. No kmsctl action streams (the
 // stream RPCs have batch twins), so the unary subset of gRPC's wire protocol is all it speaks:
 // POST /kms.v1.Service/Action with a 5-byte length prefix on the message, the status in trailers.
 
 import fs from 'node:fs';
 import http2 from 'node:http2';
-import * as protobuf from 'protobufjs/light';
 import { ClientOptions, Json, KmsClientError, endpointOf } from './basics';
-import { SERVICE_NAMES, descriptorSubset, serviceMethods, serviceOf } from './descriptor';
-
-/** src/api/proto.ts's LOADER_OPTIONS for decoding (keepCase is in the descriptor itself). */
-const TO_OBJECT: protobuf.IConversionOptions = { longs: Number, enums: String, defaults: true, oneofs: true };
+import { SERVICE_NAMES, serviceMethods, serviceOf } from './descriptor';
+import { decode, encode } from './wire';
 
 /** gRPC status codes by number, named as grpc-js names them (the Code of an error without kms-error-code). */
 const STATUS_NAMES = ['OK', 'CANCELLED', 'UNKNOWN', 'INVALID_ARGUMENT', 'DEADLINE_EXCEEDED', 'NOT_FOUND', 'ALREADY_EXISTS', 'PERMISSION_DENIED', 'RESOURCE_EXHAUSTED', 'FAILED_PRECONDITION', 'ABORTED', 'OUT_OF_RANGE', 'UNIMPLEMENTED', 'INTERNAL', 'UNAVAILABLE', 'DATA_LOSS', 'UNAUTHENTICATED'] as const;
@@ -66,8 +62,6 @@ function grpcMessage(raw: string | undefined): string {
 
 export class LightClient {
   private session: http2.ClientHttp2Session | null = null;
-  /** Per action: a root holding only the types that action's messages use. */
-  private readonly roots = new Map<string, protobuf.Root>();
 
   constructor(private readonly opts: ClientOptions = {}) {}
 
@@ -105,16 +99,9 @@ export class LightClient {
     const method = service ? serviceMethods(service)[action] : undefined;
     if (!service || !method) return Promise.reject(new KmsClientError('InvalidAction', `unknown action ${action}`, status.UNIMPLEMENTED));
     if (method.requestStream || method.responseStream) return Promise.reject(new KmsClientError('InvalidAction', `${action} is a stream`, status.UNIMPLEMENTED));
-    let root = this.roots.get(action);
-    if (!root) {
-      root = protobuf.Root.fromJSON(descriptorSubset([method.requestType, method.responseType]) as protobuf.INamespace);
-      this.roots.set(action, root);
-    }
-    const req = root.lookupType(`kms.v1.${method.requestType}`);
-    const res = root.lookupType(`kms.v1.${method.responseType}`);
     let body: Buffer;
     try {
-      const msg = req.encode(req.fromObject(request)).finish();
+      const msg = encode(method.requestType, request);
       body = Buffer.alloc(5 + msg.length);
       body.writeUInt32BE(msg.length, 1);
       body.set(msg, 5);
@@ -210,7 +197,7 @@ export class LightClient {
           return;
         }
         try {
-          finish(null, res.toObject(res.decode(data.subarray(5)), TO_OBJECT) as T);
+          finish(null, decode(method.responseType, data.subarray(5)) as T);
         } catch (e) {
           finish(new KmsClientError('INTERNAL', `Response message parsing error: ${(e as Error).message}`, status.INTERNAL));
         }
