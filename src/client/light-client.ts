@@ -46,6 +46,12 @@ function authorityOf(endpoint: string): string {
   return target;
 }
 
+/** gRPC's timeout header holds at most 8 digits: milliseconds, or seconds for a long deadline. */
+function grpcTimeout(ms: number): string {
+  const n = Math.max(1, Math.ceil(ms));
+  return n < 1e8 ? `${n}m` : `${Math.min(99_999_999, Math.ceil(n / 1000))}S`;
+}
+
 function header(headers: http2.IncomingHttpHeaders, name: string): string | undefined {
   const v = headers[name];
   return Array.isArray(v) ? v[0] : v;
@@ -128,13 +134,13 @@ export class LightClient {
       const timer = setTimeout(() => {
         finish(new KmsClientError('DEADLINE_EXCEEDED', `Deadline exceeded after ${(deadlineMs / 1000).toFixed(3)}s`, status.DEADLINE_EXCEEDED));
         stream.close(http2.constants.NGHTTP2_CANCEL);
-      }, deadlineMs);
+      }, Math.min(deadlineMs, 2 ** 31 - 1)); // setTimeout fires at once beyond 32 bits
       const stream = session.request({
         ':method': 'POST',
         ':path': `/kms.v1.${service}/${action}`,
         'content-type': 'application/grpc',
         te: 'trailers',
-        'grpc-timeout': `${Math.max(1, Math.ceil(deadlineMs))}m`,
+        'grpc-timeout': grpcTimeout(deadlineMs),
         'user-agent': 'kmsctl-light',
       });
       const chunks: Buffer[] = [];

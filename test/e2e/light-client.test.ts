@@ -87,6 +87,17 @@ describe('the light client over plaintext', () => {
     }
   });
 
+  it('takes a deadline longer than grpc-timeout digits or a 32-bit timer hold', async () => {
+    for (const deadlineMs of [1e9, 1e12]) {
+      const long = new LightClient({ endpoint: k.endpoint, deadlineMs });
+      try {
+        expect((await long.call('ListKeys', {})).TotalCount, String(deadlineMs)).toBeGreaterThanOrEqual(0);
+      } finally {
+        long.close();
+      }
+    }
+  });
+
   it('fails with DEADLINE_EXCEEDED when kmsd does not answer in time, and works again after', async () => {
     const short = new LightClient({ endpoint: k.endpoint, deadlineMs: 500 });
     process.kill(k.pid, 'SIGSTOP');
