@@ -22,10 +22,12 @@
 //      signer, form-encoded as @alicloud/kms20160120 sends it; and V2 verification cost per call.
 //   6. The AWS external key store proxy: XKS Encrypt of 4 KiB on an HSM key at concurrency 64 (and
 //      with the CDIV), against unary gRPC Encrypt of the same plaintext (baseline), p50/p99.
+//   7. kmsctl start-up: wall time of one `kmsctl ListKeys` against a running kmsd and of
+//      `kmsctl --help`, against `node -e 0` (baseline), interleaved runs; goal: a call <= 0.25 s.
 //
 // Options: --quick (shorter phases, for a smoke run), --out FILE. Children are stopped by pid.
 
-import { ChildProcess, spawn } from 'node:child_process';
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -46,7 +48,7 @@ const OUT = (() => {
   return i > 0 ? path.resolve(process.argv[i + 1]) : path.join(ROOT, 'bench', 'results', 'latest.json');
 })();
 
-/** --only per-op|grpc|rsa|aws-http|alibaba-http (repeatable): run just those sections (the targets table shows what was run). */
+/** --only per-op|grpc|rsa|aws-http|alibaba-http|xks|kmsctl (repeatable): run just those sections (the targets table shows what was run). */
 const ONLY = process.argv.flatMap((a, i) => (a === '--only' ? [process.argv[i + 1]] : []));
 const want = (section: string) => ONLY.length === 0 || ONLY.includes(section);
 
@@ -854,6 +856,43 @@ async function xksSection(): Promise<XksRow[]> {
   }
 }
 
+interface KmsctlRow {
+  command: string;
+  runs: number;
+  minMs: number;
+  p50Ms: number;
+  ratio: number;
+}
+
+/** Section 7: whole kmsctl processes, each command once per round so that load weighs on all alike. */
+async function kmsctlStartupSection(): Promise<KmsctlRow[]> {
+  const k = await startKmsd('kmsctl', {});
+  try {
+    const kmsctl = path.join(ROOT, 'bin', 'kmsctl.js');
+    const commands: [string, string[]][] = [
+      ['node -e 0', ['-e', '0']],
+      ['kmsctl ListKeys', [kmsctl, '--endpoint', `127.0.0.1:${k.port}`, 'ListKeys']],
+      ['kmsctl --help', [kmsctl, '--help']],
+    ];
+    const runs = QUICK ? 5 : 15;
+    const times = commands.map(() => [] as number[]);
+    for (let round = -1; round < runs; round++) {
+      commands.forEach(([name, args], i) => {
+        const t0 = process.hrtime.bigint();
+        const r = spawnSync(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 30_000 });
+        const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+        if (r.status !== 0) throw new Error(`${name} exited ${r.status}: ${r.stderr?.toString().slice(0, 500)}`);
+        if (round >= 0) times[i].push(ms); // round -1 warms the file cache
+      });
+    }
+    const p50 = times.map((t) => percentile(sortedOf(t), 50));
+    return commands.map(([name], i) => ({ command: name, runs, minMs: r2(Math.min(...times[i])), p50Ms: r2(p50[i]), ratio: r2(p50[i] / p50[0]) }));
+  } finally {
+    k.client.close();
+    await stopChild(k.child);
+  }
+}
+
 function table(headers: string[], rows: (string | number)[][]): string {
   const cells = [headers, ...rows.map((r) => r.map((c) => String(c)))];
   const widths = headers.map((_, i) => Math.max(...cells.map((r) => r[i].length)));
@@ -874,6 +913,7 @@ async function main(): Promise<void> {
   const awsHttp = want('aws-http') ? await awsHttpSection() : null;
   const alibabaHttp = want('alibaba-http') ? await alibabaHttpSection() : null;
   const xks = want('xks') ? await xksSection() : [];
+  const kmsctl = want('kmsctl') ? await kmsctlStartupSection() : [];
   const loadAfter = os.loadavg().map(r2);
 
   const hsm64 = g.rows.find((r) => r.workload.startsWith('Encrypt, HSM') && r.concurrency === 64);
@@ -900,6 +940,7 @@ async function main(): Promise<void> {
     awsHttp,
     alibabaHttp,
     xksProxy: xks,
+    kmsctlStartup: kmsctl,
     targets,
     seconds: Math.round((Date.now() - started) / 1000),
   };
@@ -929,6 +970,8 @@ async function main(): Promise<void> {
   }
   if (xks.length) out.push('', `6. AWS external key store proxy (XKS Encrypt over HTTP keep-alive, SigV4; baseline: unary gRPC Encrypt of the same ${XKS_PLAINTEXT} B at the same concurrency, interleaved; goal >= 0.8, AWS KMS times out at 250 ms)`);
   if (xks.length) out.push(table(['workload', 'conc', 'req/s', 'x gRPC', 'p50 ms', 'p99 ms'], xks.map((r) => [r.workload, r.concurrency, r.requestsPerSec, r.ratio.toFixed(2), r.p50Ms, r.p99Ms])));
+  if (kmsctl.length) out.push('', `7. kmsctl start-up, whole process, wall time (baseline: node -e 0 in the same rounds; goal: kmsctl ListKeys p50 <= 250 ms, achieved ${kmsctl[1].p50Ms} ms)`);
+  if (kmsctl.length) out.push(table(['command', 'runs', 'min ms', 'p50 ms', 'x node -e 0'], kmsctl.map((r) => [r.command, r.runs, r.minMs, r.p50Ms, r.ratio.toFixed(2)])));
   out.push('', 'Issue 4 targets');
   out.push(table(['target', 'achieved', 'goal', 'met'], targets.map((t) => [t.target, t.achieved, t.goal, t.met ? 'yes' : 'NO'])));
   out.push('', `Wrote ${path.relative(process.cwd(), OUT) || OUT} in ${result.seconds} s.`);

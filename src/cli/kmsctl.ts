@@ -6,8 +6,8 @@
 // usage errors exit 2. VerifyAudit prints its verdict and exits 1 when the log does not verify.
 
 // Start-up time matters (ceremony scripts call kmsctl dozens of times): actions and their
-// parameters come from the precompiled descriptor (src/client/descriptor.ts), and gRPC and
-// protobufjs are loaded only when a call is made.
+// parameters come from the precompiled descriptor (src/client/descriptor.ts), and a call goes
+// through the light client (node:http2, messages encoded from the descriptor), not grpc-js.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -193,7 +193,7 @@ export function main(): void {
         process.stderr.write(`kmsctl: ${e.message}\n`);
         process.exit(2);
       }
-      // By name: the client module (and gRPC) is not loaded unless a call was made.
+      // By name: the client module is not loaded unless a call was made.
       const out = (e as Error)?.name === 'KmsClientError' ? { Code: e.code, Message: e.message, RequestId: e.requestId } : { Code: 'ClientError', Message: (e as Error).message };
       process.stderr.write(JSON.stringify(out) + '\n');
       process.exit(1);

@@ -1,12 +1,27 @@
 // Typed client for the kmsd gRPC API, used by kmsctl, tests and benchmarks. Errors come back as
 // KmsClientError with the API error code (from the `kms-error-code` trailer) and the message.
 
+import fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { serviceConstructor } from '../api/proto';
-import { ClientOptions, Json, KmsClientError, channelCredentials, endpointOf, toClientError } from './basics';
+import { ClientOptions, Json, KmsClientError, endpointOf } from './basics';
 
-export { DEFAULT_ENDPOINT, KmsClientError, channelCredentials, endpointOf } from './basics';
+export { DEFAULT_ENDPOINT, KmsClientError, endpointOf } from './basics';
 export type { ClientOptions, Json } from './basics';
+
+/** TLS when a CA is given (option or KMS_CA), with a client certificate for mutual TLS; else plaintext. */
+export function channelCredentials(opts: ClientOptions): grpc.ChannelCredentials {
+  const caFile = opts.caFile ?? process.env.KMS_CA;
+  if (!caFile) return grpc.credentials.createInsecure();
+  const keyFile = opts.keyFile ?? process.env.KMS_KEY;
+  const certFile = opts.certFile ?? process.env.KMS_CERT;
+  return grpc.credentials.createSsl(fs.readFileSync(caFile), keyFile ? fs.readFileSync(keyFile) : null, certFile ? fs.readFileSync(certFile) : null);
+}
+
+export function toClientError(e: { code: grpc.status; details?: string; message?: string; metadata?: grpc.Metadata }): KmsClientError {
+  const code = e.metadata?.get('kms-error-code')?.[0]?.toString() ?? grpc.status[e.code] ?? 'Unknown';
+  return new KmsClientError(code, e.details || e.message || '', e.code, e.metadata?.get('kms-request-id')?.[0]?.toString());
+}
 
 /** RPCs that are bidirectional streams (issue 4): not callable through call(). */
 export const STREAMING_ACTIONS = ['EncryptStream', 'DecryptStream'];

@@ -1,8 +1,8 @@
 // The API's services and messages as a protobufjs JSON descriptor, proto/kms/v1/api.json, generated
 // from the .proto files (`node dist/scripts/gen-api-descriptor.js`; test/unit/api-descriptor.test.ts
 // fails when it is out of step). kmsctl reads it instead of parsing the .proto files at every start:
-// listing actions and checking --Param names and types need no protobuf library at all, and a call
-// needs only protobufjs/light (src/client/light-client.ts).
+// listing actions, checking --Param names and types, and encoding a call's messages
+// (src/client/wire.ts, src/client/light-client.ts) need no protobuf library at all.
 
 import fs from 'node:fs';
 import path from 'node:path';

@@ -1,57 +1,219 @@
-// kmsctl's client: every action of every service through one generic gRPC channel, with messages
-// encoded by protobufjs/light from the precompiled descriptor (src/client/descriptor.ts). It converts
-// exactly as the proto-loader stubs of KmsClient and KmsdClient do (same fromObject/toObject calls,
-// same options), but starts without parsing the .proto files or building their descriptors, which
-// was most of kmsctl's start-up time.
+// kmsctl's client: every unary action of every service as one gRPC call over node:http2, with
+// messages encoded from the precompiled descriptor (src/client/descriptor.ts, src/client/wire.ts)
+// as the proto-loader stubs of KmsClient and KmsdClient encode them, but without loading
+// @grpc/grpc-js or any protobuf library: loading them was most of a kmsctl call's start-up time. No kmsctl action streams (the
+// stream RPCs have batch twins), so the unary subset of gRPC's wire protocol is all it speaks:
+// POST /kms.v1.Service/Action with a 5-byte length prefix on the message, the status in trailers.
 
-import * as grpc from '@grpc/grpc-js';
-import * as protobuf from 'protobufjs/light';
-import { ClientOptions, Json, KmsClientError, channelCredentials, endpointOf, toClientError } from './basics';
-import { SERVICE_NAMES, descriptorSubset, serviceMethods, serviceOf } from './descriptor';
+import fs from 'node:fs';
+import http2 from 'node:http2';
+import { ClientOptions, Json, KmsClientError, endpointOf } from './basics';
+import { SERVICE_NAMES, serviceMethods, serviceOf } from './descriptor';
+import { decode, encode } from './wire';
 
-/** src/api/proto.ts's LOADER_OPTIONS for decoding (keepCase is in the descriptor itself). */
-const TO_OBJECT: protobuf.IConversionOptions = { longs: Number, enums: String, defaults: true, oneofs: true };
+/** gRPC status codes by number, named as grpc-js names them (the Code of an error without kms-error-code). */
+const STATUS_NAMES = ['OK', 'CANCELLED', 'UNKNOWN', 'INVALID_ARGUMENT', 'DEADLINE_EXCEEDED', 'NOT_FOUND', 'ALREADY_EXISTS', 'PERMISSION_DENIED', 'RESOURCE_EXHAUSTED', 'FAILED_PRECONDITION', 'ABORTED', 'OUT_OF_RANGE', 'UNIMPLEMENTED', 'INTERNAL', 'UNAVAILABLE', 'DATA_LOSS', 'UNAUTHENTICATED'] as const;
+const status = Object.fromEntries(STATUS_NAMES.map((n, i) => [n, i])) as Record<(typeof STATUS_NAMES)[number], number>;
+
+/** KmsClient's limit on an answer (grpc.max_receive_message_length). */
+const MAX_RECEIVE = 16 * 1024 * 1024;
+
+/** The gRPC status for an HTTP status other than 200 (gRPC's http-grpc-status-mapping). */
+function statusOfHttp(code: number): number {
+  switch (code) {
+    case 400:
+      return status.INTERNAL;
+    case 401:
+      return status.UNAUTHENTICATED;
+    case 403:
+      return status.PERMISSION_DENIED;
+    case 404:
+      return status.UNIMPLEMENTED;
+    case 429:
+    case 502:
+    case 503:
+    case 504:
+      return status.UNAVAILABLE;
+    default:
+      return status.UNKNOWN;
+  }
+}
+
+/** host:port, [v6]:port, or grpc-js's dns: forms, as an https/http authority. */
+function authorityOf(endpoint: string): string {
+  const target = endpoint.replace(/^dns:(\/\/[^/]*\/)?/, '');
+  if (!/^(\[[0-9a-fA-F:.]+\]|[^:\s/]+):\d+$/.test(target)) throw new KmsClientError('InvalidEndpoint', `endpoint "${endpoint}" is not HOST:PORT`, status.INVALID_ARGUMENT);
+  return target;
+}
+
+/** gRPC's timeout header holds at most 8 digits: milliseconds, or seconds for a long deadline. */
+function grpcTimeout(ms: number): string {
+  const n = Math.max(1, Math.ceil(ms));
+  return n < 1e8 ? `${n}m` : `${Math.min(99_999_999, Math.ceil(n / 1000))}S`;
+}
+
+function header(headers: http2.IncomingHttpHeaders, name: string): string | undefined {
+  const v = headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+function grpcMessage(raw: string | undefined): string {
+  if (!raw) return '';
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    return raw;
+  }
+}
 
 export class LightClient {
-  private readonly client: grpc.Client;
-  /** Per action: a root holding only the types that action's messages use. */
-  private readonly roots = new Map<string, protobuf.Root>();
+  private session: http2.ClientHttp2Session | null = null;
 
-  constructor(private readonly opts: ClientOptions = {}) {
-    this.client = new grpc.Client(endpointOf(opts), channelCredentials(opts), { 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
-  }
+  constructor(private readonly opts: ClientOptions = {}) {}
 
   get actions(): string[] {
     return SERVICE_NAMES.flatMap((s) => Object.keys(serviceMethods(s)));
   }
 
+  /** One HTTP/2 connection for every call of this client, opened on the first (TLS when a CA is given, as KmsClient). */
+  private connect(): http2.ClientHttp2Session {
+    if (this.session && !this.session.closed && !this.session.destroyed) return this.session;
+    const authority = authorityOf(endpointOf(this.opts));
+    const caFile = this.opts.caFile ?? process.env.KMS_CA;
+    let session: http2.ClientHttp2Session;
+    if (caFile) {
+      const keyFile = this.opts.keyFile ?? process.env.KMS_KEY;
+      const certFile = this.opts.certFile ?? process.env.KMS_CERT;
+      session = http2.connect(`https://${authority}`, {
+        ca: fs.readFileSync(caFile),
+        ...(keyFile ? { key: fs.readFileSync(keyFile) } : {}),
+        ...(certFile ? { cert: fs.readFileSync(certFile) } : {}),
+        ALPNProtocols: ['h2'],
+      });
+    } else {
+      session = http2.connect(`http://${authority}`);
+    }
+    // A connection or handshake failure fails the calls on it (each stream sees it); the session
+    // must not throw it as an uncaught 'error'.
+    session.on('error', () => undefined);
+    this.session = session;
+    return session;
+  }
+
   call<T = Json>(action: string, request: Json = {}): Promise<T> {
     const service = serviceOf(action);
     const method = service ? serviceMethods(service)[action] : undefined;
-    if (!service || !method) return Promise.reject(new KmsClientError('InvalidAction', `unknown action ${action}`, grpc.status.UNIMPLEMENTED));
-    if (method.requestStream || method.responseStream) return Promise.reject(new KmsClientError('InvalidAction', `${action} is a stream`, grpc.status.UNIMPLEMENTED));
-    let root = this.roots.get(action);
-    if (!root) {
-      root = protobuf.Root.fromJSON(descriptorSubset([method.requestType, method.responseType]) as protobuf.INamespace);
-      this.roots.set(action, root);
+    if (!service || !method) return Promise.reject(new KmsClientError('InvalidAction', `unknown action ${action}`, status.UNIMPLEMENTED));
+    if (method.requestStream || method.responseStream) return Promise.reject(new KmsClientError('InvalidAction', `${action} is a stream`, status.UNIMPLEMENTED));
+    let body: Buffer;
+    try {
+      const msg = encode(method.requestType, request);
+      body = Buffer.alloc(5 + msg.length);
+      body.writeUInt32BE(msg.length, 1);
+      body.set(msg, 5);
+    } catch (e) {
+      return Promise.reject(new KmsClientError('INTERNAL', `Request message serialization failure: ${(e as Error).message}`, status.INTERNAL));
     }
-    const req = root.lookupType(`kms.v1.${method.requestType}`);
-    const res = root.lookupType(`kms.v1.${method.responseType}`);
-    const deadline = new Date(Date.now() + (this.opts.deadlineMs ?? 60_000));
+    const deadlineMs = this.opts.deadlineMs ?? 60_000;
     return new Promise<T>((resolve, reject) => {
-      this.client.makeUnaryRequest(
-        `/kms.v1.${service}/${action}`,
-        (arg: Json) => Buffer.from(req.encode(req.fromObject(arg)).finish()),
-        (buf: Buffer) => res.toObject(res.decode(buf), TO_OBJECT) as T,
-        request,
-        new grpc.Metadata(),
-        { deadline },
-        (err: grpc.ServiceError | null, value?: T) => (err ? reject(toClientError(err)) : resolve(value as T)),
-      );
+      let session: http2.ClientHttp2Session;
+      try {
+        session = this.connect();
+      } catch (e) {
+        reject(e);
+        return;
+      }
+      let settled = false;
+      const finish = (err: KmsClientError | null, value?: T) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        if (err) reject(err);
+        else resolve(value as T);
+      };
+      const timer = setTimeout(() => {
+        finish(new KmsClientError('DEADLINE_EXCEEDED', `Deadline exceeded after ${(deadlineMs / 1000).toFixed(3)}s`, status.DEADLINE_EXCEEDED));
+        stream.close(http2.constants.NGHTTP2_CANCEL);
+      }, Math.min(deadlineMs, 2 ** 31 - 1)); // setTimeout fires at once beyond 32 bits
+      const stream = session.request({
+        ':method': 'POST',
+        ':path': `/kms.v1.${service}/${action}`,
+        'content-type': 'application/grpc',
+        te: 'trailers',
+        'grpc-timeout': grpcTimeout(deadlineMs),
+        'user-agent': 'kmsctl-light',
+      });
+      const chunks: Buffer[] = [];
+      let received = 0;
+      let headers: http2.IncomingHttpHeaders = {};
+      let trailers: http2.IncomingHttpHeaders | null = null;
+      stream.on('response', (h) => {
+        headers = h;
+      });
+      stream.on('trailers', (t) => {
+        trailers = t;
+      });
+      stream.on('data', (chunk: Buffer) => {
+        received += chunk.length;
+        if (received > MAX_RECEIVE + 5) {
+          finish(new KmsClientError('RESOURCE_EXHAUSTED', `Received message larger than max (${received} vs. ${MAX_RECEIVE})`, status.RESOURCE_EXHAUSTED));
+          stream.close(http2.constants.NGHTTP2_CANCEL);
+          return;
+        }
+        chunks.push(chunk);
+      });
+      stream.on('error', (e: Error & { code?: string }) => {
+        if (e.code !== 'ERR_HTTP2_STREAM_ERROR') {
+          finish(new KmsClientError('UNAVAILABLE', `No connection established. Last error: ${e.message}`, status.UNAVAILABLE));
+          return;
+        }
+        // The server reset the call, as grpc-js maps the reset codes.
+        const rst = stream.rstCode;
+        const code = rst === http2.constants.NGHTTP2_REFUSED_STREAM ? status.UNAVAILABLE : rst === http2.constants.NGHTTP2_CANCEL ? status.CANCELLED : rst === http2.constants.NGHTTP2_ENHANCE_YOUR_CALM ? status.RESOURCE_EXHAUSTED : status.INTERNAL;
+        finish(new KmsClientError(STATUS_NAMES[code], `Received RST_STREAM with code ${rst}`, code));
+      });
+      stream.on('close', () => {
+        if (settled) return;
+        // A trailers-only answer (every error kmsd gives) carries the status in the headers.
+        const meta: http2.IncomingHttpHeaders = { ...headers, ...(trailers ?? {}) };
+        const httpStatus = Number(header(headers, ':status') ?? 0);
+        const grpcStatus = header(meta, 'grpc-status');
+        if (grpcStatus === undefined) {
+          if (httpStatus && httpStatus !== 200) {
+            const code = statusOfHttp(httpStatus);
+            finish(new KmsClientError(STATUS_NAMES[code], `Received HTTP status code ${httpStatus}`, code));
+          } else {
+            finish(new KmsClientError('INTERNAL', `Received RST_STREAM with code ${stream.rstCode ?? 0} (no status)`, status.INTERNAL));
+          }
+          return;
+        }
+        const code = Number(grpcStatus);
+        if (code !== status.OK) {
+          const name = header(meta, 'kms-error-code') ?? STATUS_NAMES[code] ?? 'Unknown';
+          finish(new KmsClientError(name, grpcMessage(header(meta, 'grpc-message')), code, header(meta, 'kms-request-id')));
+          return;
+        }
+        const data = Buffer.concat(chunks);
+        if (data.length < 5 || data.readUInt32BE(1) !== data.length - 5) {
+          finish(new KmsClientError('INTERNAL', `malformed answer: ${data.length} bytes do not hold one length-prefixed message`, status.INTERNAL));
+          return;
+        }
+        if (data[0] !== 0) {
+          finish(new KmsClientError('INTERNAL', 'the answer is compressed, which kmsctl does not ask for', status.INTERNAL));
+          return;
+        }
+        try {
+          finish(null, decode(method.responseType, data.subarray(5)) as T);
+        } catch (e) {
+          finish(new KmsClientError('INTERNAL', `Response message parsing error: ${(e as Error).message}`, status.INTERNAL));
+        }
+      });
+      stream.end(body);
     });
   }
 
   close(): void {
-    this.client.close();
+    this.session?.close();
+    this.session = null;
   }
 }
