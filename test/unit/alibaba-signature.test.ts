@@ -13,7 +13,8 @@ describe('Alibaba signature V2', () => {
   it('matches @alicloud/rpc-util getSignatureV1 for arbitrary parameters', () => {
     fc.assert(
       fc.property(
-        fc.dictionary(fc.string({ minLength: 1, maxLength: 12 }).filter((k) => !k.includes('.')), fc.string({ unit: 'grapheme', maxLength: 30 }), { maxKeys: 8 }),
+        // `__proto__` is left out: the SDK's signer copies parameters by assignment, which drops it.
+        fc.dictionary(fc.string({ minLength: 1, maxLength: 12 }).filter((k) => !k.includes('.') && k !== '__proto__'), fc.string({ unit: 'grapheme', maxLength: 30 }), { maxKeys: 8 }),
         fc.constantFrom('GET', 'POST'),
         fc.string({ minLength: 1, maxLength: 40 }),
         (params, method, secret) => {
