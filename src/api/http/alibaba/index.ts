@@ -134,7 +134,8 @@ export function domainRequest(action: string, params: Map<string, string>): Reco
       // What @alicloud/kms20160120 1.2.0 sends for a map: EncryptionContext.KEY=VALUE.
       const field = name.slice(0, dot);
       const m = flattened.get(field) ?? {};
-      m[name.slice(dot + 1)] = value;
+      // defineProperty, not assignment: a context key named __proto__ must stay a key, not be dropped.
+      Object.defineProperty(m, name.slice(dot + 1), { value, enumerable: true, writable: true, configurable: true });
       flattened.set(field, m);
       continue;
     }
