@@ -581,6 +581,39 @@ s.listen(0, '127.0.0.1', () => console.log('listening on 127.0.0.1:' + s.address
 process.on('SIGTERM', () => s.close(() => process.exit(0)));
 `;
 
+/** One POST on the keep-alive agent: 1 on a 200, otherwise an error with the start of the answer. */
+function postOnce(agent: http.Agent, port: number, headers: Record<string, string>, body: string, what: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const r = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/', agent, headers: { ...headers, 'content-length': String(Buffer.byteLength(body)) } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => (res.statusCode === 200 ? resolve(1) : reject(new Error(`${what}: ${res.statusCode} ${Buffer.concat(chunks).toString().slice(0, 300)}`))));
+      res.on('error', reject);
+    });
+    r.on('error', reject);
+    r.end(body);
+  });
+}
+
+/** The echo (first) and kmsd sides at concurrency 1 and 64, in interleaved windows: a row per side and concurrency. */
+async function echoVersusKmsd(sides: { name: string; once: () => Promise<number> }[]): Promise<AwsHttpRow[]> {
+  const rows: AwsHttpRow[] = [];
+  for (const c of [1, 64]) {
+    for (const side of sides) await load(c, GRPC_WARM_MS, side.once);
+    const windows = sides.map(() => [] as Window[]);
+    for (let round = 0; round < GRPC_ROUNDS; round++) {
+      for (const i of round % 2 === 0 ? [0, 1] : [1, 0]) windows[i].push(await load(c, GRPC_WINDOW_MS, sides[i].once));
+    }
+    const base = summed(windows[0]).requestsPerSec;
+    sides.forEach((side, i) => {
+      const r = summed(windows[i]);
+      rows.push({ workload: side.name, concurrency: c, requestsPerSec: r0(r.requestsPerSec), ratio: r2(r.requestsPerSec / base), p50Ms: r2(r.p50), p99Ms: r2(r.p99) });
+      process.stderr.write(`[bench] HTTP ${side.name} c=${c}: ${r0(r.requestsPerSec)} req/s\n`);
+    });
+  }
+  return rows;
+}
+
 /**
  * Encrypt on an HSM key through the AWS dialect (the AWS SDK's own SigV4 signer on the client, HTTP/1.1
  * keep-alive) against the bare node:http JSON echo receiving the same signed requests, at concurrency
@@ -621,7 +654,6 @@ async function awsHttpSection(): Promise<{ rows: AwsHttpRow[]; verifyMicros: { w
   const k = await startChild([path.join(ROOT, 'bin', 'kmsd.js'), '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--http-listen', '127.0.0.1:0'], { KMS_WRAPPING_KEY_POOL_SIZE: '0' }, logFile);
   const client = new grpc.Client(`127.0.0.1:${k.port}`, grpc.credentials.createInsecure());
   const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
-  const rows: AwsHttpRow[] = [];
   try {
     let httpPort = 0;
     for (let i = 0; !httpPort; i++) {
@@ -640,35 +672,13 @@ async function awsHttpSection(): Promise<{ rows: AwsHttpRow[]; verifyMicros: { w
         headers: { host: `127.0.0.1:${port}`, 'content-type': 'application/x-amz-json-1.1', 'x-amz-target': 'TrentService.Encrypt' },
         body,
       } as never)) as unknown as { headers: Record<string, string> };
-      return new Promise((resolve, reject) => {
-        const r = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/', agent, headers: { ...req.headers, 'content-length': String(Buffer.byteLength(body)) } }, (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('end', () => (res.statusCode === 200 ? resolve(1) : reject(new Error(`Encrypt over HTTP: ${res.statusCode} ${Buffer.concat(chunks).toString().slice(0, 300)}`))));
-          res.on('error', reject);
-        });
-        r.on('error', reject);
-        r.end(body);
-      });
+      return postOnce(agent, port, req.headers, body, 'Encrypt over HTTP (AWS)');
     };
     const sides = [
       { name: 'echo (node:http JSON, no work; baseline)', once: () => post(echo.port) },
       { name: 'Encrypt, HSM key, AWS SigV4', once: () => post(httpPort) },
     ];
-    for (const c of [1, 64]) {
-      for (const side of sides) await load(c, GRPC_WARM_MS, side.once);
-      const windows = sides.map(() => [] as Window[]);
-      for (let round = 0; round < GRPC_ROUNDS; round++) {
-        for (const i of round % 2 === 0 ? [0, 1] : [1, 0]) windows[i].push(await load(c, GRPC_WINDOW_MS, sides[i].once));
-      }
-      const base = summed(windows[0]).requestsPerSec;
-      sides.forEach((side, i) => {
-        const r = summed(windows[i]);
-        rows.push({ workload: side.name, concurrency: c, requestsPerSec: r0(r.requestsPerSec), ratio: r2(r.requestsPerSec / base), p50Ms: r2(r.p50), p99Ms: r2(r.p99) });
-        process.stderr.write(`[bench] HTTP ${side.name} c=${c}: ${r0(r.requestsPerSec)} req/s\n`);
-      });
-    }
-    return { rows, verifyMicros };
+    return { rows: await echoVersusKmsd(sides), verifyMicros };
   } finally {
     agent.destroy();
     client.close();
@@ -717,7 +727,6 @@ async function alibabaHttpSection(): Promise<{ rows: AwsHttpRow[]; verifyMicros:
   const k = await startChild([path.join(ROOT, 'bin', 'kmsd.js'), '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--http-listen', '127.0.0.1:0'], { KMS_WRAPPING_KEY_POOL_SIZE: '0' }, logFile);
   const client = new grpc.Client(`127.0.0.1:${k.port}`, grpc.credentials.createInsecure());
   const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
-  const rows: AwsHttpRow[] = [];
   try {
     let httpPort = 0;
     for (let i = 0; !httpPort; i++) {
@@ -730,35 +739,13 @@ async function alibabaHttpSection(): Promise<{ rows: AwsHttpRow[]; verifyMicros:
     const hsmKey = (await kms(client, 'CreateKey', { ProtectionLevel: 'HSM' })).KeyMetadata.KeyId as string;
     const post = (port: number): Promise<number> => {
       const body = signed(key.AccessKeyId as string, key.AccessKeySecret as string, hsmKey);
-      return new Promise((resolve, reject) => {
-        const r = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/', agent, headers: { 'content-type': 'application/x-www-form-urlencoded', 'content-length': String(Buffer.byteLength(body)) } }, (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('end', () => (res.statusCode === 200 ? resolve(1) : reject(new Error(`Encrypt over HTTP (Alibaba): ${res.statusCode} ${Buffer.concat(chunks).toString().slice(0, 300)}`))));
-          res.on('error', reject);
-        });
-        r.on('error', reject);
-        r.end(body);
-      });
+      return postOnce(agent, port, { 'content-type': 'application/x-www-form-urlencoded' }, body, 'Encrypt over HTTP (Alibaba)');
     };
     const sides = [
       { name: 'echo (node:http JSON, no work; baseline)', once: () => post(echo.port) },
       { name: 'Encrypt, HSM key, Alibaba V2', once: () => post(httpPort) },
     ];
-    for (const c of [1, 64]) {
-      for (const side of sides) await load(c, GRPC_WARM_MS, side.once);
-      const windows = sides.map(() => [] as Window[]);
-      for (let round = 0; round < GRPC_ROUNDS; round++) {
-        for (const i of round % 2 === 0 ? [0, 1] : [1, 0]) windows[i].push(await load(c, GRPC_WINDOW_MS, sides[i].once));
-      }
-      const base = summed(windows[0]).requestsPerSec;
-      sides.forEach((side, i) => {
-        const r = summed(windows[i]);
-        rows.push({ workload: side.name, concurrency: c, requestsPerSec: r0(r.requestsPerSec), ratio: r2(r.requestsPerSec / base), p50Ms: r2(r.p50), p99Ms: r2(r.p99) });
-        process.stderr.write(`[bench] HTTP ${side.name} c=${c}: ${r0(r.requestsPerSec)} req/s\n`);
-      });
-    }
-    return { rows, verifyMicros };
+    return { rows: await echoVersusKmsd(sides), verifyMicros };
   } finally {
     agent.destroy();
     client.close();

@@ -8,6 +8,7 @@ import { KMSClient } from '@aws-sdk/client-kms';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { Sha256 } from '@smithy/core/checksum';
 import type { Kmsd } from './daemon';
+import { answerOf } from './http';
 
 export interface AccessKey {
   AccessKeyId: string;
@@ -80,19 +81,7 @@ export async function awsRaw(port: number, o: RawRequest): Promise<RawAnswer> {
   return new Promise((resolve, reject) => {
     // A connection per request: a test's case never depends on the state a previous case left.
     const r = http.request({ host: '127.0.0.1', port, agent: false, method: o.method ?? 'POST', path: '/', headers: { ...req.headers, 'content-length': String(req.body.length) } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8');
-        let json: unknown;
-        try {
-          json = JSON.parse(text);
-        } catch {
-          json = undefined;
-        }
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, text, json });
-      });
-      res.on('error', reject);
+      answerOf(res).then(({ status, headers, body, json }) => resolve({ status, headers, text: body, json }), reject);
     });
     r.on('error', reject);
     r.end(req.body);

@@ -40,23 +40,30 @@ export interface RawAnswer {
   json: any; // eslint-disable-line @typescript-eslint/no-explicit-any
 }
 
+/** The whole answer of a response: status, headers, body text and its JSON (undefined when it is not JSON). */
+export function answerOf(res: http.IncomingMessage): Promise<RawAnswer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    res.on('data', (c: Buffer) => chunks.push(c));
+    res.on('end', () => {
+      const body = Buffer.concat(chunks).toString('utf8');
+      let json: unknown;
+      try {
+        json = JSON.parse(body);
+      } catch {
+        json = undefined;
+      }
+      resolve({ status: res.statusCode ?? 0, headers: res.headers, body, json });
+    });
+    res.on('error', reject);
+  });
+}
+
 /** One request on its own connection; resolves with whatever kmsd answered (or rejects if it hung up). */
 export function rawRequest(port: number, o: { method?: string; path?: string; headers?: Record<string, string>; body?: string | Buffer }): Promise<RawAnswer> {
   return new Promise((resolve, reject) => {
     const req = http.request({ host: '127.0.0.1', port, method: o.method ?? 'POST', path: o.path ?? '/', headers: o.headers, agent: false }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        const body = Buffer.concat(chunks).toString('utf8');
-        let json: unknown;
-        try {
-          json = JSON.parse(body);
-        } catch {
-          json = undefined;
-        }
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body, json });
-      });
-      res.on('error', reject);
+      answerOf(res).then(resolve, reject);
     });
     req.on('error', reject);
     if (o.body !== undefined) req.write(o.body);

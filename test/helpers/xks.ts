@@ -7,7 +7,7 @@ import { SignatureV4 } from '@smithy/signature-v4';
 import { Sha256 } from '@smithy/core/checksum';
 import fs from 'node:fs';
 import https from 'node:https';
-import { RawAnswer, rawRequest } from './http';
+import { RawAnswer, answerOf, rawRequest } from './http';
 
 export interface XksCredential {
   AccessKeyId: string;
@@ -74,19 +74,7 @@ function httpsRequest(port: number, tls: NonNullable<XksRequest['tls']>, o: { me
         key: tls.keyFile ? fs.readFileSync(tls.keyFile) : undefined,
       },
       (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const body = Buffer.concat(chunks).toString('utf8');
-          let json: unknown;
-          try {
-            json = JSON.parse(body);
-          } catch {
-            json = undefined;
-          }
-          resolve({ status: res.statusCode ?? 0, headers: res.headers, body, json });
-        });
-        res.on('error', reject);
+        answerOf(res).then(resolve, reject);
       },
     );
     req.on('error', reject);
