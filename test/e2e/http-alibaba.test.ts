@@ -111,6 +111,16 @@ describe('answers', () => {
     expect([wrong.status, wrong.json.Code]).toEqual([400, 'InvalidCiphertext']);
     expect(Object.keys(wrong.json).sort()).toEqual(['Code', 'HostId', 'Message', 'RequestId']);
   });
+
+  it('keeps a flattened EncryptionContext key named __proto__: the blob is bound to it', async () => {
+    const keyId = (await sdk().createKey(new $Kms.CreateKeyRequest({ protectionLevel: 'HSM' }))).keyMetadata.keyId;
+    const enc = await rawRequest(k.httpPort, v2(k.devKey, 'Encrypt', { KeyId: keyId, Plaintext: 'aGVsbG8=', 'EncryptionContext.__proto__': 'x' }));
+    expect(enc.status, enc.body).toBe(200);
+    const without = await rawRequest(k.httpPort, v2(k.devKey, 'Decrypt', { CiphertextBlob: enc.json.CiphertextBlob }));
+    expect([without.status, without.json.Code]).toEqual([400, 'InvalidCiphertext']);
+    const withIt = await rawRequest(k.httpPort, v2(k.devKey, 'Decrypt', { CiphertextBlob: enc.json.CiphertextBlob, EncryptionContext: '{"__proto__":"x"}' }));
+    expect([withIt.status, withIt.json.Plaintext]).toEqual([200, 'aGVsbG8=']);
+  });
 });
 
 describe('signature V3 (ACS3-HMAC-SHA256), from an independent signer', () => {
