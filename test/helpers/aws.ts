@@ -8,7 +8,7 @@ import { KMSClient } from '@aws-sdk/client-kms';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { Sha256 } from '@smithy/core/checksum';
 import type { Kmsd } from './daemon';
-import { answerOf } from './http';
+import { answerOf, sendBody } from './http';
 
 export interface AccessKey {
   AccessKeyId: string;
@@ -84,7 +84,7 @@ export async function awsRaw(port: number, o: RawRequest): Promise<RawAnswer> {
       answerOf(res).then(({ status, headers, body, json }) => resolve({ status, headers, text: body, json }), reject);
     });
     r.on('error', reject);
-    r.end(req.body);
+    sendBody(r, req.body);
   });
 }
 

@@ -59,6 +59,24 @@ export function answerOf(res: http.IncomingMessage): Promise<RawAnswer> {
   });
 }
 
+/**
+ * Ends a request with its body. kmsd answers a Content-Length over its limit before reading the body
+ * and closes the connection, so writing a large body at once races that close (EPIPE before the
+ * answer is read): for such a body the headers go first, and the body only if no answer came.
+ */
+export function sendBody(req: http.ClientRequest, body?: string | Buffer): void {
+  if (body === undefined || Buffer.byteLength(body) <= 1024 * 1024) {
+    req.end(body);
+    return;
+  }
+  let answered = false;
+  req.once('response', () => (answered = true));
+  req.flushHeaders();
+  setTimeout(() => {
+    if (!answered) req.end(body);
+  }, 2000).unref();
+}
+
 /** One request on its own connection; resolves with whatever kmsd answered (or rejects if it hung up). */
 export function rawRequest(port: number, o: { method?: string; path?: string; headers?: Record<string, string>; body?: string | Buffer }): Promise<RawAnswer> {
   return new Promise((resolve, reject) => {
@@ -66,7 +84,6 @@ export function rawRequest(port: number, o: { method?: string; path?: string; he
       answerOf(res).then(resolve, reject);
     });
     req.on('error', reject);
-    if (o.body !== undefined) req.write(o.body);
-    req.end();
+    sendBody(req, o.body);
   });
 }
