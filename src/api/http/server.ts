@@ -104,11 +104,19 @@ function send(res: http.ServerResponse, a: HttpAnswer): void {
   res.end(a.body);
 }
 
+/** How long an idle keep-alive connection is kept, and how many connections the listener holds. */
+export const HTTP_KEEP_ALIVE_MS = 65_000;
+export const HTTP_MAX_CONNECTIONS = 4096;
+
 export async function listenHttp(o: HttpListenerOptions): Promise<HttpListener> {
   const dialects = o.dialects ?? DIALECTS;
   // requireHostHeader off: Node would answer a request without Host with an empty 400 of its own;
   // the dialects answer it instead (a V3 signature needs a signed Host anyway).
-  const common: http.ServerOptions = { maxHeaderSize: MAX_HEADER_BYTES, keepAlive: true, requestTimeout: 30_000, headersTimeout: 10_000, keepAliveTimeout: 5_000, requireHostHeader: false };
+  // keepAliveTimeout: SDK agents keep idle sockets with no timeout of their own and do not read
+  // Keep-Alive: timeout=N, so a server that closes idle sockets soon races their next request
+  // ("socket hang up" in the Alibaba SDK, which does not retry). A minute, as load balancers use,
+  // makes that rare; the connection cap bounds what idle sockets can hold.
+  const common: http.ServerOptions = { maxHeaderSize: MAX_HEADER_BYTES, keepAlive: true, requestTimeout: 30_000, headersTimeout: 10_000, keepAliveTimeout: HTTP_KEEP_ALIVE_MS, requireHostHeader: false };
   const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
     serve(req, res).catch((e) => {
       o.log.error({ err: (e as Error).message }, 'http request failed');
@@ -206,6 +214,7 @@ export async function listenHttp(o: HttpListenerOptions): Promise<HttpListener> 
     send(res, await dialect.handle(call, o.ctx));
   }
 
+  server.maxConnections = HTTP_MAX_CONNECTIONS;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen({ host: o.host, port: o.port }, () => {
