@@ -182,6 +182,11 @@ export class LightClient {
           if (httpStatus && httpStatus !== 200) {
             const code = statusOfHttp(httpStatus);
             finish(new KmsClientError(STATUS_NAMES[code], `Received HTTP status code ${httpStatus}`, code));
+          } else if (!httpStatus) {
+            // No answer at all, not even headers: the connection went (under TLS 1.3 a server
+            // refuses a client certificate only after the client has sent its request; grpc-js
+            // answers UNAVAILABLE there too). kmsd itself always answers with headers.
+            finish(new KmsClientError('UNAVAILABLE', 'No connection established. Last error: the connection closed before an answer', status.UNAVAILABLE));
           } else {
             finish(new KmsClientError('INTERNAL', `Received RST_STREAM with code ${stream.rstCode ?? 0} (no status)`, status.INTERNAL));
           }
