@@ -29,10 +29,10 @@ export interface DaemonConfig {
   pendingWindowDaySeconds: number;
   minRotationIntervalSeconds: number;
   useNativeAddon: boolean;
-  /** Issue 4: worker threads (each with its own session) of the native addon; see DEFAULT_NATIVE_THREADS. */
+  /** Worker threads (each with its own session) of the native addon; see DEFAULT_NATIVE_THREADS. */
   nativeThreads?: number;
   logLevel: string;
-  /** Issue 6: authorization and limits (defaults from securitySettings when absent). */
+  /** Authorization and limits (defaults from securitySettings when absent). */
   security?: SecurityConfig;
   /** --adopt-token: bind a store without a binding (or older than the token) to the token as it is (src/kms/binding.ts). */
   adoptToken?: boolean;
@@ -45,7 +45,7 @@ export interface DaemonConfig {
   awsRegion?: string;
 }
 
-/** Issue 6: who may call (policy), how much (limits), and whether plaintext is served at all. */
+/** Who may call (policy), how much (limits), and whether plaintext is served at all. */
 export interface SecurityConfig {
   /** Authorization policy file (JSON), reloaded on SIGHUP. */
   policyFile?: string;
@@ -76,7 +76,7 @@ export interface SecurityConfig {
 export class ConfigError extends Error {}
 
 /**
- * Issue 4: the native addon's worker threads by default: one per core, each with its own session.
+ * The native addon's worker threads by default: one per core, each with its own session.
  * (Until unary calls were started in turns, a second worker lowered unary throughput on SoftHSM,
  * whose token-object lookups serialize; A/B runs since show 2 workers on 2 cores no worse for unary
  * calls and ~1.7x for batches: bench/README.md.) An HSM with more crypto cores than the host may
@@ -251,7 +251,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig
   return cfg;
 }
 
-// ---- issue 6: authorization, limits, plaintext switch
+// ---- authorization, limits, plaintext switch
 
 export function securitySettings(flags: Record<string, string>, env: NodeJS.ProcessEnv, file: Record<string, unknown>, tls: boolean): SecurityConfig {
   const val = (flag: string | null, envName: string, fileKey: string): unknown => (flag && flags[flag]) ?? envValue(env, envName) ?? file[fileKey];

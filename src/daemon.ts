@@ -36,7 +36,7 @@ export interface RunningDaemon {
   kms: KmsService;
   imports: ImportService;
   capabilities: HsmCapabilities;
-  /** Issue 6: identity, authorization and limits in front of every call. */
+  /** Identity, authorization and limits in front of every call. */
   security: CallGuard;
   /** Re-reads the policy file (SIGHUP); a bad file keeps the current policy. */
   reloadPolicy(): { ok: boolean; message: string };
@@ -45,7 +45,7 @@ export interface RunningDaemon {
 
 export async function startDaemon(cfg: DaemonConfig, log: Logger): Promise<RunningDaemon> {
   fs.mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
-  // Issue 6: the data directory is the daemon's alone, whoever created it (the umask is kmsd.ts's job).
+  // The data directory is the daemon's alone, whoever created it (the umask is kmsd.ts's job).
   if ((fs.statSync(cfg.dataDir).mode & 0o077) !== 0) {
     fs.chmodSync(cfg.dataDir, 0o700);
     log.warn({ dataDir: cfg.dataDir }, 'data directory was accessible to others; now 0700');
@@ -108,7 +108,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
       wrappingKeyPoolSize: cfg.wrappingKeyPoolSize,
     });
 
-    // Issue 5: custodians, proposals and the audit trail (guards nothing until InitCeremony).
+    // Custodians, proposals and the audit trail (guards nothing until InitCeremony).
     const sec = cfg.security ?? securitySettings({}, {}, {}, Boolean(cfg.tls));
     // The external key store's health check is deep: token info and a wrap under the root key,
     // which throws (never blocks) once the token is gone.
@@ -136,7 +136,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     const wrapReconciled = imports.reconcileWrappingKeys(inventory);
     const unknown = kms.reportUnknown(inventory);
     log.info({ ...reconciled, wrappingKeys: wrapReconciled, pendingDestroys: retried, unknown: unknown.length }, 'start-up reconciliation done');
-    // Issue 6: principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
+    // Principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
     const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: quorum.audit });
     const accessKeys = new AccessKeyService(store, keyring);
     const { server, health, actions, streams } = createServer({ kms, imports, log, ceremony: ceremonyExtension(quorum), security, accessKeys, xks }, { maxMessageBytes: sec.maxMessageBytes, maxConcurrentStreams: sec.maxConcurrentStreams, streamLimits: sec });

@@ -6,7 +6,7 @@
 //   turn, so if each handler did its work at once a burst of 64 requests was answered only after all
 //   64 were done: the client waited while the server worked, then the other way round (responses
 //   arrived in bursts of ~45 with ~7 ms gaps). Slices let client and server overlap: +25-30% unary
-//   requests/s at concurrency 64 on two cores (issue 4 bench), and a shorter event-loop stall;
+//   requests/s at concurrency 64 on two cores (measured by the bench), and a shorter event-loop stall;
 //   batch checks (src/kms/batch.ts), one 64-item chunk per turn: many large batches arriving in one
 //   socket read must not stall every other call while their lookups run.
 

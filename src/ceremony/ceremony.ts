@@ -1,4 +1,4 @@
-// Key ceremonies: custodians, the quorum policy, proposals and approvals (issue 5).
+// Key ceremonies: custodians, the quorum policy, proposals and approvals.
 //
 // A guarded action is never run on one operator's say-so. It is proposed (CreateProposal), which
 // freezes its parameters into a document; M of the N current custodians sign that document offline

@@ -1,4 +1,4 @@
-// kmsctl actions of issue 5 that need more than the generic --Param conversion:
+// kmsctl actions of ceremonies that need more than the generic --Param conversion:
 //   InitCeremony    --Custodians alice=alice.pub,bob=bob.pub,... --Threshold M   (reads the PEM files)
 //   CreateProposal  --Action X [--Requester NAME] [--ExpiresInSeconds N] [--OutputFile proposal.json]
 //                   and X's own parameters (--KeyId ..., --EncryptedKeyMaterial ..., ...); for

@@ -70,7 +70,7 @@ function convert(action: string, field: FieldInfo, raw: string): unknown {
       return raw === 'true';
     case 'TYPE_MESSAGE':
       if (field.list) {
-        // Issue 4: a list of messages (EncryptBatch/DecryptBatch --Items) takes a JSON array of objects
+        // A list of messages (EncryptBatch/DecryptBatch --Items) takes a JSON array of objects
         // with the API's field names: --Items '[{"KeyId":"…","Plaintext":"aGk="}]'.
         let parsed: unknown;
         try {
@@ -147,7 +147,7 @@ export async function run(argv: string[]): Promise<number> {
     process.stdout.write(USAGE([...names, 'SignProposal']) + '\n' + CEREMONY_USAGE + '\n');
     return action ? 0 : 2;
   }
-  if (CEREMONY_CLI_ACTIONS.includes(action)) return runCeremonyCli(action, argv.slice(i), opts); // issue 5: file-reading actions
+  if (CEREMONY_CLI_ACTIONS.includes(action)) return runCeremonyCli(action, argv.slice(i), opts); // file-reading actions
   const fields = requestFields(action);
   const request: Record<string, unknown> = {};
   const local: Record<string, string> = {};

@@ -8,13 +8,13 @@ import { startDaemon } from '../daemon';
 import { HsmError } from '../hsm/errors';
 import { disableCoreDumps } from '../hsm/native-addon';
 
-/** Start-up failures are one line (issue 2): messages from tools (softhsm2-util's stderr) may span several. */
+/** Start-up failures are one line: messages from tools (softhsm2-util's stderr) may span several. */
 function oneLine(message: string): string {
   return message.trim().replace(/\s*\n\s*/g, '; ');
 }
 
 async function main(): Promise<void> {
-  // Issue 6: everything kmsd creates (SQLite and its WAL, token files, PIN files) is owner-only.
+  // Everything kmsd creates (SQLite and its WAL, token files, PIN files) is owner-only.
   process.umask(0o077);
   const argv = process.argv.slice(2);
   if (argv.includes('--help') || argv.includes('-h')) {
@@ -68,7 +68,7 @@ async function main(): Promise<void> {
       },
     );
   };
-  // Issue 6: SIGHUP re-reads the authorization policy; a bad file is logged and the old policy stays.
+  // SIGHUP re-reads the authorization policy; a bad file is logged and the old policy stays.
   process.on('SIGHUP', () => {
     if (!stopping) daemon.reloadPolicy();
   });

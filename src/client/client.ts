@@ -23,7 +23,7 @@ export function toClientError(e: { code: grpc.status; details?: string; message?
   return new KmsClientError(code, e.details || e.message || '', e.code, e.metadata?.get('kms-request-id')?.[0]?.toString());
 }
 
-/** RPCs that are bidirectional streams (issue 4): not callable through call(). */
+/** RPCs that are bidirectional streams: not callable through call(). */
 export const STREAMING_ACTIONS = ['EncryptStream', 'DecryptStream'];
 
 export interface EncryptBatchItem {
@@ -120,7 +120,7 @@ export class KmsClient {
     return { ...r, Plaintext: Buffer.from(r.Plaintext, 'base64') };
   }
 
-  // ---- issue 4: batches (at most MAX_BATCH_ITEMS = 256 items per call; per-item Code/Message)
+  // ---- batches (at most MAX_BATCH_ITEMS = 256 items per call; per-item Code/Message)
 
   encryptBatch(items: EncryptBatchItem[], batchId = '') {
     return this.call<BatchResponse<EncryptBatchResult>>('EncryptBatch', { BatchId: batchId, Items: items.map(encryptItem) });

@@ -1126,7 +1126,7 @@ export class HsmToken {
     }
   }
 
-  // ---------------------------------------------------------------- signing key (issue 5: audit checkpoints)
+  // ---------------------------------------------------------------- signing key (audit checkpoints)
   // An ECDSA P-256 key pair whose private half never leaves the token. P-256 rather than Ed25519
   // because every HSM we target (Luna, nShield, YubiHSM 2, CloudHSM, SoftHSM) signs with it.
   // Labels are kmsd:sign:<id>; the pair shares the label, so lookups also match on the class.

@@ -1,4 +1,4 @@
-// Issue 4: EncryptBatch / DecryptBatch (and their streams, which run one batch per message) for
+// EncryptBatch / DecryptBatch (and their streams, which run one batch per message) for
 // high-volume callers. Each item goes through the same lookups and state checks as a unary
 // Encrypt/Decrypt (KmsService.resolve, requireUsable, locate) and yields the same blob or the same
 // error code and message; one bad item never fails the batch. The AES-GCM work of a whole batch is

@@ -38,7 +38,7 @@ export function bytesToUuid(b: Buffer): string {
 }
 
 // IVs are drawn from the CSPRNG a block at a time: one call per 256 IVs instead of one per
-// Encrypt (~2% of a unary call in the issue 4 profile). Every IV is its own slice of a block that is
+// Encrypt (~2% of a unary call in a profile). Every IV is its own slice of a block that is
 // never written again, so no two encryptions can share one.
 const IV_BLOCK_IVS = 256;
 let ivBlock = Buffer.alloc(0);

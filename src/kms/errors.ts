@@ -42,7 +42,7 @@ export const ERROR_TABLE = {
   Throttling: { status: 'RESOURCE_EXHAUSTED', meaning: 'Too many requests; retry with backoff.' },
   'ServiceUnavailable.Hsm': { status: 'UNAVAILABLE', meaning: 'The token is not usable right now.' },
   InternalFailure: { status: 'INTERNAL', meaning: 'An internal error; details are in the daemon log under the request id.' },
-  // ---- issue 5: key ceremonies (custodians, proposals, approvals)
+  // ---- key ceremonies (custodians, proposals, approvals)
   'Rejected.QuorumRequired': { status: 'FAILED_PRECONDITION', meaning: 'The action is guarded by the quorum policy: propose it (CreateProposal), have M custodians approve it (ApproveProposal), then ExecuteProposal.' },
   'Rejected.CeremonyNotInitialized': { status: 'FAILED_PRECONDITION', meaning: 'No custodians are registered yet: InitCeremony first.' },
   'Forbidden.ProposalNotFound': { status: 'NOT_FOUND', meaning: 'No proposal has this ProposalId.' },
@@ -55,7 +55,7 @@ export const ERROR_TABLE = {
   'Rejected.ProposalExecuted': { status: 'FAILED_PRECONDITION', meaning: 'The proposal was already executed; a proposal runs exactly once.' },
   'Rejected.QuorumNotMet': { status: 'FAILED_PRECONDITION', meaning: 'Fewer current custodians have approved the proposal than the threshold requires.' },
   'Rejected.NotRequester': { status: 'PERMISSION_DENIED', meaning: 'Only the requester of a proposal may cancel or renew it.' },
-  // ---- issue 6: authentication and authorization
+  // ---- authentication and authorization
   Unauthenticated: { status: 'UNAUTHENTICATED', meaning: 'The caller presented no usable identity (a client certificate that names no principal, or names it ambiguously).' },
   'Forbidden.NoPermission': { status: 'PERMISSION_DENIED', meaning: 'The authorization policy gives this principal no role or grant for this action on this CMK; the message names the principal, the action and the key.' },
   // ---- the store/token binding and destroys the token refused

@@ -13,7 +13,7 @@ import { KeyVersionRow, Store } from '../store/store';
 export interface NativeGcm {
   encrypt(handle: number, iv: Buffer, aad: Buffer, plaintext: Buffer): Promise<Buffer>;
   decrypt(handle: number, iv: Buffer, aad: Buffer, ciphertextWithTag: Buffer): Promise<Buffer>;
-  /** Issue 4: many operations in one call across the addon's workers; a Buffer or an Error per item. */
+  /** Many operations in one call across the addon's workers; a Buffer or an Error per item. */
   encryptBatch?(items: { handle: number; iv: Buffer; aad: Buffer; data: Buffer }[]): Promise<Array<Buffer | Error>>;
   decryptBatch?(items: { handle: number; iv: Buffer; aad: Buffer; data: Buffer }[]): Promise<Array<Buffer | Error>>;
   stats?(): { threads: number; sessionsReopened: number };
@@ -187,7 +187,7 @@ export class Keyring {
     }
   }
 
-  // ---------------------------------------------------------------- batches (issue 4)
+  // ---------------------------------------------------------------- batches
 
   /**
    * One result per item, in order: the sealed bytes, or the Error encrypt() would have thrown for

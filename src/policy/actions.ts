@@ -66,7 +66,7 @@ export const ACTIONS: Record<string, ActionInfo> = {
   ReEncrypt: k('crypto', true),
   // Random bytes name no CMK: a grant must say keys ["*"]; like every crypto action, no role implies it.
   GenerateRandom: g('crypto'),
-  // Issue 4: batches and their streams; every item's CMK (and context) is checked, one refusal refuses the message.
+  // Batches and their streams: every item's CMK (and context) is checked, one refusal refuses the message.
   EncryptBatch: k('crypto', true),
   DecryptBatch: k('crypto', true),
   EncryptStream: k('crypto', true),

@@ -1,4 +1,4 @@
-// Persistence of the audit trail (issue 5): the append-only, hash-chained audit_log table and the
+// Persistence of the audit trail: the append-only, hash-chained audit_log table and the
 // data-plane usage counters. The chain rules live in src/audit.
 
 import { Store } from './store';

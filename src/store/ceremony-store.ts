@@ -1,4 +1,4 @@
-// Persistence of the key ceremony (issue 5): custodians, proposals and their revisions, approvals,
+// Persistence of the key ceremony: custodians, proposals and their revisions, approvals,
 // and the ceremony settings (threshold, quorum policy, custodian set version). SQL lives here, as
 // everywhere, in src/store; the rules live in src/ceremony.
 

@@ -57,7 +57,7 @@ export const MIGRATIONS: Migration[] = [
       );
     `,
   },
-  // ---- issue 5: key ceremonies (custodians, proposals, approvals) and the hash-chained audit log.
+  // ---- key ceremonies (custodians, proposals, approvals) and the hash-chained audit log.
   {
     version: 2,
     sql: `

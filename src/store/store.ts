@@ -118,7 +118,7 @@ export class Store {
     if (this.db.open) this.db.close();
   }
 
-  // Prepared once, reused: preparing on every lookup cost ~10% of a unary Encrypt (issue 4 bench).
+  // Prepared once, reused: preparing on every lookup cost ~10% of a unary Encrypt (measured by the bench).
   private readonly statements = new Map<string, Database.Statement>();
 
   private stmt(sql: string): Database.Statement {
@@ -153,7 +153,7 @@ export class Store {
   }
 
   // CMK and key-version rows are read on every Encrypt and Decrypt; the SQLite lookups were ~12% of
-  // a unary call (issue 4 profile). The daemon is the only writer of these tables (it holds the
+  // a unary call. The daemon is the only writer of these tables (it holds the
   // data directory's lock, src/store/data-dir-lock.ts), so rows are cached here: a write drops the
   // row it touches, a rolled-back transaction drops them all. Cached rows are frozen, so no caller
   // can change the cache by accident. Absent ids are not cached (unknown ids would fill memory).

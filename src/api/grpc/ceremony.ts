@@ -1,4 +1,4 @@
-// gRPC side of issue 5: the CeremonyService and AuditService handlers, and the two decorators put
+// gRPC side of ceremonies and audit: the CeremonyService and AuditService handlers, and the two decorators put
 // around every KeyManagementService action: the quorum guard (a guarded action called directly is
 // refused with Rejected.QuorumRequired) and the audit recorder (control-plane calls become audit
 // records; data-plane calls are counted per CMK, principal and action).

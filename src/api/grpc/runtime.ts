@@ -1,4 +1,4 @@
-// Issue 4: DescribeRuntime, a debug RPC with the daemon's own runtime figures, so the benchmark
+// DescribeRuntime, a debug RPC with the daemon's own runtime figures, so the benchmark
 // (scripts/bench.ts) can show what load does to kmsd's event loop: perf_hooks.monitorEventLoopDelay
 // percentiles over a window the caller resets, the native addon's threads and the HSM counters.
 // Nothing here touches the token or key material.

@@ -47,9 +47,9 @@ export interface GrpcServices {
   kms: KmsService;
   imports: ImportService;
   log: Logger;
-  /** Issue 5: the quorum guard and audit recorder around every action, and the Ceremony/Audit services. */
+  /** The quorum guard and audit recorder around every action, and the Ceremony/Audit services. */
   ceremony?: CeremonyExtension;
-  /** Issue 6: identity, rate limit, authorization and HSM bulkhead before every action (src/api/grpc/auth.ts). */
+  /** Identity, rate limit, authorization and HSM bulkhead before every action (src/api/grpc/auth.ts). */
   security?: CallGuard;
   /** Access keys of the HTTP dialects (src/kms/access-keys.ts). */
   accessKeys?: AccessKeyService;
@@ -95,7 +95,7 @@ export function buildActions(s: GrpcServices): Record<string, Action> {
     DeleteKeyMaterial: (r: never) => i.DeleteKeyMaterial(r),
     DescribeHsm: () => i.DescribeHsm(),
     RemoveUnknownTokenObjects: (r: never) => k.RemoveUnknownTokenObjects(r),
-    // Issue 4: batches, their streams (one batch per message, see bidi below) and runtime figures.
+    // Batches, their streams (one batch per message, see bidi below) and runtime figures.
     EncryptBatch: (r: never, ctx: CallContext) => batch.EncryptBatch(r, ctx),
     DecryptBatch: (r: never, ctx: CallContext) => batch.DecryptBatch(r, ctx),
     EncryptStream: (r: never, ctx: CallContext) => batch.EncryptBatch(r, ctx),
@@ -140,7 +140,7 @@ function unary(name: string, action: Action, log: Logger, turns: Turns, guard?: 
       if (internal !== undefined) logInternal(log, requestId, name, internal);
       const entry = { requestId, action: name, principal: ctx.principal, outcome, ms: Math.round(ms * 10) / 10 };
       // Successful data-plane calls are counted by the audit log; one info line each cost ~8% of a
-      // unary Encrypt (issue 4 bench), so they log at debug. Failures and control-plane calls at info.
+      // unary Encrypt (measured by the bench), so they log at debug. Failures and control-plane calls at info.
       if (!err && quiet) log.debug?.(entry, 'call');
       else log.info(entry, 'call');
       if (err) {
@@ -152,7 +152,7 @@ function unary(name: string, action: Action, log: Logger, turns: Turns, guard?: 
     const start = () => {
       let result: unknown;
       try {
-        // Issue 6: the guard identifies, throttles, authorizes and queues; without one, only the decode check.
+        // The guard identifies, throttles, authorizes and queues; without one, only the decode check.
         result = admit(name, call, ctx, guard, () => action(call.request as never, ctx));
       } catch (e) {
         fail(e);
@@ -179,7 +179,7 @@ function unary(name: string, action: Action, log: Logger, turns: Turns, guard?: 
   };
 }
 
-// ------------------------------------------------------------------ issue 4: batch streams
+// ------------------------------------------------------------------ batch streams
 
 /** Messages of one stream being worked on at once; past this the stream is paused (backpressure). */
 const STREAM_MAX_IN_FLIGHT = 8;
