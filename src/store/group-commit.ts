@@ -42,7 +42,23 @@ export class GroupCommit {
   constructor(
     private readonly db: Database.Database,
     private readonly rolledBack: () => void,
-  ) {}
+  ) {
+    // Prepared once: four of these run per unit or batch, and parsing them each time showed up.
+    const stmt = (sql: string) => {
+      const st = db.prepare(sql);
+      return () => void st.run();
+    };
+    this.sql = {
+      begin: stmt('BEGIN IMMEDIATE'),
+      savepoint: stmt('SAVEPOINT unit'),
+      release: stmt('RELEASE unit'),
+      rollbackTo: stmt('ROLLBACK TO unit'),
+      commit: stmt('COMMIT'),
+      rollback: stmt('ROLLBACK'),
+    };
+  }
+
+  private readonly sql: Record<'begin' | 'savepoint' | 'release' | 'rollbackTo' | 'commit' | 'rollback', () => void>;
 
   /** Runs `work` in the next group transaction; resolves with its value once that has committed. */
   submit<T>(work: () => T): Promise<T> {
@@ -71,24 +87,24 @@ export class GroupCommit {
     this.queue = [];
     const outcomes: { ok: boolean; value: unknown }[] = [];
     try {
-      this.db.exec('BEGIN IMMEDIATE');
+      this.sql.begin();
       for (const u of units) {
-        this.db.exec('SAVEPOINT unit');
+        this.sql.savepoint();
         try {
           const value = u.work();
-          this.db.exec('RELEASE unit');
+          this.sql.release();
           outcomes.push({ ok: true, value });
         } catch (e) {
-          this.db.exec('ROLLBACK TO unit');
-          this.db.exec('RELEASE unit');
+          this.sql.rollbackTo();
+          this.sql.release();
           this.rolledBack();
           outcomes.push({ ok: false, value: e });
         }
       }
-      this.db.exec('COMMIT');
+      this.sql.commit();
     } catch (e) {
       // The batch as a whole failed (disk full, I/O error): nothing of it is on disk.
-      if (this.db.inTransaction) this.db.exec('ROLLBACK');
+      if (this.db.inTransaction) this.sql.rollback();
       this.rolledBack();
       for (const u of units) u.reject(e);
       return;
