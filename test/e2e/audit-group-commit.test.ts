@@ -78,7 +78,7 @@ describe('audit records committed in groups', () => {
       };
       const workers = Array.from({ length: IN_FLIGHT }, worker);
       // Kill once a different number of calls was answered each round.
-      const target = 150 + round * 97;
+      const target = 80 + round * 41;
       while (acked.length < target) await new Promise((r) => setTimeout(r, 5));
       killing = true;
       inFlightAtKill = inFlight;
