@@ -282,3 +282,80 @@ export function securitySettings(flags: Record<string, string>, env: NodeJS.Proc
     maxBufferedBytesPerPrincipal: intSetting('streamBufferBytesPerPrincipal', val(null, 'KMS_STREAM_BUFFER_BYTES_PER_PRINCIPAL', 'streamBufferBytesPerPrincipal') ?? 32 * 1024 * 1024, 64 * 1024, 16 * 1024 * 1024 * 1024),
   };
 }
+
+// ---- the token auditor (npm run audit-token)
+
+export interface AuditConfig {
+  /** The token, as kmsd is given it; all three unset for the development token under dataDir. */
+  pkcs11Module?: string;
+  tokenLabel?: string;
+  pinFile?: string;
+  allowInsecurePinFile: boolean;
+  dataDir: string;
+  /** Objects whose label is not kmsd:... are reported as findings unless the token is knowingly shared. */
+  allowForeignObjects: boolean;
+}
+
+export const AUDIT_USAGE = `usage: npm run audit-token -- --data-dir DIR [--pkcs11-module PATH --token-label LABEL --pin-file FILE]
+            [--allow-insecure-pin-file 0|1] [--allow-foreign-objects]
+
+Lists every object of kmsd's token through graphene-pk11 (not kmsd's own token code), checks each
+key's attributes against its role, and cross-checks the token against the metadata store in DIR
+(read only). Without --pkcs11-module, --token-label and --pin-file it audits the development token
+under DIR/softhsm. --store (a PostgreSQL store) is accepted by name but not supported yet.
+Prints a JSON report. Exit 0: clean; 1: findings; 2: usage error; 3: the token or store could not be read.`;
+
+const AUDIT_FLAGS = new Set(['--pkcs11-module', '--token-label', '--pin-file', '--data-dir', '--store', '--allow-insecure-pin-file']);
+
+/** Parses and checks the auditor's flags before it opens the token or the store. */
+export function loadAuditConfig(argv: string[]): AuditConfig {
+  const flags: Record<string, string> = {};
+  let allowForeignObjects = false;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--allow-foreign-objects') {
+      allowForeignObjects = true;
+      continue;
+    }
+    const [name, inline] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
+    if (!AUDIT_FLAGS.has(name)) throw new ConfigError(`unknown argument "${a}"`);
+    const value = inline ?? argv[++i];
+    if (value === undefined || value === '' || (inline === undefined && value.startsWith('--'))) throw new ConfigError(`${name} needs a value`);
+    if (name in flags) throw new ConfigError(`${name} is given twice`);
+    flags[name] = value;
+  }
+  if (flags['--store'] !== undefined) {
+    throw new ConfigError('--store (a PostgreSQL metadata store) is not supported yet: kmsd keeps its store in SQLite under --data-dir; give --data-dir instead');
+  }
+  const dataDir = flags['--data-dir'];
+  if (!dataDir) throw new ConfigError('--data-dir is required: the data directory of the kmsd whose token is audited');
+  const resolved = path.resolve(dataDir);
+  if (!fs.existsSync(path.join(resolved, 'kmsd.sqlite'))) throw new ConfigError(`--data-dir ${resolved} holds no kmsd.sqlite: not a kmsd data directory`);
+  const production = [flags['--pkcs11-module'], flags['--token-label'], flags['--pin-file']];
+  if (production.some(Boolean) && !production.every(Boolean)) {
+    throw new ConfigError('an existing token needs all of --pkcs11-module, --token-label and --pin-file (or none of them for the development token under --data-dir)');
+  }
+  const modulePath = flags['--pkcs11-module'];
+  if (modulePath !== undefined && !fileExists(modulePath)) throw new ConfigError(`--pkcs11-module ${modulePath} is not a file`);
+  const label = flags['--token-label'];
+  // CK_TOKEN_INFO.label is 32 bytes, blank-padded: a longer label can never match.
+  if (label !== undefined && Buffer.byteLength(label, 'utf8') > 32) throw new ConfigError(`--token-label must be at most 32 bytes (got ${Buffer.byteLength(label, 'utf8')})`);
+  const pinFile = flags['--pin-file'];
+  if (pinFile !== undefined && !fileExists(pinFile)) throw new ConfigError(`--pin-file ${pinFile} is not a file`);
+  return {
+    pkcs11Module: modulePath,
+    tokenLabel: label,
+    pinFile,
+    allowInsecurePinFile: boolSetting('--allow-insecure-pin-file', flags['--allow-insecure-pin-file']) ?? false,
+    dataDir: resolved,
+    allowForeignObjects,
+  };
+}
+
+function fileExists(p: string): boolean {
+  try {
+    return fs.statSync(p).isFile();
+  } catch {
+    return false;
+  }
+}

@@ -22,12 +22,14 @@ export function findSoftHsmModule(): string {
  * Makes sure DATA_DIR/softhsm holds an initialized token and returns how to open it. Sets
  * SOFTHSM2_CONF for this process, which SoftHSM reads at C_Initialize.
  */
-export function ensureDevToken(dataDir: string): { modulePath: string; tokenLabel: string; pin: string; pinFile: string; pinLooseMode: number | null } {
+/** Where the development token of a data directory lives; creates nothing. */
+export function devTokenPaths(dataDir: string): { dir: string; tokens: string; conf: string; pinFile: string; soPinFile: string } {
   const dir = path.join(dataDir, 'softhsm');
-  const tokens = path.join(dir, 'tokens');
-  const conf = path.join(dir, 'softhsm2.conf');
-  const pinFile = path.join(dir, 'user.pin');
-  const soPinFile = path.join(dir, 'so.pin');
+  return { dir, tokens: path.join(dir, 'tokens'), conf: path.join(dir, 'softhsm2.conf'), pinFile: path.join(dir, 'user.pin'), soPinFile: path.join(dir, 'so.pin') };
+}
+
+export function ensureDevToken(dataDir: string): { modulePath: string; tokenLabel: string; pin: string; pinFile: string; pinLooseMode: number | null } {
+  const { tokens, conf, pinFile, soPinFile } = devTokenPaths(dataDir);
   fs.mkdirSync(tokens, { recursive: true, mode: 0o700 });
   fs.chmodSync(dataDir, 0o700);
   if (!fs.existsSync(conf)) {
