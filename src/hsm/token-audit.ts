@@ -143,7 +143,8 @@ export function listToken(opts: { modulePath: string; tokenLabel: string; pin: s
 
 function read<T>(obj: graphene.SessionObject, name: string): T | 'unavailable' {
   try {
-    const v = obj.getAttribute({ [name]: null })[name] as T | null | undefined;
+    // graphene names the result by its own table, which has two names for CKA_EC_PARAMS: take the one value.
+    const v = Object.values(obj.getAttribute({ [name]: null }))[0] as T | null | undefined;
     return v === null || v === undefined ? 'unavailable' : v;
   } catch {
     // CKR_ATTRIBUTE_TYPE_INVALID or _SENSITIVE: the token does not give it for this object.
@@ -185,6 +186,9 @@ function describe(obj: graphene.SessionObject): AuditedObject {
 }
 
 // ------------------------------------------------------------------ what each role requires
+
+/** DER OID of prime256v1: audit checkpoints are verified as P-256 signatures. */
+const P256 = '06082a8648ce3d030107';
 
 export interface RoleRule {
   class: string;
@@ -229,12 +233,12 @@ export const ROLE_RULES: Record<ObjectRole, RoleRule> = {
   'sign-private': {
     class: 'private-key',
     keyType: 'EC',
-    attributes: { token: true, private: true, sensitive: true, extractable: false, modifiable: false, alwaysSensitive: true, neverExtractable: true, sign: true, signRecover: false, decrypt: false, unwrap: false, derive: false },
+    attributes: { token: true, private: true, sensitive: true, extractable: false, modifiable: false, alwaysSensitive: true, neverExtractable: true, sign: true, signRecover: false, decrypt: false, unwrap: false, derive: false, ecParams: P256 },
   },
   'sign-public': {
     class: 'public-key',
     keyType: 'EC',
-    attributes: { token: true, private: false, modifiable: false, verify: true, verifyRecover: false, encrypt: false, wrap: false, derive: false },
+    attributes: { token: true, private: false, modifiable: false, verify: true, verifyRecover: false, encrypt: false, wrap: false, derive: false, ecParams: P256 },
   },
   instance: {
     class: 'data',
