@@ -10,27 +10,11 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Kmsd, ROOT, makeTempDir, startKmsd } from '../helpers/daemon';
 import { Store } from '../../src/store/store';
+import { AuditRun, auditToken } from '../helpers/audit-token';
 
-const AUDIT = path.join(ROOT, 'dist', 'src', 'cli', 'audit-token.js');
 const MODULE = '/usr/lib/softhsm/libsofthsm2.so';
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  report: any; // eslint-disable-line @typescript-eslint/no-explicit-any
-}
-
-function audit(args: string[], env: Record<string, string> = {}): Run {
-  const r = spawnSync(process.execPath, [AUDIT, ...args], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 60_000 });
-  let report: unknown = null;
-  try {
-    report = JSON.parse(r.stdout);
-  } catch {
-    /* usage errors print no report */
-  }
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr, report };
-}
+const audit = auditToken;
+type Run = AuditRun;
 
 let k: Kmsd;
 let dataDir: string;
