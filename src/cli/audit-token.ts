@@ -7,7 +7,7 @@
 // opened); 3: the token or the store could not be read.
 
 import fs from 'node:fs';
-import { AUDIT_USAGE, AuditConfig, ConfigError, loadAuditConfig } from '../config';
+import { AUDIT_USAGE, AuditConfig, ConfigError, loadAuditConfig, useSoftHsmConf } from '../config';
 import { DEV_TOKEN_LABEL, devTokenPaths, findSoftHsmModule, readPinFile } from '../hsm/dev-token';
 import { AuditedObject, TokenAuditError, TokenListing, checkAttributes, listToken } from '../hsm/token-audit';
 import { Store, CmkRow, KeyVersionRow, WrappingKeyRow, TokenIntentRow, TokenDestroyRow } from '../store/store';
@@ -209,7 +209,7 @@ function tokenOf(cfg: AuditConfig): { modulePath: string; tokenLabel: string; pi
     throw new ConfigError(`${cfg.dataDir} has no development token (no ${dev.conf} or ${dev.pinFile}): give --pkcs11-module, --token-label and --pin-file`);
   }
   // SoftHSM finds the data directory's token directory through its configuration file.
-  process.env.SOFTHSM2_CONF = dev.conf;
+  useSoftHsmConf(dev.conf);
   return { modulePath: findSoftHsmModule(), tokenLabel: DEV_TOKEN_LABEL, pin: readPinFile(dev.pinFile, true).pin };
 }
 

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { HsmError } from './errors';
+import { useSoftHsmConf } from '../config';
 
 export const DEV_TOKEN_LABEL = 'kmsd-dev';
 
@@ -39,7 +40,7 @@ export function ensureDevToken(dataDir: string): { modulePath: string; tokenLabe
       : `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\n`;
     fs.writeFileSync(conf, text, { mode: 0o600 });
   }
-  process.env.SOFTHSM2_CONF = conf;
+  useSoftHsmConf(conf);
   const modulePath = findSoftHsmModule();
   if (!fs.existsSync(pinFile)) {
     const pin = crypto.randomBytes(16).toString('hex');
@@ -49,7 +50,7 @@ export function ensureDevToken(dataDir: string): { modulePath: string; tokenLabe
     fs.writeFileSync(`${pinFile}.new`, pin + '\n', { mode: 0o600 });
     try {
       execFileSync('softhsm2-util', ['--init-token', '--free', '--label', DEV_TOKEN_LABEL, '--so-pin', soPin, '--pin', pin], {
-        env: { ...process.env, SOFTHSM2_CONF: conf },
+        // The environment is inherited, with SOFTHSM2_CONF set just above.
         stdio: ['ignore', 'ignore', 'pipe'],
       });
     } catch (e) {
