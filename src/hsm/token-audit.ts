@@ -265,7 +265,10 @@ export const ROLE_RULES: Record<ObjectRole, RoleRule> = {
   'wrap-public': {
     class: 'public-key',
     keyType: 'RSA',
-    attributes: { token: true, private: false, modifiable: false, encrypt: true, wrap: true, verify: false, verifyRecover: false, derive: false },
+    // Not required of a public half: modifiable and verifyRecover. kmsd before this auditor left them to
+    // SoftHSM's defaults (true), and a public key's usages grant nothing anyone could not do outside the
+    // token with the public key itself; kmsd states both false now (test/integration/token-templates.test.ts).
+    attributes: { token: true, private: false, encrypt: true, wrap: true, verify: false, derive: false },
   },
   'sign-private': {
     class: 'private-key',
@@ -275,7 +278,8 @@ export const ROLE_RULES: Record<ObjectRole, RoleRule> = {
   'sign-public': {
     class: 'public-key',
     keyType: 'EC',
-    attributes: { token: true, private: false, modifiable: false, verify: true, verifyRecover: false, encrypt: false, wrap: false, derive: false, ecParams: P256 },
+    // verifyRecover is not required, as for the wrapping key's public half (the audit key is never remade).
+    attributes: { token: true, private: false, modifiable: false, verify: true, encrypt: false, wrap: false, derive: false, ecParams: P256 },
   },
   instance: {
     class: 'data',
