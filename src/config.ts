@@ -107,6 +107,31 @@ const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-ke
   '--allow-insecure-pin-file': 'allow-insecure-pin-file',
 };
 
+/** Config-file fields and the type each must have; any other field is refused by name. */
+const FILE_FIELDS: Record<string, 'string' | 'number' | 'boolean'> = {
+  listen: 'string', dataDir: 'string', pkcs11Module: 'string', tokenLabel: 'string', pinFile: 'string', allowInsecurePinFile: 'boolean',
+  allowHostAssistedUnwrap: 'boolean', importTokenTtlSeconds: 'number', wrappingKeyPoolSize: 'number', schedulerIntervalMs: 'number',
+  pendingWindowDaySeconds: 'number', minRotationIntervalSeconds: 'number', useNativeAddon: 'boolean', nativeThreads: 'number', logLevel: 'string',
+  httpListen: 'string', region: 'string', account: 'string', awsRegion: 'string', tlsCert: 'string', tlsKey: 'string', tlsClientCa: 'string',
+  policy: 'string', plaintextLoopback: 'boolean', rateLimit: 'number', rateBurst: 'number', hsmMaxInFlight: 'number', hsmMaxQueued: 'number',
+  hsmQueueTimeoutMs: 'number', maxMessageBytes: 'number', tlsHandshakeTimeoutMs: 'number', tlsMaxUnauthenticated: 'number',
+  tlsMaxUnauthenticatedPerAddress: 'number', maxConcurrentStreams: 'number', streamMaxPerConnection: 'number', streamMaxPerPrincipal: 'number',
+  streamBufferBytesPerConnection: 'number', streamBufferBytesPerPrincipal: 'number', proposalTtlSeconds: 'number', auditCheckpointRecords: 'number',
+  auditCheckpointSeconds: 'number', auditDataPlane: 'boolean',
+};
+
+function wrap(text: string, width: number): string {
+  const lines: string[] = [];
+  let line = '';
+  for (const word of text.split(' ')) {
+    if (line && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else line = line ? `${line} ${word}` : word;
+  }
+  return [...lines, line].join('\n');
+}
+
 export const USAGE = `usage: kmsd [--listen HOST:PORT] [--data-dir DIR] [--pkcs11-module PATH] [--token-label LABEL]
             [--pin-file FILE] [--config FILE] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
             [--policy FILE] [--plaintext-loopback 0|1] [--adopt-token] [--allow-insecure-pin-file 0|1]
@@ -132,7 +157,8 @@ KMS_MIN_ROTATION_INTERVAL_SECONDS.
 
 The config file (--config or KMS_CONFIG) is a JSON object of the settings above by their camelCase
 names; a field kmsd does not know, or of the wrong type, is refused. Every setting, and the TLS and
-policy files, is checked before kmsd opens the token or creates anything.
+policy files, is checked before kmsd opens the token or creates anything. Config-file fields:
+${wrap(Object.keys(FILE_FIELDS).join(', '), 100)}.
 
 With --pkcs11-module, --token-label and --pin-file kmsd uses that existing token and never initializes
 one. A PIN file that group or others may access is refused unless --allow-insecure-pin-file 1
@@ -197,18 +223,6 @@ export function isLoopback(host: string): boolean {
   return false;
 }
 
-/** Config-file fields and the type each must have; any other field is refused by name. */
-const FILE_FIELDS: Record<string, 'string' | 'number' | 'boolean'> = {
-  listen: 'string', dataDir: 'string', pkcs11Module: 'string', tokenLabel: 'string', pinFile: 'string', allowInsecurePinFile: 'boolean',
-  allowHostAssistedUnwrap: 'boolean', importTokenTtlSeconds: 'number', wrappingKeyPoolSize: 'number', schedulerIntervalMs: 'number',
-  pendingWindowDaySeconds: 'number', minRotationIntervalSeconds: 'number', useNativeAddon: 'boolean', nativeThreads: 'number', logLevel: 'string',
-  httpListen: 'string', region: 'string', account: 'string', awsRegion: 'string', tlsCert: 'string', tlsKey: 'string', tlsClientCa: 'string',
-  policy: 'string', plaintextLoopback: 'boolean', rateLimit: 'number', rateBurst: 'number', hsmMaxInFlight: 'number', hsmMaxQueued: 'number',
-  hsmQueueTimeoutMs: 'number', maxMessageBytes: 'number', tlsHandshakeTimeoutMs: 'number', tlsMaxUnauthenticated: 'number',
-  tlsMaxUnauthenticatedPerAddress: 'number', maxConcurrentStreams: 'number', streamMaxPerConnection: 'number', streamMaxPerPrincipal: 'number',
-  streamBufferBytesPerConnection: 'number', streamBufferBytesPerPrincipal: 'number', proposalTtlSeconds: 'number', auditCheckpointRecords: 'number',
-  auditCheckpointSeconds: 'number', auditDataPlane: 'boolean',
-};
 
 function readConfigFile(configPath: string): Record<string, unknown> {
   let parsed: unknown;
