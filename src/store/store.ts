@@ -130,8 +130,8 @@ export class Store {
     this.group = new GroupCommit(this.db, () => this.rolledBack());
   }
 
-  /** Concurrent calls' writes, committed together (src/store/group-commit.ts). */
-  private readonly group: GroupCommit;
+  /** Concurrent calls' writes, committed together (src/store/group-commit.ts); none on a read-only store. */
+  private readonly group: GroupCommit | undefined;
   private readonly rollbackListeners: (() => void)[] = [];
 
   /**
@@ -139,11 +139,12 @@ export class Store {
    * transaction; resolves once that transaction has committed durably.
    */
   grouped<T>(work: () => T): Promise<T> {
+    if (!this.group) return Promise.reject(new Error('the metadata store was opened read-only'));
     return this.group.submit(work);
   }
 
   get groupStats() {
-    return this.group.stats;
+    return this.group?.stats ?? { commits: 0, units: 0, largest: 0 };
   }
 
   /** Called after any rollback, so that state kept in memory about rows is read again. */
@@ -172,7 +173,7 @@ export class Store {
 
   close(): void {
     // Calls still waiting for their group transaction get it before the database goes.
-    if (this.db.open) this.group.flush();
+    if (this.db.open) this.group?.flush();
     this.statements.clear();
     if (this.db.open) this.db.close();
   }
