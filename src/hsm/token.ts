@@ -10,6 +10,7 @@ import crypto from 'node:crypto';
 import * as pkcs11js from 'pkcs11js';
 import { HsmClosedError, HsmError, DecryptFailedError, UnwrapFailedError, isGcmAuthFailure, isSessionLost, toHsmError } from './errors';
 import { clearCryptoErrors } from './native-addon';
+import { composedGcmDecrypt, composedGcmEncrypt } from './gcm-composed';
 
 type Handle = Buffer;
 
@@ -23,6 +24,12 @@ export interface TokenOptions {
 }
 
 export type RsaPadding = 'PKCS1_V1_5' | 'OAEP_SHA_1' | 'OAEP_SHA_256';
+
+/**
+ * Where AES-256-GCM runs: `in-token` is CKM_AES_GCM; `composed` is CKM_AES_ECB in the token with
+ * GHASH and the tag here (src/hsm/gcm-composed.ts), for tokens without CKM_AES_GCM.
+ */
+export type GcmPath = 'in-token' | 'composed';
 
 /** Object kinds kmsd keeps in the token, told apart by label prefix so reconciliation can list them. */
 export type ObjectKind = 'cmk' | 'wrap' | 'root' | 'mac';
@@ -46,6 +53,9 @@ export type TokenInventory = Record<ObjectKind | 'sign', Set<string>> & { instan
 export class TransientKey {
   constructor(readonly handle: Handle) {}
 }
+
+/** DigestInfo prefix of SHA-256 (RFC 8017 9.2 note 1), for RSASSA-PKCS1-v1_5 with CKM_RSA_PKCS. */
+const SHA256_DIGEST_INFO = Buffer.from('3031300d060960864801650304020105000420', 'hex');
 
 let moduleRefCount = 0;
 
@@ -562,22 +572,39 @@ export class HsmToken {
   }
 
   private gcmEncrypt(p11: pkcs11js.PKCS11, s: Handle, h: Handle, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer {
+    if (this.gcmPathInUse === 'composed') return composedGcmEncrypt((blocks) => this.ecb(p11, s, h, blocks), iv, aad, plaintext);
     p11.C_EncryptInit(s, this.gcm(iv, aad), h);
     return p11.C_Encrypt(s, plaintext, Buffer.alloc(plaintext.length + 16));
+  }
+
+  private gcmDecrypt(p11: pkcs11js.PKCS11, s: Handle, h: Handle, iv: Buffer, aad: Buffer, ciphertextWithTag: Buffer): Buffer {
+    if (this.gcmPathInUse === 'composed') return composedGcmDecrypt((blocks) => this.ecb(p11, s, h, blocks), iv, aad, ciphertextWithTag);
+    p11.C_DecryptInit(s, this.gcm(iv, aad), h);
+    return p11.C_Decrypt(s, ciphertextWithTag, Buffer.alloc(ciphertextWithTag.length));
+  }
+
+  /** CKM_AES_ECB over whole blocks in one call: the composed path's only use of the key. */
+  private ecb(p11: pkcs11js.PKCS11, s: Handle, h: Handle, blocks: Buffer): Buffer {
+    p11.C_EncryptInit(s, { mechanism: pkcs11js.CKM_AES_ECB, parameter: null as unknown as Buffer }, h);
+    return p11.C_Encrypt(s, blocks, Buffer.alloc(blocks.length));
+  }
+
+  /** Which GCM path every AES-GCM call of this token takes; the capability probe chooses it. */
+  private gcmPathInUse: GcmPath = 'in-token';
+
+  get gcmPath(): GcmPath {
+    return this.gcmPathInUse;
+  }
+
+  /** Set by the capability probe (src/hsm/unwrap.ts) after checking the path against node:crypto. */
+  useGcmPath(path: GcmPath): void {
+    this.gcmPathInUse = path;
   }
 
   /** AES-256-GCM decrypt inside the token; any authentication failure is one DecryptFailedError. */
   decryptGcm(kind: ObjectKind, id: string, iv: Buffer, aad: Buffer, ciphertextWithTag: Buffer): Buffer {
     try {
-      return this.withObject(
-        kind,
-        id,
-        (p11, s, h) => {
-          p11.C_DecryptInit(s, this.gcm(iv, aad), h);
-          return p11.C_Decrypt(s, ciphertextWithTag, Buffer.alloc(ciphertextWithTag.length));
-        },
-        'C_Decrypt',
-      );
+      return this.withObject(kind, id, (p11, s, h) => this.gcmDecrypt(p11, s, h, iv, aad, ciphertextWithTag), 'C_Decrypt');
     } catch (e) {
       const err = e as HsmError;
       if (isGcmAuthFailure(err.code)) {
@@ -1128,7 +1155,9 @@ export class HsmToken {
 
   // ---------------------------------------------------------------- signing key (audit checkpoints)
   // An ECDSA P-256 key pair whose private half never leaves the token. P-256 rather than Ed25519
-  // because every HSM we target (Luna, nShield, YubiHSM 2, CloudHSM, SoftHSM) signs with it.
+  // because the HSMs we target (Luna, nShield, YubiHSM 2, CloudHSM, SoftHSM) sign with it. A token
+  // without CKM_EC_KEY_PAIR_GEN or CKM_ECDSA (opencryptoki's soft token) gets an RSA-3072 pair that
+  // signs RSASSA-PKCS1-v1_5 with SHA-256 instead; node:crypto verifies either from the SPKI alone.
   // Labels are kmsd:sign:<id>; the pair shares the label, so lookups also match on the class.
 
   private signingHandle(id: string, cls: number): Handle | null {
@@ -1159,47 +1188,20 @@ export class HsmToken {
     const priv = this.signingHandle(id, pkcs11js.CKO_PRIVATE_KEY);
     if (!pub || !priv) {
       if (pub || priv) throw new HsmError(`signing key kmsd:sign:${id} is half there (public ${Boolean(pub)}, private ${Boolean(priv)})`, 'AMBIGUOUS');
+      const mechanisms = this.withSession((p11) => p11.C_GetMechanismList(this.slot), 'C_GetMechanismList');
+      const ec = mechanisms.includes(pkcs11js.CKM_EC_KEY_PAIR_GEN) && mechanisms.includes(pkcs11js.CKM_ECDSA);
+      if (!ec && !mechanisms.includes(pkcs11js.CKM_RSA_PKCS)) {
+        throw new HsmError('the token can make no audit signing key: it has neither CKM_EC_KEY_PAIR_GEN with CKM_ECDSA nor CKM_RSA_PKCS', 'UNSUPPORTED');
+      }
       const label = `kmsd:sign:${id}`;
       const idBytes = Buffer.from(id, 'utf8');
-      const pair = this.withSession(
-        (p11, s) =>
-          p11.C_GenerateKeyPair(
-            s,
-            { mechanism: pkcs11js.CKM_EC_KEY_PAIR_GEN, parameter: null as unknown as Buffer },
-            [
-              { type: pkcs11js.CKA_TOKEN, value: true }, // the verifying key survives restarts
-              { type: pkcs11js.CKA_PRIVATE, value: false }, // the public key is public
-              { type: pkcs11js.CKA_MODIFIABLE, value: false },
-              { type: pkcs11js.CKA_EC_PARAMS, value: Buffer.from('06082a8648ce3d030107', 'hex') }, // OID prime256v1 (P-256)
-              { type: pkcs11js.CKA_VERIFY, value: true },
-              { type: pkcs11js.CKA_ENCRYPT, value: false },
-              { type: pkcs11js.CKA_WRAP, value: false },
-              { type: pkcs11js.CKA_DERIVE, value: false },
-              { type: pkcs11js.CKA_LABEL, value: label },
-              { type: pkcs11js.CKA_ID, value: idBytes },
-            ],
-            [
-              { type: pkcs11js.CKA_TOKEN, value: true }, // survives restarts: checkpoints stay verifiable
-              { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
-              { type: pkcs11js.CKA_SENSITIVE, value: true }, // the private value can never be read
-              { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wrapped out: nobody can sign outside the token
-              { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
-              { type: pkcs11js.CKA_SIGN, value: true }, // its one job: sign audit checkpoints
-              { type: pkcs11js.CKA_SIGN_RECOVER, value: false },
-              { type: pkcs11js.CKA_DECRYPT, value: false },
-              { type: pkcs11js.CKA_UNWRAP, value: false },
-              { type: pkcs11js.CKA_DERIVE, value: false }, // no ECDH with it either
-              { type: pkcs11js.CKA_LABEL, value: label },
-              { type: pkcs11js.CKA_ID, value: idBytes },
-            ],
-          ),
-        'C_GenerateKeyPair',
-      );
+      const pair = ec ? this.generateEcSigningPair(label, idBytes) : this.generateRsaSigningPair(label, idBytes);
       this.handleCache.set(`${label}#${pkcs11js.CKO_PUBLIC_KEY}`, pair.publicKey);
       this.handleCache.set(`${label}#${pkcs11js.CKO_PRIVATE_KEY}`, pair.privateKey);
       pub = pair.publicKey;
     }
     const h = pub;
+    if (this.keyType(h) === pkcs11js.CKK_RSA) return this.publicKeyDer(h);
     return this.withSession((p11, s) => {
       // CKA_EC_POINT is the DER OCTET STRING around the uncompressed point 04 || X || Y.
       const der = p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_EC_POINT }])[0].value as Buffer;
@@ -1213,11 +1215,102 @@ export class HsmToken {
     }, 'C_GetAttributeValue');
   }
 
-  /** ECDSA P-256 over SHA-256(data) inside the token; returns r || s (64 bytes, IEEE P1363). */
-  signEcdsaP256(id: string, data: Buffer): Buffer {
+  private keyType(h: Handle): number {
+    return this.withSession((p11, s) => {
+      const v = p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_KEY_TYPE }])[0].value as Buffer;
+      return Number(v.length >= 8 ? v.readBigUInt64LE(0) : v.readUInt32LE(0));
+    }, 'C_GetAttributeValue');
+  }
+
+  private generateEcSigningPair(label: string, idBytes: Buffer): pkcs11js.KeyPair {
+    return this.withSession(
+      (p11, s) =>
+        p11.C_GenerateKeyPair(
+          s,
+          { mechanism: pkcs11js.CKM_EC_KEY_PAIR_GEN, parameter: null as unknown as Buffer },
+          [
+            { type: pkcs11js.CKA_TOKEN, value: true }, // the verifying key survives restarts
+            { type: pkcs11js.CKA_PRIVATE, value: false }, // the public key is public
+            { type: pkcs11js.CKA_MODIFIABLE, value: false },
+            { type: pkcs11js.CKA_EC_PARAMS, value: Buffer.from('06082a8648ce3d030107', 'hex') }, // OID prime256v1 (P-256)
+            { type: pkcs11js.CKA_VERIFY, value: true },
+            { type: pkcs11js.CKA_ENCRYPT, value: false },
+            { type: pkcs11js.CKA_WRAP, value: false },
+            { type: pkcs11js.CKA_DERIVE, value: false },
+            { type: pkcs11js.CKA_LABEL, value: label },
+            { type: pkcs11js.CKA_ID, value: idBytes },
+          ],
+          [
+            { type: pkcs11js.CKA_TOKEN, value: true }, // survives restarts: checkpoints stay verifiable
+            { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
+            { type: pkcs11js.CKA_SENSITIVE, value: true }, // the private value can never be read
+            { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wrapped out: nobody can sign outside the token
+            { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
+            { type: pkcs11js.CKA_SIGN, value: true }, // its one job: sign audit checkpoints
+            { type: pkcs11js.CKA_SIGN_RECOVER, value: false },
+            { type: pkcs11js.CKA_DECRYPT, value: false },
+            { type: pkcs11js.CKA_UNWRAP, value: false },
+            { type: pkcs11js.CKA_DERIVE, value: false }, // no ECDH with it either
+            { type: pkcs11js.CKA_LABEL, value: label },
+            { type: pkcs11js.CKA_ID, value: idBytes },
+          ],
+        ),
+        'C_GenerateKeyPair',
+      );
+  }
+
+  private generateRsaSigningPair(label: string, idBytes: Buffer): pkcs11js.KeyPair {
+    return this.withSession(
+      (p11, s) =>
+        p11.C_GenerateKeyPair(
+          s,
+          RSA_KEY_PAIR_GEN,
+          [
+            { type: pkcs11js.CKA_TOKEN, value: true }, // the verifying key survives restarts
+            { type: pkcs11js.CKA_PRIVATE, value: false }, // the public key is public
+            { type: pkcs11js.CKA_MODIFIABLE, value: false },
+            { type: pkcs11js.CKA_MODULUS_BITS, value: 3072 }, // about P-256's strength
+            { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
+            { type: pkcs11js.CKA_VERIFY, value: true },
+            { type: pkcs11js.CKA_ENCRYPT, value: false },
+            { type: pkcs11js.CKA_WRAP, value: false },
+            { type: pkcs11js.CKA_DERIVE, value: false },
+            { type: pkcs11js.CKA_LABEL, value: label },
+            { type: pkcs11js.CKA_ID, value: idBytes },
+          ],
+          [
+            { type: pkcs11js.CKA_TOKEN, value: true }, // survives restarts: checkpoints stay verifiable
+            { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
+            { type: pkcs11js.CKA_SENSITIVE, value: true }, // the private value can never be read
+            { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wrapped out: nobody can sign outside the token
+            { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
+            { type: pkcs11js.CKA_SIGN, value: true }, // its one job: sign audit checkpoints
+            { type: pkcs11js.CKA_SIGN_RECOVER, value: false },
+            { type: pkcs11js.CKA_DECRYPT, value: false }, // never a decryption oracle for raw RSA
+            { type: pkcs11js.CKA_UNWRAP, value: false },
+            { type: pkcs11js.CKA_DERIVE, value: false },
+            { type: pkcs11js.CKA_LABEL, value: label },
+            { type: pkcs11js.CKA_ID, value: idBytes },
+          ],
+        ),
+      'C_GenerateKeyPair',
+    );
+  }
+
+  /**
+   * Signs an audit checkpoint inside the token: ECDSA P-256 over SHA-256(data) as r || s (IEEE P1363),
+   * or, with the RSA fallback key, RSASSA-PKCS1-v1_5 with SHA-256.
+   */
+  signCheckpoint(id: string, data: Buffer): Buffer {
     const priv = this.signingHandle(id, pkcs11js.CKO_PRIVATE_KEY);
     if (!priv) throw new HsmError(`token object kmsd:sign:${id} not found`, 'NOT_FOUND');
     const digest = crypto.createHash('sha256').update(data).digest();
+    if (this.keyType(priv) === pkcs11js.CKK_RSA) {
+      return this.withSession((p11, s) => {
+        p11.C_SignInit(s, { mechanism: pkcs11js.CKM_RSA_PKCS, parameter: null as unknown as Buffer }, priv);
+        return p11.C_Sign(s, Buffer.concat([SHA256_DIGEST_INFO, digest]), Buffer.alloc(1024));
+      }, 'C_Sign');
+    }
     return this.withSession((p11, s) => {
       p11.C_SignInit(s, { mechanism: pkcs11js.CKM_ECDSA, parameter: null as unknown as Buffer }, priv);
       return p11.C_Sign(s, digest, Buffer.alloc(64));

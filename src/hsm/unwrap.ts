@@ -10,7 +10,7 @@
 
 import crypto from 'node:crypto';
 import { HsmError, UnwrapFailedError } from './errors';
-import { HsmToken, RsaPadding, TransientKey } from './token';
+import { GcmPath, HsmToken, RsaPadding, TransientKey } from './token';
 import { OaepDecodingError, oaepDecode } from './rsa-oaep';
 
 export const WRAPPING_ALGORITHMS = [
@@ -36,8 +36,10 @@ export interface HsmCapabilities {
   aesKeyWrapPad: boolean;
   /** The module lists CKM_RSA_AES_KEY_WRAP (informational: we compose it either way). */
   rsaAesKeyWrapMechanism: boolean;
-  /** CKM_AES_GCM works (every data-plane operation needs it). */
+  /** AES-256-GCM works on one path or the other (every data-plane operation needs it). */
   aesGcm: boolean;
+  /** Where AES-GCM runs: CKM_AES_GCM in the token, or composed from CKM_AES_ECB; null when neither works. */
+  gcmPath: GcmPath | null;
   /** The token reports CKA_VALUE_LEN on unwrapped keys; if not, we measure the length in the token. */
   reportsUnwrappedLength: boolean;
 }
@@ -218,9 +220,10 @@ export function unwrapKeyMaterial(token: HsmToken, caps: HsmCapabilities, wrapId
 }
 
 /**
- * Finds out what the token really does: for each RSA padding, a test unwrap of a known 32-byte key
- * with a throwaway session key pair, compared by an AES-GCM operation against the same key created
- * directly. Nothing is persisted.
+ * Finds out what the token really does: first which AES-GCM path gives the same bytes as
+ * node:crypto for a known key (CKM_AES_GCM, else GCM composed from CKM_AES_ECB), then, for each RSA
+ * padding, a test unwrap of that known key with a throwaway session key pair, compared by an AES-GCM
+ * operation on the chosen path. Leaves the token on the GCM path found. Nothing is persisted.
  */
 export function probeCapabilities(token: HsmToken, mechanisms: number[]): HsmCapabilities {
   const CKM_RSA_AES_KEY_WRAP = 0x1054;
@@ -232,6 +235,7 @@ export function probeCapabilities(token: HsmToken, mechanisms: number[]): HsmCap
     aesKeyWrapPad: false,
     rsaAesKeyWrapMechanism: mechanisms.includes(CKM_RSA_AES_KEY_WRAP),
     aesGcm: false,
+    gcmPath: null,
     reportsUnwrappedLength: false,
   };
   let reference: TransientKey | null = null;
@@ -239,13 +243,23 @@ export function probeCapabilities(token: HsmToken, mechanisms: number[]): HsmCap
     reference = token.createTransientAesKey(known, 'data');
     const iv = Buffer.alloc(12, 7);
     const aad = Buffer.from('kmsd-probe');
-    let expected: Buffer;
-    try {
-      expected = tokenGcm(token, reference, iv, aad);
-      caps.aesGcm = true;
-    } catch {
-      return caps; // without AES-GCM nothing else can be compared, and kmsd cannot serve anyway
+    const c = crypto.createCipheriv('aes-256-gcm', known, iv);
+    c.setAAD(aad);
+    const expected = Buffer.concat([c.update(Buffer.alloc(32)), c.final(), c.getAuthTag()]);
+    for (const path of ['in-token', 'composed'] as GcmPath[]) {
+      token.useGcmPath(path);
+      try {
+        if (tokenGcm(token, reference, iv, aad).equals(expected)) {
+          caps.gcmPath = path;
+          break;
+        }
+      } catch {
+        /* this path does not work on this token; try the next */
+      }
     }
+    caps.aesGcm = caps.gcmPath !== null;
+    // Without AES-GCM nothing else can be compared, and kmsd cannot serve anyway.
+    if (caps.gcmPath === null) return caps;
     const spki = token.generateWrappingKeyPair(probeId, 2048, true, false);
     const pub = crypto.createPublicKey({ key: spki, format: 'der', type: 'spki' });
     const encrypt = (padding: RsaPadding, msg: Buffer) =>
