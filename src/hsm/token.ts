@@ -726,6 +726,16 @@ export class HsmToken {
     return this.encryptGcmHandle(key.handle, iv, aad, plaintext);
   }
 
+  /** decryptGcm for a transient key (probes and vector tests). */
+  decryptGcmTransient(key: TransientKey, iv: Buffer, aad: Buffer, ciphertextWithTag: Buffer): Buffer {
+    try {
+      return this.withSession((p11, s) => this.gcmDecrypt(p11, s, key.handle, iv, aad, ciphertextWithTag), 'C_Decrypt');
+    } catch (e) {
+      if (isGcmAuthFailure((e as HsmError).code)) throw new DecryptFailedError();
+      throw e;
+    }
+  }
+
   /** Length in bytes of a transient AES key, without ever reading its value. */
   keyLength(key: TransientKey): number {
     const len = this.keyLengthReported(key);
