@@ -11,6 +11,7 @@ import * as pkcs11js from 'pkcs11js';
 import { HsmClosedError, HsmError, DecryptFailedError, UnwrapFailedError, isGcmAuthFailure, isSessionLost, toHsmError } from './errors';
 import { clearCryptoErrors } from './native-addon';
 import { composedGcmDecrypt, composedGcmEncrypt } from './gcm-composed';
+import { KwpIntegrityError, kwpUnwrap, kwpWrap } from './kwp-composed';
 
 type Handle = Buffer;
 
@@ -780,7 +781,13 @@ export class HsmToken {
    * material is stored in SQLite only as RFC 5649 wraps under it.
    */
   ensureRootKey(id: string): void {
-    if (this.handleOf('root', id)) return;
+    const existing = this.handleOf('root', id);
+    if (existing) {
+      // A root key made for the composed path can encrypt and decrypt blocks instead of wrapping.
+      this.rootWrap = this.withSession((p11, s) => (p11.C_GetAttributeValue(s, existing, [{ type: pkcs11js.CKA_WRAP }])[0].value as Buffer)[0] === 1, 'C_GetAttributeValue') ? 'in-token' : 'composed';
+      return;
+    }
+    const composed = !this.withSession((p11) => p11.C_GetMechanismList(this.slot), 'C_GetMechanismList').includes(pkcs11js.CKM_AES_KEY_WRAP_PAD);
     const h = this.withSession(
       (p11, s) =>
         p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN, parameter: null as unknown as Buffer }, [
@@ -791,10 +798,12 @@ export class HsmToken {
           { type: pkcs11js.CKA_SENSITIVE, value: true }, // losing the root key would expose every SOFTWARE key
           { type: pkcs11js.CKA_EXTRACTABLE, value: false },
           { type: pkcs11js.CKA_MODIFIABLE, value: false },
-          { type: pkcs11js.CKA_WRAP, value: true }, // its only jobs: wrap and unwrap SOFTWARE material
-          { type: pkcs11js.CKA_UNWRAP, value: true },
-          { type: pkcs11js.CKA_ENCRYPT, value: false },
-          { type: pkcs11js.CKA_DECRYPT, value: false },
+          // Its only jobs: wrap and unwrap SOFTWARE material, with CKM_AES_KEY_WRAP_PAD where the
+          // token has it, else RFC 5649 composed here from CKM_AES_ECB block operations.
+          { type: pkcs11js.CKA_WRAP, value: !composed },
+          { type: pkcs11js.CKA_UNWRAP, value: !composed },
+          { type: pkcs11js.CKA_ENCRYPT, value: composed },
+          { type: pkcs11js.CKA_DECRYPT, value: composed },
           { type: pkcs11js.CKA_SIGN, value: false },
           { type: pkcs11js.CKA_VERIFY, value: false },
           { type: pkcs11js.CKA_DERIVE, value: false },
@@ -805,6 +814,61 @@ export class HsmToken {
       'C_GenerateKey',
     );
     this.handleCache.set(this.label('root', id), h);
+    this.rootWrap = composed ? 'composed' : 'in-token';
+  }
+
+  /** How SOFTWARE material is wrapped under the root key: CKM_AES_KEY_WRAP_PAD, or RFC 5649 composed from CKM_AES_ECB. */
+  private rootWrap: GcmPath = 'in-token';
+
+  get rootWrapPath(): GcmPath {
+    return this.rootWrap;
+  }
+
+  /** One AES block with the root key (composed RFC 5649 only). */
+  private rootBlock(p11: pkcs11js.PKCS11, s: Handle, root: Handle, decrypt: boolean, block: Buffer): Buffer {
+    const ecb = { mechanism: pkcs11js.CKM_AES_ECB, parameter: null as unknown as Buffer };
+    if (decrypt) {
+      p11.C_DecryptInit(s, ecb, root);
+      return p11.C_Decrypt(s, block, Buffer.alloc(16));
+    }
+    p11.C_EncryptInit(s, ecb, root);
+    return p11.C_Encrypt(s, block, Buffer.alloc(16));
+  }
+
+  /**
+   * The bytes of an extractable transient AES key, for the composed root wrap: wrapped out with
+   * CKM_AES_ECB under a throwaway session key whose value kmsd chose, and decrypted here. Only
+   * SOFTWARE-level material is extractable, and kmsd holds that in memory anyway. The caller zeroes it.
+   */
+  private extractTransient(p11: pkcs11js.PKCS11, s: Handle, key: Handle): Buffer {
+    const kekValue = crypto.randomBytes(32);
+    let kek: Handle | null = null;
+    let wrapped: Buffer | null = null;
+    try {
+      kek = p11.C_CreateObject(s, [
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+        { type: pkcs11js.CKA_TOKEN, value: false }, // lives for this one call
+        { type: pkcs11js.CKA_PRIVATE, value: true },
+        { type: pkcs11js.CKA_SENSITIVE, value: true },
+        { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+        { type: pkcs11js.CKA_WRAP, value: true }, // its one job
+        { type: pkcs11js.CKA_ENCRYPT, value: false },
+        { type: pkcs11js.CKA_DECRYPT, value: false },
+        { type: pkcs11js.CKA_VALUE, value: kekValue },
+      ]);
+      wrapped = p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_ECB, parameter: null as unknown as Buffer }, kek, key, Buffer.alloc(64));
+      const d = crypto.createDecipheriv('aes-256-ecb', kekValue, null);
+      d.setAutoPadding(false);
+      const parts = [d.update(wrapped), d.final()];
+      const out = Buffer.concat(parts);
+      for (const p of parts) p.fill(0);
+      return out;
+    } finally {
+      kekValue.fill(0);
+      wrapped?.fill(0);
+      if (kek) p11.C_DestroyObject(s, kek);
+    }
   }
 
   /** Fresh AES-256 material generated by the token as an extractable session key, to be wrapped under the root key. */
@@ -832,7 +896,15 @@ export class HsmToken {
     return this.withObject(
       'root',
       rootId,
-      (p11, s, root) => p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, root, key.handle, Buffer.alloc(1024)),
+      (p11, s, root) => {
+        if (this.rootWrap === 'in-token') return p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, root, key.handle, Buffer.alloc(1024));
+        const material = this.extractTransient(p11, s, key.handle);
+        try {
+          return kwpWrap((b) => this.rootBlock(p11, s, root, false, b), material);
+        } finally {
+          material.fill(0);
+        }
+      },
       'C_WrapKey',
     );
   }
@@ -843,6 +915,15 @@ export class HsmToken {
    */
   unwrapFromRoot(rootId: string, wrapped: Buffer): Buffer {
     return this.withObject('root', rootId, (p11, s, root) => {
+      if (this.rootWrap === 'composed') {
+        try {
+          return kwpUnwrap((b) => this.rootBlock(p11, s, root, true, b), wrapped);
+        } catch (e) {
+          // The same answer CKM_AES_KEY_WRAP_PAD gives for a blob that is not a wrap under this key.
+          if (e instanceof KwpIntegrityError) throw new HsmError('C_UnwrapKey failed: CKR_WRAPPED_KEY_INVALID', 'CKR_WRAPPED_KEY_INVALID', 'C_UnwrapKey');
+          throw e;
+        }
+      }
       const h = p11.C_UnwrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, root, wrapped, [
         { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
         { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
