@@ -1125,6 +1125,18 @@ export class HsmToken {
     }
   }
 
+  /** One AES-ECB block decryption with a transient key (composed RFC 5649 unwrap of imports). The caller zeroes the result. */
+  aesBlockDecrypt(key: TransientKey, block: Buffer): Buffer {
+    try {
+      return this.withSession((p11, s) => {
+        p11.C_DecryptInit(s, { mechanism: pkcs11js.CKM_AES_ECB, parameter: null as unknown as Buffer }, key.handle);
+        return p11.C_Decrypt(s, block, Buffer.alloc(16));
+      }, 'C_Decrypt');
+    } catch (e) {
+      throw this.unwrapFailure(e);
+    }
+  }
+
   /** RFC 5649 unwrap (CKM_AES_KEY_WRAP_PAD) with a transient key-encryption key. */
   aesKwpUnwrap(kek: TransientKey, wrapped: Buffer, usage: 'data' | 'unwrap', measurable: boolean): TransientKey {
     try {
@@ -1292,7 +1304,9 @@ export class HsmToken {
       pub = pair.publicKey;
     }
     const h = pub;
-    if (this.keyType(h) === pkcs11js.CKK_RSA) return this.publicKeyDer(h);
+    const rsa = this.keyType(h) === pkcs11js.CKK_RSA;
+    this.signingMechanismName = rsa ? 'CKM_RSA_PKCS' : 'CKM_ECDSA';
+    if (rsa) return this.publicKeyDer(h);
     return this.withSession((p11, s) => {
       // CKA_EC_POINT is the DER OCTET STRING around the uncompressed point 04 || X || Y.
       const der = p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_EC_POINT }])[0].value as Buffer;
@@ -1304,6 +1318,25 @@ export class HsmToken {
       });
       return key.export({ type: 'spki', format: 'der' });
     }, 'C_GetAttributeValue');
+  }
+
+  /** The mechanism the audit signing key signs with, once ensureSigningKeyPair has run. */
+  get signingMechanism(): string | null {
+    return this.signingMechanismName;
+  }
+
+  private signingMechanismName: string | null = null;
+
+  /**
+   * Which mechanism each token-side operation of kmsd runs on, and whether kmsd composes it
+   * (DescribeHsm). The unwrap paths are planned separately (src/hsm/unwrap.ts).
+   */
+  mechanismPaths(): Array<{ Operation: string; Mechanism: string; Path: string }> {
+    return [
+      { Operation: 'AES_256_GCM', Mechanism: this.gcmPathInUse === 'in-token' ? 'CKM_AES_GCM' : 'CKM_AES_ECB', Path: this.gcmPathInUse },
+      { Operation: 'SOFTWARE_MATERIAL_WRAP', Mechanism: this.rootWrap === 'in-token' ? 'CKM_AES_KEY_WRAP_PAD' : 'CKM_AES_ECB', Path: this.rootWrap },
+      ...(this.signingMechanismName ? [{ Operation: 'AUDIT_SIGNATURE', Mechanism: this.signingMechanismName, Path: 'in-token' }] : []),
+    ];
   }
 
   private keyType(h: Handle): number {

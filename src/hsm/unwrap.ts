@@ -6,12 +6,17 @@
 //   host-assisted  raw RSA (CKM_RSA_X_509) in the token, OAEP decoded here in constant time, the
 //                  32 bytes created as a non-extractable token key and every buffer zeroed. Only
 //                  where the configuration allows it (the token cannot do that OAEP hash itself).
+//   composed-host-assisted-kwp  for RSA_AES_KEY_WRAP_* on a token without CKM_AES_KEY_WRAP_PAD: the ephemeral
+//                  AES key is unwrapped by RSA-OAEP in the token and stays there; RFC 5649 is undone
+//                  here from CKM_AES_ECB decryptions with it (src/hsm/kwp-composed.ts), so the target
+//                  material is in kmsd's memory for a moment. Only where host-assisted unwrap is allowed.
 // The capability probe decides, per token, which path each algorithm takes.
 
 import crypto from 'node:crypto';
 import { HsmError, UnwrapFailedError } from './errors';
 import { GcmPath, HsmToken, RsaPadding, TransientKey } from './token';
 import { OaepDecodingError, oaepDecode } from './rsa-oaep';
+import { KwpIntegrityError, kwpUnwrap } from './kwp-composed';
 
 export const WRAPPING_ALGORITHMS = [
   'RSAES_PKCS1_V1_5',
@@ -25,7 +30,7 @@ export type WrappingAlgorithm = (typeof WRAPPING_ALGORITHMS)[number];
 export const WRAPPING_KEY_SPECS = { RSA_2048: 2048, RSA_3072: 3072, RSA_4096: 4096 } as const;
 export type WrappingKeySpec = keyof typeof WRAPPING_KEY_SPECS;
 
-export type UnwrapPath = 'in-token' | 'composed' | 'host-assisted' | 'composed-host-assisted';
+export type UnwrapPath = 'in-token' | 'composed' | 'host-assisted' | 'composed-host-assisted' | 'composed-host-assisted-kwp';
 
 export interface HsmCapabilities {
   /** C_UnwrapKey with this RSA padding yields the right key inside the token. */
@@ -75,7 +80,13 @@ export function planUnwrap(alg: WrappingAlgorithm, caps: HsmCapabilities, allowH
   const padding = rsaPaddingOf(alg);
   const composed = alg.startsWith('RSA_AES_KEY_WRAP');
   if (composed && !caps.aesKeyWrapPad) {
-    return { refused: `${alg} needs CKM_AES_KEY_WRAP_PAD, which this token does not provide` };
+    if (!caps.rsaUnwrap[padding]) return { refused: `${alg} needs CKM_AES_KEY_WRAP_PAD and RSA-OAEP unwrap in the token, and this token has neither` };
+    if (!allowHostAssisted) {
+      return {
+        refused: `${alg} needs CKM_AES_KEY_WRAP_PAD, which this token does not provide, and the host-assisted path that undoes the AES key wrap in kmsd is disabled (set allowHostAssistedUnwrap / KMS_ALLOW_HOST_ASSISTED_UNWRAP=1 to allow it)`,
+      };
+    }
+    return { algorithm: alg, path: 'composed-host-assisted-kwp' };
   }
   if (caps.rsaUnwrap[padding]) return { algorithm: alg, path: composed ? 'composed' : 'in-token' };
   if (padding === 'PKCS1_V1_5') return { refused: `this token cannot unwrap with RSA PKCS#1 v1.5` };
@@ -92,6 +103,7 @@ export function planUnwrap(alg: WrappingAlgorithm, caps: HsmCapabilities, allowH
 export function needsRawDecrypt(plan: UnwrapPlan): boolean {
   return plan.path === 'host-assisted' || plan.path === 'composed-host-assisted';
 }
+
 
 export class MaterialLengthError extends HsmError {
   /** `bytes` only when the exact length is known; null when it is only known not to be 32. */
@@ -199,8 +211,35 @@ export function unwrapKeyMaterial(token: HsmToken, caps: HsmCapabilities, wrapId
         target = token.aesKwpUnwrap(ephemeral, tail, 'data', measurable);
         break;
       }
+      case 'composed-host-assisted-kwp': {
+        const k = token.wrappingModulusBytes(wrapId);
+        if (wrapped.length <= k) throw new UnwrapFailedError();
+        ephemeral = token.rsaUnwrap(wrapId, rsaPaddingOf(plan.algorithm), wrapped.subarray(0, k), 'data', !caps.reportsUnwrappedLength);
+        let ephemeralLength: number;
+        try {
+          ephemeralLength = token.keyLength(ephemeral);
+        } catch {
+          throw new UnwrapFailedError();
+        }
+        if (ephemeralLength !== AES_256_BYTES) throw new UnwrapFailedError();
+        const eph = ephemeral;
+        let material: Buffer;
+        try {
+          material = kwpUnwrap((block) => token.aesBlockDecrypt(eph, block), wrapped.subarray(k));
+        } catch (e) {
+          if (e instanceof KwpIntegrityError) throw new UnwrapFailedError();
+          throw e;
+        }
+        try {
+          if (material.length !== AES_256_BYTES) throw new MaterialLengthError(material.length);
+          target = token.createTransientAesKey(material, 'data', measurable);
+        } finally {
+          material.fill(0);
+        }
+        break;
+      }
     }
-    if (plan.path !== 'host-assisted') {
+    if (plan.path !== 'host-assisted' && plan.path !== 'composed-host-assisted-kwp') {
       try {
         checkAes256(token, caps, target);
       } catch (e) {

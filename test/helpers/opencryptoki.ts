@@ -8,8 +8,8 @@
 
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
-import { makeTempDir } from './daemon';
 
 export const OPENCRYPTOKI_MODULE = '/usr/lib/x86_64-linux-gnu/opencryptoki/libopencryptoki.so.0';
 const PKCSSLOTD = '/usr/sbin/pkcsslotd';
@@ -69,7 +69,7 @@ export function createOpencryptokiToken(label = 'kmsd-ock'): OpencryptokiToken {
     started = slotdPid();
     if (started === null) throw new Error('pkcsslotd did not start');
   }
-  const dir = makeTempDir('kmsd-ock-');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kmsd-ock-'));
   const pin = String(10_000_000 + (process.pid % 89_999_999)).slice(0, 8);
   const pinFile = path.join(dir, 'user.pin');
   fs.writeFileSync(pinFile, pin + '\n', { mode: 0o600 });
