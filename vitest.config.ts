@@ -8,7 +8,7 @@ import { defineConfig } from 'vitest/config';
 // `opencryptoki` runs the suites listed in OPENCRYPTOKI_SUITES again with KMSD_TEST_TOKEN=opencryptoki
 // (test/helpers/opencryptoki.ts, test/helpers/daemon.ts): its soft token is one machine-wide slot,
 // so those files run one at a time, in a single worker.
-const OPENCRYPTOKI_SUITES = ['test/integration/gcm-composed.test.ts', 'test/integration/kwp-composed.test.ts', 'test/e2e/lifecycle.test.ts'];
+const OPENCRYPTOKI_SUITES = ['test/integration/gcm-composed.test.ts', 'test/integration/kwp-composed.test.ts', 'test/e2e/lifecycle.test.ts', 'test/e2e/byok-lifecycle.test.ts', 'test/e2e/byok-walkthrough.test.ts'];
 
 export default defineConfig({
   test: {

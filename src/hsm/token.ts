@@ -637,22 +637,28 @@ export class HsmToken {
    */
   persistTransient(key: TransientKey, kind: ObjectKind, id: string): void {
     if (this.handleOf(kind, id)) throw new HsmError(`token object ${this.label(kind, id)} already exists`, 'EXISTS');
-    const h = this.withSession(
-      (p11, s) =>
-        p11.C_CopyObject(s, key.handle, [
-          { type: pkcs11js.CKA_TOKEN, value: true },
-          // Only an extractable transient needs the one-way change; restating false on a key that is
-          // already non-extractable is CKR_ATTRIBUTE_READ_ONLY on SoftHSM.
-          ...((p11.C_GetAttributeValue(s, key.handle, [{ type: pkcs11js.CKA_EXTRACTABLE }])[0].value as Buffer)[0] === 1
-            ? [{ type: pkcs11js.CKA_EXTRACTABLE, value: false }]
-            : []),
-          { type: pkcs11js.CKA_LABEL, value: this.label(kind, id) },
-          { type: pkcs11js.CKA_ID, value: Buffer.from(id, 'utf8') },
-          // Read-only like a generated CMK key: its usage cannot be widened later.
-          { type: pkcs11js.CKA_MODIFIABLE, value: false },
-        ]),
-      'C_CopyObject',
-    );
+    const h = this.withSession((p11, s) => {
+      const now = p11.C_GetAttributeValue(s, key.handle, [{ type: pkcs11js.CKA_EXTRACTABLE }, { type: pkcs11js.CKA_SENSITIVE }]);
+      const copy = p11.C_CopyObject(s, key.handle, [
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        // Only the one-way changes the transient still needs: restating false on a key that is already
+        // non-extractable is CKR_ATTRIBUTE_READ_ONLY on SoftHSM. opencryptoki 3.8 ignores CKA_SENSITIVE
+        // and CKA_EXTRACTABLE in a C_UnwrapKey template, so its transients need both here.
+        ...((now[0].value as Buffer)[0] === 1 ? [{ type: pkcs11js.CKA_EXTRACTABLE, value: false }] : []),
+        ...((now[1].value as Buffer)[0] !== 1 ? [{ type: pkcs11js.CKA_SENSITIVE, value: true }] : []),
+        { type: pkcs11js.CKA_LABEL, value: this.label(kind, id) },
+        { type: pkcs11js.CKA_ID, value: Buffer.from(id, 'utf8') },
+        // Read-only like a generated CMK key: its usage cannot be widened later.
+        { type: pkcs11js.CKA_MODIFIABLE, value: false },
+      ]);
+      // Never keep a CMK object the token did not make sensitive and non-extractable.
+      const got = p11.C_GetAttributeValue(s, copy, [{ type: pkcs11js.CKA_SENSITIVE }, { type: pkcs11js.CKA_EXTRACTABLE }]);
+      if ((got[0].value as Buffer)[0] !== 1 || (got[1].value as Buffer)[0] !== 0) {
+        p11.C_DestroyObject(s, copy);
+        throw new HsmError(`the token did not make ${this.label(kind, id)} sensitive and non-extractable; it was not kept`, 'UNSUPPORTED', 'C_CopyObject');
+      }
+      return copy;
+    }, 'C_CopyObject');
     this.handleCache.set(this.label(kind, id), h);
   }
 
@@ -1095,16 +1101,38 @@ export class HsmToken {
    */
   rsaUnwrap(wrapId: string, padding: RsaPadding, wrapped: Buffer, usage: 'data' | 'unwrap', measurable: boolean): TransientKey {
     const priv = this.wrapPrivateHandle(wrapId);
+    // RFC 8017: a ciphertext of another length than the modulus is refused before the token sees it,
+    // so that the token's length errors below can only be about the unwrapped key.
+    if (wrapped.length !== this.wrappingModulusBytes(wrapId)) throw new UnwrapFailedError();
     try {
-      const h = this.withSession(
-        (p11, s) => p11.C_UnwrapKey(s, this.rsaMechanism(padding), priv, wrapped, this.transientUnwrapTemplate(usage, measurable)),
-        'C_UnwrapKey',
-      );
+      const h = this.withSession((p11, s) => this.unwrapWithTemplate(p11, s, this.rsaMechanism(padding), priv, wrapped, usage, measurable), 'C_UnwrapKey');
       return new TransientKey(h);
     } catch (e) {
+      // opencryptoki checks the AES key length in C_UnwrapKey (16, 24 or 32 bytes).
+      if (toHsmError(e, 'C_UnwrapKey').code === 'CKR_WRAPPED_KEY_LEN_RANGE') throw new HsmError('the unwrapped key is not a valid AES key length', 'UNWRAPPED_KEY_LENGTH', 'C_UnwrapKey');
       throw this.unwrapFailure(e);
     }
   }
+
+  /**
+   * C_UnwrapKey into a transient. opencryptoki 3.8 refuses CKA_EXTRACTABLE=true in the template
+   * (CKR_ATTRIBUTE_READ_ONLY) although its unwrapped keys are extractable by default: learned once,
+   * then left out. persistTransient makes the kept copy non-extractable and sensitive either way.
+   */
+  private unwrapWithTemplate(p11: pkcs11js.PKCS11, s: Handle, mech: pkcs11js.Mechanism, kek: Handle, wrapped: Buffer, usage: 'data' | 'unwrap', measurable: boolean): Handle {
+    const template = this.transientUnwrapTemplate(usage, measurable);
+    const without = () => template.filter((a) => a.type !== pkcs11js.CKA_EXTRACTABLE);
+    if (measurable && this.unwrapRefusesExtractable) return p11.C_UnwrapKey(s, mech, kek, wrapped, without());
+    try {
+      return p11.C_UnwrapKey(s, mech, kek, wrapped, template);
+    } catch (e) {
+      if (!measurable || toHsmError(e, 'C_UnwrapKey').code !== 'CKR_ATTRIBUTE_READ_ONLY') throw e;
+      this.unwrapRefusesExtractable = true;
+      return p11.C_UnwrapKey(s, mech, kek, wrapped, without());
+    }
+  }
+
+  private unwrapRefusesExtractable = false;
 
   /** Raw RSA (CKM_RSA_X_509) inside the token, for host-assisted OAEP decoding. The caller zeroes the result. */
   rsaRawDecrypt(wrapId: string, data: Buffer, modulusBytes: number): Buffer {
@@ -1141,8 +1169,7 @@ export class HsmToken {
   aesKwpUnwrap(kek: TransientKey, wrapped: Buffer, usage: 'data' | 'unwrap', measurable: boolean): TransientKey {
     try {
       const h = this.withSession(
-        (p11, s) =>
-          p11.C_UnwrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, kek.handle, wrapped, this.transientUnwrapTemplate(usage, measurable)),
+        (p11, s) => this.unwrapWithTemplate(p11, s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, kek.handle, wrapped, usage, measurable),
         'C_UnwrapKey',
       );
       return new TransientKey(h);

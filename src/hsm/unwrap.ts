@@ -134,6 +134,16 @@ function checkAes256(token: HsmToken, caps: HsmCapabilities, key: TransientKey):
 
 const AES_256_BYTES = 32;
 
+/** The ephemeral AES key of RSA_AES_KEY_WRAP_*: any length problem is the one UnwrapFailedError. */
+function ephemeralUnwrap(token: HsmToken, wrapId: string, padding: RsaPadding, head: Buffer, usage: 'data' | 'unwrap', measurable: boolean): TransientKey {
+  try {
+    return token.rsaUnwrap(wrapId, padding, head, usage, measurable);
+  } catch (e) {
+    if (e instanceof HsmError && e.code === 'UNWRAPPED_KEY_LENGTH') throw new UnwrapFailedError();
+    throw e;
+  }
+}
+
 /** Host-assisted OAEP: raw RSA in the token, decoding here; one error for every failure. */
 function hostOaepDecrypt(token: HsmToken, wrapId: string, ciphertext: Buffer, hash: 'sha1' | 'sha256'): Buffer {
   const k = token.wrappingModulusBytes(wrapId);
@@ -165,7 +175,14 @@ export function unwrapKeyMaterial(token: HsmToken, caps: HsmCapabilities, wrapId
   try {
     switch (plan.path) {
       case 'in-token':
-        target = token.rsaUnwrap(wrapId, rsaPaddingOf(plan.algorithm), wrapped, 'data', measurable);
+        try {
+          target = token.rsaUnwrap(wrapId, rsaPaddingOf(plan.algorithm), wrapped, 'data', measurable);
+        } catch (e) {
+          // The token refused the key's length (opencryptoki). For PKCS#1 v1.5 that stays the one
+          // UnwrapFailedError (a Bleichenbacher oracle otherwise); after OAEP it is a length error.
+          if (e instanceof HsmError && e.code === 'UNWRAPPED_KEY_LENGTH') throw plan.algorithm === 'RSAES_PKCS1_V1_5' ? new UnwrapFailedError() : new MaterialLengthError(null);
+          throw e;
+        }
         break;
       case 'host-assisted': {
         const material = hostOaepDecrypt(token, wrapId, wrapped, OAEP_HASH[plan.algorithm as 'RSAES_OAEP_SHA_1' | 'RSAES_OAEP_SHA_256']);
@@ -190,7 +207,7 @@ export function unwrapKeyMaterial(token: HsmToken, caps: HsmCapabilities, wrapId
         const padding = rsaPaddingOf(plan.algorithm);
         if (plan.path === 'composed') {
           // The ephemeral key must be AES-256, whatever the token does: measured like the target.
-          ephemeral = token.rsaUnwrap(wrapId, padding, head, 'unwrap', !caps.reportsUnwrappedLength);
+          ephemeral = ephemeralUnwrap(token, wrapId, padding, head, 'unwrap', !caps.reportsUnwrappedLength);
           let ephemeralLength: number;
           try {
             ephemeralLength = token.keyLength(ephemeral);
@@ -214,7 +231,7 @@ export function unwrapKeyMaterial(token: HsmToken, caps: HsmCapabilities, wrapId
       case 'composed-host-assisted-kwp': {
         const k = token.wrappingModulusBytes(wrapId);
         if (wrapped.length <= k) throw new UnwrapFailedError();
-        ephemeral = token.rsaUnwrap(wrapId, rsaPaddingOf(plan.algorithm), wrapped.subarray(0, k), 'data', !caps.reportsUnwrappedLength);
+        ephemeral = ephemeralUnwrap(token, wrapId, rsaPaddingOf(plan.algorithm), wrapped.subarray(0, k), 'data', !caps.reportsUnwrappedLength);
         let ephemeralLength: number;
         try {
           ephemeralLength = token.keyLength(ephemeral);
