@@ -47,7 +47,14 @@ export function opencryptokiInstalled(): boolean {
   return fs.existsSync(OPENCRYPTOKI_MODULE) && fs.existsSync(PKCSSLOTD) && fs.existsSync(PKCSCONF);
 }
 
+const NVTOK = '/var/lib/opencryptoki/swtok/NVTOK.DAT';
+
 function initToken(label: string, pin: string): void {
+  // opencryptoki 3.8 rewrites NVTOK.DAT in place: a process killed mid-write leaves it empty, and the
+  // slot is gone (C_GetSlotList finds 0 slots) until the token's files are removed by hand.
+  if (fs.existsSync(NVTOK) && fs.statSync(NVTOK).size === 0) {
+    throw new Error(`${NVTOK} is empty (a process was killed while opencryptoki rewrote it): stop pkcsslotd, remove /var/lib/opencryptoki/swtok/NVTOK.DAT, MK_* and TOK_OBJ/*, and start pkcsslotd again`);
+  }
   // --init-token wipes every object of the token; the SO PIN is the one pkcsconf was shipped with.
   execFileSync(PKCSCONF, ['-c', String(OPENCRYPTOKI_SLOT), '-I', '-S', DEFAULT_SO_PIN], { input: `${label}\n`, stdio: ['pipe', 'ignore', 'pipe'] });
   execFileSync(PKCSCONF, ['-c', String(OPENCRYPTOKI_SLOT), '-u', '-S', DEFAULT_SO_PIN, '-n', pin], { stdio: ['ignore', 'ignore', 'pipe'] });
