@@ -7,8 +7,11 @@ import { defineConfig } from 'vitest/config';
 // Two projects, one per PKCS#11 implementation. `softhsm` runs everything, two files at a time.
 // `opencryptoki` runs the suites listed in OPENCRYPTOKI_SUITES again with KMSD_TEST_TOKEN=opencryptoki
 // (test/helpers/opencryptoki.ts, test/helpers/daemon.ts): its soft token is one machine-wide slot,
-// so those files run one at a time, in a single worker.
-const OPENCRYPTOKI_SUITES = ['test/integration/gcm-composed.test.ts', 'test/integration/kwp-composed.test.ts', 'test/e2e/lifecycle.test.ts', 'test/e2e/byok-lifecycle.test.ts', 'test/e2e/byok-walkthrough.test.ts', 'test/e2e/ceremony.test.ts', 'test/e2e/crash.test.ts'];
+// so those files run one at a time, in a single worker. The crash suite is not among them:
+// opencryptoki 3.8 rewrites NVTOK.DAT and its object files in place (O_TRUNC, no rename), so a
+// SIGKILL mid-write wipes the token (docs/security.md §9); run it there by hand with
+// KMSD_TEST_TOKEN=opencryptoki npx vitest run --project softhsm test/e2e/crash.test.ts.
+const OPENCRYPTOKI_SUITES = ['test/integration/gcm-composed.test.ts', 'test/integration/kwp-composed.test.ts', 'test/e2e/lifecycle.test.ts', 'test/e2e/byok-lifecycle.test.ts', 'test/e2e/byok-walkthrough.test.ts', 'test/e2e/ceremony.test.ts'];
 
 export default defineConfig({
   test: {
@@ -27,10 +30,7 @@ export default defineConfig({
         test: {
           name: 'opencryptoki',
           include: OPENCRYPTOKI_SUITES,
-          // The crash suite runs its failpoint kills only: opencryptoki 3.8 rewrites NVTOK.DAT and object
-          // files in place (O_TRUNC, no rename), so a random SIGKILL mid-write can wipe the whole token
-          // (docs/security.md §9). The failpoints kill between PKCS#11 calls, never inside a write.
-          env: { KMSD_TEST_TOKEN: 'opencryptoki', CRASH_KILLS: '0', CRASH_FAILPOINT_ROUNDS: process.env['CRASH_FAILPOINT_ROUNDS'] ?? '2' },
+          env: { KMSD_TEST_TOKEN: 'opencryptoki' },
           fileParallelism: false,
           maxWorkers: 1,
         },
