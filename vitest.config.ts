@@ -11,7 +11,7 @@ import { defineConfig } from 'vitest/config';
 // opencryptoki 3.8 rewrites NVTOK.DAT and its object files in place (O_TRUNC, no rename), so a
 // SIGKILL mid-write wipes the token (docs/security.md §9); run it there by hand with
 // KMSD_TEST_TOKEN=opencryptoki npx vitest run --project softhsm test/e2e/crash.test.ts.
-const OPENCRYPTOKI_SUITES = ['test/integration/gcm-composed.test.ts', 'test/integration/kwp-composed.test.ts', 'test/e2e/lifecycle.test.ts', 'test/e2e/byok-lifecycle.test.ts', 'test/e2e/byok-walkthrough.test.ts', 'test/e2e/ceremony.test.ts'];
+const OPENCRYPTOKI_SUITES = ['test/integration/gcm-composed.test.ts', 'test/integration/kwp-composed.test.ts', 'test/e2e/lifecycle.test.ts', 'test/e2e/byok-lifecycle.test.ts', 'test/e2e/byok-walkthrough.test.ts', 'test/e2e/ceremony.test.ts', 'test/e2e/hsm-paths.test.ts'];
 
 export default defineConfig({
   test: {
