@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One-command set-up, run by `npm start` and `npm test` on every invocation; each step is skipped
 # when already done, so a second run costs a second or two.
-#   1. Debian packages: softhsm2 (the development/test token), opensc (pkcs11-tool), openssl,
-#      and a C++ toolchain for the native addon and pkcs11js/better-sqlite3.
+#   1. Debian packages: softhsm2 (the development/test token), opencryptoki (a second PKCS#11
+#      implementation the tests also run on), opensc (pkcs11-tool), openssl, and a C++ toolchain
+#      for the native addon and pkcs11js/better-sqlite3.
 #   2. npm packages (npm ci against package-lock.json).
 #   3. TypeScript build (dist/) and the native addon (build/Release/kmsd_native.node).
 set -euo pipefail
@@ -12,6 +13,7 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 
 missing=()
 command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
+[ -x /usr/sbin/pkcsslotd ] || missing+=(opencryptoki)
 command -v pkcs11-tool >/dev/null 2>&1 || missing+=(opensc)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v make >/dev/null 2>&1 || missing+=(make)

@@ -126,10 +126,14 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     const info = token.tokenInfo();
     const capabilities = probeCapabilities(token, info.mechanisms);
     log.info({ token: info.label, manufacturer: info.manufacturer, model: info.model, capabilities }, 'token capabilities probed');
-    if (!capabilities.aesGcm) throw new Error('the token does not support CKM_AES_GCM, which every CMK operation needs');
+    if (!capabilities.aesGcm) throw new Error('the token can do AES-256-GCM neither with CKM_AES_GCM nor composed from CKM_AES_ECB, and every CMK operation needs it');
 
     const keyring = new Keyring(token, store);
-    if (cfg.useNativeAddon) {
+    if (capabilities.gcmPath === 'composed') {
+      // The addon's workers run CKM_AES_GCM; on this token every caller (unary, batch, stream, XKS)
+      // goes through HsmToken, which composes GCM from CKM_AES_ECB.
+      log.info({ nativeAddon: false, gcmPath: capabilities.gcmPath }, 'the token has no CKM_AES_GCM: AES-GCM is composed from CKM_AES_ECB, without the native addon');
+    } else if (cfg.useNativeAddon) {
       native = loadNative(token, cfg.nativeThreads ?? DEFAULT_NATIVE_THREADS);
       if (native.addon) keyring.attachNative(native.addon);
       log.info({ nativeAddon: Boolean(native.addon), threads: native.addon?.stats().threads, reason: native.reason }, native.addon ? 'native AES-GCM addon loaded' : 'native addon unavailable; using pkcs11js for the HSM data path');

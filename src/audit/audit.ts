@@ -16,7 +16,7 @@ import { AuditRecord, CHECKPOINT_ACTION, ChainVerdict, GENESIS_HASH, canonicalJs
 export interface AuditSigner {
   /** DER SubjectPublicKeyInfo of the checkpoint key. */
   publicKeyDer(): Buffer;
-  /** ECDSA P-256 / SHA-256 signature, r || s. */
+  /** ECDSA P-256 / SHA-256 signature, r || s (or RSASSA-PKCS1-v1_5 / SHA-256 on a token without ECDSA). */
   sign(data: Buffer): Buffer;
 }
 
@@ -596,7 +596,7 @@ export class AuditLog {
         InstanceId: this.instanceId,
         PublicKey: this.publicKeyPem,
         PublicKeyFingerprint: this.publicKeyFingerprint,
-        SignatureAlgorithm: 'ECDSA-P256-SHA256 (r||s, IEEE P1363, base64)',
+        SignatureAlgorithm: this.publicKey.asymmetricKeyType === 'rsa' ? 'RSASSA-PKCS1-v1_5-SHA256 (base64)' : 'ECDSA-P256-SHA256 (r||s, IEEE P1363, base64)',
         UpToSeq: upTo,
       }),
       Lines: lines,

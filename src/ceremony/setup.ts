@@ -47,7 +47,7 @@ export function startCeremonyAndAudit(o: {
   const publicKey = o.token.ensureSigningKeyPair(AUDIT_SIGNING_KEY_ID);
   const audit = new AuditLog(
     new AuditStore(o.store),
-    { publicKeyDer: () => publicKey, sign: (data) => o.token.signEcdsaP256(AUDIT_SIGNING_KEY_ID, data) },
+    { publicKeyDer: () => publicKey, sign: (data) => o.token.signCheckpoint(AUDIT_SIGNING_KEY_ID, data) },
     instanceId,
     { ...auditSettings(o.auditSettings), ...(o.maxMessageBytes ? { exportPageBytes: Math.floor(o.maxMessageBytes / 2) } : {}) },
   );

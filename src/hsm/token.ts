@@ -10,6 +10,8 @@ import crypto from 'node:crypto';
 import * as pkcs11js from 'pkcs11js';
 import { HsmClosedError, HsmError, DecryptFailedError, UnwrapFailedError, isGcmAuthFailure, isSessionLost, toHsmError } from './errors';
 import { clearCryptoErrors } from './native-addon';
+import { composedGcmDecrypt, composedGcmEncrypt } from './gcm-composed';
+import { KwpIntegrityError, kwpUnwrap, kwpWrap } from './kwp-composed';
 
 type Handle = Buffer;
 
@@ -23,6 +25,12 @@ export interface TokenOptions {
 }
 
 export type RsaPadding = 'PKCS1_V1_5' | 'OAEP_SHA_1' | 'OAEP_SHA_256';
+
+/**
+ * Where AES-256-GCM runs: `in-token` is CKM_AES_GCM; `composed` is CKM_AES_ECB in the token with
+ * GHASH and the tag here (src/hsm/gcm-composed.ts), for tokens without CKM_AES_GCM.
+ */
+export type GcmPath = 'in-token' | 'composed';
 
 /** Object kinds kmsd keeps in the token, told apart by label prefix so reconciliation can list them. */
 export type ObjectKind = 'cmk' | 'wrap' | 'root' | 'mac';
@@ -46,6 +54,9 @@ export type TokenInventory = Record<ObjectKind | 'sign', Set<string>> & { instan
 export class TransientKey {
   constructor(readonly handle: Handle) {}
 }
+
+/** DigestInfo prefix of SHA-256 (RFC 8017 9.2 note 1), for RSASSA-PKCS1-v1_5 with CKM_RSA_PKCS. */
+const SHA256_DIGEST_INFO = Buffer.from('3031300d060960864801650304020105000420', 'hex');
 
 let moduleRefCount = 0;
 
@@ -562,22 +573,39 @@ export class HsmToken {
   }
 
   private gcmEncrypt(p11: pkcs11js.PKCS11, s: Handle, h: Handle, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer {
+    if (this.gcmPathInUse === 'composed') return composedGcmEncrypt((blocks) => this.ecb(p11, s, h, blocks), iv, aad, plaintext);
     p11.C_EncryptInit(s, this.gcm(iv, aad), h);
     return p11.C_Encrypt(s, plaintext, Buffer.alloc(plaintext.length + 16));
+  }
+
+  private gcmDecrypt(p11: pkcs11js.PKCS11, s: Handle, h: Handle, iv: Buffer, aad: Buffer, ciphertextWithTag: Buffer): Buffer {
+    if (this.gcmPathInUse === 'composed') return composedGcmDecrypt((blocks) => this.ecb(p11, s, h, blocks), iv, aad, ciphertextWithTag);
+    p11.C_DecryptInit(s, this.gcm(iv, aad), h);
+    return p11.C_Decrypt(s, ciphertextWithTag, Buffer.alloc(ciphertextWithTag.length));
+  }
+
+  /** CKM_AES_ECB over whole blocks in one call: the composed path's only use of the key. */
+  private ecb(p11: pkcs11js.PKCS11, s: Handle, h: Handle, blocks: Buffer): Buffer {
+    p11.C_EncryptInit(s, { mechanism: pkcs11js.CKM_AES_ECB, parameter: null as unknown as Buffer }, h);
+    return p11.C_Encrypt(s, blocks, Buffer.alloc(blocks.length));
+  }
+
+  /** Which GCM path every AES-GCM call of this token takes; the capability probe chooses it. */
+  private gcmPathInUse: GcmPath = 'in-token';
+
+  get gcmPath(): GcmPath {
+    return this.gcmPathInUse;
+  }
+
+  /** Set by the capability probe (src/hsm/unwrap.ts) after checking the path against node:crypto. */
+  useGcmPath(path: GcmPath): void {
+    this.gcmPathInUse = path;
   }
 
   /** AES-256-GCM decrypt inside the token; any authentication failure is one DecryptFailedError. */
   decryptGcm(kind: ObjectKind, id: string, iv: Buffer, aad: Buffer, ciphertextWithTag: Buffer): Buffer {
     try {
-      return this.withObject(
-        kind,
-        id,
-        (p11, s, h) => {
-          p11.C_DecryptInit(s, this.gcm(iv, aad), h);
-          return p11.C_Decrypt(s, ciphertextWithTag, Buffer.alloc(ciphertextWithTag.length));
-        },
-        'C_Decrypt',
-      );
+      return this.withObject(kind, id, (p11, s, h) => this.gcmDecrypt(p11, s, h, iv, aad, ciphertextWithTag), 'C_Decrypt');
     } catch (e) {
       const err = e as HsmError;
       if (isGcmAuthFailure(err.code)) {
@@ -609,22 +637,28 @@ export class HsmToken {
    */
   persistTransient(key: TransientKey, kind: ObjectKind, id: string): void {
     if (this.handleOf(kind, id)) throw new HsmError(`token object ${this.label(kind, id)} already exists`, 'EXISTS');
-    const h = this.withSession(
-      (p11, s) =>
-        p11.C_CopyObject(s, key.handle, [
-          { type: pkcs11js.CKA_TOKEN, value: true },
-          // Only an extractable transient needs the one-way change; restating false on a key that is
-          // already non-extractable is CKR_ATTRIBUTE_READ_ONLY on SoftHSM.
-          ...((p11.C_GetAttributeValue(s, key.handle, [{ type: pkcs11js.CKA_EXTRACTABLE }])[0].value as Buffer)[0] === 1
-            ? [{ type: pkcs11js.CKA_EXTRACTABLE, value: false }]
-            : []),
-          { type: pkcs11js.CKA_LABEL, value: this.label(kind, id) },
-          { type: pkcs11js.CKA_ID, value: Buffer.from(id, 'utf8') },
-          // Read-only like a generated CMK key: its usage cannot be widened later.
-          { type: pkcs11js.CKA_MODIFIABLE, value: false },
-        ]),
-      'C_CopyObject',
-    );
+    const h = this.withSession((p11, s) => {
+      const now = p11.C_GetAttributeValue(s, key.handle, [{ type: pkcs11js.CKA_EXTRACTABLE }, { type: pkcs11js.CKA_SENSITIVE }]);
+      const copy = p11.C_CopyObject(s, key.handle, [
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        // Only the one-way changes the transient still needs: restating false on a key that is already
+        // non-extractable is CKR_ATTRIBUTE_READ_ONLY on SoftHSM. opencryptoki 3.8 ignores CKA_SENSITIVE
+        // and CKA_EXTRACTABLE in a C_UnwrapKey template, so its transients need both here.
+        ...((now[0].value as Buffer)[0] === 1 ? [{ type: pkcs11js.CKA_EXTRACTABLE, value: false }] : []),
+        ...((now[1].value as Buffer)[0] !== 1 ? [{ type: pkcs11js.CKA_SENSITIVE, value: true }] : []),
+        { type: pkcs11js.CKA_LABEL, value: this.label(kind, id) },
+        { type: pkcs11js.CKA_ID, value: Buffer.from(id, 'utf8') },
+        // Read-only like a generated CMK key: its usage cannot be widened later.
+        { type: pkcs11js.CKA_MODIFIABLE, value: false },
+      ]);
+      // Never keep a CMK object the token did not make sensitive and non-extractable.
+      const got = p11.C_GetAttributeValue(s, copy, [{ type: pkcs11js.CKA_SENSITIVE }, { type: pkcs11js.CKA_EXTRACTABLE }]);
+      if ((got[0].value as Buffer)[0] !== 1 || (got[1].value as Buffer)[0] !== 0) {
+        p11.C_DestroyObject(s, copy);
+        throw new HsmError(`the token did not make ${this.label(kind, id)} sensitive and non-extractable; it was not kept`, 'UNSUPPORTED', 'C_CopyObject');
+      }
+      return copy;
+    }, 'C_CopyObject');
     this.handleCache.set(this.label(kind, id), h);
   }
 
@@ -702,6 +736,16 @@ export class HsmToken {
     return this.encryptGcmHandle(key.handle, iv, aad, plaintext);
   }
 
+  /** decryptGcm for a transient key (probes and vector tests). */
+  decryptGcmTransient(key: TransientKey, iv: Buffer, aad: Buffer, ciphertextWithTag: Buffer): Buffer {
+    try {
+      return this.withSession((p11, s) => this.gcmDecrypt(p11, s, key.handle, iv, aad, ciphertextWithTag), 'C_Decrypt');
+    } catch (e) {
+      if (isGcmAuthFailure((e as HsmError).code)) throw new DecryptFailedError();
+      throw e;
+    }
+  }
+
   /** Length in bytes of a transient AES key, without ever reading its value. */
   keyLength(key: TransientKey): number {
     const len = this.keyLengthReported(key);
@@ -753,7 +797,13 @@ export class HsmToken {
    * material is stored in SQLite only as RFC 5649 wraps under it.
    */
   ensureRootKey(id: string): void {
-    if (this.handleOf('root', id)) return;
+    const existing = this.handleOf('root', id);
+    if (existing) {
+      // A root key made for the composed path can encrypt and decrypt blocks instead of wrapping.
+      this.rootWrap = this.withSession((p11, s) => (p11.C_GetAttributeValue(s, existing, [{ type: pkcs11js.CKA_WRAP }])[0].value as Buffer)[0] === 1, 'C_GetAttributeValue') ? 'in-token' : 'composed';
+      return;
+    }
+    const composed = !this.withSession((p11) => p11.C_GetMechanismList(this.slot), 'C_GetMechanismList').includes(pkcs11js.CKM_AES_KEY_WRAP_PAD);
     const h = this.withSession(
       (p11, s) =>
         p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN, parameter: null as unknown as Buffer }, [
@@ -764,10 +814,14 @@ export class HsmToken {
           { type: pkcs11js.CKA_SENSITIVE, value: true }, // losing the root key would expose every SOFTWARE key
           { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wrapped out
           { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
-          { type: pkcs11js.CKA_WRAP, value: true }, // its only jobs: wrap and unwrap SOFTWARE material
-          { type: pkcs11js.CKA_UNWRAP, value: true },
-          { type: pkcs11js.CKA_ENCRYPT, value: false }, // a plain decrypt would bypass the key-wrap integrity check
-          { type: pkcs11js.CKA_DECRYPT, value: false },
+          // Its only jobs: wrap and unwrap SOFTWARE material, with CKM_AES_KEY_WRAP_PAD where the
+          // token has it. Otherwise RFC 5649 is composed here from CKM_AES_ECB blocks, which needs
+          // encrypt and decrypt; where wrap and unwrap exist, a plain decrypt would bypass the
+          // key-wrap integrity check, so it is off.
+          { type: pkcs11js.CKA_WRAP, value: !composed },
+          { type: pkcs11js.CKA_UNWRAP, value: !composed },
+          { type: pkcs11js.CKA_ENCRYPT, value: composed },
+          { type: pkcs11js.CKA_DECRYPT, value: composed },
           { type: pkcs11js.CKA_SIGN, value: false },
           { type: pkcs11js.CKA_VERIFY, value: false },
           { type: pkcs11js.CKA_DERIVE, value: false },
@@ -778,6 +832,61 @@ export class HsmToken {
       'C_GenerateKey',
     );
     this.handleCache.set(this.label('root', id), h);
+    this.rootWrap = composed ? 'composed' : 'in-token';
+  }
+
+  /** How SOFTWARE material is wrapped under the root key: CKM_AES_KEY_WRAP_PAD, or RFC 5649 composed from CKM_AES_ECB. */
+  private rootWrap: GcmPath = 'in-token';
+
+  get rootWrapPath(): GcmPath {
+    return this.rootWrap;
+  }
+
+  /** One AES block with the root key (composed RFC 5649 only). */
+  private rootBlock(p11: pkcs11js.PKCS11, s: Handle, root: Handle, decrypt: boolean, block: Buffer): Buffer {
+    const ecb = { mechanism: pkcs11js.CKM_AES_ECB, parameter: null as unknown as Buffer };
+    if (decrypt) {
+      p11.C_DecryptInit(s, ecb, root);
+      return p11.C_Decrypt(s, block, Buffer.alloc(16));
+    }
+    p11.C_EncryptInit(s, ecb, root);
+    return p11.C_Encrypt(s, block, Buffer.alloc(16));
+  }
+
+  /**
+   * The bytes of an extractable transient AES key, for the composed root wrap: wrapped out with
+   * CKM_AES_ECB under a throwaway session key whose value kmsd chose, and decrypted here. Only
+   * SOFTWARE-level material is extractable, and kmsd holds that in memory anyway. The caller zeroes it.
+   */
+  private extractTransient(p11: pkcs11js.PKCS11, s: Handle, key: Handle): Buffer {
+    const kekValue = crypto.randomBytes(32);
+    let kek: Handle | null = null;
+    let wrapped: Buffer | null = null;
+    try {
+      kek = p11.C_CreateObject(s, [
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+        { type: pkcs11js.CKA_TOKEN, value: false }, // lives for this one call
+        { type: pkcs11js.CKA_PRIVATE, value: true },
+        { type: pkcs11js.CKA_SENSITIVE, value: true },
+        { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+        { type: pkcs11js.CKA_WRAP, value: true }, // its one job
+        { type: pkcs11js.CKA_ENCRYPT, value: false },
+        { type: pkcs11js.CKA_DECRYPT, value: false },
+        { type: pkcs11js.CKA_VALUE, value: kekValue },
+      ]);
+      wrapped = p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_ECB, parameter: null as unknown as Buffer }, kek, key, Buffer.alloc(64));
+      const d = crypto.createDecipheriv('aes-256-ecb', kekValue, null);
+      d.setAutoPadding(false);
+      const parts = [d.update(wrapped), d.final()];
+      const out = Buffer.concat(parts);
+      for (const p of parts) p.fill(0);
+      return out;
+    } finally {
+      kekValue.fill(0);
+      wrapped?.fill(0);
+      if (kek) p11.C_DestroyObject(s, kek);
+    }
   }
 
   /** Fresh AES-256 material generated by the token as an extractable session key, to be wrapped under the root key. */
@@ -811,7 +920,15 @@ export class HsmToken {
     return this.withObject(
       'root',
       rootId,
-      (p11, s, root) => p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, root, key.handle, Buffer.alloc(1024)),
+      (p11, s, root) => {
+        if (this.rootWrap === 'in-token') return p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, root, key.handle, Buffer.alloc(1024));
+        const material = this.extractTransient(p11, s, key.handle);
+        try {
+          return kwpWrap((b) => this.rootBlock(p11, s, root, false, b), material);
+        } finally {
+          material.fill(0);
+        }
+      },
       'C_WrapKey',
     );
   }
@@ -822,6 +939,15 @@ export class HsmToken {
    */
   unwrapFromRoot(rootId: string, wrapped: Buffer): Buffer {
     return this.withObject('root', rootId, (p11, s, root) => {
+      if (this.rootWrap === 'composed') {
+        try {
+          return kwpUnwrap((b) => this.rootBlock(p11, s, root, true, b), wrapped);
+        } catch (e) {
+          // The same answer CKM_AES_KEY_WRAP_PAD gives for a blob that is not a wrap under this key.
+          if (e instanceof KwpIntegrityError) throw new HsmError('C_UnwrapKey failed: CKR_WRAPPED_KEY_INVALID', 'CKR_WRAPPED_KEY_INVALID', 'C_UnwrapKey');
+          throw e;
+        }
+      }
       const h = p11.C_UnwrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, root, wrapped, [
         { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
         { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
@@ -1004,16 +1130,38 @@ export class HsmToken {
    */
   rsaUnwrap(wrapId: string, padding: RsaPadding, wrapped: Buffer, usage: 'data' | 'unwrap', measurable: boolean): TransientKey {
     const priv = this.wrapPrivateHandle(wrapId);
+    // RFC 8017: a ciphertext of another length than the modulus is refused before the token sees it,
+    // so that the token's length errors below can only be about the unwrapped key.
+    if (wrapped.length !== this.wrappingModulusBytes(wrapId)) throw new UnwrapFailedError();
     try {
-      const h = this.withSession(
-        (p11, s) => p11.C_UnwrapKey(s, this.rsaMechanism(padding), priv, wrapped, this.transientUnwrapTemplate(usage, measurable)),
-        'C_UnwrapKey',
-      );
+      const h = this.withSession((p11, s) => this.unwrapWithTemplate(p11, s, this.rsaMechanism(padding), priv, wrapped, usage, measurable), 'C_UnwrapKey');
       return new TransientKey(h);
     } catch (e) {
+      // opencryptoki checks the AES key length in C_UnwrapKey (16, 24 or 32 bytes).
+      if (toHsmError(e, 'C_UnwrapKey').code === 'CKR_WRAPPED_KEY_LEN_RANGE') throw new HsmError('the unwrapped key is not a valid AES key length', 'UNWRAPPED_KEY_LENGTH', 'C_UnwrapKey');
       throw this.unwrapFailure(e);
     }
   }
+
+  /**
+   * C_UnwrapKey into a transient. opencryptoki 3.8 refuses CKA_EXTRACTABLE=true in the template
+   * (CKR_ATTRIBUTE_READ_ONLY) although its unwrapped keys are extractable by default: learned once,
+   * then left out. persistTransient makes the kept copy non-extractable and sensitive either way.
+   */
+  private unwrapWithTemplate(p11: pkcs11js.PKCS11, s: Handle, mech: pkcs11js.Mechanism, kek: Handle, wrapped: Buffer, usage: 'data' | 'unwrap', measurable: boolean): Handle {
+    const template = this.transientUnwrapTemplate(usage, measurable);
+    const without = () => template.filter((a) => a.type !== pkcs11js.CKA_EXTRACTABLE);
+    if (measurable && this.unwrapRefusesExtractable) return p11.C_UnwrapKey(s, mech, kek, wrapped, without());
+    try {
+      return p11.C_UnwrapKey(s, mech, kek, wrapped, template);
+    } catch (e) {
+      if (!measurable || toHsmError(e, 'C_UnwrapKey').code !== 'CKR_ATTRIBUTE_READ_ONLY') throw e;
+      this.unwrapRefusesExtractable = true;
+      return p11.C_UnwrapKey(s, mech, kek, wrapped, without());
+    }
+  }
+
+  private unwrapRefusesExtractable = false;
 
   /** Raw RSA (CKM_RSA_X_509) inside the token, for host-assisted OAEP decoding. The caller zeroes the result. */
   rsaRawDecrypt(wrapId: string, data: Buffer, modulusBytes: number): Buffer {
@@ -1034,12 +1182,23 @@ export class HsmToken {
     }
   }
 
+  /** One AES-ECB block decryption with a transient key (composed RFC 5649 unwrap of imports). The caller zeroes the result. */
+  aesBlockDecrypt(key: TransientKey, block: Buffer): Buffer {
+    try {
+      return this.withSession((p11, s) => {
+        p11.C_DecryptInit(s, { mechanism: pkcs11js.CKM_AES_ECB, parameter: null as unknown as Buffer }, key.handle);
+        return p11.C_Decrypt(s, block, Buffer.alloc(16));
+      }, 'C_Decrypt');
+    } catch (e) {
+      throw this.unwrapFailure(e);
+    }
+  }
+
   /** RFC 5649 unwrap (CKM_AES_KEY_WRAP_PAD) with a transient key-encryption key. */
   aesKwpUnwrap(kek: TransientKey, wrapped: Buffer, usage: 'data' | 'unwrap', measurable: boolean): TransientKey {
     try {
       const h = this.withSession(
-        (p11, s) =>
-          p11.C_UnwrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, kek.handle, wrapped, this.transientUnwrapTemplate(usage, measurable)),
+        (p11, s) => this.unwrapWithTemplate(p11, s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, kek.handle, wrapped, usage, measurable),
         'C_UnwrapKey',
       );
       return new TransientKey(h);
@@ -1065,7 +1224,9 @@ export class HsmToken {
 
   // ---------------------------------------------------------------- signing key (audit checkpoints)
   // An ECDSA P-256 key pair whose private half never leaves the token. P-256 rather than Ed25519
-  // because every HSM we target (Luna, nShield, YubiHSM 2, CloudHSM, SoftHSM) signs with it.
+  // because the HSMs we target (Luna, nShield, YubiHSM 2, CloudHSM, SoftHSM) sign with it. A token
+  // without CKM_EC_KEY_PAIR_GEN or CKM_ECDSA (opencryptoki's soft token) gets an RSA-3072 pair that
+  // signs RSASSA-PKCS1-v1_5 with SHA-256 instead; node:crypto verifies either from the SPKI alone.
   // Labels are kmsd:sign:<id>; the pair shares the label, so lookups also match on the class.
 
   private signingHandle(id: string, cls: number): Handle | null {
@@ -1096,48 +1257,22 @@ export class HsmToken {
     const priv = this.signingHandle(id, pkcs11js.CKO_PRIVATE_KEY);
     if (!pub || !priv) {
       if (pub || priv) throw new HsmError(`signing key kmsd:sign:${id} is half there (public ${Boolean(pub)}, private ${Boolean(priv)})`, 'AMBIGUOUS');
+      const mechanisms = this.withSession((p11) => p11.C_GetMechanismList(this.slot), 'C_GetMechanismList');
+      const ec = mechanisms.includes(pkcs11js.CKM_EC_KEY_PAIR_GEN) && mechanisms.includes(pkcs11js.CKM_ECDSA);
+      if (!ec && !mechanisms.includes(pkcs11js.CKM_RSA_PKCS)) {
+        throw new HsmError('the token can make no audit signing key: it has neither CKM_EC_KEY_PAIR_GEN with CKM_ECDSA nor CKM_RSA_PKCS', 'UNSUPPORTED');
+      }
       const label = `kmsd:sign:${id}`;
       const idBytes = Buffer.from(id, 'utf8');
-      const pair = this.withSession(
-        (p11, s) =>
-          p11.C_GenerateKeyPair(
-            s,
-            { mechanism: pkcs11js.CKM_EC_KEY_PAIR_GEN, parameter: null as unknown as Buffer },
-            [
-              { type: pkcs11js.CKA_TOKEN, value: true }, // the verifying key survives restarts
-              { type: pkcs11js.CKA_PRIVATE, value: false }, // the public key is public
-              { type: pkcs11js.CKA_MODIFIABLE, value: false }, // its usages cannot be widened later
-              { type: pkcs11js.CKA_EC_PARAMS, value: Buffer.from('06082a8648ce3d030107', 'hex') }, // OID prime256v1 (P-256)
-              { type: pkcs11js.CKA_VERIFY, value: true }, // its one job: verify audit checkpoints
-              { type: pkcs11js.CKA_VERIFY_RECOVER, value: false }, // not a usage of ECDSA; stated so no token defaults it on
-              { type: pkcs11js.CKA_ENCRYPT, value: false }, // verify only
-              { type: pkcs11js.CKA_WRAP, value: false },
-              { type: pkcs11js.CKA_DERIVE, value: false },
-              { type: pkcs11js.CKA_LABEL, value: label }, // kmsd:sign:<id>, shared by both halves
-              { type: pkcs11js.CKA_ID, value: idBytes },
-            ],
-            [
-              { type: pkcs11js.CKA_TOKEN, value: true }, // survives restarts: checkpoints stay verifiable
-              { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
-              { type: pkcs11js.CKA_SENSITIVE, value: true }, // the private value can never be read
-              { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wrapped out: nobody can sign outside the token
-              { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
-              { type: pkcs11js.CKA_SIGN, value: true }, // its one job: sign audit checkpoints
-              { type: pkcs11js.CKA_SIGN_RECOVER, value: false }, // sign only
-              { type: pkcs11js.CKA_DECRYPT, value: false },
-              { type: pkcs11js.CKA_UNWRAP, value: false },
-              { type: pkcs11js.CKA_DERIVE, value: false }, // no ECDH with it either
-              { type: pkcs11js.CKA_LABEL, value: label }, // kmsd:sign:<id>, shared by both halves
-              { type: pkcs11js.CKA_ID, value: idBytes },
-            ],
-          ),
-        'C_GenerateKeyPair',
-      );
+      const pair = ec ? this.generateEcSigningPair(label, idBytes) : this.generateRsaSigningPair(label, idBytes);
       this.handleCache.set(`${label}#${pkcs11js.CKO_PUBLIC_KEY}`, pair.publicKey);
       this.handleCache.set(`${label}#${pkcs11js.CKO_PRIVATE_KEY}`, pair.privateKey);
       pub = pair.publicKey;
     }
     const h = pub;
+    const rsa = this.keyType(h) === pkcs11js.CKK_RSA;
+    this.signingMechanismName = rsa ? 'CKM_RSA_PKCS' : 'CKM_ECDSA';
+    if (rsa) return this.publicKeyDer(h);
     return this.withSession((p11, s) => {
       // CKA_EC_POINT is the DER OCTET STRING around the uncompressed point 04 || X || Y.
       const der = p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_EC_POINT }])[0].value as Buffer;
@@ -1151,11 +1286,123 @@ export class HsmToken {
     }, 'C_GetAttributeValue');
   }
 
-  /** ECDSA P-256 over SHA-256(data) inside the token; returns r || s (64 bytes, IEEE P1363). */
-  signEcdsaP256(id: string, data: Buffer): Buffer {
+  /** The mechanism the audit signing key signs with, once ensureSigningKeyPair has run. */
+  get signingMechanism(): string | null {
+    return this.signingMechanismName;
+  }
+
+  private signingMechanismName: string | null = null;
+
+  /**
+   * Which mechanism each token-side operation of kmsd runs on, and whether kmsd composes it
+   * (DescribeHsm). The unwrap paths are planned separately (src/hsm/unwrap.ts).
+   */
+  mechanismPaths(): Array<{ Operation: string; Mechanism: string; Path: string }> {
+    return [
+      { Operation: 'AES_256_GCM', Mechanism: this.gcmPathInUse === 'in-token' ? 'CKM_AES_GCM' : 'CKM_AES_ECB', Path: this.gcmPathInUse },
+      { Operation: 'SOFTWARE_MATERIAL_WRAP', Mechanism: this.rootWrap === 'in-token' ? 'CKM_AES_KEY_WRAP_PAD' : 'CKM_AES_ECB', Path: this.rootWrap },
+      ...(this.signingMechanismName ? [{ Operation: 'AUDIT_SIGNATURE', Mechanism: this.signingMechanismName, Path: 'in-token' }] : []),
+    ];
+  }
+
+  private keyType(h: Handle): number {
+    return this.withSession((p11, s) => {
+      const v = p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_KEY_TYPE }])[0].value as Buffer;
+      return Number(v.length >= 8 ? v.readBigUInt64LE(0) : v.readUInt32LE(0));
+    }, 'C_GetAttributeValue');
+  }
+
+  private generateEcSigningPair(label: string, idBytes: Buffer): pkcs11js.KeyPair {
+    return this.withSession(
+      (p11, s) =>
+        p11.C_GenerateKeyPair(
+          s,
+          { mechanism: pkcs11js.CKM_EC_KEY_PAIR_GEN, parameter: null as unknown as Buffer },
+          [
+            { type: pkcs11js.CKA_TOKEN, value: true }, // the verifying key survives restarts
+            { type: pkcs11js.CKA_PRIVATE, value: false }, // the public key is public
+            { type: pkcs11js.CKA_MODIFIABLE, value: false }, // its usages cannot be widened later
+            { type: pkcs11js.CKA_EC_PARAMS, value: Buffer.from('06082a8648ce3d030107', 'hex') }, // OID prime256v1 (P-256)
+            { type: pkcs11js.CKA_VERIFY, value: true }, // its one job: verify audit checkpoints
+            { type: pkcs11js.CKA_VERIFY_RECOVER, value: false }, // not a usage of ECDSA; stated so no token defaults it on
+            { type: pkcs11js.CKA_ENCRYPT, value: false }, // verify only
+            { type: pkcs11js.CKA_WRAP, value: false },
+            { type: pkcs11js.CKA_DERIVE, value: false },
+            { type: pkcs11js.CKA_LABEL, value: label }, // kmsd:sign:<id>, shared by both halves
+            { type: pkcs11js.CKA_ID, value: idBytes },
+          ],
+          [
+            { type: pkcs11js.CKA_TOKEN, value: true }, // survives restarts: checkpoints stay verifiable
+            { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
+            { type: pkcs11js.CKA_SENSITIVE, value: true }, // the private value can never be read
+            { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wrapped out: nobody can sign outside the token
+            { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
+            { type: pkcs11js.CKA_SIGN, value: true }, // its one job: sign audit checkpoints
+            { type: pkcs11js.CKA_SIGN_RECOVER, value: false }, // sign only
+            { type: pkcs11js.CKA_DECRYPT, value: false },
+            { type: pkcs11js.CKA_UNWRAP, value: false },
+            { type: pkcs11js.CKA_DERIVE, value: false }, // no ECDH with it either
+            { type: pkcs11js.CKA_LABEL, value: label }, // kmsd:sign:<id>, shared by both halves
+            { type: pkcs11js.CKA_ID, value: idBytes },
+          ],
+        ),
+      'C_GenerateKeyPair',
+    );
+  }
+
+  private generateRsaSigningPair(label: string, idBytes: Buffer): pkcs11js.KeyPair {
+    return this.withSession(
+      (p11, s) =>
+        p11.C_GenerateKeyPair(
+          s,
+          RSA_KEY_PAIR_GEN,
+          [
+            { type: pkcs11js.CKA_TOKEN, value: true }, // the verifying key survives restarts
+            { type: pkcs11js.CKA_PRIVATE, value: false }, // the public key is public
+            { type: pkcs11js.CKA_MODIFIABLE, value: false },
+            { type: pkcs11js.CKA_MODULUS_BITS, value: 3072 }, // about P-256's strength
+            { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) }, // F4
+            { type: pkcs11js.CKA_VERIFY, value: true }, // its one job: verify audit checkpoints
+            { type: pkcs11js.CKA_VERIFY_RECOVER, value: false }, // stated so no token defaults it on
+            { type: pkcs11js.CKA_ENCRYPT, value: false }, // verify only
+            { type: pkcs11js.CKA_WRAP, value: false },
+            { type: pkcs11js.CKA_DERIVE, value: false },
+            { type: pkcs11js.CKA_LABEL, value: label },
+            { type: pkcs11js.CKA_ID, value: idBytes },
+          ],
+          [
+            { type: pkcs11js.CKA_TOKEN, value: true }, // survives restarts: checkpoints stay verifiable
+            { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
+            { type: pkcs11js.CKA_SENSITIVE, value: true }, // the private value can never be read
+            { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wrapped out: nobody can sign outside the token
+            { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
+            { type: pkcs11js.CKA_SIGN, value: true }, // its one job: sign audit checkpoints
+            { type: pkcs11js.CKA_SIGN_RECOVER, value: false },
+            { type: pkcs11js.CKA_DECRYPT, value: false }, // never a decryption oracle for raw RSA
+            { type: pkcs11js.CKA_UNWRAP, value: false },
+            { type: pkcs11js.CKA_DERIVE, value: false },
+            { type: pkcs11js.CKA_LABEL, value: label },
+            { type: pkcs11js.CKA_ID, value: idBytes },
+          ],
+        ),
+      'C_GenerateKeyPair',
+    );
+  }
+
+  /**
+   * Signs an audit checkpoint inside the token: ECDSA P-256 over SHA-256(data) as r || s (IEEE P1363),
+   * or, with the RSA fallback key, RSASSA-PKCS1-v1_5 with SHA-256.
+   */
+  signCheckpoint(id: string, data: Buffer): Buffer {
     const priv = this.signingHandle(id, pkcs11js.CKO_PRIVATE_KEY);
     if (!priv) throw new HsmError(`token object kmsd:sign:${id} not found`, 'NOT_FOUND');
     const digest = crypto.createHash('sha256').update(data).digest();
+    if (this.keyType(priv) === pkcs11js.CKK_RSA) {
+      return this.withSession((p11, s) => {
+        p11.C_SignInit(s, { mechanism: pkcs11js.CKM_RSA_PKCS, parameter: null as unknown as Buffer }, priv);
+        return p11.C_Sign(s, Buffer.concat([SHA256_DIGEST_INFO, digest]), Buffer.alloc(1024));
+      }, 'C_Sign');
+    }
     return this.withSession((p11, s) => {
       p11.C_SignInit(s, { mechanism: pkcs11js.CKM_ECDSA, parameter: null as unknown as Buffer }, priv);
       return p11.C_Sign(s, digest, Buffer.alloc(64));

@@ -6,12 +6,17 @@
 //   host-assisted  raw RSA (CKM_RSA_X_509) in the token, OAEP decoded here in constant time, the
 //                  32 bytes created as a non-extractable token key and every buffer zeroed. Only
 //                  where the configuration allows it (the token cannot do that OAEP hash itself).
+//   composed-host-assisted-kwp  for RSA_AES_KEY_WRAP_* on a token without CKM_AES_KEY_WRAP_PAD: the ephemeral
+//                  AES key is unwrapped by RSA-OAEP in the token and stays there; RFC 5649 is undone
+//                  here from CKM_AES_ECB decryptions with it (src/hsm/kwp-composed.ts), so the target
+//                  material is in kmsd's memory for a moment. Only where host-assisted unwrap is allowed.
 // The capability probe decides, per token, which path each algorithm takes.
 
 import crypto from 'node:crypto';
 import { HsmError, UnwrapFailedError } from './errors';
-import { HsmToken, RsaPadding, TransientKey } from './token';
+import { GcmPath, HsmToken, RsaPadding, TransientKey } from './token';
 import { OaepDecodingError, oaepDecode } from './rsa-oaep';
+import { KwpIntegrityError, kwpUnwrap } from './kwp-composed';
 
 export const WRAPPING_ALGORITHMS = [
   'RSAES_PKCS1_V1_5',
@@ -25,7 +30,7 @@ export type WrappingAlgorithm = (typeof WRAPPING_ALGORITHMS)[number];
 export const WRAPPING_KEY_SPECS = { RSA_2048: 2048, RSA_3072: 3072, RSA_4096: 4096 } as const;
 export type WrappingKeySpec = keyof typeof WRAPPING_KEY_SPECS;
 
-export type UnwrapPath = 'in-token' | 'composed' | 'host-assisted' | 'composed-host-assisted';
+export type UnwrapPath = 'in-token' | 'composed' | 'host-assisted' | 'composed-host-assisted' | 'composed-host-assisted-kwp';
 
 export interface HsmCapabilities {
   /** C_UnwrapKey with this RSA padding yields the right key inside the token. */
@@ -36,8 +41,10 @@ export interface HsmCapabilities {
   aesKeyWrapPad: boolean;
   /** The module lists CKM_RSA_AES_KEY_WRAP (informational: we compose it either way). */
   rsaAesKeyWrapMechanism: boolean;
-  /** CKM_AES_GCM works (every data-plane operation needs it). */
+  /** AES-256-GCM works on one path or the other (every data-plane operation needs it). */
   aesGcm: boolean;
+  /** Where AES-GCM runs: CKM_AES_GCM in the token, or composed from CKM_AES_ECB; null when neither works. */
+  gcmPath: GcmPath | null;
   /** The token reports CKA_VALUE_LEN on unwrapped keys; if not, we measure the length in the token. */
   reportsUnwrappedLength: boolean;
 }
@@ -73,7 +80,13 @@ export function planUnwrap(alg: WrappingAlgorithm, caps: HsmCapabilities, allowH
   const padding = rsaPaddingOf(alg);
   const composed = alg.startsWith('RSA_AES_KEY_WRAP');
   if (composed && !caps.aesKeyWrapPad) {
-    return { refused: `${alg} needs CKM_AES_KEY_WRAP_PAD, which this token does not provide` };
+    if (!caps.rsaUnwrap[padding]) return { refused: `${alg} needs CKM_AES_KEY_WRAP_PAD and RSA-OAEP unwrap in the token, and this token has neither` };
+    if (!allowHostAssisted) {
+      return {
+        refused: `${alg} needs CKM_AES_KEY_WRAP_PAD, which this token does not provide, and the host-assisted path that undoes the AES key wrap in kmsd is disabled (set allowHostAssistedUnwrap / KMS_ALLOW_HOST_ASSISTED_UNWRAP=1 to allow it)`,
+      };
+    }
+    return { algorithm: alg, path: 'composed-host-assisted-kwp' };
   }
   if (caps.rsaUnwrap[padding]) return { algorithm: alg, path: composed ? 'composed' : 'in-token' };
   if (padding === 'PKCS1_V1_5') return { refused: `this token cannot unwrap with RSA PKCS#1 v1.5` };
@@ -90,6 +103,7 @@ export function planUnwrap(alg: WrappingAlgorithm, caps: HsmCapabilities, allowH
 export function needsRawDecrypt(plan: UnwrapPlan): boolean {
   return plan.path === 'host-assisted' || plan.path === 'composed-host-assisted';
 }
+
 
 export class MaterialLengthError extends HsmError {
   /** `bytes` only when the exact length is known; null when it is only known not to be 32. */
@@ -119,6 +133,16 @@ function checkAes256(token: HsmToken, caps: HsmCapabilities, key: TransientKey):
 }
 
 const AES_256_BYTES = 32;
+
+/** The ephemeral AES key of RSA_AES_KEY_WRAP_*: any length problem is the one UnwrapFailedError. */
+function ephemeralUnwrap(token: HsmToken, wrapId: string, padding: RsaPadding, head: Buffer, usage: 'data' | 'unwrap', measurable: boolean): TransientKey {
+  try {
+    return token.rsaUnwrap(wrapId, padding, head, usage, measurable);
+  } catch (e) {
+    if (e instanceof HsmError && e.code === 'UNWRAPPED_KEY_LENGTH') throw new UnwrapFailedError();
+    throw e;
+  }
+}
 
 /** Host-assisted OAEP: raw RSA in the token, decoding here; one error for every failure. */
 function hostOaepDecrypt(token: HsmToken, wrapId: string, ciphertext: Buffer, hash: 'sha1' | 'sha256'): Buffer {
@@ -151,7 +175,14 @@ export function unwrapKeyMaterial(token: HsmToken, caps: HsmCapabilities, wrapId
   try {
     switch (plan.path) {
       case 'in-token':
-        target = token.rsaUnwrap(wrapId, rsaPaddingOf(plan.algorithm), wrapped, 'data', measurable);
+        try {
+          target = token.rsaUnwrap(wrapId, rsaPaddingOf(plan.algorithm), wrapped, 'data', measurable);
+        } catch (e) {
+          // The token refused the key's length (opencryptoki). For PKCS#1 v1.5 that stays the one
+          // UnwrapFailedError (a Bleichenbacher oracle otherwise); after OAEP it is a length error.
+          if (e instanceof HsmError && e.code === 'UNWRAPPED_KEY_LENGTH') throw plan.algorithm === 'RSAES_PKCS1_V1_5' ? new UnwrapFailedError() : new MaterialLengthError(null);
+          throw e;
+        }
         break;
       case 'host-assisted': {
         const material = hostOaepDecrypt(token, wrapId, wrapped, OAEP_HASH[plan.algorithm as 'RSAES_OAEP_SHA_1' | 'RSAES_OAEP_SHA_256']);
@@ -176,7 +207,7 @@ export function unwrapKeyMaterial(token: HsmToken, caps: HsmCapabilities, wrapId
         const padding = rsaPaddingOf(plan.algorithm);
         if (plan.path === 'composed') {
           // The ephemeral key must be AES-256, whatever the token does: measured like the target.
-          ephemeral = token.rsaUnwrap(wrapId, padding, head, 'unwrap', !caps.reportsUnwrappedLength);
+          ephemeral = ephemeralUnwrap(token, wrapId, padding, head, 'unwrap', !caps.reportsUnwrappedLength);
           let ephemeralLength: number;
           try {
             ephemeralLength = token.keyLength(ephemeral);
@@ -197,8 +228,35 @@ export function unwrapKeyMaterial(token: HsmToken, caps: HsmCapabilities, wrapId
         target = token.aesKwpUnwrap(ephemeral, tail, 'data', measurable);
         break;
       }
+      case 'composed-host-assisted-kwp': {
+        const k = token.wrappingModulusBytes(wrapId);
+        if (wrapped.length <= k) throw new UnwrapFailedError();
+        ephemeral = ephemeralUnwrap(token, wrapId, rsaPaddingOf(plan.algorithm), wrapped.subarray(0, k), 'data', !caps.reportsUnwrappedLength);
+        let ephemeralLength: number;
+        try {
+          ephemeralLength = token.keyLength(ephemeral);
+        } catch {
+          throw new UnwrapFailedError();
+        }
+        if (ephemeralLength !== AES_256_BYTES) throw new UnwrapFailedError();
+        const eph = ephemeral;
+        let material: Buffer;
+        try {
+          material = kwpUnwrap((block) => token.aesBlockDecrypt(eph, block), wrapped.subarray(k));
+        } catch (e) {
+          if (e instanceof KwpIntegrityError) throw new UnwrapFailedError();
+          throw e;
+        }
+        try {
+          if (material.length !== AES_256_BYTES) throw new MaterialLengthError(material.length);
+          target = token.createTransientAesKey(material, 'data', measurable);
+        } finally {
+          material.fill(0);
+        }
+        break;
+      }
     }
-    if (plan.path !== 'host-assisted') {
+    if (plan.path !== 'host-assisted' && plan.path !== 'composed-host-assisted-kwp') {
       try {
         checkAes256(token, caps, target);
       } catch (e) {
@@ -218,9 +276,10 @@ export function unwrapKeyMaterial(token: HsmToken, caps: HsmCapabilities, wrapId
 }
 
 /**
- * Finds out what the token really does: for each RSA padding, a test unwrap of a known 32-byte key
- * with a throwaway session key pair, compared by an AES-GCM operation against the same key created
- * directly. Nothing is persisted.
+ * Finds out what the token really does: first which AES-GCM path gives the same bytes as
+ * node:crypto for a known key (CKM_AES_GCM, else GCM composed from CKM_AES_ECB), then, for each RSA
+ * padding, a test unwrap of that known key with a throwaway session key pair, compared by an AES-GCM
+ * operation on the chosen path. Leaves the token on the GCM path found. Nothing is persisted.
  */
 export function probeCapabilities(token: HsmToken, mechanisms: number[]): HsmCapabilities {
   const CKM_RSA_AES_KEY_WRAP = 0x1054;
@@ -232,6 +291,7 @@ export function probeCapabilities(token: HsmToken, mechanisms: number[]): HsmCap
     aesKeyWrapPad: false,
     rsaAesKeyWrapMechanism: mechanisms.includes(CKM_RSA_AES_KEY_WRAP),
     aesGcm: false,
+    gcmPath: null,
     reportsUnwrappedLength: false,
   };
   let reference: TransientKey | null = null;
@@ -239,13 +299,23 @@ export function probeCapabilities(token: HsmToken, mechanisms: number[]): HsmCap
     reference = token.createTransientAesKey(known, 'data');
     const iv = Buffer.alloc(12, 7);
     const aad = Buffer.from('kmsd-probe');
-    let expected: Buffer;
-    try {
-      expected = tokenGcm(token, reference, iv, aad);
-      caps.aesGcm = true;
-    } catch {
-      return caps; // without AES-GCM nothing else can be compared, and kmsd cannot serve anyway
+    const c = crypto.createCipheriv('aes-256-gcm', known, iv);
+    c.setAAD(aad);
+    const expected = Buffer.concat([c.update(Buffer.alloc(32)), c.final(), c.getAuthTag()]);
+    for (const path of ['in-token', 'composed'] as GcmPath[]) {
+      token.useGcmPath(path);
+      try {
+        if (tokenGcm(token, reference, iv, aad).equals(expected)) {
+          caps.gcmPath = path;
+          break;
+        }
+      } catch {
+        /* this path does not work on this token; try the next */
+      }
     }
+    caps.aesGcm = caps.gcmPath !== null;
+    // Without AES-GCM nothing else can be compared, and kmsd cannot serve anyway.
+    if (caps.gcmPath === null) return caps;
     const spki = token.generateWrappingKeyPair(probeId, 2048, true, false);
     const pub = crypto.createPublicKey({ key: spki, format: 'der', type: 'spki' });
     const encrypt = (padding: RsaPadding, msg: Buffer) =>

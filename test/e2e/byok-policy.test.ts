@@ -68,7 +68,7 @@ const wrapLabels = (k: Kmsd) => new Set(listTokenObjects(k).filter((o) => o.labe
 function tokenPublicKey(k: Kmsd, label: string): string {
   const env = k.tokenEnv();
   const out = path.join(k.dataDir, `pub-${crypto.randomUUID()}.der`);
-  const r = spawnSync('pkcs11-tool', ['--module', env.module, '--token-label', 'kmsd-dev', '--login', '--pin', env.pin, '--read-object', '--type', 'pubkey', '--label', label, '-o', out], {
+  const r = spawnSync('pkcs11-tool', ['--module', env.module, '--token-label', env.label ?? 'kmsd-dev', '--login', '--pin', env.pin, '--read-object', '--type', 'pubkey', '--label', label, '-o', out], {
     encoding: 'utf8',
     env: { ...process.env, SOFTHSM2_CONF: env.SOFTHSM2_CONF },
   });

@@ -29,7 +29,8 @@ import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KmsClient, KmsClientError } from '../../src/client/client';
 import { serviceConstructor } from '../../src/api/proto';
-import { KMSD, listTokenObjects, makeTempDir } from '../helpers/daemon';
+import { KMSD, TEST_TOKEN, listTokenObjects, makeTempDir, opencryptokiTestToken } from '../helpers/daemon';
+import { OPENCRYPTOKI_MODULE } from '../helpers/opencryptoki';
 import { auditToken, describeFindings } from '../helpers/audit-token';
 
 const KILLS = Number(process.env.CRASH_KILLS ?? 34);
@@ -140,8 +141,15 @@ let failpointModule = '';
 /** kmsd on its development token, or (with a failpoint) on the same token through crash-failpoints.so. */
 function spawnKmsd(failpoint?: string, dir = dataDir): Proc {
   const softhsm = path.join(dir, 'softhsm');
-  const args = failpoint ? ['--pkcs11-module', failpointModule, '--token-label', 'kmsd-dev', '--pin-file', path.join(softhsm, 'user.pin')] : [];
-  const procEnv = failpoint ? { ...env, SOFTHSM2_CONF: path.join(softhsm, 'softhsm2.conf'), KMSD_FAILPOINT: failpoint, KMSD_REAL_PKCS11: '/usr/lib/softhsm/libsofthsm2.so' } : env;
+  let args = failpoint ? ['--pkcs11-module', failpointModule, '--token-label', 'kmsd-dev', '--pin-file', path.join(softhsm, 'user.pin')] : [];
+  let procEnv = failpoint ? { ...env, SOFTHSM2_CONF: path.join(softhsm, 'softhsm2.conf'), KMSD_FAILPOINT: failpoint, KMSD_REAL_PKCS11: '/usr/lib/softhsm/libsofthsm2.so' } : env;
+  if (TEST_TOKEN === 'opencryptoki') {
+    // The machine-wide token: wiped for a data directory kmsd has not started in, kept across restarts.
+    const t = opencryptokiTestToken();
+    if (!fs.existsSync(path.join(dir, 'kmsd.sqlite'))) t.reset();
+    args = failpoint ? ['--pkcs11-module', failpointModule, '--token-label', t.label, '--pin-file', t.pinFile] : t.args;
+    procEnv = failpoint ? { ...env, KMSD_FAILPOINT: failpoint, KMSD_REAL_PKCS11: OPENCRYPTOKI_MODULE } : env;
+  }
   const child = spawn(process.execPath, [KMSD, '--data-dir', dir, '--listen', '127.0.0.1:0', ...args], { env: procEnv, stdio: ['ignore', 'pipe', 'pipe'] });
   const p: Proc = { child, out: '', exited: new Promise((r) => child.on('exit', () => r())) };
   child.stdout!.on('data', (d) => (p.out += d.toString()));
@@ -483,6 +491,7 @@ async function checkInvariants(client: KmsClient, endpoint: string, final = fals
 }
 
 function tokenEnv(dir = dataDir) {
+  if (TEST_TOKEN === 'opencryptoki') return opencryptokiTestToken().tokenEnv();
   const softhsm = path.join(dir, 'softhsm');
   return { SOFTHSM2_CONF: path.join(softhsm, 'softhsm2.conf'), pin: fs.readFileSync(path.join(softhsm, 'user.pin'), 'utf8').trim(), module: '/usr/lib/softhsm/libsofthsm2.so' };
 }

@@ -1,12 +1,32 @@
 // Runs the real kmsd (dist/, as `npm start` does) on a loopback port with its own data directory
 // and development SoftHSM token, and the real kmsctl against it. Every process started here is
 // stopped by its pid in stop(); the temp directory is removed.
+//
+// With KMSD_TEST_TOKEN=opencryptoki (the vitest project of that name) the same suites run on
+// opencryptoki's soft token instead: a fresh start re-initialises the machine-wide slot-3 token
+// (every object gone) and passes it to kmsd as a production token, with host-assisted unwrap
+// allowed as on the development token. One kmsd at a time: the project runs files one by one.
 
 import { spawn, spawnSync, ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { KmsClient } from '../../src/client/client';
+import { createOpencryptokiToken, type OpencryptokiToken } from './opencryptoki';
+
+/** The PKCS#11 implementation this test process runs kmsd on. */
+export const TEST_TOKEN: 'softhsm' | 'opencryptoki' = process.env['KMSD_TEST_TOKEN'] === 'opencryptoki' ? 'opencryptoki' : 'softhsm';
+
+let ock: OpencryptokiToken | null = null;
+
+/** The opencryptoki token of this process, set up on first use and cleaned up (pkcsslotd stopped by pid if we started it) at exit. */
+export function opencryptokiTestToken(): OpencryptokiToken {
+  if (!ock) {
+    ock = createOpencryptokiToken('kmsd-ock');
+    process.once('exit', () => ock?.cleanup());
+  }
+  return ock;
+}
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const KMSD = path.join(ROOT, 'bin', 'kmsd.js');
@@ -59,8 +79,18 @@ export function makeTempDir(prefix = 'kmsd-test-'): string {
 
 export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
   const dataDir = opts.dataDir ?? makeTempDir();
-  const child: ChildProcess = spawn(process.execPath, [KMSD, '--data-dir', dataDir, '--listen', '127.0.0.1:0', ...(opts.args ?? [])], {
-    env: { ...process.env, KMS_LOG_LEVEL: 'info', KMS_WRAPPING_KEY_POOL_SIZE: '1', ...(opts.env ?? {}) },
+  let tokenArgs: string[] = [];
+  let tokenDefaults: Record<string, string> = {};
+  const onOck = TEST_TOKEN === 'opencryptoki' && !(opts.args ?? []).includes('--pkcs11-module');
+  if (onOck) {
+    const t = opencryptokiTestToken();
+    // A data directory kmsd has not started in yet gets a fresh token; a restart keeps it.
+    if (!fs.existsSync(path.join(dataDir, 'kmsd.sqlite'))) t.reset();
+    tokenArgs = t.args;
+    tokenDefaults = { KMS_ALLOW_HOST_ASSISTED_UNWRAP: '1' };
+  }
+  const child: ChildProcess = spawn(process.execPath, [KMSD, '--data-dir', dataDir, '--listen', '127.0.0.1:0', ...tokenArgs, ...(opts.args ?? [])], {
+    env: { ...process.env, KMS_LOG_LEVEL: 'info', KMS_WRAPPING_KEY_POOL_SIZE: '1', ...tokenDefaults, ...(opts.env ?? {}) },
     stdio: ['ignore', 'pipe', 'pipe'],
     cwd: opts.cwd,
     uid: opts.uid,
@@ -138,6 +168,7 @@ export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
       return exited;
     },
     tokenEnv() {
+      if (onOck) return opencryptokiTestToken().tokenEnv();
       return {
         SOFTHSM2_CONF: path.join(softhsmDir, 'softhsm2.conf'),
         pin: fs.readFileSync(path.join(softhsmDir, 'user.pin'), 'utf8').trim(),
