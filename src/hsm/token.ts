@@ -4,12 +4,15 @@
 //
 // Why one session and not a pool: pkcs11js calls are synchronous on the event loop, so two JS
 // callers can never use a session at the same time; a pool would only add handles to leak.
-// Concurrency for the hot path lives in the native addon, whose worker threads own their sessions.
+// Concurrency for the hot path lives in the native addon, whose worker threads own their sessions;
+// this context starts them (startWorkers) and stops them before its own session in close(), so the
+// rest of kmsd asks for encrypt/decrypt on a key version and never knows which binding ran it.
 
 import crypto from 'node:crypto';
 import * as pkcs11js from 'pkcs11js';
 import { HsmClosedError, HsmError, DecryptFailedError, UnwrapFailedError, isGcmAuthFailure, isSessionLost, toHsmError } from './errors';
-import { clearCryptoErrors } from './native-addon';
+import { clearCryptoErrors, loadNativeAddon, nativeAddonLoadError } from './native-addon';
+import { CmkDataPath, type CmkGcmItem, type DataPathInfo } from './data-path';
 
 type Handle = Buffer;
 
@@ -153,9 +156,15 @@ export class HsmToken {
     return this.p11 === null;
   }
 
+  /**
+   * Closes everything this context opened, in the order the module needs: the addon's worker
+   * sessions first (they share the login), then the login session, then C_Finalize when this was
+   * the last context of the process. Every later call fails with HsmClosedError.
+   */
   close(): void {
     const p11 = this.p11;
     if (!p11) return;
+    this.dataPath.close();
     this.p11 = null;
     this.handleCache.clear();
     try {
@@ -176,6 +185,57 @@ export class HsmToken {
         /* finalize is best effort at shutdown */
       }
     }
+  }
+
+  /** close() once no off-loop key pair generation is running or queued (daemon shutdown). */
+  async shutdown(): Promise<void> {
+    await this.drain();
+    this.close();
+  }
+
+  // ---------------------------------------------------------------- the data path (CMK AES-GCM)
+
+  private readonly dataPath = new CmkDataPath(this);
+
+  /**
+   * Moves the data path onto the native addon's worker threads, each with its own session on this
+   * token's slot. Without the addon (not built, or it cannot open) the data path stays on pkcs11js
+   * and `reason` says why.
+   */
+  startWorkers(threads: number): { started: boolean; threads: number; reason?: string } {
+    if (!this.p11) throw new HsmClosedError();
+    const addon = loadNativeAddon();
+    if (!addon) return { started: false, threads: 0, reason: nativeAddonLoadError() ?? 'the native addon is not built' };
+    try {
+      const workers = addon.open({ modulePath: this.modulePath, slotId: this.slotId, threads });
+      this.dataPath.attachWorkers(workers);
+      return { started: true, threads: workers.stats().threads };
+    } catch (e) {
+      return { started: false, threads: 0, reason: (e as Error).message };
+    }
+  }
+
+  /** AES-256-GCM with CMK version `versionId`; resolves to ciphertext || 16-byte tag. */
+  encrypt(versionId: string, iv: Buffer, aad: Buffer, plaintext: Buffer): Promise<Buffer> {
+    return this.dataPath.encrypt(versionId, iv, aad, plaintext);
+  }
+
+  /** Rejects with DecryptFailedError on any authentication failure, NOT_FOUND when the key is gone. */
+  decrypt(versionId: string, iv: Buffer, aad: Buffer, ciphertextWithTag: Buffer): Promise<Buffer> {
+    return this.dataPath.decrypt(versionId, iv, aad, ciphertextWithTag);
+  }
+
+  /** Many operations at once (across the workers when they run): the output or an HsmError per item. */
+  encryptMany(items: CmkGcmItem[]): Promise<Array<Buffer | HsmError>> {
+    return this.dataPath.encryptMany(items);
+  }
+
+  decryptMany(items: CmkGcmItem[]): Promise<Array<Buffer | HsmError>> {
+    return this.dataPath.decryptMany(items);
+  }
+
+  dataPathInfo(): DataPathInfo {
+    return this.dataPath.info();
   }
 
   /** Runs fn with the session, reopening it once if the token dropped it under us. */
