@@ -45,9 +45,18 @@ const INSTANCE_LABEL_PREFIX = 'kmsd:instance:';
 /** The kmsd objects of a token by kind (ids), as inventory() finds them in one pass. */
 export type TokenInventory = Record<ObjectKind | 'sign', Set<string>> & { instanceObjects: number };
 
-/** A short-lived session object (ephemeral or not yet persisted key). Always pass it to destroyTransient. */
+/** Where a TransientKey keeps its object handle: a symbol only this file holds. */
+const HANDLE: unique symbol = Symbol('pkcs11 object handle');
+
+/**
+ * A short-lived session object (ephemeral or not yet persisted key). Always pass it to
+ * destroyTransient. Opaque outside this file: the rest of kmsd passes it back, never sees a handle.
+ */
 export class TransientKey {
-  constructor(readonly handle: Handle) {}
+  readonly [HANDLE]: Handle;
+  constructor(handle: Handle) {
+    this[HANDLE] = handle;
+  }
 }
 
 let moduleRefCount = 0;
@@ -654,7 +663,7 @@ export class HsmToken {
    * material get different fingerprints, and it reveals nothing of the material.
    */
   fingerprint(key: TransientKey | { kind: ObjectKind; id: string }, cmkId: string): Buffer {
-    const h = key instanceof TransientKey ? key.handle : this.requireHandle(key.kind, key.id);
+    const h = key instanceof TransientKey ? key[HANDLE] : this.requireHandle(key.kind, key.id);
     const binding = Buffer.from(`kmsd/material-fingerprint/v1:${cmkId}`, 'utf8');
     const iv = crypto.createHash('sha256').update(binding).digest().subarray(0, 12);
     // (pkcs11js hands an empty buffer to the module as NULL, which SoftHSM rejects: use one block.)
@@ -671,11 +680,11 @@ export class HsmToken {
     if (this.handleOf(kind, id)) throw new HsmError(`token object ${this.label(kind, id)} already exists`, 'EXISTS');
     const h = this.withSession(
       (p11, s) =>
-        p11.C_CopyObject(s, key.handle, [
+        p11.C_CopyObject(s, key[HANDLE], [
           { type: pkcs11js.CKA_TOKEN, value: true },
           // Only an extractable transient needs the one-way change; restating false on a key that is
           // already non-extractable is CKR_ATTRIBUTE_READ_ONLY on SoftHSM.
-          ...((p11.C_GetAttributeValue(s, key.handle, [{ type: pkcs11js.CKA_EXTRACTABLE }])[0].value as Buffer)[0] === 1
+          ...((p11.C_GetAttributeValue(s, key[HANDLE], [{ type: pkcs11js.CKA_EXTRACTABLE }])[0].value as Buffer)[0] === 1
             ? [{ type: pkcs11js.CKA_EXTRACTABLE, value: false }]
             : []),
           { type: pkcs11js.CKA_LABEL, value: this.label(kind, id) },
@@ -691,7 +700,7 @@ export class HsmToken {
   destroyTransient(key: TransientKey | null | undefined): void {
     if (!key || !this.p11) return;
     try {
-      this.p11.C_DestroyObject(this.session, key.handle);
+      this.p11.C_DestroyObject(this.session, key[HANDLE]);
     } catch {
       // A session object dies with its session anyway; nothing to leak.
     }
@@ -750,13 +759,13 @@ export class HsmToken {
   /** CKA_VALUE_LEN as the token reports it (0 when it does not record it for unwrapped keys). */
   keyLengthReported(key: TransientKey): number {
     return this.withSession((p11, s) => {
-      const reported = p11.C_GetAttributeValue(s, key.handle, [{ type: pkcs11js.CKA_VALUE_LEN }])[0].value as Buffer;
+      const reported = p11.C_GetAttributeValue(s, key[HANDLE], [{ type: pkcs11js.CKA_VALUE_LEN }])[0].value as Buffer;
       return Number(reported.length >= 8 ? reported.readBigUInt64LE(0) : reported.readUInt32LE(0));
     }, 'C_GetAttributeValue');
   }
 
   encryptGcmTransient(key: TransientKey, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer {
-    return this.encryptGcmHandle(key.handle, iv, aad, plaintext);
+    return this.encryptGcmHandle(key[HANDLE], iv, aad, plaintext);
   }
 
   /** Length in bytes of a transient AES key, without ever reading its value. */
@@ -776,7 +785,7 @@ export class HsmToken {
       ]);
       let wrapped: Buffer | null = null;
       try {
-        wrapped = p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, kek, key.handle, Buffer.alloc(1024));
+        wrapped = p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, kek, key[HANDLE], Buffer.alloc(1024));
         const rounded = wrapped.length - 8;
         return rounded;
       } finally {
@@ -789,7 +798,7 @@ export class HsmToken {
   /** True when the key works for AES at all (a 25..31-byte "AES key" wraps like a 32-byte one but cannot encrypt). */
   usableForAes(key: TransientKey): boolean {
     try {
-      this.encryptGcmHandle(key.handle, Buffer.alloc(12), Buffer.alloc(0), Buffer.alloc(16));
+      this.encryptGcmHandle(key[HANDLE], Buffer.alloc(12), Buffer.alloc(0), Buffer.alloc(16));
       return true;
     } catch {
       return false;
@@ -855,7 +864,7 @@ export class HsmToken {
     return this.withObject(
       'root',
       rootId,
-      (p11, s, root) => p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, root, key.handle, Buffer.alloc(1024)),
+      (p11, s, root) => p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, root, key[HANDLE], Buffer.alloc(1024)),
       'C_WrapKey',
     );
   }
@@ -1072,7 +1081,7 @@ export class HsmToken {
     try {
       const h = this.withSession(
         (p11, s) =>
-          p11.C_UnwrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, kek.handle, wrapped, this.transientUnwrapTemplate(usage, measurable)),
+          p11.C_UnwrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, kek[HANDLE], wrapped, this.transientUnwrapTemplate(usage, measurable)),
         'C_UnwrapKey',
       );
       return new TransientKey(h);
