@@ -1,8 +1,6 @@
 #include "gcm_pool.h"
 
 #include <dlfcn.h>
-#include <pthread.h>
-#include <sched.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -217,15 +215,6 @@ size_t GcmPool::CloseWorkerSessionsForTesting() {
 }
 
 void GcmPool::WorkerLoop(Worker* w) {
-#if defined(__linux__)
-  // SCHED_BATCH: a worker woken for a new job does not preempt the thread that woke it, which is
-  // the event loop with the reply and every other request to get on with. Without it the kernel
-  // ran the wakee on the waker's core at once and parked the event loop inside encrypt() for the
-  // length of an HSM call or longer (measured: most of the event loop's involuntary switches were
-  // in that condition-variable signal). Needs no privilege; the worker's share of CPU is unchanged.
-  struct sched_param param = {};
-  pthread_setschedparam(pthread_self(), SCHED_BATCH, &param);
-#endif
   Job* job = nullptr;
   while (PopJob(&job)) {
     RunJob(w, job);
