@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { MIGRATIONS } from './migrations';
+import { GroupCommit } from './group-commit';
 
 export interface CmkRow {
   key_id: string;
@@ -101,9 +102,24 @@ export interface AccessKeyRow {
 export class Store {
   readonly db: Database.Database;
 
-  constructor(readonly dataDir: string) {
-    fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  /**
+   * `readOnly` is for tools that inspect a store kmsd owns (the token auditor): nothing is created,
+   * migrated or written, and a store whose schema is not this build's is refused rather than read
+   * with the wrong meaning.
+   */
+  constructor(
+    readonly dataDir: string,
+    opts: { readOnly?: boolean } = {},
+  ) {
     const file = path.join(dataDir, 'kmsd.sqlite');
+    if (opts.readOnly) {
+      if (!fs.existsSync(file)) throw new Error(`no metadata store at ${file}`);
+      this.db = new Database(file, { readonly: true, fileMustExist: true });
+      this.db.pragma('busy_timeout = 5000');
+      this.requireCurrentSchema(file);
+      return;
+    }
+    fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
     this.db = new Database(file);
     fs.chmodSync(file, 0o600);
     this.db.pragma('journal_mode = WAL');
@@ -111,9 +127,53 @@ export class Store {
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 5000');
     this.migrate();
+    this.group = new GroupCommit(this.db, () => this.rolledBack());
+  }
+
+  /** Concurrent calls' writes, committed together (src/store/group-commit.ts); none on a read-only store. */
+  private readonly group: GroupCommit | undefined;
+  private readonly rollbackListeners: (() => void)[] = [];
+
+  /**
+   * Runs `work` (synchronous SQL: a record, or a state change with its record) in the next group
+   * transaction; resolves once that transaction has committed durably.
+   */
+  grouped<T>(work: () => T): Promise<T> {
+    if (!this.group) return Promise.reject(new Error('the metadata store was opened read-only'));
+    return this.group.submit(work);
+  }
+
+  get groupStats() {
+    return this.group?.stats ?? { commits: 0, units: 0, largest: 0 };
+  }
+
+  /** Called after any rollback, so that state kept in memory about rows is read again. */
+  onRollback(fn: () => void): void {
+    this.rollbackListeners.push(fn);
+  }
+
+  private rolledBack(): void {
+    this.forgetRows();
+    for (const fn of this.rollbackListeners) fn();
+  }
+
+  private requireCurrentSchema(file: string): void {
+    const latest = Math.max(...MIGRATIONS.map((m) => m.version));
+    let applied = 0;
+    try {
+      applied = (this.db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null }).v ?? 0;
+    } catch {
+      /* no schema table: not a kmsd store */
+    }
+    if (applied !== latest) {
+      this.db.close();
+      throw new Error(`the metadata store ${file} has schema version ${applied}, this build reads ${latest}: ${applied < latest ? 'start this kmsd once to migrate it' : 'use the kmsd build that wrote it'}`);
+    }
   }
 
   close(): void {
+    // Calls still waiting for their group transaction get it before the database goes.
+    if (this.db.open) this.group?.flush();
     this.statements.clear();
     if (this.db.open) this.db.close();
   }
@@ -147,7 +207,7 @@ export class Store {
       return this.db.transaction(fn)();
     } catch (e) {
       // A row read inside the transaction may be one that was rolled back.
-      this.forgetRows();
+      this.rolledBack();
       throw e;
     }
   }
