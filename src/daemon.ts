@@ -10,7 +10,6 @@ import { Policy } from './policy/policy';
 import { HsmToken } from './hsm/token';
 import { ensureDevToken, octal, readPinFile } from './hsm/dev-token';
 import { probeCapabilities, HsmCapabilities } from './hsm/unwrap';
-import { loadNative, NativeHandle } from './hsm/native-loader';
 import { Store } from './store/store';
 import { DataDirLock, lockDataDir } from './store/data-dir-lock';
 import { Keyring, ROOT_KEY_ID } from './kms/keyring';
@@ -113,7 +112,6 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
   }
   const token = HsmToken.open(tokenOpts);
   let store: Store | null = null;
-  let native: NativeHandle | null = null;
   try {
     // The binding check comes before kmsd creates or destroys anything in the token: a store that is
     // not the token's own is refused, never reconciled (src/kms/binding.ts).
@@ -134,9 +132,8 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
       // goes through HsmToken, which composes GCM from CKM_AES_ECB.
       log.info({ nativeAddon: false, gcmPath: capabilities.gcmPath }, 'the token has no CKM_AES_GCM: AES-GCM is composed from CKM_AES_ECB, without the native addon');
     } else if (cfg.useNativeAddon) {
-      native = loadNative(token, cfg.nativeThreads ?? DEFAULT_NATIVE_THREADS);
-      if (native.addon) keyring.attachNative(native.addon);
-      log.info({ nativeAddon: Boolean(native.addon), threads: native.addon?.stats().threads, reason: native.reason }, native.addon ? 'native AES-GCM addon loaded' : 'native addon unavailable; using pkcs11js for the HSM data path');
+      const w = token.startWorkers(cfg.nativeThreads ?? DEFAULT_NATIVE_THREADS);
+      log.info({ nativeAddon: w.started, threads: w.started ? w.threads : undefined, reason: w.reason }, w.started ? 'native AES-GCM addon loaded' : 'native addon unavailable; using pkcs11js for the HSM data path');
     } else {
       log.info({ nativeAddon: false }, 'native addon disabled by configuration (KMS_NATIVE=0)');
     }
@@ -253,7 +250,6 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
 
     let stopped = false;
     const openStore = store;
-    const openNative = native;
     return {
       address,
       port: boundPort,
@@ -289,16 +285,15 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
         }
         keyring.forgetAll();
         accessKeys.forgetAll();
-        await token.drain(); // key pair generations of calls cut off by the grace period
         xks.forgetAll();
-        openNative?.addon?.close();
+        // Waits for key pair generations of calls cut off by the grace period (their calls still
+        // commit to the store), then closes the worker sessions, the login session and the module.
+        await token.shutdown();
         openStore.close();
-        token.close();
         lock.release();
       },
     };
   } catch (e) {
-    native?.addon?.close();
     store?.close();
     token.close();
     throw e;
