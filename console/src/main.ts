@@ -228,14 +228,14 @@ async function keysPage(): Promise<void> {
       }
       const table = h(
         'table',
-        {},
+        { class: 'cards' },
         h('caption', { class: 'sr-only' }, 'Customer master keys'),
         h('thead', {}, h('tr', {}, ...['Key ID', 'Alias', 'State', 'Origin', 'Protection level', 'Material expiry'].map((t) => h('th', { scope: 'col' }, t)))),
         h(
           'tbody',
           {},
           ...rows.map((m) =>
-            h('tr', {}, h('td', {}, h('a', { href: `#/key/${m.KeyId}`, class: 'mono' }, m.KeyId)), h('td', {}, (m.Aliases as string[]).join(', ')), h('td', {}, h('span', { class: `state ${m.KeyState}` }, m.KeyState)), h('td', {}, m.Origin), h('td', {}, m.ProtectionLevel), h('td', {}, expiryOf(m))),
+            h('tr', {}, h('td', { 'data-label': 'Key ID' }, h('a', { href: `#/key/${m.KeyId}`, class: 'mono' }, m.KeyId)), h('td', { 'data-label': 'Alias' }, (m.Aliases as string[]).join(', ')), h('td', { 'data-label': 'State' }, h('span', { class: `state ${m.KeyState}` }, m.KeyState)), h('td', { 'data-label': 'Origin' }, m.Origin), h('td', { 'data-label': 'Protection level' }, m.ProtectionLevel), h('td', { 'data-label': 'Material expiry' }, expiryOf(m))),
           ),
         ),
       );
@@ -722,10 +722,10 @@ async function auditPage(): Promise<void> {
       if (!events.rows.length) return clear(list, h('p', { class: 'empty' }, 'No audit events yet.'));
       const table = h(
         'table',
-        {},
+        { class: 'cards' },
         h('caption', {}, 'Recent events, newest first'),
         h('thead', {}, h('tr', {}, ...['Seq', 'Time', 'Principal', 'Action', 'Key', 'Outcome'].map((t) => h('th', { scope: 'col' }, t)))),
-        h('tbody', {}, ...events.rows.map((e) => h('tr', {}, h('td', {}, String(e.Seq)), h('td', {}, fmtTime(e.Time)), h('td', {}, e.Principal), h('td', {}, e.Action), h('td', { class: 'mono small' }, e.KeyId || ''), h('td', {}, h('span', { class: e.Outcome === 'ok' ? 'outcome ok-text' : 'outcome bad-text' }, e.Outcome))))),
+        h('tbody', {}, ...events.rows.map((e) => h('tr', {}, h('td', { 'data-label': 'Seq' }, String(e.Seq)), h('td', { 'data-label': 'Time' }, fmtTime(e.Time)), h('td', { 'data-label': 'Principal' }, e.Principal), h('td', { 'data-label': 'Action' }, e.Action), h('td', { class: 'mono small', 'data-label': 'Key' }, e.KeyId || ''), h('td', { 'data-label': 'Outcome' }, h('span', { class: e.Outcome === 'ok' ? 'outcome ok-text' : 'outcome bad-text' }, e.Outcome))))),
       );
       const newer = h('button', { type: 'button', disabled: page === 0, onclick: () => ((page -= 1), void load()) }, 'Newer');
       const older = h('button', { type: 'button', disabled: page >= events.last - 1, onclick: () => ((page += 1), void load()) }, 'Older');
