@@ -235,7 +235,7 @@ async function keysPage(): Promise<void> {
           'tbody',
           {},
           ...rows.map((m) =>
-            h('tr', {}, h('td', { 'data-label': 'Key ID' }, h('a', { href: `#/key/${m.KeyId}`, class: 'mono' }, m.KeyId)), h('td', { 'data-label': 'Alias' }, (m.Aliases as string[]).join(', ')), h('td', { 'data-label': 'State' }, h('span', { class: `state ${m.KeyState}` }, m.KeyState)), h('td', { 'data-label': 'Origin' }, m.Origin), h('td', { 'data-label': 'Protection level' }, m.ProtectionLevel), h('td', { 'data-label': 'Material expiry' }, expiryOf(m))),
+            h('tr', {}, h('td', { 'data-label': 'Key ID' }, h('a', { href: `#/key/${m.KeyId}`, class: 'mono' }, m.KeyId)), h('td', { 'data-label': 'Alias' }, (m.Aliases as string[]).join(', ') || '—'), h('td', { 'data-label': 'State' }, h('span', { class: `state ${m.KeyState}` }, m.KeyState)), h('td', { 'data-label': 'Origin' }, m.Origin), h('td', { 'data-label': 'Protection level' }, m.ProtectionLevel), h('td', { 'data-label': 'Material expiry' }, expiryOf(m))),
           ),
         ),
       );
@@ -710,26 +710,39 @@ async function auditPage(): Promise<void> {
     }
   });
   const size = 25;
-  let page = 0; // 0: the newest page
+  /** The oldest server page shown; 0 for the newest view (the last page, and the one before when it is short). */
+  let cur = 0;
+  /** The oldest server page of the newest view when last shown: Newer from just below it is the newest view. */
+  let newestFrom = 0;
   const load = async () => {
     try {
-      const events = await busy('Loading audit events', async () => {
+      const got = await busy('Loading audit events', async () => {
         const total = Number((await api('ListAuditEvents', { PageSize: 1 })).TotalCount ?? 0);
         const last = Math.max(1, Math.ceil(total / size));
-        const r = await api('ListAuditEvents', { PageNumber: Math.max(1, last - page), PageSize: size });
-        return { rows: ((r.Events?.Event ?? []) as Answer[]).reverse(), last };
+        const fetchPage = async (n: number) => ((await api('ListAuditEvents', { PageNumber: n, PageSize: size })).Events?.Event ?? []) as Answer[];
+        const newestView = cur === 0 || cur >= last;
+        let from = newestView ? last : cur;
+        let rows = await fetchPage(from);
+        // The newest page is often short: the one before it fills the view.
+        if (newestView && last > 1 && rows.length < size) rows = [...(await fetchPage(--from)), ...rows];
+        cur = newestView ? 0 : from;
+        if (newestView) newestFrom = from;
+        return { rows: rows.reverse(), from, total };
       });
-      if (!events.rows.length) return clear(list, h('p', { class: 'empty' }, 'No audit events yet.'));
+      if (!got.rows.length) return clear(list, h('p', { class: 'empty' }, 'No audit events yet.'));
       const table = h(
         'table',
         { class: 'cards' },
         h('caption', {}, 'Recent events, newest first'),
         h('thead', {}, h('tr', {}, ...['Seq', 'Time', 'Principal', 'Action', 'Key', 'Outcome'].map((t) => h('th', { scope: 'col' }, t)))),
-        h('tbody', {}, ...events.rows.map((e) => h('tr', {}, h('td', { 'data-label': 'Seq' }, String(e.Seq)), h('td', { 'data-label': 'Time' }, fmtTime(e.Time)), h('td', { 'data-label': 'Principal' }, e.Principal), h('td', { 'data-label': 'Action' }, e.Action), h('td', { class: 'mono small', 'data-label': 'Key' }, e.KeyId || ''), h('td', { 'data-label': 'Outcome' }, h('span', { class: e.Outcome === 'ok' ? 'outcome ok-text' : 'outcome bad-text' }, e.Outcome))))),
+        h('tbody', {}, ...got.rows.map((e) => h('tr', {}, h('td', { 'data-label': 'Seq' }, String(e.Seq)), h('td', { 'data-label': 'Time', class: 'nowrap' }, fmtTime(e.Time)), h('td', { 'data-label': 'Principal' }, e.Principal), h('td', { 'data-label': 'Action' }, e.Action), h('td', { class: 'mono small', 'data-label': 'Key' }, e.KeyId || ''), h('td', { 'data-label': 'Outcome' }, h('span', { class: e.Outcome === 'ok' ? 'outcome ok-text' : 'outcome bad-text' }, e.Outcome))))),
       );
-      const newer = h('button', { type: 'button', disabled: page === 0, onclick: () => ((page -= 1), void load()) }, 'Newer');
-      const older = h('button', { type: 'button', disabled: page >= events.last - 1, onclick: () => ((page += 1), void load()) }, 'Older');
-      clear(list, h('div', { class: 'scroll' }, table), h('div', { class: 'pager' }, newer, h('span', {}, `Page ${page + 1} of ${events.last}`), older));
+      const newest = cur === 0;
+      const newer = h('button', { type: 'button', disabled: newest, onclick: () => ((cur = cur + 1 >= newestFrom ? 0 : cur + 1), void load()) }, 'Newer');
+      const older = h('button', { type: 'button', disabled: got.from <= 1, onclick: () => ((cur = got.from - 1), void load()) }, 'Older');
+      const first = got.rows[got.rows.length - 1]?.Seq;
+      const lastSeq = got.rows[0]?.Seq;
+      clear(list, h('div', { class: 'scroll' }, table), h('div', { class: 'pager' }, newer, h('span', {}, `Records ${first}–${lastSeq} of ${got.total}`), older));
     } catch (e) {
       clear(list, errorBox(e));
     }
