@@ -8,7 +8,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeTempDir } from '../helpers/daemon';
 import { HttpKmsd, rawRequest, startHttpKmsd } from '../helpers/http';
-import { Credentials, signV3 } from '../helpers/alibaba-signers';
+import { Credentials, signV3, toQuery, v2Params } from '../helpers/alibaba-signers';
 import { CustodianKeyFiles, custodianKeys, opensslSign, writeDoc } from '../helpers/ceremony';
 
 let k: HttpKmsd;
@@ -101,6 +101,26 @@ describe('ceremony actions over the Alibaba dialect', () => {
     const r = await call('InitCeremony', {});
     expect(r.status).toBe(404);
     expect(r.json.Code).toBe('InvalidAction.NotFound');
+  });
+
+  it('under V2 the Action and Signature parameters are the protocol\'s: the fields of the same name are missing', async () => {
+    const before = (await call('ListProposals', {})).json.TotalCount;
+    const v2 = (action: string, params: Record<string, string>) => rawRequest(k.httpPort, { headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: toQuery(v2Params(k.devKey, action, params)) });
+    const p = await v2('CreateProposal', { Parameters: '{"KeyId":"x"}' });
+    expect(p.status, p.body).toBe(400);
+    expect(p.json.Code).toBe('MissingParameter');
+    expect(p.json.Message).toMatch(/^Action/);
+    expect((await call('ListProposals', {})).json.TotalCount).toBe(before);
+    const keyId = (await call('CreateKey', { ProtectionLevel: 'HSM' })).json.KeyMetadata.KeyId;
+    const open = await call('CreateProposal', { Action: 'DisableKey', Parameters: JSON.stringify({ KeyId: keyId }) });
+    expect(open.status, open.body).toBe(200);
+    const a = await v2('ApproveProposal', { ProposalId: open.json.ProposalId, CustodianId: 'alice' });
+    expect(a.status, a.body).toBe(400);
+    expect(a.json.Code, a.json.Message).toBe('MissingParameter');
+    expect(a.json.Message).toMatch(/^Signature/);
+    expect((await call('GetProposal', { ProposalId: open.json.ProposalId })).json.Approvals).toBe(0);
+    const listed = await v2('ListAuditEvents', { PageSize: '1' });
+    expect(listed.status, listed.body).toBe(200);
   });
 
   it('a parameter the action does not take is refused naming it', async () => {
