@@ -735,7 +735,7 @@ async function auditPage(): Promise<void> {
         { class: 'cards' },
         h('caption', {}, 'Recent events, newest first'),
         h('thead', {}, h('tr', {}, ...['Seq', 'Time', 'Principal', 'Action', 'Key', 'Outcome'].map((t) => h('th', { scope: 'col' }, t)))),
-        h('tbody', {}, ...got.rows.map((e) => h('tr', {}, h('td', { 'data-label': 'Seq' }, String(e.Seq)), h('td', { 'data-label': 'Time', class: 'nowrap' }, fmtTime(e.Time)), h('td', { 'data-label': 'Principal' }, e.Principal), h('td', { 'data-label': 'Action' }, e.Action), h('td', { class: 'mono small', 'data-label': 'Key' }, e.KeyId || ''), h('td', { 'data-label': 'Outcome' }, h('span', { class: e.Outcome === 'ok' ? 'outcome ok-text' : 'outcome bad-text' }, e.Outcome))))),
+        h('tbody', {}, ...got.rows.map((e) => h('tr', {}, h('td', { 'data-label': 'Seq' }, String(e.Seq)), h('td', { 'data-label': 'Time', class: 'nowrap' }, fmtTime(e.Time)), h('td', { 'data-label': 'Principal', class: 'wrap' }, e.Principal), h('td', { 'data-label': 'Action' }, e.Action), h('td', { class: 'mono small', 'data-label': 'Key' }, e.KeyId || ''), h('td', { 'data-label': 'Outcome' }, h('span', { class: e.Outcome === 'ok' ? 'outcome ok-text' : 'outcome bad-text' }, e.Outcome))))),
       );
       const newest = cur === 0;
       const newer = h('button', { type: 'button', disabled: newest, onclick: () => ((cur = cur + 1 >= newestFrom ? 0 : cur + 1), void load()) }, 'Newer');
