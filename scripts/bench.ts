@@ -48,6 +48,12 @@ const OUT = (() => {
   return i > 0 ? path.resolve(process.argv[i + 1]) : path.join(ROOT, 'bench', 'results', 'latest.json');
 })();
 
+/** --cpu-prof DIR: every kmsd child runs with node --cpu-prof and writes its profile to DIR on exit. */
+const CPU_PROF_DIR = (() => {
+  const i = process.argv.indexOf('--cpu-prof');
+  return i > 0 ? path.resolve(process.argv[i + 1]) : undefined;
+})();
+
 /** --only per-op|grpc|rsa|aws-http|alibaba-http|xks|kmsctl (repeatable): run just those sections (the targets table shows what was run). */
 const ONLY = process.argv.flatMap((a, i) => (a === '--only' ? [process.argv[i + 1]] : []));
 const want = (section: string) => ONLY.length === 0 || ONLY.includes(section);
@@ -258,7 +264,8 @@ async function echoServer(): Promise<void> {
 /** Starts a child (kmsd or the echo server) with output to a file; resolves with its port. */
 async function startChild(args: string[], env: Record<string, string>, logFile: string): Promise<{ child: ChildProcess; port: number }> {
   const fd = fs.openSync(logFile, 'w');
-  const child = spawn(process.execPath, args, { env: { ...process.env, ...env }, stdio: ['ignore', fd, fd] });
+  const profile = CPU_PROF_DIR && args[0]?.endsWith('kmsd.js') ? ['--cpu-prof', '--cpu-prof-dir', CPU_PROF_DIR] : [];
+  const child = spawn(process.execPath, [...profile, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', fd, fd] });
   fs.closeSync(fd);
   children.push(child);
   const deadline = Date.now() + 60_000;

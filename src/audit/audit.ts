@@ -267,10 +267,22 @@ export class AuditLog {
     this.publicKey = crypto.createPublicKey({ key: der, format: 'der', type: 'spki' });
     this.publicKeyPem = this.publicKey.export({ type: 'spki', format: 'pem' }) as string;
     this.publicKeyFingerprint = crypto.createHash('sha256').update(der).digest('hex');
-    const last = store.last();
+    this.headSeq = 0;
+    this.headHash = GENESIS_HASH;
+    this.lastCheckpointSeq = 0;
+    this.lastCheckpointAt = 0;
+    this.readHead();
+    // A record inserted in a transaction that was then rolled back is not in the chain: the next
+    // record must link to what the table holds.
+    store.onRollback(() => this.readHead());
+  }
+
+  /** The head of the chain and the last checkpoint, as the table holds them. */
+  private readHead(): void {
+    const last = this.store.last();
     this.headSeq = last?.seq ?? 0;
     this.headHash = last?.hash ?? GENESIS_HASH;
-    const cp = store.lastOfAction(CHECKPOINT_ACTION);
+    const cp = this.store.lastOfAction(CHECKPOINT_ACTION);
     this.lastCheckpointSeq = cp?.seq ?? 0;
     this.lastCheckpointAt = cp?.time ?? 0;
   }
@@ -291,6 +303,16 @@ export class AuditLog {
     const rec = this.appendRaw({ ...ev, keyId }, boundDetails(details));
     if (rec.Seq - this.lastCheckpointSeq > this.config.checkpointEveryRecords) this.checkpoint();
     return rec;
+  }
+
+  /**
+   * Appends one record in the store's next group transaction, with whatever other calls append
+   * meanwhile; resolves once it is committed (the caller answers only then, so an acknowledged call
+   * is always on the record). Its place in the chain is taken when the transaction runs, so the
+   * chain stays one line whatever mix of grouped and immediate appends there is.
+   */
+  appendCommitted(ev: AuditEventInput): Promise<AuditRecord> {
+    return this.store.grouped(() => this.append(ev));
   }
 
   /** A CMK id, or '' when the reference neither resolves nor has the form of a CMK id. */

@@ -54,8 +54,14 @@ export function base64(field: string, v: string | undefined, opts: { maxBytes?: 
     if (opts.allowEmpty) return Buffer.alloc(0);
     throw missing(field);
   }
-  if (!BASE64_RE.test(v)) throw invalid(field, 'must be standard base64 (A-Z, a-z, 0-9, +, /, with = padding)');
   const b = Buffer.from(v, 'base64');
+  // What a standard encoder produced is exactly what re-encoding gives back (a native round trip,
+  // several times cheaper than the pattern on a 4 KiB blob); only other strings meet the pattern,
+  // which also takes non-zero trailing bits, as it always has.
+  if (b.toString('base64') !== v && !BASE64_RE.test(v)) {
+    b.fill(0);
+    throw invalid(field, 'must be standard base64 (A-Z, a-z, 0-9, +, /, with = padding)');
+  }
   if (opts.maxBytes !== undefined && b.length > opts.maxBytes) throw invalid(field, `at most ${opts.maxBytes} bytes after base64 decoding (got ${b.length})`);
   return b;
 }

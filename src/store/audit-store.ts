@@ -1,6 +1,7 @@
 // Persistence of the audit trail: the append-only, hash-chained audit_log table and the
 // data-plane usage counters. The chain rules live in src/audit.
 
+import type Database from 'better-sqlite3';
 import { Store } from './store';
 
 export interface AuditRow {
@@ -62,17 +63,29 @@ export class AuditStore {
     return this.store.tx(fn);
   }
 
+  /** `work` in the store's next group transaction (src/store/group-commit.ts); resolves once committed. */
+  grouped<T>(work: () => T): Promise<T> {
+    return this.store.grouped(work);
+  }
+
+  /** `fn` after any rollback of the store's connection. */
+  onRollback(fn: () => void): void {
+    this.store.onRollback(fn);
+  }
+
   last(): AuditRow | undefined {
     return this.db.prepare('SELECT * FROM audit_log ORDER BY seq DESC LIMIT 1').get() as AuditRow | undefined;
   }
 
+  // Prepared once: one insert per audited call.
+  private insertStmt: Database.Statement | undefined;
+
   insert(row: AuditRow): void {
-    this.db
-      .prepare(
-        `INSERT INTO audit_log (seq, time, request_id, principal, action, key_id, proposal_id, outcome, details, prev_hash, hash)
-         VALUES (@seq, @time, @request_id, @principal, @action, @key_id, @proposal_id, @outcome, @details, @prev_hash, @hash)`,
-      )
-      .run(row);
+    this.insertStmt ??= this.db.prepare(
+      `INSERT INTO audit_log (seq, time, request_id, principal, action, key_id, proposal_id, outcome, details, prev_hash, hash)
+       VALUES (@seq, @time, @request_id, @principal, @action, @key_id, @proposal_id, @outcome, @details, @prev_hash, @hash)`,
+    );
+    this.insertStmt.run(row);
   }
 
   count(f: AuditFilter = {}): number {

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { MIGRATIONS } from './migrations';
+import { GroupCommit } from './group-commit';
 
 export interface CmkRow {
   key_id: string;
@@ -126,6 +127,34 @@ export class Store {
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 5000');
     this.migrate();
+    this.group = new GroupCommit(this.db, () => this.rolledBack());
+  }
+
+  /** Concurrent calls' writes, committed together (src/store/group-commit.ts); none on a read-only store. */
+  private readonly group: GroupCommit | undefined;
+  private readonly rollbackListeners: (() => void)[] = [];
+
+  /**
+   * Runs `work` (synchronous SQL: a record, or a state change with its record) in the next group
+   * transaction; resolves once that transaction has committed durably.
+   */
+  grouped<T>(work: () => T): Promise<T> {
+    if (!this.group) return Promise.reject(new Error('the metadata store was opened read-only'));
+    return this.group.submit(work);
+  }
+
+  get groupStats() {
+    return this.group?.stats ?? { commits: 0, units: 0, largest: 0 };
+  }
+
+  /** Called after any rollback, so that state kept in memory about rows is read again. */
+  onRollback(fn: () => void): void {
+    this.rollbackListeners.push(fn);
+  }
+
+  private rolledBack(): void {
+    this.forgetRows();
+    for (const fn of this.rollbackListeners) fn();
   }
 
   private requireCurrentSchema(file: string): void {
@@ -143,6 +172,8 @@ export class Store {
   }
 
   close(): void {
+    // Calls still waiting for their group transaction get it before the database goes.
+    if (this.db.open) this.group?.flush();
     this.statements.clear();
     if (this.db.open) this.db.close();
   }
@@ -176,7 +207,7 @@ export class Store {
       return this.db.transaction(fn)();
     } catch (e) {
       // A row read inside the transaction may be one that was rolled back.
-      this.forgetRows();
+      this.rolledBack();
       throw e;
     }
   }

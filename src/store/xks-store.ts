@@ -31,8 +31,42 @@ export interface XksKeyRow {
   creation_date: number;
 }
 
+/** Cached credential or key rows before the cache starts over. */
+const ROW_CACHE_LIMIT = 10_000;
+
 export class XksStore {
-  constructor(readonly store: Store) {}
+  constructor(readonly store: Store) {
+    store.onRollback(() => this.forgetRows());
+  }
+
+  // Every XKS request looks up its credential and its external key; those lookups were ~10% of an
+  // XKS Encrypt. kmsd is the only writer of these tables (it holds the data directory's lock), so
+  // rows are cached here: any write here drops the cache, and so does any rollback. Cached rows
+  // are frozen. Absent rows are not cached (unknown ids would fill memory).
+  private readonly credentialRows = new Map<string, Readonly<XksCredentialRow>>();
+  private readonly keyRows = new Map<string, Readonly<XksKeyRow>>();
+
+  private forgetRows(): void {
+    this.credentialRows.clear();
+    this.keyRows.clear();
+  }
+
+  private static remember<R extends object>(cache: Map<string, Readonly<R>>, k: string, row: R | undefined): R | undefined {
+    if (!row) return undefined;
+    if (cache.size >= ROW_CACHE_LIMIT) cache.clear();
+    const frozen = Object.freeze(row);
+    cache.set(k, frozen);
+    return frozen;
+  }
+
+  /** A statement that writes: the cached rows go (after it ran, so no read in between sees a stale row). */
+  private write(sql: string, ...params: unknown[]): void {
+    try {
+      this.prepare(sql).run(...params);
+    } finally {
+      this.forgetRows();
+    }
+  }
 
   /** Prepared once: the credential and key lookups run on every XKS request. */
   private readonly statements = new Map<string, Statement>();
@@ -51,7 +85,7 @@ export class XksStore {
   }
 
   insertKeyStore(row: XksKeyStoreRow): void {
-    this.prepare('INSERT INTO xks_key_stores (uri_path_prefix, creation_date) VALUES (@uri_path_prefix, @creation_date)').run(row);
+    this.write('INSERT INTO xks_key_stores (uri_path_prefix, creation_date) VALUES (@uri_path_prefix, @creation_date)', row);
   }
 
   getKeyStore(prefix: string): XksKeyStoreRow | undefined {
@@ -63,16 +97,18 @@ export class XksStore {
   }
 
   deleteKeyStore(prefix: string): void {
-    this.prepare('DELETE FROM xks_credentials WHERE uri_path_prefix = ?').run(prefix);
-    this.prepare('DELETE FROM xks_key_stores WHERE uri_path_prefix = ?').run(prefix);
+    this.write('DELETE FROM xks_credentials WHERE uri_path_prefix = ?', prefix);
+    this.write('DELETE FROM xks_key_stores WHERE uri_path_prefix = ?', prefix);
   }
 
   insertCredential(row: XksCredentialRow): void {
-    this.prepare('INSERT INTO xks_credentials (access_key_id, uri_path_prefix, sealed_secret, creation_date) VALUES (@access_key_id, @uri_path_prefix, @sealed_secret, @creation_date)').run(row);
+    this.write('INSERT INTO xks_credentials (access_key_id, uri_path_prefix, sealed_secret, creation_date) VALUES (@access_key_id, @uri_path_prefix, @sealed_secret, @creation_date)', row);
   }
 
   getCredential(accessKeyId: string): XksCredentialRow | undefined {
-    return this.prepare('SELECT * FROM xks_credentials WHERE access_key_id = ?').get(accessKeyId) as XksCredentialRow | undefined;
+    const cached = this.credentialRows.get(accessKeyId);
+    if (cached) return cached;
+    return XksStore.remember(this.credentialRows, accessKeyId, this.prepare('SELECT * FROM xks_credentials WHERE access_key_id = ?').get(accessKeyId) as XksCredentialRow | undefined);
   }
 
   listCredentials(prefix: string): XksCredentialRow[] {
@@ -80,15 +116,18 @@ export class XksStore {
   }
 
   deleteCredential(accessKeyId: string): void {
-    this.prepare('DELETE FROM xks_credentials WHERE access_key_id = ?').run(accessKeyId);
+    this.write('DELETE FROM xks_credentials WHERE access_key_id = ?', accessKeyId);
   }
 
   insertKey(row: XksKeyRow): void {
-    this.prepare('INSERT INTO xks_keys (uri_path_prefix, external_key_id, key_id, operations, creation_date) VALUES (@uri_path_prefix, @external_key_id, @key_id, @operations, @creation_date)').run(row);
+    this.write('INSERT INTO xks_keys (uri_path_prefix, external_key_id, key_id, operations, creation_date) VALUES (@uri_path_prefix, @external_key_id, @key_id, @operations, @creation_date)', row);
   }
 
   getKey(prefix: string, externalKeyId: string): XksKeyRow | undefined {
-    return this.prepare('SELECT * FROM xks_keys WHERE uri_path_prefix = ? AND external_key_id = ?').get(prefix, externalKeyId) as XksKeyRow | undefined;
+    const k = `${prefix}\n${externalKeyId}`;
+    const cached = this.keyRows.get(k);
+    if (cached) return cached;
+    return XksStore.remember(this.keyRows, k, this.prepare('SELECT * FROM xks_keys WHERE uri_path_prefix = ? AND external_key_id = ?').get(prefix, externalKeyId) as XksKeyRow | undefined);
   }
 
   listKeys(prefix: string): XksKeyRow[] {
@@ -100,6 +139,6 @@ export class XksStore {
   }
 
   deleteKey(prefix: string, externalKeyId: string): void {
-    this.prepare('DELETE FROM xks_keys WHERE uri_path_prefix = ? AND external_key_id = ?').run(prefix, externalKeyId);
+    this.write('DELETE FROM xks_keys WHERE uri_path_prefix = ? AND external_key_id = ?', prefix, externalKeyId);
   }
 }

@@ -10,6 +10,7 @@ import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Store, type CmkRow, type KeyVersionRow } from '../../src/store/store';
 import { freshIv, IV_BYTES } from '../../src/kms/ciphertext';
+import { XksStore } from '../../src/store/xks-store';
 
 let dir: string;
 let store: Store;
@@ -117,5 +118,42 @@ describe('freshIv', () => {
       seen.add(iv.toString('hex'));
     }
     expect(seen.size).toBe(5000);
+  });
+});
+
+describe('XksStore row cache', () => {
+  const cred = (id: string) => ({ access_key_id: id, uri_path_prefix: 'ks', sealed_secret: Buffer.from('sealed'), creation_date: 1 });
+  const key = (ext: string, keyId: string) => ({ uri_path_prefix: 'ks', external_key_id: ext, key_id: keyId, operations: 'ENCRYPT,DECRYPT', creation_date: 1 });
+
+  it('serves repeated lookups from memory, and every write and rollback is seen by the next read', () => {
+    const xks = new XksStore(store);
+    xks.insertKeyStore({ uri_path_prefix: 'ks', creation_date: 1 });
+    xks.insertCredential(cred('KMSDXKSAAAA'));
+    xks.insertKey(key('k1', 'cmk-1'));
+    const first = xks.getKey('ks', 'k1');
+    expect(first?.key_id).toBe('cmk-1');
+    expect(xks.getCredential('KMSDXKSAAAA')?.uri_path_prefix).toBe('ks');
+    // Cached: the same frozen row comes back.
+    expect(xks.getKey('ks', 'k1')).toBe(first);
+    expect(Object.isFrozen(first)).toBe(true);
+    expect(xks.getKey('ks', 'k1\nx')).toBeUndefined();
+
+    xks.deleteKey('ks', 'k1');
+    expect(xks.getKey('ks', 'k1')).toBeUndefined();
+    xks.insertKey(key('k1', 'cmk-2'));
+    expect(xks.getKey('ks', 'k1')?.key_id).toBe('cmk-2');
+    xks.deleteCredential('KMSDXKSAAAA');
+    expect(xks.getCredential('KMSDXKSAAAA')).toBeUndefined();
+
+    // A row read inside a transaction that rolls back is not served afterwards.
+    expect(() =>
+      store.tx(() => {
+        xks.deleteKey('ks', 'k1');
+        xks.insertKey(key('k1', 'cmk-rolled-back'));
+        expect(xks.getKey('ks', 'k1')?.key_id).toBe('cmk-rolled-back');
+        throw new Error('roll back');
+      }),
+    ).toThrow('roll back');
+    expect(xks.getKey('ks', 'k1')?.key_id).toBe('cmk-2');
   });
 });

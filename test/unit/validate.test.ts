@@ -115,6 +115,30 @@ describe('base64', () => {
     expect(v.base64('X', '', { allowEmpty: true })).toHaveLength(0);
   });
 
+  it('takes exactly the strings the strict pattern takes, non-zero trailing bits included, and decodes them as before', () => {
+    const pattern = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+    // Short strings over an alphabet with the awkward characters, every length up to 9: the
+    // round-trip shortcut must never take what the pattern refuses, nor refuse what it takes.
+    const alphabet = ['A', 'Q', 'R', 'z', '+', '/', '=', '-', ' ', '\n', 'é'];
+    let state = 7;
+    const rnd = () => ((state = (state * 1103515245 + 12345) >>> 0) >>> 8) % alphabet.length;
+    for (let i = 0; i < 20000; i++) {
+      const len = 1 + (i % 9);
+      const s = Array.from({ length: len }, rnd).map((j) => alphabet[j]).join('');
+      let got: Buffer | undefined;
+      try {
+        got = v.base64('Plaintext', s);
+      } catch {
+        got = undefined;
+      }
+      expect(got !== undefined, JSON.stringify(s)).toBe(pattern.test(s));
+      if (got) expect(got.equals(Buffer.from(s, 'base64'))).toBe(true);
+    }
+    // Non-canonical padding bits (what a lenient encoder might send) are still taken.
+    expect(v.base64('Plaintext', 'YR==').toString()).toBe('a');
+    expect(v.base64('Plaintext', 'YWJ=').toString()).toBe('ab');
+  });
+
   it('enforces maxBytes after decoding: the limit itself passes, one more byte fails', () => {
     const at = Buffer.alloc(6144, 1).toString('base64');
     const over = Buffer.alloc(6145, 1).toString('base64');

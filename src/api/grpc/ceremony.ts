@@ -29,7 +29,8 @@ function str(v: unknown): string {
 export function ceremonyExtension(rt: CeremonyRuntime): CeremonyExtension {
   const { ceremony, audit } = rt;
 
-  const record = (name: string, req: Req, ctx: CallContext, res: Req | undefined, err: unknown) => {
+  /** Resolves once the call is on the record (counted, or its record committed). */
+  const record = async (name: string, req: Req, ctx: CallContext, res: Req | undefined, err: unknown): Promise<void> => {
     const outcome = err === undefined ? 'ok' : err instanceof KmsError ? err.code : 'InternalFailure';
     const meta = (res?.KeyMetadata ?? {}) as Req;
     const proposalId = str(req.ProposalId) || str(res?.ProposalId);
@@ -47,7 +48,8 @@ export function ceremonyExtension(rt: CeremonyRuntime): CeremonyExtension {
     // HTTP calls name the access key they were signed with; CreateAccessKey names the key it made.
     const accessKeyId = ctx.accessKeyId ?? str(res?.AccessKeyId);
     if (accessKeyId) details.AccessKeyId = accessKeyId;
-    audit.append({ requestId: ctx.requestId, principal: ctx.principal, action: name, keyId, proposalId, outcome, details });
+    // Committed with the records of the calls that finish alongside it; the answer waits for it.
+    await audit.appendCommitted({ requestId: ctx.requestId, principal: ctx.principal, action: name, keyId, proposalId, outcome, details });
     if (err === undefined && name === 'ImportKeyMaterial' && keyId) rt.sink.keyActionDone?.(name, keyId, ctx);
   };
 
@@ -58,10 +60,10 @@ export function ceremonyExtension(rt: CeremonyRuntime): CeremonyExtension {
       try {
         res = await fn(req as Req, ctx);
       } catch (e) {
-        record(name, (req ?? {}) as Req, ctx, undefined, e);
+        await record(name, (req ?? {}) as Req, ctx, undefined, e);
         throw e;
       }
-      record(name, (req ?? {}) as Req, ctx, res as Req, undefined);
+      await record(name, (req ?? {}) as Req, ctx, res as Req, undefined);
       return res;
     };
 
