@@ -181,7 +181,8 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     // Principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
     const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: quorum.audit });
     const accessKeys = new AccessKeyService(store, keyring);
-    const { server, health, actions, streams } = createServer({ kms, imports, log, ceremony: ceremonyExtension(quorum), security, accessKeys, xks }, { maxMessageBytes: sec.maxMessageBytes, maxConcurrentStreams: sec.maxConcurrentStreams, streamLimits: sec });
+    const ceremony = ceremonyExtension(quorum);
+    const { server, health, actions, streams } = createServer({ kms, imports, log, ceremony, security, accessKeys, xks }, { maxMessageBytes: sec.maxMessageBytes, maxConcurrentStreams: sec.maxConcurrentStreams, streamLimits: sec });
     const { host, port } = parseListen(cfg.listen);
     // TLS: our own TLS 1.3 listener (client certificates checked and refusals audited) feeding the
     // gRPC server; plaintext only on loopback (config.ts refuses anything else).
@@ -200,7 +201,10 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     let httpListener: HttpListener | null = null;
     let httpAddress: string | undefined;
     if (cfg.httpListen) {
-      const adm = admission(actions, security, log);
+      // The ceremony and audit actions too, decorated as gRPC serves them (the console proposes,
+      // approves and verifies through the Alibaba dialect).
+      const all = Object.assign({}, ...ceremony.services().map((sv) => sv.actions), actions) as typeof actions;
+      const adm = admission(all, security, log);
       const ctx: HttpContext = {
         lookupAccessKey: (id) => accessKeys.lookup(id),
         run: async (action, req, who, call) => {
