@@ -43,6 +43,9 @@ export interface RunningDaemon {
   stop(graceMs?: number): Promise<void>;
 }
 
+/** gRPC health service name that is SERVING once start-up reconciliation is done. */
+export const RECONCILIATION_HEALTH_SERVICE = 'kmsd.Reconciliation';
+
 export async function startDaemon(cfg: DaemonConfig, log: Logger): Promise<RunningDaemon> {
   fs.mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
   // The data directory is the daemon's alone, whoever created it (the umask is kmsd.ts's job).
@@ -77,11 +80,18 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     // The binding check comes before kmsd creates or destroys anything in the token: a store that is
     // not the token's own is refused, never reconciled (src/kms/binding.ts).
     store = new Store(cfg.dataDir);
+    const startedAt = Date.now();
     const binding = bindStoreToToken(store, token, { adopt: Boolean(cfg.adoptToken), log });
     log.info({ instanceId: binding.instanceId, outcome: binding.outcome, token: token.tokenLabel }, 'metadata store and token belong together');
+    // Intents open now are what a crash left; later ones belong to calls that reconciliation, when it
+    // runs in the background, must leave alone.
+    const startupIntentSeq = store.allIntents().reduce((m, i) => Math.max(m, i.seq), 0);
     // Objects that exist once per token: created on the first start, never destroyed or reported.
-    token.ensureRootKey(ROOT_KEY_ID);
-    token.generateMacKey(MAC_KEY_ID);
+    // With a walked token this costs no lookup; otherwise it waits for the walk (reconcileAtStart).
+    if (token.walked) {
+      token.ensureRootKey(ROOT_KEY_ID);
+      token.generateMacKey(MAC_KEY_ID);
+    }
     const info = token.tokenInfo();
     const capabilities = probeCapabilities(token, info.mechanisms);
     log.info({ token: info.label, manufacturer: info.manufacturer, model: info.model, capabilities }, 'token capabilities probed');
@@ -125,17 +135,23 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     kms.onKeyEvent = (ev) => quorum.audit.append({ principal: 'kmsd', action: ev.action, keyId: ev.keyId, outcome: 'ok', details: ev.details });
     // After the audit log is up, so the outcome of every retried destroy is on the record.
     // Destroys the token refused before (or a crash interrupted) first, then the open intents; what
-    // the store does not explain after that is reported and kept.
-    const inventory = binding.inventory;
-    const retried = kms.retryPendingDestroys('start-up');
-    for (const d of retried.destroyed) {
-      const [kind, id] = d.split(':') as ['cmk' | 'wrap', string];
-      inventory[kind].delete(id);
-    }
-    const reconciled = kms.reconcile(inventory);
-    const wrapReconciled = imports.reconcileWrappingKeys(inventory);
-    const unknown = kms.reportUnknown(inventory);
-    log.info({ ...reconciled, wrappingKeys: wrapReconciled, pendingDestroys: retried, unknown: unknown.length }, 'start-up reconciliation done');
+    // the store does not explain after that is reported and kept. Needs the token walked once: when
+    // the binding check did not walk it (a store that matched its token), the walk and this run
+    // after kmsd listens, so start-up does not grow with the key count.
+    let stopping = false;
+    const reconcileAtStart = () => {
+      token.ensureRootKey(ROOT_KEY_ID);
+      token.generateMacKey(MAC_KEY_ID);
+      const retried = kms.retryPendingDestroys('start-up');
+      const inventory = token.knownInventory();
+      const reconciled = kms.reconcile(inventory, startupIntentSeq);
+      const wrapReconciled = imports.reconcileWrappingKeys(inventory, startupIntentSeq);
+      const unknown = kms.reportUnknown(token.knownInventory());
+      kms.reconciliation = { running: false, millis: Date.now() - startedAt };
+      log.info({ ...reconciled, wrappingKeys: wrapReconciled, pendingDestroys: retried, unknown: unknown.length, tokenObjectsWalked: true, millis: kms.reconciliation.millis }, 'start-up reconciliation done');
+    };
+    kms.reconciliation = { running: true, millis: 0 };
+    if (token.walked) reconcileAtStart();
     // Principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
     const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: quorum.audit });
     const accessKeys = new AccessKeyService(store, keyring);
@@ -185,9 +201,29 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     }
     health.setStatus('', 'SERVING');
     health.setStatus('kms.v1.KeyManagementService', 'SERVING');
+    // Its own health service name, so a deployment can wait for reconciliation (and UnknownTokenObjects).
+    health.setStatus(RECONCILIATION_HEALTH_SERVICE, kms.reconciliation.running ? 'NOT_SERVING' : 'SERVING');
+    const reconciling: Promise<void> = kms.reconciliation.running
+      ? token.walkInBackground().then(
+          () => {
+            if (stopping) return;
+            reconcileAtStart();
+            health.setStatus(RECONCILIATION_HEALTH_SERVICE, 'SERVING');
+          },
+          (e: unknown) => {
+            if (stopping) return;
+            // Keys are still looked up one by one; the open intents wait for the next start.
+            kms.reconciliation = { running: false, millis: Date.now() - startedAt };
+            log.error({ err: (e as Error).message }, 'start-up token walk failed; reconciliation waits for the next start');
+          },
+        )
+      : Promise.resolve();
+    reconciling.catch((e: unknown) => log.error({ err: (e as Error).message }, 'start-up reconciliation failed'));
 
     let ticking: Promise<void> | null = null;
     const pass = async () => {
+      // The scheduler's destroy retries and deletions wait until start-up reconciliation has run.
+      if (kms.reconciliation.running) return;
       try {
         kms.runDueWork();
         imports.destroyExpiredWrappingKeys();
@@ -221,6 +257,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
       async stop(graceMs = 10_000) {
         if (stopped) return;
         stopped = true;
+        stopping = true;
         clearInterval(timer);
         await ticking;
         await tlsListener?.close();
