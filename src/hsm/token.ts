@@ -343,26 +343,26 @@ export class HsmToken {
    * them, so calls are served meanwhile; a key they use before the walk reaches it is looked up on
    * its own. Resolves when the index is complete. One walk at a time; a second call joins it.
    */
-  walkInBackground(): Promise<void> {
+  walkInBackground(slice = WALK_SLICE): Promise<void> {
     if (this.walking) return this.walking;
-    const p = this.walkSliced().finally(() => {
+    const p = this.walkSliced(slice).finally(() => {
       if (this.walking === p) this.walking = null;
     });
     this.walking = p;
     return p;
   }
 
-  private async walkSliced(): Promise<void> {
+  private async walkSliced(slice: number): Promise<void> {
     const generation = ++this.walkGeneration;
     for (;;) {
       const epoch = this.sessionEpoch;
       const handles = this.listTokenObjects();
       this.index.beginWalk();
-      for (let i = 0; i < handles.length; i += WALK_SLICE) {
+      for (let i = 0; i < handles.length; i += slice) {
         await new Promise<void>((resolve) => setImmediate(resolve));
         if (generation !== this.walkGeneration) return; // superseded (or closed)
         if (epoch !== this.sessionEpoch) break;
-        this.readClassesAndLabels(handles.slice(i, i + WALK_SLICE));
+        this.readClassesAndLabels(handles.slice(i, i + slice));
       }
       if (epoch === this.sessionEpoch) break;
     }
