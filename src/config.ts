@@ -43,6 +43,12 @@ export interface DaemonConfig {
   account: string;
   /** --aws-region: the only region a SigV4 credential scope may name (AWS and XKS dialects); any when unset. */
   awsRegion?: string;
+  /** Audit checkpoints and data-plane records (docs/audit.md); module defaults where unset. */
+  audit: { checkpointEveryRecords?: number; checkpointIntervalMs?: number; dataPlaneEvents: boolean };
+  /** Default life of a ceremony proposal; the ceremony's default where unset. */
+  proposalTtlSeconds?: number;
+  /** KMSD_NATIVE_ADDON: the addon file to load instead of searching build/ (checked to exist). */
+  nativeAddonPath?: string;
 }
 
 /** Who may call (policy), how much (limits), and whether plaintext is served at all. */
@@ -101,6 +107,31 @@ const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-ke
   '--allow-insecure-pin-file': 'allow-insecure-pin-file',
 };
 
+/** Config-file fields and the type each must have; any other field is refused by name. */
+const FILE_FIELDS: Record<string, 'string' | 'number' | 'boolean'> = {
+  listen: 'string', dataDir: 'string', pkcs11Module: 'string', tokenLabel: 'string', pinFile: 'string', allowInsecurePinFile: 'boolean',
+  allowHostAssistedUnwrap: 'boolean', importTokenTtlSeconds: 'number', wrappingKeyPoolSize: 'number', schedulerIntervalMs: 'number',
+  pendingWindowDaySeconds: 'number', minRotationIntervalSeconds: 'number', useNativeAddon: 'boolean', nativeThreads: 'number', logLevel: 'string',
+  httpListen: 'string', region: 'string', account: 'string', awsRegion: 'string', tlsCert: 'string', tlsKey: 'string', tlsClientCa: 'string',
+  policy: 'string', plaintextLoopback: 'boolean', rateLimit: 'number', rateBurst: 'number', hsmMaxInFlight: 'number', hsmMaxQueued: 'number',
+  hsmQueueTimeoutMs: 'number', maxMessageBytes: 'number', tlsHandshakeTimeoutMs: 'number', tlsMaxUnauthenticated: 'number',
+  tlsMaxUnauthenticatedPerAddress: 'number', maxConcurrentStreams: 'number', streamMaxPerConnection: 'number', streamMaxPerPrincipal: 'number',
+  streamBufferBytesPerConnection: 'number', streamBufferBytesPerPrincipal: 'number', proposalTtlSeconds: 'number', auditCheckpointRecords: 'number',
+  auditCheckpointSeconds: 'number', auditDataPlane: 'boolean',
+};
+
+function wrap(text: string, width: number): string {
+  const lines: string[] = [];
+  let line = '';
+  for (const word of text.split(' ')) {
+    if (line && line.length + 1 + word.length > width) {
+      lines.push(line);
+      line = word;
+    } else line = line ? `${line} ${word}` : word;
+  }
+  return [...lines, line].join('\n');
+}
+
 export const USAGE = `usage: kmsd [--listen HOST:PORT] [--data-dir DIR] [--pkcs11-module PATH] [--token-label LABEL]
             [--pin-file FILE] [--config FILE] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
             [--policy FILE] [--plaintext-loopback 0|1] [--adopt-token] [--allow-insecure-pin-file 0|1]
@@ -124,6 +155,11 @@ loopback rule as gRPC), KMS_REGION and KMS_ACCOUNT (in ARNs; default local and k
 SigV4 credential scope may name; default: any). Tests only: KMS_PENDING_WINDOW_DAY_SECONDS (seconds per deletion-window day),
 KMS_MIN_ROTATION_INTERVAL_SECONDS.
 
+The config file (--config or KMS_CONFIG) is a JSON object of the settings above by their camelCase
+names; a field kmsd does not know, or of the wrong type, is refused. Every setting, and the TLS and
+policy files, is checked before kmsd opens the token or creates anything. Config-file fields:
+${wrap(Object.keys(FILE_FIELDS).join(', '), 100)}.
+
 With --pkcs11-module, --token-label and --pin-file kmsd uses that existing token and never initializes
 one. A PIN file that group or others may access is refused unless --allow-insecure-pin-file 1
 (KMS_ALLOW_INSECURE_PIN_FILE=1), and then warned about. With none of them it creates (once) a development SoftHSM token under DATA_DIR/softhsm.
@@ -134,6 +170,22 @@ The store (DATA_DIR/kmsd.sqlite) and the token are bound to each other: kmsd ref
 store that is not the token's own (another data directory, a deleted or truncated kmsd.sqlite, a
 backup older than the token) and says why. --adopt-token binds a store without a binding (or older
 than the token) to the token as it is, destroying nothing.`;
+
+function optionalInt(name: string, raw: unknown, min: number, max: number): number | undefined {
+  return raw === undefined || raw === '' ? undefined : intSetting(name, raw, min, max);
+}
+
+function mul(n: number | undefined, by: number): number | undefined {
+  return n === undefined ? undefined : n * by;
+}
+
+function isFile(p: string): boolean {
+  try {
+    return fs.statSync(p).isFile();
+  } catch {
+    return false;
+  }
+}
 
 function intSetting(name: string, raw: unknown, min: number, max: number): number {
   const n = typeof raw === 'number' ? raw : Number(raw);
@@ -171,6 +223,48 @@ export function isLoopback(host: string): boolean {
   return false;
 }
 
+
+function readConfigFile(configPath: string): Record<string, unknown> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(fs.readFileSync(configPath, 'utf8'));
+  } catch (e) {
+    throw new ConfigError(`cannot read config file ${configPath}: ${(e as Error).message}`);
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new ConfigError(`config file ${configPath} must hold a JSON object`);
+  const file = parsed as Record<string, unknown>;
+  for (const [key, value] of Object.entries(file)) {
+    const type = FILE_FIELDS[key];
+    if (!type) throw new ConfigError(`config file ${configPath}: unknown field "${key.slice(0, 64)}"`);
+    // Numbers and booleans may also be written as strings, as the environment gives them.
+    if (typeof value !== type && !(typeof value === 'string' && type !== 'string')) throw new ConfigError(`config file ${configPath}: ${key} must be a ${type} (got ${JSON.stringify(value)?.slice(0, 64)})`);
+  }
+  return file;
+}
+
+/** The kmsd process's own configuration: its flags and its environment. */
+export function loadDaemonConfig(argv: string[]): DaemonConfig {
+  return loadConfig(argv, process.env);
+}
+
+/** KMSD_NATIVE_ADDON, for the addon loader, which runs before the configuration is read (core dumps off first). */
+export function nativeAddonOverride(): string | undefined {
+  return envValue(process.env, 'KMSD_NATIVE_ADDON');
+}
+
+/**
+ * Points SoftHSM at a configuration file (the development token's): SoftHSM reads SOFTHSM2_CONF at
+ * C_Initialize, and softhsm2-util inherits it.
+ */
+export function useSoftHsmConf(conf: string): void {
+  process.env.SOFTHSM2_CONF = conf;
+}
+
+/** The client side's settings (kmsctl and the client library): endpoint and TLS files. */
+export function clientEnvironment(): { endpoint?: string; caFile?: string; certFile?: string; keyFile?: string } {
+  return { endpoint: envValue(process.env, 'KMS_ENDPOINT'), caFile: envValue(process.env, 'KMS_CA'), certFile: envValue(process.env, 'KMS_CERT'), keyFile: envValue(process.env, 'KMS_KEY') };
+}
+
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig {
   const flags: Record<string, string> = {};
   for (let i = 0; i < argv.length; i++) {
@@ -186,17 +280,10 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig
     if (value === undefined || value === '') throw new ConfigError(`${name} needs a value`);
     flags[key] = value;
   }
-  let file: Record<string, unknown> = {};
-  const configPath = flags.config ?? env.KMS_CONFIG;
-  if (configPath) {
-    try {
-      file = JSON.parse(fs.readFileSync(configPath, 'utf8')) as Record<string, unknown>;
-    } catch (e) {
-      throw new ConfigError(`cannot read config file ${configPath}: ${(e as Error).message}`);
-    }
-  }
+  const configPath = flags.config ?? envValue(env, 'KMS_CONFIG');
+  const file: Record<string, unknown> = configPath ? readConfigFile(configPath) : {};
   const pick = (flag: string, envName: string, fileKey: string): string | undefined => {
-    const v = flags[flag] ?? env[envName] ?? (file[fileKey] as string | undefined);
+    const v = flags[flag] ?? envValue(env, envName) ?? (file[fileKey] as string | undefined);
     return v === '' ? undefined : v;
   };
   const cfg: DaemonConfig = {
@@ -220,7 +307,16 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig
     region: envValue(env, 'KMS_REGION') ?? (file.region as string | undefined) ?? 'local',
     account: envValue(env, 'KMS_ACCOUNT') ?? (file.account as string | undefined) ?? 'kmsd',
     awsRegion: pick('awsRegion', 'KMS_AWS_REGION', 'awsRegion'),
+    audit: {
+      checkpointEveryRecords: optionalInt('auditCheckpointRecords (KMS_AUDIT_CHECKPOINT_RECORDS)', envValue(env, 'KMS_AUDIT_CHECKPOINT_RECORDS') ?? file.auditCheckpointRecords, 1, 1_000_000),
+      checkpointIntervalMs: mul(optionalInt('auditCheckpointSeconds (KMS_AUDIT_CHECKPOINT_SECONDS)', envValue(env, 'KMS_AUDIT_CHECKPOINT_SECONDS') ?? file.auditCheckpointSeconds, 1, 86400), 1000),
+      dataPlaneEvents: boolSetting('auditDataPlane (KMS_AUDIT_DATA_PLANE)', envValue(env, 'KMS_AUDIT_DATA_PLANE') ?? file.auditDataPlane) ?? false,
+    },
+    proposalTtlSeconds: optionalInt('proposalTtlSeconds (KMS_PROPOSAL_TTL_SECONDS)', envValue(env, 'KMS_PROPOSAL_TTL_SECONDS') ?? file.proposalTtlSeconds, 1, 7 * 86400),
+    nativeAddonPath: envValue(env, 'KMSD_NATIVE_ADDON'),
   };
+  if (cfg.nativeAddonPath !== undefined && !isFile(cfg.nativeAddonPath)) throw new ConfigError(`KMSD_NATIVE_ADDON ${cfg.nativeAddonPath} is not a file`);
+  if (fs.existsSync(cfg.dataDir) && !fs.statSync(cfg.dataDir).isDirectory()) throw new ConfigError(`--data-dir ${cfg.dataDir} is not a directory`);
   for (const [name, value] of [['region', cfg.region], ['account', cfg.account], ...(cfg.awsRegion !== undefined ? [['awsRegion', cfg.awsRegion] as const] : [])] as const) {
     if (!/^[a-z0-9][a-z0-9-]{0,62}$/.test(value)) throw new ConfigError(`${name} must be lower-case letters, digits and '-', at most 63 (got "${value}")`);
   }
@@ -237,6 +333,9 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig
   if (production.some(Boolean) && !production.every(Boolean)) {
     throw new ConfigError('an existing token needs all of --pkcs11-module, --token-label and --pin-file (or none of them for the development token)');
   }
+  if (cfg.pkcs11Module !== undefined && !isFile(cfg.pkcs11Module)) throw new ConfigError(`--pkcs11-module: cannot load PKCS#11 module ${cfg.pkcs11Module}: no such file`);
+  // CK_TOKEN_INFO.label is 32 bytes, blank-padded: a longer label can never match.
+  if (cfg.tokenLabel !== undefined && Buffer.byteLength(cfg.tokenLabel, 'utf8') > 32) throw new ConfigError(`--token-label must be at most 32 bytes (got ${Buffer.byteLength(cfg.tokenLabel, 'utf8')})`);
   const { host } = parseListen(cfg.listen);
   if (!isLoopback(host) && !cfg.tls) {
     throw new ConfigError(`refusing to listen on non-loopback address ${cfg.listen} without TLS (give --tls-cert and --tls-key)`);
@@ -282,3 +381,73 @@ export function securitySettings(flags: Record<string, string>, env: NodeJS.Proc
     maxBufferedBytesPerPrincipal: intSetting('streamBufferBytesPerPrincipal', val(null, 'KMS_STREAM_BUFFER_BYTES_PER_PRINCIPAL', 'streamBufferBytesPerPrincipal') ?? 32 * 1024 * 1024, 64 * 1024, 16 * 1024 * 1024 * 1024),
   };
 }
+
+// ---- the token auditor (npm run audit-token)
+
+export interface AuditConfig {
+  /** The token, as kmsd is given it; all three unset for the development token under dataDir. */
+  pkcs11Module?: string;
+  tokenLabel?: string;
+  pinFile?: string;
+  allowInsecurePinFile: boolean;
+  dataDir: string;
+  /** Objects whose label is not kmsd:... are reported as findings unless the token is knowingly shared. */
+  allowForeignObjects: boolean;
+}
+
+export const AUDIT_USAGE = `usage: npm run audit-token -- --data-dir DIR [--pkcs11-module PATH --token-label LABEL --pin-file FILE]
+            [--allow-insecure-pin-file 0|1] [--allow-foreign-objects]
+
+Lists every object of kmsd's token through graphene-pk11 (not kmsd's own token code), checks each
+key's attributes against its role, and cross-checks the token against the metadata store in DIR
+(read only). Without --pkcs11-module, --token-label and --pin-file it audits the development token
+under DIR/softhsm. --store (a PostgreSQL store) is accepted by name but not supported yet.
+Prints a JSON report. Exit 0: clean; 1: findings; 2: usage error; 3: the token or store could not be read.`;
+
+const AUDIT_FLAGS = new Set(['--pkcs11-module', '--token-label', '--pin-file', '--data-dir', '--store', '--allow-insecure-pin-file']);
+
+/** Parses and checks the auditor's flags before it opens the token or the store. */
+export function loadAuditConfig(argv: string[]): AuditConfig {
+  const flags: Record<string, string> = {};
+  let allowForeignObjects = false;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--allow-foreign-objects') {
+      allowForeignObjects = true;
+      continue;
+    }
+    const [name, inline] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
+    if (!AUDIT_FLAGS.has(name)) throw new ConfigError(`unknown argument "${a}"`);
+    const value = inline ?? argv[++i];
+    if (value === undefined || value === '' || (inline === undefined && value.startsWith('--'))) throw new ConfigError(`${name} needs a value`);
+    if (name in flags) throw new ConfigError(`${name} is given twice`);
+    flags[name] = value;
+  }
+  if (flags['--store'] !== undefined) {
+    throw new ConfigError('--store (a PostgreSQL metadata store) is not supported yet: kmsd keeps its store in SQLite under --data-dir; give --data-dir instead');
+  }
+  const dataDir = flags['--data-dir'];
+  if (!dataDir) throw new ConfigError('--data-dir is required: the data directory of the kmsd whose token is audited');
+  const resolved = path.resolve(dataDir);
+  if (!fs.existsSync(path.join(resolved, 'kmsd.sqlite'))) throw new ConfigError(`--data-dir ${resolved} holds no kmsd.sqlite: not a kmsd data directory`);
+  const production = [flags['--pkcs11-module'], flags['--token-label'], flags['--pin-file']];
+  if (production.some(Boolean) && !production.every(Boolean)) {
+    throw new ConfigError('an existing token needs all of --pkcs11-module, --token-label and --pin-file (or none of them for the development token under --data-dir)');
+  }
+  const modulePath = flags['--pkcs11-module'];
+  if (modulePath !== undefined && !isFile(modulePath)) throw new ConfigError(`--pkcs11-module ${modulePath} is not a file`);
+  const label = flags['--token-label'];
+  // CK_TOKEN_INFO.label is 32 bytes, blank-padded: a longer label can never match.
+  if (label !== undefined && Buffer.byteLength(label, 'utf8') > 32) throw new ConfigError(`--token-label must be at most 32 bytes (got ${Buffer.byteLength(label, 'utf8')})`);
+  const pinFile = flags['--pin-file'];
+  if (pinFile !== undefined && !isFile(pinFile)) throw new ConfigError(`--pin-file ${pinFile} is not a file`);
+  return {
+    pkcs11Module: modulePath,
+    tokenLabel: label,
+    pinFile,
+    allowInsecurePinFile: boolSetting('--allow-insecure-pin-file', flags['--allow-insecure-pin-file']) ?? false,
+    dataDir: resolved,
+    allowForeignObjects,
+  };
+}
+

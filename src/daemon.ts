@@ -1,10 +1,12 @@
 // The composition root: config → token → store → domain → gRPC. Also owns the scheduler and the
 // orderly shutdown (drain calls, stop the scheduler, zero cached material, close store and token).
 
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { DaemonConfig, DEFAULT_NATIVE_THREADS, parseListen, securitySettings } from './config';
+import { ConfigError, DaemonConfig, DEFAULT_NATIVE_THREADS, parseListen, securitySettings } from './config';
+import { Policy } from './policy/policy';
 import { HsmToken } from './hsm/token';
 import { ensureDevToken, octal, readPinFile } from './hsm/dev-token';
 import { probeCapabilities, HsmCapabilities } from './hsm/unwrap';
@@ -47,6 +49,7 @@ export interface RunningDaemon {
 export const RECONCILIATION_HEALTH_SERVICE = 'kmsd.Reconciliation';
 
 export async function startDaemon(cfg: DaemonConfig, log: Logger): Promise<RunningDaemon> {
+  preflight(cfg);
   fs.mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
   // The data directory is the daemon's alone, whoever created it (the umask is kmsd.ts's job).
   if ((fs.statSync(cfg.dataDir).mode & 0o077) !== 0) {
@@ -59,6 +62,44 @@ export async function startDaemon(cfg: DaemonConfig, log: Logger): Promise<Runni
   } catch (e) {
     lock.release();
     throw e;
+  }
+}
+
+/**
+ * The files the daemon reads only after it has opened the token (TLS material, the policy), read
+ * and parsed now: a mistyped path must stop kmsd before it creates or changes anything, in the data
+ * directory or in the token.
+ */
+function preflight(cfg: DaemonConfig): void {
+  const read = (flag: string, file: string): Buffer => {
+    try {
+      return fs.readFileSync(file);
+    } catch (e) {
+      throw new ConfigError(`${flag} ${file}: cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  };
+  const parse = (flag: string, file: string, fn: (b: Buffer) => unknown): void => {
+    const b = read(flag, file);
+    try {
+      fn(b);
+    } catch (e) {
+      throw new ConfigError(`${flag} ${file}: ${(e as Error).message.split('\n')[0]}`);
+    } finally {
+      b.fill(0); // the TLS key, among others
+    }
+  };
+  if (cfg.tls) {
+    parse('--tls-cert', cfg.tls.certFile, (b) => new crypto.X509Certificate(b));
+    parse('--tls-key', cfg.tls.keyFile, (b) => crypto.createPrivateKey(b));
+    if (cfg.tls.clientCaFile) parse('--tls-client-ca', cfg.tls.clientCaFile, (b) => new crypto.X509Certificate(b));
+  }
+  const policyFile = cfg.security?.policyFile;
+  if (policyFile) {
+    try {
+      Policy.load(policyFile);
+    } catch (e) {
+      throw new ConfigError(`--policy: ${(e as Error).message}`);
+    }
   }
 }
 
@@ -129,7 +170,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
         return info;
       },
     });
-    const quorum = startCeremonyAndAudit({ store, token, kms, imports, xks, log, maxMessageBytes: sec.maxMessageBytes });
+    const quorum = startCeremonyAndAudit({ store, token, kms, imports, xks, log, maxMessageBytes: sec.maxMessageBytes, auditSettings: cfg.audit, proposalTtlSeconds: cfg.proposalTtlSeconds });
     // What kmsd does to keys on its own (deletion windows ending, material expiring, automatic
     // rotation) is audited like the calls, under kmsd's own name.
     kms.onKeyEvent = (ev) => quorum.audit.append({ principal: 'kmsd', action: ev.action, keyId: ev.keyId, outcome: 'ok', details: ev.details });

@@ -38,23 +38,6 @@ export interface AuditConfig {
 
 export const DEFAULT_AUDIT_CONFIG: AuditConfig = { checkpointEveryRecords: 256, checkpointIntervalMs: 60_000, dataPlaneEvents: false, exportPageBytes: 2 * 1024 * 1024, refusalWindowMs: 60_000 };
 
-export function auditConfigFromEnv(env: NodeJS.ProcessEnv): AuditConfig {
-  const int = (name: string, dflt: number, min: number, max: number) => {
-    const raw = env[name];
-    if (raw === undefined || raw === '') return dflt;
-    const n = Number(raw);
-    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name} must be an integer from ${min} to ${max} (got ${raw})`);
-    return n;
-  };
-  return {
-    checkpointEveryRecords: int('KMS_AUDIT_CHECKPOINT_RECORDS', DEFAULT_AUDIT_CONFIG.checkpointEveryRecords, 1, 1_000_000),
-    checkpointIntervalMs: int('KMS_AUDIT_CHECKPOINT_SECONDS', DEFAULT_AUDIT_CONFIG.checkpointIntervalMs / 1000, 1, 86400) * 1000,
-    dataPlaneEvents: env.KMS_AUDIT_DATA_PLANE === '1' || env.KMS_AUDIT_DATA_PLANE === 'true',
-    exportPageBytes: DEFAULT_AUDIT_CONFIG.exportPageBytes,
-    refusalWindowMs: DEFAULT_AUDIT_CONFIG.refusalWindowMs,
-  };
-}
-
 export interface AuditEventInput {
   requestId?: string;
   principal: string;

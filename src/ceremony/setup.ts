@@ -10,7 +10,7 @@ import type { KmsService, Logger } from '../kms/service';
 import type { ImportService } from '../kms/import';
 import type { XksService } from '../kms/xks';
 import type { CallContext } from '../kms/types';
-import { AuditLog, auditConfigFromEnv } from '../audit/audit';
+import { AuditConfig, AuditLog, DEFAULT_AUDIT_CONFIG } from '../audit/audit';
 import { MAX_IDENTIFIER_CHARS, isUuid } from '../kms/validate';
 import { Ceremony, CeremonySink, DEFAULT_CEREMONY_CONFIG } from './ceremony';
 
@@ -35,11 +35,13 @@ export function startCeremonyAndAudit(o: {
   /** The external key store proxy (CreateXksKey can be guarded). */
   xks?: XksService;
   log: Logger;
-  env?: NodeJS.ProcessEnv;
+  /** Checkpoints and data-plane records (validated in src/config.ts); the defaults where unset. */
+  auditSettings?: { checkpointEveryRecords?: number; checkpointIntervalMs?: number; dataPlaneEvents?: boolean };
+  /** Default proposal life in seconds (validated in src/config.ts); the ceremony's default where unset. */
+  proposalTtlSeconds?: number;
   /** The gRPC message limit, which an ExportAudit page must stay under. */
   maxMessageBytes?: number;
 }): CeremonyRuntime {
-  const env = o.env ?? process.env;
   const ceremonyStore = new CeremonyStore(o.store);
   const instanceId = ceremonyStore.instanceId(() => crypto.randomUUID());
   const publicKey = o.token.ensureSigningKeyPair(AUDIT_SIGNING_KEY_ID);
@@ -47,7 +49,7 @@ export function startCeremonyAndAudit(o: {
     new AuditStore(o.store),
     { publicKeyDer: () => publicKey, sign: (data) => o.token.signEcdsaP256(AUDIT_SIGNING_KEY_ID, data) },
     instanceId,
-    { ...auditConfigFromEnv(env), ...(o.maxMessageBytes ? { exportPageBytes: Math.floor(o.maxMessageBytes / 2) } : {}) },
+    { ...auditSettings(o.auditSettings), ...(o.maxMessageBytes ? { exportPageBytes: Math.floor(o.maxMessageBytes / 2) } : {}) },
   );
   // Records and counters name the CMK a caller meant, whatever form the KeyId was typed in.
   audit.resolveKeyId = (ref) => {
@@ -69,9 +71,7 @@ export function startCeremonyAndAudit(o: {
       }
     },
   };
-  const ttlRaw = env.KMS_PROPOSAL_TTL_SECONDS;
-  const ttl = ttlRaw ? Number(ttlRaw) : DEFAULT_CEREMONY_CONFIG.defaultProposalTtlSeconds;
-  if (!Number.isInteger(ttl) || ttl < 1 || ttl > DEFAULT_CEREMONY_CONFIG.maxProposalTtlSeconds) throw new Error(`KMS_PROPOSAL_TTL_SECONDS must be an integer from 1 to ${DEFAULT_CEREMONY_CONFIG.maxProposalTtlSeconds}`);
+  const ttl = o.proposalTtlSeconds ?? DEFAULT_CEREMONY_CONFIG.defaultProposalTtlSeconds;
   const info = o.token.tokenInfo();
   const ceremony = new Ceremony(
     ceremonyStore,
@@ -93,5 +93,14 @@ export function startCeremonyAndAudit(o: {
       audit.append({ principal: 'kmsd', action: 'DaemonStopped', outcome: 'ok' });
       audit.close();
     },
+  };
+}
+
+function auditSettings(s: { checkpointEveryRecords?: number; checkpointIntervalMs?: number; dataPlaneEvents?: boolean } = {}): AuditConfig {
+  return {
+    ...DEFAULT_AUDIT_CONFIG,
+    checkpointEveryRecords: s.checkpointEveryRecords ?? DEFAULT_AUDIT_CONFIG.checkpointEveryRecords,
+    checkpointIntervalMs: s.checkpointIntervalMs ?? DEFAULT_AUDIT_CONFIG.checkpointIntervalMs,
+    dataPlaneEvents: s.dataPlaneEvents ?? DEFAULT_AUDIT_CONFIG.dataPlaneEvents,
   };
 }

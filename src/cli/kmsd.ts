@@ -3,7 +3,7 @@
 // Start-up failures (bad flag, missing module, wrong PIN) are one line on stderr and exit 1.
 
 import pino from 'pino';
-import { ConfigError, USAGE, loadConfig } from '../config';
+import { ConfigError, USAGE, loadDaemonConfig } from '../config';
 import { startDaemon } from '../daemon';
 import { HsmError } from '../hsm/errors';
 import { disableCoreDumps } from '../hsm/native-addon';
@@ -25,7 +25,7 @@ async function main(): Promise<void> {
   const coreDumps = disableCoreDumps();
   let cfg;
   try {
-    cfg = loadConfig(argv, process.env);
+    cfg = loadDaemonConfig(argv);
   } catch (e) {
     if (e instanceof ConfigError) {
       process.stderr.write(`kmsd: ${oneLine(e.message)}\n`);

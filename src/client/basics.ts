@@ -3,6 +3,7 @@
 // gets them without loading gRPC's library or the proto-loader stubs.
 
 import type * as grpc from '@grpc/grpc-js';
+import { clientEnvironment } from '../config';
 
 export interface ClientOptions {
   endpoint?: string;
@@ -31,5 +32,5 @@ export const DEFAULT_ENDPOINT = '127.0.0.1:50051';
 export type Json = Record<string, any>;
 
 export function endpointOf(opts: ClientOptions): string {
-  return opts.endpoint ?? process.env.KMS_ENDPOINT ?? DEFAULT_ENDPOINT;
+  return opts.endpoint ?? clientEnvironment().endpoint ?? DEFAULT_ENDPOINT;
 }

@@ -5,16 +5,18 @@ import fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { serviceConstructor } from '../api/proto';
 import { ClientOptions, Json, KmsClientError, endpointOf } from './basics';
+import { clientEnvironment } from '../config';
 
 export { DEFAULT_ENDPOINT, KmsClientError, endpointOf } from './basics';
 export type { ClientOptions, Json } from './basics';
 
 /** TLS when a CA is given (option or KMS_CA), with a client certificate for mutual TLS; else plaintext. */
 export function channelCredentials(opts: ClientOptions): grpc.ChannelCredentials {
-  const caFile = opts.caFile ?? process.env.KMS_CA;
+  const env = clientEnvironment();
+  const caFile = opts.caFile ?? env.caFile;
   if (!caFile) return grpc.credentials.createInsecure();
-  const keyFile = opts.keyFile ?? process.env.KMS_KEY;
-  const certFile = opts.certFile ?? process.env.KMS_CERT;
+  const keyFile = opts.keyFile ?? env.keyFile;
+  const certFile = opts.certFile ?? env.certFile;
   return grpc.credentials.createSsl(fs.readFileSync(caFile), keyFile ? fs.readFileSync(keyFile) : null, certFile ? fs.readFileSync(certFile) : null);
 }
 

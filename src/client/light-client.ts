@@ -8,6 +8,7 @@
 import fs from 'node:fs';
 import http2 from 'node:http2';
 import { ClientOptions, Json, KmsClientError, endpointOf } from './basics';
+import { clientEnvironment } from '../config';
 import { SERVICE_NAMES, serviceMethods, serviceOf } from './descriptor';
 import { decode, encode } from './wire';
 
@@ -79,11 +80,12 @@ export class LightClient {
   private connect(): http2.ClientHttp2Session {
     if (this.session && !this.session.closed && !this.session.destroyed) return this.session;
     const authority = authorityOf(endpointOf(this.opts));
-    const caFile = this.opts.caFile ?? process.env.KMS_CA;
+    const env = clientEnvironment();
+    const caFile = this.opts.caFile ?? env.caFile;
     let session: http2.ClientHttp2Session;
     if (caFile) {
-      const keyFile = this.opts.keyFile ?? process.env.KMS_KEY;
-      const certFile = this.opts.certFile ?? process.env.KMS_CERT;
+      const keyFile = this.opts.keyFile ?? env.keyFile;
+      const certFile = this.opts.certFile ?? env.certFile;
       session = http2.connect(`https://${authority}`, {
         ca: fs.readFileSync(caFile),
         ...(keyFile ? { key: fs.readFileSync(keyFile) } : {}),

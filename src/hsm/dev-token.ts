@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { HsmError } from './errors';
+import { useSoftHsmConf } from '../config';
 
 export const DEV_TOKEN_LABEL = 'kmsd-dev';
 
@@ -22,12 +23,14 @@ export function findSoftHsmModule(): string {
  * Makes sure DATA_DIR/softhsm holds an initialized token and returns how to open it. Sets
  * SOFTHSM2_CONF for this process, which SoftHSM reads at C_Initialize.
  */
-export function ensureDevToken(dataDir: string): { modulePath: string; tokenLabel: string; pin: string; pinFile: string; pinLooseMode: number | null } {
+/** Where the development token of a data directory lives; creates nothing. */
+export function devTokenPaths(dataDir: string): { dir: string; tokens: string; conf: string; pinFile: string; soPinFile: string } {
   const dir = path.join(dataDir, 'softhsm');
-  const tokens = path.join(dir, 'tokens');
-  const conf = path.join(dir, 'softhsm2.conf');
-  const pinFile = path.join(dir, 'user.pin');
-  const soPinFile = path.join(dir, 'so.pin');
+  return { dir, tokens: path.join(dir, 'tokens'), conf: path.join(dir, 'softhsm2.conf'), pinFile: path.join(dir, 'user.pin'), soPinFile: path.join(dir, 'so.pin') };
+}
+
+export function ensureDevToken(dataDir: string): { modulePath: string; tokenLabel: string; pin: string; pinFile: string; pinLooseMode: number | null } {
+  const { tokens, conf, pinFile, soPinFile } = devTokenPaths(dataDir);
   fs.mkdirSync(tokens, { recursive: true, mode: 0o700 });
   fs.chmodSync(dataDir, 0o700);
   if (!fs.existsSync(conf)) {
@@ -37,7 +40,7 @@ export function ensureDevToken(dataDir: string): { modulePath: string; tokenLabe
       : `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\n`;
     fs.writeFileSync(conf, text, { mode: 0o600 });
   }
-  process.env.SOFTHSM2_CONF = conf;
+  useSoftHsmConf(conf);
   const modulePath = findSoftHsmModule();
   if (!fs.existsSync(pinFile)) {
     const pin = crypto.randomBytes(16).toString('hex');
@@ -47,7 +50,7 @@ export function ensureDevToken(dataDir: string): { modulePath: string; tokenLabe
     fs.writeFileSync(`${pinFile}.new`, pin + '\n', { mode: 0o600 });
     try {
       execFileSync('softhsm2-util', ['--init-token', '--free', '--label', DEV_TOKEN_LABEL, '--so-pin', soPin, '--pin', pin], {
-        env: { ...process.env, SOFTHSM2_CONF: conf },
+        // The environment is inherited, with SOFTHSM2_CONF set just above.
         stdio: ['ignore', 'ignore', 'pipe'],
       });
     } catch (e) {

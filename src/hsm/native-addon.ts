@@ -14,6 +14,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { nativeAddonOverride } from '../config';
 
 /** One batch item: AES-GCM on the token key `handle` with a 12-byte IV. */
 export interface NativeItem {
@@ -100,7 +101,7 @@ function searchRoots(): string[] {
 }
 
 function findAddon(): string | undefined {
-  const explicit = process.env['KMSD_NATIVE_ADDON'];
+  const explicit = nativeAddonOverride();
   if (explicit) return fs.existsSync(explicit) ? explicit : undefined;
   for (const root of searchRoots()) {
     for (let dir = path.resolve(root); ; dir = path.dirname(dir)) {
@@ -118,8 +119,9 @@ function load(): RawAddon | null {
   if (loaded !== undefined) return loaded;
   const file = findAddon();
   if (!file) {
-    loadError = process.env['KMSD_NATIVE_ADDON']
-      ? `KMSD_NATIVE_ADDON=${process.env['KMSD_NATIVE_ADDON']} does not exist`
+    const override = nativeAddonOverride();
+    loadError = override
+      ? `KMSD_NATIVE_ADDON=${override} does not exist`
       : `${ADDON_FILE} not found (run \`npx node-gyp rebuild\`)`;
     loaded = null;
     return null;

@@ -523,21 +523,21 @@ export class HsmToken {
    */
   private aesKeyTemplate(kind: ObjectKind, id: string, token: boolean): pkcs11js.Template {
     return [
-      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-      { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY }, // symmetric CMK material
+      { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES }, // AES-256-GCM is the only CMK algorithm
       { type: pkcs11js.CKA_TOKEN, value: token }, // survives restarts (false only for probes and tests)
       { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
       { type: pkcs11js.CKA_SENSITIVE, value: true }, // CKA_VALUE can never be read
       { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // cannot be wrapped out either
       { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
       { type: pkcs11js.CKA_ENCRYPT, value: true }, // AES-GCM encrypt of data and data keys
-      { type: pkcs11js.CKA_DECRYPT, value: true },
+      { type: pkcs11js.CKA_DECRYPT, value: true }, // and their decrypt: the CMK's two jobs
       { type: pkcs11js.CKA_WRAP, value: false }, // a CMK is never a key-encryption key for other token keys
-      { type: pkcs11js.CKA_UNWRAP, value: false },
-      { type: pkcs11js.CKA_SIGN, value: false },
+      { type: pkcs11js.CKA_UNWRAP, value: false }, // nor unwraps material into the token
+      { type: pkcs11js.CKA_SIGN, value: false }, // no MACs: GenerateMac is not a CMK usage here
       { type: pkcs11js.CKA_VERIFY, value: false },
-      { type: pkcs11js.CKA_DERIVE, value: false },
-      { type: pkcs11js.CKA_LABEL, value: this.label(kind, id) },
+      { type: pkcs11js.CKA_DERIVE, value: false }, // no key derived from it could inherit its protection
+      { type: pkcs11js.CKA_LABEL, value: this.label(kind, id) }, // kmsd:cmk:<version id>, what lookups match
       { type: pkcs11js.CKA_ID, value: Buffer.from(id, 'utf8') }, // key version id, as DESIGN §2 says
     ];
   }
@@ -614,22 +614,22 @@ export class HsmToken {
       (p11, s) =>
         p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_GENERIC_SECRET_KEY_GEN, parameter: null as unknown as Buffer }, [
           { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_GENERIC_SECRET },
-          { type: pkcs11js.CKA_TOKEN, value: true },
-          { type: pkcs11js.CKA_PRIVATE, value: true },
+          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_GENERIC_SECRET }, // what CKM_SHA256_HMAC takes
+          { type: pkcs11js.CKA_TOKEN, value: true }, // import tokens issued before a restart must still verify
+          { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
           { type: pkcs11js.CKA_SENSITIVE, value: true }, // the MAC key is what makes an import token unforgeable
-          { type: pkcs11js.CKA_EXTRACTABLE, value: false },
-          { type: pkcs11js.CKA_MODIFIABLE, value: false },
-          { type: pkcs11js.CKA_SIGN, value: true },
-          { type: pkcs11js.CKA_VERIFY, value: true },
-          { type: pkcs11js.CKA_ENCRYPT, value: false },
+          { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wrapped out
+          { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
+          { type: pkcs11js.CKA_SIGN, value: true }, // HMAC of an import token when it is issued
+          { type: pkcs11js.CKA_VERIFY, value: true }, // and when it comes back
+          { type: pkcs11js.CKA_ENCRYPT, value: false }, // nothing else
           { type: pkcs11js.CKA_DECRYPT, value: false },
           { type: pkcs11js.CKA_WRAP, value: false },
           { type: pkcs11js.CKA_UNWRAP, value: false },
           { type: pkcs11js.CKA_DERIVE, value: false },
-          { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
-          { type: pkcs11js.CKA_LABEL, value: this.label('mac', id) },
-          { type: pkcs11js.CKA_ID, value: Buffer.from(id, 'utf8') },
+          { type: pkcs11js.CKA_VALUE_LEN, value: 32 }, // 256 bits, the HMAC-SHA256 block-size-safe length
+          { type: pkcs11js.CKA_LABEL, value: this.label('mac', id) }, // kmsd:mac:<id>
+          { type: pkcs11js.CKA_ID, value: Buffer.from(id, 'utf8') }, // the same id, as on every kmsd key
         ]),
       'C_GenerateKey',
     );
@@ -749,20 +749,22 @@ export class HsmToken {
     const h = this.withSession(
       (p11, s) =>
         p11.C_CreateObject(s, [
+          // CKA_MODIFIABLE is left to the module: a session object dies with its session, and the
+          // copy that persists (persistTransient) is made non-modifiable.
           { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
           { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
           { type: pkcs11js.CKA_TOKEN, value: false }, // session object until persisted
-          { type: pkcs11js.CKA_PRIVATE, value: true },
-          { type: pkcs11js.CKA_SENSITIVE, value: true },
+          { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login, even for its short life
+          { type: pkcs11js.CKA_SENSITIVE, value: true }, // the value came from the host once; it is never read back
           { type: pkcs11js.CKA_EXTRACTABLE, value: extractable }, // true only to be wrapped under the root key (SOFTWARE level)
-          { type: pkcs11js.CKA_ENCRYPT, value: usage === 'data' },
+          { type: pkcs11js.CKA_ENCRYPT, value: usage === 'data' }, // CMK material: encrypt and decrypt
           { type: pkcs11js.CKA_DECRYPT, value: usage === 'data' },
-          { type: pkcs11js.CKA_UNWRAP, value: usage === 'unwrap' },
-          { type: pkcs11js.CKA_WRAP, value: false },
+          { type: pkcs11js.CKA_UNWRAP, value: usage === 'unwrap' }, // an ephemeral KEK: unwrap only
+          { type: pkcs11js.CKA_WRAP, value: false }, // neither kind wraps anything out
           { type: pkcs11js.CKA_SIGN, value: false },
           { type: pkcs11js.CKA_VERIFY, value: false },
           { type: pkcs11js.CKA_DERIVE, value: false },
-          { type: pkcs11js.CKA_VALUE, value },
+          { type: pkcs11js.CKA_VALUE, value }, // the material; the caller zeroes its buffer
         ]),
       'C_CreateObject',
     );
@@ -772,19 +774,20 @@ export class HsmToken {
   /** Template for an AES key unwrapped as a session object, before its length is checked. */
   private transientUnwrapTemplate(usage: 'data' | 'unwrap', measurable: boolean): pkcs11js.Template {
     return [
+      // CKA_MODIFIABLE is left to the module, as for createTransientAesKey: the persisted copy sets it.
       { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
       { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
       { type: pkcs11js.CKA_TOKEN, value: false }, // nothing persists until every check has passed
-      { type: pkcs11js.CKA_PRIVATE, value: true },
+      { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
       { type: pkcs11js.CKA_SENSITIVE, value: true }, // CKA_VALUE is never readable, even now
       // Extractable only where the token does not report CKA_VALUE_LEN: then the length is measured
       // by wrapping under a throwaway token key (the result is discarded) and the copy that persists
       // is made non-extractable.
       { type: pkcs11js.CKA_EXTRACTABLE, value: measurable },
-      { type: pkcs11js.CKA_ENCRYPT, value: usage === 'data' },
+      { type: pkcs11js.CKA_ENCRYPT, value: usage === 'data' }, // CMK material: encrypt and decrypt
       { type: pkcs11js.CKA_DECRYPT, value: usage === 'data' },
-      { type: pkcs11js.CKA_UNWRAP, value: usage === 'unwrap' },
-      { type: pkcs11js.CKA_WRAP, value: false },
+      { type: pkcs11js.CKA_UNWRAP, value: usage === 'unwrap' }, // the ephemeral KEK of RSA_AES_KEY_WRAP: unwrap only
+      { type: pkcs11js.CKA_WRAP, value: false }, // neither wraps anything out
       { type: pkcs11js.CKA_SIGN, value: false },
       { type: pkcs11js.CKA_VERIFY, value: false },
       { type: pkcs11js.CKA_DERIVE, value: false },
@@ -812,11 +815,18 @@ export class HsmToken {
       // output is 8 + the key length rounded up to 8; only an AES key of 16, 24 or 32 bytes can be used
       // for AES at all, so a 40-byte wrap plus a working AES operation means exactly 32 bytes.
       const kek = p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN, parameter: null as unknown as Buffer }, [
-        { type: pkcs11js.CKA_TOKEN, value: false },
+        { type: pkcs11js.CKA_TOKEN, value: false }, // destroyed in the finally below
+        { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
         { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
-        { type: pkcs11js.CKA_WRAP, value: true },
-        { type: pkcs11js.CKA_SENSITIVE, value: true },
-        { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+        { type: pkcs11js.CKA_WRAP, value: true }, // its one job: wrap the key being measured
+        { type: pkcs11js.CKA_UNWRAP, value: false }, // so the discarded wrap can never be brought back in
+        { type: pkcs11js.CKA_ENCRYPT, value: false },
+        { type: pkcs11js.CKA_DECRYPT, value: false }, // nor decrypted to read the measured key
+        { type: pkcs11js.CKA_SIGN, value: false },
+        { type: pkcs11js.CKA_VERIFY, value: false },
+        { type: pkcs11js.CKA_DERIVE, value: false },
+        { type: pkcs11js.CKA_SENSITIVE, value: true }, // nobody reads it
+        { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wraps it out
       ]);
       let wrapped: Buffer | null = null;
       try {
@@ -852,22 +862,22 @@ export class HsmToken {
       (p11, s) =>
         p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN, parameter: null as unknown as Buffer }, [
           { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
-          { type: pkcs11js.CKA_TOKEN, value: true },
-          { type: pkcs11js.CKA_PRIVATE, value: true },
+          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES }, // RFC 5649 key wrap
+          { type: pkcs11js.CKA_TOKEN, value: true }, // every SOFTWARE wrap in the store needs it after a restart
+          { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
           { type: pkcs11js.CKA_SENSITIVE, value: true }, // losing the root key would expose every SOFTWARE key
-          { type: pkcs11js.CKA_EXTRACTABLE, value: false },
-          { type: pkcs11js.CKA_MODIFIABLE, value: false },
+          { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wrapped out
+          { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
           { type: pkcs11js.CKA_WRAP, value: true }, // its only jobs: wrap and unwrap SOFTWARE material
           { type: pkcs11js.CKA_UNWRAP, value: true },
-          { type: pkcs11js.CKA_ENCRYPT, value: false },
+          { type: pkcs11js.CKA_ENCRYPT, value: false }, // a plain decrypt would bypass the key-wrap integrity check
           { type: pkcs11js.CKA_DECRYPT, value: false },
           { type: pkcs11js.CKA_SIGN, value: false },
           { type: pkcs11js.CKA_VERIFY, value: false },
           { type: pkcs11js.CKA_DERIVE, value: false },
-          { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
-          { type: pkcs11js.CKA_LABEL, value: this.label('root', id) },
-          { type: pkcs11js.CKA_ID, value: Buffer.from(id, 'utf8') },
+          { type: pkcs11js.CKA_VALUE_LEN, value: 32 }, // AES-256
+          { type: pkcs11js.CKA_LABEL, value: this.label('root', id) }, // kmsd:root:<id>
+          { type: pkcs11js.CKA_ID, value: Buffer.from(id, 'utf8') }, // the same id, as on every kmsd key
         ]),
       'C_GenerateKey',
     );
@@ -879,15 +889,21 @@ export class HsmToken {
     const h = this.withSession(
       (p11, s) =>
         p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN, parameter: null as unknown as Buffer }, [
+          // CKA_MODIFIABLE is left to the module: the key lives only until it is wrapped.
           { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
           { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
-          { type: pkcs11js.CKA_TOKEN, value: false },
-          { type: pkcs11js.CKA_PRIVATE, value: true },
-          { type: pkcs11js.CKA_SENSITIVE, value: true },
+          { type: pkcs11js.CKA_TOKEN, value: false }, // destroyed once wrapped
+          { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
+          { type: pkcs11js.CKA_SENSITIVE, value: true }, // leaves the token only wrapped under the root key
           { type: pkcs11js.CKA_EXTRACTABLE, value: true }, // only so it can be wrapped under the root key
-          { type: pkcs11js.CKA_ENCRYPT, value: true },
+          { type: pkcs11js.CKA_ENCRYPT, value: true }, // the material fingerprint is an in-token encryption
           { type: pkcs11js.CKA_DECRYPT, value: true },
-          { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
+          { type: pkcs11js.CKA_WRAP, value: false }, // it is material, never a key-encryption key
+          { type: pkcs11js.CKA_UNWRAP, value: false },
+          { type: pkcs11js.CKA_SIGN, value: false },
+          { type: pkcs11js.CKA_VERIFY, value: false },
+          { type: pkcs11js.CKA_DERIVE, value: false },
+          { type: pkcs11js.CKA_VALUE_LEN, value: 32 }, // AES-256
         ]),
       'C_GenerateKey',
     );
@@ -913,9 +929,17 @@ export class HsmToken {
       const h = p11.C_UnwrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, root, wrapped, [
         { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
         { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
-        { type: pkcs11js.CKA_TOKEN, value: false },
+        { type: pkcs11js.CKA_TOKEN, value: false }, // destroyed in the finally below, right after its value is read
+        { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login for that moment
         { type: pkcs11js.CKA_SENSITIVE, value: false }, // SOFTWARE level: the daemon uses the bytes itself
-        { type: pkcs11js.CKA_EXTRACTABLE, value: true },
+        { type: pkcs11js.CKA_EXTRACTABLE, value: true }, // as its value is read, wrapping it changes nothing
+        { type: pkcs11js.CKA_ENCRYPT, value: false }, // only read, never used in the token
+        { type: pkcs11js.CKA_DECRYPT, value: false },
+        { type: pkcs11js.CKA_WRAP, value: false },
+        { type: pkcs11js.CKA_UNWRAP, value: false },
+        { type: pkcs11js.CKA_SIGN, value: false },
+        { type: pkcs11js.CKA_VERIFY, value: false },
+        { type: pkcs11js.CKA_DERIVE, value: false },
       ]);
       try {
         // Handed over as is, not copied: a copy would leave this Buffer, never zeroed, in the heap.
@@ -1007,29 +1031,32 @@ export class HsmToken {
     const idBytes = Buffer.from(id, 'utf8');
     return {
       publicTemplate: [
-        { type: pkcs11js.CKA_TOKEN, value: token },
+        { type: pkcs11js.CKA_TOKEN, value: token }, // lives exactly as long as its private half
         { type: pkcs11js.CKA_PRIVATE, value: false }, // the public key is public
+        { type: pkcs11js.CKA_MODIFIABLE, value: false }, // its usages cannot be widened later
         { type: pkcs11js.CKA_MODULUS_BITS, value: bits },
-        { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
+        { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) }, // F4, what every client library expects
         { type: pkcs11js.CKA_ENCRYPT, value: true }, // clients encrypt outside; in-token use is for probes
-        { type: pkcs11js.CKA_WRAP, value: true },
-        { type: pkcs11js.CKA_VERIFY, value: false },
-        { type: pkcs11js.CKA_LABEL, value: label },
+        { type: pkcs11js.CKA_WRAP, value: true }, // the same, for probes that wrap in the token
+        { type: pkcs11js.CKA_VERIFY, value: false }, // never a signature key
+        { type: pkcs11js.CKA_VERIFY_RECOVER, value: false }, // SoftHSM defaults this to true
+        { type: pkcs11js.CKA_DERIVE, value: false },
+        { type: pkcs11js.CKA_LABEL, value: label }, // kmsd:wrap:<id>, shared with the private half
         { type: pkcs11js.CKA_ID, value: idBytes },
       ],
       privateTemplate: [
         { type: pkcs11js.CKA_TOKEN, value: token }, // survives restarts for the 24 h life of the import token
-        { type: pkcs11js.CKA_PRIVATE, value: true },
+        { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
         { type: pkcs11js.CKA_SENSITIVE, value: true }, // the private key never leaves the token
-        { type: pkcs11js.CKA_EXTRACTABLE, value: false },
-        { type: pkcs11js.CKA_MODIFIABLE, value: false },
+        { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wrapped out
+        { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
         { type: pkcs11js.CKA_UNWRAP, value: true }, // its one job: unwrap key material into the token
         { type: pkcs11js.CKA_DECRYPT, value: allowDecrypt }, // raw RSA for host-assisted OAEP only
-        { type: pkcs11js.CKA_SIGN, value: false },
+        { type: pkcs11js.CKA_SIGN, value: false }, // never a signing key
         { type: pkcs11js.CKA_SIGN_RECOVER, value: false },
         { type: pkcs11js.CKA_DERIVE, value: false },
-        { type: pkcs11js.CKA_LABEL, value: label },
-        { type: pkcs11js.CKA_ID, value: idBytes },
+        { type: pkcs11js.CKA_LABEL, value: label }, // kmsd:wrap:<id>; lookups add CKA_CLASS to pick this half
+        { type: pkcs11js.CKA_ID, value: idBytes }, // the wrap id, also in the import token
       ],
     };
   }
@@ -1144,96 +1171,6 @@ export class HsmToken {
     return this.withSession((p11, s) => (p11.C_GetAttributeValue(s, priv, [{ type: pkcs11js.CKA_MODULUS }])[0].value as Buffer).length, 'C_GetAttributeValue');
   }
 
-  /**
-   * Loads an existing RSA private key into the token as wrapping key `id` (test vectors, key
-   * ceremonies). Same security attributes as generateWrappingKeyPair: it can only unwrap (and raw-
-   * decrypt when `allowDecrypt`), and never leaves the token again. The public half is created
-   * beside it, as generateWrappingKeyPair does, so a session pair (token=false) is registered like
-   * a generated one and destroyTransientPair removes both objects. The key components are copied
-   * into Buffers that are zeroed before returning (the JWK strings themselves are immutable; callers
-   * should drop the KeyObject).
-   */
-  importWrappingPrivateKey(id: string, key: crypto.KeyObject, allowDecrypt: boolean, token = false): void {
-    if (key.type !== 'private' || key.asymmetricKeyType !== 'rsa') {
-      throw new HsmError('a wrapping key must be an RSA private key', 'UNSUPPORTED');
-    }
-    const label = this.label('wrap', id);
-    if (token ? this.handleOf('wrap', id) : this.transientPairs.has(id)) {
-      throw new HsmError(`wrapping key ${label} already exists`, 'EXISTS');
-    }
-    const idBytes = Buffer.from(id, 'utf8');
-    const jwk = key.export({ format: 'jwk' });
-    const parts: Buffer[] = [];
-    const component = (name: 'n' | 'e' | 'd' | 'p' | 'q' | 'dp' | 'dq' | 'qi'): Buffer => {
-      const value = jwk[name];
-      if (typeof value !== 'string' || value.length === 0) throw new HsmError(`the RSA key has no ${name} component`, 'UNSUPPORTED');
-      const b = Buffer.from(value, 'base64url'); // big-endian, unsigned, as PKCS#11 wants
-      parts.push(b);
-      return b;
-    };
-    try {
-      const n = component('n');
-      const e = component('e');
-      const pair = this.withSession((p11, s) => {
-        const privateKey = p11.C_CreateObject(s, [
-          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
-          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_RSA },
-          { type: pkcs11js.CKA_TOKEN, value: token }, // false: a session object for tests and one-off imports
-          { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
-          { type: pkcs11js.CKA_SENSITIVE, value: true }, // the private components can never be read back
-          { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wrapped out
-          { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
-          { type: pkcs11js.CKA_UNWRAP, value: true }, // its one job: unwrap key material into the token
-          { type: pkcs11js.CKA_DECRYPT, value: allowDecrypt }, // raw RSA for host-assisted OAEP only
-          { type: pkcs11js.CKA_SIGN, value: false }, // never a signing key
-          { type: pkcs11js.CKA_SIGN_RECOVER, value: false },
-          { type: pkcs11js.CKA_DERIVE, value: false },
-          { type: pkcs11js.CKA_LABEL, value: label }, // kmsd:wrap:<id>, what findOne and listIds match
-          { type: pkcs11js.CKA_ID, value: idBytes },
-          { type: pkcs11js.CKA_MODULUS, value: n }, // the key itself, from the JWK
-          { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: e },
-          { type: pkcs11js.CKA_PRIVATE_EXPONENT, value: component('d') },
-          { type: pkcs11js.CKA_PRIME_1, value: component('p') },
-          { type: pkcs11js.CKA_PRIME_2, value: component('q') },
-          { type: pkcs11js.CKA_EXPONENT_1, value: component('dp') },
-          { type: pkcs11js.CKA_EXPONENT_2, value: component('dq') },
-          { type: pkcs11js.CKA_COEFFICIENT, value: component('qi') },
-        ]);
-        try {
-          const publicKey = p11.C_CreateObject(s, [
-            { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY },
-            { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_RSA },
-            { type: pkcs11js.CKA_TOKEN, value: token }, // lives exactly as long as its private half
-            { type: pkcs11js.CKA_PRIVATE, value: false }, // the public key is public
-            { type: pkcs11js.CKA_MODIFIABLE, value: false },
-            { type: pkcs11js.CKA_ENCRYPT, value: true }, // clients encrypt outside; in-token use is for probes
-            { type: pkcs11js.CKA_WRAP, value: true },
-            { type: pkcs11js.CKA_VERIFY, value: false },
-            { type: pkcs11js.CKA_VERIFY_RECOVER, value: false },
-            { type: pkcs11js.CKA_DERIVE, value: false },
-            { type: pkcs11js.CKA_LABEL, value: label },
-            { type: pkcs11js.CKA_ID, value: idBytes },
-            { type: pkcs11js.CKA_MODULUS, value: n },
-            { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: e },
-          ]);
-          return { publicKey, privateKey };
-        } catch (err) {
-          // Never leave half a pair behind.
-          try {
-            p11.C_DestroyObject(s, privateKey);
-          } catch {
-            /* already failing; a session object dies with its session anyway */
-          }
-          throw err;
-        }
-      }, 'C_CreateObject');
-      if (token) this.created('wrap', id, pair.privateKey);
-      else this.transientPairs.set(id, pair);
-    } finally {
-      for (const b of parts) b.fill(0);
-    }
-  }
-
   // ---------------------------------------------------------------- signing key (audit checkpoints)
   // An ECDSA P-256 key pair whose private half never leaves the token. P-256 rather than Ed25519
   // because every HSM we target (Luna, nShield, YubiHSM 2, CloudHSM, SoftHSM) signs with it.
@@ -1289,13 +1226,14 @@ export class HsmToken {
             [
               { type: pkcs11js.CKA_TOKEN, value: true }, // the verifying key survives restarts
               { type: pkcs11js.CKA_PRIVATE, value: false }, // the public key is public
-              { type: pkcs11js.CKA_MODIFIABLE, value: false },
+              { type: pkcs11js.CKA_MODIFIABLE, value: false }, // its usages cannot be widened later
               { type: pkcs11js.CKA_EC_PARAMS, value: Buffer.from('06082a8648ce3d030107', 'hex') }, // OID prime256v1 (P-256)
-              { type: pkcs11js.CKA_VERIFY, value: true },
-              { type: pkcs11js.CKA_ENCRYPT, value: false },
+              { type: pkcs11js.CKA_VERIFY, value: true }, // its one job: verify audit checkpoints
+              { type: pkcs11js.CKA_VERIFY_RECOVER, value: false }, // not a usage of ECDSA; stated so no token defaults it on
+              { type: pkcs11js.CKA_ENCRYPT, value: false }, // verify only
               { type: pkcs11js.CKA_WRAP, value: false },
               { type: pkcs11js.CKA_DERIVE, value: false },
-              { type: pkcs11js.CKA_LABEL, value: label },
+              { type: pkcs11js.CKA_LABEL, value: label }, // kmsd:sign:<id>, shared by both halves
               { type: pkcs11js.CKA_ID, value: idBytes },
             ],
             [
@@ -1305,11 +1243,11 @@ export class HsmToken {
               { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wrapped out: nobody can sign outside the token
               { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
               { type: pkcs11js.CKA_SIGN, value: true }, // its one job: sign audit checkpoints
-              { type: pkcs11js.CKA_SIGN_RECOVER, value: false },
+              { type: pkcs11js.CKA_SIGN_RECOVER, value: false }, // sign only
               { type: pkcs11js.CKA_DECRYPT, value: false },
               { type: pkcs11js.CKA_UNWRAP, value: false },
               { type: pkcs11js.CKA_DERIVE, value: false }, // no ECDH with it either
-              { type: pkcs11js.CKA_LABEL, value: label },
+              { type: pkcs11js.CKA_LABEL, value: label }, // kmsd:sign:<id>, shared by both halves
               { type: pkcs11js.CKA_ID, value: idBytes },
             ],
           ),

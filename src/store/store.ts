@@ -101,9 +101,24 @@ export interface AccessKeyRow {
 export class Store {
   readonly db: Database.Database;
 
-  constructor(readonly dataDir: string) {
-    fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  /**
+   * `readOnly` is for tools that inspect a store kmsd owns (the token auditor): nothing is created,
+   * migrated or written, and a store whose schema is not this build's is refused rather than read
+   * with the wrong meaning.
+   */
+  constructor(
+    readonly dataDir: string,
+    opts: { readOnly?: boolean } = {},
+  ) {
     const file = path.join(dataDir, 'kmsd.sqlite');
+    if (opts.readOnly) {
+      if (!fs.existsSync(file)) throw new Error(`no metadata store at ${file}`);
+      this.db = new Database(file, { readonly: true, fileMustExist: true });
+      this.db.pragma('busy_timeout = 5000');
+      this.requireCurrentSchema(file);
+      return;
+    }
+    fs.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
     this.db = new Database(file);
     fs.chmodSync(file, 0o600);
     this.db.pragma('journal_mode = WAL');
@@ -111,6 +126,20 @@ export class Store {
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 5000');
     this.migrate();
+  }
+
+  private requireCurrentSchema(file: string): void {
+    const latest = Math.max(...MIGRATIONS.map((m) => m.version));
+    let applied = 0;
+    try {
+      applied = (this.db.prepare('SELECT MAX(version) AS v FROM schema_migrations').get() as { v: number | null }).v ?? 0;
+    } catch {
+      /* no schema table: not a kmsd store */
+    }
+    if (applied !== latest) {
+      this.db.close();
+      throw new Error(`the metadata store ${file} has schema version ${applied}, this build reads ${latest}: ${applied < latest ? 'start this kmsd once to migrate it' : 'use the kmsd build that wrote it'}`);
+    }
   }
 
   close(): void {

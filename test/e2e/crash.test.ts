@@ -30,6 +30,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KmsClient, KmsClientError } from '../../src/client/client';
 import { serviceConstructor } from '../../src/api/proto';
 import { KMSD, listTokenObjects, makeTempDir } from '../helpers/daemon';
+import { auditToken, describeFindings } from '../helpers/audit-token';
 
 const KILLS = Number(process.env.CRASH_KILLS ?? 34);
 const FAILPOINT_ROUNDS = Number(process.env.CRASH_FAILPOINT_ROUNDS ?? 4);
@@ -586,6 +587,10 @@ describe('SIGKILL at random points', () => {
     allLogs += p.out;
     expect(p.child.exitCode).toBe(0);
     expect(allLogs).not.toMatch(/"msg":"internal error"/);
+    // The independent auditor agrees: every object has its role's attributes, and store and token explain each other.
+    const audit = auditToken(['--data-dir', dataDir]);
+    expect(audit.code, `audit-token after the crash rounds (seed ${SEED}): ${describeFindings(audit)}`).toBe(0);
+    expect(audit.report.summary.byRole.cmk).toBeGreaterThan(0);
     console.log(`crash harness: seed ${SEED}, ${((Date.now() - started) / 1000).toFixed(1)} s`, JSON.stringify(stats));
     expect(stats.kills).toBeGreaterThanOrEqual(KILLS + FAILPOINTS.length * FAILPOINT_ROUNDS);
     // Every failpoint fired at least once (or the harness is not testing what it says).
@@ -633,6 +638,8 @@ describe('SIGKILL at random points', () => {
       p.child.kill('SIGTERM');
       await p.exited;
       expect(p.child.exitCode).toBe(0);
+      const audit = auditToken(['--data-dir', dir]);
+      expect(audit.code, `audit-token after the interrupted deletion: ${describeFindings(audit)}`).toBe(0);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }

@@ -1,7 +1,7 @@
 // Wycheproof vectors through the unwrap code ImportKeyMaterial uses (issue 3, "An outside test suite").
 //
 // One throwaway SoftHSM token. Each vector group's RSA private key is loaded into it as a session
-// wrapping key (HsmToken.importWrappingPrivateKey), then every ciphertext goes through
+// wrapping key (test/helpers/wrapping-key-import.ts), then every ciphertext goes through
 // unwrapKeyMaterial with the plan the capability probe gives for the matching wrapping algorithm:
 //   RSAES_OAEP_SHA_1    in-token (and, as an extra check of the host-side decoder, host-assisted)
 //   RSAES_OAEP_SHA_256  host-assisted on SoftHSM 2.6.1 (in-token where a token can)
@@ -30,6 +30,7 @@ import {
 } from '../../src/hsm/unwrap.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../helpers/softhsm-token.js';
 import { loadWycheproof } from '../helpers/wycheproof.js';
+import { importWrappingPrivateKey } from '../helpers/wrapping-key-import.js';
 
 // ---------------------------------------------------------------------------------------------
 // Vector files
@@ -197,7 +198,7 @@ let wrapCounter = 0;
 function withWrappingKey<T>(key: crypto.KeyObject, plan: UnwrapPlan, fn: (wrapId: string) => T): T {
   const wrapId = `wycheproof-${++wrapCounter}`;
   const before = objectCount(false);
-  token.importWrappingPrivateKey(wrapId, key, needsRawDecrypt(plan), false);
+  importWrappingPrivateKey(token, wrapId, key, needsRawDecrypt(plan), false);
   try {
     expect(objectCount(false)).toBe(before + 2); // the private and the public half
     return fn(wrapId);
@@ -231,16 +232,16 @@ afterAll(() => {
 // ---------------------------------------------------------------------------------------------
 // The loader itself
 
-describe('HsmToken.importWrappingPrivateKey', () => {
+describe('the test helper importWrappingPrivateKey', () => {
   const kp = crypto.generateKeyPairSync('rsa', { modulusLength: 2048, publicExponent: 0x10001 });
 
   it('makes a sensitive, never extractable token key pair that unwraps, and refuses to overwrite it', () => {
-    token.importWrappingPrivateKey('import-check', kp.privateKey, false, true);
+    importWrappingPrivateKey(token, 'import-check', kp.privateKey, false, true);
     try {
       expect(token.keyAttributes('wrap', 'import-check')).toEqual({ sensitive: true, extractable: false, token: true, modifiable: false });
       expect(token.listIds('wrap')).toEqual(['import-check']);
       expect(token.wrappingModulusBytes('import-check')).toBe(256);
-      expect(() => token.importWrappingPrivateKey('import-check', kp.privateKey, false, true)).toThrow(/already exists/);
+      expect(() => importWrappingPrivateKey(token, 'import-check', kp.privateKey, false, true)).toThrow(/already exists/);
       // In-token unwrap works without CKA_DECRYPT; raw RSA (the host-assisted half) is not permitted.
       const known = crypto.randomBytes(32);
       const ct = crypto.publicEncrypt({ key: kp.publicKey, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha1' }, known);
@@ -254,16 +255,16 @@ describe('HsmToken.importWrappingPrivateKey', () => {
 
   it('registers a session pair that destroyTransientPair removes', () => {
     const before = objectCount(false);
-    token.importWrappingPrivateKey('import-session', kp.privateKey, true, false);
+    importWrappingPrivateKey(token, 'import-session', kp.privateKey, true, false);
     try {
       expect(objectCount(false)).toBe(before + 2);
       expect(objectCount(true)).toBe(0);
-      expect(() => token.importWrappingPrivateKey('import-session', kp.privateKey, true, false)).toThrow(/already exists/);
+      expect(() => importWrappingPrivateKey(token, 'import-session', kp.privateKey, true, false)).toThrow(/already exists/);
     } finally {
       token.destroyTransientPair('import-session');
     }
     expect(objectCount(false)).toBe(before);
-    expect(() => token.importWrappingPrivateKey('x', kp.publicKey, true, false)).toThrow(/RSA private key/);
+    expect(() => importWrappingPrivateKey(token, 'x', kp.publicKey, true, false)).toThrow(/RSA private key/);
   });
 });
 

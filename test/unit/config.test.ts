@@ -98,10 +98,15 @@ describe('flags', () => {
 
 describe('production token settings', () => {
   it('need all three of module, label and PIN file, or none', () => {
-    const all = loadConfig(['--pkcs11-module', '/lib/p11.so', '--token-label', 'prod', '--pin-file', '/etc/kmsd/pin'], {});
-    expect(all).toMatchObject({ pkcs11Module: '/lib/p11.so', tokenLabel: 'prod', pinFile: '/etc/kmsd/pin' });
-    const fromEnv = loadConfig([], { KMS_PKCS11_MODULE: '/lib/p11.so', KMS_TOKEN_LABEL: 'prod', KMS_PIN_FILE: '/etc/kmsd/pin' });
-    expect(fromEnv.pkcs11Module).toBe('/lib/p11.so');
+    fs.writeFileSync(path.join(tmp, 'p11.so'), '');
+    const p11 = path.join(tmp, 'p11.so');
+    const all = loadConfig(['--pkcs11-module', p11, '--token-label', 'prod', '--pin-file', '/etc/kmsd/pin'], {});
+    expect(all).toMatchObject({ pkcs11Module: p11, tokenLabel: 'prod', pinFile: '/etc/kmsd/pin' });
+    const fromEnv = loadConfig([], { KMS_PKCS11_MODULE: p11, KMS_TOKEN_LABEL: 'prod', KMS_PIN_FILE: '/etc/kmsd/pin' });
+    expect(fromEnv.pkcs11Module).toBe(p11);
+    // The module is checked before the token is opened; a label longer than CK_TOKEN_INFO holds can never match.
+    expect(configError(['--pkcs11-module', '/lib/no-such-p11.so', '--token-label', 'prod', '--pin-file', '/p'])).toMatch(/--pkcs11-module: cannot load PKCS#11 module \/lib\/no-such-p11\.so: no such file/);
+    expect(configError(['--pkcs11-module', p11, '--token-label', 'x'.repeat(33), '--pin-file', '/p'])).toMatch(/--token-label must be at most 32 bytes/);
     const rule = 'an existing token needs all of --pkcs11-module, --token-label and --pin-file (or none of them for the development token)';
     expect(configError(['--pkcs11-module', '/lib/p11.so'])).toBe(rule);
     expect(configError(['--token-label', 'prod', '--pin-file', '/p'])).toBe(rule);
@@ -180,5 +185,21 @@ describe('numeric and boolean settings', () => {
     });
     expect(loadConfig([], { KMS_NATIVE: '1' }).useNativeAddon).toBe(true);
     expect(loadConfig(['--config', configFile({ useNativeAddon: false, pendingWindowDaySeconds: 2 })], {})).toMatchObject({ useNativeAddon: false, pendingWindowDaySeconds: 2 });
+  });
+});
+
+describe('one reader of the environment', () => {
+  it('no file under src/ but src/config.ts mentions process.env', () => {
+    const src = path.resolve(__dirname, '..', '..', 'src');
+    const offenders: string[] = [];
+    const walk = (d: string): void => {
+      for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+        const p = path.join(d, e.name);
+        if (e.isDirectory()) walk(p);
+        else if (p.endsWith('.ts') && p !== path.join(src, 'config.ts') && fs.readFileSync(p, 'utf8').includes('process.env')) offenders.push(path.relative(src, p));
+      }
+    };
+    walk(src);
+    expect(offenders).toEqual([]);
   });
 });

@@ -1,0 +1,32 @@
+// Runs the token auditor (dist/src/cli/audit-token.js, what `npm run audit-token` runs) as its own
+// process, as an operator would, and parses its JSON report.
+
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { ROOT } from './daemon';
+
+export const AUDIT_TOKEN = path.join(ROOT, 'dist', 'src', 'cli', 'audit-token.js');
+
+export interface AuditRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  /** The parsed report; null when none was printed (usage errors, unreadable token). */
+  report: any; // eslint-disable-line @typescript-eslint/no-explicit-any
+}
+
+export function auditToken(args: string[], env: Record<string, string> = {}): AuditRun {
+  const r = spawnSync(process.execPath, [AUDIT_TOKEN, ...args], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 120_000 });
+  let report: unknown = null;
+  try {
+    report = JSON.parse(r.stdout);
+  } catch {
+    /* no report */
+  }
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr, report };
+}
+
+/** The findings of a run, for an assertion message that says what was wrong. */
+export function describeFindings(run: AuditRun): string {
+  return run.report ? JSON.stringify(run.report.findings, null, 1) : `exit ${run.code}: ${run.stderr}`;
+}
