@@ -7,7 +7,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { ConfigError, DaemonConfig, DEFAULT_NATIVE_THREADS, parseListen, securitySettings } from './config';
 import { Policy } from './policy/policy';
-import { HsmToken } from './hsm/token';
+import { HsmToken, TokenInventory } from './hsm/token';
 import { ensureDevToken, octal, readPinFile } from './hsm/dev-token';
 import { probeCapabilities, HsmCapabilities } from './hsm/unwrap';
 import { loadNative, NativeHandle } from './hsm/native-loader';
@@ -179,17 +179,37 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     // the store does not explain after that is reported and kept. Needs the token walked once: when
     // the binding check did not walk it (a store that matched its token), the walk and this run
     // after kmsd listens, so start-up does not grow with the key count.
+    //
+    // Every destroy of start-up happens before kmsd listens, so no call can race it (a re-import
+    // under a version id a pending destroy names): pending destroys, then the objects of open
+    // intents, each looked up on its own (a walk is not needed for the few an interrupted run leaves).
     let stopping = false;
+    const retried = kms.retryPendingDestroys('start-up');
+    const named: TokenInventory = token.walked ? token.knownInventory() : { cmk: new Set(), wrap: new Set(), root: new Set(), mac: new Set(), sign: new Set(), instanceObjects: 0 };
+    if (!token.walked) {
+      for (const i of store.allIntents()) if ((i.kind === 'cmk' || i.kind === 'wrap') && token.has(i.kind, i.object_id)) named[i.kind].add(i.object_id);
+    }
+    const early = kms.reconcile(named, startupIntentSeq, true);
+    const wrapEarly = imports.reconcileWrappingKeys(named, startupIntentSeq, true);
     const reconcileAtStart = () => {
       token.ensureRootKey(ROOT_KEY_ID);
       token.generateMacKey(MAC_KEY_ID);
-      const retried = kms.retryPendingDestroys('start-up');
       const inventory = token.knownInventory();
       const reconciled = kms.reconcile(inventory, startupIntentSeq);
       const wrapReconciled = imports.reconcileWrappingKeys(inventory, startupIntentSeq);
       const unknown = kms.reportUnknown(token.knownInventory());
       kms.reconciliation = { running: false, millis: Date.now() - startedAt };
-      log.info({ ...reconciled, wrappingKeys: wrapReconciled, pendingDestroys: retried, unknown: unknown.length, tokenObjectsWalked: true, millis: kms.reconciliation.millis }, 'start-up reconciliation done');
+      log.info(
+        {
+          destroyedOrphans: [...early.destroyedOrphans, ...reconciled.destroyedOrphans],
+          missing: reconciled.missing,
+          wrappingKeys: { destroyed: wrapEarly.destroyed + wrapReconciled.destroyed, dropped: wrapReconciled.dropped },
+          pendingDestroys: retried,
+          unknown: unknown.length,
+          millis: kms.reconciliation.millis,
+        },
+        'start-up reconciliation done',
+      );
     };
     kms.reconciliation = { running: true, millis: 0 };
     if (token.walked) reconcileAtStart();

@@ -403,7 +403,6 @@ export class HsmToken {
    */
   destroy(kind: ObjectKind, id: string): number {
     const label = this.label(kind, id);
-    this.index.destroyed(kind, id, label);
     // Found by label, not from the index: every object under the label goes, whoever made it.
     return this.withSession((p11, s) => {
       const found = findObjects(
@@ -427,6 +426,8 @@ export class HsmToken {
         }
       }
       this.failedDestroys.delete(label);
+      // Forgotten only once gone: after a refused destroy the object is still the token's.
+      this.index.destroyed(kind, id, label);
       return found.length;
     }, 'C_DestroyObject');
   }

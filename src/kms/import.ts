@@ -328,7 +328,7 @@ export class ImportService {
    * hold are dropped (nothing wrapped under it can be opened anyway). Any other key pair without a
    * row is unknown: kept and reported (KmsService.findUnknown).
    */
-  reconcileWrappingKeys(inv: TokenInventory, upToIntentSeq = Number.POSITIVE_INFINITY): { destroyed: number; dropped: number } {
+  reconcileWrappingKeys(inv: TokenInventory, upToIntentSeq = Number.POSITIVE_INFINITY, intentsOnly = false): { destroyed: number; dropped: number } {
     const rows = new Map(this.store.allWrappingKeys().map((w) => [w.wrap_id, w]));
     let destroyed = 0;
     let dropped = 0;
@@ -347,6 +347,7 @@ export class ImportService {
       }
       this.store.clearIntent(intent.seq);
     }
+    if (intentsOnly) return { destroyed, dropped };
     for (const w of rows.values()) {
       if (!inv.wrap.has(w.wrap_id)) {
         this.store.deleteWrappingKey(w.wrap_id);

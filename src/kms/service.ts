@@ -769,7 +769,7 @@ export class KmsService {
   /** Start-up reconciliation: still running (the token walk runs after kmsd listens), and how long it took. */
   reconciliation: { running: boolean; millis: number } = { running: false, millis: 0 };
 
-  reconcile(inv: TokenInventory, upToIntentSeq = Number.POSITIVE_INFINITY): { destroyedOrphans: string[]; missing: string[] } {
+  reconcile(inv: TokenInventory, upToIntentSeq = Number.POSITIVE_INFINITY, intentsOnly = false): { destroyedOrphans: string[]; missing: string[] } {
     const versions = new Map(this.store.allVersions().map((x) => [x.version_id, x]));
     const cmks = new Map(this.store.allCmks().map((r) => [r.key_id, r]));
     const destroyedOrphans: string[] = [];
@@ -791,6 +791,9 @@ export class KmsService {
       this.store.clearIntent(intent.seq);
     }
     const missing: string[] = [];
+    // intentsOnly: `inv` holds only the objects the intents name (looked up one by one before kmsd
+    // listens, so no call can race a destroy); the rest waits for the walk.
+    if (intentsOnly) return { destroyedOrphans, missing };
     for (const ver of versions.values()) {
       const row = cmks.get(ver.key_id);
       if (!row || ver.material_state === 'Absent') continue;
