@@ -187,7 +187,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     const retried = kms.retryPendingDestroys('start-up');
     const named: TokenInventory = token.walked ? token.knownInventory() : { cmk: new Set(), wrap: new Set(), root: new Set(), mac: new Set(), sign: new Set(), instanceObjects: 0 };
     if (!token.walked) {
-      for (const i of store.allIntents()) if ((i.kind === 'cmk' || i.kind === 'wrap') && token.has(i.kind, i.object_id)) named[i.kind].add(i.object_id);
+      for (const i of store.allIntents()) if ((i.kind === 'cmk' || i.kind === 'wrap') && token.holdsLabel(i.kind, i.object_id)) named[i.kind].add(i.object_id);
     }
     const early = kms.reconcile(named, startupIntentSeq, true);
     const wrapEarly = imports.reconcileWrappingKeys(named, startupIntentSeq, true);

@@ -284,6 +284,27 @@ export class HsmToken {
     return h;
   }
 
+  /**
+   * Does the token hold any object under this kind's label, in any class (half a key pair left by
+   * an interrupted generation counts)? Looked up on its own, not from the index.
+   */
+  holdsLabel(kind: ObjectKind, id: string): boolean {
+    const label = this.label(kind, id);
+    return this.withSession(
+      (p11, s) =>
+        findObjects(
+          p11,
+          s,
+          [
+            { type: pkcs11js.CKA_TOKEN, value: true },
+            { type: pkcs11js.CKA_LABEL, value: label },
+          ],
+          1,
+        ).length > 0,
+      'C_FindObjects',
+    );
+  }
+
   /** Records an object this process just created, so the index stays true without a walk. */
   private created(kind: ObjectKind, id: string, h: Handle): void {
     this.index.set(this.label(kind, id), h);
