@@ -28,6 +28,7 @@
 //      `kmsctl --help`, against `node -e 0` (baseline), interleaved runs; goal: a call <= 0.25 s.
 //
 // Options: --quick (shorter phases, for a smoke run), --out FILE. Children are stopped by pid.
+// --scale N is a separate run: kmsd with N HSM keys (scripts/bench-scale.ts).
 
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -42,6 +43,7 @@ import { DEFAULT_NATIVE_THREADS } from '../src/config';
 import { ensureDevToken } from '../src/hsm/dev-token';
 import { loadNativeAddon, nativeAddonLoadError, type NativeAesGcm } from '../src/hsm/native-addon';
 import { HsmToken } from '../src/hsm/token';
+import { runScale } from './bench-scale';
 
 const ROOT = path.resolve(__dirname, '..', ...(__dirname.includes(`${path.sep}dist${path.sep}`) ? ['..'] : []));
 const QUICK = process.argv.includes('--quick');
@@ -1035,7 +1037,16 @@ async function main(): Promise<void> {
   process.stdout.write(out.join('\n') + '\n');
 }
 
-if (process.argv.includes('--echo-server')) {
+if (process.argv.includes('--scale')) {
+  // Its own run (scripts/bench-scale.ts): N HSM keys, start-up, reconciliation, cold and warm Encrypt.
+  runScale(Number(process.argv[process.argv.indexOf('--scale') + 1])).then(
+    () => process.exit(0),
+    (e) => {
+      process.stderr.write(`bench --scale failed: ${(e as Error).stack ?? e}\n`);
+      process.exit(1);
+    },
+  );
+} else if (process.argv.includes('--echo-server')) {
   echoServer().catch((e) => {
     process.stderr.write(`echo server: ${(e as Error).message}\n`);
     process.exit(1);

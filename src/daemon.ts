@@ -7,7 +7,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { ConfigError, DaemonConfig, DEFAULT_NATIVE_THREADS, parseListen, securitySettings } from './config';
 import { Policy } from './policy/policy';
-import { HsmToken } from './hsm/token';
+import { HsmToken, TokenInventory } from './hsm/token';
 import { ensureDevToken, octal, readPinFile } from './hsm/dev-token';
 import { probeCapabilities, HsmCapabilities } from './hsm/unwrap';
 import { Store } from './store/store';
@@ -43,6 +43,9 @@ export interface RunningDaemon {
   reloadPolicy(): { ok: boolean; message: string };
   stop(graceMs?: number): Promise<void>;
 }
+
+/** gRPC health service name that is SERVING once start-up reconciliation is done. */
+export const RECONCILIATION_HEALTH_SERVICE = 'kmsd.Reconciliation';
 
 export async function startDaemon(cfg: DaemonConfig, log: Logger): Promise<RunningDaemon> {
   preflight(cfg);
@@ -116,11 +119,18 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     // The binding check comes before kmsd creates or destroys anything in the token: a store that is
     // not the token's own is refused, never reconciled (src/kms/binding.ts).
     store = new Store(cfg.dataDir);
+    const startedAt = Date.now();
     const binding = bindStoreToToken(store, token, { adopt: Boolean(cfg.adoptToken), log });
     log.info({ instanceId: binding.instanceId, outcome: binding.outcome, token: token.tokenLabel }, 'metadata store and token belong together');
+    // Intents open now are what a crash left; later ones belong to calls that reconciliation, when it
+    // runs in the background, must leave alone.
+    const startupIntentSeq = store.allIntents().reduce((m, i) => Math.max(m, i.seq), 0);
     // Objects that exist once per token: created on the first start, never destroyed or reported.
-    token.ensureRootKey(ROOT_KEY_ID);
-    token.generateMacKey(MAC_KEY_ID);
+    // With a walked token this costs no lookup; otherwise it waits for the walk (reconcileAtStart).
+    if (token.walked) {
+      token.ensureRootKey(ROOT_KEY_ID);
+      token.generateMacKey(MAC_KEY_ID);
+    }
     const info = token.tokenInfo();
     const capabilities = probeCapabilities(token, info.mechanisms);
     log.info({ token: info.label, manufacturer: info.manufacturer, model: info.model, capabilities }, 'token capabilities probed');
@@ -167,17 +177,43 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     kms.onKeyEvent = (ev) => quorum.audit.append({ principal: 'kmsd', action: ev.action, keyId: ev.keyId, outcome: 'ok', details: ev.details });
     // After the audit log is up, so the outcome of every retried destroy is on the record.
     // Destroys the token refused before (or a crash interrupted) first, then the open intents; what
-    // the store does not explain after that is reported and kept.
-    const inventory = binding.inventory;
+    // the store does not explain after that is reported and kept. Needs the token walked once: when
+    // the binding check did not walk it (a store that matched its token), the walk and this run
+    // after kmsd listens, so start-up does not grow with the key count.
+    //
+    // Every destroy of start-up happens before kmsd listens, so no call can race it (a re-import
+    // under a version id a pending destroy names): pending destroys, then the objects of open
+    // intents, each looked up on its own (a walk is not needed for the few an interrupted run leaves).
+    let stopping = false;
     const retried = kms.retryPendingDestroys('start-up');
-    for (const d of retried.destroyed) {
-      const [kind, id] = d.split(':') as ['cmk' | 'wrap', string];
-      inventory[kind].delete(id);
+    const named: TokenInventory = token.walked ? token.knownInventory() : { cmk: new Set(), wrap: new Set(), root: new Set(), mac: new Set(), sign: new Set(), instanceObjects: 0 };
+    if (!token.walked) {
+      for (const i of store.allIntents()) if ((i.kind === 'cmk' || i.kind === 'wrap') && token.holdsLabel(i.kind, i.object_id)) named[i.kind].add(i.object_id);
     }
-    const reconciled = kms.reconcile(inventory);
-    const wrapReconciled = imports.reconcileWrappingKeys(inventory);
-    const unknown = kms.reportUnknown(inventory);
-    log.info({ ...reconciled, wrappingKeys: wrapReconciled, pendingDestroys: retried, unknown: unknown.length }, 'start-up reconciliation done');
+    const early = kms.reconcile(named, startupIntentSeq, true);
+    const wrapEarly = imports.reconcileWrappingKeys(named, startupIntentSeq, true);
+    const reconcileAtStart = () => {
+      token.ensureRootKey(ROOT_KEY_ID);
+      token.generateMacKey(MAC_KEY_ID);
+      const inventory = token.knownInventory();
+      const reconciled = kms.reconcile(inventory, startupIntentSeq);
+      const wrapReconciled = imports.reconcileWrappingKeys(inventory, startupIntentSeq);
+      const unknown = kms.reportUnknown(token.knownInventory());
+      kms.reconciliation = { running: false, millis: Date.now() - startedAt };
+      log.info(
+        {
+          destroyedOrphans: [...early.destroyedOrphans, ...reconciled.destroyedOrphans],
+          missing: reconciled.missing,
+          wrappingKeys: { destroyed: wrapEarly.destroyed + wrapReconciled.destroyed, dropped: wrapReconciled.dropped },
+          pendingDestroys: retried,
+          unknown: unknown.length,
+          millis: kms.reconciliation.millis,
+        },
+        'start-up reconciliation done',
+      );
+    };
+    kms.reconciliation = { running: true, millis: 0 };
+    if (token.walked) reconcileAtStart();
     // Principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
     const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: quorum.audit });
     const accessKeys = new AccessKeyService(store, keyring);
@@ -231,9 +267,29 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     }
     health.setStatus('', 'SERVING');
     health.setStatus('kms.v1.KeyManagementService', 'SERVING');
+    // Its own health service name, so a deployment can wait for reconciliation (and UnknownTokenObjects).
+    health.setStatus(RECONCILIATION_HEALTH_SERVICE, kms.reconciliation.running ? 'NOT_SERVING' : 'SERVING');
+    const reconciling: Promise<void> = kms.reconciliation.running
+      ? token.walkInBackground().then(
+          () => {
+            if (stopping) return;
+            reconcileAtStart();
+            health.setStatus(RECONCILIATION_HEALTH_SERVICE, 'SERVING');
+          },
+          (e: unknown) => {
+            if (stopping) return;
+            // Keys are still looked up one by one; the open intents wait for the next start.
+            kms.reconciliation = { running: false, millis: Date.now() - startedAt };
+            log.error({ err: (e as Error).message }, 'start-up token walk failed; reconciliation waits for the next start');
+          },
+        )
+      : Promise.resolve();
+    reconciling.catch((e: unknown) => log.error({ err: (e as Error).message }, 'start-up reconciliation failed'));
 
     let ticking: Promise<void> | null = null;
     const pass = async () => {
+      // The scheduler's destroy retries and deletions wait until start-up reconciliation has run.
+      if (kms.reconciliation.running) return;
       try {
         kms.runDueWork();
         imports.destroyExpiredWrappingKeys();
@@ -266,6 +322,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
       async stop(graceMs = 10_000) {
         if (stopped) return;
         stopped = true;
+        stopping = true;
         clearInterval(timer);
         await ticking;
         await tlsListener?.close();

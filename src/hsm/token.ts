@@ -15,6 +15,9 @@ import { clearCryptoErrors, loadNativeAddon, nativeAddonLoadError } from './nati
 import { CmkDataPath, type CmkGcmItem, type DataPathInfo } from './data-path';
 import { composedGcmDecrypt, composedGcmEncrypt } from './gcm-composed';
 import { KwpIntegrityError, kwpUnwrap, kwpWrap } from './kwp-composed';
+import { INSTANCE_LABEL_PREFIX, LABEL_PREFIX, ObjectIndex, ObjectKind, SIGN_LABEL_PREFIX, TokenInventory, findObjects, findOne, indexKey, usedClass } from './objects';
+
+export type { ObjectKind, TokenInventory } from './objects';
 
 type Handle = Buffer;
 
@@ -35,23 +38,11 @@ export type RsaPadding = 'PKCS1_V1_5' | 'OAEP_SHA_1' | 'OAEP_SHA_256';
  */
 export type GcmPath = 'in-token' | 'composed';
 
-/** Object kinds kmsd keeps in the token, told apart by label prefix so reconciliation can list them. */
-export type ObjectKind = 'cmk' | 'wrap' | 'root' | 'mac';
-const LABEL_PREFIX: Record<ObjectKind, string> = {
-  cmk: 'kmsd:cmk:',
-  wrap: 'kmsd:wrap:',
-  root: 'kmsd:root:',
-  mac: 'kmsd:mac:',
-};
-
-const OBJECT_KINDS = Object.keys(LABEL_PREFIX) as ObjectKind[];
-
-/** CKA_APPLICATION of the token's kmsd:instance data object, and its label prefix. */
+/** CKA_APPLICATION of the token's kmsd:instance data object (its label starts with INSTANCE_LABEL_PREFIX). */
 const INSTANCE_APPLICATION = 'kmsd:instance';
-const INSTANCE_LABEL_PREFIX = 'kmsd:instance:';
 
-/** The kmsd objects of a token by kind (ids), as inventory() finds them in one pass. */
-export type TokenInventory = Record<ObjectKind | 'sign', Set<string>> & { instanceObjects: number };
+/** Objects whose class and label one session call of a background walk reads before yielding. */
+const WALK_SLICE = 256;
 
 /** Where a TransientKey keeps its object handle: a symbol only this file holds. */
 const HANDLE: unique symbol = Symbol('pkcs11 object handle');
@@ -76,6 +67,9 @@ const RSA_KEY_PAIR_GEN: pkcs11js.Mechanism = { mechanism: pkcs11js.CKM_RSA_PKCS_
 
 /** RSA key pair generations run at once off the event loop; see generateWrappingKeyPairOffLoop. */
 export const MAX_KEY_PAIR_GENERATIONS = 2;
+
+/** AES key generations run at once off the event loop; see generateAesKeyOffLoop. */
+const MAX_AES_GENERATIONS = 2;
 
 /** A counting semaphore: acquire() resolves to a release function, FIFO. */
 class Slots {
@@ -102,7 +96,11 @@ export class HsmToken {
   private p11: pkcs11js.PKCS11 | null;
   private session: Handle;
   private readonly slot: Handle;
-  private readonly handleCache = new Map<string, Handle>();
+  /** Handles of kmsd's token objects, and whether one walk has gone over the whole token. */
+  private readonly index = new ObjectIndex();
+  /** Bumped when a walk starts: an older background walk stops, superseded. */
+  private walkGeneration = 0;
+  private walking: Promise<void> | null = null;
   /** Bumped whenever the session is reopened: handles taken before may be stale (see reopenSession). */
   private sessionEpoch = 0;
   readonly slotId: number;
@@ -186,7 +184,8 @@ export class HsmToken {
     if (!p11) return;
     this.dataPath.close();
     this.p11 = null;
-    this.handleCache.clear();
+    this.walkGeneration++;
+    this.index.clear();
     try {
       p11.C_Logout(this.session);
     } catch {
@@ -304,9 +303,12 @@ export class HsmToken {
     // Session objects (transient keys) died with the old session. Token-object handles may have
     // too: SoftHSM forgets every object handle of a slot when its last session closes (as when the
     // addon is not loaded and this was the only session), so they are looked up again.
-    this.handleCache.clear();
+    const hadWalked = this.index.complete;
+    this.index.clearHandles();
     this.instanceHandle = null;
     this.sessionEpoch++;
+    // Lookups find objects one by one until a new walk has the handles again.
+    if (hadWalked) void this.walkInBackground().catch(() => undefined);
   }
 
   // ---------------------------------------------------------------- token information
@@ -334,34 +336,59 @@ export class HsmToken {
     return LABEL_PREFIX[kind] + id;
   }
 
-  /** Finds exactly one token object by label; asks for two handles so an ambiguous match is an error. */
-  private findOne(kind: ObjectKind, label: string): Handle | null {
-    return this.withSession((p11, s) => {
-      p11.C_FindObjectsInit(s, [
-        { type: pkcs11js.CKA_TOKEN, value: true },
-        { type: pkcs11js.CKA_LABEL, value: label },
-        // A wrapping key pair shares its label; the handle we use is the private half.
-        ...(kind === 'wrap' ? [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY }] : []),
-      ]);
-      let found: Handle[];
-      try {
-        found = p11.C_FindObjects(s, 2);
-      } finally {
-        p11.C_FindObjectsFinal(s);
-      }
-      if (found.length > 1) throw new HsmError(`more than one token object is labelled ${label}`, 'AMBIGUOUS');
-      return found[0] ?? null;
-    }, 'C_FindObjects');
-  }
-
-  /** Cached handle of a token object; null when the token does not hold it. */
+  /**
+   * Handle of a token object; null when the token does not hold it. From the index; before a walk
+   * has gone over the whole token, a key it has not reached yet is looked up on its own (a wrapping
+   * key pair shares its label: the handle used is the private half).
+   */
   private handleOf(kind: ObjectKind, id: string): Handle | null {
     const label = this.label(kind, id);
-    const cached = this.handleCache.get(label);
-    if (cached) return cached;
-    const h = this.findOne(kind, label);
-    if (h) this.handleCache.set(label, h);
+    const known = this.index.get(label);
+    if (known) return known;
+    if (this.index.complete) return null;
+    const h = this.withSession(
+      (p11, s) =>
+        findOne(
+          p11,
+          s,
+          [
+            { type: pkcs11js.CKA_TOKEN, value: true },
+            { type: pkcs11js.CKA_LABEL, value: label },
+            { type: pkcs11js.CKA_CLASS, value: usedClass(kind) },
+          ],
+          label,
+        ),
+      'C_FindObjects',
+    );
+    if (h) this.index.set(label, h);
     return h;
+  }
+
+  /**
+   * Does the token hold any object under this kind's label, in any class (half a key pair left by
+   * an interrupted generation counts)? Looked up on its own, not from the index.
+   */
+  holdsLabel(kind: ObjectKind, id: string): boolean {
+    const label = this.label(kind, id);
+    return this.withSession(
+      (p11, s) =>
+        findObjects(
+          p11,
+          s,
+          [
+            { type: pkcs11js.CKA_TOKEN, value: true },
+            { type: pkcs11js.CKA_LABEL, value: label },
+          ],
+          1,
+        ).length > 0,
+      'C_FindObjects',
+    );
+  }
+
+  /** Records an object this process just created, so the index stays true without a walk. */
+  private created(kind: ObjectKind, id: string, h: Handle): void {
+    this.index.set(this.label(kind, id), h);
+    this.index.created(kind, id);
   }
 
   private requireHandle(kind: ObjectKind, id: string): Handle {
@@ -379,46 +406,94 @@ export class HsmToken {
     return Number(this.requireHandle(kind, id).readBigUInt64LE(0));
   }
 
-  /** Ids of every token object of a kind, for start-up reconciliation. */
+  /** Ids of every token object of a kind (walks the token). */
   listIds(kind: ObjectKind): string[] {
     return [...this.inventory()[kind]];
   }
 
   /**
-   * Every kmsd object of the token in one C_FindObjects pass: ids by kind (a key pair counts once),
-   * the signing keys, and how many kmsd:instance objects there are. Objects of other applications
-   * sharing the token are not kmsd's and are left out.
+   * Every kmsd object of the token, from a walk made now, on the event loop: ids by kind (a key
+   * pair counts once), the signing keys, and how many kmsd:instance objects there are. Objects of
+   * other applications sharing the token are left out. A background walk under way is superseded.
    */
   inventory(): TokenInventory {
-    return this.withSession((p11, s) => {
-      p11.C_FindObjectsInit(s, [{ type: pkcs11js.CKA_TOKEN, value: true }]);
-      const handles: Handle[] = [];
-      try {
-        for (;;) {
-          const batch = p11.C_FindObjects(s, 256);
-          if (batch.length === 0) break;
-          handles.push(...batch);
-        }
-      } finally {
-        p11.C_FindObjectsFinal(s);
+    const generation = ++this.walkGeneration;
+    for (;;) {
+      const epoch = this.sessionEpoch;
+      const handles = this.listTokenObjects();
+      this.index.beginWalk();
+      this.readClassesAndLabels(handles);
+      if (epoch === this.sessionEpoch) break; // else the handles died with the session: walk again
+    }
+    if (generation === this.walkGeneration) this.index.complete = true;
+    return copyInventory(this.index.inventory);
+  }
+
+  /** What this process knows of the token's kmsd objects: the walk's findings kept up to date. */
+  knownInventory(): TokenInventory {
+    return copyInventory(this.index.inventory);
+  }
+
+  /** True once a walk has gone over the whole token (and no session was lost since). */
+  get walked(): boolean {
+    return this.index.complete;
+  }
+
+  /**
+   * The walk of inventory(), in slices of WALK_SLICE objects with the event loop free between
+   * them, so calls are served meanwhile; a key they use before the walk reaches it is looked up on
+   * its own. Resolves when the index is complete. One walk at a time; a second call joins it.
+   */
+  walkInBackground(slice = WALK_SLICE): Promise<void> {
+    if (this.walking) return this.walking;
+    const p = this.walkSliced(slice).finally(() => {
+      if (this.walking === p) this.walking = null;
+    });
+    this.walking = p;
+    return p;
+  }
+
+  private async walkSliced(slice: number): Promise<void> {
+    const generation = ++this.walkGeneration;
+    for (;;) {
+      const epoch = this.sessionEpoch;
+      const handles = this.listTokenObjects();
+      this.index.beginWalk();
+      for (let i = 0; i < handles.length; i += slice) {
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        if (generation !== this.walkGeneration) return; // superseded (or closed)
+        if (epoch !== this.sessionEpoch) break;
+        this.readClassesAndLabels(handles.slice(i, i + slice));
       }
-      const inv: TokenInventory = { cmk: new Set(), wrap: new Set(), root: new Set(), mac: new Set(), sign: new Set(), instanceObjects: 0 };
+      if (epoch === this.sessionEpoch) break;
+    }
+    if (generation === this.walkGeneration) this.index.complete = true;
+  }
+
+  /** Handles of every token object, in one C_FindObjects pass. */
+  private listTokenObjects(): Handle[] {
+    return this.withSession((p11, s) => findObjects(p11, s, [{ type: pkcs11js.CKA_TOKEN, value: true }]), 'C_FindObjects');
+  }
+
+  /**
+   * Class and label of each object in one C_GetAttributeValue, into the index. An object destroyed
+   * since it was listed is skipped; it is no longer in the token.
+   */
+  private readClassesAndLabels(handles: Handle[]): void {
+    this.withSession((p11, s) => {
       for (const h of handles) {
-        const text = (p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_LABEL }])[0].value as Buffer).toString('utf8');
-        if (text.startsWith(INSTANCE_LABEL_PREFIX)) {
-          inv.instanceObjects++;
-          continue;
+        let a: pkcs11js.Attribute[];
+        try {
+          a = p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_CLASS }, { type: pkcs11js.CKA_LABEL }]);
+        } catch (e) {
+          const code = toHsmError(e, 'C_GetAttributeValue').code;
+          if (code === 'CKR_OBJECT_HANDLE_INVALID') continue;
+          throw e;
         }
-        if (text.startsWith('kmsd:sign:')) {
-          inv.sign.add(text.slice('kmsd:sign:'.length));
-          continue;
-        }
-        for (const kind of OBJECT_KINDS) {
-          if (text.startsWith(LABEL_PREFIX[kind])) inv[kind].add(text.slice(LABEL_PREFIX[kind].length));
-        }
+        const cls = a[0].value as Buffer;
+        this.index.add({ handle: h, cls: Number(cls.length >= 8 ? cls.readBigUInt64LE(0) : cls.readUInt32LE(0)), label: (a[1].value as Buffer).toString('utf8') });
       }
-      return inv;
-    }, 'C_FindObjects');
+    }, 'C_GetAttributeValue');
   }
 
   /**
@@ -429,18 +504,17 @@ export class HsmToken {
    */
   destroy(kind: ObjectKind, id: string): number {
     const label = this.label(kind, id);
-    this.handleCache.delete(label);
+    // Found by label, not from the index: every object under the label goes, whoever made it.
     return this.withSession((p11, s) => {
-      p11.C_FindObjectsInit(s, [
-        { type: pkcs11js.CKA_TOKEN, value: true },
-        { type: pkcs11js.CKA_LABEL, value: label },
-      ]);
-      let found: Handle[];
-      try {
-        found = p11.C_FindObjects(s, 16);
-      } finally {
-        p11.C_FindObjectsFinal(s);
-      }
+      const found = findObjects(
+        p11,
+        s,
+        [
+          { type: pkcs11js.CKA_TOKEN, value: true },
+          { type: pkcs11js.CKA_LABEL, value: label },
+        ],
+        16,
+      );
       if (found.length === 0 && this.failedDestroys.has(label)) {
         throw new HsmError(`destroying token object ${label} failed earlier, and the module no longer shows it to this process: whether it is gone is known only after a restart`, 'DESTROY_UNCONFIRMED', 'C_DestroyObject');
       }
@@ -453,6 +527,8 @@ export class HsmToken {
         }
       }
       this.failedDestroys.delete(label);
+      // Forgotten only once gone: after a refused destroy the object is still the token's.
+      this.index.destroyed(kind, id, label);
       return found.length;
     }, 'C_DestroyObject');
   }
@@ -475,24 +551,23 @@ export class HsmToken {
   /** The token's kmsd:instance object, or null when it has none; more than one is an error. */
   readInstance(): { instanceId: string; sequence: number } | null {
     return this.withSession((p11, s) => {
-      p11.C_FindObjectsInit(s, [
-        { type: pkcs11js.CKA_TOKEN, value: true },
-        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
-        { type: pkcs11js.CKA_APPLICATION, value: INSTANCE_APPLICATION },
-      ]);
-      let found: Handle[];
-      try {
-        found = p11.C_FindObjects(s, 2);
-      } finally {
-        p11.C_FindObjectsFinal(s);
-      }
+      const found = findObjects(
+        p11,
+        s,
+        [
+          { type: pkcs11js.CKA_TOKEN, value: true },
+          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+          { type: pkcs11js.CKA_APPLICATION, value: INSTANCE_APPLICATION },
+        ],
+        2,
+      );
       if (found.length > 1) throw new HsmError(`the token holds more than one ${INSTANCE_APPLICATION} object; remove the extra one by hand (pkcs11-tool) after checking which one its data directory names`, 'AMBIGUOUS');
       if (found.length === 0) return null;
       const a = p11.C_GetAttributeValue(s, found[0], [{ type: pkcs11js.CKA_VALUE }, { type: pkcs11js.CKA_LABEL }]);
       const instanceId = (a[0].value as Buffer).toString('utf8');
       const label = (a[1].value as Buffer).toString('utf8');
       const m = /^kmsd:instance:(\d{1,15})$/.exec(label);
-      if (!m) throw new HsmError(`the token's ${INSTANCE_APPLICATION} object has label "${label.slice(0, 80)}", not kmsd:instance:<sequence>`, 'UNSUPPORTED');
+      if (!m || !label.startsWith(INSTANCE_LABEL_PREFIX)) throw new HsmError(`the token's ${INSTANCE_APPLICATION} object has label "${label.slice(0, 80)}", not kmsd:instance:<sequence>`, 'UNSUPPORTED');
       this.instanceHandle = found[0];
       this.instanceSequence = Number(m[1]);
       return { instanceId, sequence: this.instanceSequence };
@@ -580,7 +655,58 @@ export class HsmToken {
         ]),
       'C_GenerateKey',
     );
-    this.handleCache.set(this.label(kind, id), h);
+    this.created(kind, id, h);
+  }
+
+  /**
+   * generateAesKey off the event loop (CreateKey): C_GenerateKey runs on a libuv thread in a session
+   * of its own (a session is not for two threads at once; the new one shares the login), so the
+   * event loop commits other calls' metadata while the token generates, and creation keeps up with
+   * the token's own rate. At most MAX_AES_GENERATIONS at once; close() waits for them (drain).
+   */
+  generateAesKeyOffLoop(kind: ObjectKind, id: string): Promise<void> {
+    return this.track(this.generateAesOffLoop(kind, id));
+  }
+
+  private async generateAesOffLoop(kind: ObjectKind, id: string): Promise<void> {
+    if (this.handleOf(kind, id)) throw new HsmError(`token object ${this.label(kind, id)} already exists`, 'EXISTS');
+    const template = [...this.aesKeyTemplate(kind, id, true), { type: pkcs11js.CKA_VALUE_LEN, value: 32 }];
+    const release = await this.aesSlots.acquire();
+    try {
+      const h = await this.inOwnSession((p11, s) => p11.C_GenerateKeyAsync(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN, parameter: null as unknown as Buffer }, template), 'C_GenerateKey');
+      this.created(kind, id, h);
+    } finally {
+      release();
+    }
+  }
+
+  private readonly aesSlots = new Slots(MAX_AES_GENERATIONS);
+
+  /** Runs an async pkcs11js call in a session opened for it and closed after (token objects outlive it). */
+  private async inOwnSession<T>(fn: (p11: pkcs11js.PKCS11, s: Handle) => Promise<T>, name: string): Promise<T> {
+    const p11 = this.p11;
+    if (!p11) throw new HsmClosedError();
+    let s: Handle;
+    try {
+      s = p11.C_OpenSession(this.slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+    } catch (e) {
+      throw toHsmError(e, 'C_OpenSession');
+    }
+    let out: T;
+    try {
+      out = await fn(p11, s);
+    } catch (e) {
+      throw toHsmError(e, name);
+    } finally {
+      try {
+        p11.C_CloseSession(s);
+      } catch {
+        /* already gone with the token */
+      }
+      clearCryptoErrors();
+    }
+    if (!this.p11) throw new HsmClosedError();
+    return out;
   }
 
   /** Generic secret for HMAC-SHA256 (import-token authentication); sign and verify only. */
@@ -609,7 +735,7 @@ export class HsmToken {
         ]),
       'C_GenerateKey',
     );
-    this.handleCache.set(this.label('mac', id), h);
+    this.created('mac', id, h);
   }
 
   hmacSha256(id: string, data: Buffer): Buffer {
@@ -728,7 +854,7 @@ export class HsmToken {
       }
       return copy;
     }, 'C_CopyObject');
-    this.handleCache.set(this.label(kind, id), h);
+    this.created(kind, id, h);
   }
 
   destroyTransient(key: TransientKey | null | undefined): void {
@@ -900,7 +1026,7 @@ export class HsmToken {
         ]),
       'C_GenerateKey',
     );
-    this.handleCache.set(this.label('root', id), h);
+    this.created('root', id, h);
     this.rootWrap = composed ? 'composed' : 'in-token';
   }
 
@@ -1053,7 +1179,7 @@ export class HsmToken {
     const label = this.label('wrap', id);
     const { publicTemplate, privateTemplate } = this.wrappingKeyPairTemplates(id, bits, allowDecrypt, token);
     const pair = this.withSession((p11, s) => p11.C_GenerateKeyPair(s, RSA_KEY_PAIR_GEN, publicTemplate, privateTemplate), 'C_GenerateKeyPair');
-    if (token) this.handleCache.set(label, pair.privateKey);
+    if (token) this.created('wrap', id, pair.privateKey);
     else this.transientPairs.set(id, pair);
     return this.publicKeyDer(pair.publicKey);
   }
@@ -1067,7 +1193,11 @@ export class HsmToken {
    * rest queue here. close() waits for the ones running (see drain).
    */
   generateWrappingKeyPairOffLoop(id: string, bits: number, allowDecrypt: boolean): Promise<Buffer> {
-    const p = this.generateOffLoop(id, bits, allowDecrypt);
+    return this.track(this.generateOffLoop(id, bits, allowDecrypt));
+  }
+
+  /** Keeps an off-loop generation in offLoop until it settles, for drain(). */
+  private track<T>(p: Promise<T>): Promise<T> {
     this.offLoop.add(p);
     p.then(
       () => this.offLoop.delete(p),
@@ -1081,7 +1211,7 @@ export class HsmToken {
     while (this.offLoop.size > 0) await Promise.allSettled([...this.offLoop]);
   }
 
-  private readonly offLoop = new Set<Promise<Buffer>>();
+  private readonly offLoop = new Set<Promise<unknown>>();
   private readonly keyPairSlots = new Slots(MAX_KEY_PAIR_GENERATIONS);
 
   private async generateOffLoop(id: string, bits: number, allowDecrypt: boolean): Promise<Buffer> {
@@ -1106,7 +1236,7 @@ export class HsmToken {
         clearCryptoErrors();
       }
       if (!this.p11) throw new HsmClosedError();
-      this.handleCache.set(label, pair.privateKey);
+      this.created('wrap', id, pair.privateKey);
       return this.publicKeyDer(pair.publicKey);
     } finally {
       release();
@@ -1299,25 +1429,37 @@ export class HsmToken {
   // Labels are kmsd:sign:<id>; the pair shares the label, so lookups also match on the class.
 
   private signingHandle(id: string, cls: number): Handle | null {
-    const label = `kmsd:sign:${id}`;
-    const cacheKey = `${label}#${cls}`;
-    const cached = this.handleCache.get(cacheKey);
-    if (cached) return cached;
+    const label = `${SIGN_LABEL_PREFIX}${id}`;
+    const key = indexKey(label, cls);
+    const known = this.index.get(key);
+    if (known) return known;
+    if (this.index.complete) return null;
+    // Both halves in one pass (each pass reads every object on some modules); more than one object
+    // of a class under the label is ambiguous, as for any lookup.
     const found = this.withSession((p11, s) => {
-      p11.C_FindObjectsInit(s, [
-        { type: pkcs11js.CKA_TOKEN, value: true },
-        { type: pkcs11js.CKA_LABEL, value: label },
-        { type: pkcs11js.CKA_CLASS, value: cls },
-      ]);
-      try {
-        return p11.C_FindObjects(s, 2);
-      } finally {
-        p11.C_FindObjectsFinal(s);
+      const handles = findObjects(
+        p11,
+        s,
+        [
+          { type: pkcs11js.CKA_TOKEN, value: true },
+          { type: pkcs11js.CKA_LABEL, value: label },
+        ],
+        8,
+      );
+      const byClass = new Map<number, Handle[]>();
+      for (const h of handles) {
+        const v = p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_CLASS }])[0].value as Buffer;
+        const c = Number(v.length >= 8 ? v.readBigUInt64LE(0) : v.readUInt32LE(0));
+        byClass.set(c, [...(byClass.get(c) ?? []), h]);
       }
+      return byClass;
     }, 'C_FindObjects');
-    if (found.length > 1) throw new HsmError(`more than one token object is labelled ${label}`, 'AMBIGUOUS');
-    if (found[0]) this.handleCache.set(cacheKey, found[0]);
-    return found[0] ?? null;
+    for (const c of [pkcs11js.CKO_PUBLIC_KEY, pkcs11js.CKO_PRIVATE_KEY]) {
+      const hs = found.get(c) ?? [];
+      if (hs.length > 1) throw new HsmError(`more than one token object is labelled ${label}`, 'AMBIGUOUS');
+      if (hs[0]) this.index.set(indexKey(label, c), hs[0]);
+    }
+    return this.index.get(key) ?? null;
   }
 
   /** Creates the signing key pair once; returns the public key as DER SubjectPublicKeyInfo. */
@@ -1334,8 +1476,9 @@ export class HsmToken {
       const label = `kmsd:sign:${id}`;
       const idBytes = Buffer.from(id, 'utf8');
       const pair = ec ? this.generateEcSigningPair(label, idBytes) : this.generateRsaSigningPair(label, idBytes);
-      this.handleCache.set(`${label}#${pkcs11js.CKO_PUBLIC_KEY}`, pair.publicKey);
-      this.handleCache.set(`${label}#${pkcs11js.CKO_PRIVATE_KEY}`, pair.privateKey);
+      this.index.set(indexKey(label, pkcs11js.CKO_PUBLIC_KEY), pair.publicKey);
+      this.index.set(indexKey(label, pkcs11js.CKO_PRIVATE_KEY), pair.privateKey);
+      this.index.created('sign', id);
       pub = pair.publicKey;
     }
     const h = pub;
@@ -1480,3 +1623,7 @@ export class HsmToken {
 }
 
 export { DecryptFailedError, UnwrapFailedError };
+
+function copyInventory(inv: TokenInventory): TokenInventory {
+  return { cmk: new Set(inv.cmk), wrap: new Set(inv.wrap), root: new Set(inv.root), mac: new Set(inv.mac), sign: new Set(inv.sign), instanceObjects: inv.instanceObjects };
+}

@@ -25,8 +25,12 @@ export type BindingOutcome = 'first-start' | 'matched' | 'bound-existing-deploym
 export interface BindingResult {
   instanceId: string;
   outcome: BindingOutcome;
-  /** The token's kmsd objects, found in one pass; reconciliation goes on from it. */
-  inventory: TokenInventory;
+  /**
+   * The token's kmsd objects, from one walk, when the check needed them; null when the store matched
+   * the token (the common start), which needs only the kmsd:instance object: the walk then runs
+   * after kmsd listens (src/daemon.ts).
+   */
+  inventory: TokenInventory | null;
 }
 
 function describeObjects(inv: TokenInventory): string {
@@ -51,8 +55,9 @@ function kmsdObjectCount(inv: TokenInventory): number {
  * TokenBindingError otherwise.
  */
 export function bindStoreToToken(store: Store, token: HsmToken, o: { adopt: boolean; log: Logger }): BindingResult {
-  const inventory = token.inventory();
   const tokenInstance = token.readInstance();
+  let walked: TokenInventory | null = null;
+  const inventory = (): TokenInventory => (walked ??= token.inventory());
   const storeId = store.instanceId();
   const storeSeq = store.tokenSequence();
   const empty = store.isEmpty();
@@ -65,7 +70,7 @@ export function bindStoreToToken(store: Store, token: HsmToken, o: { adopt: bool
     throw new TokenBindingError(
       `kmsd refuses to start: ${why} Data directory ${store.dataDir} (store ${storeFile}: instance ${storeId ?? 'none'}, ` +
         `last token sequence ${storeSeq}${empty ? ', no keys or records' : ''}); token "${token.tokenLabel}" (instance ` +
-        `${tokenInstance?.instanceId ?? 'none'}${tokenInstance ? `, sequence ${tokenInstance.sequence}` : ''}; holds ${describeObjects(inventory)}). ` +
+        `${tokenInstance?.instanceId ?? 'none'}${tokenInstance ? `, sequence ${tokenInstance.sequence}` : ''}; holds ${describeObjects(inventory())}). ` +
         `Nothing in the token was changed or destroyed. Ways forward: start kmsd with the data directory that belongs to this token (--data-dir); ` +
         `or restore that data directory from a backup (a copy of kmsd.sqlite taken while kmsd ran needs kmsd.sqlite-wal beside it); ${forward}.`,
     );
@@ -76,7 +81,7 @@ export function bindStoreToToken(store: Store, token: HsmToken, o: { adopt: bool
     store.tx(() => store.setInstanceId(id));
     if (!tokenInstance) token.createInstance(id, storeSeq);
     o.log.warn({ instanceId: id, token: token.tokenLabel, dataDir: store.dataDir, outcome }, 'metadata store and token bound');
-    return { instanceId: id, outcome, inventory };
+    return { instanceId: id, outcome, inventory: inventory() };
   };
 
   /**
@@ -95,10 +100,10 @@ export function bindStoreToToken(store: Store, token: HsmToken, o: { adopt: bool
     });
     if (!tokenInstance) token.createInstance(id, store.tokenSequence());
     o.log.warn(
-      { instanceId: id, token: token.tokenLabel, dataDir: store.dataDir, tokenObjects: describeObjects(inventory), droppedIntents: intents.length, droppedDestroys: destroys.length },
+      { instanceId: id, token: token.tokenLabel, dataDir: store.dataDir, tokenObjects: describeObjects(inventory()), droppedIntents: intents.length, droppedDestroys: destroys.length },
       'token adopted by this metadata store (--adopt-token): nothing destroyed',
     );
-    return { instanceId: id, outcome: 'adopted', inventory };
+    return { instanceId: id, outcome: 'adopted', inventory: inventory() };
   };
 
   if (tokenInstance) {
@@ -113,7 +118,7 @@ export function bindStoreToToken(store: Store, token: HsmToken, o: { adopt: bool
           true,
         );
       }
-      return { instanceId: storeId, outcome: 'matched', inventory };
+      return { instanceId: storeId, outcome: 'matched', inventory: walked };
     }
     // The store has no binding, the token has one.
     if (o.adopt) return adopt(tokenInstance.instanceId);
@@ -127,7 +132,7 @@ export function bindStoreToToken(store: Store, token: HsmToken, o: { adopt: bool
 
   // The token has no kmsd:instance object.
   const id = storeId ?? crypto.randomUUID();
-  if (kmsdObjectCount(inventory) === 0) {
+  if (kmsdObjectCount(inventory()) === 0) {
     if (empty) return bind(id, 'first-start');
     if (o.adopt) return adopt(id);
     refuse(`the metadata store holds keys or records, but token "${token.tokenLabel}" holds no kmsd objects at all (a different or re-initialized token?).`, true);
@@ -139,7 +144,8 @@ export function bindStoreToToken(store: Store, token: HsmToken, o: { adopt: bool
   // A deployment from before the binding: bind when the store explains the token's objects.
   const versions = new Set(store.allVersions().map((v) => v.version_id));
   const wraps = new Set(store.allWrappingKeys().map((w) => w.wrap_id));
-  const unexplained = [...[...inventory.cmk].filter((x) => !versions.has(x)).map((x) => `kmsd:cmk:${x}`), ...[...inventory.wrap].filter((x) => !wraps.has(x)).map((x) => `kmsd:wrap:${x}`)];
+  const inv = inventory();
+  const unexplained = [...[...inv.cmk].filter((x) => !versions.has(x)).map((x) => `kmsd:cmk:${x}`), ...[...inv.wrap].filter((x) => !wraps.has(x)).map((x) => `kmsd:wrap:${x}`)];
   if (unexplained.length === 0) return bind(id, 'bound-existing-deployment');
   if (o.adopt) return adopt(id);
   return refuse(

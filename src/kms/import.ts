@@ -328,12 +328,12 @@ export class ImportService {
    * hold are dropped (nothing wrapped under it can be opened anyway). Any other key pair without a
    * row is unknown: kept and reported (KmsService.findUnknown).
    */
-  reconcileWrappingKeys(inv: TokenInventory): { destroyed: number; dropped: number } {
+  reconcileWrappingKeys(inv: TokenInventory, upToIntentSeq = Number.POSITIVE_INFINITY, intentsOnly = false): { destroyed: number; dropped: number } {
     const rows = new Map(this.store.allWrappingKeys().map((w) => [w.wrap_id, w]));
     let destroyed = 0;
     let dropped = 0;
     for (const intent of this.store.allIntents()) {
-      if (intent.kind !== 'wrap') continue;
+      if (intent.kind !== 'wrap' || intent.seq > upToIntentSeq) continue;
       const id = intent.object_id;
       if (inv.wrap.has(id) && !rows.has(id)) {
         try {
@@ -347,6 +347,7 @@ export class ImportService {
       }
       this.store.clearIntent(intent.seq);
     }
+    if (intentsOnly) return { destroyed, dropped };
     for (const w of rows.values()) {
       if (!inv.wrap.has(w.wrap_id)) {
         this.store.deleteWrappingKey(w.wrap_id);
@@ -386,6 +387,8 @@ export class ImportService {
       Counters: { ...this.kms.keyring.stats },
       UnknownTokenObjects: this.kms.unknownObjects,
       PendingTokenDestroys: this.store.pendingDestroys().map((r) => ({ Kind: r.kind, ObjectId: r.object_id, KeyId: r.key_id ?? '', Reason: r.reason, Attempts: r.attempts, LastError: r.last_error ?? '' })),
+      ReconciliationRunning: this.kms.reconciliation.running,
+      ReconciliationMillis: this.kms.reconciliation.millis,
     };
   }
 }

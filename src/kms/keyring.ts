@@ -67,6 +67,13 @@ export class Keyring {
     }
   }
 
+  /** generate, with HSM material generated off the event loop (CreateKey). */
+  async generateOffLoop(level: string, versionId: string): Promise<Buffer | null> {
+    if (level !== 'HSM') return this.generate(level, versionId);
+    await this.token.generateAesKeyOffLoop('cmk', versionId);
+    return null;
+  }
+
   /** Stores checked, unwrapped material (a transient key) for a version; returns the SOFTWARE wrap if any. */
   persist(level: string, versionId: string, key: TransientKey): Buffer | null {
     if (level === 'HSM') {

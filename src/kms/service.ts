@@ -282,7 +282,7 @@ export class KmsService {
 
   // ================================================================ lifecycle
 
-  CreateKey(req: {
+  async CreateKey(req: {
     Origin?: string;
     KeySpec?: string;
     KeyUsage?: string;
@@ -290,7 +290,7 @@ export class KmsService {
     Description?: string;
     EnableAutomaticRotation?: boolean;
     RotationInterval?: string;
-  }): { KeyMetadata: KeyMetadata } {
+  }): Promise<{ KeyMetadata: KeyMetadata }> {
     const origin = v.oneOf('Origin', req.Origin, ['Aliyun_KMS', 'EXTERNAL'] as const, 'Aliyun_KMS');
     const keySpec = v.oneOf('KeySpec', req.KeySpec, ['Aliyun_AES_256'] as const, 'Aliyun_AES_256');
     const keyUsage = v.oneOf('KeyUsage', req.KeyUsage, ['ENCRYPT/DECRYPT'] as const, 'ENCRYPT/DECRYPT');
@@ -332,7 +332,8 @@ export class KmsService {
     // reconciliation destroys the object it names; never metadata that points at missing material.
     let wrapped: Buffer | null = null;
     let seq: number | null = null;
-    if (origin !== 'EXTERNAL' && level === 'HSM') seq = this.createUnderIntent('cmk', versionId, () => this.keyring.generate(level, versionId)).seq;
+    // HSM material is generated off the event loop: other calls' store commits overlap the token's work.
+    if (origin !== 'EXTERNAL' && level === 'HSM') seq = (await this.createUnderIntentAsync('cmk', versionId, () => this.keyring.generateOffLoop(level, versionId))).seq;
     else if (origin !== 'EXTERNAL') wrapped = this.keyring.generate(level, versionId);
     try {
       this.store.tx(() => {
@@ -765,13 +766,17 @@ export class KmsService {
    * Versions whose material is missing from the token are reported and marked Missing, never
    * dropped. Wrapping keys are ImportService.reconcileWrappingKeys; unknown objects findUnknown.
    */
-  reconcile(inv: TokenInventory): { destroyedOrphans: string[]; missing: string[] } {
+  /** Start-up reconciliation: still running (the token walk runs after kmsd listens), and how long it took. */
+  reconciliation: { running: boolean; millis: number } = { running: false, millis: 0 };
+
+  reconcile(inv: TokenInventory, upToIntentSeq = Number.POSITIVE_INFINITY, intentsOnly = false): { destroyedOrphans: string[]; missing: string[] } {
     const versions = new Map(this.store.allVersions().map((x) => [x.version_id, x]));
     const cmks = new Map(this.store.allCmks().map((r) => [r.key_id, r]));
     const destroyedOrphans: string[] = [];
     const now = this.now();
     for (const intent of this.store.allIntents()) {
-      if (intent.kind !== 'cmk') continue;
+      // Intents opened since start-up belong to calls still running (reconciliation in the background).
+      if (intent.kind !== 'cmk' || intent.seq > upToIntentSeq) continue;
       const id = intent.object_id;
       if (inv.cmk.has(id) && !this.claimsCmkObject(versions.get(id), cmks)) {
         try {
@@ -786,6 +791,9 @@ export class KmsService {
       this.store.clearIntent(intent.seq);
     }
     const missing: string[] = [];
+    // intentsOnly: `inv` holds only the objects the intents name (looked up one by one before kmsd
+    // listens, so no call can race a destroy); the rest waits for the walk.
+    if (intentsOnly) return { destroyedOrphans, missing };
     for (const ver of versions.values()) {
       const row = cmks.get(ver.key_id);
       if (!row || ver.material_state === 'Absent') continue;

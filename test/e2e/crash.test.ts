@@ -161,7 +161,8 @@ function spawnKmsd(failpoint?: string, dir = dataDir): Proc {
 async function waitListening(p: Proc): Promise<number> {
   for (let i = 0; i < 600; i++) {
     const m = /listening on 127\.0\.0\.1:(\d+)/.exec(p.out);
-    if (m) {
+    // Reconciliation may finish after kmsd listens (the token walk runs then): wait for its outcome.
+    if (m && /"msg":"start-up reconciliation done"/.test(p.out)) {
       // Metadata must never point at material the token does not have: in this test the token loses
       // nothing on its own, so a version reconciliation marks Missing is an ordering bug.
       const rec = /\{[^\n]*"msg":"start-up reconciliation done"\}/.exec(p.out);

@@ -77,6 +77,9 @@ export function makeTempDir(prefix = 'kmsd-test-'): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
 }
 
+/** The log line that ends start-up reconciliation (or says why it will not run in this process). */
+export const RECONCILED = /"msg":"(start-up reconciliation done|start-up token walk failed[^"]*)"/;
+
 export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
   const dataDir = opts.dataDir ?? makeTempDir();
   let tokenArgs: string[] = [];
@@ -103,9 +106,11 @@ export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   const listening = new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`kmsd did not start in 60 s\nstdout:\n${out}\nstderr:\n${err}`)), 60_000);
+    // Start-up reconciliation may run after kmsd listens (the token walk): tests read its outcome, so
+    // they start once it is done.
     const check = () => {
       const m = /listening on 127\.0\.0\.1:(\d+)/.exec(out);
-      if (m) {
+      if (m && RECONCILED.test(out)) {
         clearTimeout(timer);
         resolve(Number(m[1]));
       }

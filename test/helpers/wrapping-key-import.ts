@@ -12,10 +12,11 @@ type Handle = Buffer;
 interface TokenInternals {
   withSession<T>(fn: (p11: pkcs11js.PKCS11, s: Handle) => T, name: string): T;
   transientPairs: Map<string, { publicKey: Handle; privateKey: Handle }>;
+  created(kind: 'wrap', id: string, h: Handle): void;
 }
 
 /**
- * A token pair (`token` true) is found by its label like a generated one and removed with
+ * A token pair (`token` true) is indexed like a generated one and removed with
  * t.destroy('wrap', id); a session pair is registered like a probe's, and t.destroyTransientPair(id)
  * removes both halves. The key components are copied into Buffers that are zeroed before returning.
  */
@@ -94,7 +95,10 @@ export function importWrappingPrivateKey(t: HsmToken, id: string, key: crypto.Ke
         throw err;
       }
     }, 'C_CreateObject');
-    if (!token) inner.transientPairs.set(id, pair); // a token pair is found by its label like any other
+    // A token pair goes into the token's object index as a generated one does (a walked token finds
+    // objects there, not by a C_FindObjects).
+    if (token) inner.created('wrap', id, pair.privateKey);
+    else inner.transientPairs.set(id, pair);
   } finally {
     for (const b of parts) b.fill(0);
   }

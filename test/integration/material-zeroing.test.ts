@@ -60,15 +60,15 @@ afterEach(() => {
   vi.restoreAllMocks();
 });
 
-function createKey(level: 'SOFTWARE' | 'HSM'): string {
-  return kms.CreateKey({ ProtectionLevel: level }).KeyMetadata.KeyId;
+async function createKey(level: 'SOFTWARE' | 'HSM'): Promise<string> {
+  return (await kms.CreateKey({ ProtectionLevel: level })).KeyMetadata.KeyId;
 }
 
 describe('SOFTWARE key material', () => {
   it('the CKA_VALUE Buffer pkcs11js returned is zero once the key is disabled (not a copy left behind)', async () => {
     const values: Buffer[] = [];
     attributeValues = values;
-    const keyId = createKey('SOFTWARE');
+    const keyId = await createKey('SOFTWARE');
     const blob = (await kms.Encrypt({ KeyId: keyId, Plaintext: Buffer.from('in the clear').toString('base64') })).CiphertextBlob;
     expect((await kms.Decrypt({ CiphertextBlob: blob })).Plaintext).toBe(Buffer.from('in the clear').toString('base64'));
     expect(values).toHaveLength(1); // unwrapped once, then cached
@@ -82,7 +82,7 @@ describe('SOFTWARE key material', () => {
 describe('plaintexts and data keys', () => {
   for (const level of ['SOFTWARE', 'HSM'] as const) {
     it(`${level}: the decoded plaintext of Encrypt is zero after the call`, async () => {
-      const keyId = createKey(level);
+      const keyId = await createKey(level);
       const seen: Buffer[] = [];
       const real = kms.keyring.encrypt.bind(kms.keyring);
       vi.spyOn(kms.keyring, 'encrypt').mockImplementation((lvl, v, iv, aad, plaintext) => {
@@ -95,7 +95,7 @@ describe('plaintexts and data keys', () => {
     });
 
     it(`${level}: the data key of GenerateDataKey and the plaintext Decrypt produced are zero after the calls`, async () => {
-      const keyId = createKey(level);
+      const keyId = await createKey(level);
       const sealedInputs: Buffer[] = [];
       const opened: Buffer[] = [];
       const enc = kms.keyring.encrypt.bind(kms.keyring);
@@ -121,8 +121,8 @@ describe('plaintexts and data keys', () => {
   }
 
   it('EncryptBatch: every item plaintext is zero after the call', async () => {
-    const keyId = createKey('SOFTWARE');
-    const disabled = createKey('HSM');
+    const keyId = await createKey('SOFTWARE');
+    const disabled = await createKey('HSM');
     kms.DisableKey({ KeyId: disabled });
     const seen: Buffer[] = [];
     const real = kms.keyring.encryptMany.bind(kms.keyring);
