@@ -5,7 +5,6 @@
 //   AesGcm#encrypt(handle, iv, aad, data) / #decrypt(...)       -> Promise<Buffer>
 //   AesGcm#encryptBatch(items) / #decryptBatch(items)           -> Promise<Array<Buffer | Error>>
 //   AesGcm#stats(), #close(), #_closeWorkerSessions() (test hook)
-//   _ckrName(rv) (test hook)
 //   clearCryptoErrors() -> boolean (whether the calling thread's OpenSSL error queue had entries)
 //   disableCoreDumps() -> { coreLimitZero, notDumpable, error? } (process-wide; Node has no setrlimit)
 //
@@ -31,7 +30,6 @@
 #include <thread>
 #include <vector>
 
-#include "ckr_names.h"
 #include "gcm_pool.h"
 
 namespace kmsd {
@@ -139,9 +137,9 @@ Napi::Value MakeError(Napi::Env env, const char* code, const std::string& messag
   return Napi::Value(env, err);
 }
 
+// Only the bare return value: src/hsm/errors.ts names it, for this path and pkcs11js's alike.
 Napi::Value MakePkcs11Error(Napi::Env env, const char* function, CK_RV rv) {
-  std::string name = CkrName(rv);
-  Napi::Value err = MakeError(env, name.c_str(), std::string(function) + " failed: " + name);
+  Napi::Value err = MakeError(env, "PKCS11_ERROR", std::string(function) + " failed: " + RvHex(rv));
   Napi::Object obj = err.As<Napi::Object>();
   obj.Set("pkcs11Function", Napi::String::New(env, function));
   obj.Set("rv", Napi::Number::New(env, static_cast<double>(rv)));
@@ -488,16 +486,6 @@ Napi::Value Open(const Napi::CallbackInfo& info) {
   return data->aesGcmConstructor.New({external});
 }
 
-Napi::Value CkrNameForTesting(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  CK_ULONG rv = 0;
-  if (!ToHandle(info[0], &rv)) {
-    napi_throw(env, MakeInvalidArg(env, "rv must be a non-negative integer"));
-    return env.Undefined();
-  }
-  return Napi::String::New(env, CkrName(rv));
-}
-
 // SoftHSM links libcrypto, and inside node its OpenSSL calls bind to the copy the node binary
 // exports (the executable comes first in symbol lookup), so token and node:crypto share each
 // thread's OpenSSL error queue. A refused operation in the token (a C_UnwrapKey whose padding does
@@ -541,7 +529,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   data->aesGcmConstructor = Napi::Persistent(AesGcm::Define(env));
   env.SetInstanceData(data);  // freed with the environment
   exports.Set("open", Napi::Function::New<Open>(env, "open"));
-  exports.Set("_ckrName", Napi::Function::New<CkrNameForTesting>(env, "_ckrName"));
   exports.Set("clearCryptoErrors", Napi::Function::New<ClearCryptoErrors>(env, "clearCryptoErrors"));
   exports.Set("disableCoreDumps", Napi::Function::New<DisableCoreDumps>(env, "disableCoreDumps"));
   return exports;

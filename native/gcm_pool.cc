@@ -2,11 +2,10 @@
 
 #include <dlfcn.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <set>
-
-#include "ckr_names.h"
 
 namespace kmsd {
 
@@ -67,6 +66,12 @@ bool SessionLost(CK_RV rv) {
 
 }  // namespace
 
+std::string RvHex(CK_RV rv) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "rv 0x%08lx", static_cast<unsigned long>(rv));
+  return buf;
+}
+
 // A worker thread and the session it alone uses.
 class GcmPool::Worker {
  public:
@@ -97,8 +102,9 @@ std::unique_ptr<GcmPool> GcmPool::Open(const std::string& modulePath, CK_SLOT_ID
     return nullptr;
   }
   auto fail = [&](const char* fn, CK_RV rv) {
-    err->code = CkrName(rv);
-    err->message = std::string(fn) + " failed: " + err->code;
+    // Named on the JS side, by the one table of src/hsm/errors.ts.
+    err->code = "PKCS11_ERROR";
+    err->message = std::string(fn) + " failed: " + RvHex(rv);
     err->function = fn;
     err->rv = rv;
     err->hasRv = true;

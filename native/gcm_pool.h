@@ -63,12 +63,15 @@ struct PoolStats {
 };
 
 struct OpenError {
-  std::string code;  // CKR_ name, or MODULE_LOAD_FAILED
+  std::string code;  // PKCS11_ERROR (rv says which), or MODULE_LOAD_FAILED
   std::string message;
   const char* function = nullptr;  // PKCS#11 function that failed, if any
   CK_RV rv = CKR_OK;
   bool hasRv = false;
 };
+
+// "rv 0x00000082": a return value in messages; its name comes from src/hsm/errors.ts.
+std::string RvHex(CK_RV rv);
 
 using JobCompletion = void (*)(Job* job, void* arg);
 

@@ -122,8 +122,8 @@ typedef struct CK_FUNCTION_LIST_PREFIX {
 
 typedef CK_RV (*CK_C_GetFunctionList)(CK_FUNCTION_LIST_PREFIX** ppFunctionList);
 
-// Return values (v2.40 §3.6). The full table lives in ckr_names.cc; these are the ones the code
-// branches on.
+// Return values (v2.40 §3.6) the workers branch on. Errors go to JS as the bare value; the one
+// table naming and classifying every value is src/hsm/errors.ts.
 #define CKR_OK 0x00000000UL
 #define CKR_DEVICE_REMOVED 0x00000032UL
 #define CKR_OPERATION_ACTIVE 0x00000090UL

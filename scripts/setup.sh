@@ -5,9 +5,20 @@
 #      implementation the tests also run on), opensc (pkcs11-tool), openssl, and a C++ toolchain
 #      for the native addon and pkcs11js/better-sqlite3.
 #   2. npm packages (npm ci against package-lock.json).
-#   3. TypeScript build (dist/) and the native addon (build/Release/kmsd_native.node).
+#   3. TypeScript build (dist/), the native addon (build/Release/kmsd_native.node) and the web
+#      console (dist/console, built by Vite from console/).
+# With --with-browser (what `npm test` passes) also Debian's chromium, which the console's browser
+# tests drive through playwright-core (no browser download); `npm start` does not need it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+with_browser=0
+for a in "$@"; do
+  case "$a" in
+    --with-browser) with_browser=1 ;;
+    *) printf '[setup] unknown option %s\n' "$a" >&2; exit 2 ;;
+  esac
+done
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -19,6 +30,7 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+if [ "$with_browser" = 1 ]; then [ -x /usr/bin/chromium ] || missing+=(chromium); fi
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing Debian packages: ${missing[*]}"
   SUDO=""
@@ -51,4 +63,12 @@ addon=build/Release/kmsd_native.node
 if [ ! -f "$addon" ] || [ -n "$(find native binding.gyp -newer "$addon" -type f 2>/dev/null | head -n 1)" ]; then
   say "building the native addon"
   npx node-gyp rebuild --loglevel=error >&2
+fi
+
+# Web console: rebuild when its sources (or the Vite config) are newer than the last build.
+if [ ! -f dist/console/.built ] || [ -n "$(find console -newer dist/console/.built -type f 2>/dev/null | head -n 1)" ]; then
+  say "building the web console"
+  npx tsc -p console/tsconfig.json
+  npx vite build --config console/vite.config.mts
+  touch dist/console/.built
 fi

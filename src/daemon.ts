@@ -10,7 +10,6 @@ import { Policy } from './policy/policy';
 import { HsmToken } from './hsm/token';
 import { ensureDevToken, octal, readPinFile } from './hsm/dev-token';
 import { probeCapabilities, HsmCapabilities } from './hsm/unwrap';
-import { loadNative, NativeHandle } from './hsm/native-loader';
 import { Store } from './store/store';
 import { DataDirLock, lockDataDir } from './store/data-dir-lock';
 import { Keyring, ROOT_KEY_ID } from './kms/keyring';
@@ -113,7 +112,6 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
   }
   const token = HsmToken.open(tokenOpts);
   let store: Store | null = null;
-  let native: NativeHandle | null = null;
   try {
     // The binding check comes before kmsd creates or destroys anything in the token: a store that is
     // not the token's own is refused, never reconciled (src/kms/binding.ts).
@@ -134,9 +132,8 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
       // goes through HsmToken, which composes GCM from CKM_AES_ECB.
       log.info({ nativeAddon: false, gcmPath: capabilities.gcmPath }, 'the token has no CKM_AES_GCM: AES-GCM is composed from CKM_AES_ECB, without the native addon');
     } else if (cfg.useNativeAddon) {
-      native = loadNative(token, cfg.nativeThreads ?? DEFAULT_NATIVE_THREADS);
-      if (native.addon) keyring.attachNative(native.addon);
-      log.info({ nativeAddon: Boolean(native.addon), threads: native.addon?.stats().threads, reason: native.reason }, native.addon ? 'native AES-GCM addon loaded' : 'native addon unavailable; using pkcs11js for the HSM data path');
+      const w = token.startWorkers(cfg.nativeThreads ?? DEFAULT_NATIVE_THREADS);
+      log.info({ nativeAddon: w.started, threads: w.started ? w.threads : undefined, reason: w.reason }, w.started ? 'native AES-GCM addon loaded' : 'native addon unavailable; using pkcs11js for the HSM data path');
     } else {
       log.info({ nativeAddon: false }, 'native addon disabled by configuration (KMS_NATIVE=0)');
     }
@@ -184,7 +181,8 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     // Principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
     const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: quorum.audit });
     const accessKeys = new AccessKeyService(store, keyring);
-    const { server, health, actions, streams } = createServer({ kms, imports, log, ceremony: ceremonyExtension(quorum), security, accessKeys, xks }, { maxMessageBytes: sec.maxMessageBytes, maxConcurrentStreams: sec.maxConcurrentStreams, streamLimits: sec });
+    const ceremony = ceremonyExtension(quorum);
+    const { server, health, actions, streams } = createServer({ kms, imports, log, ceremony, security, accessKeys, xks }, { maxMessageBytes: sec.maxMessageBytes, maxConcurrentStreams: sec.maxConcurrentStreams, streamLimits: sec });
     const { host, port } = parseListen(cfg.listen);
     // TLS: our own TLS 1.3 listener (client certificates checked and refusals audited) feeding the
     // gRPC server; plaintext only on loopback (config.ts refuses anything else).
@@ -203,7 +201,10 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     let httpListener: HttpListener | null = null;
     let httpAddress: string | undefined;
     if (cfg.httpListen) {
-      const adm = admission(actions, security, log);
+      // The ceremony and audit actions too, decorated as gRPC serves them (the console proposes,
+      // approves and verifies through the Alibaba dialect).
+      const all = Object.assign({}, ...ceremony.services().map((sv) => sv.actions), actions) as typeof actions;
+      const adm = admission(all, security, log);
       const ctx: HttpContext = {
         lookupAccessKey: (id) => accessKeys.lookup(id),
         run: async (action, req, who, call) => {
@@ -253,7 +254,6 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
 
     let stopped = false;
     const openStore = store;
-    const openNative = native;
     return {
       address,
       port: boundPort,
@@ -289,16 +289,15 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
         }
         keyring.forgetAll();
         accessKeys.forgetAll();
-        await token.drain(); // key pair generations of calls cut off by the grace period
         xks.forgetAll();
-        openNative?.addon?.close();
+        // Waits for key pair generations of calls cut off by the grace period (their calls still
+        // commit to the store), then closes the worker sessions, the login session and the module.
+        await token.shutdown();
         openStore.close();
-        token.close();
         lock.release();
       },
     };
   } catch (e) {
-    native?.addon?.close();
     store?.close();
     token.close();
     throw e;

@@ -15,6 +15,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { nativeAddonOverride } from '../config';
+import { toHsmError } from './errors';
 
 /** One batch item: AES-GCM on the token key `handle` with a 12-byte IV. */
 export interface NativeItem {
@@ -25,15 +26,21 @@ export interface NativeItem {
 }
 
 /**
- * A failed operation. `code` is the CKR_ name of the PKCS#11 return value (unknown values:
- * `CKR_0x%08lx`), with `pkcs11Function` and `rv` set; or one of the addon's own codes:
- * `CLOSED` (the context was closed before the operation ran) and `ERR_INVALID_ARG_VALUE` (a
- * TypeError: bad handle, an IV that is not 12 bytes, a non-Buffer).
+ * A failed operation, named by the one table of src/hsm/errors.ts: `code` is the CKR_ name of the
+ * PKCS#11 return value (unknown values: `CKR_0x%08x`), with `pkcs11Function` and `rv` set; or one of
+ * the addon's own codes: `CLOSED` (the context was closed before the operation ran) and
+ * `ERR_INVALID_ARG_VALUE` (bad handle, an IV that is not 12 bytes, a non-Buffer). The addon itself
+ * reports only the bare return value; the names live in one place.
  */
 export interface NativeError extends Error {
   code: string;
   pkcs11Function?: string;
   rv?: number;
+}
+
+/** A bad argument stays the addon's TypeError (a bug of the caller); the rest is named by the table. */
+function normalise(e: unknown): Error {
+  return e instanceof TypeError ? e : toHsmError(e);
 }
 
 export interface NativeStats {
@@ -75,15 +82,87 @@ export interface NativeAddon {
   open(opts: NativeOpenOptions): NativeAesGcm;
 }
 
-/** What the .node file exports; the underscore members are test hooks. */
-interface RawAddon extends NativeAddon {
-  _ckrName(rv: number): string;
+/** What the .node file exports. Its errors carry `rv` and `pkcs11Function` but no name. */
+interface RawAddon {
+  open(opts: NativeOpenOptions): RawAesGcm;
   clearCryptoErrors?(): boolean;
   disableCoreDumps?(): { coreLimitZero: boolean; notDumpable: boolean; error?: string };
 }
 
-interface RawAesGcm extends NativeAesGcm {
+interface RawAesGcm {
+  encrypt(handle: number, iv: Buffer, aad: Buffer, plaintext: Buffer): Promise<Buffer>;
+  decrypt(handle: number, iv: Buffer, aad: Buffer, ciphertextWithTag: Buffer): Promise<Buffer>;
+  encryptBatch(items: NativeItem[]): Promise<Array<Buffer | Error>>;
+  decryptBatch(items: NativeItem[]): Promise<Array<Buffer | Error>>;
+  stats(): NativeStats;
+  close(): void;
   _closeWorkerSessions(): number;
+}
+
+function rethrow(e: unknown): never {
+  throw normalise(e);
+}
+
+function named(out: Array<Buffer | Error>): Array<Buffer | NativeError> {
+  for (let i = 0; i < out.length; i++) {
+    const r = out[i];
+    if (!Buffer.isBuffer(r)) out[i] = normalise(r);
+  }
+  return out as Array<Buffer | NativeError>;
+}
+
+/** The addon's context with every error named by the one table. */
+class AesGcm implements NativeAesGcm {
+  readonly #raw: RawAesGcm;
+
+  constructor(raw: RawAesGcm) {
+    if (raw === null || typeof raw !== 'object' || typeof raw.encrypt !== 'function') throw new TypeError('AesGcm is made by open(), not by its constructor');
+    this.#raw = raw;
+  }
+
+  encrypt(handle: number, iv: Buffer, aad: Buffer, plaintext: Buffer): Promise<Buffer> {
+    try {
+      return this.#raw.encrypt(handle, iv, aad, plaintext).catch(rethrow);
+    } catch (e) {
+      return Promise.reject(normalise(e));
+    }
+  }
+
+  decrypt(handle: number, iv: Buffer, aad: Buffer, ciphertextWithTag: Buffer): Promise<Buffer> {
+    try {
+      return this.#raw.decrypt(handle, iv, aad, ciphertextWithTag).catch(rethrow);
+    } catch (e) {
+      return Promise.reject(normalise(e));
+    }
+  }
+
+  encryptBatch(items: NativeItem[]): Promise<Array<Buffer | NativeError>> {
+    try {
+      return this.#raw.encryptBatch(items).then(named, rethrow);
+    } catch (e) {
+      return Promise.reject(normalise(e));
+    }
+  }
+
+  decryptBatch(items: NativeItem[]): Promise<Array<Buffer | NativeError>> {
+    try {
+      return this.#raw.decryptBatch(items).then(named, rethrow);
+    } catch (e) {
+      return Promise.reject(normalise(e));
+    }
+  }
+
+  stats(): NativeStats {
+    return this.#raw.stats();
+  }
+
+  close(): void {
+    this.#raw.close();
+  }
+
+  closeWorkerSessionsForTesting(): number {
+    return this.#raw._closeWorkerSessions();
+  }
 }
 
 const ADDON_FILE = 'kmsd_native.node';
@@ -141,7 +220,19 @@ function load(): RawAddon | null {
 
 /** The addon, or null when it is not built or does not load (see nativeAddonLoadError). */
 export function loadNativeAddon(): NativeAddon | null {
-  return load();
+  const raw = load();
+  if (!raw) return null;
+  return {
+    open(opts: NativeOpenOptions): NativeAesGcm {
+      let ctx: RawAesGcm;
+      try {
+        ctx = raw.open(opts);
+      } catch (e) {
+        throw normalise(e);
+      }
+      return new AesGcm(ctx);
+    },
+  };
 }
 
 /** Why loadNativeAddon() returned null; undefined if it has not failed. */
@@ -187,7 +278,7 @@ export function disableCoreDumps(): CoreDumpState {
 }
 
 /** Narrows a batch result. */
-export function isNativeError(result: Buffer | NativeError): result is NativeError {
+export function isNativeError(result: Buffer | Error): result is NativeError {
   return result instanceof Error;
 }
 
@@ -197,12 +288,5 @@ export function isNativeError(result: Buffer | NativeError): result is NativeErr
  * number of workers told.
  */
 export function closeWorkerSessionsForTesting(aes: NativeAesGcm): number {
-  return (aes as RawAesGcm)._closeWorkerSessions();
-}
-
-/** Test hook: the addon's CKR_ name for a return value. */
-export function ckrNameForTesting(rv: number): string {
-  const addon = load();
-  if (!addon) throw new Error(loadError);
-  return addon._ckrName(rv);
+  return (aes as AesGcm).closeWorkerSessionsForTesting();
 }

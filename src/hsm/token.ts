@@ -4,12 +4,15 @@
 //
 // Why one session and not a pool: pkcs11js calls are synchronous on the event loop, so two JS
 // callers can never use a session at the same time; a pool would only add handles to leak.
-// Concurrency for the hot path lives in the native addon, whose worker threads own their sessions.
+// Concurrency for the hot path lives in the native addon, whose worker threads own their sessions;
+// this context starts them (startWorkers) and stops them before its own session in close(), so the
+// rest of kmsd asks for encrypt/decrypt on a key version and never knows which binding ran it.
 
 import crypto from 'node:crypto';
 import * as pkcs11js from 'pkcs11js';
 import { HsmClosedError, HsmError, DecryptFailedError, UnwrapFailedError, isGcmAuthFailure, isSessionLost, toHsmError } from './errors';
-import { clearCryptoErrors } from './native-addon';
+import { clearCryptoErrors, loadNativeAddon, nativeAddonLoadError } from './native-addon';
+import { CmkDataPath, type CmkGcmItem, type DataPathInfo } from './data-path';
 import { composedGcmDecrypt, composedGcmEncrypt } from './gcm-composed';
 import { KwpIntegrityError, kwpUnwrap, kwpWrap } from './kwp-composed';
 
@@ -50,9 +53,18 @@ const INSTANCE_LABEL_PREFIX = 'kmsd:instance:';
 /** The kmsd objects of a token by kind (ids), as inventory() finds them in one pass. */
 export type TokenInventory = Record<ObjectKind | 'sign', Set<string>> & { instanceObjects: number };
 
-/** A short-lived session object (ephemeral or not yet persisted key). Always pass it to destroyTransient. */
+/** Where a TransientKey keeps its object handle: a symbol only this file holds. */
+const HANDLE: unique symbol = Symbol('pkcs11 object handle');
+
+/**
+ * A short-lived session object (ephemeral or not yet persisted key). Always pass it to
+ * destroyTransient. Opaque outside this file: the rest of kmsd passes it back, never sees a handle.
+ */
 export class TransientKey {
-  constructor(readonly handle: Handle) {}
+  readonly [HANDLE]: Handle;
+  constructor(handle: Handle) {
+    this[HANDLE] = handle;
+  }
 }
 
 /** DigestInfo prefix of SHA-256 (RFC 8017 9.2 note 1), for RSASSA-PKCS1-v1_5 with CKM_RSA_PKCS. */
@@ -164,9 +176,15 @@ export class HsmToken {
     return this.p11 === null;
   }
 
+  /**
+   * Closes everything this context opened, in the order the module needs: the addon's worker
+   * sessions first (they share the login), then the login session, then C_Finalize when this was
+   * the last context of the process. Every later call fails with HsmClosedError.
+   */
   close(): void {
     const p11 = this.p11;
     if (!p11) return;
+    this.dataPath.close();
     this.p11 = null;
     this.handleCache.clear();
     try {
@@ -187,6 +205,57 @@ export class HsmToken {
         /* finalize is best effort at shutdown */
       }
     }
+  }
+
+  /** close() once no off-loop key pair generation is running or queued (daemon shutdown). */
+  async shutdown(): Promise<void> {
+    await this.drain();
+    this.close();
+  }
+
+  // ---------------------------------------------------------------- the data path (CMK AES-GCM)
+
+  private readonly dataPath = new CmkDataPath(this);
+
+  /**
+   * Moves the data path onto the native addon's worker threads, each with its own session on this
+   * token's slot. Without the addon (not built, or it cannot open) the data path stays on pkcs11js
+   * and `reason` says why.
+   */
+  startWorkers(threads: number): { started: boolean; threads: number; reason?: string } {
+    if (!this.p11) throw new HsmClosedError();
+    const addon = loadNativeAddon();
+    if (!addon) return { started: false, threads: 0, reason: nativeAddonLoadError() ?? 'the native addon is not built' };
+    try {
+      const workers = addon.open({ modulePath: this.modulePath, slotId: this.slotId, threads });
+      this.dataPath.attachWorkers(workers);
+      return { started: true, threads: workers.stats().threads };
+    } catch (e) {
+      return { started: false, threads: 0, reason: (e as Error).message };
+    }
+  }
+
+  /** AES-256-GCM with CMK version `versionId`; resolves to ciphertext || 16-byte tag. */
+  encrypt(versionId: string, iv: Buffer, aad: Buffer, plaintext: Buffer): Promise<Buffer> {
+    return this.dataPath.encrypt(versionId, iv, aad, plaintext);
+  }
+
+  /** Rejects with DecryptFailedError on any authentication failure, NOT_FOUND when the key is gone. */
+  decrypt(versionId: string, iv: Buffer, aad: Buffer, ciphertextWithTag: Buffer): Promise<Buffer> {
+    return this.dataPath.decrypt(versionId, iv, aad, ciphertextWithTag);
+  }
+
+  /** Many operations at once (across the workers when they run): the output or an HsmError per item. */
+  encryptMany(items: CmkGcmItem[]): Promise<Array<Buffer | HsmError>> {
+    return this.dataPath.encryptMany(items);
+  }
+
+  decryptMany(items: CmkGcmItem[]): Promise<Array<Buffer | HsmError>> {
+    return this.dataPath.decryptMany(items);
+  }
+
+  dataPathInfo(): DataPathInfo {
+    return this.dataPath.info();
   }
 
   /** Runs fn with the session, reopening it once if the token dropped it under us. */
@@ -622,7 +691,7 @@ export class HsmToken {
    * material get different fingerprints, and it reveals nothing of the material.
    */
   fingerprint(key: TransientKey | { kind: ObjectKind; id: string }, cmkId: string): Buffer {
-    const h = key instanceof TransientKey ? key.handle : this.requireHandle(key.kind, key.id);
+    const h = key instanceof TransientKey ? key[HANDLE] : this.requireHandle(key.kind, key.id);
     const binding = Buffer.from(`kmsd/material-fingerprint/v1:${cmkId}`, 'utf8');
     const iv = crypto.createHash('sha256').update(binding).digest().subarray(0, 12);
     // (pkcs11js hands an empty buffer to the module as NULL, which SoftHSM rejects: use one block.)
@@ -638,8 +707,8 @@ export class HsmToken {
   persistTransient(key: TransientKey, kind: ObjectKind, id: string): void {
     if (this.handleOf(kind, id)) throw new HsmError(`token object ${this.label(kind, id)} already exists`, 'EXISTS');
     const h = this.withSession((p11, s) => {
-      const now = p11.C_GetAttributeValue(s, key.handle, [{ type: pkcs11js.CKA_EXTRACTABLE }, { type: pkcs11js.CKA_SENSITIVE }]);
-      const copy = p11.C_CopyObject(s, key.handle, [
+      const now = p11.C_GetAttributeValue(s, key[HANDLE], [{ type: pkcs11js.CKA_EXTRACTABLE }, { type: pkcs11js.CKA_SENSITIVE }]);
+      const copy = p11.C_CopyObject(s, key[HANDLE], [
         { type: pkcs11js.CKA_TOKEN, value: true },
         // Only the one-way changes the transient still needs: restating false on a key that is already
         // non-extractable is CKR_ATTRIBUTE_READ_ONLY on SoftHSM. opencryptoki 3.8 ignores CKA_SENSITIVE
@@ -665,7 +734,7 @@ export class HsmToken {
   destroyTransient(key: TransientKey | null | undefined): void {
     if (!key || !this.p11) return;
     try {
-      this.p11.C_DestroyObject(this.session, key.handle);
+      this.p11.C_DestroyObject(this.session, key[HANDLE]);
     } catch {
       // A session object dies with its session anyway; nothing to leak.
     }
@@ -727,19 +796,19 @@ export class HsmToken {
   /** CKA_VALUE_LEN as the token reports it (0 when it does not record it for unwrapped keys). */
   keyLengthReported(key: TransientKey): number {
     return this.withSession((p11, s) => {
-      const reported = p11.C_GetAttributeValue(s, key.handle, [{ type: pkcs11js.CKA_VALUE_LEN }])[0].value as Buffer;
+      const reported = p11.C_GetAttributeValue(s, key[HANDLE], [{ type: pkcs11js.CKA_VALUE_LEN }])[0].value as Buffer;
       return Number(reported.length >= 8 ? reported.readBigUInt64LE(0) : reported.readUInt32LE(0));
     }, 'C_GetAttributeValue');
   }
 
   encryptGcmTransient(key: TransientKey, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer {
-    return this.encryptGcmHandle(key.handle, iv, aad, plaintext);
+    return this.encryptGcmHandle(key[HANDLE], iv, aad, plaintext);
   }
 
   /** decryptGcm for a transient key (probes and vector tests). */
   decryptGcmTransient(key: TransientKey, iv: Buffer, aad: Buffer, ciphertextWithTag: Buffer): Buffer {
     try {
-      return this.withSession((p11, s) => this.gcmDecrypt(p11, s, key.handle, iv, aad, ciphertextWithTag), 'C_Decrypt');
+      return this.withSession((p11, s) => this.gcmDecrypt(p11, s, key[HANDLE], iv, aad, ciphertextWithTag), 'C_Decrypt');
     } catch (e) {
       if (isGcmAuthFailure((e as HsmError).code)) throw new DecryptFailedError();
       throw e;
@@ -770,7 +839,7 @@ export class HsmToken {
       ]);
       let wrapped: Buffer | null = null;
       try {
-        wrapped = p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, kek, key.handle, Buffer.alloc(1024));
+        wrapped = p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, kek, key[HANDLE], Buffer.alloc(1024));
         const rounded = wrapped.length - 8;
         return rounded;
       } finally {
@@ -783,7 +852,7 @@ export class HsmToken {
   /** True when the key works for AES at all (a 25..31-byte "AES key" wraps like a 32-byte one but cannot encrypt). */
   usableForAes(key: TransientKey): boolean {
     try {
-      this.encryptGcmHandle(key.handle, Buffer.alloc(12), Buffer.alloc(0), Buffer.alloc(16));
+      this.encryptGcmHandle(key[HANDLE], Buffer.alloc(12), Buffer.alloc(0), Buffer.alloc(16));
       return true;
     } catch {
       return false;
@@ -921,8 +990,8 @@ export class HsmToken {
       'root',
       rootId,
       (p11, s, root) => {
-        if (this.rootWrap === 'in-token') return p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, root, key.handle, Buffer.alloc(1024));
-        const material = this.extractTransient(p11, s, key.handle);
+        if (this.rootWrap === 'in-token') return p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, root, key[HANDLE], Buffer.alloc(1024));
+        const material = this.extractTransient(p11, s, key[HANDLE]);
         try {
           return kwpWrap((b) => this.rootBlock(p11, s, root, false, b), material);
         } finally {
@@ -1186,7 +1255,7 @@ export class HsmToken {
   aesBlockDecrypt(key: TransientKey, block: Buffer): Buffer {
     try {
       return this.withSession((p11, s) => {
-        p11.C_DecryptInit(s, { mechanism: pkcs11js.CKM_AES_ECB, parameter: null as unknown as Buffer }, key.handle);
+        p11.C_DecryptInit(s, { mechanism: pkcs11js.CKM_AES_ECB, parameter: null as unknown as Buffer }, key[HANDLE]);
         return p11.C_Decrypt(s, block, Buffer.alloc(16));
       }, 'C_Decrypt');
     } catch (e) {
@@ -1198,7 +1267,7 @@ export class HsmToken {
   aesKwpUnwrap(kek: TransientKey, wrapped: Buffer, usage: 'data' | 'unwrap', measurable: boolean): TransientKey {
     try {
       const h = this.withSession(
-        (p11, s) => this.unwrapWithTemplate(p11, s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, kek.handle, wrapped, usage, measurable),
+        (p11, s) => this.unwrapWithTemplate(p11, s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, kek[HANDLE], wrapped, usage, measurable),
         'C_UnwrapKey',
       );
       return new TransientKey(h);

@@ -55,8 +55,28 @@ export function freshIv(): Buffer {
   return iv;
 }
 
+// The first 36 bytes of a header (magic, version, CMK id, key version id) by key version: a batch
+// or a busy key encrypts under the same few versions again and again, and parsing two UUIDs per
+// item showed in profiles of EncryptStream. Bounded by clearing: a miss only costs the parse.
+const PREFIXES = new Map<string, Buffer>();
+const PREFIX_LIMIT = 4096;
+
+function headerPrefix(keyId: string, keyVersionId: string): Buffer {
+  const k = `${keyId}/${keyVersionId}`;
+  let p = PREFIXES.get(k);
+  if (!p) {
+    p = Buffer.concat([MAGIC, Buffer.from([FORMAT_VERSION]), uuidToBytes(keyId), uuidToBytes(keyVersionId)]);
+    if (PREFIXES.size >= PREFIX_LIMIT) PREFIXES.clear();
+    PREFIXES.set(k, p);
+  }
+  return p;
+}
+
 export function buildHeader(keyId: string, keyVersionId: string, iv: Buffer): Buffer {
-  return Buffer.concat([MAGIC, Buffer.from([FORMAT_VERSION]), uuidToBytes(keyId), uuidToBytes(keyVersionId), iv]);
+  const h = Buffer.allocUnsafe(HEADER_BYTES);
+  headerPrefix(keyId, keyVersionId).copy(h, 0);
+  iv.copy(h, HEADER_BYTES - IV_BYTES);
+  return h;
 }
 
 /** Parses a blob's header; a malformed blob is InvalidCiphertext naming what is wrong. */
@@ -88,8 +108,10 @@ export function canonicalContext(ctx: Record<string, string> | undefined): Buffe
   return Buffer.from(`{${keys.map((k) => `${JSON.stringify(k)}:${JSON.stringify(ctx[k])}`).join(',')}}`, 'utf8');
 }
 
+/** The AAD of a blob; the header itself (not a copy) when there is no context. */
 export function aadFor(header: Buffer, ctx: Record<string, string> | undefined): Buffer {
-  return Buffer.concat([header, canonicalContext(ctx)]);
+  const c = canonicalContext(ctx);
+  return c.length === 0 ? header : Buffer.concat([header, c]);
 }
 
 export function validateContext(field: string, ctx: Record<string, string> | undefined): void {

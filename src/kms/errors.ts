@@ -3,7 +3,7 @@
 // Where Alibaba Cloud KMS has a name for the error we use it; the rest are ours. docs/errors.md
 // mirrors this table (a unit test keeps them in step).
 
-import { HsmError } from '../hsm/errors';
+import { HsmError, type HsmErrorKind } from '../hsm/errors';
 
 export type Status =
   | 'INVALID_ARGUMENT'
@@ -96,12 +96,52 @@ export function missing(field: string): KmsError {
 }
 
 /**
+ * What a failed token call means to a caller, by the kind src/hsm/errors.ts gives it (one table from
+ * PKCS#11 return values to kinds there, this one from kinds to domain errors). null: an internal
+ * error, logged with its details and answered as InternalFailure. Typed as a Record over every
+ * kind, so a kind added there does not compile until it is given a meaning here.
+ */
+const HSM_ERRORS: Record<HsmErrorKind, ErrorCode | null> = {
+  CLOSED: 'ServiceUnavailable.Hsm', // shutting down
+  TOKEN_GONE: 'ServiceUnavailable.Hsm',
+  SESSION_LOST: null, // only after the retry on a fresh session failed too: a module fault
+  KEY_MISSING: 'Rejected.KeyMaterialMissing',
+  AUTH_FAILED: 'InvalidCiphertext',
+  UNWRAP_FAILED: 'InvalidParameter.EncryptedKeyMaterial',
+  MATERIAL_LENGTH: 'InvalidParameter.KeyMaterialLength',
+  LOGIN_FAILED: null,
+  ALREADY_DONE: null,
+  UNSUPPORTED: null, // refused up front by the capability probe; reaching the token is a bug
+  NOT_PERMITTED: null,
+  BAD_INPUT: null, // kmsd validates input before the token sees it
+  EXHAUSTED: null,
+  CONFLICT: null,
+  SETUP: null,
+  INTERNAL: null,
+};
+
+/** The domain error for an HsmError (null for anything else, and for internal errors). */
+export function fromHsm(e: unknown): KmsError | null {
+  if (!(e instanceof HsmError)) return null;
+  const code = HSM_ERRORS[e.kind];
+  if (code === null) return null;
+  switch (code) {
+    case 'ServiceUnavailable.Hsm':
+      return new KmsError(code, `the HSM is not available (${e.code})`);
+    case 'Rejected.KeyMaterialMissing':
+      return new KmsError(code, `KeyId: ${e.message}`);
+    case 'InvalidCiphertext':
+      return new KmsError(code, 'CiphertextBlob: authentication failed (the blob was altered, or the EncryptionContext differs from the one used to encrypt)');
+    default:
+      return new KmsError(code, `EncryptedKeyMaterial: ${e.message}`);
+  }
+}
+
+/**
  * HSM conditions that mean "the token is not usable" rather than a bug, as the error a caller gets
  * (unary calls and batch items alike); null for any other error.
  */
 export function hsmUnavailable(e: unknown): KmsError | null {
-  if (!(e instanceof HsmError) || !TOKEN_GONE.has(e.code)) return null;
-  return new KmsError('ServiceUnavailable.Hsm', `the HSM is not available (${e.code})`);
+  const k = fromHsm(e);
+  return k && k.code === 'ServiceUnavailable.Hsm' ? k : null;
 }
-
-const TOKEN_GONE = new Set(['CLOSED', 'CKR_DEVICE_REMOVED', 'CKR_TOKEN_NOT_PRESENT', 'CKR_DEVICE_ERROR']);

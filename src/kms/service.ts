@@ -862,7 +862,8 @@ export class KmsService {
         removed.push(t);
         this.keyEvent({ action: 'UnknownTokenObjectRemoved', keyId: '', details: { Kind: t.Kind, ObjectId: t.ObjectId } });
       } catch (e) {
-        failed.push({ Kind: t.Kind, ObjectId: t.ObjectId, Error: (e as { code?: string }).code ?? 'CKR_GENERAL_ERROR' });
+        // The token's own word for the refusal (its return value's name) is what an operator acts on.
+        failed.push({ Kind: t.Kind, ObjectId: t.ObjectId, Error: e instanceof HsmError ? e.code : 'InternalFailure' });
       }
     }
     this.log.warn({ removed, failed }, 'unknown token objects removed by an operator');

@@ -25,6 +25,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KMSCTL, Kmsd, listTokenObjects, makeTempDir, startKmsd } from '../helpers/daemon';
+import { offlineDecrypt } from '../helpers/offline';
 
 const ALGORITHMS = ['RSAES_PKCS1_V1_5', 'RSAES_OAEP_SHA_1', 'RSAES_OAEP_SHA_256', 'RSA_AES_KEY_WRAP_SHA_1', 'RSA_AES_KEY_WRAP_SHA_256'] as const;
 type Algorithm = (typeof ALGORITHMS)[number];
@@ -107,21 +108,6 @@ async function kmsctl(args: string[], cwd: string): Promise<any> {
   expect(r.code, `kmsctl ${args.join(' ')}\n${r.stderr}`).toBe(0);
   expect(r.stderr).toBe('');
   return JSON.parse(r.stdout);
-}
-
-/** docs/ciphertext.md: canonical EncryptionContext (keys sorted, no whitespace; empty = no bytes). */
-function canonical(ctx: Record<string, string>): Buffer {
-  const keys = Object.keys(ctx).sort();
-  return keys.length ? Buffer.from(JSON.stringify(Object.fromEntries(keys.map((x) => [x, ctx[x]]))), 'utf8') : Buffer.alloc(0);
-}
-
-/** docs/ciphertext.md: decrypts a CiphertextBlob with the raw key material, without kmsd. */
-function offlineDecrypt(material: Buffer, blobB64: string, ctx: Record<string, string>): Buffer {
-  const blob = Buffer.from(blobB64, 'base64');
-  const d = crypto.createDecipheriv('aes-256-gcm', material, blob.subarray(36, 48));
-  d.setAAD(Buffer.concat([blob.subarray(0, 48), canonical(ctx)]));
-  d.setAuthTag(blob.subarray(blob.length - 16));
-  return Buffer.concat([d.update(blob.subarray(48, blob.length - 16)), d.final()]);
 }
 
 const uuidBytes = (id: string) => Buffer.from(id.replace(/-/g, ''), 'hex');

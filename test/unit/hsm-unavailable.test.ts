@@ -6,7 +6,7 @@ import { hsmUnavailable } from '../../src/kms/errors';
 
 describe('hsmUnavailable', () => {
   it('maps a closed context and a token that is gone, naming the condition', () => {
-    for (const code of ['CLOSED', 'CKR_DEVICE_REMOVED', 'CKR_TOKEN_NOT_PRESENT', 'CKR_DEVICE_ERROR']) {
+    for (const code of ['CLOSED', 'CKR_DEVICE_REMOVED', 'CKR_TOKEN_NOT_PRESENT', 'CKR_DEVICE_ERROR'] as const) {
       const e = hsmUnavailable(new HsmError(`${code} happened`, code));
       expect(e?.code).toBe('ServiceUnavailable.Hsm');
       expect(e?.status).toBe('UNAVAILABLE');

@@ -1,33 +1,44 @@
-// Issue 4: how the Keyring reports HSM-level failures from the native addon, single and batched,
-// with a stand-in token and addon. Material destroyed while a request is in flight can surface from
+// How HSM-level failures from the native addon reach the domain, single and batched: the token
+// context's data path (src/hsm/data-path.ts) classifies them, the Keyring turns a missing key into
+// Rejected.KeyMaterialMissing. Stand-ins for the token's lookups and the addon's workers. Material destroyed while a request is in flight can surface from
 // SoftHSM as a stale handle or, in the race inside C_EncryptInit, as whatever the dying object
 // answered (CKR_KEY_FUNCTION_NOT_PERMITTED, CKR_KEY_TYPE_INCONSISTENT): all of them must become
 // Rejected.KeyMaterialMissing once the object is gone, and stay internal errors while it is not.
 
 import { describe, expect, it } from 'vitest';
+import { CmkDataPath, type CmkObjects } from '../../src/hsm/data-path';
 import { DecryptFailedError, HsmError } from '../../src/hsm/errors';
+import type { NativeAesGcm } from '../../src/hsm/native-addon';
 import type { HsmToken } from '../../src/hsm/token';
 import { KmsError } from '../../src/kms/errors';
-import { Keyring, type GcmItem, type NativeGcm } from '../../src/kms/keyring';
+import { Keyring, type GcmItem } from '../../src/kms/keyring';
 import type { KeyVersionRow, Store } from '../../src/store/store';
 
 const ver: KeyVersionRow = { version_id: '11111111-1111-4111-8111-111111111111', key_id: '22222222-2222-4222-8222-222222222222', creation_date: 0, software_wrapped: null, material_state: 'Present' };
 
-function ckr(code: string): Error {
-  return Object.assign(new Error(`C_EncryptInit failed: ${code}`), { code, pkcs11Function: 'C_EncryptInit' });
+/** What the addon rejects with: the bare return value and the function. */
+const RV = { CKR_OBJECT_HANDLE_INVALID: 0x82, CKR_KEY_FUNCTION_NOT_PERMITTED: 0x68, CKR_KEY_TYPE_INCONSISTENT: 0x63, CKR_GENERAL_ERROR: 0x5 } as const;
+function ckr(code: keyof typeof RV): Error {
+  return Object.assign(new Error(`C_EncryptInit failed: rv ${RV[code]}`), { code: 'PKCS11_ERROR', rv: RV[code], pkcs11Function: 'C_EncryptInit' });
 }
 
 function setup(opts: { present: () => boolean; handle?: () => number; fail: (i: number) => Error | null }) {
   let lookups = 0;
-  const token = {
+  const objects: CmkObjects = {
     has: () => (lookups++, opts.present()),
     numericHandle: () => {
       if (!opts.present()) throw new HsmError('token object cmk/x not found', 'NOT_FOUND');
       return opts.handle?.() ?? 7;
     },
-  } as unknown as HsmToken;
+    encryptGcm: () => {
+      throw new Error('the pkcs11js path is not used while the workers run');
+    },
+    decryptGcm: () => {
+      throw new Error('the pkcs11js path is not used while the workers run');
+    },
+  };
   const result = (i: number, data: Buffer) => opts.fail(i) ?? Buffer.concat([data, Buffer.alloc(16)]);
-  const native: NativeGcm = {
+  const native = {
     encrypt: async (_h, _iv, _aad, data) => {
       const r = result(0, data);
       if (r instanceof Error) throw r;
@@ -40,8 +51,20 @@ function setup(opts: { present: () => boolean; handle?: () => number; fail: (i: 
     },
     encryptBatch: async (items) => items.map((it, i) => result(i, it.data)),
     decryptBatch: async (items) => items.map((it, i) => result(i, it.data)),
-  };
-  const keyring = new Keyring(token, {} as Store, native);
+    stats: () => ({ encrypt: 0, decrypt: 0, sessionsReopened: 0, threads: 2 }),
+    close: () => undefined,
+  } as NativeAesGcm;
+  const path = new CmkDataPath(objects);
+  path.attachWorkers(native);
+  // The token context's data path methods, as HsmToken delegates them.
+  const token = {
+    encrypt: path.encrypt.bind(path),
+    decrypt: path.decrypt.bind(path),
+    encryptMany: path.encryptMany.bind(path),
+    decryptMany: path.decryptMany.bind(path),
+    dataPathInfo: path.info.bind(path),
+  } as unknown as HsmToken;
+  const keyring = new Keyring(token, {} as Store);
   return { keyring, lookups: () => lookups };
 }
 

@@ -9,8 +9,8 @@ import crypto from 'node:crypto';
 import * as pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { ckrName, toHsmError } from '../../src/hsm/errors.js';
 import {
-  ckrNameForTesting,
   closeWorkerSessionsForTesting,
   isNativeError,
   loadNativeAddon,
@@ -180,11 +180,15 @@ describe('loading and opening', () => {
     expect(() => new Ctor({})).toThrow(TypeError);
   });
 
-  it('names return values, unknown ones in hex', () => {
-    expect(ckrNameForTesting(0x40)).toBe('CKR_ENCRYPTED_DATA_INVALID');
-    expect(ckrNameForTesting(0x60)).toBe('CKR_KEY_HANDLE_INVALID');
-    expect(ckrNameForTesting(0xb3)).toBe('CKR_SESSION_HANDLE_INVALID');
-    expect(ckrNameForTesting(0x80000123)).toBe('CKR_0x80000123');
+  it('names return values by the one table of src/hsm/errors.ts, unknown ones in hex', () => {
+    expect(ckrName(0x40)).toBe('CKR_ENCRYPTED_DATA_INVALID');
+    expect(ckrName(0x60)).toBe('CKR_KEY_HANDLE_INVALID');
+    expect(ckrName(0xb3)).toBe('CKR_SESSION_HANDLE_INVALID');
+    expect(ckrName(0x80000123)).toBe('CKR_0x80000123');
+    // The addon's errors and pkcs11js's are named (and classified) by the same table.
+    expect(toHsmError({ rv: 0x82, pkcs11Function: 'C_EncryptInit' })).toMatchObject({ code: 'CKR_OBJECT_HANDLE_INVALID', kind: 'KEY_MISSING', pkcs11Function: 'C_EncryptInit', rv: 0x82 });
+    expect(toHsmError(new pkcs11js.Pkcs11Error('CKR_OBJECT_HANDLE_INVALID:130', 0x82, 'C_EncryptInit'))).toMatchObject({ code: 'CKR_OBJECT_HANDLE_INVALID', kind: 'KEY_MISSING', rv: 0x82 });
+    expect(toHsmError({ rv: 0x80000123 })).toMatchObject({ code: 'CKR_0x80000123', kind: 'INTERNAL' });
   });
 });
 

@@ -21,11 +21,13 @@ import { principalFromCertificate } from '../grpc/auth';
 import { alibabaDialect } from './alibaba';
 import { awsDialect } from './aws';
 import { xksDialect } from './xks';
+import { consoleDialect } from './console';
 import type { Dialect, HttpAnswer, HttpCall, HttpContext } from './types';
 import { HTTP_ERROR_TABLE, HTTP_REFUSAL_TABLE, HttpRefusal } from './error-table';
 
 // The XKS proxy first: its requests carry SigV4 too, but it claims them by path (.../kms/xks/v1/...).
-export const DIALECTS: Dialect[] = [xksDialect, awsDialect, alibabaDialect];
+// The console's static files are claimed by path (/console/) too.
+export const DIALECTS: Dialect[] = [consoleDialect(), xksDialect, awsDialect, alibabaDialect];
 
 /** Largest request body read, bytes; a larger one is refused with 413 before it is read whole. */
 export const MAX_BODY_BYTES = 1024 * 1024;
@@ -55,7 +57,7 @@ function plain(refusal: HttpRefusal, message: string, requestId: string): HttpAn
   const { code, status } = HTTP_REFUSAL_TABLE[refusal].alibaba;
   return {
     status,
-    headers: { 'content-type': 'application/json; charset=utf-8', 'x-acs-request-id': requestId },
+    headers: { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', 'x-acs-request-id': requestId },
     body: JSON.stringify({ Code: code, Message: message, RequestId: requestId, HostId: 'kmsd' }),
   };
 }

@@ -16,7 +16,11 @@ import { parseV3Authorization, sameSignature, v2Signature, v3CanonicalRequest, v
 
 export const ALIBABA_API_VERSION = '2016-01-20';
 
-/** The actions served: every key, alias, version, data-key and import action, and DescribeHsm. */
+/**
+ * The actions served: every key, alias, version, data-key and import action, DescribeHsm, and the
+ * ceremony and audit actions a console needs (InitCeremony, which takes a list of custodians, and
+ * ExportAudit stay with kmsctl and gRPC).
+ */
 export const ALIBABA_ACTIONS = [
   'CreateKey',
   'DescribeKey',
@@ -44,6 +48,17 @@ export const ALIBABA_ACTIONS = [
   'ImportKeyMaterial',
   'DeleteKeyMaterial',
   'DescribeHsm',
+  'DescribeCeremony',
+  'CreateProposal',
+  'GetProposal',
+  'ListProposals',
+  'ApproveProposal',
+  'ExecuteProposal',
+  'CancelProposal',
+  'RenewProposal',
+  'ListAuditEvents',
+  'VerifyAudit',
+  'GetUsageCounters',
 ] as const;
 
 const SERVED = new Set<string>(ALIBABA_ACTIONS);
@@ -56,15 +71,19 @@ const TIMESTAMP_RE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,3})?Z$/;
 
 type FieldKind = 'string' | 'int' | 'bool' | 'map';
 
+type MethodDefs = Record<string, { requestType: { type: { field: { name: string; type: string; label: string; typeName?: string }[]; nestedType?: { name: string; options?: { mapEntry?: boolean } }[] } } }>;
+
+/** The services whose actions the dialect may serve, searched in this order. */
+const SERVICES = ['kms.v1.KeyManagementService', 'kms.v1.CeremonyService', 'kms.v1.AuditService'];
+
 /** The fields of each action's gRPC request message, with how their string form is read. */
 function fieldsOf(action: string): Map<string, FieldKind> {
   const cached = FIELDS.get(action);
   if (cached) return cached;
-  const def = loadApi().definition['kms.v1.KeyManagementService'] as unknown as Record<
-    string,
-    { requestType: { type: { field: { name: string; type: string; label: string; typeName?: string }[]; nestedType?: { name: string; options?: { mapEntry?: boolean } }[] } } }
-  >;
-  const t = def[action].requestType.type;
+  const api = loadApi().definition as unknown as Record<string, MethodDefs>;
+  const service = SERVICES.find((s) => Object.prototype.hasOwnProperty.call(api[s], action));
+  if (!service) throw new KmsError('InternalFailure', `no RPC ${action} in the API`);
+  const t = api[service][action].requestType.type;
   const maps = new Set((t.nestedType ?? []).filter((n) => n.options?.mapEntry).map((n) => n.name));
   const out = new Map<string, FieldKind>();
   for (const f of t.field) {
@@ -122,13 +141,23 @@ export function readParams(call: HttpCall): { all: [string, string][]; query: [s
   return { all: out, query };
 }
 
+/**
+ * True when a parameter with a protocol name is the action's own field (CreateProposal's proposed
+ * Action, ListAuditEvents' Action filter, ApproveProposal's custodian Signature). Only under V3,
+ * where headers carry the API action and the signature; under V2 those names are the protocol's,
+ * so these fields can only be given in V3-signed requests.
+ */
+function ownsParam(action: string, name: string, v3: boolean): boolean {
+  return v3 && SERVED.has(action) && fieldsOf(action).has(name);
+}
+
 /** The domain request of an action from its string parameters, typed by the gRPC message. */
-export function domainRequest(action: string, params: Map<string, string>): Record<string, unknown> {
+export function domainRequest(action: string, params: Map<string, string>, v3 = false): Record<string, unknown> {
   const fields = fieldsOf(action);
   const req: Record<string, unknown> = {};
   const flattened = new Map<string, Record<string, string>>();
   for (const [name, value] of params) {
-    if (PROTOCOL_PARAMS.has(name)) continue;
+    if (PROTOCOL_PARAMS.has(name) && !ownsParam(action, name, v3)) continue;
     const dot = name.indexOf('.');
     if (dot > 0 && fields.get(name.slice(0, dot)) === 'map') {
       // What @alicloud/kms20160120 1.2.0 sends for a map: EncryptionContext.KEY=VALUE.
@@ -190,6 +219,12 @@ function alibabaShape(action: string, res: Record<string, unknown>): Record<stri
       return wrap('Aliases', 'Alias');
     case 'ListKeyVersions':
       return wrap('KeyVersions', 'KeyVersion');
+    case 'ListProposals':
+      return wrap('Proposals', 'Proposal');
+    case 'ListAuditEvents':
+      return wrap('Events', 'Event');
+    case 'GetUsageCounters':
+      return wrap('Counters', 'Counter');
     default:
       return res;
   }
@@ -198,6 +233,8 @@ function alibabaShape(action: string, res: Record<string, unknown>): Record<stri
 // ------------------------------------------------------------------ authentication
 
 interface Authenticated {
+  /** Signed with V3 (the API action in x-acs-action), not V2 (in the Action parameter). */
+  v3: boolean;
   accessKeyId: string;
   principal: string;
   action: string;
@@ -262,7 +299,7 @@ function authenticateV2(call: HttpCall, ctx: HttpContext, list: [string, string]
   if (version !== ALIBABA_API_VERSION) throw invalid('Version', `must be ${ALIBABA_API_VERSION}`);
   const format = params.get('Format');
   if (format && format.toUpperCase() !== 'JSON') throw invalid('Format', 'must be JSON');
-  return { accessKeyId: key.accessKeyId, principal: key.principal, action, params };
+  return { v3: false, accessKeyId: key.accessKeyId, principal: key.principal, action, params };
 }
 
 function authenticateV3(call: HttpCall, ctx: HttpContext, query: [string, string][], params: Map<string, string>, authorization: string): Authenticated {
@@ -287,14 +324,15 @@ function authenticateV3(call: HttpCall, ctx: HttpContext, query: [string, string
   useNonce(key.accessKeyId, headers['x-acs-signature-nonce'], 'x-acs-signature-nonce', call.receivedAt, signedAt);
   if (headers['x-acs-version'] !== ALIBABA_API_VERSION) throw invalid('x-acs-version', `must be ${ALIBABA_API_VERSION}`);
   const action = headers['x-acs-action'];
-  if (params.has('Action') && params.get('Action') !== action) throw invalid('Action', 'differs from the x-acs-action header');
-  return { accessKeyId: key.accessKeyId, principal: key.principal, action, params };
+  if (params.has('Action') && params.get('Action') !== action && !ownsParam(action, 'Action', true)) throw invalid('Action', 'differs from the x-acs-action header');
+  return { v3: true, accessKeyId: key.accessKeyId, principal: key.principal, action, params };
 }
 
 // ------------------------------------------------------------------ answers
 
 function json(status: number, body: object, requestId: string): HttpAnswer {
-  return { status, headers: { 'content-type': 'application/json;charset=utf-8', 'x-acs-request-id': requestId }, body: JSON.stringify(body) };
+  // Answers carry key metadata, import tokens and plaintexts: no cache may keep them.
+  return { status, headers: { 'content-type': 'application/json;charset=utf-8', 'cache-control': 'no-store', 'x-acs-request-id': requestId }, body: JSON.stringify(body) };
 }
 
 function errorAnswer(call: HttpCall, code: string, status: number, message: string): HttpAnswer {
@@ -312,7 +350,7 @@ export const alibabaDialect: Dialect = {
       if (call.method !== 'POST' && call.method !== 'GET') throw new HttpRefusalError('MalformedRequest', `method: ${call.method.slice(0, 16)} is not served (POST or GET)`);
       who = authenticate(call, ctx);
       if (!SERVED.has(who.action)) throw new HttpRefusalError('UnknownAction', `Action: "${who.action.slice(0, 64)}" is not an action of KMS ${ALIBABA_API_VERSION} served by kmsd`);
-      const req = domainRequest(who.action, who.params);
+      const req = domainRequest(who.action, who.params, who.v3);
       ran = true;
       const res = (await ctx.run(who.action, req, { principal: who.principal, accessKeyId: who.accessKeyId }, call)) as Record<string, unknown>;
       return json(200, { ...alibabaShape(who.action, res ?? {}), RequestId: call.requestId }, call.requestId);
