@@ -7,11 +7,12 @@ import { defineConfig } from 'vitest/config';
 // Two projects, one per PKCS#11 implementation. `softhsm` runs everything, two files at a time.
 // `opencryptoki` runs the suites listed in OPENCRYPTOKI_SUITES again with KMSD_TEST_TOKEN=opencryptoki
 // (test/helpers/opencryptoki.ts, test/helpers/daemon.ts): its soft token is one machine-wide slot,
-// so those files run one at a time, in a single worker. The crash suite is not among them:
-// opencryptoki 3.8 rewrites NVTOK.DAT and its object files in place (O_TRUNC, no rename), so a
-// SIGKILL mid-write wipes the token (docs/security.md §9); run it there by hand with
+// so those files run one at a time, in a single worker. The crash suite runs there only as its
+// failpoint kills, one request at a time (CRASH_FAILPOINTS_ONLY): opencryptoki 3.8 rewrites NVTOK.DAT
+// and its object files in place (O_TRUNC, no rename), so a SIGKILL while another PKCS#11 call writes
+// loses objects or wipes the token (docs/security.md §9). The random kills run there only by hand:
 // KMSD_TEST_TOKEN=opencryptoki npx vitest run --project softhsm test/e2e/crash.test.ts.
-const OPENCRYPTOKI_SUITES = ['test/integration/gcm-composed.test.ts', 'test/integration/kwp-composed.test.ts', 'test/e2e/lifecycle.test.ts', 'test/e2e/byok-lifecycle.test.ts', 'test/e2e/byok-walkthrough.test.ts', 'test/e2e/ceremony.test.ts', 'test/e2e/hsm-paths.test.ts'];
+const OPENCRYPTOKI_SUITES = ['test/integration/gcm-composed.test.ts', 'test/integration/kwp-composed.test.ts', 'test/e2e/lifecycle.test.ts', 'test/e2e/byok-lifecycle.test.ts', 'test/e2e/byok-walkthrough.test.ts', 'test/e2e/ceremony.test.ts', 'test/e2e/hsm-paths.test.ts', 'test/e2e/crash.test.ts'];
 
 export default defineConfig({
   test: {
@@ -30,7 +31,7 @@ export default defineConfig({
         test: {
           name: 'opencryptoki',
           include: OPENCRYPTOKI_SUITES,
-          env: { KMSD_TEST_TOKEN: 'opencryptoki' },
+          env: { KMSD_TEST_TOKEN: 'opencryptoki', CRASH_FAILPOINTS_ONLY: '1', CRASH_FAILPOINT_ROUNDS: '1' },
           fileParallelism: false,
           maxWorkers: 1,
         },

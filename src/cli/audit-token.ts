@@ -9,7 +9,7 @@
 import fs from 'node:fs';
 import { AUDIT_USAGE, AuditConfig, ConfigError, loadAuditConfig, useSoftHsmConf } from '../config';
 import { DEV_TOKEN_LABEL, devTokenPaths, findSoftHsmModule, readPinFile } from '../hsm/dev-token';
-import { AuditedObject, TokenAuditError, TokenListing, checkAttributes, listToken } from '../hsm/token-audit';
+import { AuditedObject, TokenAuditError, TokenListing, checkAttributes, listToken, roleRulesFor } from '../hsm/token-audit';
 import { Store, CmkRow, KeyVersionRow, WrappingKeyRow, TokenIntentRow, TokenDestroyRow } from '../store/store';
 import { ROOT_KEY_ID } from '../kms/keyring';
 import { MAC_KEY_ID } from '../kms/import';
@@ -65,6 +65,7 @@ export interface AuditReport {
 export function auditListing(listing: TokenListing, store: StoreView, opts: { allowForeignObjects: boolean; dataDir: string }): AuditReport {
   const findings: Finding[] = [];
   const explained: Explained[] = [];
+  const rules = roleRulesFor(listing.token.capabilities);
   const cmks = new Map(store.cmks.map((r) => [r.key_id, r]));
   const wraps = new Map(store.wrappingKeys.map((w) => [w.wrap_id, w]));
   // An HSM version claims its token object until its material is gone on purpose (Absent), as kmsd's reconciliation counts it.
@@ -97,13 +98,18 @@ export function auditListing(listing: TokenListing, store: StoreView, opts: { al
 
     // Requirements that depend on the store: generated CMK material never left the token; a
     // wrapping key may raw-decrypt only where its row says the host-assisted path was allowed.
-    const extra: Record<string, boolean> = {};
+    const extra: Record<string, boolean | string> = {};
     const claim = obj.role === 'cmk' ? claimedCmk.get(id) : undefined;
     if (claim && claim.cmk.origin !== 'EXTERNAL') Object.assign(extra, { alwaysSensitive: true, neverExtractable: true });
+    // Imported material that entered through C_CreateObject (host-assisted unwrap) carries no
+    // CKA_VALUE_LEN on tokens that record it only for generated or unwrapped keys (opencryptoki
+    // 3.8): the spec forbids stating it in that template. kmsd checked its length before it was
+    // created; a length the token does report must still be 32.
+    if (claim && claim.cmk.origin === 'EXTERNAL' && obj.attributes.valueLen === 'unavailable') extra.valueLen = 'unavailable';
     const wrapRow = obj.role === 'wrap-private' ? wraps.get(id) : undefined;
     if (wrapRow) extra.decrypt = wrapRow.raw_decrypt === 1;
     else if (obj.role === 'wrap-private') extra.decrypt = false;
-    const mismatches = checkAttributes(obj, extra);
+    const mismatches = checkAttributes(obj, rules, extra);
     if (mismatches.length) {
       findings.push({
         kind: 'attributes',

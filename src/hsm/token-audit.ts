@@ -31,8 +31,20 @@ export interface AuditedObject {
   attributes: Record<string, boolean | number | string | 'unavailable'>;
 }
 
+/**
+ * The mechanisms that decide which shape kmsd gives its per-token keys (token.ts decides from the
+ * same mechanism list when it creates them): the root key wraps with CKM_AES_KEY_WRAP_PAD, or else
+ * encrypts and decrypts blocks for RFC 5649 composed in kmsd; the audit signing key is ECDSA P-256,
+ * or else an RSA-3072 pair.
+ */
+export interface TokenCapabilities {
+  aesKeyWrapPad: boolean;
+  ecKeyPairGen: boolean;
+  ecdsa: boolean;
+}
+
 export interface TokenListing {
-  token: { label: string; manufacturer: string; model: string; serialNumber: string; slotId: number };
+  token: { label: string; manufacturer: string; model: string; serialNumber: string; slotId: number; capabilities: TokenCapabilities };
   objects: AuditedObject[];
 }
 
@@ -115,12 +127,20 @@ export function listToken(opts: { modulePath: string; tokenLabel: string; pin: s
         const code = /CKR_[A-Z_]+/.exec((e as Error).message)?.[0] ?? 'failed';
         if (code !== 'CKR_USER_ALREADY_LOGGED_IN') throw new TokenAuditError(`login to token "${opts.tokenLabel}" failed: ${code}`);
       }
+      const mechanisms = new Set<number>();
+      const list = slot.getMechanisms();
+      for (let i = 0; i < list.length; i++) mechanisms.add(list.items(i).type);
+      const capabilities: TokenCapabilities = {
+        aesKeyWrapPad: mechanisms.has(graphene.MechanismEnum.AES_KEY_WRAP_PAD),
+        ecKeyPairGen: mechanisms.has(graphene.MechanismEnum.EC_KEY_PAIR_GEN),
+        ecdsa: mechanisms.has(graphene.MechanismEnum.ECDSA),
+      };
       const objects: AuditedObject[] = [];
       // graphene's find runs C_FindObjectsInit/C_FindObjects/C_FindObjectsFinal itself, Final in finally.
       const found = session.find({ token: true });
       for (let i = 0; i < found.length; i++) objects.push(describe(found.items(i)));
       return {
-        token: { label: info.label.trim(), manufacturer: info.manufacturerID.trim(), model: info.model.trim(), serialNumber: info.serialNumber.trim(), slotId: Number(slot.handle.readBigUInt64LE(0)) },
+        token: { label: info.label.trim(), manufacturer: info.manufacturerID.trim(), model: info.model.trim(), serialNumber: info.serialNumber.trim(), slotId: Number(slot.handle.readBigUInt64LE(0)), capabilities },
         objects,
       };
     } finally {
@@ -288,6 +308,30 @@ export const ROLE_RULES: Record<ObjectRole, RoleRule> = {
   },
 };
 
+/**
+ * The rules for a token with these mechanisms. Where the token lacks CKM_AES_KEY_WRAP_PAD, kmsd's
+ * root key encrypts and decrypts AES blocks instead of wrapping (never both: where wrap exists, a
+ * plain decrypt would bypass the key-wrap integrity check). Where it lacks CKM_EC_KEY_PAIR_GEN or
+ * CKM_ECDSA, the audit signing pair is RSA-3072 with the same single usage. Deciding from the token
+ * rather than from the key's own attributes means a root key of the wrong shape for its token is a
+ * finding, not a second accepted shape.
+ */
+export function roleRulesFor(caps: TokenCapabilities): Record<ObjectRole, RoleRule> {
+  const rules = { ...ROLE_RULES };
+  if (!caps.aesKeyWrapPad) {
+    rules.root = { ...ROLE_RULES.root, attributes: { ...ROLE_RULES.root.attributes, wrap: false, unwrap: false, encrypt: true, decrypt: true } };
+  }
+  if (!(caps.ecKeyPairGen && caps.ecdsa)) {
+    const rsa = (r: RoleRule): RoleRule => {
+      const { ecParams: _ec, ...rest } = r.attributes; // eslint-disable-line @typescript-eslint/no-unused-vars
+      return { ...r, keyType: 'RSA', attributes: { ...rest, modulusBits: 3072 } };
+    };
+    rules['sign-private'] = rsa(ROLE_RULES['sign-private']);
+    rules['sign-public'] = rsa(ROLE_RULES['sign-public']);
+  }
+  return rules;
+}
+
 /** An attribute whose value differs from what the role requires. */
 export interface AttributeMismatch {
   attribute: string;
@@ -295,10 +339,10 @@ export interface AttributeMismatch {
   actual: boolean | number | string;
 }
 
-/** Checks an object against its role; `extra` adds or overrides per-object requirements. */
-export function checkAttributes(obj: AuditedObject, extra: Record<string, boolean | number | string> = {}): AttributeMismatch[] {
+/** Checks an object against its role in `rules`; `extra` adds or overrides per-object requirements. */
+export function checkAttributes(obj: AuditedObject, rules: Record<ObjectRole, RoleRule>, extra: Record<string, boolean | number | string> = {}): AttributeMismatch[] {
   if (!obj.role) return [];
-  const rule = ROLE_RULES[obj.role];
+  const rule = rules[obj.role];
   const out: AttributeMismatch[] = [];
   if (obj.class !== rule.class) out.push({ attribute: 'class', expected: rule.class, actual: obj.class });
   if (rule.keyType && obj.keyType !== rule.keyType) out.push({ attribute: 'keyType', expected: rule.keyType, actual: obj.keyType ?? 'none' });

@@ -15,6 +15,7 @@ import crypto from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KmsClientError } from '../../src/client/client';
 import { Kmsd, listTokenObjects, startKmsd } from '../helpers/daemon';
+import { auditArgsFor, auditToken, describeFindings } from '../helpers/audit-token';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 
@@ -26,12 +27,14 @@ let caps: Record<string, boolean>;
 const materials: Buffer[] = [];
 
 beforeAll(async () => {
-  k = await startKmsd({ env: { KMS_SCHEDULER_INTERVAL_MS: '3600000' } });
+  // Kept after stop: the token auditor reads the store at the end.
+  k = await startKmsd({ keep: true, env: { KMS_SCHEDULER_INTERVAL_MS: '3600000' } });
   caps = (await k.client.call('DescribeHsm')).Capabilities;
 });
 
 afterAll(async () => {
   await k?.stop();
+  k?.cleanup();
 });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -573,5 +576,19 @@ describe('host-assisted unwrap (allowed on the development token)', () => {
     for (const m of materials) {
       for (const form of [m.toString('hex'), m.toString('base64'), m.toString('base64url'), m.toString('hex').toUpperCase()]) expect(log).not.toContain(form);
     }
+  });
+});
+
+describe('the independent token auditor', () => {
+  it('accepts every imported CMK object and wrapping key pair this file left behind (exit 0)', async () => {
+    // Stopped first: a settled store and token, with no background wrapping-key generation in flight.
+    expect(await k.stop()).toBe(0);
+    const audit = auditToken(auditArgsFor(k.dataDir));
+    expect(audit.code, `audit-token after the BYOK runs: ${describeFindings(audit)}`).toBe(0);
+    // Imported material: sensitive and non-extractable as read back, but never "always sensitive".
+    const imported = (audit.report.objects as { role: string; attributes: Record<string, unknown> }[]).filter((o) => o.role === 'cmk' && o.attributes.neverExtractable === false);
+    expect(imported.length).toBeGreaterThan(0);
+    for (const o of imported) expect(o.attributes).toMatchObject({ sensitive: true, extractable: false, modifiable: false });
+    expect(audit.report.summary.byRole['wrap-private']).toBeGreaterThan(0);
   });
 });

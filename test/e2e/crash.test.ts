@@ -31,13 +31,18 @@ import { KmsClient, KmsClientError } from '../../src/client/client';
 import { serviceConstructor } from '../../src/api/proto';
 import { KMSD, TEST_TOKEN, listTokenObjects, makeTempDir, opencryptokiTestToken } from '../helpers/daemon';
 import { OPENCRYPTOKI_MODULE } from '../helpers/opencryptoki';
-import { auditToken, describeFindings } from '../helpers/audit-token';
+import { auditArgsFor, auditToken, describeFindings } from '../helpers/audit-token';
 
-const KILLS = Number(process.env.CRASH_KILLS ?? 34);
+// CRASH_FAILPOINTS_ONLY=1 (the opencryptoki project): kmsd is killed only by a failpoint, with one
+// request at a time, so no other PKCS#11 call is in flight when it dies; a missed failpoint ends in
+// SIGTERM, not a kill. opencryptoki 3.8 rewrites its token files in place, and a kill during one of
+// its writes loses objects or the whole slot (docs/security.md §9): that is not kmsd's to survive.
+const FAILPOINTS_ONLY = process.env.CRASH_FAILPOINTS_ONLY === '1';
+const KILLS = FAILPOINTS_ONLY ? 0 : Number(process.env.CRASH_KILLS ?? 34);
 const FAILPOINT_ROUNDS = Number(process.env.CRASH_FAILPOINT_ROUNDS ?? 4);
 const FAILPOINTS = (process.env.CRASH_FAILPOINTS ?? 'C_GenerateKey,C_GenerateKeyPair,C_CopyObject,C_DestroyObject').split(',');
 const SEED = Number(process.env.CRASH_SEED ?? Date.now() % 1_000_000);
-const LANES = 5;
+const LANES = FAILPOINTS_ONLY ? 1 : 5;
 const MAX_LIVE_KEYS = 16;
 
 // A small deterministic PRNG (mulberry32) so a failing run can be replayed with CRASH_SEED.
@@ -568,13 +573,20 @@ describe('SIGKILL at random points', () => {
       // Random: kill after a random time. Failpoint: wait for kmsd to kill itself (or give up after 5 s).
       await Promise.race([point ? Promise.race([p.exited, sleep(5000)]) : sleep(60 + rnd() * 500), laneDone]);
       stop.stopped = true;
-      await kill(p);
+      const fired = Boolean(point) && /crash-failpoints: SIGKILL at/.test(p.out);
+      if (FAILPOINTS_ONLY && !fired) {
+        // Not killed at a point of our choosing: stop it cleanly instead of killing it mid-call.
+        await laneDone;
+        p.child.kill('SIGTERM');
+        await p.exited;
+        allLogs += p.out;
+      } else await kill(p);
       if (point) {
-        if (/crash-failpoints: SIGKILL at/.test(p.out)) bump(stats.failpointKills, point);
+        if (fired) bump(stats.failpointKills, point);
         else stats.failpointMisses++;
       }
       stats.workMs += Date.now() - t;
-      stats.kills++;
+      if (!(FAILPOINTS_ONLY && !fired)) stats.kills++;
       for (const f of inFlight.values()) bump(stats.inFlightAtKill, f.action);
       const t2 = Date.now();
       await laneDone;
@@ -597,7 +609,7 @@ describe('SIGKILL at random points', () => {
     expect(p.child.exitCode).toBe(0);
     expect(allLogs).not.toMatch(/"msg":"internal error"/);
     // The independent auditor agrees: every object has its role's attributes, and store and token explain each other.
-    const audit = auditToken(['--data-dir', dataDir]);
+    const audit = auditToken(auditArgsFor(dataDir));
     expect(audit.code, `audit-token after the crash rounds (seed ${SEED}): ${describeFindings(audit)}`).toBe(0);
     expect(audit.report.summary.byRole.cmk).toBeGreaterThan(0);
     console.log(`crash harness: seed ${SEED}, ${((Date.now() - started) / 1000).toFixed(1)} s`, JSON.stringify(stats));
@@ -606,7 +618,8 @@ describe('SIGKILL at random points', () => {
     for (const fp of FAILPOINTS) expect(Object.keys(stats.failpointKills).some((k) => k.startsWith(fp)), `failpoint ${fp} never fired`).toBe(true);
   }, 600_000);
 
-  it('a crash inside the end of a deletion window leaves pending destroys, never metadata without material', async () => {
+  // Left to the full runs: it kills an idle kmsd once, and the failpoints-only set stays within its minute.
+  it.skipIf(FAILPOINTS_ONLY)('a crash inside the end of a deletion window leaves pending destroys, never metadata without material', async () => {
     // A CMK with three HSM versions is scheduled for deletion; kmsd then runs through the failpoint
     // module and is killed before the 2nd C_DestroyObject of the scheduler's destroyCmk. Destroying
     // material before deleting metadata (the old order) left a PendingDeletion CMK with a version
@@ -647,7 +660,7 @@ describe('SIGKILL at random points', () => {
       p.child.kill('SIGTERM');
       await p.exited;
       expect(p.child.exitCode).toBe(0);
-      const audit = auditToken(['--data-dir', dir]);
+      const audit = auditToken(auditArgsFor(dir));
       expect(audit.code, `audit-token after the interrupted deletion: ${describeFindings(audit)}`).toBe(0);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });

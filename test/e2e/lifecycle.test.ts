@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KmsClientError } from '../../src/client/client';
 import { ERROR_TABLE, ErrorCode } from '../../src/kms/errors';
 import { Kmsd, listTokenObjects, startKmsd } from '../helpers/daemon';
+import { auditArgsFor, auditToken, describeFindings } from '../helpers/audit-token';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$/;
@@ -36,11 +37,13 @@ const METADATA_FIELDS = [
 let k: Kmsd;
 
 beforeAll(async () => {
-  k = await startKmsd({ env: { KMS_PENDING_WINDOW_DAY_SECONDS: '1', KMS_SCHEDULER_INTERVAL_MS: '200' } });
+  // Kept after stop: the token auditor reads the store at the end.
+  k = await startKmsd({ keep: true, env: { KMS_PENDING_WINDOW_DAY_SECONDS: '1', KMS_SCHEDULER_INTERVAL_MS: '200' } });
 });
 
 afterAll(async () => {
   await k?.stop();
+  k?.cleanup();
 });
 
 const b64 = (s: string | Buffer) => Buffer.from(s).toString('base64');
@@ -644,5 +647,17 @@ describe('deletion window end', () => {
     // The daemon keeps serving.
     const m = await createKey();
     expect(m.KeyState).toBe('Enabled');
+  });
+});
+
+describe('the independent token auditor', () => {
+  it('finds every object of the token this file left behind in its role and explained by the store (exit 0)', async () => {
+    // Stopped first: a settled store and token, with no background wrapping-key generation in flight.
+    expect(await k.stop()).toBe(0);
+    const audit = auditToken(auditArgsFor(k.dataDir));
+    expect(audit.code, `audit-token after the lifecycle: ${describeFindings(audit)}`).toBe(0);
+    expect(audit.report.summary.byRole.cmk).toBeGreaterThan(0);
+    expect(audit.report.summary.byRole.root).toBe(1);
+    expect(audit.report.summary.byRole['sign-private']).toBe(1);
   });
 });

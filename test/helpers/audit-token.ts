@@ -3,7 +3,7 @@
 
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
-import { ROOT } from './daemon';
+import { ROOT, TEST_TOKEN, opencryptokiTestToken } from './daemon';
 
 export const AUDIT_TOKEN = path.join(ROOT, 'dist', 'src', 'cli', 'audit-token.js');
 
@@ -29,4 +29,14 @@ export function auditToken(args: string[], env: Record<string, string> = {}): Au
 /** The findings of a run, for an assertion message that says what was wrong. */
 export function describeFindings(run: AuditRun): string {
   return run.report ? JSON.stringify(run.report.findings, null, 1) : `exit ${run.code}: ${run.stderr}`;
+}
+
+/**
+ * The auditor's arguments for a daemon's token: its data directory, and on opencryptoki (whose token
+ * is not in the data directory) the module, label and PIN file kmsd was given.
+ */
+export function auditArgsFor(dataDir: string): string[] {
+  if (TEST_TOKEN !== 'opencryptoki') return ['--data-dir', dataDir];
+  const t = opencryptokiTestToken();
+  return ['--data-dir', dataDir, '--pkcs11-module', t.modulePath, '--token-label', t.label, '--pin-file', t.pinFile];
 }

@@ -6,11 +6,13 @@
 import crypto from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HsmToken } from '../../src/hsm/token';
-import { AuditedObject, ROLE_RULES, checkAttributes, listToken } from '../../src/hsm/token-audit';
+import { AuditedObject, ROLE_RULES, RoleRule, ObjectRole, checkAttributes, listToken, roleRulesFor } from '../../src/hsm/token-audit';
 import { createSoftHsmToken, SoftHsmToken } from '../helpers/softhsm-token';
 
 let t: SoftHsmToken;
 let objects: AuditedObject[];
+/** The auditor's rules for this token's mechanisms (SoftHSM has KWP and ECDSA: the default ones). */
+let rules: Record<ObjectRole, RoleRule>;
 
 beforeAll(() => {
   t = createSoftHsmToken({ label: 'templates' });
@@ -34,7 +36,10 @@ beforeAll(() => {
   } finally {
     token.close(); // C_Finalize, so graphene initializes the module afresh
   }
-  objects = listToken({ modulePath: t.modulePath, tokenLabel: t.label, pin: t.userPin }).objects;
+  const listing = listToken({ modulePath: t.modulePath, tokenLabel: t.label, pin: t.userPin });
+  objects = listing.objects;
+  rules = roleRulesFor(listing.token.capabilities);
+  expect(rules).toEqual(ROLE_RULES);
 });
 
 afterAll(() => t?.cleanup());
@@ -70,7 +75,7 @@ describe('templates, read back through graphene-pk11', () => {
     const o = one('kmsd:cmk:generated', 'secret-key');
     expect(o).toMatchObject({ keyType: 'AES', id: 'generated', role: 'cmk' });
     expect(o.attributes).toEqual({ ...SECRET_KEY_DEFAULTS, alwaysSensitive: true, neverExtractable: true, encrypt: true, decrypt: true, wrap: false, unwrap: false, sign: false, verify: false, derive: false, valueLen: 32 });
-    expect(checkAttributes(o, { alwaysSensitive: true, neverExtractable: true })).toEqual([]);
+    expect(checkAttributes(o, rules, { alwaysSensitive: true, neverExtractable: true })).toEqual([]);
   });
 
   it('imported CMK material: non-extractable and non-modifiable once persisted, though it was known outside once', () => {
@@ -78,21 +83,21 @@ describe('templates, read back through graphene-pk11', () => {
     expect(o).toMatchObject({ keyType: 'AES', id: 'imported', role: 'cmk' });
     // The value came from the host (C_CreateObject), so the token rightly never calls it always sensitive or never extractable.
     expect(o.attributes).toEqual({ ...SECRET_KEY_DEFAULTS, local: false, alwaysSensitive: false, neverExtractable: false, encrypt: true, decrypt: true, wrap: false, unwrap: false, sign: false, verify: false, derive: false, valueLen: 32 });
-    expect(checkAttributes(o)).toEqual([]);
+    expect(checkAttributes(o, rules)).toEqual([]);
   });
 
   it('the root key', () => {
     const o = one('kmsd:root:root-v1', 'secret-key');
     expect(o).toMatchObject({ keyType: 'AES', id: 'root-v1', role: 'root' });
     expect(o.attributes).toEqual({ ...SECRET_KEY_DEFAULTS, alwaysSensitive: true, neverExtractable: true, encrypt: false, decrypt: false, wrap: true, unwrap: true, sign: false, verify: false, derive: false, valueLen: 32 });
-    expect(checkAttributes(o)).toEqual([]);
+    expect(checkAttributes(o, rules)).toEqual([]);
   });
 
   it('the MAC key of import tokens', () => {
     const o = one('kmsd:mac:import-token-v1', 'secret-key');
     expect(o).toMatchObject({ keyType: 'GENERIC_SECRET', id: 'import-token-v1', role: 'mac' });
     expect(o.attributes).toEqual({ ...SECRET_KEY_DEFAULTS, alwaysSensitive: true, neverExtractable: true, encrypt: false, decrypt: false, wrap: false, unwrap: false, sign: true, verify: true, derive: false, valueLen: 32 });
-    expect(checkAttributes(o)).toEqual([]);
+    expect(checkAttributes(o, rules)).toEqual([]);
   });
 
   it.each([
@@ -102,11 +107,11 @@ describe('templates, read back through graphene-pk11', () => {
     const priv = one(`kmsd:wrap:${id}`, 'private-key');
     expect(priv).toMatchObject({ keyType: 'RSA', id, role: 'wrap-private' });
     expect(priv.attributes).toEqual({ token: true, private: true, modifiable: false, sensitive: true, extractable: false, alwaysSensitive: true, neverExtractable: true, decrypt: raw, unwrap: true, sign: false, signRecover: false, derive: false, local: true, modulusBits: 2048 });
-    expect(checkAttributes(priv, { decrypt: raw })).toEqual([]);
+    expect(checkAttributes(priv, rules, { decrypt: raw })).toEqual([]);
     const pub = one(`kmsd:wrap:${id}`, 'public-key');
     expect(pub).toMatchObject({ keyType: 'RSA', id, role: 'wrap-public' });
     expect(pub.attributes).toEqual({ token: true, private: false, modifiable: false, encrypt: true, wrap: true, verify: false, verifyRecover: false, derive: false, local: true, modulusBits: 2048 });
-    expect(checkAttributes(pub)).toEqual([]);
+    expect(checkAttributes(pub, rules)).toEqual([]);
   });
 
   it('the audit signing key pair (P-256)', () => {
@@ -114,17 +119,17 @@ describe('templates, read back through graphene-pk11', () => {
     const priv = one('kmsd:sign:audit-v1', 'private-key');
     expect(priv).toMatchObject({ keyType: 'EC', id: 'audit-v1', role: 'sign-private' });
     expect(priv.attributes).toEqual({ token: true, private: true, modifiable: false, sensitive: true, extractable: false, alwaysSensitive: true, neverExtractable: true, decrypt: false, unwrap: false, sign: true, signRecover: false, derive: false, local: true, ecParams: p256 });
-    expect(checkAttributes(priv)).toEqual([]);
+    expect(checkAttributes(priv, rules)).toEqual([]);
     const pub = one('kmsd:sign:audit-v1', 'public-key');
     expect(pub.attributes).toEqual({ token: true, private: false, modifiable: false, encrypt: false, wrap: false, verify: true, verifyRecover: false, derive: false, local: true, ecParams: p256 });
-    expect(checkAttributes(pub)).toEqual([]);
+    expect(checkAttributes(pub, rules)).toEqual([]);
   });
 
   it('the instance data object binding the token to its store', () => {
     const o = one('kmsd:instance:7', 'data');
     expect(o).toMatchObject({ role: 'instance', id: null });
     expect(o.attributes).toEqual({ token: true, private: true, modifiable: true, application: 'kmsd:instance', value: 'instance-under-test' });
-    expect(checkAttributes(o)).toEqual([]);
+    expect(checkAttributes(o, rules)).toEqual([]);
   });
 
   it('every role has a rule the objects above were checked against', () => {

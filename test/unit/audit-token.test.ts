@@ -17,7 +17,7 @@ const GENERATED = { alwaysSensitive: true, neverExtractable: true };
 
 function base(): { listing: TokenListing; store: StoreView } {
   const listing: TokenListing = {
-    token: { label: 'T', manufacturer: 'm', model: 'x', serialNumber: '1', slotId: 1 },
+    token: { label: 'T', manufacturer: 'm', model: 'x', serialNumber: '1', slotId: 1, capabilities: { aesKeyWrapPad: true, ecKeyPairGen: true, ecdsa: true } },
     objects: [
       obj('kmsd:root:root-v1', 'secret-key'),
       obj('kmsd:mac:import-token-v1', 'secret-key'),
@@ -67,6 +67,18 @@ describe('auditListing', () => {
     expect(run(b).findings).toMatchObject([{ kind: 'attributes', object: 'kmsd:wrap:w1', detail: 'decrypt is true, its role (wrap-private) requires false' }]);
   });
 
+  it('imported material may lack CKA_VALUE_LEN (created, not unwrapped); generated material may not, and a reported length must be 32', () => {
+    const b = base();
+    b.listing.objects[6].attributes.valueLen = 'unavailable';
+    expect(run(b).findings).toEqual([]);
+    b.listing.objects[6].attributes.valueLen = 16;
+    b.listing.objects[5].attributes.valueLen = 'unavailable';
+    expect(run(b).findings.map((f) => `${f.object} ${f.detail}`)).toEqual([
+      'kmsd:cmk:v-gen valueLen is unavailable, its role (cmk) requires 32',
+      'kmsd:cmk:v-imp valueLen is 16, its role (cmk) requires 32',
+    ]);
+  });
+
   it('a missing half of a wrapping key pair, and a missing per-token key, are missing', () => {
     const b = base();
     b.listing.objects = b.listing.objects.filter((o) => !(o.label === 'kmsd:wrap:w1' && o.class === 'public-key') && o.label !== 'kmsd:root:root-v1');
@@ -101,5 +113,67 @@ describe('auditListing', () => {
     const b = base();
     b.store.versions[1].material_state = 'Absent';
     expect(run(b).findings).toMatchObject([{ kind: 'orphan', object: 'kmsd:cmk:v-imp' }]);
+  });
+});
+
+describe('auditListing on a token without CKM_AES_KEY_WRAP_PAD or ECDSA (opencryptoki 3.8)', () => {
+  const NO_KWP_NO_EC = { aesKeyWrapPad: false, ecKeyPairGen: false, ecdsa: false };
+  /** What kmsd makes there: a root key that encrypts and decrypts blocks, and an RSA-3072 audit signing pair. */
+  function ockShaped(): { listing: TokenListing; store: StoreView } {
+    const b = base();
+    b.listing.token.capabilities = { ...NO_KWP_NO_EC };
+    const rsa = { keyType: 'RSA', modulusBits: 3072, ecParams: 'unavailable' };
+    b.listing.objects = b.listing.objects.map((o) => {
+      if (o.role === 'root') return { ...o, attributes: { ...o.attributes, wrap: false, unwrap: false, encrypt: true, decrypt: true } };
+      if (o.role === 'sign-private' || o.role === 'sign-public') return { ...o, keyType: 'RSA', attributes: { ...o.attributes, ...rsa } };
+      return o;
+    });
+    return b;
+  }
+
+  it('accepts the composed root key and the RSA-3072 signing pair kmsd makes there', () => {
+    expect(run(ockShaped()).findings).toEqual([]);
+  });
+
+  it('still requires sensitive, non-extractable, non-modifiable and only the needed usages', () => {
+    const b = ockShaped();
+    const root = b.listing.objects.find((o) => o.role === 'root')!;
+    Object.assign(root.attributes, { modifiable: true, sign: true });
+    const priv = b.listing.objects.find((o) => o.role === 'sign-private')!;
+    Object.assign(priv.attributes, { extractable: true, decrypt: true, modulusBits: 2048 });
+    const details = run(b).findings.map((f) => `${f.object} ${f.detail}`);
+    expect(details).toEqual([
+      'kmsd:root:root-v1 modifiable is true, its role (root) requires false; sign is true, its role (root) requires false',
+      'kmsd:sign:audit-v1 extractable is true, its role (sign-private) requires false; decrypt is true, its role (sign-private) requires false; modulusBits is 2048, its role (sign-private) requires 3072',
+    ]);
+  });
+
+  it('a root key that both wraps and encrypts is a finding on either kind of token', () => {
+    for (const kwp of [true, false]) {
+      const b = ockShaped();
+      b.listing.token.capabilities.aesKeyWrapPad = kwp;
+      const root = b.listing.objects.find((o) => o.role === 'root')!;
+      Object.assign(root.attributes, { wrap: true, unwrap: true, encrypt: true, decrypt: true });
+      expect(run(b).findings, `aesKeyWrapPad ${kwp}`).toMatchObject([{ kind: 'attributes', object: 'kmsd:root:root-v1', detail: kwp ? expect.stringMatching(/^encrypt is true.*decrypt is true/) : expect.stringMatching(/^wrap is true.*unwrap is true/) }]);
+    }
+  });
+
+  it('the shape is decided by the token: the composed root or an RSA signing key on a token with KWP and ECDSA is a finding', () => {
+    const b = ockShaped();
+    b.listing.token.capabilities = { aesKeyWrapPad: true, ecKeyPairGen: true, ecdsa: true };
+    expect(run(b).findings.map((f) => `${f.object} ${f.detail.split(';')[0]}`)).toEqual([
+      'kmsd:root:root-v1 wrap is false, its role (root) requires true',
+      'kmsd:sign:audit-v1 keyType is RSA, its role (sign-private) requires EC',
+      'kmsd:sign:audit-v1 keyType is RSA, its role (sign-public) requires EC',
+    ]);
+  });
+
+  it('an EC signing pair on a token without ECDSA is a finding (kmsd could not sign with it)', () => {
+    const b = base();
+    b.listing.token.capabilities = { ...NO_KWP_NO_EC, aesKeyWrapPad: true };
+    expect(run(b).findings.map((f) => `${f.object} ${f.detail.split(';')[0]}`)).toEqual([
+      'kmsd:sign:audit-v1 keyType is EC, its role (sign-private) requires RSA',
+      'kmsd:sign:audit-v1 keyType is EC, its role (sign-public) requires RSA',
+    ]);
   });
 });
