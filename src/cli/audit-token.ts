@@ -98,14 +98,15 @@ export function auditListing(listing: TokenListing, store: StoreView, opts: { al
 
     // Requirements that depend on the store: generated CMK material never left the token; a
     // wrapping key may raw-decrypt only where its row says the host-assisted path was allowed.
-    const extra: Record<string, boolean | string> = {};
+    const extra: Record<string, boolean | number | string> = {};
     const claim = obj.role === 'cmk' ? claimedCmk.get(id) : undefined;
     if (claim && claim.cmk.origin !== 'EXTERNAL') Object.assign(extra, { alwaysSensitive: true, neverExtractable: true });
     // Imported material that entered through C_CreateObject (host-assisted unwrap) carries no
-    // CKA_VALUE_LEN on tokens that record it only for generated or unwrapped keys (opencryptoki
-    // 3.8): the spec forbids stating it in that template. kmsd checked its length before it was
-    // created; a length the token does report must still be 32.
-    if (claim && claim.cmk.origin === 'EXTERNAL' && obj.attributes.valueLen === 'unavailable') extra.valueLen = 'unavailable';
+    // CKA_VALUE_LEN on tokens that record it only for generated or unwrapped keys: opencryptoki 3.8
+    // leaves it out, SoftHSM 2.6 reports 0; the spec forbids stating it in that template. kmsd
+    // checked its length before it was created; any other length the token reports must be 32.
+    const noLength = obj.attributes.valueLen === 'unavailable' || obj.attributes.valueLen === 0;
+    if (claim && claim.cmk.origin === 'EXTERNAL' && noLength) extra.valueLen = obj.attributes.valueLen as number | string;
     const wrapRow = obj.role === 'wrap-private' ? wraps.get(id) : undefined;
     if (wrapRow) extra.decrypt = wrapRow.raw_decrypt === 1;
     else if (obj.role === 'wrap-private') extra.decrypt = false;

@@ -67,9 +67,12 @@ describe('auditListing', () => {
     expect(run(b).findings).toMatchObject([{ kind: 'attributes', object: 'kmsd:wrap:w1', detail: 'decrypt is true, its role (wrap-private) requires false' }]);
   });
 
-  it('imported material may lack CKA_VALUE_LEN (created, not unwrapped); generated material may not, and a reported length must be 32', () => {
+  it('imported material may lack CKA_VALUE_LEN or report 0 (created, not unwrapped); generated material may not, and a reported length must be 32', () => {
     const b = base();
     b.listing.objects[6].attributes.valueLen = 'unavailable';
+    expect(run(b).findings).toEqual([]);
+    // SoftHSM reports such an object's CKA_VALUE_LEN as 0 rather than leaving it out.
+    b.listing.objects[6].attributes.valueLen = 0;
     expect(run(b).findings).toEqual([]);
     b.listing.objects[6].attributes.valueLen = 16;
     b.listing.objects[5].attributes.valueLen = 'unavailable';
