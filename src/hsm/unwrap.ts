@@ -134,6 +134,21 @@ function checkAes256(token: HsmToken, caps: HsmCapabilities, key: TransientKey):
 
 const AES_256_BYTES = 32;
 
+/**
+ * The ephemeral key of RSA_AES_KEY_WRAP_* must be AES-256 whatever the token accepted; any length
+ * problem is the one UnwrapFailedError. The caller still owns (and destroys) the key.
+ */
+function requireAes256(token: HsmToken, ephemeral: TransientKey): void {
+  let length: number;
+  try {
+    length = token.keyLength(ephemeral);
+  } catch {
+    throw new UnwrapFailedError();
+  }
+  // A measured 40 is 25..32 bytes; 25..31 cannot key AES and would fail in the AES-KWP unwrap.
+  if (length !== AES_256_BYTES) throw new UnwrapFailedError();
+}
+
 /** The ephemeral AES key of RSA_AES_KEY_WRAP_*: any length problem is the one UnwrapFailedError. */
 function ephemeralUnwrap(token: HsmToken, wrapId: string, padding: RsaPadding, head: Buffer, usage: 'data' | 'unwrap', measurable: boolean): TransientKey {
   try {
@@ -208,14 +223,7 @@ export function unwrapKeyMaterial(token: HsmToken, caps: HsmCapabilities, wrapId
         if (plan.path === 'composed') {
           // The ephemeral key must be AES-256, whatever the token does: measured like the target.
           ephemeral = ephemeralUnwrap(token, wrapId, padding, head, 'unwrap', !caps.reportsUnwrappedLength);
-          let ephemeralLength: number;
-          try {
-            ephemeralLength = token.keyLength(ephemeral);
-          } catch {
-            throw new UnwrapFailedError();
-          }
-          // A measured 40 is 25..32 bytes; 25..31 cannot key AES and fail in the AES-KWP unwrap below.
-          if (ephemeralLength !== AES_256_BYTES) throw new UnwrapFailedError();
+          requireAes256(token, ephemeral);
         } else {
           const eph = hostOaepDecrypt(token, wrapId, head, padding === 'OAEP_SHA_1' ? 'sha1' : 'sha256');
           try {
@@ -232,13 +240,7 @@ export function unwrapKeyMaterial(token: HsmToken, caps: HsmCapabilities, wrapId
         const k = token.wrappingModulusBytes(wrapId);
         if (wrapped.length <= k) throw new UnwrapFailedError();
         ephemeral = ephemeralUnwrap(token, wrapId, rsaPaddingOf(plan.algorithm), wrapped.subarray(0, k), 'data', !caps.reportsUnwrappedLength);
-        let ephemeralLength: number;
-        try {
-          ephemeralLength = token.keyLength(ephemeral);
-        } catch {
-          throw new UnwrapFailedError();
-        }
-        if (ephemeralLength !== AES_256_BYTES) throw new UnwrapFailedError();
+        requireAes256(token, ephemeral);
         const eph = ephemeral;
         let material: Buffer;
         try {
