@@ -62,15 +62,24 @@ beforeAll(async () => {
   const wrapped = crypto.publicEncrypt({ key: pub, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, material);
   await k.client.call('ImportKeyMaterial', { KeyId: ext, EncryptedKeyMaterial: wrapped.toString('base64'), ImportToken: p.ImportToken, KeyMaterialExpireUnix: 0 });
   importedVersion = (await k.client.describeKey(ext)).KeyMetadata.PrimaryKeyVersion as string;
-  expect(await k.stop()).toBe(0);
-  const store = new Store(dataDir, { readOnly: true });
-  try {
-    pooledWrapId = store.allWrappingKeys().find((w) => w.key_id === null)?.wrap_id ?? '';
-  } finally {
-    store.close();
+  // The pool is filled in the background once start-up reconciliation is done: wait for a pooled
+  // key pair (read through the store's read-only view, as the auditor reads it) before stopping.
+  const pooled = (): string => {
+    const store = new Store(dataDir, { readOnly: true });
+    try {
+      return store.allWrappingKeys().find((w) => w.key_id === null)?.wrap_id ?? '';
+    } finally {
+      store.close();
+    }
+  };
+  for (const until = Date.now() + 90_000; !pooledWrapId && Date.now() < until; ) {
+    pooledWrapId = pooled();
+    if (!pooledWrapId) await new Promise((r) => setTimeout(r, 250));
   }
+  expect(await k.stop()).toBe(0);
   expect(pooledWrapId).not.toBe('');
-}, 120_000);
+  expect(pooled()).toBe(pooledWrapId);
+}, 180_000);
 
 afterAll(() => {
   k?.cleanup();
