@@ -17,11 +17,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import Database from 'better-sqlite3';
 import * as pkcs11js from 'pkcs11js';
 import { loadApi } from '../src/api/proto';
 import { ensureDevToken } from '../src/hsm/dev-token';
 import { findObjects } from '../src/hsm/objects';
+import { Store } from '../src/store/store';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 type Json = Record<string, any>;
@@ -94,11 +94,14 @@ async function stopKmsd(k: Kmsd): Promise<void> {
 }
 
 function hsmKeyIds(dataDir: string): string[] {
-  const db = new Database(path.join(dataDir, 'kmsd.sqlite'), { readonly: true, fileMustExist: true });
+  const store = new Store(dataDir, { readOnly: true });
   try {
-    return (db.prepare("SELECT key_id FROM cmks WHERE protection_level = 'HSM' AND key_state = 'Enabled'").all() as { key_id: string }[]).map((r) => r.key_id);
+    return store
+      .allCmks()
+      .filter((c) => c.protection_level === 'HSM' && c.key_state === 'Enabled')
+      .map((c) => c.key_id);
   } finally {
-    db.close();
+    store.close();
   }
 }
 

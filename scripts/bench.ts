@@ -37,12 +37,12 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import Database from 'better-sqlite3';
 import { loadApi } from '../src/api/proto';
 import { DEFAULT_NATIVE_THREADS } from '../src/config';
 import { ensureDevToken } from '../src/hsm/dev-token';
 import { loadNativeAddon, nativeAddonLoadError, type NativeAesGcm } from '../src/hsm/native-addon';
 import { HsmToken } from '../src/hsm/token';
+import { Store } from '../src/store/store';
 import { runScale } from './bench-scale';
 
 const ROOT = path.resolve(__dirname, '..', ...(__dirname.includes(`${path.sep}dist${path.sep}`) ? ['..'] : []));
@@ -547,11 +547,11 @@ async function timed<T>(f: () => Promise<T>): Promise<{ ms: number; value: T }> 
 }
 
 function pooledCount(dataDir: string): number {
-  const db = new Database(path.join(dataDir, 'kmsd.sqlite'), { readonly: true, fileMustExist: true });
+  const store = new Store(dataDir, { readOnly: true });
   try {
-    return (db.prepare("SELECT COUNT(*) AS n FROM wrapping_keys WHERE key_id IS NULL AND expires IS NULL AND key_spec = 'RSA_2048' AND raw_decrypt = 0").get() as { n: number }).n;
+    return store.countPooledWrappingKeys('RSA_2048', false);
   } finally {
-    db.close();
+    store.close();
   }
 }
 
