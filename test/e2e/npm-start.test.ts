@@ -7,6 +7,21 @@ import { afterAll, describe, expect, it } from 'vitest';
 import path from 'node:path';
 import { ROOT, makeTempDir } from '../helpers/daemon';
 
+/** Resolves once no process of group `pgid` is alive; SIGKILLs the group after 30 s. */
+async function groupGone(pgid: number): Promise<void> {
+  const alive = (): boolean => {
+    try {
+      process.kill(-pgid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  for (const until = Date.now() + 30_000; alive() && Date.now() < until; ) await new Promise((r) => setTimeout(r, 100));
+  if (alive()) process.kill(-pgid, 'SIGKILL');
+  while (alive()) await new Promise((r) => setTimeout(r, 100));
+}
+
 describe('npm start and npx kmsctl', () => {
   const dataDir = makeTempDir('kmsd-npm-start-');
   let child: ReturnType<typeof spawn> | null = null;
@@ -18,6 +33,9 @@ describe('npm start and npx kmsctl', () => {
       process.kill(-child.pid!, 'SIGTERM');
       await exited;
     }
+    // npm can exit before the kmsd it started has finished shutting down (and writing to its token
+    // under dataDir): wait until no process of the group is left, then remove the directory.
+    if (child) await groupGone(child.pid!);
     fs.rmSync(dataDir, { recursive: true, force: true });
   });
 
