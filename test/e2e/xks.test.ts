@@ -458,9 +458,13 @@ describe('with an authorization policy, and once the token is gone', () => {
     expect(before.json.ekmFleetDetails[0].healthStatus).toBe('ACTIVE');
     // The token's storage removed under the running daemon, as when a token is deleted or its HSM
     // partition is lost: SoftHSM then fails every operation on it.
+    // Renamed away first, in one step: kmsd's background pool may be writing a wrapping key into
+    // the directory at this moment, and a recursive remove racing that write fails with ENOTEMPTY.
     const tokens = path.join(p.dataDir, 'softhsm', 'tokens');
-    fs.rmSync(tokens, { recursive: true, force: true });
+    const gone = `${tokens}.gone`;
+    fs.renameSync(tokens, gone);
     fs.mkdirSync(tokens);
+    fs.rmSync(gone, { recursive: true, force: true, maxRetries: 20, retryDelay: 50 });
     const after = await health();
     expect(after.status, after.body).toBe(200);
     expect(after.json.ekmFleetDetails).toEqual([{ id: before.json.ekmFleetDetails[0].id, model: before.json.ekmFleetDetails[0].model, healthStatus: 'UNAVAILABLE' }]);
