@@ -244,9 +244,9 @@ interface RefusalWindow {
 export class AuditLog {
   /**
    * The head of the chain as this process last appended or read it. Each append reads the table's
-   * head in its transaction (another replica may have appended); when this process has appended
-   * further than the table now reaches, the tail was deleted behind its back, and the next record
-   * still links to the head it knows, so the gap stays visible to VerifyAudit.
+   * head in its transaction (another replica may have appended further); when the table's head is
+   * not further than this one (its tail deleted or rewritten behind this process's back), the next
+   * record still links to the head this process knows, so the change stays visible to VerifyAudit.
    */
   private headSeq: number;
   private headHash: string;
@@ -310,8 +310,11 @@ export class AuditLog {
       await this.readHead(tx);
       return;
     }
+    // Only a head further than this process's (another replica appended) is taken from the table: a
+    // record this process appended that now reads differently was altered, and the next record
+    // links to the one this process wrote, so VerifyAudit names the alteration.
     const last = await tx.lastAuditForUpdate();
-    if (last && last.seq >= this.headSeq) {
+    if (last && last.seq > this.headSeq) {
       this.headSeq = last.seq;
       this.headHash = last.hash;
     }

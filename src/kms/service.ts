@@ -527,9 +527,11 @@ export class KmsService {
       // Cancelled (or deleted by another replica) since the scheduler read it.
       if (!row || row.key_state !== 'PendingDeletion' || row.delete_date === null || row.delete_date > now) return null;
       const list = await tx.listVersions(row.key_id);
+      // Versions whose token object may still exist: with material, or with a destroy still pending.
+      const queued: string[] = [];
+      if (hsm) for (const ver of list) if (ver.material_state !== 'Absent' || (await tx.getPendingDestroy('cmk', ver.version_id))) queued.push(ver.version_id);
       await tx.deleteCmk(row.key_id);
       if (hsm) for (const ver of list) await tx.addPendingDestroy('cmk', ver.version_id, row.key_id, 'key-deleted', now);
-      const queued = hsm ? list.filter((x) => x.material_state !== 'Absent').map((x) => x.version_id) : [];
       await this.onKeyEvent({ action: 'ScheduledKeyDeletion', keyId: row.key_id, details: { KeyVersions: list.map((x) => x.version_id), MaterialDestroyPending: queued } }, tx);
       return list;
     });
