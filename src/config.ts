@@ -26,6 +26,8 @@ export interface DaemonConfig {
   importTokenTtlSeconds: number;
   wrappingKeyPoolSize: number;
   schedulerIntervalMs: number;
+  /** How long a call made before the token is open waits for it before ServiceUnavailable (src/api/readiness.ts). */
+  tokenOpenWaitMs: number;
   pendingWindowDaySeconds: number;
   minRotationIntervalSeconds: number;
   useNativeAddon: boolean;
@@ -110,7 +112,7 @@ const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-ke
 /** Config-file fields and the type each must have; any other field is refused by name. */
 const FILE_FIELDS: Record<string, 'string' | 'number' | 'boolean'> = {
   listen: 'string', dataDir: 'string', pkcs11Module: 'string', tokenLabel: 'string', pinFile: 'string', allowInsecurePinFile: 'boolean',
-  allowHostAssistedUnwrap: 'boolean', importTokenTtlSeconds: 'number', wrappingKeyPoolSize: 'number', schedulerIntervalMs: 'number',
+  allowHostAssistedUnwrap: 'boolean', importTokenTtlSeconds: 'number', wrappingKeyPoolSize: 'number', schedulerIntervalMs: 'number', tokenOpenWaitMs: 'number',
   pendingWindowDaySeconds: 'number', minRotationIntervalSeconds: 'number', useNativeAddon: 'boolean', nativeThreads: 'number', logLevel: 'string',
   httpListen: 'string', region: 'string', account: 'string', awsRegion: 'string', tlsCert: 'string', tlsKey: 'string', tlsClientCa: 'string',
   policy: 'string', plaintextLoopback: 'boolean', rateLimit: 'number', rateBurst: 'number', hsmMaxInFlight: 'number', hsmMaxQueued: 'number',
@@ -140,7 +142,8 @@ export const USAGE = `usage: kmsd [--listen HOST:PORT] [--data-dir DIR] [--pkcs1
 Environment: KMS_LISTEN, KMS_DATA_DIR, KMS_PKCS11_MODULE, KMS_TOKEN_LABEL, KMS_PIN_FILE, KMS_TLS_CERT,
 KMS_TLS_KEY, KMS_TLS_CLIENT_CA, KMS_ALLOW_HOST_ASSISTED_UNWRAP (0|1), KMS_IMPORT_TOKEN_TTL_SECONDS,
 KMS_WRAPPING_KEY_POOL_SIZE, KMS_SCHEDULER_INTERVAL_MS, KMS_NATIVE (0 disables the addon), KMS_NATIVE_THREADS
-(the addon's worker threads, default: the number of cores), KMS_LOG_LEVEL.
+(the addon's worker threads, default: the number of cores), KMS_TOKEN_OPEN_WAIT_MS (how long a call made while
+the token is still opening waits for it, default 30000), KMS_LOG_LEVEL.
 Security (docs/security.md): KMS_POLICY, KMS_PLAINTEXT_LOOPBACK (0|1, default 1 without TLS), KMS_RATE_LIMIT
 (requests/s per principal, 0 = off; default 1000 with TLS, 0 without), KMS_RATE_BURST, KMS_HSM_MAX_IN_FLIGHT,
 KMS_HSM_MAX_QUEUED, KMS_HSM_QUEUE_TIMEOUT_MS, KMS_MAX_MESSAGE_BYTES, KMS_TLS_HANDSHAKE_TIMEOUT_MS (default 10000),
@@ -297,6 +300,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig
     importTokenTtlSeconds: intSetting('importTokenTtlSeconds', envValue(env, 'KMS_IMPORT_TOKEN_TTL_SECONDS') ?? file.importTokenTtlSeconds ?? 86400, 1, 30 * 86400),
     wrappingKeyPoolSize: intSetting('wrappingKeyPoolSize', envValue(env, 'KMS_WRAPPING_KEY_POOL_SIZE') ?? file.wrappingKeyPoolSize ?? 2, 0, 64),
     schedulerIntervalMs: intSetting('schedulerIntervalMs', envValue(env, 'KMS_SCHEDULER_INTERVAL_MS') ?? file.schedulerIntervalMs ?? 1000, 50, 3_600_000),
+    tokenOpenWaitMs: intSetting('tokenOpenWaitMs (KMS_TOKEN_OPEN_WAIT_MS)', envValue(env, 'KMS_TOKEN_OPEN_WAIT_MS') ?? file.tokenOpenWaitMs ?? 30_000, 0, 600_000),
     pendingWindowDaySeconds: intSetting('pendingWindowDaySeconds', envValue(env, 'KMS_PENDING_WINDOW_DAY_SECONDS') ?? file.pendingWindowDaySeconds ?? 86400, 1, 86400),
     minRotationIntervalSeconds: intSetting('minRotationIntervalSeconds', envValue(env, 'KMS_MIN_ROTATION_INTERVAL_SECONDS') ?? file.minRotationIntervalSeconds ?? 7 * 86400, 1, 7 * 86400),
     useNativeAddon: boolSetting('KMS_NATIVE', envValue(env, 'KMS_NATIVE') ?? file.useNativeAddon) ?? true,

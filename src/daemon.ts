@@ -16,7 +16,8 @@ import { Keyring, ROOT_KEY_ID } from './kms/keyring';
 import { KmsService, Logger, DEFAULT_KMS_CONFIG } from './kms/service';
 import { ImportService, MAC_KEY_ID } from './kms/import';
 import { bindStoreToToken } from './kms/binding';
-import { createServer } from './api/grpc/server';
+import { openServer } from './api/grpc/server';
+import { Readiness } from './api/readiness';
 import { KmsError } from './kms/errors';
 import { ceremonyExtension } from './api/grpc/ceremony';
 import { startCeremonyAndAudit } from './ceremony/setup';
@@ -47,7 +48,19 @@ export interface RunningDaemon {
 /** gRPC health service name that is SERVING once start-up reconciliation is done. */
 export const RECONCILIATION_HEALTH_SERVICE = 'kmsd.Reconciliation';
 
-export async function startDaemon(cfg: DaemonConfig, log: Logger): Promise<RunningDaemon> {
+/** Called once the listeners are bound, before the token is open (kmsd prints "listening on" then). */
+export interface StartHooks {
+  onListening?(where: { address: string; httpAddress?: string }): void;
+}
+
+/**
+ * Starts kmsd: validates the configuration, opens the store and listens, then opens the token in
+ * the background (the module's first use can take minutes on a full token) and checks that store
+ * and token belong together. Until the token is ready, health says NOT_SERVING and calls wait
+ * (src/api/readiness.ts). Resolves when kmsd is ready; rejects, with the listeners closed, when the
+ * token cannot be opened or is refused.
+ */
+export async function startDaemon(cfg: DaemonConfig, log: Logger, hooks: StartHooks = {}): Promise<RunningDaemon> {
   preflight(cfg);
   fs.mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
   // The data directory is the daemon's alone, whoever created it (the umask is kmsd.ts's job).
@@ -57,7 +70,7 @@ export async function startDaemon(cfg: DaemonConfig, log: Logger): Promise<Runni
   }
   const lock = lockDataDir(cfg.dataDir);
   try {
-    return await startLocked(cfg, log, lock);
+    return await startLocked(cfg, log, lock, hooks);
   } catch (e) {
     lock.release();
     throw e;
@@ -107,19 +120,81 @@ function productionToken(cfg: DaemonConfig): { modulePath: string; tokenLabel: s
   return { modulePath: cfg.pkcs11Module as string, tokenLabel: cfg.tokenLabel as string, pin: read.pin, pinFile: read.file, pinLooseMode: read.looseMode };
 }
 
-async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): Promise<RunningDaemon> {
+async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock, hooks: StartHooks): Promise<RunningDaemon> {
   const production = Boolean(cfg.pkcs11Module);
   const tokenOpts = production ? productionToken(cfg) : ensureDevToken(cfg.dataDir);
   if (tokenOpts.pinLooseMode !== null) {
     log.warn({ pinFile: tokenOpts.pinFile, mode: octal(tokenOpts.pinLooseMode) }, 'PIN file is accessible to group or others: anyone who can read it can log in to the token (chmod 600 it)');
   }
-  const token = HsmToken.open(tokenOpts);
+  // Loading the module is quick, and a wrong path is a configuration error: it stops kmsd before it
+  // listens. Its C_Initialize (where SoftHSM reads every object of the token) waits until after.
+  const loaded = HsmToken.loadModule(tokenOpts.modulePath);
+  const sec = cfg.security ?? securitySettings({}, {}, {}, Boolean(cfg.tls));
+  const startedAt = Date.now();
+
+  // Listen first. Every call waits in the front until the token is open and the binding check has
+  // passed; health says NOT_SERVING until then, and DescribeHsm that the token is still opening.
+  const readiness = new Readiness(cfg.tokenOpenWaitMs);
+  const front = openServer({
+    maxMessageBytes: sec.maxMessageBytes,
+    maxConcurrentStreams: sec.maxConcurrentStreams,
+    streamLimits: sec,
+    log,
+    services: ['KeyManagementService', 'CeremonyService', 'AuditService'],
+    readiness,
+    describeOpening: () => ({ TokenState: readiness.tokenState, ReconciliationRunning: true }),
+  });
+  const { server, health, streams } = front;
+  let quorum: ReturnType<typeof startCeremonyAndAudit> | null = null;
+  const { host, port } = parseListen(cfg.listen);
+  // TLS: our own TLS 1.3 listener (client certificates checked and refusals audited) feeding the
+  // gRPC server; plaintext only on loopback (config.ts refuses anything else).
+  let tlsListener: TlsListener | null = null;
+  let boundPort: number;
+  if (cfg.tls) {
+    tlsListener = await listenTls(server, { host, port, certFile: cfg.tls.certFile, keyFile: cfg.tls.keyFile, clientCaFile: cfg.tls.clientCaFile, log, audit: () => quorum?.audit, limits: sec });
+    boundPort = tlsListener.port;
+  } else {
+    const bindHost = host.includes(':') ? `[${host}]` : host;
+    boundPort = await new Promise<number>((resolve, reject) => server.bindAsync(`${bindHost}:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+  }
+  const address = `${host.includes(':') ? `[${host}]` : host}:${boundPort}`;
+
+  // The HTTP dialects run the same decorated actions through the same admission as gRPC, once the
+  // token is ready (until then the listener answers as the gRPC front does).
+  let httpListener: HttpListener | null = null;
+  let httpAddress: string | undefined;
+  let httpCtx: HttpContext | null = null;
+  if (cfg.httpListen) {
+    const h = parseListen(cfg.httpListen, '--http-listen');
+    try {
+      httpListener = await listenHttp({
+        host: h.host,
+        port: h.port,
+        tls: cfg.tls,
+        log,
+        ready: () => readiness.wait(),
+        // Read only after ready() has resolved, when the token and the domain are there.
+        ctx: new Proxy({} as HttpContext, { get: (_t, k) => (httpCtx as unknown as Record<string | symbol, unknown>)[k] }),
+      });
+    } catch (e) {
+      server.forceShutdown();
+      await tlsListener?.close();
+      throw e;
+    }
+    httpAddress = `${h.host.includes(':') ? `[${h.host}]` : h.host}:${httpListener.port}`;
+  }
+  hooks.onListening?.({ address, httpAddress });
+
+  let opened: HsmToken | null = null;
   let store: Store | null = null;
   try {
+    const token = await HsmToken.openOffLoop(tokenOpts, loaded);
+    opened = token;
+    log.info({ token: token.tokenLabel, millis: Date.now() - startedAt }, 'token open');
     // The binding check comes before kmsd creates or destroys anything in the token: a store that is
     // not the token's own is refused, never reconciled (src/kms/binding.ts).
     store = new Store(cfg.dataDir);
-    const startedAt = Date.now();
     const binding = bindStoreToToken(store, token, { adopt: Boolean(cfg.adoptToken), log });
     log.info({ instanceId: binding.instanceId, outcome: binding.outcome, token: token.tokenLabel }, 'metadata store and token belong together');
     // Intents open now are what a crash left; later ones belong to calls that reconciliation, when it
@@ -161,7 +236,6 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     });
 
     // Custodians, proposals and the audit trail (guards nothing until InitCeremony).
-    const sec = cfg.security ?? securitySettings({}, {}, {}, Boolean(cfg.tls));
     // The external key store's health check is deep: token info and a wrap under the root key,
     // which throws (never blocks) once the token is gone.
     const xks = new XksService(new XksStore(store), kms, keyring, {
@@ -171,10 +245,11 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
         return info;
       },
     });
-    const quorum = startCeremonyAndAudit({ store, token, kms, imports, xks, log, maxMessageBytes: sec.maxMessageBytes, auditSettings: cfg.audit, proposalTtlSeconds: cfg.proposalTtlSeconds });
+    const ceremonyAndAudit = startCeremonyAndAudit({ store, token, kms, imports, xks, log, maxMessageBytes: sec.maxMessageBytes, auditSettings: cfg.audit, proposalTtlSeconds: cfg.proposalTtlSeconds });
     // What kmsd does to keys on its own (deletion windows ending, material expiring, automatic
     // rotation) is audited like the calls, under kmsd's own name.
-    kms.onKeyEvent = (ev) => quorum.audit.append({ principal: 'kmsd', action: ev.action, keyId: ev.keyId, outcome: 'ok', details: ev.details });
+    quorum = ceremonyAndAudit;
+    kms.onKeyEvent = (ev) => ceremonyAndAudit.audit.append({ principal: 'kmsd', action: ev.action, keyId: ev.keyId, outcome: 'ok', details: ev.details });
     // After the audit log is up, so the outcome of every retried destroy is on the record.
     // Destroys the token refused before (or a crash interrupted) first, then the open intents; what
     // the store does not explain after that is reported and kept. Needs the token walked once: when
@@ -215,33 +290,16 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     kms.reconciliation = { running: true, millis: 0 };
     if (token.walked) reconcileAtStart();
     // Principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
-    const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: quorum.audit });
+    const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: ceremonyAndAudit.audit });
     const accessKeys = new AccessKeyService(store, keyring);
-    const ceremony = ceremonyExtension(quorum);
-    const { server, health, actions, streams } = createServer({ kms, imports, log, ceremony, security, accessKeys, xks }, { maxMessageBytes: sec.maxMessageBytes, maxConcurrentStreams: sec.maxConcurrentStreams, streamLimits: sec });
-    const { host, port } = parseListen(cfg.listen);
-    // TLS: our own TLS 1.3 listener (client certificates checked and refusals audited) feeding the
-    // gRPC server; plaintext only on loopback (config.ts refuses anything else).
-    let tlsListener: TlsListener | null = null;
-    let boundPort: number;
-    if (cfg.tls) {
-      tlsListener = await listenTls(server, { host, port, certFile: cfg.tls.certFile, keyFile: cfg.tls.keyFile, clientCaFile: cfg.tls.clientCaFile, log, audit: () => quorum.audit, limits: sec });
-      boundPort = tlsListener.port;
-    } else {
-      const bindHost = host.includes(':') ? `[${host}]` : host;
-      boundPort = await new Promise<number>((resolve, reject) => server.bindAsync(`${bindHost}:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
-    }
-    const address = `${host.includes(':') ? `[${host}]` : host}:${boundPort}`;
-
-    // The HTTP dialects run the same decorated actions through the same admission as gRPC.
-    let httpListener: HttpListener | null = null;
-    let httpAddress: string | undefined;
+    const ceremony = ceremonyExtension(ceremonyAndAudit);
+    const actions = front.install({ kms, imports, log, ceremony, security, accessKeys, xks });
     if (cfg.httpListen) {
       // The ceremony and audit actions too, decorated as gRPC serves them (the console proposes,
       // approves and verifies through the Alibaba dialect).
       const all = Object.assign({}, ...ceremony.services().map((sv) => sv.actions), actions) as typeof actions;
       const adm = admission(all, security, log);
-      const ctx: HttpContext = {
+      httpCtx = {
         lookupAccessKey: (id) => accessKeys.lookup(id),
         run: async (action, req, who, call) => {
           if (!adm.has(action)) throw new KmsError('InternalFailure', `no action ${action} behind the HTTP listener`);
@@ -254,17 +312,10 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
         log,
         xks: { lookupCredential: (id) => xks.lookupCredential(id), keyIdOf: (prefix, externalKeyId) => xks.keyIdOf(prefix, externalKeyId) },
       };
-      const h = parseListen(cfg.httpListen, '--http-listen');
-      try {
-        httpListener = await listenHttp({ host: h.host, port: h.port, tls: cfg.tls, ctx, log });
-      } catch (e) {
-        server.forceShutdown();
-        await tlsListener?.close();
-        throw e;
-      }
-      httpAddress = `${h.host.includes(':') ? `[${h.host}]` : h.host}:${httpListener.port}`;
-      if (!production) ensureDevAccessKey(cfg.dataDir, accessKeys, log, (ev) => quorum.audit.append(ev));
+      if (!production) ensureDevAccessKey(cfg.dataDir, accessKeys, log, (ev) => ceremonyAndAudit.audit.append(ev));
     }
+    readiness.markReady();
+    log.info({ millis: Date.now() - startedAt }, 'token ready: serving calls');
     health.setStatus('', 'SERVING');
     health.setStatus('kms.v1.KeyManagementService', 'SERVING');
     // Its own health service name, so a deployment can wait for reconciliation (and UnknownTokenObjects).
@@ -294,7 +345,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
         kms.runDueWork();
         imports.destroyExpiredWrappingKeys();
         await imports.refillPoolOnce(); // the RSA generation runs off the event loop
-        quorum.tick();
+        ceremonyAndAudit.tick();
       } catch (e) {
         log.error({ err: (e as Error).message }, 'scheduler pass failed');
       }
@@ -340,7 +391,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
           });
         });
         try {
-          quorum.close(); // counters to disk and a final signed checkpoint
+          ceremonyAndAudit.close(); // counters to disk and a final signed checkpoint
         } catch (e) {
           log.error({ err: (e as Error).message }, 'closing the audit log failed');
         }
@@ -355,8 +406,14 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
       },
     };
   } catch (e) {
+    // The token could not be opened or was refused: callers waiting in the front are answered,
+    // the listeners close, and the error goes up (kmsd prints it and exits as before it listened).
+    readiness.markFailed();
+    server.forceShutdown();
+    await tlsListener?.close();
+    await httpListener?.close(0);
     store?.close();
-    token.close();
+    opened?.close();
     throw e;
   }
 }

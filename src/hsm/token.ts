@@ -12,6 +12,7 @@ import crypto from 'node:crypto';
 import * as pkcs11js from 'pkcs11js';
 import { HsmClosedError, HsmError, DecryptFailedError, UnwrapFailedError, isGcmAuthFailure, isSessionLost, toHsmError } from './errors';
 import { clearCryptoErrors, loadNativeAddon, nativeAddonLoadError } from './native-addon';
+import { initializeModuleOffLoop } from './module-init';
 import { CmkDataPath, type CmkGcmItem, type DataPathInfo } from './data-path';
 import { composedGcmDecrypt, composedGcmEncrypt } from './gcm-composed';
 import { KwpIntegrityError, kwpUnwrap, kwpWrap } from './kwp-composed';
@@ -43,6 +44,15 @@ const INSTANCE_APPLICATION = 'kmsd:instance';
 
 /** Objects whose class and label one session call of a background walk reads before yielding. */
 const WALK_SLICE = 256;
+
+/** Where a LoadedModule keeps its pkcs11js binding: a symbol only this file holds. */
+const LOADED: unique symbol = Symbol('loaded pkcs11 module');
+
+/** A PKCS#11 module loaded but not yet initialized (HsmToken.loadModule). Opaque outside this file. */
+export interface LoadedModule {
+  readonly [LOADED]: pkcs11js.PKCS11;
+  readonly modulePath: string;
+}
 
 /** Where a TransientKey keeps its object handle: a symbol only this file holds. */
 const HANDLE: unique symbol = Symbol('pkcs11 object handle');
@@ -118,14 +128,33 @@ export class HsmToken {
     this.pin = opts.pin;
   }
 
-  /** Loads the module, finds the token by label (exactly one), opens a RW session and logs in as user. */
-  static open(opts: TokenOptions): HsmToken {
+  /**
+   * Loads the module (dlopen and C_GetFunctionList only: quick, and a wrong path fails here). The
+   * result is passed to open() or openOffLoop(), which use it as the context's binding.
+   */
+  static loadModule(modulePath: string): LoadedModule {
     const p11 = new pkcs11js.PKCS11();
     try {
-      p11.load(opts.modulePath);
+      p11.load(modulePath);
     } catch (e) {
-      throw new HsmError(`cannot load PKCS#11 module ${opts.modulePath}: ${(e as Error).message}`, 'MODULE_LOAD_FAILED');
+      throw new HsmError(`cannot load PKCS#11 module ${modulePath}: ${(e as Error).message}`, 'MODULE_LOAD_FAILED');
     }
+    return { [LOADED]: p11, modulePath };
+  }
+
+  /**
+   * open() with the module's C_Initialize made in a worker thread first (src/hsm/module-init.ts):
+   * the slow part of a first start on a full token, kept off the event loop. What is left on the
+   * loop (slot list, session, login) takes milliseconds.
+   */
+  static async openOffLoop(opts: TokenOptions, loaded: LoadedModule = HsmToken.loadModule(opts.modulePath)): Promise<HsmToken> {
+    await initializeModuleOffLoop(opts.modulePath);
+    return HsmToken.open(opts, loaded);
+  }
+
+  /** Loads the module, finds the token by label (exactly one), opens a RW session and logs in as user. */
+  static open(opts: TokenOptions, loaded: LoadedModule = HsmToken.loadModule(opts.modulePath)): HsmToken {
+    const p11 = loaded[LOADED];
     try {
       // The native addon calls into the same module from its worker threads, so the module must do
       // its own locking: without CKF_OS_LOCKING_OK SoftHSM turns locking off.

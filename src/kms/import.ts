@@ -388,6 +388,7 @@ export class ImportService {
       UnknownTokenObjects: this.kms.unknownObjects,
       PendingTokenDestroys: this.store.pendingDestroys().map((r) => ({ Kind: r.kind, ObjectId: r.object_id, KeyId: r.key_id ?? '', Reason: r.reason, Attempts: r.attempts, LastError: r.last_error ?? '' })),
       ReconciliationRunning: this.kms.reconciliation.running,
+      TokenState: 'Ready',
       ReconciliationMillis: this.kms.reconciliation.millis,
     };
   }
