@@ -7,7 +7,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { ConfigError, DaemonConfig, DEFAULT_NATIVE_THREADS, parseListen, securitySettings } from './config';
 import { Policy } from './policy/policy';
-import { HsmToken, TokenInventory } from './hsm/token';
+import { HsmToken, LoadedModule, TokenInventory } from './hsm/token';
 import { ensureDevToken, octal, readPinFile } from './hsm/dev-token';
 import { probeCapabilities, HsmCapabilities } from './hsm/unwrap';
 import { Store } from './store/store';
@@ -131,6 +131,25 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock, ho
   const loaded = HsmToken.loadModule(tokenOpts.modulePath);
   const sec = cfg.security ?? securitySettings({}, {}, {}, Boolean(cfg.tls));
   const startedAt = Date.now();
+  // The store before listening too: its migrations run here, and a store this build cannot read
+  // stops kmsd before it listens. Nothing in it is trusted for the token until the binding check.
+  const store = new Store(cfg.dataDir);
+  try {
+    return await listenThenOpen(cfg, log, lock, hooks, { tokenOpts, loaded, sec, startedAt, store, production });
+  } catch (e) {
+    store.close();
+    throw e;
+  }
+}
+
+async function listenThenOpen(
+  cfg: DaemonConfig,
+  log: Logger,
+  lock: DataDirLock,
+  hooks: StartHooks,
+  o: { tokenOpts: ReturnType<typeof productionToken>; loaded: LoadedModule; sec: ReturnType<typeof securitySettings>; startedAt: number; store: Store; production: boolean },
+): Promise<RunningDaemon> {
+  const { tokenOpts, loaded, sec, startedAt, store, production } = o;
 
   // Listen first. Every call waits in the front until the token is open and the binding check has
   // passed; health says NOT_SERVING until then, and DescribeHsm that the token is still opening.
@@ -187,14 +206,12 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock, ho
   hooks.onListening?.({ address, httpAddress });
 
   let opened: HsmToken | null = null;
-  let store: Store | null = null;
   try {
     const token = await HsmToken.openOffLoop(tokenOpts, loaded);
     opened = token;
     log.info({ token: token.tokenLabel, millis: Date.now() - startedAt }, 'token open');
     // The binding check comes before kmsd creates or destroys anything in the token: a store that is
     // not the token's own is refused, never reconciled (src/kms/binding.ts).
-    store = new Store(cfg.dataDir);
     const binding = bindStoreToToken(store, token, { adopt: Boolean(cfg.adoptToken), log });
     log.info({ instanceId: binding.instanceId, outcome: binding.outcome, token: token.tokenLabel }, 'metadata store and token belong together');
     // Intents open now are what a crash left; later ones belong to calls that reconciliation, when it
@@ -412,7 +429,6 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock, ho
     server.forceShutdown();
     await tlsListener?.close();
     await httpListener?.close(0);
-    store?.close();
     opened?.close();
     throw e;
   }
