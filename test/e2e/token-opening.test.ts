@@ -123,6 +123,11 @@ describe('calls while the token is still opening', () => {
         expect(e.grpcCode).toBe(grpc.status.UNAVAILABLE);
         expect(e.code).toBe('ServiceUnavailable.Hsm');
         expect(e.message).toMatch(/the token is still opening/);
+        // A stream ends with the same status.
+        const stream = client.openBatchStream('encrypt');
+        const se = await clientErrorOf(stream.send([{ KeyId: keyId, Plaintext: Buffer.from('x') }]));
+        expect(se.code).toBe('ServiceUnavailable.Hsm');
+        expect(se.message).toMatch(/the token is still opening/);
       } finally {
         client.close();
       }
