@@ -207,7 +207,7 @@ async function listenThenOpen(
 
   let opened: HsmToken | null = null;
   try {
-    const token = await HsmToken.openOffLoop(tokenOpts, loaded);
+    const token = await HsmToken.openOffLoop({ ...tokenOpts, disabledMechanisms: cfg.disabledMechanisms }, loaded);
     opened = token;
     log.info({ token: token.tokenLabel, millis: Date.now() - startedAt }, 'token open');
     // The binding check comes before kmsd creates or destroys anything in the token: a store that is
@@ -226,7 +226,9 @@ async function listenThenOpen(
     const info = token.tokenInfo();
     const capabilities = probeCapabilities(token, info.mechanisms);
     log.info({ token: info.label, manufacturer: info.manufacturer, model: info.model, capabilities }, 'token capabilities probed');
-    if (!capabilities.aesGcm) throw new Error('the token can do AES-256-GCM neither with CKM_AES_GCM nor composed from CKM_AES_ECB, and every CMK operation needs it');
+    // SOFTWARE-level keys run AES-GCM here and need the token only for their root-key wraps, so
+    // kmsd serves them; CreateKey (HSM) and GetParametersForImport are refused, naming the mechanisms.
+    if (!capabilities.aesGcm) log.warn({ refused: token.cannot('HSM_GENERATED') }, 'the token can do AES-256-GCM neither with CKM_AES_GCM nor composed from CKM_AES_ECB: HSM-level keys and imports are refused');
 
     const keyring = new Keyring(token, store);
     if (capabilities.gcmPath === 'composed') {
