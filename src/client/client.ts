@@ -119,7 +119,9 @@ export class KmsClient {
   call<T = Json>(action: string, request: Json = {}): Promise<T> {
     if (!this.actions.includes(action)) return Promise.reject(new KmsClientError('InvalidAction', `unknown action ${action}`, grpc.status.UNIMPLEMENTED));
     if (STREAMING_ACTIONS.includes(action)) return Promise.reject(new KmsClientError('InvalidAction', `${action} is a stream: use openBatchStream()`, grpc.status.UNIMPLEMENTED));
-    return this.ring.route(action, (i) => unaryCall<T>(this.ring.conn(i), action, request, this.opts.deadlineMs));
+    // One deadline for the call, retries on other endpoints included.
+    const end = Date.now() + (this.opts.deadlineMs ?? 60_000);
+    return this.ring.route(action, (i) => unaryCall<T>(this.ring.conn(i), action, request, Math.max(1, end - Date.now())));
   }
 
   close(): void {

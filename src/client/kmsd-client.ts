@@ -49,7 +49,9 @@ export class KmsdClient {
   call<T = Json>(action: string, request: Json = {}): Promise<T> {
     const service = this.serviceOf.get(action);
     if (!service) return Promise.reject(new KmsClientError('InvalidAction', `unknown action ${action}`, grpc.status.UNIMPLEMENTED));
-    return this.ring.route(action, (i) => unaryCall<T>(this.ring.conn(i).get(service)!, action, request, this.opts.deadlineMs));
+    // One deadline for the call, retries on other endpoints included.
+    const end = Date.now() + (this.opts.deadlineMs ?? 60_000);
+    return this.ring.route(action, (i) => unaryCall<T>(this.ring.conn(i).get(service)!, action, request, Math.max(1, end - Date.now())));
   }
 
   close(): void {

@@ -135,12 +135,13 @@ export class LightClient {
     } catch (e) {
       return Promise.reject(new KmsClientError('INTERNAL', `Request message serialization failure: ${(e as Error).message}`, status.INTERNAL));
     }
-    return this.ring.route(action, (i) => this.attempt<T>(i, service, action, method.responseType, body));
+    // One deadline for the call, retries on other endpoints included.
+    const end = Date.now() + (this.opts.deadlineMs ?? 60_000);
+    return this.ring.route(action, (i) => this.attempt<T>(i, service, action, method.responseType, body, Math.max(1, end - Date.now())));
   }
 
-  /** The call on endpoint i. */
-  private attempt<T>(i: number, service: string, action: string, responseType: string, body: Buffer): Promise<T> {
-    const deadlineMs = this.opts.deadlineMs ?? 60_000;
+  /** The call on endpoint i, with what is left of its deadline. */
+  private attempt<T>(i: number, service: string, action: string, responseType: string, body: Buffer, deadlineMs: number): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       let conn: Connection;
       try {
