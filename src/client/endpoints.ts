@@ -6,7 +6,8 @@
 // The retry rule. A call is sent again, to the next endpoint, only when sending it again cannot do
 // twice what the caller asked once:
 // - it never left this process (no connection to that endpoint could be made: refused, unreachable,
-//   name not resolved, TLS handshake failed): safe for every call, CreateKey and ImportKeyMaterial
+//   name not resolved, TLS handshake failed) or the replica refused the stream unprocessed (HTTP/2
+//   REFUSED_STREAM): safe for every call, CreateKey and ImportKeyMaterial
 //   included, since that replica never saw it;
 // - it failed with UNAVAILABLE after it may have been sent (the connection dropped mid-call, or the
 //   replica answered ServiceUnavailable): only for calls that are idempotent by nature (reads and
@@ -72,8 +73,12 @@ export type AttemptFailure =
   /** An answer (or a deadline): final. */
   | 'final';
 
-/** grpc-js' wording for a call that failed before any connection carried it. */
-const NOT_SENT_DETAILS = /^(No connection established|Name resolution failed|Failed to connect)/;
+/**
+ * grpc-js' wording for a call that failed before any connection carried it, or that the server
+ * refused with REFUSED_STREAM (HTTP/2 promises that such a stream was not processed at all: a
+ * replica shutting down answers so).
+ */
+const NOT_SENT_DETAILS = /^(No connection established|Name resolution failed|Failed to connect|Stream refused by server)/;
 
 /** Classifies a KmsClientError from grpc-js or the light client (which uses grpc-js' wording). */
 export function classifyFailure(e: unknown): AttemptFailure {

@@ -201,7 +201,8 @@ export class LightClient {
         // The server reset the call, as grpc-js maps the reset codes.
         const rst = stream.rstCode;
         const code = rst === http2.constants.NGHTTP2_REFUSED_STREAM ? status.UNAVAILABLE : rst === http2.constants.NGHTTP2_CANCEL ? status.CANCELLED : rst === http2.constants.NGHTTP2_ENHANCE_YOUR_CALM ? status.RESOURCE_EXHAUSTED : status.INTERNAL;
-        finish(new KmsClientError(STATUS_NAMES[code], `Received RST_STREAM with code ${rst}`, code));
+        // grpc-js' words for REFUSED_STREAM, which the retry rule reads (the call was not processed).
+        finish(new KmsClientError(STATUS_NAMES[code], rst === http2.constants.NGHTTP2_REFUSED_STREAM ? 'Stream refused by server' : `Received RST_STREAM with code ${rst}`, code));
       });
       stream.on('close', () => {
         if (settled) return;

@@ -45,6 +45,7 @@ describe('the retry rule', () => {
   it('tells a call that never left from one that may have run', () => {
     expect(classifyFailure(new KmsClientError('UNAVAILABLE', 'No connection established. Last error: connect ECONNREFUSED 127.0.0.1:1', 14))).toBe('not-sent');
     expect(classifyFailure(new KmsClientError('UNAVAILABLE', 'Connection dropped', 14))).toBe('unavailable');
+    expect(classifyFailure(new KmsClientError('UNAVAILABLE', 'Stream refused by server', 14))).toBe('not-sent');
     // kmsd's own ServiceUnavailable is an answer from the replica: the call reached it.
     expect(classifyFailure(new KmsClientError('ServiceUnavailable', 'No connection established to the store', 14))).toBe('unavailable');
     expect(classifyFailure(new KmsClientError('DEADLINE_EXCEEDED', 'Deadline exceeded', 4))).toBe('final');
