@@ -267,7 +267,10 @@ export function useSoftHsmConf(conf: string): void {
   process.env.SOFTHSM2_CONF = conf;
 }
 
-/** The client side's settings (kmsctl and the client library): endpoint and TLS files. */
+/**
+ * The client side's settings (kmsctl and the client library): endpoint and TLS files. KMS_ENDPOINT
+ * may list several endpoints, comma-separated; src/client/endpoints.ts parses it, naming the variable.
+ */
 export function clientEnvironment(): { endpoint?: string; caFile?: string; certFile?: string; keyFile?: string } {
   return { endpoint: envValue(process.env, 'KMS_ENDPOINT'), caFile: envValue(process.env, 'KMS_CA'), certFile: envValue(process.env, 'KMS_CERT'), keyFile: envValue(process.env, 'KMS_KEY') };
 }
