@@ -7,7 +7,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { ConfigError, DaemonConfig, DEFAULT_NATIVE_THREADS, parseListen, securitySettings } from './config';
 import { Policy } from './policy/policy';
-import { HsmToken, TokenInventory } from './hsm/token';
+import { HsmToken, LoadedModule, TokenInventory } from './hsm/token';
 import { ensureDevToken, octal, readPinFile } from './hsm/dev-token';
 import { probeCapabilities, HsmCapabilities } from './hsm/unwrap';
 import { SqliteStore } from './store/sqlite';
@@ -17,7 +17,8 @@ import { Keyring, ROOT_KEY_ID } from './kms/keyring';
 import { KmsService, Logger, DEFAULT_KMS_CONFIG } from './kms/service';
 import { ImportService, MAC_KEY_ID } from './kms/import';
 import { bindStoreToToken } from './kms/binding';
-import { createServer } from './api/grpc/server';
+import { openServer } from './api/grpc/server';
+import { Readiness } from './api/readiness';
 import { KmsError } from './kms/errors';
 import { ceremonyExtension } from './api/grpc/ceremony';
 import { startCeremonyAndAudit } from './ceremony/setup';
@@ -47,7 +48,19 @@ export interface RunningDaemon {
 /** gRPC health service name that is SERVING once start-up reconciliation is done. */
 export const RECONCILIATION_HEALTH_SERVICE = 'kmsd.Reconciliation';
 
-export async function startDaemon(cfg: DaemonConfig, log: Logger): Promise<RunningDaemon> {
+/** Called once the listeners are bound, before the token is open (kmsd prints "listening on" then). */
+export interface StartHooks {
+  onListening?(where: { address: string; httpAddress?: string }): void;
+}
+
+/**
+ * Starts kmsd: validates the configuration, opens the store and listens, then opens the token in
+ * the background (the module's first use can take minutes on a full token) and checks that store
+ * and token belong together. Until the token is ready, health says NOT_SERVING and calls wait
+ * (src/api/readiness.ts). Resolves when kmsd is ready; rejects, with the listeners closed, when the
+ * token cannot be opened or is refused.
+ */
+export async function startDaemon(cfg: DaemonConfig, log: Logger, hooks: StartHooks = {}): Promise<RunningDaemon> {
   preflight(cfg);
   fs.mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
   // The data directory is the daemon's alone, whoever created it (the umask is kmsd.ts's job).
@@ -57,7 +70,7 @@ export async function startDaemon(cfg: DaemonConfig, log: Logger): Promise<Runni
   }
   const lock = lockDataDir(cfg.dataDir);
   try {
-    return await startLocked(cfg, log, lock);
+    return await startLocked(cfg, log, lock, hooks);
   } catch (e) {
     lock.release();
     throw e;
@@ -107,19 +120,98 @@ function productionToken(cfg: DaemonConfig): { modulePath: string; tokenLabel: s
   return { modulePath: cfg.pkcs11Module as string, tokenLabel: cfg.tokenLabel as string, pin: read.pin, pinFile: read.file, pinLooseMode: read.looseMode };
 }
 
-async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): Promise<RunningDaemon> {
+async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock, hooks: StartHooks): Promise<RunningDaemon> {
   const production = Boolean(cfg.pkcs11Module);
   const tokenOpts = production ? productionToken(cfg) : ensureDevToken(cfg.dataDir);
   if (tokenOpts.pinLooseMode !== null) {
     log.warn({ pinFile: tokenOpts.pinFile, mode: octal(tokenOpts.pinLooseMode) }, 'PIN file is accessible to group or others: anyone who can read it can log in to the token (chmod 600 it)');
   }
-  const token = HsmToken.open(tokenOpts);
-  let store: SqliteStore | null = null;
+  // Loading the module is quick, and a wrong path is a configuration error: it stops kmsd before it
+  // listens. Its C_Initialize (where SoftHSM reads every object of the token) waits until after.
+  const loaded = HsmToken.loadModule(tokenOpts.modulePath);
+  const sec = cfg.security ?? securitySettings({}, {}, {}, Boolean(cfg.tls));
+  const startedAt = Date.now();
+  // The store before listening too: its migrations run here, and a store this build cannot read
+  // stops kmsd before it listens. Nothing in it is trusted for the token until the binding check.
+  const store = new SqliteStore(cfg.dataDir);
   try {
+    return await listenThenOpen(cfg, log, lock, hooks, { tokenOpts, loaded, sec, startedAt, store, production });
+  } catch (e) {
+    await store.close();
+    throw e;
+  }
+}
+
+async function listenThenOpen(
+  cfg: DaemonConfig,
+  log: Logger,
+  lock: DataDirLock,
+  hooks: StartHooks,
+  o: { tokenOpts: ReturnType<typeof productionToken>; loaded: LoadedModule; sec: ReturnType<typeof securitySettings>; startedAt: number; store: SqliteStore; production: boolean },
+): Promise<RunningDaemon> {
+  const { tokenOpts, loaded, sec, startedAt, store, production } = o;
+
+  // Listen first. Every call waits in the front until the token is open and the binding check has
+  // passed; health says NOT_SERVING until then, and DescribeHsm that the token is still opening.
+  const readiness = new Readiness(cfg.tokenOpenWaitMs);
+  const front = openServer({
+    maxMessageBytes: sec.maxMessageBytes,
+    maxConcurrentStreams: sec.maxConcurrentStreams,
+    streamLimits: sec,
+    log,
+    services: ['KeyManagementService', 'CeremonyService', 'AuditService'],
+    readiness,
+    describeOpening: () => ({ TokenState: readiness.tokenState, ReconciliationRunning: true }),
+  });
+  const { server, health, streams } = front;
+  let quorum: Awaited<ReturnType<typeof startCeremonyAndAudit>> | null = null;
+  const { host, port } = parseListen(cfg.listen);
+  // TLS: our own TLS 1.3 listener (client certificates checked and refusals audited) feeding the
+  // gRPC server; plaintext only on loopback (config.ts refuses anything else).
+  let tlsListener: TlsListener | null = null;
+  let boundPort: number;
+  if (cfg.tls) {
+    tlsListener = await listenTls(server, { host, port, certFile: cfg.tls.certFile, keyFile: cfg.tls.keyFile, clientCaFile: cfg.tls.clientCaFile, log, audit: () => quorum?.audit, limits: sec });
+    boundPort = tlsListener.port;
+  } else {
+    const bindHost = host.includes(':') ? `[${host}]` : host;
+    boundPort = await new Promise<number>((resolve, reject) => server.bindAsync(`${bindHost}:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+  }
+  const address = `${host.includes(':') ? `[${host}]` : host}:${boundPort}`;
+
+  // The HTTP dialects run the same decorated actions through the same admission as gRPC, once the
+  // token is ready (until then the listener answers as the gRPC front does).
+  let httpListener: HttpListener | null = null;
+  let httpAddress: string | undefined;
+  let httpCtx: HttpContext | null = null;
+  if (cfg.httpListen) {
+    const h = parseListen(cfg.httpListen, '--http-listen');
+    try {
+      httpListener = await listenHttp({
+        host: h.host,
+        port: h.port,
+        tls: cfg.tls,
+        log,
+        ready: () => readiness.wait(),
+        // Read only after ready() has resolved, when the token and the domain are there.
+        ctx: new Proxy({} as HttpContext, { get: (_t, k) => (httpCtx as unknown as Record<string | symbol, unknown>)[k] }),
+      });
+    } catch (e) {
+      server.forceShutdown();
+      await tlsListener?.close();
+      throw e;
+    }
+    httpAddress = `${h.host.includes(':') ? `[${h.host}]` : h.host}:${httpListener.port}`;
+  }
+  hooks.onListening?.({ address, httpAddress });
+
+  let opened: HsmToken | null = null;
+  try {
+    const token = await HsmToken.openOffLoop({ ...tokenOpts, disabledMechanisms: cfg.disabledMechanisms }, loaded);
+    opened = token;
+    log.info({ token: token.tokenLabel, millis: Date.now() - startedAt }, 'token open');
     // The binding check comes before kmsd creates or destroys anything in the token: a store that is
     // not the token's own is refused, never reconciled (src/kms/binding.ts).
-    store = new SqliteStore(cfg.dataDir);
-    const startedAt = Date.now();
     const binding = await bindStoreToToken(store, token, { adopt: Boolean(cfg.adoptToken), log, dataDir: cfg.dataDir });
     log.info({ instanceId: binding.instanceId, outcome: binding.outcome, token: token.tokenLabel }, 'metadata store and token belong together');
     // Intents open now are what a crash left; later ones belong to calls that reconciliation, when it
@@ -134,7 +226,9 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     const info = token.tokenInfo();
     const capabilities = probeCapabilities(token, info.mechanisms);
     log.info({ token: info.label, manufacturer: info.manufacturer, model: info.model, capabilities }, 'token capabilities probed');
-    if (!capabilities.aesGcm) throw new Error('the token can do AES-256-GCM neither with CKM_AES_GCM nor composed from CKM_AES_ECB, and every CMK operation needs it');
+    // SOFTWARE-level keys run AES-GCM here and need the token only for their root-key wraps, so
+    // kmsd serves them; CreateKey (HSM) and GetParametersForImport are refused, naming the mechanisms.
+    if (!capabilities.aesGcm) log.warn({ refused: token.cannot('HSM_GENERATED') }, 'the token can do AES-256-GCM neither with CKM_AES_GCM nor composed from CKM_AES_ECB: HSM-level keys and imports are refused');
 
     const keyring = new Keyring(token, store);
     if (capabilities.gcmPath === 'composed') {
@@ -161,7 +255,6 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     });
 
     // Custodians, proposals and the audit trail (guards nothing until InitCeremony).
-    const sec = cfg.security ?? securitySettings({}, {}, {}, Boolean(cfg.tls));
     // The external key store's health check is deep: token info and a wrap under the root key,
     // which throws (never blocks) once the token is gone.
     const xks = new XksService(store, kms, keyring, {
@@ -172,14 +265,15 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
       },
     });
     await xks.load();
-    const quorum = await startCeremonyAndAudit({ store, token, kms, imports, xks, log, maxMessageBytes: sec.maxMessageBytes, auditSettings: cfg.audit, proposalTtlSeconds: cfg.proposalTtlSeconds });
+    const ceremonyAndAudit = await startCeremonyAndAudit({ store, token, kms, imports, xks, log, maxMessageBytes: sec.maxMessageBytes, auditSettings: cfg.audit, proposalTtlSeconds: cfg.proposalTtlSeconds });
     // What kmsd does to keys on its own (deletion windows ending, material expiring, automatic
     // rotation) is audited like the calls, under kmsd's own name.
+    quorum = ceremonyAndAudit;
     // In the transaction of the change the event records, when it has one.
     kms.onKeyEvent = async (ev, tx) => {
       const rec = { principal: 'kmsd', action: ev.action, keyId: ev.keyId, outcome: 'ok', details: ev.details };
-      if (tx) await quorum.audit.appendIn(tx, rec);
-      else await quorum.audit.append(rec);
+      if (tx) await ceremonyAndAudit.audit.appendIn(tx, rec);
+      else await ceremonyAndAudit.audit.append(rec);
     };
     // After the audit log is up, so the outcome of every retried destroy is on the record.
     // Destroys the token refused before (or a crash interrupted) first, then the open intents; what
@@ -221,34 +315,17 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     kms.reconciliation = { running: true, millis: 0 };
     if (token.walked) await reconcileAtStart();
     // Principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
-    const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: quorum.audit });
+    const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: ceremonyAndAudit.audit });
     const accessKeys = new AccessKeyService(store, keyring);
     await accessKeys.load();
-    const ceremony = ceremonyExtension(quorum);
-    const { server, health, actions, streams } = createServer({ kms, imports, log, ceremony, security, accessKeys, xks }, { maxMessageBytes: sec.maxMessageBytes, maxConcurrentStreams: sec.maxConcurrentStreams, streamLimits: sec });
-    const { host, port } = parseListen(cfg.listen);
-    // TLS: our own TLS 1.3 listener (client certificates checked and refusals audited) feeding the
-    // gRPC server; plaintext only on loopback (config.ts refuses anything else).
-    let tlsListener: TlsListener | null = null;
-    let boundPort: number;
-    if (cfg.tls) {
-      tlsListener = await listenTls(server, { host, port, certFile: cfg.tls.certFile, keyFile: cfg.tls.keyFile, clientCaFile: cfg.tls.clientCaFile, log, audit: () => quorum.audit, limits: sec });
-      boundPort = tlsListener.port;
-    } else {
-      const bindHost = host.includes(':') ? `[${host}]` : host;
-      boundPort = await new Promise<number>((resolve, reject) => server.bindAsync(`${bindHost}:${port}`, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
-    }
-    const address = `${host.includes(':') ? `[${host}]` : host}:${boundPort}`;
-
-    // The HTTP dialects run the same decorated actions through the same admission as gRPC.
-    let httpListener: HttpListener | null = null;
-    let httpAddress: string | undefined;
+    const ceremony = ceremonyExtension(ceremonyAndAudit);
+    const actions = front.install({ kms, imports, log, ceremony, security, accessKeys, xks });
     if (cfg.httpListen) {
       // The ceremony and audit actions too, decorated as gRPC serves them (the console proposes,
       // approves and verifies through the Alibaba dialect).
       const all = Object.assign({}, ...ceremony.services().map((sv) => sv.actions), actions) as typeof actions;
       const adm = admission(all, security, log);
-      const ctx: HttpContext = {
+      httpCtx = {
         lookupAccessKey: (id) => accessKeys.lookup(id),
         run: async (action, req, who, call) => {
           if (!adm.has(action)) throw new KmsError('InternalFailure', `no action ${action} behind the HTTP listener`);
@@ -261,17 +338,10 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
         log,
         xks: { lookupCredential: (id) => xks.lookupCredential(id), keyIdOf: (prefix, externalKeyId) => xks.keyIdOf(prefix, externalKeyId) },
       };
-      const h = parseListen(cfg.httpListen, '--http-listen');
-      try {
-        httpListener = await listenHttp({ host: h.host, port: h.port, tls: cfg.tls, ctx, log });
-      } catch (e) {
-        server.forceShutdown();
-        await tlsListener?.close();
-        throw e;
-      }
-      httpAddress = `${h.host.includes(':') ? `[${h.host}]` : h.host}:${httpListener.port}`;
-      if (!production) await ensureDevAccessKey(cfg.dataDir, accessKeys, log, (tx, ev) => quorum.audit.appendIn(tx, ev).then(() => undefined));
+      if (!production) await ensureDevAccessKey(cfg.dataDir, accessKeys, log, (tx, ev) => ceremonyAndAudit.audit.appendIn(tx, ev).then(() => undefined));
     }
+    readiness.markReady();
+    log.info({ millis: Date.now() - startedAt }, 'token ready: serving calls');
     health.setStatus('', 'SERVING');
     health.setStatus('kms.v1.KeyManagementService', 'SERVING');
     // Its own health service name, so a deployment can wait for reconciliation (and UnknownTokenObjects).
@@ -301,7 +371,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
         await kms.runDueWork();
         await imports.destroyExpiredWrappingKeys();
         await imports.refillPoolOnce(); // the RSA generation runs off the event loop
-        await quorum.tick();
+        await ceremonyAndAudit.tick();
       } catch (e) {
         log.error({ err: (e as Error).message }, 'scheduler pass failed');
       }
@@ -347,7 +417,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
           });
         });
         try {
-          await quorum.close(); // counters to disk and a final signed checkpoint
+          await ceremonyAndAudit.close(); // counters to disk and a final signed checkpoint
         } catch (e) {
           log.error({ err: (e as Error).message }, 'closing the audit log failed');
         }
@@ -362,8 +432,13 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
       },
     };
   } catch (e) {
-    await store?.close();
-    token.close();
+    // The token could not be opened or was refused: callers waiting in the front are answered,
+    // the listeners close, and the error goes up (kmsd prints it and exits as before it listened).
+    readiness.markFailed();
+    server.forceShutdown();
+    await tlsListener?.close();
+    await httpListener?.close(0);
+    opened?.close();
     throw e;
   }
 }

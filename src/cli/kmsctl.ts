@@ -1,4 +1,4 @@
-// kmsctl: the operator CLI. `kmsctl [--endpoint HOST:PORT] [--ca F --cert F --key F] <Action> [--Param value ...]`
+// kmsctl: the operator CLI. `kmsctl [--endpoint HOST:PORT[,HOST:PORT...]] [--ca F --cert F --key F] <Action> [--Param value ...]`
 // Actions and parameter names are the Alibaba Cloud KMS API's. Each --Param is converted by the
 // type of that field in the request message (string, integer, boolean, or a JSON map), so every
 // RPC of the service is an action here without a table to keep in step.
@@ -14,6 +14,7 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { SERVICE_NAMES, lookupType, serviceMethods, serviceOf } from '../client/descriptor';
 import { CEREMONY_CLI_ACTIONS, CEREMONY_USAGE, runCeremonyCli } from './kmsctl-ceremony';
+import { endpointsOf } from '../client/basics';
 
 class UsageError extends Error {}
 
@@ -102,9 +103,14 @@ function convert(action: string, field: FieldInfo, raw: string): unknown {
   }
 }
 
-const USAGE = (actions: string[]) => `usage: kmsctl [--endpoint HOST:PORT] [--ca FILE [--cert FILE --key FILE]] <Action> [--Param value ...]
+const USAGE = (actions: string[]) => `usage: kmsctl [--endpoint HOST:PORT[,HOST:PORT...]] [--ca FILE [--cert FILE --key FILE]] <Action> [--Param value ...]
 
-Endpoint: --endpoint, else KMS_ENDPOINT, else 127.0.0.1:50051. TLS: --ca/--cert/--key or KMS_CA/KMS_CERT/KMS_KEY.
+Endpoint: --endpoint, else KMS_ENDPOINT, else 127.0.0.1:50051. TLS: --ca/--cert/--key or KMS_CA/KMS_CERT/KMS_KEY
+(the same for every endpoint). Several endpoints (replicas), comma-separated: the call goes to the first
+that can be reached. One that refuses the connection is skipped for every action; one whose connection
+drops mid-call (or that answers ServiceUnavailable) is skipped only for reads and data-plane calls
+(Encrypt, Decrypt, GenerateDataKey*, Describe*, List*, Get*), never for a call that may have run there
+(CreateKey, ImportKeyMaterial, ...): that one fails UNAVAILABLE and you check before running it again.
 Binary values (Plaintext, CiphertextBlob, EncryptedKeyMaterial, PublicKey) are base64.
 EncryptionContext takes a JSON object: --EncryptionContext '{"purpose":"backup"}'.
 EncryptBatch/DecryptBatch take --Items as a JSON array of Encrypt/Decrypt requests (at most 256):
@@ -134,18 +140,24 @@ function writeImportParameters(dir: string, res: { KeyId: string; PublicKey: str
 }
 
 export async function run(argv: string[]): Promise<number> {
-  const opts: { endpoint?: string; caFile?: string; certFile?: string; keyFile?: string } = {};
+  const opts: { endpoint?: string; endpointSource?: string; caFile?: string; certFile?: string; keyFile?: string } = {};
   let i = 0;
   const globals: Record<string, keyof typeof opts> = { '--endpoint': 'endpoint', '--ca': 'caFile', '--cert': 'certFile', '--key': 'keyFile' };
   for (; i < argv.length && argv[i].startsWith('--') && globals[argv[i]]; i += 2) {
     if (argv[i + 1] === undefined) throw new UsageError(`${argv[i]} needs a value`);
     opts[globals[argv[i]]] = argv[i + 1];
   }
+  opts.endpointSource = '--endpoint';
   const action = argv[i++];
   if (!action || action === '--help' || action === '-h' || action === 'help') {
     const names = SERVICE_NAMES.flatMap((svc) => Object.keys(serviceMethods(svc)));
     process.stdout.write(USAGE([...names, 'SignProposal']) + '\n' + CEREMONY_USAGE + '\n');
     return action ? 0 : 2;
+  }
+  try {
+    endpointsOf(opts); // a malformed --endpoint or KMS_ENDPOINT is a usage error, before any call
+  } catch (e) {
+    throw new UsageError((e as Error).message);
   }
   if (CEREMONY_CLI_ACTIONS.includes(action)) return runCeremonyCli(action, argv.slice(i), opts); // file-reading actions
   const fields = requestFields(action);

@@ -1,6 +1,7 @@
 // kmsd: the daemon entry point. Parses flags and environment, starts the daemon, prints
-// "listening on HOST:PORT", and drains in-flight calls on SIGTERM before exiting 0.
-// Start-up failures (bad flag, missing module, wrong PIN) are one line on stderr and exit 1.
+// "listening on HOST:PORT" (before the token is open), and drains in-flight calls on SIGTERM
+// before exiting 0. Start-up failures (bad flag, missing module, wrong PIN, a store that is not the
+// token's) are one line on stderr and exit 1; those found at the token come after "listening on".
 
 import pino from 'pino';
 import { ConfigError, USAGE, loadDaemonConfig } from '../config';
@@ -43,14 +44,21 @@ async function main(): Promise<void> {
   else log.warn({ coreDumps: 'enabled', coreLimitZero: coreDumps.coreLimitZero, notDumpable: coreDumps.notDumpable, reason: coreDumps.reason }, 'core dumps are NOT disabled: a core of kmsd would hold the PIN and key material');
   let daemon;
   try {
-    daemon = await startDaemon(cfg, log);
+    // kmsd listens before it opens the token (on a full token the module's first use takes long):
+    // "listening on" comes first; a token that cannot be opened or is refused still ends the
+    // process below, with its one line and exit 1, before any call has been served.
+    daemon = await startDaemon(cfg, log, {
+      onListening: ({ address, httpAddress }) => {
+        log.info({ address, dataDir: cfg.dataDir, tls: Boolean(cfg.tls) }, `listening on ${address}`);
+        if (httpAddress) log.info({ address: httpAddress, tls: Boolean(cfg.tls) }, `http listening on ${httpAddress}`);
+      },
+    });
   } catch (e) {
     const msg = e instanceof HsmError || e instanceof ConfigError ? e.message : (e as Error).message;
+    log.flush?.();
     process.stderr.write(`kmsd: ${oneLine(msg)}\n`);
     process.exit(1);
   }
-  log.info({ address: daemon.address, dataDir: cfg.dataDir, tls: Boolean(cfg.tls) }, `listening on ${daemon.address}`);
-  if (daemon.httpAddress) log.info({ address: daemon.httpAddress, tls: Boolean(cfg.tls) }, `http listening on ${daemon.httpAddress}`);
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

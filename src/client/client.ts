@@ -4,10 +4,11 @@
 import fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { serviceConstructor } from '../api/proto';
-import { ClientOptions, Json, KmsClientError, endpointOf } from './basics';
+import { ClientOptions, Json, KmsClientError, endpointsOf } from './basics';
 import { clientEnvironment } from '../config';
+import { EndpointRing } from './endpoints';
 
-export { DEFAULT_ENDPOINT, KmsClientError, endpointOf } from './basics';
+export { DEFAULT_ENDPOINT, KmsClientError, endpointOf, endpointsOf } from './basics';
 export type { ClientOptions, Json } from './basics';
 
 /** TLS when a CA is given (option or KMS_CA), with a client certificate for mutual TLS; else plaintext. */
@@ -78,6 +79,16 @@ function decryptItem(x: DecryptBatchItem): Json {
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 
+/**
+ * Channel options of every endpoint's channel. grpc-js backs off reconnecting up to 120 s; a
+ * replica that comes back must be used again within seconds, so the back-off is capped lower.
+ */
+export const CHANNEL_OPTIONS: grpc.ChannelOptions = {
+  'grpc.max_receive_message_length': 16 * 1024 * 1024,
+  'grpc.initial_reconnect_backoff_ms': 500,
+  'grpc.max_reconnect_backoff_ms': 5000,
+};
+
 /** One unary call on a stub, with a deadline, failing with the API error code as KmsClientError. */
 export function unaryCall<T>(stub: grpc.Client & Record<string, any>, action: string, request: Json, deadlineMs = 60_000): Promise<T> {
   const deadline = new Date(Date.now() + deadlineMs);
@@ -86,25 +97,35 @@ export function unaryCall<T>(stub: grpc.Client & Record<string, any>, action: st
   });
 }
 
+/**
+ * The client of KeyManagementService. With several endpoints (replicas) each has its own channel
+ * (TLS options apply to every one); calls go round robin, and a failed call goes to the next
+ * endpoint only as src/client/endpoints.ts states (never a CreateKey that may have run).
+ */
 export class KmsClient {
-  private readonly stub: grpc.Client & Record<string, any>;
+  private readonly ring: EndpointRing<grpc.Client & Record<string, any>>;
   readonly actions: string[];
+  readonly endpoints: string[];
 
   constructor(private readonly opts: ClientOptions = {}) {
     const ctor = serviceConstructor('KeyManagementService');
     this.actions = Object.keys(ctor.service);
-    this.stub = new ctor(endpointOf(opts), channelCredentials(opts), { 'grpc.max_receive_message_length': 16 * 1024 * 1024 }) as grpc.Client & Record<string, any>;
+    this.endpoints = endpointsOf(opts);
+    const creds = channelCredentials(opts);
+    this.ring = new EndpointRing(this.endpoints, (ep) => new ctor(ep, creds, CHANNEL_OPTIONS) as grpc.Client & Record<string, any>, opts.endpointBackoffMs);
   }
 
   /** Calls one action by name with a request object in the API's field names. */
   call<T = Json>(action: string, request: Json = {}): Promise<T> {
     if (!this.actions.includes(action)) return Promise.reject(new KmsClientError('InvalidAction', `unknown action ${action}`, grpc.status.UNIMPLEMENTED));
     if (STREAMING_ACTIONS.includes(action)) return Promise.reject(new KmsClientError('InvalidAction', `${action} is a stream: use openBatchStream()`, grpc.status.UNIMPLEMENTED));
-    return unaryCall<T>(this.stub, action, request, this.opts.deadlineMs);
+    // One deadline for the call, retries on other endpoints included.
+    const end = Date.now() + (this.opts.deadlineMs ?? 60_000);
+    return this.ring.route(action, (i) => unaryCall<T>(this.ring.conn(i), action, request, Math.max(1, end - Date.now())));
   }
 
   close(): void {
-    this.stub.close();
+    for (const stub of this.ring.opened()) stub.close();
   }
 
   // Typed shorthands for the calls services make most.
@@ -141,7 +162,9 @@ export class KmsClient {
   openBatchStream(kind: 'encrypt'): BatchStream<EncryptBatchItem, EncryptBatchResult>;
   openBatchStream(kind: 'decrypt'): BatchStream<DecryptBatchItem, DecryptBatchResult>;
   openBatchStream(kind: 'encrypt' | 'decrypt'): BatchStream<EncryptBatchItem, EncryptBatchResult> | BatchStream<DecryptBatchItem, DecryptBatchResult> {
-    const call: grpc.ClientDuplexStream<Json, Json> = this.stub[kind === 'encrypt' ? 'EncryptStream' : 'DecryptStream'](new grpc.Metadata());
+    // A stream is not retried (its messages may have run): it goes to the next endpoint in turn.
+    const stub = this.ring.conn(this.ring.order()[0]);
+    const call: grpc.ClientDuplexStream<Json, Json> = stub[kind === 'encrypt' ? 'EncryptStream' : 'DecryptStream'](new grpc.Metadata());
     const toItem = kind === 'encrypt' ? encryptItem : decryptItem;
     const waiting: { resolve: (r: any) => void; reject: (e: Error) => void }[] = [];
     let failure: Error | null = null;

@@ -7,8 +7,9 @@
 
 import fs from 'node:fs';
 import http2 from 'node:http2';
-import { ClientOptions, Json, KmsClientError, endpointOf } from './basics';
+import { ClientOptions, Json, KmsClientError, endpointsOf } from './basics';
 import { clientEnvironment } from '../config';
+import { EndpointRing } from './endpoints';
 import { SERVICE_NAMES, serviceMethods, serviceOf } from './descriptor';
 import { decode, encode } from './wire';
 
@@ -67,19 +68,33 @@ function grpcMessage(raw: string | undefined): string {
   }
 }
 
-export class LightClient {
-  private session: http2.ClientHttp2Session | null = null;
+/** One endpoint's HTTP/2 connection, reopened when it has gone. */
+interface Connection {
+  session: http2.ClientHttp2Session | null;
+  /** The current session's connection (and TLS handshake) is up: a call on it may have been sent. */
+  connected: boolean;
+}
 
-  constructor(private readonly opts: ClientOptions = {}) {}
+/**
+ * Several endpoints (`--endpoint a:1,b:2`): each has its own connection, calls go round robin and a
+ * failed call goes to the next endpoint as src/client/endpoints.ts states, as with KmsClient.
+ */
+export class LightClient {
+  private readonly ring: EndpointRing<Connection>;
+
+  constructor(private readonly opts: ClientOptions = {}) {
+    this.ring = new EndpointRing(endpointsOf(opts), () => ({ session: null, connected: false }), opts.endpointBackoffMs);
+  }
 
   get actions(): string[] {
     return SERVICE_NAMES.flatMap((s) => Object.keys(serviceMethods(s)));
   }
 
-  /** One HTTP/2 connection for every call of this client, opened on the first (TLS when a CA is given, as KmsClient). */
-  private connect(): http2.ClientHttp2Session {
-    if (this.session && !this.session.closed && !this.session.destroyed) return this.session;
-    const authority = authorityOf(endpointOf(this.opts));
+  /** One HTTP/2 connection per endpoint for every call of this client, opened on the first (TLS when a CA is given, as KmsClient). */
+  private connect(i: number): Connection {
+    const conn = this.ring.conn(i);
+    if (conn.session && !conn.session.closed && !conn.session.destroyed) return conn;
+    const authority = authorityOf(this.ring.endpoints[i]);
     const env = clientEnvironment();
     const caFile = this.opts.caFile ?? env.caFile;
     let session: http2.ClientHttp2Session;
@@ -98,8 +113,12 @@ export class LightClient {
     // A connection or handshake failure fails the calls on it (each stream sees it); the session
     // must not throw it as an uncaught 'error'.
     session.on('error', () => undefined);
-    this.session = session;
-    return session;
+    conn.session = session;
+    conn.connected = false;
+    session.once('connect', () => {
+      if (conn.session === session) conn.connected = true;
+    });
+    return conn;
   }
 
   call<T = Json>(action: string, request: Json = {}): Promise<T> {
@@ -116,15 +135,22 @@ export class LightClient {
     } catch (e) {
       return Promise.reject(new KmsClientError('INTERNAL', `Request message serialization failure: ${(e as Error).message}`, status.INTERNAL));
     }
-    const deadlineMs = this.opts.deadlineMs ?? 60_000;
+    // One deadline for the call, retries on other endpoints included.
+    const end = Date.now() + (this.opts.deadlineMs ?? 60_000);
+    return this.ring.route(action, (i) => this.attempt<T>(i, service, action, method.responseType, body, Math.max(1, end - Date.now())));
+  }
+
+  /** The call on endpoint i, with what is left of its deadline. */
+  private attempt<T>(i: number, service: string, action: string, responseType: string, body: Buffer, deadlineMs: number): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      let session: http2.ClientHttp2Session;
+      let conn: Connection;
       try {
-        session = this.connect();
+        conn = this.connect(i);
       } catch (e) {
         reject(e);
         return;
       }
+      const session = conn.session!;
       let settled = false;
       const finish = (err: KmsClientError | null, value?: T) => {
         if (settled) return;
@@ -166,13 +192,17 @@ export class LightClient {
       });
       stream.on('error', (e: Error & { code?: string }) => {
         if (e.code !== 'ERR_HTTP2_STREAM_ERROR') {
-          finish(new KmsClientError('UNAVAILABLE', `No connection established. Last error: ${e.message}`, status.UNAVAILABLE));
+          // grpc-js' words, which the retry rule reads: before the connection was up the call was
+          // never sent; after, it may have reached kmsd.
+          const what = conn.connected ? 'Connection dropped' : 'No connection established';
+          finish(new KmsClientError('UNAVAILABLE', `${what}. Last error: ${e.message}`, status.UNAVAILABLE));
           return;
         }
         // The server reset the call, as grpc-js maps the reset codes.
         const rst = stream.rstCode;
         const code = rst === http2.constants.NGHTTP2_REFUSED_STREAM ? status.UNAVAILABLE : rst === http2.constants.NGHTTP2_CANCEL ? status.CANCELLED : rst === http2.constants.NGHTTP2_ENHANCE_YOUR_CALM ? status.RESOURCE_EXHAUSTED : status.INTERNAL;
-        finish(new KmsClientError(STATUS_NAMES[code], `Received RST_STREAM with code ${rst}`, code));
+        // grpc-js' words for REFUSED_STREAM, which the retry rule reads (the call was not processed).
+        finish(new KmsClientError(STATUS_NAMES[code], rst === http2.constants.NGHTTP2_REFUSED_STREAM ? 'Stream refused by server' : `Received RST_STREAM with code ${rst}`, code));
       });
       stream.on('close', () => {
         if (settled) return;
@@ -188,7 +218,8 @@ export class LightClient {
             // No answer at all, not even headers: the connection went (under TLS 1.3 a server
             // refuses a client certificate only after the client has sent its request; grpc-js
             // answers UNAVAILABLE there too). kmsd itself always answers with headers.
-            finish(new KmsClientError('UNAVAILABLE', 'No connection established. Last error: the connection closed before an answer', status.UNAVAILABLE));
+            const what = conn.connected ? 'Connection dropped' : 'No connection established';
+            finish(new KmsClientError('UNAVAILABLE', `${what}. Last error: the connection closed before an answer`, status.UNAVAILABLE));
           } else {
             finish(new KmsClientError('INTERNAL', `Received RST_STREAM with code ${stream.rstCode ?? 0} (no status)`, status.INTERNAL));
           }
@@ -210,7 +241,7 @@ export class LightClient {
           return;
         }
         try {
-          finish(null, decode(method.responseType, data.subarray(5)) as T);
+          finish(null, decode(responseType, data.subarray(5)) as T);
         } catch (e) {
           finish(new KmsClientError('INTERNAL', `Response message parsing error: ${(e as Error).message}`, status.INTERNAL));
         }
@@ -220,7 +251,9 @@ export class LightClient {
   }
 
   close(): void {
-    this.session?.close();
-    this.session = null;
+    for (const conn of this.ring.opened()) {
+      conn.session?.close();
+      conn.session = null;
+    }
   }
 }

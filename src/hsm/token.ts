@@ -17,6 +17,7 @@ import crypto from 'node:crypto';
 import * as pkcs11js from 'pkcs11js';
 import { HsmClosedError, HsmError, DecryptFailedError, UnwrapFailedError, isGcmAuthFailure, isSessionLost, toHsmError } from './errors';
 import { clearCryptoErrors, loadNativeAddon, nativeAddonLoadError } from './native-addon';
+import { initializeModuleOffLoop } from './module-init';
 import { CmkDataPath, type CmkGcmItem, type DataPathInfo } from './data-path';
 import { composedGcmDecrypt, composedGcmEncrypt } from './gcm-composed';
 import { HANDLE, type Handle, type MechanismPath, Slots, type TokenContext, TransientKey } from './context';
@@ -25,6 +26,8 @@ import { RootKey } from './root-key';
 import { SigningKey } from './signing-key';
 import { cmkKeyTemplate, instanceTemplate, macKeyTemplate, measuringKekTemplate, transientAesTemplate } from './templates';
 import { type RsaPadding, WrappingKeys } from './wrapping-keys';
+import { type HsmCapabilities, type UnwrapPlan, unwrapKeyMaterial } from './unwrap';
+import type { DisableableMechanism } from './mechanisms';
 
 export type { ObjectKind, TokenInventory } from './objects';
 export { TransientKey } from './context';
@@ -34,7 +37,21 @@ export interface TokenOptions {
   modulePath: string;
   tokenLabel: string;
   pin: string;
+  /** Mechanisms kmsd must not use even where the token has them (src/hsm/mechanisms.ts). */
+  disabledMechanisms?: readonly DisableableMechanism[];
 }
+
+const MECHANISM_NUMBERS: Record<DisableableMechanism, number> = {
+  CKM_AES_GCM: pkcs11js.CKM_AES_GCM,
+  CKM_AES_ECB: pkcs11js.CKM_AES_ECB,
+  CKM_AES_KEY_WRAP_PAD: pkcs11js.CKM_AES_KEY_WRAP_PAD,
+  CKM_RSA_PKCS: pkcs11js.CKM_RSA_PKCS,
+  CKM_RSA_PKCS_OAEP: pkcs11js.CKM_RSA_PKCS_OAEP,
+  CKM_RSA_X_509: pkcs11js.CKM_RSA_X_509,
+};
+
+/** What a CMK needs of the token, asked before anything is created (see HsmToken.cannot). */
+export type TokenNeed = 'HSM_GENERATED' | 'HSM_EXTERNAL' | 'SOFTWARE_GENERATED' | 'IMPORT';
 
 /**
  * Where AES-256-GCM runs: `in-token` is CKM_AES_GCM; `composed` is CKM_AES_ECB in the token with
@@ -47,6 +64,15 @@ const INSTANCE_APPLICATION = 'kmsd:instance';
 
 /** Objects whose class and label one session call of a background walk reads before yielding. */
 const WALK_SLICE = 256;
+
+/** Where a LoadedModule keeps its pkcs11js binding: a symbol only this file holds. */
+const LOADED: unique symbol = Symbol('loaded pkcs11 module');
+
+/** A PKCS#11 module loaded but not yet initialized (HsmToken.loadModule). Opaque outside this file. */
+export interface LoadedModule {
+  readonly [LOADED]: pkcs11js.PKCS11;
+  readonly modulePath: string;
+}
 
 let moduleRefCount = 0;
 
@@ -68,6 +94,8 @@ export class HsmToken {
   readonly tokenLabel: string;
   readonly modulePath: string;
   private readonly pin: string;
+  /** Mechanisms the configuration told kmsd not to use. */
+  private readonly disabled: ReadonlySet<DisableableMechanism>;
 
   private constructor(p11: pkcs11js.PKCS11, slot: Handle, session: Handle, opts: TokenOptions) {
     this.p11 = p11;
@@ -77,6 +105,7 @@ export class HsmToken {
     this.tokenLabel = opts.tokenLabel;
     this.modulePath = opts.modulePath;
     this.pin = opts.pin;
+    this.disabled = new Set(opts.disabledMechanisms ?? []);
     const ctx = this.context();
     this.wrapping = new WrappingKeys(ctx);
     this.rootKey = new RootKey(ctx);
@@ -93,6 +122,7 @@ export class HsmToken {
     return {
       slot: this.slot,
       index: this.index,
+      mechanisms: () => this.mechanisms(),
       withSession: (fn, name) => this.withSession(fn, name),
       withObject: (kind, id, fn, name) => this.withObject(kind, id, fn, name),
       inOwnSession: (fn, name) => this.inOwnSession(fn, name),
@@ -105,14 +135,33 @@ export class HsmToken {
     };
   }
 
-  /** Loads the module, finds the token by label (exactly one), opens a RW session and logs in as user. */
-  static open(opts: TokenOptions): HsmToken {
+  /**
+   * Loads the module (dlopen and C_GetFunctionList only: quick, and a wrong path fails here). The
+   * result is passed to open() or openOffLoop(), which use it as the context's binding.
+   */
+  static loadModule(modulePath: string): LoadedModule {
     const p11 = new pkcs11js.PKCS11();
     try {
-      p11.load(opts.modulePath);
+      p11.load(modulePath);
     } catch (e) {
-      throw new HsmError(`cannot load PKCS#11 module ${opts.modulePath}: ${(e as Error).message}`, 'MODULE_LOAD_FAILED');
+      throw new HsmError(`cannot load PKCS#11 module ${modulePath}: ${(e as Error).message}`, 'MODULE_LOAD_FAILED');
     }
+    return { [LOADED]: p11, modulePath };
+  }
+
+  /**
+   * open() with the module's C_Initialize made in a worker thread first (src/hsm/module-init.ts):
+   * the slow part of a first start on a full token, kept off the event loop. What is left on the
+   * loop (slot list, session, login) takes milliseconds.
+   */
+  static async openOffLoop(opts: TokenOptions, loaded: LoadedModule = HsmToken.loadModule(opts.modulePath)): Promise<HsmToken> {
+    await initializeModuleOffLoop(opts.modulePath);
+    return HsmToken.open(opts, loaded);
+  }
+
+  /** Loads the module, finds the token by label (exactly one), opens a RW session and logs in as user. */
+  static open(opts: TokenOptions, loaded: LoadedModule = HsmToken.loadModule(opts.modulePath)): HsmToken {
+    const p11 = loaded[LOADED];
     try {
       // The native addon calls into the same module from its worker threads, so the module must do
       // its own locking: without CKF_OS_LOCKING_OK SoftHSM turns locking off.
@@ -308,9 +357,60 @@ export class HsmToken {
         manufacturer: info.manufacturerID.trim(),
         model: info.model.trim(),
         serialNumber: info.serialNumber.trim(),
-        mechanisms: p11.C_GetMechanismList(this.slot),
+        mechanisms: this.usable(p11.C_GetMechanismList(this.slot)),
       };
     }, 'C_GetTokenInfo');
+  }
+
+  /** The token's mechanism list, less the ones the configuration disabled (read once: it does not change). */
+  mechanisms(): number[] {
+    this.listed ??= this.withSession((p11) => p11.C_GetMechanismList(this.slot), 'C_GetMechanismList');
+    return this.usable(this.listed);
+  }
+
+  private listed: number[] | null = null;
+
+  private usable(listed: number[]): number[] {
+    const off = new Set([...this.disabled].map((m) => MECHANISM_NUMBERS[m]));
+    return listed.filter((m) => !off.has(m));
+  }
+
+  /** Did the configuration tell kmsd not to use this mechanism? The capability probe skips its paths. */
+  mechanismDisabled(name: DisableableMechanism): boolean {
+    return this.disabled.has(name);
+  }
+
+  /**
+   * Why the token cannot do at all what a CMK needs, naming the mechanisms it lacks, or null when it
+   * can. Asked by CreateKey and GetParametersForImport before anything is created, so a token
+   * without a mechanism is a clear refusal there, never an internal error at the key's first use.
+   * What depends on the AES-GCM path goes by the capability probe's finding (nothing is refused
+   * for it before the probe has run).
+   */
+  cannot(need: TokenNeed): string | null {
+    const lacking = (names: DisableableMechanism[]) => {
+      const off = names.filter((n) => this.disabled.has(n));
+      return off.length ? ` (KMS_DISABLE_MECHANISMS turns off ${off.join(', ')})` : '';
+    };
+    const noGcmPath = this.capabilities !== null && this.capabilities.gcmPath === null;
+    const noGcm = `AES-256-GCM in the token, with CKM_AES_GCM or composed from CKM_AES_ECB, and this token can do neither${lacking(['CKM_AES_GCM', 'CKM_AES_ECB'])}`;
+    switch (need) {
+      case 'HSM_GENERATED':
+        if (noGcmPath) return `an HSM-level key needs ${noGcm}`;
+        if (!this.mechanisms().includes(pkcs11js.CKM_AES_KEY_GEN)) return 'an HSM-level key is generated with CKM_AES_KEY_GEN, which this token does not list';
+        return null;
+      case 'HSM_EXTERNAL':
+        return noGcmPath ? `an HSM-level key needs ${noGcm}` : null;
+      case 'IMPORT':
+        return noGcmPath ? `importing key material needs ${noGcm} (the material's fingerprint is computed there)` : null;
+      case 'SOFTWARE_GENERATED': {
+        if (!this.mechanisms().includes(pkcs11js.CKM_AES_KEY_GEN)) return 'SOFTWARE-level material is generated in the token with CKM_AES_KEY_GEN, which this token does not list';
+        if (this.rootKey.wrapPath === 'composed' && !this.mechanisms().includes(pkcs11js.CKM_AES_ECB)) {
+          return `SOFTWARE-level material is wrapped under the root key with CKM_AES_KEY_WRAP_PAD, or composed from CKM_AES_ECB, and this token can do neither${lacking(['CKM_AES_KEY_WRAP_PAD', 'CKM_AES_ECB'])}`;
+        }
+        return null;
+      }
+    }
   }
 
   random(n: number): Buffer {
@@ -899,6 +999,30 @@ export class HsmToken {
    */
   unwrapFromRoot(rootId: string, wrapped: Buffer): Buffer {
     return this.rootKey.unwrapMaterial(rootId, wrapped);
+  }
+
+  // ---------------------------------------------------------------- imported key material
+
+  /** What the capability probe found (src/hsm/unwrap.ts); null until it has run. */
+  private capabilities: HsmCapabilities | null = null;
+
+  /** Called by the capability probe: what unwrapInto goes by. */
+  adoptCapabilities(caps: HsmCapabilities): void {
+    this.capabilities = caps;
+  }
+
+  /**
+   * Unwraps imported key material (wrapped under wrapping key `wrapId` as `plan` says) into the
+   * token as the pending material of a CMK version of protection level `level`, checked to be
+   * exactly 256 bits. The caller gets a key reference back: it fingerprints and persists it
+   * (persistTransient, or wrapUnderRoot for SOFTWARE, whose material is then extractable) and
+   * releases it with destroyTransient. Fails with UnwrapFailedError or MaterialLengthError on bad
+   * input; nothing is left in the token then.
+   */
+  unwrapInto(level: 'HSM' | 'SOFTWARE', wrapId: string, plan: UnwrapPlan, wrapped: Buffer): TransientKey {
+    if (!this.p11) throw new HsmClosedError();
+    if (!this.capabilities) throw new HsmError('the token has not been probed for its unwrap paths yet', 'UNSUPPORTED');
+    return unwrapKeyMaterial(this, this.capabilities, wrapId, plan, wrapped, level === 'SOFTWARE');
   }
 
   // ---------------------------------------------------------------- RSA wrapping keys (wrapping-keys.ts)

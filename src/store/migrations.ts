@@ -205,4 +205,17 @@ export const MIGRATIONS: Migration[] = [
       CREATE INDEX xks_keys_by_cmk ON xks_keys(key_id);
     `,
   },
+  {
+    // The scheduler asks every second which CMKs are due for deletion, rotation or expiry. Without
+    // these the three questions were full scans of cmks on the event loop: 2-30 ms a second at
+    // 10,000 keys under load, ten times that at 100,000, and in the p99 of every call. Partial
+    // indexes, each WHERE the very condition of its query (store.ts cmksDue), hold only the rows
+    // that can ever be due.
+    version: 7,
+    sql: `
+      CREATE INDEX cmks_deletion_due ON cmks(delete_date) WHERE key_state = 'PendingDeletion';
+      CREATE INDEX cmks_rotation_due ON cmks(next_rotation_date) WHERE automatic_rotation = 'Enabled' AND key_state = 'Enabled' AND next_rotation_date IS NOT NULL;
+      CREATE INDEX cmks_expiry_due ON cmks(material_expire_time) WHERE material_expire_time IS NOT NULL AND key_state <> 'PendingImport';
+    `,
+  },
 ];

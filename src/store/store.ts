@@ -315,12 +315,9 @@ export class SqliteDb implements Sync<MetadataOps> {
   cmksDue(now: number): { deletions: CmkRow[]; rotations: CmkRow[]; expiries: CmkRow[] } {
     return {
       deletions: this.stmt("SELECT * FROM cmks WHERE key_state = 'PendingDeletion' AND delete_date <= ?").all(now) as CmkRow[],
-      rotations: this.db
-        .prepare("SELECT * FROM cmks WHERE automatic_rotation = 'Enabled' AND key_state = 'Enabled' AND next_rotation_date IS NOT NULL AND next_rotation_date <= ?")
-        .all(now) as CmkRow[],
-      expiries: this.db
-        .prepare("SELECT * FROM cmks WHERE material_expire_time IS NOT NULL AND material_expire_time <= ? AND key_state <> 'PendingImport'")
-        .all(now) as CmkRow[],
+      // Each answered from its partial index (migration 7): asked every second, whatever the key count.
+      rotations: this.stmt("SELECT * FROM cmks WHERE automatic_rotation = 'Enabled' AND key_state = 'Enabled' AND next_rotation_date IS NOT NULL AND next_rotation_date <= ?").all(now) as CmkRow[],
+      expiries: this.stmt("SELECT * FROM cmks WHERE material_expire_time IS NOT NULL AND material_expire_time <= ? AND key_state <> 'PendingImport'").all(now) as CmkRow[],
     };
   }
 

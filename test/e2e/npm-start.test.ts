@@ -77,6 +77,9 @@ describe('npm start and npx kmsctl', () => {
     const keyFile = `${dataDir}/dev-access-key.json`;
     expect(fs.statSync(keyFile).mode & 0o777).toBe(0o600);
     expect(JSON.parse(fs.readFileSync(keyFile, 'utf8'))).toMatchObject({ AccessKeyId: expect.stringMatching(/^KMSD/), AccessKeySecret: expect.any(String), Principal: 'local-admin' });
+    // Logged once the token is ready, after "listening on": read as it arrives (spawnSync above held
+    // this process's event loop, and with it the child's output).
+    for (let i = 0; i < 200 && !out.includes('development access key created'); i++) await new Promise((r) => setTimeout(r, 50));
     expect(out).toContain('development access key created');
   });
 });

@@ -22,6 +22,7 @@ import type { AccessKeyService } from '../../kms/access-keys';
 import type { XksService } from '../../kms/xks';
 import { describeRuntime, startRuntimeMonitor } from './runtime';
 import { CALL_TURN_BUDGET_MS, Turns } from '../../turns';
+import type { Readiness } from '../readiness';
 
 /** Actions whose successful calls are logged at debug level and answered without a request id (see unary()). */
 const DATA_PLANE_ACTIONS = new Set(['Encrypt', 'Decrypt', 'GenerateDataKey', 'GenerateDataKeyWithoutPlaintext', 'ReEncrypt', 'EncryptBatch', 'DecryptBatch']);
@@ -397,6 +398,42 @@ export function createServer(
   s: GrpcServices,
   opts: { maxMessageBytes?: number; maxConcurrentStreams?: number; streamLimits?: StreamLimits } = {},
 ): { server: grpc.Server; health: HealthImplementation; streams: StreamBudget; actions: Record<string, Action> } {
+  const front = openServer({ ...opts, log: s.log, services: ['KeyManagementService', ...(s.ceremony?.services() ?? []).map((x) => x.name)] });
+  const actions = front.install(s);
+  return { server: front.server, health: front.health, streams: front.streams, actions };
+}
+
+type ServiceName = 'KeyManagementService' | 'CeremonyService' | 'AuditService';
+
+/** A server whose services are registered before the token is open, and installed once it is. */
+export interface ServerFront {
+  server: grpc.Server;
+  health: HealthImplementation;
+  streams: StreamBudget;
+  /**
+   * Puts the real handlers behind every registered method; calls waiting in the front go on to
+   * them when `readiness` (if any) is marked ready. Returns the decorated actions (for HTTP).
+   */
+  install(s: GrpcServices): Record<string, Action>;
+}
+
+export interface FrontOptions {
+  maxMessageBytes?: number;
+  maxConcurrentStreams?: number;
+  streamLimits?: StreamLimits;
+  log: Logger;
+  /** Services (under kms.v1) to register now; each must be among those install() gets. */
+  services: ServiceName[];
+  /**
+   * Calls before install() wait on it (bounded) and are answered ServiceUnavailable.Hsm when it
+   * times out or fails. Without it, install() must come before the server is bound.
+   */
+  readiness?: Readiness;
+  /** DescribeHsm's answer before install(): it says the token is still opening instead of waiting. */
+  describeOpening?: () => Record<string, unknown>;
+}
+
+export function openServer(opts: FrontOptions): ServerFront {
   const server = new grpc.Server({
     'grpc.max_receive_message_length': opts.maxMessageBytes ?? 4 * 1024 * 1024,
     'grpc.max_send_message_length': opts.maxMessageBytes ?? 4 * 1024 * 1024,
@@ -404,30 +441,88 @@ export function createServer(
     'grpc.max_concurrent_streams': opts.maxConcurrentStreams ?? DEFAULT_MAX_CONCURRENT_STREAMS,
   });
   const streams = new StreamBudget(opts.streamLimits ?? DEFAULT_STREAM_LIMITS);
-  const ctor = serviceConstructor('KeyManagementService');
-  const actions = s.ceremony ? s.ceremony.wrap(buildActions(s)) : buildActions(s);
-  const impl: grpc.UntypedServiceImplementation = {};
-  const turns = new Turns(CALL_TURN_BUDGET_MS);
-  for (const name of Object.keys(ctor.service)) {
-    const action = actions[name];
-    if (!action) throw new Error(`no handler for RPC ${name}`);
-    const m = ctor.service[name];
-    impl[name] = m.requestStream && m.responseStream ? bidi(name, action, s.log, streams, s.security) : unary(name, action, s.log, turns, s.security);
-  }
-  startRuntimeMonitor();
-  server.addService(hardenService(ctor.service), impl);
-  for (const extra of s.ceremony?.services() ?? []) {
-    const c = serviceConstructor(extra.name);
-    const extraImpl: grpc.UntypedServiceImplementation = {};
+  // service name -> method -> the real handler, once installed.
+  const installed = new Map<string, grpc.UntypedServiceImplementation>();
+  for (const svc of opts.services) {
+    const c = serviceConstructor(svc);
+    const front: grpc.UntypedServiceImplementation = {};
     for (const name of Object.keys(c.service)) {
-      if (!extra.actions[name]) throw new Error(`no handler for RPC ${extra.name}.${name}`);
-      extraImpl[name] = unary(name, extra.actions[name], s.log, turns, s.security);
+      front[name] = gated(svc, name, installed, opts);
     }
-    server.addService(hardenService(c.service), extraImpl);
+    server.addService(hardenService(c.service), front);
   }
   const health = new HealthImplementation({ '': 'NOT_SERVING', 'kms.v1.KeyManagementService': 'NOT_SERVING' });
   health.addToServer(server);
   new ReflectionService(loadApi().definition).addToServer(server);
-  // The decorated table goes back too: the HTTP dialects run the very same actions (src/api/admission.ts).
-  return { server, health, streams, actions };
+  return {
+    server,
+    health,
+    streams,
+    install(s: GrpcServices) {
+      const ctor = serviceConstructor('KeyManagementService');
+      const actions = s.ceremony ? s.ceremony.wrap(buildActions(s)) : buildActions(s);
+      const impl: grpc.UntypedServiceImplementation = {};
+      const turns = new Turns(CALL_TURN_BUDGET_MS);
+      for (const name of Object.keys(ctor.service)) {
+        const action = actions[name];
+        if (!action) throw new Error(`no handler for RPC ${name}`);
+        const m = ctor.service[name];
+        impl[name] = m.requestStream && m.responseStream ? bidi(name, action, s.log, streams, s.security) : unary(name, action, s.log, turns, s.security);
+      }
+      startRuntimeMonitor();
+      const all = new Map<string, grpc.UntypedServiceImplementation>([['KeyManagementService', impl]]);
+      for (const extra of s.ceremony?.services() ?? []) {
+        const c = serviceConstructor(extra.name);
+        const extraImpl: grpc.UntypedServiceImplementation = {};
+        for (const name of Object.keys(c.service)) {
+          if (!extra.actions[name]) throw new Error(`no handler for RPC ${extra.name}.${name}`);
+          extraImpl[name] = unary(name, extra.actions[name], s.log, turns, s.security);
+        }
+        all.set(extra.name, extraImpl);
+      }
+      for (const svc of opts.services) {
+        const real = all.get(svc);
+        if (!real) throw new Error(`service ${svc} was registered but has no handlers`);
+        installed.set(svc, real);
+      }
+      // The decorated table goes back too: the HTTP dialects run the very same actions (src/api/admission.ts).
+      return actions;
+    },
+  };
+}
+
+/**
+ * The handler registered for one method: the real one once installed; before that, the call waits
+ * for readiness and then goes on, or is answered ServiceUnavailable.Hsm (never left hanging).
+ */
+function gated(svc: string, name: string, installed: Map<string, grpc.UntypedServiceImplementation>, opts: FrontOptions): grpc.UntypedHandleCall {
+  const real = () => installed.get(svc)?.[name] as ((call: unknown, callback?: unknown) => void) | undefined;
+  return (call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerDuplexStream<unknown, unknown>, callback?: grpc.sendUnaryData<unknown>) => {
+    const h = real();
+    if (h) return h(call, callback);
+    if (svc === 'KeyManagementService' && name === 'DescribeHsm' && opts.describeOpening && callback) {
+      callback(null, opts.describeOpening());
+      return;
+    }
+    const refuse = (err: KmsError) => {
+      const t = new grpc.Metadata();
+      t.set(ERROR_CODE_METADATA, err.code);
+      opts.log.info({ action: name, principal: call.getPeer(), outcome: err.code, reason: 'token not ready' }, 'call');
+      const status = { code: STATUS[err.status], details: err.message, metadata: t };
+      if (callback) callback(status);
+      else call.emit('error', status);
+    };
+    if (!opts.readiness) return refuse(new KmsError('ServiceUnavailable.Hsm', `${name} is not served yet`));
+    opts.readiness.wait().then(
+      () => {
+        if (call.cancelled) return;
+        const go = real();
+        if (go) go(call, callback);
+        else refuse(new KmsError('ServiceUnavailable.Hsm', `${name} is not served yet`));
+      },
+      (e: KmsError) => {
+        if (!call.cancelled) refuse(e);
+      },
+    );
+  };
 }

@@ -68,6 +68,7 @@ export const HTTP_ERROR_TABLE: Record<ErrorCode, DialectError> = {
   'Rejected.XksCredentialLimit': { alibaba: ali('Rejected.XksCredentialLimit', 409), aws: aws('LimitExceededException') },
   'Rejected.XksKeyStoreNotEmpty': { alibaba: ali('Rejected.XksKeyStoreNotEmpty', 409), aws: aws('KMSInvalidStateException') },
   'Rejected.XksKeyUsage': { alibaba: ali('Rejected.XksKeyUsage', 409), aws: aws('KMSInvalidStateException') },
+  'Rejected.TokenLacksMechanism': { alibaba: ali('Rejected.TokenLacksMechanism', 409), aws: aws('UnsupportedOperationException') },
 };
 
 /** Refusals of the HTTP transport itself, before a domain action runs. */
@@ -84,7 +85,8 @@ export type HttpRefusal =
   | 'HeadersTooLarge' // request line and headers over 16 KiB
   | 'RequestTimeout' // headers or body not received in time
   | 'NotHttp' // bytes that are not an HTTP/1.1 request
-  | 'UnsupportedMediaType'; // a body type the dialect does not read
+  | 'UnsupportedMediaType' // a body type the dialect does not read
+  | 'TokenOpening'; // kmsd listens but its token is not open yet (as ServiceUnavailable.Hsm)
 
 export const HTTP_REFUSAL_TABLE: Record<HttpRefusal, DialectError> = {
   UnknownAccessKey: { alibaba: ali('InvalidAccessKeyId.NotFound', 404), aws: aws('UnrecognizedClientException') },
@@ -100,6 +102,7 @@ export const HTTP_REFUSAL_TABLE: Record<HttpRefusal, DialectError> = {
   RequestTimeout: { alibaba: ali('RequestTimeout', 408), aws: aws('RequestTimeoutException', 408) },
   NotHttp: { alibaba: ali('MalformedRequest', 400), aws: aws('SerializationException') },
   UnsupportedMediaType: { alibaba: ali('UnsupportedMediaType', 415), aws: aws('SerializationException', 415) },
+  TokenOpening: { alibaba: ali('Throttling.Hsm', 503), aws: aws('KMSInternalException', 500) },
 };
 
 /** A refusal of the HTTP transport, thrown by a dialect's authentication and parsing. */

@@ -43,6 +43,11 @@ export interface HttpListenerOptions {
   ctx: HttpContext;
   log: Logger;
   dialects?: Dialect[];
+  /**
+   * Awaited before a request goes to its dialect: kmsd listens before the token is open, and a
+   * request waits here until it is (a rejection is answered as TokenOpening, with its message).
+   */
+  ready?: () => Promise<void>;
 }
 
 export interface HttpListener {
@@ -211,6 +216,13 @@ export async function listenHttp(o: HttpListenerOptions): Promise<HttpListener> 
       receivedAt,
       certPrincipal,
     };
+    if (o.ready) {
+      try {
+        await o.ready();
+      } catch (e) {
+        return send(res, early(dialects, known, 'TokenOpening', (e as Error).message, requestId));
+      }
+    }
     const dialect = dialects.find((d) => d.matches(call));
     if (!dialect) return send(res, plain('UnknownAction', `no API at ${call.path.slice(0, 128)}`, requestId));
     send(res, await dialect.handle(call, o.ctx));
