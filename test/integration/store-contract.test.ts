@@ -1,0 +1,370 @@
+// One store contract, run on every backend of src/store/api.ts: the same cases, the same answers.
+// "Two replicas" are two Store objects opened on the same database, each with its own connection
+// pool; the rules of the seed (alias uniqueness, a proposal executes once, the failed-import counter,
+// CMK state transitions, the audit chain) must hold between them. PostgreSQL is a real throwaway
+// cluster (test/helpers/postgres.ts), one per file, one database per backend instance.
+
+import crypto from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { StoreConflictError, type AuditRow, type CmkRow, type ProposalRow, type Store, type WrappingKeyRow } from '../../src/store/api';
+import { PgStore } from '../../src/store/pg/pg-store';
+import { startPostgres, type PgCluster, type PgDatabase } from '../helpers/postgres';
+
+interface Backend {
+  name: string;
+  /** A fresh, empty store and a second "replica" on the same data (the same object where a backend has one writer). */
+  open(): Promise<{ a: Store; b: Store; close(): Promise<void> }>;
+  /** Whether `b` is a separate process-like replica with its own connections (row locks matter). */
+  replicas: boolean;
+}
+
+let cluster: PgCluster;
+
+const postgres: Backend = {
+  name: 'postgres',
+  replicas: true,
+  async open() {
+    const db = await cluster.createDatabase();
+    const a = await PgStore.open(options(db));
+    const b = await PgStore.open(options(db));
+    return {
+      a,
+      b,
+      async close() {
+        await a.close();
+        await b.close();
+      },
+    };
+  },
+};
+
+function options(db: PgDatabase) {
+  return { host: db.host, port: db.port, user: db.user, password: db.password, database: db.database, maxConnections: 4 };
+}
+
+const BACKENDS: Backend[] = [postgres];
+
+beforeAll(async () => {
+  cluster = await startPostgres();
+});
+
+afterAll(async () => {
+  await cluster?.stop();
+});
+
+let n = 0;
+const id = (p: string) => `${p}-${++n}-${crypto.randomBytes(4).toString('hex')}`;
+
+function cmk(keyId: string, over: Partial<CmkRow> = {}): CmkRow {
+  return {
+    key_id: keyId,
+    origin: 'Aliyun_KMS',
+    key_spec: 'Aliyun_AES_256',
+    key_usage: 'ENCRYPT/DECRYPT',
+    protection_level: 'HSM',
+    description: 'd',
+    key_state: 'Enabled',
+    creation_date: 1_700_000_000_123,
+    delete_date: null,
+    material_expire_time: null,
+    automatic_rotation: 'Disabled',
+    rotation_interval_s: null,
+    next_rotation_date: null,
+    last_rotation_date: null,
+    primary_key_version: null,
+    material_fingerprint: null,
+    state_before_deletion: null,
+    import_path: null,
+    state_after_import: null,
+    ...over,
+  };
+}
+
+function wrappingKey(wrapId: string, over: Partial<WrappingKeyRow> = {}): WrappingKeyRow {
+  return { wrap_id: wrapId, key_spec: 'RSA_2048', raw_decrypt: 0, public_key: Buffer.from([1, 2, 3]), created: Date.now(), key_id: null, algorithm: null, expires: null, ...over };
+}
+
+function proposal(pid: string): ProposalRow {
+  return {
+    proposal_id: pid,
+    revision: 1,
+    action: 'ScheduleKeyDeletion',
+    key_id: null,
+    parameters: '{}',
+    document: Buffer.from('doc'),
+    requester: 'alice',
+    created_at: Date.now(),
+    expires_at: Date.now() + 60_000,
+    state: 'Open',
+    closed_at: null,
+    outcome: null,
+    result: null,
+  };
+}
+
+/** Appends one record to the chain, linked to the head read under the chain lock. */
+async function appendAudit(s: Store, action: string): Promise<AuditRow> {
+  return s.transaction(async (tx) => {
+    const head = await tx.lastAuditForUpdate();
+    const seq = (head?.seq ?? 0) + 1;
+    const prev = head?.hash ?? '0'.repeat(64);
+    const row: AuditRow = { seq, time: Date.now(), request_id: id('r'), principal: 'p', action, key_id: '', proposal_id: '', outcome: 'ok', details: '{}', prev_hash: prev, hash: '' };
+    row.hash = crypto.createHash('sha256').update(`${prev}|${seq}|${action}|${row.request_id}`).digest('hex');
+    await tx.audit.insert(row);
+    return row;
+  });
+}
+
+async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+describe.each(BACKENDS)('store contract on $name', (backend) => {
+  let a: Store;
+  let b: Store;
+  let close: () => Promise<void>;
+
+  beforeAll(async () => {
+    ({ a, b, close } = await backend.open());
+  });
+
+  afterAll(async () => {
+    await close?.();
+  });
+
+  it('starts empty, and a CMK round-trips every column (blobs, nulls, millisecond times)', async () => {
+    expect(await a.isEmpty()).toBe(true);
+    const k = id('key');
+    const row = cmk(k, { material_fingerprint: Buffer.from('ff00aa', 'hex'), delete_date: 1_800_000_000_000, rotation_interval_s: 86400, state_after_import: 'Disabled' });
+    await a.insertCmk(row);
+    expect(await b.getCmk(k)).toEqual(row);
+    expect(await a.isEmpty()).toBe(false);
+    await a.updateCmk(k, { key_state: 'Disabled', description: 'x' });
+    expect(await b.getCmk(k)).toMatchObject({ key_state: 'Disabled', description: 'x', material_fingerprint: Buffer.from('ff00aa', 'hex') });
+    expect(await a.countCmks()).toBe(1);
+    expect((await a.listCmks(0, 10)).map((r) => r.key_id)).toEqual([k]);
+  });
+
+  it('deleting a CMK removes its versions and aliases and unbinds its wrapping keys', async () => {
+    const k = id('key');
+    await a.insertCmk(cmk(k));
+    await a.insertVersion({ version_id: `${k}-v1`, key_id: k, creation_date: 1, software_wrapped: Buffer.from('w'), material_state: 'Present' });
+    await a.insertAlias({ alias_name: `alias/${k}`, key_id: k, creation_date: 1, update_date: 1 });
+    const w = id('wrap');
+    await a.insertWrappingKey(wrappingKey(w, { key_id: k, algorithm: 'RSAES_OAEP_SHA_256', expires: Date.now() + 1000 }));
+    expect(await a.getVersion(`${k}-v1`)).toMatchObject({ software_wrapped: Buffer.from('w') });
+    await a.deleteCmk(k);
+    expect(await a.getCmk(k)).toBeUndefined();
+    expect(await a.getVersion(`${k}-v1`)).toBeUndefined();
+    expect(await b.getAlias(`alias/${k}`)).toBeUndefined();
+    expect((await b.getWrappingKey(w))?.key_id).toBeNull();
+  });
+
+  it('a failed transaction leaves nothing behind', async () => {
+    const k = id('key');
+    await a.insertCmk(cmk(k));
+    await expect(
+      a.transaction(async (tx) => {
+        await tx.updateCmk(k, { key_state: 'Disabled' });
+        await tx.insertAlias({ alias_name: `alias/${k}`, key_id: k, creation_date: 1, update_date: 1 });
+        throw new Error('refused');
+      }),
+    ).rejects.toThrow('refused');
+    expect((await a.getCmk(k))?.key_state).toBe('Enabled');
+    expect(await b.getAlias(`alias/${k}`)).toBeUndefined();
+  });
+
+  it('alias uniqueness: a taken name is a StoreConflictError, and of two replicas racing for a name exactly one wins', async () => {
+    const name = `alias/${id('a')}`;
+    await a.insertAlias({ alias_name: name, key_id: 'k1', creation_date: 1, update_date: 1 });
+    await expect(b.insertAlias({ alias_name: name, key_id: 'k2', creation_date: 1, update_date: 1 })).rejects.toBeInstanceOf(StoreConflictError);
+    for (let round = 0; round < 10; round++) {
+      const raced = `alias/${id('race')}`;
+      const results = await Promise.allSettled([
+        a.transaction((tx) => tx.insertAlias({ alias_name: raced, key_id: 'from-a', creation_date: 1, update_date: 1 })),
+        b.transaction((tx) => tx.insertAlias({ alias_name: raced, key_id: 'from-b', creation_date: 1, update_date: 1 })),
+      ]);
+      const won = results.filter((r) => r.status === 'fulfilled');
+      expect(won).toHaveLength(1);
+      const lost = results.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+      expect(lost.reason).toBeInstanceOf(StoreConflictError);
+      expect((await a.getAlias(raced))?.key_id).toBe(results[0].status === 'fulfilled' ? 'from-a' : 'from-b');
+    }
+  });
+
+  it('a proposal executes once: of concurrent Open -> Executing transitions on two replicas exactly one succeeds', async () => {
+    for (let round = 0; round < 10; round++) {
+      const pid = id('prop');
+      await a.ceremony.insertProposal(proposal(pid));
+      const tries = await Promise.all([
+        a.ceremony.transition(pid, 'Open', 'Executing'),
+        b.ceremony.transition(pid, 'Open', 'Executing'),
+        a.transaction(async (tx) => (await tx.getProposalForUpdate(pid))?.state === 'Open' && tx.ceremony.transition(pid, 'Open', 'Executing')),
+        b.transaction(async (tx) => (await tx.getProposalForUpdate(pid))?.state === 'Open' && tx.ceremony.transition(pid, 'Open', 'Executing')),
+      ]);
+      expect(tries.filter((t) => t === true)).toHaveLength(1);
+      expect((await b.ceremony.getProposal(pid))?.state).toBe('Executing');
+    }
+  });
+
+  it('the failed-import counter counts every failure of both replicas', async () => {
+    const w = id('wrap');
+    await a.insertWrappingKey(wrappingKey(w, { key_id: 'k', algorithm: 'RSAES_OAEP_SHA_256', expires: Date.now() + 60_000 }));
+    const counts = await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 ? a : b).countFailedImport(w)));
+    expect([...counts].sort((x, y) => x - y)).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
+    expect((await a.getWrappingKey(w))?.failed_imports).toBe(20);
+    expect(await a.countFailedImport('no-such-key')).toBe(0);
+  });
+
+  it('CMK state transitions under concurrent transactions of two replicas: of two imports of different material exactly one wins', async () => {
+    for (let round = 0; round < 20; round++) {
+      const k = id('key');
+      await a.insertCmk(cmk(k, { origin: 'EXTERNAL', key_state: 'PendingImport' }));
+      const importInto = (s: Store, material: string) =>
+        s.transaction(async (tx) => {
+          const row = await tx.getCmkForUpdate(k);
+          const fp = Buffer.from(material);
+          if (row!.material_fingerprint && !row!.material_fingerprint.equals(fp)) throw new Error('different material');
+          await tx.updateCmk(k, { key_state: 'Enabled', material_fingerprint: fp });
+          return material;
+        });
+      const results = await Promise.allSettled([importInto(a, 'material-a'), importInto(b, 'material-b')]);
+      const won = results.filter((r): r is PromiseFulfilledResult<string> => r.status === 'fulfilled');
+      expect(won).toHaveLength(1);
+      expect(String((results.find((r) => r.status === 'rejected') as PromiseRejectedResult).reason)).toContain('different material');
+      const after = await b.getCmk(k);
+      expect(after?.key_state).toBe('Enabled');
+      expect(after?.material_fingerprint?.toString()).toBe(won[0].value);
+    }
+  });
+
+  it('the audit chain stays linear when both replicas append at once', async () => {
+    const appended = await Promise.all(Array.from({ length: 30 }, (_, i) => appendAudit(i % 2 ? a : b, `Act${i}`)));
+    expect(new Set(appended.map((r) => r.seq)).size).toBe(30);
+    let prev: AuditRow | undefined;
+    let count = 0;
+    for await (const r of b.audit.iterate()) {
+      count++;
+      if (prev) {
+        expect(r.seq).toBe(prev.seq + 1);
+        expect(r.prev_hash).toBe(prev.hash);
+      }
+      prev = r;
+    }
+    expect(count).toBe(await a.audit.count());
+    expect((await a.audit.last())?.seq).toBe(prev?.seq);
+  });
+
+  it('group commit: units share a transaction, a failing unit is rolled back alone', async () => {
+    const before = a.groupStats.commits;
+    const k1 = id('key');
+    const k2 = id('key');
+    const results = await Promise.allSettled([
+      a.grouped((tx) => tx.insertCmk(cmk(k1))),
+      a.grouped(async (tx) => {
+        await tx.insertCmk(cmk(k2));
+        throw new Error('unit refused');
+      }),
+      a.grouped(async (tx) => (await tx.getCmk(k1))?.key_id),
+    ]);
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    expect((results[2] as PromiseFulfilledResult<string>).value).toBe(k1);
+    expect(await b.getCmk(k1)).toBeDefined();
+    expect(await b.getCmk(k2)).toBeUndefined();
+    expect(a.groupStats.commits).toBe(before + 1);
+    expect(a.groupStats.largest).toBeGreaterThanOrEqual(3);
+  });
+
+  it('a pooled wrapping key is issued to exactly one caller of all replicas', async () => {
+    const spec = `RSA_${id('spec')}`;
+    for (let i = 0; i < 4; i++) await a.insertWrappingKey(wrappingKey(id('pool'), { key_spec: spec }));
+    expect(await b.countPooledWrappingKeys(spec, false)).toBe(4);
+    const issued = await Promise.all(Array.from({ length: 10 }, (_, i) => (i % 2 ? a : b).issuePooledWrappingKey(spec, false, `cmk-${i}`, 'RSAES_OAEP_SHA_256', Date.now() + 60_000)));
+    const got = issued.filter((w): w is WrappingKeyRow => w !== undefined);
+    expect(got.length).toBeLessThanOrEqual(4);
+    expect(new Set(got.map((w) => w.wrap_id)).size).toBe(got.length);
+    expect((await a.allWrappingKeys()).filter((w) => w.key_spec === spec && w.key_id !== null)).toHaveLength(got.length);
+  });
+
+  it('write-ahead intents take distinct creation sequences on every replica', async () => {
+    const start = await a.tokenSequence();
+    const seqs = await Promise.all(Array.from({ length: 12 }, (_, i) => (i % 2 ? a : b).openIntent('cmk', id('obj'), Date.now())));
+    expect([...seqs].sort((x, y) => x - y)).toEqual(Array.from({ length: 12 }, (_, i) => start + i + 1));
+    expect(await b.tokenSequence()).toBe(start + 12);
+    await a.raiseTokenSequence(start + 5); // never lowers
+    expect(await a.tokenSequence()).toBe(start + 12);
+    await a.raiseTokenSequence(start + 100);
+    expect(await b.tokenSequence()).toBe(start + 100);
+    for (const s of seqs) await a.clearIntent(s);
+    expect((await a.allIntents()).filter((r) => seqs.includes(r.seq))).toHaveLength(0);
+  });
+
+  it('the first replica to name the instance wins', async () => {
+    const ids = await Promise.all([a.ceremony.instanceId(() => 'from-a'), b.ceremony.instanceId(() => 'from-b')]);
+    expect(ids[0]).toBe(ids[1]);
+    expect(await a.instanceId()).toBe(ids[0]);
+  });
+
+  it.runIf(backend.replicas)('a change made on one replica drops the other replica\'s cached row and tells its listeners', async () => {
+    const k = id('key');
+    await a.insertCmk(cmk(k));
+    await b.getCmk(k);
+    expect(b.cachedCmk(k)?.key_state).toBe('Enabled');
+    let told = 0;
+    b.onRollback(() => told++);
+    await a.updateCmk(k, { key_state: 'Disabled' });
+    await until('the replica to drop its cached CMK', () => b.cachedCmk(k) === undefined, 1000);
+    expect((await b.getCmk(k))?.key_state).toBe('Disabled');
+    await until('the replica to tell its listeners', () => told > 0, 1000);
+  });
+});
+
+describe('PostgreSQL schema', () => {
+  let db: PgDatabase;
+  let raw: pg.Pool;
+
+  beforeAll(async () => {
+    db = await cluster.createDatabase();
+    raw = cluster.pool(db, 2);
+  });
+
+  afterAll(async () => {
+    await raw?.end();
+  });
+
+  it('replicas starting together migrate the database once, and the audit log refuses updates and deletes', async () => {
+    const stores = await Promise.all([PgStore.open(options(db)), PgStore.open(options(db)), PgStore.open(options(db))]);
+    try {
+      const versions = (await raw.query('SELECT version FROM schema_migrations ORDER BY version')).rows.map((r) => r.version);
+      expect(versions).toEqual([1, 2, 3, 4, 5, 6]);
+      await appendAudit(stores[0], 'CreateKey');
+      await expect(raw.query("UPDATE audit_log SET action = 'x'")).rejects.toThrow('audit_log is append-only');
+      await expect(raw.query('DELETE FROM audit_log')).rejects.toThrow('audit_log is append-only');
+      await expect(raw.query('TRUNCATE audit_log')).rejects.toThrow('audit_log is append-only');
+    } finally {
+      for (const s of stores) await s.close();
+    }
+  });
+
+  it('has the tables and columns of the SQLite schema', async () => {
+    const cols = (await raw.query("SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'")).rows.map((r) => `${r.table_name}.${r.column_name}`);
+    // Every table the SQLite migrations create, by its columns (the SQLite side is read from its own schema).
+    const Database = (await import('better-sqlite3')).default;
+    const { MIGRATIONS } = await import('../../src/store/migrations');
+    const lite = new Database(':memory:');
+    try {
+      lite.exec('CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)');
+      for (const m of MIGRATIONS) lite.exec(m.sql);
+      const tables = (lite.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as { name: string }[]).map((t) => t.name);
+      const liteCols = tables.flatMap((t) => (lite.prepare(`PRAGMA table_info(${t})`).all() as { name: string }[]).map((c) => `${t}.${c.name}`));
+      expect([...cols].sort()).toEqual([...liteCols].sort());
+    } finally {
+      lite.close();
+    }
+  });
+});
