@@ -49,6 +49,26 @@ export interface DaemonConfig {
   proposalTtlSeconds?: number;
   /** KMSD_NATIVE_ADDON: the addon file to load instead of searching build/ (checked to exist). */
   nativeAddonPath?: string;
+  /** --store: the shared PostgreSQL store of replicas; unset for SQLite in dataDir (one kmsd). */
+  store?: PostgresStoreConfig;
+}
+
+/** Where a PostgreSQL store is and how to log in (--store, --store-password-file). */
+export interface PostgresStoreConfig {
+  backend: 'postgres';
+  host: string;
+  port: number;
+  user: string;
+  database: string;
+  /** postgres://USER@HOST:PORT/DB, for messages: never holds a password. */
+  url: string;
+  /** Where the password came from: a file, PGPASSWORD, or none given (PostgreSQL's .pgpass, or no password). */
+  passwordSource: 'file' | 'PGPASSWORD' | 'pgpass';
+  /**
+   * The password read at start-up; a function, so that logging or serializing the configuration
+   * never shows it.
+   */
+  password: () => string | undefined;
 }
 
 /** Who may call (policy), how much (limits), and whether plaintext is served at all. */
@@ -90,7 +110,7 @@ export class ConfigError extends Error {}
  */
 export const DEFAULT_NATIVE_THREADS = Math.max(1, Math.min(256, os.availableParallelism()));
 
-const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-key' | 'tls-client-ca' | 'policy' | 'plaintext-loopback' | 'allow-insecure-pin-file'> = {
+const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-key' | 'tls-client-ca' | 'policy' | 'plaintext-loopback' | 'allow-insecure-pin-file' | 'store-password-file'> = {
   '--listen': 'listen',
   '--data-dir': 'dataDir',
   '--pkcs11-module': 'pkcs11Module',
@@ -105,6 +125,8 @@ const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-ke
   '--http-listen': 'httpListen',
   '--aws-region': 'awsRegion',
   '--allow-insecure-pin-file': 'allow-insecure-pin-file',
+  '--store': 'store',
+  '--store-password-file': 'store-password-file',
 };
 
 /** Config-file fields and the type each must have; any other field is refused by name. */
@@ -117,7 +139,7 @@ const FILE_FIELDS: Record<string, 'string' | 'number' | 'boolean'> = {
   hsmQueueTimeoutMs: 'number', maxMessageBytes: 'number', tlsHandshakeTimeoutMs: 'number', tlsMaxUnauthenticated: 'number',
   tlsMaxUnauthenticatedPerAddress: 'number', maxConcurrentStreams: 'number', streamMaxPerConnection: 'number', streamMaxPerPrincipal: 'number',
   streamBufferBytesPerConnection: 'number', streamBufferBytesPerPrincipal: 'number', proposalTtlSeconds: 'number', auditCheckpointRecords: 'number',
-  auditCheckpointSeconds: 'number', auditDataPlane: 'boolean',
+  auditCheckpointSeconds: 'number', auditDataPlane: 'boolean', store: 'string', storePasswordFile: 'string',
 };
 
 function wrap(text: string, width: number): string {
@@ -136,6 +158,7 @@ export const USAGE = `usage: kmsd [--listen HOST:PORT] [--data-dir DIR] [--pkcs1
             [--pin-file FILE] [--config FILE] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
             [--policy FILE] [--plaintext-loopback 0|1] [--adopt-token] [--allow-insecure-pin-file 0|1]
             [--http-listen HOST:PORT] [--aws-region REGION]
+            [--store postgres://USER@HOST:PORT/DB [--store-password-file FILE]]
 
 Environment: KMS_LISTEN, KMS_DATA_DIR, KMS_PKCS11_MODULE, KMS_TOKEN_LABEL, KMS_PIN_FILE, KMS_TLS_CERT,
 KMS_TLS_KEY, KMS_TLS_CLIENT_CA, KMS_ALLOW_HOST_ASSISTED_UNWRAP (0|1), KMS_IMPORT_TOKEN_TTL_SECONDS,
@@ -152,7 +175,7 @@ Ceremonies and audit (docs/ceremony.md, docs/audit.md): KMS_PROPOSAL_TTL_SECONDS
 KMS_AUDIT_DATA_PLANE (1 logs every Encrypt/Decrypt; default: counted only), KMS_AUDIT_CHECKPOINT_RECORDS,
 KMS_AUDIT_CHECKPOINT_SECONDS. HTTP (Alibaba and AWS SDKs, README): KMS_HTTP_LISTEN (HOST:PORT, same TLS and
 loopback rule as gRPC), KMS_REGION and KMS_ACCOUNT (in ARNs; default local and kmsd), KMS_AWS_REGION (the only region an AWS
-SigV4 credential scope may name; default: any). Tests only: KMS_PENDING_WINDOW_DAY_SECONDS (seconds per deletion-window day),
+SigV4 credential scope may name; default: any). Store: KMS_STORE, KMS_STORE_PASSWORD_FILE, PGPASSWORD. Tests only: KMS_PENDING_WINDOW_DAY_SECONDS (seconds per deletion-window day),
 KMS_MIN_ROTATION_INTERVAL_SECONDS.
 
 The config file (--config or KMS_CONFIG) is a JSON object of the settings above by their camelCase
@@ -169,7 +192,13 @@ taken over.
 The store (DATA_DIR/kmsd.sqlite) and the token are bound to each other: kmsd refuses to start with a
 store that is not the token's own (another data directory, a deleted or truncated kmsd.sqlite, a
 backup older than the token) and says why. --adopt-token binds a store without a binding (or older
-than the token) to the token as it is, destroying nothing.`;
+than the token) to the token as it is, destroying nothing.
+
+The metadata store: without --store, SQLite in DATA_DIR/kmsd.sqlite: one kmsd on one machine (the
+default, and what npm start uses). With --store postgres://USER@HOST:PORT/DB (KMS_STORE), PostgreSQL:
+for several kmsd replicas sharing one database and one token, each with its own --data-dir for local
+files. The password comes from --store-password-file FILE (KMS_STORE_PASSWORD_FILE; mode 0600),
+else PGPASSWORD, else PostgreSQL's .pgpass; never from the URL, which kmsd refuses if it holds one.`;
 
 function optionalInt(name: string, raw: unknown, min: number, max: number): number | undefined {
   return raw === undefined || raw === '' ? undefined : intSetting(name, raw, min, max);
@@ -315,6 +344,10 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig
     proposalTtlSeconds: optionalInt('proposalTtlSeconds (KMS_PROPOSAL_TTL_SECONDS)', envValue(env, 'KMS_PROPOSAL_TTL_SECONDS') ?? file.proposalTtlSeconds, 1, 7 * 86400),
     nativeAddonPath: envValue(env, 'KMSD_NATIVE_ADDON'),
   };
+  const storeUrl = pick('store', 'KMS_STORE', 'store');
+  const storePasswordFile = pick('store-password-file', 'KMS_STORE_PASSWORD_FILE', 'storePasswordFile');
+  if (storeUrl !== undefined) cfg.store = postgresStore(storeUrl, storePasswordFile, envValue(env, 'PGPASSWORD'));
+  else if (storePasswordFile !== undefined) throw new ConfigError('--store-password-file is for a PostgreSQL store: give --store postgres://USER@HOST:PORT/DB as well');
   if (cfg.nativeAddonPath !== undefined && !isFile(cfg.nativeAddonPath)) throw new ConfigError(`KMSD_NATIVE_ADDON ${cfg.nativeAddonPath} is not a file`);
   if (fs.existsSync(cfg.dataDir) && !fs.statSync(cfg.dataDir).isDirectory()) throw new ConfigError(`--data-dir ${cfg.dataDir} is not a directory`);
   for (const [name, value] of [['region', cfg.region], ['account', cfg.account], ...(cfg.awsRegion !== undefined ? [['awsRegion', cfg.awsRegion] as const] : [])] as const) {
@@ -348,6 +381,71 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig
   }
   cfg.security = securitySettings(flags, env, file, Boolean(cfg.tls));
   return cfg;
+}
+
+// ---- the PostgreSQL store
+
+/**
+ * Parses --store and reads the password (file, else PGPASSWORD), refusing what would go wrong later:
+ * a password in the URL (it would sit in the process list and shell history), a URL that is not
+ * postgres://USER@HOST[:PORT]/DB, an unreadable, empty or group/other-accessible password file.
+ */
+export function postgresStore(raw: string, passwordFile: string | undefined, pgPassword: string | undefined): PostgresStoreConfig {
+  const shape = 'must be postgres://USER@HOST:PORT/DB';
+  let u: URL;
+  try {
+    u = new URL(raw);
+  } catch {
+    throw new ConfigError(`--store ${shape} (got a string that is not a URL)`);
+  }
+  if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') throw new ConfigError(`--store ${shape} (got scheme "${u.protocol.replace(/:$/, '').slice(0, 32)}")`);
+  if (u.password !== '') {
+    // The message names the rule, never the password.
+    throw new ConfigError('--store must not hold a password (it would be visible in the process list): give it in --store-password-file FILE, PGPASSWORD or .pgpass, and the URL as postgres://USER@HOST:PORT/DB');
+  }
+  const decode = (v: string, what: string) => {
+    try {
+      return decodeURIComponent(v);
+    } catch {
+      throw new ConfigError(`--store: the ${what} is not valid percent-encoding`);
+    }
+  };
+  const user = decode(u.username, 'user name');
+  if (!user) throw new ConfigError(`--store ${shape}: the user is missing`);
+  const host = u.hostname.replace(/^\[|\]$/g, '');
+  if (!host) throw new ConfigError(`--store ${shape}: the host is missing`);
+  const port = u.port === '' ? 5432 : Number(u.port);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new ConfigError(`--store: the port must be 1..65535 (got ${u.port})`);
+  const database = decode(u.pathname.replace(/^\//, ''), 'database name');
+  if (!database || database.includes('/')) throw new ConfigError(`--store ${shape}: the database name is missing`);
+  if (u.search !== '' || u.hash !== '') throw new ConfigError(`--store ${shape}: options after "?" or "#" are not accepted`);
+  let password: string | undefined;
+  let passwordSource: PostgresStoreConfig['passwordSource'] = 'pgpass';
+  if (passwordFile !== undefined) {
+    let mode: number;
+    let fd: number | undefined;
+    try {
+      fd = fs.openSync(passwordFile, 'r');
+      const st = fs.fstatSync(fd);
+      if (!st.isFile()) throw new ConfigError(`--store-password-file ${passwordFile} is not a file`);
+      mode = st.mode & 0o777;
+      password = fs.readFileSync(fd, 'utf8').replace(/\r?\n$/, '');
+    } catch (e) {
+      if (e instanceof ConfigError) throw e;
+      throw new ConfigError(`--store-password-file ${passwordFile}: cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    } finally {
+      if (fd !== undefined) fs.closeSync(fd);
+    }
+    if (!password) throw new ConfigError(`--store-password-file ${passwordFile} is empty`);
+    if ((mode & 0o077) !== 0) throw new ConfigError(`--store-password-file ${passwordFile} is accessible to group or others (mode 0${mode.toString(8)}): run chmod 600 ${passwordFile}`);
+    passwordSource = 'file';
+  } else if (pgPassword !== undefined) {
+    password = pgPassword;
+    passwordSource = 'PGPASSWORD';
+  }
+  const shownHost = host.includes(':') ? `[${host}]` : host;
+  const url = `postgres://${encodeURIComponent(user)}@${shownHost}:${port}/${encodeURIComponent(database)}`;
+  return { backend: 'postgres', host, port, user, database, url, passwordSource, password: () => password };
 }
 
 // ---- authorization, limits, plaintext switch
