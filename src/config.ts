@@ -159,6 +159,7 @@ export const USAGE = `usage: kmsd [--listen HOST:PORT] [--data-dir DIR] [--pkcs1
             [--policy FILE] [--plaintext-loopback 0|1] [--adopt-token] [--allow-insecure-pin-file 0|1]
             [--http-listen HOST:PORT] [--aws-region REGION]
             [--store postgres://USER@HOST:PORT/DB [--store-password-file FILE]]
+       kmsd migrate --from-data-dir DIR --store postgres://USER@HOST:PORT/DB (see kmsd migrate --help)
 
 Environment: KMS_LISTEN, KMS_DATA_DIR, KMS_PKCS11_MODULE, KMS_TOKEN_LABEL, KMS_PIN_FILE, KMS_TLS_CERT,
 KMS_TLS_KEY, KMS_TLS_CLIENT_CA, KMS_ALLOW_HOST_ASSISTED_UNWRAP (0|1), KMS_IMPORT_TOKEN_TTL_SECONDS,
@@ -269,6 +270,11 @@ function readConfigFile(configPath: string): Record<string, unknown> {
     if (typeof value !== type && !(typeof value === 'string' && type !== 'string')) throw new ConfigError(`config file ${configPath}: ${key} must be a ${type} (got ${JSON.stringify(value)?.slice(0, 64)})`);
   }
   return file;
+}
+
+/** `kmsd migrate`'s configuration from its flags and the process environment. */
+export function loadMigrateDaemonConfig(argv: string[]): MigrateConfig {
+  return loadMigrateConfig(argv, process.env);
 }
 
 /** The kmsd process's own configuration: its flags and its environment. */
@@ -446,6 +452,47 @@ export function postgresStore(raw: string, passwordFile: string | undefined, pgP
   const shownHost = host.includes(':') ? `[${host}]` : host;
   const url = `postgres://${encodeURIComponent(user)}@${shownHost}:${port}/${encodeURIComponent(database)}`;
   return { backend: 'postgres', host, port, user, database, url, passwordSource, password: () => password };
+}
+
+// ---- kmsd migrate
+
+export interface MigrateConfig {
+  /** The single-node data directory whose kmsd.sqlite is copied. */
+  fromDataDir: string;
+  store: PostgresStoreConfig;
+}
+
+export const MIGRATE_USAGE = `usage: kmsd migrate --from-data-dir DIR --store postgres://USER@HOST:PORT/DB [--store-password-file FILE]
+
+Copies a single-node deployment's metadata store (DIR/kmsd.sqlite: every CMK, key version, alias,
+import token, ceremony, access key, XKS key store and the audit chain) into an empty PostgreSQL
+database, in one transaction, and checks that every table holds the same number of rows and that the
+audit chain is record for record the source's and still links and hashes. Refuses a database that
+holds anything. Stop the kmsd that uses DIR first (its lock is taken). The token is not touched: the
+replicas that start on --store with the same token find the store bound to it. The password comes
+from --store-password-file (KMS_STORE_PASSWORD_FILE), PGPASSWORD or .pgpass, never the URL.
+Prints a JSON report. Exit 0: copied; 1: refused or failed (nothing written); 2: usage error.`;
+
+/** Parses and checks `kmsd migrate`'s flags (argv after "migrate") before anything is opened. */
+export function loadMigrateConfig(argv: string[], env: NodeJS.ProcessEnv): MigrateConfig {
+  const known = new Set(['--from-data-dir', '--store', '--store-password-file']);
+  const flags: Record<string, string> = {};
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const [name, inline] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
+    if (!known.has(name)) throw new ConfigError(`unknown argument "${a.slice(0, 64)}"`);
+    const value = inline ?? argv[++i];
+    if (value === undefined || value === '' || (inline === undefined && value.startsWith('--'))) throw new ConfigError(`${name} needs a value`);
+    if (name in flags) throw new ConfigError(`${name} is given twice`);
+    flags[name] = value;
+  }
+  const dir = flags['--from-data-dir'];
+  if (!dir) throw new ConfigError('--from-data-dir is required: the data directory of the single-node kmsd to copy');
+  const fromDataDir = path.resolve(dir);
+  if (!isFile(path.join(fromDataDir, 'kmsd.sqlite'))) throw new ConfigError(`--from-data-dir ${fromDataDir} holds no kmsd.sqlite: not a kmsd data directory`);
+  const url = flags['--store'] ?? envValue(env, 'KMS_STORE');
+  if (!url) throw new ConfigError('--store postgres://USER@HOST:PORT/DB is required: the empty database to copy into');
+  return { fromDataDir, store: postgresStore(url, flags['--store-password-file'] ?? envValue(env, 'KMS_STORE_PASSWORD_FILE'), envValue(env, 'PGPASSWORD')) };
 }
 
 // ---- authorization, limits, plaintext switch
