@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { StoreConflictError, type AuditRow, type CmkRow, type ProposalRow, type Store, type WrappingKeyRow } from '../../src/store/api';
-import { PgStore } from '../../src/store/pg/pg-store';
+import { PgStore, StoreUnavailableError } from '../../src/store/pg/pg-store';
 import { startPostgres, type PgCluster, type PgDatabase } from '../helpers/postgres';
 
 interface Backend {
@@ -313,7 +313,8 @@ describe.each(BACKENDS)('store contract on $name', (backend) => {
   it.runIf(backend.replicas)('a change made on one replica drops the other replica\'s cached row and tells its listeners', async () => {
     const k = id('key');
     await a.insertCmk(cmk(k));
-    await b.getCmk(k);
+    // A read that overlaps the insert's notification is not cached; a later one is.
+    await until('the replica to cache the CMK', async () => (await b.getCmk(k)) !== undefined && b.cachedCmk(k) !== undefined);
     expect(b.cachedCmk(k)?.key_state).toBe('Enabled');
     let told = 0;
     b.onRollback(() => told++);
@@ -365,6 +366,30 @@ describe('PostgreSQL schema', () => {
       expect([...cols].sort()).toEqual([...liteCols].sort());
     } finally {
       lite.close();
+    }
+  });
+});
+
+describe('PostgreSQL outage', () => {
+  it('calls fail with StoreUnavailableError while PostgreSQL is down, and the same store works and caches again once it is back', async () => {
+    const db = await cluster.createDatabase();
+    const s = await PgStore.open(options(db));
+    try {
+      await s.insertCmk(cmk('before'));
+      await until('the CMK to be cached', async () => (await s.getCmk('before')) !== undefined && s.cachedCmk('before') !== undefined);
+      await cluster.halt();
+      await expect(s.getCmk('other')).rejects.toBeInstanceOf(StoreUnavailableError);
+      await expect(s.transaction((tx) => tx.getCmkForUpdate('before'))).rejects.toBeInstanceOf(StoreUnavailableError);
+      await expect(s.grouped((tx) => tx.insertCmk(cmk('during')))).rejects.toBeInstanceOf(StoreUnavailableError);
+      // Nobody listens for other replicas' writes now: nothing is served from the cache.
+      await until('the cache to be off', () => s.cachedCmk('before') === undefined);
+      await cluster.start();
+      await until('the store to answer again', () => s.getCmk('before').then((r) => r?.key_id === 'before', () => false), 15_000);
+      await s.insertCmk(cmk('after'));
+      expect(await s.getCmk('during')).toBeUndefined();
+      await until('the cache to be back', async () => (await s.getCmk('after')) !== undefined && s.cachedCmk('after') !== undefined, 15_000);
+    } finally {
+      await s.close();
     }
   });
 });

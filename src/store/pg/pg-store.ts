@@ -175,10 +175,13 @@ type RowKind = 'cmk' | 'version';
 
 /** Cached CMK and key-version rows, see the top of this file. */
 class RowCache {
-  /** Bumped by every drop: a read that started before a drop does not fill the cache. */
+  /** Bumped by every drop: a read that started before a drop of its row does not fill the cache. */
   epoch = 0;
   /** False while the listening connection is down: nothing is cached then. */
   enabled = false;
+  private clearedAt = 0;
+  /** The epoch at which each row was last dropped (forgotten with the rows when it grows too large). */
+  private readonly droppedAt = new Map<string, number>();
   private readonly rows: Record<RowKind, Map<string, { row: Readonly<object>; at: number }>> = { cmk: new Map(), version: new Map() };
 
   get<R extends object>(kind: RowKind, id: string): Readonly<R> | undefined {
@@ -192,10 +195,11 @@ class RowCache {
     return e.row as Readonly<R>;
   }
 
+  /** Freezes a row read at `epochAtRead`, and keeps it unless it was dropped since that read began. */
   fill<R extends object>(kind: RowKind, id: string, row: R | undefined, epochAtRead: number): R | undefined {
     if (!row) return undefined;
     const frozen = Object.freeze(row);
-    if (this.enabled && epochAtRead === this.epoch) {
+    if (this.enabled && this.clearedAt <= epochAtRead && (this.droppedAt.get(`${kind}:${id}`) ?? 0) <= epochAtRead) {
       const m = this.rows[kind];
       if (m.size >= ROW_CACHE_LIMIT) m.clear();
       m.set(id, { row: frozen, at: Date.now() });
@@ -204,17 +208,18 @@ class RowCache {
   }
 
   drop(kind: RowKind, id: string): void {
-    this.epoch++;
+    if (this.droppedAt.size >= ROW_CACHE_LIMIT) this.clear();
+    this.droppedAt.set(`${kind}:${id}`, ++this.epoch);
     this.rows[kind].delete(id);
   }
 
   dropCmkVersions(keyId: string): void {
-    this.epoch++;
-    for (const [id, e] of this.rows.version) if ((e.row as KeyVersionRow).key_id === keyId) this.rows.version.delete(id);
+    for (const [id, e] of this.rows.version) if ((e.row as KeyVersionRow).key_id === keyId) this.drop('version', id);
   }
 
   clear(): void {
-    this.epoch++;
+    this.clearedAt = ++this.epoch;
+    this.droppedAt.clear();
     this.rows.cmk.clear();
     this.rows.version.clear();
   }
