@@ -41,8 +41,11 @@ export interface PgCluster {
   pid: number;
   user: string;
   password: string;
-  /** A new empty database; names are generated unless given. */
-  createDatabase(name?: string): Promise<PgDatabase>;
+  /**
+   * A new empty database; names are generated unless given. `icuLocale` (e.g. 'en-US') gives it a
+   * linguistic collation, as production databases often have, instead of the cluster's C.UTF-8.
+   */
+  createDatabase(name?: string, opts?: { icuLocale?: string }): Promise<PgDatabase>;
   /** A pool on one database (the caller ends it). */
   pool(db: PgDatabase, max?: number): pg.Pool;
   /** Stops the server (fast shutdown) and waits for its exit, keeping the data dir (then `start()` again). */
@@ -219,13 +222,14 @@ export async function startPostgres(): Promise<PgCluster> {
       },
       user: SUPERUSER,
       password,
-      async createDatabase(name?: string): Promise<PgDatabase> {
+      async createDatabase(name?: string, opts: { icuLocale?: string } = {}): Promise<PgDatabase> {
         const database = name ?? `kmsd_${++dbCount}_${crypto.randomBytes(3).toString('hex')}`;
         if (!/^[a-z_][a-z0-9_]*$/.test(database)) throw new Error(`test database name ${database} is not a plain identifier`);
         const admin = new pg.Client({ host: '127.0.0.1', port, user: SUPERUSER, password, database: 'postgres' });
         await admin.connect();
         try {
-          await admin.query(`CREATE DATABASE ${database}`);
+          if (opts.icuLocale !== undefined && !/^[A-Za-z0-9-]+$/.test(opts.icuLocale)) throw new Error(`ICU locale ${opts.icuLocale} is not a plain tag`);
+          await admin.query(opts.icuLocale ? `CREATE DATABASE ${database} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE '${opts.icuLocale}'` : `CREATE DATABASE ${database}`);
         } finally {
           await admin.end();
         }

@@ -25,7 +25,8 @@ const postgres: Backend = {
   name: 'postgres',
   replicas: true,
   async open() {
-    const db = await cluster.createDatabase();
+    // A linguistic collation (as production databases often have): listings must still sort as SQLite's.
+    const db = await cluster.createDatabase(undefined, { icuLocale: 'en-US' });
     const a = await PgStore.open(options(db));
     const b = await PgStore.open(options(db));
     return {
@@ -145,7 +146,10 @@ describe.each(BACKENDS)('store contract on $name', (backend) => {
     expect(await b.getCmk(k)).toEqual(row);
     expect(await a.isEmpty()).toBe(false);
     await a.updateCmk(k, { key_state: 'Disabled', description: 'x' });
-    expect(await b.getCmk(k)).toMatchObject({ key_state: 'Disabled', description: 'x', material_fingerprint: Buffer.from('ff00aa', 'hex') });
+    // The writer reads its write at once; another replica may serve its cached row until the change
+    // reaches it (well within the 1 s the contract allows).
+    expect(await a.getCmk(k)).toMatchObject({ key_state: 'Disabled', description: 'x', material_fingerprint: Buffer.from('ff00aa', 'hex') });
+    await until('the other replica to see the change', async () => (await b.getCmk(k))?.key_state === 'Disabled', 1000);
     expect(await a.countCmks()).toBe(1);
     expect((await a.listCmks(0, 10)).map((r) => r.key_id)).toEqual([k]);
   });
@@ -308,6 +312,117 @@ describe.each(BACKENDS)('store contract on $name', (backend) => {
     const ids = await Promise.all([a.ceremony.instanceId(() => 'from-a'), b.ceremony.instanceId(() => 'from-b')]);
     expect(ids[0]).toBe(ids[1]);
     expect(await a.instanceId()).toBe(ids[0]);
+  });
+
+  it('listings sort text keys by bytes, as SQLite does, whatever the database locale', async () => {
+    const k = id('key');
+    for (const name of ['alias/a', 'alias/B', 'alias/_', 'alias/é']) await a.insertAlias({ alias_name: `${name}-${k}`, key_id: k, creation_date: 1, update_date: 1 });
+    expect((await b.listAliases(0, 10, k)).map((r) => r.alias_name.slice(0, -k.length - 1))).toEqual(['alias/B', 'alias/_', 'alias/a', 'alias/é']);
+    expect(await a.countAliases(k)).toBe(4);
+    expect((await a.listAliases(1, 2, k)).map((r) => r.alias_name.slice(0, -k.length - 1))).toEqual(['alias/_', 'alias/a']);
+    await a.transaction(async (tx) => {
+      const row = await tx.getAliasForUpdate(`alias/a-${k}`);
+      await tx.updateAlias(row!.alias_name, 'other', 2);
+    });
+    expect(await b.getAlias(`alias/a-${k}`)).toMatchObject({ key_id: 'other', update_date: 2 });
+    await a.deleteAlias(`alias/a-${k}`);
+    expect(await a.countAliases(k)).toBe(3);
+  });
+
+  it('scheduled work, token destroys and access keys', async () => {
+    const due = id('due');
+    await a.insertCmk(cmk(`${due}-del`, { key_state: 'PendingDeletion', delete_date: 5 }));
+    await a.insertCmk(cmk(`${due}-rot`, { automatic_rotation: 'Enabled', next_rotation_date: 5 }));
+    await a.insertCmk(cmk(`${due}-exp`, { material_expire_time: 5 }));
+    await a.insertCmk(cmk(`${due}-later`, { key_state: 'PendingDeletion', delete_date: 50 }));
+    const d = await b.cmksDue(10);
+    expect(d.deletions.map((r) => r.key_id).filter((x) => x.startsWith(due))).toEqual([`${due}-del`]);
+    expect(d.rotations.map((r) => r.key_id).filter((x) => x.startsWith(due))).toEqual([`${due}-rot`]);
+    expect(d.expiries.map((r) => r.key_id).filter((x) => x.startsWith(due))).toEqual([`${due}-exp`]);
+    const obj = id('obj');
+    await a.addPendingDestroy('cmk', obj, 'k', 'deleted', 7);
+    await b.addPendingDestroy('cmk', obj, 'k', 'other-reason', 8); // the first record stays
+    expect(await a.getPendingDestroy('cmk', obj)).toEqual({ kind: 'cmk', object_id: obj, key_id: 'k', reason: 'deleted', since: 7, attempts: 0, last_error: null });
+    expect(await b.notePendingDestroyFailure('cmk', obj, 'CKR_DEVICE_ERROR')).toBe(1);
+    expect(await a.notePendingDestroyFailure('cmk', obj, 'again')).toBe(2);
+    await a.deletePendingDestroy('cmk', obj);
+    expect(await b.getPendingDestroy('cmk', obj)).toBeUndefined();
+    const ak = id('AK');
+    await a.insertAccessKey({ access_key_id: ak, principal: 'alice', status: 'Enabled', sealed_secret: Buffer.from('s'), creation_date: 1, update_date: 1 });
+    await b.updateAccessKeyStatus(ak, 'Disabled', 2);
+    expect(await a.getAccessKey(ak)).toEqual({ access_key_id: ak, principal: 'alice', status: 'Disabled', sealed_secret: Buffer.from('s'), creation_date: 1, update_date: 2 });
+    const before = await a.countAccessKeys();
+    await a.deleteAccessKey(ak);
+    expect(await b.countAccessKeys()).toBe(before - 1);
+  });
+
+  it('audit listings, filters and usage counters', async () => {
+    const act = id('Act');
+    const r1 = await appendAudit(a, act);
+    await appendAudit(b, `${act}-other`);
+    const r3 = await appendAudit(a, act);
+    expect(await b.audit.count({ action: act })).toBe(2);
+    expect((await b.audit.page(0, 10, { action: act })).map((r) => r.seq)).toEqual([r1.seq, r3.seq]);
+    expect((await a.audit.range(r1.seq, r3.seq, 10)).map((r) => r.seq)).toEqual([r1.seq + 1, r3.seq]);
+    expect((await a.audit.lastOfAction(act))?.seq).toBe(r3.seq);
+    const key = id('key');
+    await a.audit.addCounters([{ key_id: key, principal: 'p', action: 'Encrypt', ok: 3, errors: 1, first_at: 10, last_at: 20 }]);
+    await b.audit.addCounters([
+      { key_id: key, principal: 'p', action: 'Encrypt', ok: 2, errors: 0, first_at: 5, last_at: 15 },
+      { key_id: key, principal: 'p', action: 'Decrypt', ok: 1, errors: 0, first_at: 30, last_at: 30 },
+    ]);
+    expect(await a.audit.counters(key)).toEqual([
+      { key_id: key, principal: 'p', action: 'Decrypt', ok: 1, errors: 0, first_at: 30, last_at: 30 },
+      { key_id: key, principal: 'p', action: 'Encrypt', ok: 5, errors: 1, first_at: 5, last_at: 20 },
+    ]);
+  });
+
+  it('ceremony: custodian sets, revisions, approvals and listings', async () => {
+    const v0 = await a.ceremony.custodianSetVersion();
+    await a.ceremony.replaceCustodianSet([{ custodian_id: 'c1', public_key: Buffer.from('k1'), fingerprint: 'f1' }, { custodian_id: 'c2', public_key: Buffer.from('k2'), fingerprint: 'f2' }], 2, 100, true);
+    await b.ceremony.replaceCustodianSet([{ custodian_id: 'c2', public_key: Buffer.from('k2b'), fingerprint: 'f2b' }, { custodian_id: 'c3', public_key: Buffer.from('k3'), fingerprint: 'f3' }], 1, 200, false);
+    expect((await a.ceremony.activeCustodians()).map((c) => [c.custodian_id, c.fingerprint])).toEqual([['c2', 'f2b'], ['c3', 'f3']]);
+    expect((await b.ceremony.getCustodian('c1'))?.removed_at).toBe(200);
+    expect(await b.ceremony.threshold()).toBe(1);
+    expect(await a.ceremony.custodianSetVersion()).toBe(v0 + 2);
+    expect(await a.ceremony.initializedAt()).toBe(100);
+    await a.ceremony.setPolicyJson('{"x":1}');
+    expect(await b.ceremony.policyJson()).toBe('{"x":1}');
+    const pid = id('prop');
+    await a.ceremony.insertProposal(proposal(pid));
+    await b.ceremony.reviseProposal(pid, 2, Buffer.from('doc2'), 999);
+    expect(await a.ceremony.getProposal(pid)).toMatchObject({ revision: 2, document: Buffer.from('doc2'), expires_at: 999 });
+    expect(await a.ceremony.olderRevisions(pid, 2)).toEqual([{ revision: 1, document: Buffer.from('doc') }]);
+    await a.ceremony.insertApproval({ proposal_id: pid, revision: 2, custodian_id: 'c2', key_fingerprint: 'old', signature: Buffer.from('s1'), approved_at: 1 });
+    await b.ceremony.insertApproval({ proposal_id: pid, revision: 2, custodian_id: 'c2', key_fingerprint: 'f2b', signature: Buffer.from('s2'), approved_at: 2 });
+    expect(await a.ceremony.approvals(pid, 2)).toEqual([{ proposal_id: pid, revision: 2, custodian_id: 'c2', key_fingerprint: 'f2b', signature: Buffer.from('s2'), approved_at: 2 }]);
+    expect(await a.ceremony.approvals(pid, 1)).toEqual([]);
+    expect((await b.ceremony.recentOpenDocuments('none', 100)).some((d) => d.proposal_id === pid && d.revision === 2)).toBe(true);
+    expect((await b.ceremony.recentOpenDocuments(pid, 100)).some((d) => d.proposal_id === pid)).toBe(false);
+    const open = await a.ceremony.countProposals('Open');
+    expect(await a.ceremony.transition(pid, 'Open', 'Executing', { outcome: 'running', parameters: '{"h":"x"}' })).toBe(true);
+    expect(await a.ceremony.countProposals('Open')).toBe(open - 1);
+    expect((await b.ceremony.interruptedProposals()).map((p) => p.proposal_id)).toContain(pid);
+    expect((await b.ceremony.listProposals(0, 1000, 'Executing')).map((p) => p.proposal_id)).toContain(pid);
+    expect(await b.ceremony.transition(pid, 'Executing', 'Executed', { closed_at: 5, result: 'ok' })).toBe(true);
+    expect(await a.ceremony.getProposal(pid)).toMatchObject({ state: 'Executed', closed_at: 5, outcome: 'running', result: 'ok', parameters: '{"h":"x"}' });
+  });
+
+  it('external key stores: unique prefixes, credentials and keys', async () => {
+    const prefix = id('ks');
+    await a.xks.insertKeyStore({ uri_path_prefix: prefix, creation_date: 1 });
+    await expect(b.xks.insertKeyStore({ uri_path_prefix: prefix, creation_date: 2 })).rejects.toBeInstanceOf(StoreConflictError);
+    await a.xks.insertCredential({ access_key_id: `${prefix}-AK`, uri_path_prefix: prefix, sealed_secret: Buffer.from('x'), creation_date: 1 });
+    await a.xks.insertKey({ uri_path_prefix: prefix, external_key_id: 'e1', key_id: 'k1', operations: 'ENCRYPT,DECRYPT', creation_date: 1 });
+    await expect(b.xks.insertKey({ uri_path_prefix: prefix, external_key_id: 'e1', key_id: 'k2', operations: 'NONE', creation_date: 2 })).rejects.toBeInstanceOf(StoreConflictError);
+    expect(await b.xks.getCredential(`${prefix}-AK`)).toEqual({ access_key_id: `${prefix}-AK`, uri_path_prefix: prefix, sealed_secret: Buffer.from('x'), creation_date: 1 });
+    expect(await b.xks.getKey(prefix, 'e1')).toMatchObject({ key_id: 'k1' });
+    expect(await b.xks.countKeys(prefix)).toBe(1);
+    expect((await b.xks.listKeyStores()).map((k) => k.uri_path_prefix)).toContain(prefix);
+    await b.xks.deleteKey(prefix, 'e1');
+    await b.xks.deleteKeyStore(prefix);
+    expect(await a.xks.getKeyStore(prefix)).toBeUndefined();
+    expect(await a.xks.listCredentials(prefix)).toEqual([]);
   });
 
   it.runIf(backend.replicas)('a change made on one replica drops the other replica\'s cached row and tells its listeners', async () => {

@@ -150,6 +150,9 @@ function mapError(e: unknown): unknown {
   return e;
 }
 
+// Text keys sort by bytes (COLLATE "C"), as SQLite sorts them, whatever the database's locale: a
+// listing pages through the same order on both backends.
+
 // Each distinct statement gets a name once, so every connection parses and plans it once.
 const statementNames = new Map<string, string>();
 function statementName(sql: string): string {
@@ -371,7 +374,7 @@ class Ops implements StoreOps {
   }
 
   pendingDestroys(): Promise<TokenDestroyRow[]> {
-    return this.all<TokenDestroyRow>('SELECT * FROM token_destroys ORDER BY since, object_id');
+    return this.all<TokenDestroyRow>('SELECT * FROM token_destroys ORDER BY since, object_id COLLATE "C"');
   }
 
   async notePendingDestroyFailure(kind: TokenObjectKind, objectId: string, error: string): Promise<number> {
@@ -434,7 +437,7 @@ class Ops implements StoreOps {
   }
 
   listCmks(offset: number, limit: number): Promise<CmkRow[]> {
-    return this.all<CmkRow>('SELECT * FROM cmks ORDER BY creation_date, key_id LIMIT $1 OFFSET $2', [limit, offset]);
+    return this.all<CmkRow>('SELECT * FROM cmks ORDER BY creation_date, key_id COLLATE "C" LIMIT $1 OFFSET $2', [limit, offset]);
   }
 
   allCmks(): Promise<CmkRow[]> {
@@ -469,7 +472,7 @@ class Ops implements StoreOps {
   }
 
   listVersions(keyId: string): Promise<KeyVersionRow[]> {
-    return this.all<KeyVersionRow>('SELECT * FROM key_versions WHERE key_id = $1 ORDER BY creation_date, version_id', [keyId]);
+    return this.all<KeyVersionRow>('SELECT * FROM key_versions WHERE key_id = $1 ORDER BY creation_date, version_id COLLATE "C"', [keyId]);
   }
 
   allVersions(): Promise<KeyVersionRow[]> {
@@ -512,8 +515,8 @@ class Ops implements StoreOps {
 
   listAliases(offset: number, limit: number, keyId?: string): Promise<AliasRow[]> {
     return keyId
-      ? this.all<AliasRow>('SELECT * FROM aliases WHERE key_id = $1 ORDER BY alias_name LIMIT $2 OFFSET $3', [keyId, limit, offset])
-      : this.all<AliasRow>('SELECT * FROM aliases ORDER BY alias_name LIMIT $1 OFFSET $2', [limit, offset]);
+      ? this.all<AliasRow>('SELECT * FROM aliases WHERE key_id = $1 ORDER BY alias_name COLLATE "C" LIMIT $2 OFFSET $3', [keyId, limit, offset])
+      : this.all<AliasRow>('SELECT * FROM aliases ORDER BY alias_name COLLATE "C" LIMIT $1 OFFSET $2', [limit, offset]);
   }
 
   // ------------------------------------------------------------------ access keys
@@ -527,7 +530,7 @@ class Ops implements StoreOps {
   }
 
   listAccessKeys(): Promise<AccessKeyRow[]> {
-    return this.all<AccessKeyRow>('SELECT * FROM access_keys ORDER BY creation_date, access_key_id');
+    return this.all<AccessKeyRow>('SELECT * FROM access_keys ORDER BY creation_date, access_key_id COLLATE "C"');
   }
 
   countAccessKeys(): Promise<number> {
@@ -645,8 +648,8 @@ class PgAuditOps implements AuditOps {
 
   async counters(keyId?: string): Promise<CounterRow[]> {
     return keyId
-      ? (await this.ctx.query<CounterRow>('SELECT * FROM usage_counters WHERE key_id = $1 ORDER BY key_id, principal, action', [keyId])).rows
-      : (await this.ctx.query<CounterRow>('SELECT * FROM usage_counters ORDER BY key_id, principal, action')).rows;
+      ? (await this.ctx.query<CounterRow>('SELECT * FROM usage_counters WHERE key_id = $1 ORDER BY key_id COLLATE "C", principal COLLATE "C", action COLLATE "C"', [keyId])).rows
+      : (await this.ctx.query<CounterRow>('SELECT * FROM usage_counters ORDER BY key_id COLLATE "C", principal COLLATE "C", action COLLATE "C"')).rows;
   }
 }
 
@@ -713,7 +716,7 @@ class PgCeremonyOps implements CeremonyOps {
   }
 
   activeCustodians(): Promise<CustodianRow[]> {
-    return this.all<CustodianRow>('SELECT * FROM ceremony_custodians WHERE removed_at IS NULL ORDER BY custodian_id');
+    return this.all<CustodianRow>('SELECT * FROM ceremony_custodians WHERE removed_at IS NULL ORDER BY custodian_id COLLATE "C"');
   }
 
   async getCustodian(id: string): Promise<CustodianRow | undefined> {
@@ -740,8 +743,8 @@ class PgCeremonyOps implements CeremonyOps {
 
   listProposals(offset: number, limit: number, state?: ProposalState): Promise<ProposalRow[]> {
     return state
-      ? this.all<ProposalRow>('SELECT * FROM ceremony_proposals WHERE state = $1 ORDER BY created_at DESC, proposal_id LIMIT $2 OFFSET $3', [state, limit, offset])
-      : this.all<ProposalRow>('SELECT * FROM ceremony_proposals ORDER BY created_at DESC, proposal_id LIMIT $1 OFFSET $2', [limit, offset]);
+      ? this.all<ProposalRow>('SELECT * FROM ceremony_proposals WHERE state = $1 ORDER BY created_at DESC, proposal_id COLLATE "C" LIMIT $2 OFFSET $3', [state, limit, offset])
+      : this.all<ProposalRow>('SELECT * FROM ceremony_proposals ORDER BY created_at DESC, proposal_id COLLATE "C" LIMIT $1 OFFSET $2', [limit, offset]);
   }
 
   recentOpenDocuments(exceptId: string, limit: number): Promise<{ proposal_id: string; revision: number; document: Buffer }[]> {
@@ -793,8 +796,8 @@ class PgCeremonyOps implements CeremonyOps {
 
   approvals(id: string, revision?: number): Promise<ApprovalRow[]> {
     return revision === undefined
-      ? this.all<ApprovalRow>('SELECT * FROM ceremony_approvals WHERE proposal_id = $1 ORDER BY approved_at, custodian_id', [id])
-      : this.all<ApprovalRow>('SELECT * FROM ceremony_approvals WHERE proposal_id = $1 AND revision = $2 ORDER BY approved_at, custodian_id', [id, revision]);
+      ? this.all<ApprovalRow>('SELECT * FROM ceremony_approvals WHERE proposal_id = $1 ORDER BY approved_at, custodian_id COLLATE "C"', [id])
+      : this.all<ApprovalRow>('SELECT * FROM ceremony_approvals WHERE proposal_id = $1 AND revision = $2 ORDER BY approved_at, custodian_id COLLATE "C"', [id, revision]);
   }
 }
 
@@ -814,7 +817,7 @@ class PgXksOps implements XksOps {
   }
 
   listKeyStores(): Promise<XksKeyStoreRow[]> {
-    return this.all<XksKeyStoreRow>('SELECT * FROM xks_key_stores ORDER BY uri_path_prefix');
+    return this.all<XksKeyStoreRow>('SELECT * FROM xks_key_stores ORDER BY uri_path_prefix COLLATE "C"');
   }
 
   deleteKeyStore(prefix: string): Promise<void> {
@@ -838,7 +841,7 @@ class PgXksOps implements XksOps {
   }
 
   listCredentials(prefix: string): Promise<XksCredentialRow[]> {
-    return this.all<XksCredentialRow>('SELECT * FROM xks_credentials WHERE uri_path_prefix = $1 ORDER BY creation_date, access_key_id', [prefix]);
+    return this.all<XksCredentialRow>('SELECT * FROM xks_credentials WHERE uri_path_prefix = $1 ORDER BY creation_date, access_key_id COLLATE "C"', [prefix]);
   }
 
   async deleteCredential(accessKeyId: string): Promise<void> {
@@ -860,7 +863,7 @@ class PgXksOps implements XksOps {
   }
 
   listKeys(prefix: string): Promise<XksKeyRow[]> {
-    return this.all<XksKeyRow>('SELECT * FROM xks_keys WHERE uri_path_prefix = $1 ORDER BY external_key_id', [prefix]);
+    return this.all<XksKeyRow>('SELECT * FROM xks_keys WHERE uri_path_prefix = $1 ORDER BY external_key_id COLLATE "C"', [prefix]);
   }
 
   async countKeys(prefix: string): Promise<number> {
@@ -1044,7 +1047,7 @@ export class PgStore extends Ops implements Store {
       this.reconnectTimer = setTimeout(() => {
         this.reconnectTimer = undefined;
         if (this.closing) return;
-        this.listen().catch(() => retry(Math.min(delay * 2, 5000)));
+        this.listen().catch(() => retry(Math.min(delay * 2, 1000)));
       }, delay);
       this.reconnectTimer.unref();
     };
