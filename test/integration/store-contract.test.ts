@@ -485,6 +485,36 @@ describe('PostgreSQL schema', () => {
   });
 });
 
+describe('PostgreSQL locks held by a stuck replica', () => {
+  it('a call waiting for a row another replica holds too long fails as StoreUnavailableError, and nothing changes', async () => {
+    const db = await cluster.createDatabase();
+    const stuck = await PgStore.open(options(db));
+    const waiter = await PgStore.open({ ...options(db), lockTimeoutMs: 300 });
+    try {
+      await stuck.insertCmk(cmk('held'));
+      let release!: () => void;
+      const holding = new Promise<void>((r) => (release = r));
+      let locked!: () => void;
+      const isLocked = new Promise<void>((r) => (locked = r));
+      // The stuck replica holds the CMK's row (awaiting something else inside a transaction, which the
+      // interface forbids kmsd's own code to do: here it stands in for a replica that froze).
+      const held = stuck.transaction(async (tx) => {
+        await tx.getCmkForUpdate('held');
+        locked();
+        await holding;
+      });
+      await isLocked;
+      await expect(waiter.transaction(async (tx) => tx.updateCmk('held', { key_state: 'Disabled' }))).rejects.toBeInstanceOf(StoreUnavailableError);
+      release();
+      await held;
+      expect((await waiter.getCmk('held'))?.key_state).toBe('Enabled');
+    } finally {
+      await stuck.close();
+      await waiter.close();
+    }
+  });
+});
+
 describe('PostgreSQL outage', () => {
   it('calls fail with StoreUnavailableError while PostgreSQL is down, and the same store works and caches again once it is back', async () => {
     const db = await cluster.createDatabase();

@@ -77,6 +77,8 @@ export interface PgStoreOptions {
   maxConnections?: number;
   /** Shown in pg_stat_activity. */
   applicationName?: string;
+  /** How long a call waits for a row or lock another transaction holds before failing as unavailable (default 10 s). */
+  lockTimeoutMs?: number;
 }
 
 /** The store could not reach PostgreSQL (connection refused, lost, timed out): retryable by the caller. */
@@ -147,6 +149,7 @@ function mapError(e: unknown): unknown {
   const err = e as { code?: string; table?: string; constraint?: string; message?: string };
   if (err?.code === '23505') return new StoreConflictError(err.table ?? 'unknown', `${err.table ?? 'a row'}: the key is taken (${err.constraint ?? 'unique'})`);
   if (isConnectionError(e)) return new StoreUnavailableError(`the PostgreSQL store is unreachable: ${err?.message ?? String(e)}`, { cause: e });
+  if (err?.code === '55P03') return new StoreUnavailableError(`the PostgreSQL store is busy: ${err.message ?? 'lock timeout'}`, { cause: e });
   return e;
 }
 
@@ -1230,8 +1233,11 @@ function connectionConfig(o: PgStoreOptions): pg.ClientConfig {
     application_name: o.applicationName ?? 'kmsd',
     types,
     connectionTimeoutMillis: 5000,
-    // A replica killed mid-transaction leaves nothing held for long: PostgreSQL ends such a session.
+    // A replica killed mid-transaction leaves nothing held for long: PostgreSQL ends such a session;
+    // and a row or the audit head held that long by a stuck replica fails the waiter as unavailable
+    // (retryable) instead of hanging its call.
     idle_in_transaction_session_timeout: 60_000,
+    lock_timeout: o.lockTimeoutMs ?? 10_000,
     keepAlive: true,
   };
 }
