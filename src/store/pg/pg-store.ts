@@ -177,6 +177,15 @@ async function run<R extends pg.QueryResultRow>(on: Queryable, sql: string, para
   }
 }
 
+/** Control statements (no parameters), several per round trip where given together. */
+async function simple(client: pg.PoolClient, sql: string): Promise<void> {
+  try {
+    await client.query(sql);
+  } catch (e) {
+    throw mapError(e);
+  }
+}
+
 type RowKind = 'cmk' | 'version';
 
 /** Cached CMK and key-version rows, see the top of this file. */
@@ -1170,25 +1179,24 @@ export class PgStore extends Ops implements Store {
     const contexts: TxContext[] = [];
     let broken: Error | undefined;
     try {
-      await run(client, 'BEGIN');
-      for (const u of units) {
+      // The savepoint statements travel with their neighbours (simple-query batches): one round trip
+      // per unit fewer, which is most of a unit's cost when it appends one audit record.
+      await simple(client, 'BEGIN; SAVEPOINT unit');
+      for (const [i, u] of units.entries()) {
         const { tx, ctx } = newTx(client, this.rows);
         contexts.push(ctx);
-        await run(client, 'SAVEPOINT unit');
         try {
           const value = await u.fn(tx);
-          await run(client, 'RELEASE unit');
           outcomes.push({ ok: true, value });
         } catch (e) {
           if (isConnectionError(e) || e instanceof StoreUnavailableError) throw e;
           ctx.settle();
-          await run(client, 'ROLLBACK TO unit');
-          await run(client, 'RELEASE unit');
+          await simple(client, 'ROLLBACK TO unit');
           this.rolledBack();
           outcomes.push({ ok: false, value: mapError(e) });
         }
+        await simple(client, i < units.length - 1 ? 'RELEASE unit; SAVEPOINT unit' : 'RELEASE unit; COMMIT');
       }
-      await run(client, 'COMMIT');
     } catch (e) {
       // The batch as a whole failed: nothing of it is committed.
       for (const c of contexts) c.settle();
