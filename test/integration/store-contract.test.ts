@@ -531,17 +531,20 @@ describe('PostgreSQL outage', () => {
     try {
       await s.insertCmk(cmk('before'));
       await until('the CMK to be cached', async () => (await s.getCmk('before')) !== undefined && s.cachedCmk('before') !== undefined);
+      expect(s.reachable).toBe(true);
       await cluster.halt();
       await expect(s.getCmk('other')).rejects.toBeInstanceOf(StoreUnavailableError);
       await expect(s.transaction((tx) => tx.getCmkForUpdate('before'))).rejects.toBeInstanceOf(StoreUnavailableError);
       await expect(s.grouped((tx) => tx.insertCmk(cmk('during')))).rejects.toBeInstanceOf(StoreUnavailableError);
       // Nobody listens for other replicas' writes now: nothing is served from the cache.
       await until('the cache to be off', () => s.cachedCmk('before') === undefined);
+      expect(s.reachable).toBe(false);
       await cluster.start();
       await until('the store to answer again', () => s.getCmk('before').then((r) => r?.key_id === 'before', () => false), 15_000);
       await s.insertCmk(cmk('after'));
       expect(await s.getCmk('during')).toBeUndefined();
       await until('the cache to be back', async () => (await s.getCmk('after')) !== undefined && s.cachedCmk('after') !== undefined, 15_000);
+      expect(s.reachable).toBe(true);
     } finally {
       await s.close();
     }

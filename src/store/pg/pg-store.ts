@@ -1100,6 +1100,15 @@ export class PgStore extends Ops implements Store {
     this.rollbackListeners.push(fn);
   }
 
+  /**
+   * Whether this replica's listening connection to PostgreSQL is up: false from the moment it breaks
+   * (PostgreSQL down or unreachable) until it is back (retried at least every second). What a health
+   * check reports as NOT_SERVING.
+   */
+  get reachable(): boolean {
+    return this.listener !== undefined;
+  }
+
   cachedCmk(keyId: string): Readonly<CmkRow> | undefined {
     return this.rows.get<CmkRow>('cmk', keyId);
   }
