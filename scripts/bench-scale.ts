@@ -21,7 +21,7 @@ import * as pkcs11js from 'pkcs11js';
 import { loadApi } from '../src/api/proto';
 import { ensureDevToken } from '../src/hsm/dev-token';
 import { findObjects } from '../src/hsm/objects';
-import { Store } from '../src/store/store';
+import { SqliteDb } from '../src/store/store';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 type Json = Record<string, any>;
@@ -94,7 +94,7 @@ async function stopKmsd(k: Kmsd): Promise<void> {
 }
 
 function hsmKeyIds(dataDir: string): string[] {
-  const store = new Store(dataDir, { readOnly: true });
+  const store = new SqliteDb(dataDir, { readOnly: true });
   try {
     return store
       .allCmks()

@@ -42,7 +42,7 @@ import { DEFAULT_NATIVE_THREADS } from '../src/config';
 import { ensureDevToken } from '../src/hsm/dev-token';
 import { loadNativeAddon, nativeAddonLoadError, type NativeAesGcm } from '../src/hsm/native-addon';
 import { HsmToken } from '../src/hsm/token';
-import { Store } from '../src/store/store';
+import { SqliteDb } from '../src/store/store';
 import { runScale } from './bench-scale';
 
 const ROOT = path.resolve(__dirname, '..', ...(__dirname.includes(`${path.sep}dist${path.sep}`) ? ['..'] : []));
@@ -547,7 +547,7 @@ async function timed<T>(f: () => Promise<T>): Promise<{ ms: number; value: T }> 
 }
 
 function pooledCount(dataDir: string): number {
-  const store = new Store(dataDir, { readOnly: true });
+  const store = new SqliteDb(dataDir, { readOnly: true });
   try {
     return store.countPooledWrappingKeys('RSA_2048', false);
   } finally {

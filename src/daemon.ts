@@ -10,7 +10,8 @@ import { Policy } from './policy/policy';
 import { HsmToken, TokenInventory } from './hsm/token';
 import { ensureDevToken, octal, readPinFile } from './hsm/dev-token';
 import { probeCapabilities, HsmCapabilities } from './hsm/unwrap';
-import { Store } from './store/store';
+import { SqliteStore } from './store/sqlite';
+import type { StoreTx } from './store/api';
 import { DataDirLock, lockDataDir } from './store/data-dir-lock';
 import { Keyring, ROOT_KEY_ID } from './kms/keyring';
 import { KmsService, Logger, DEFAULT_KMS_CONFIG } from './kms/service';
@@ -23,7 +24,6 @@ import { startCeremonyAndAudit } from './ceremony/setup';
 import { CallGuard, TlsListener, listenTls, storeDirectory } from './api/grpc/auth';
 import { AccessKeyService } from './kms/access-keys';
 import { XksService } from './kms/xks';
-import { XksStore } from './store/xks-store';
 import { admission } from './api/admission';
 import { HttpListener, listenHttp } from './api/http/server';
 import type { HttpContext } from './api/http/types';
@@ -117,17 +117,17 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     log.warn({ pinFile: tokenOpts.pinFile, mode: octal(tokenOpts.pinLooseMode) }, 'PIN file is accessible to group or others: anyone who can read it can log in to the token (chmod 600 it)');
   }
   const token = HsmToken.open(tokenOpts);
-  let store: Store | null = null;
+  let store: SqliteStore | null = null;
   try {
     // The binding check comes before kmsd creates or destroys anything in the token: a store that is
     // not the token's own is refused, never reconciled (src/kms/binding.ts).
-    store = new Store(cfg.dataDir);
+    store = new SqliteStore(cfg.dataDir);
     const startedAt = Date.now();
-    const binding = bindStoreToToken(store, token, { adopt: Boolean(cfg.adoptToken), log });
+    const binding = await bindStoreToToken(store, token, { adopt: Boolean(cfg.adoptToken), log, dataDir: cfg.dataDir });
     log.info({ instanceId: binding.instanceId, outcome: binding.outcome, token: token.tokenLabel }, 'metadata store and token belong together');
     // Intents open now are what a crash left; later ones belong to calls that reconciliation, when it
     // runs in the background, must leave alone.
-    const startupIntentSeq = store.allIntents().reduce((m, i) => Math.max(m, i.seq), 0);
+    const startupIntentSeq = (await store.allIntents()).reduce((m, i) => Math.max(m, i.seq), 0);
     // Objects that exist once per token: created on the first start, never destroyed or reported.
     // With a walked token this costs no lookup; otherwise it waits for the walk (reconcileAtStart).
     if (token.walked) {
@@ -167,17 +167,23 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     const sec = cfg.security ?? securitySettings({}, {}, {}, Boolean(cfg.tls));
     // The external key store's health check is deep: token info and a wrap under the root key,
     // which throws (never blocks) once the token is gone.
-    const xks = new XksService(new XksStore(store), kms, keyring, {
+    const xks = new XksService(store, kms, keyring, {
       probe: async () => {
         const info = token.tokenInfo();
         keyring.newSealedSecret().secret.fill(0);
         return info;
       },
     });
-    const quorum = startCeremonyAndAudit({ store, token, kms, imports, xks, log, maxMessageBytes: sec.maxMessageBytes, auditSettings: cfg.audit, proposalTtlSeconds: cfg.proposalTtlSeconds });
+    await xks.load();
+    const quorum = await startCeremonyAndAudit({ store, token, kms, imports, xks, log, maxMessageBytes: sec.maxMessageBytes, auditSettings: cfg.audit, proposalTtlSeconds: cfg.proposalTtlSeconds });
     // What kmsd does to keys on its own (deletion windows ending, material expiring, automatic
     // rotation) is audited like the calls, under kmsd's own name.
-    kms.onKeyEvent = (ev) => quorum.audit.append({ principal: 'kmsd', action: ev.action, keyId: ev.keyId, outcome: 'ok', details: ev.details });
+    // In the transaction of the change the event records, when it has one.
+    kms.onKeyEvent = async (ev, tx) => {
+      const rec = { principal: 'kmsd', action: ev.action, keyId: ev.keyId, outcome: 'ok', details: ev.details };
+      if (tx) await quorum.audit.appendIn(tx, rec);
+      else await quorum.audit.append(rec);
+    };
     // After the audit log is up, so the outcome of every retried destroy is on the record.
     // Destroys the token refused before (or a crash interrupted) first, then the open intents; what
     // the store does not explain after that is reported and kept. Needs the token walked once: when
@@ -188,20 +194,20 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     // under a version id a pending destroy names): pending destroys, then the objects of open
     // intents, each looked up on its own (a walk is not needed for the few an interrupted run leaves).
     let stopping = false;
-    const retried = kms.retryPendingDestroys('start-up');
+    const retried = await kms.retryPendingDestroys('start-up');
     const named: TokenInventory = token.walked ? token.knownInventory() : { cmk: new Set(), wrap: new Set(), root: new Set(), mac: new Set(), sign: new Set(), instanceObjects: 0 };
     if (!token.walked) {
-      for (const i of store.allIntents()) if ((i.kind === 'cmk' || i.kind === 'wrap') && token.holdsLabel(i.kind, i.object_id)) named[i.kind].add(i.object_id);
+      for (const i of await store.allIntents()) if ((i.kind === 'cmk' || i.kind === 'wrap') && token.holdsLabel(i.kind, i.object_id)) named[i.kind].add(i.object_id);
     }
-    const early = kms.reconcile(named, startupIntentSeq, true);
-    const wrapEarly = imports.reconcileWrappingKeys(named, startupIntentSeq, true);
-    const reconcileAtStart = () => {
+    const early = await kms.reconcile(named, startupIntentSeq, true);
+    const wrapEarly = await imports.reconcileWrappingKeys(named, startupIntentSeq, true);
+    const reconcileAtStart = async () => {
       token.ensureRootKey(ROOT_KEY_ID);
       token.generateMacKey(MAC_KEY_ID);
-      const inventory = token.knownInventory();
-      const reconciled = kms.reconcile(inventory, startupIntentSeq);
-      const wrapReconciled = imports.reconcileWrappingKeys(inventory, startupIntentSeq);
-      const unknown = kms.reportUnknown(token.knownInventory());
+      // Each takes the token's inventory after its store reads: calls may create objects meanwhile.
+      const reconciled = await kms.reconcile(() => token.knownInventory(), startupIntentSeq);
+      const wrapReconciled = await imports.reconcileWrappingKeys(() => token.knownInventory(), startupIntentSeq);
+      const unknown = await kms.reportUnknown(() => token.knownInventory());
       kms.reconciliation = { running: false, millis: Date.now() - startedAt };
       log.info(
         {
@@ -216,10 +222,11 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
       );
     };
     kms.reconciliation = { running: true, millis: 0 };
-    if (token.walked) reconcileAtStart();
+    if (token.walked) await reconcileAtStart();
     // Principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
     const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: quorum.audit });
     const accessKeys = new AccessKeyService(store, keyring);
+    await accessKeys.load();
     const ceremony = ceremonyExtension(quorum);
     const { server, health, actions, streams } = createServer({ kms, imports, log, ceremony, security, accessKeys, xks }, { maxMessageBytes: sec.maxMessageBytes, maxConcurrentStreams: sec.maxConcurrentStreams, streamLimits: sec });
     const { host, port } = parseListen(cfg.listen);
@@ -266,7 +273,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
         throw e;
       }
       httpAddress = `${h.host.includes(':') ? `[${h.host}]` : h.host}:${httpListener.port}`;
-      if (!production) ensureDevAccessKey(cfg.dataDir, accessKeys, log, (ev) => quorum.audit.append(ev));
+      if (!production) await ensureDevAccessKey(cfg.dataDir, accessKeys, log, (tx, ev) => quorum.audit.appendIn(tx, ev).then(() => undefined));
     }
     health.setStatus('', 'SERVING');
     health.setStatus('kms.v1.KeyManagementService', 'SERVING');
@@ -274,9 +281,9 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     health.setStatus(RECONCILIATION_HEALTH_SERVICE, kms.reconciliation.running ? 'NOT_SERVING' : 'SERVING');
     const reconciling: Promise<void> = kms.reconciliation.running
       ? token.walkInBackground().then(
-          () => {
+          async () => {
             if (stopping) return;
-            reconcileAtStart();
+            await reconcileAtStart();
             health.setStatus(RECONCILIATION_HEALTH_SERVICE, 'SERVING');
           },
           (e: unknown) => {
@@ -294,10 +301,10 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
       // The scheduler's destroy retries and deletions wait until start-up reconciliation has run.
       if (kms.reconciliation.running) return;
       try {
-        kms.runDueWork();
-        imports.destroyExpiredWrappingKeys();
+        await kms.runDueWork();
+        await imports.destroyExpiredWrappingKeys();
         await imports.refillPoolOnce(); // the RSA generation runs off the event loop
-        quorum.tick();
+        await quorum.tick();
       } catch (e) {
         log.error({ err: (e as Error).message }, 'scheduler pass failed');
       }
@@ -343,7 +350,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
           });
         });
         try {
-          quorum.close(); // counters to disk and a final signed checkpoint
+          await quorum.close(); // counters to disk and a final signed checkpoint
         } catch (e) {
           log.error({ err: (e as Error).message }, 'closing the audit log failed');
         }
@@ -353,12 +360,12 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
         // Waits for key pair generations of calls cut off by the grace period (their calls still
         // commit to the store), then closes the worker sessions, the login session and the module.
         await token.shutdown();
-        openStore.close();
+        await openStore.close();
         lock.release();
       },
     };
   } catch (e) {
-    store?.close();
+    await store?.close();
     token.close();
     throw e;
   }
@@ -368,15 +375,18 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
 export const DEV_ACCESS_KEY_FILE = 'dev-access-key.json';
 export const DEV_ACCESS_KEY_PRINCIPAL = 'local-admin';
 
-function ensureDevAccessKey(dataDir: string, accessKeys: AccessKeyService, log: Logger, audit: (ev: { principal: string; action: string; outcome: string; details: Record<string, unknown> }) => unknown): void {
-  if (accessKeys.count() > 0) return;
+async function ensureDevAccessKey(dataDir: string, accessKeys: AccessKeyService, log: Logger, audit: (tx: StoreTx, ev: { principal: string; action: string; outcome: string; details: Record<string, unknown> }) => Promise<void>): Promise<void> {
+  if ((await accessKeys.count()) > 0) return;
   const file = path.join(dataDir, DEV_ACCESS_KEY_FILE);
   if (fs.existsSync(file)) {
     log.warn({ file }, 'no access key exists but the development access key file does; not overwriting it (delete it to get a new key)');
     return;
   }
-  const key = accessKeys.CreateAccessKey({ Principal: DEV_ACCESS_KEY_PRINCIPAL });
-  audit({ principal: 'kmsd', action: 'CreateAccessKey', outcome: 'ok', details: { AccessKeyId: key.AccessKeyId, Principal: key.Principal } });
+  // The key and its record commit together.
+  const key = await accessKeys.CreateAccessKey(
+    { Principal: DEV_ACCESS_KEY_PRINCIPAL },
+    { requestId: '', principal: 'kmsd', record: (tx, names) => audit(tx, { principal: 'kmsd', action: 'CreateAccessKey', outcome: 'ok', details: { AccessKeyId: names?.AccessKeyId, Principal: DEV_ACCESS_KEY_PRINCIPAL } }) },
+  );
   // Written with O_EXCL: a file someone else left there is not overwritten (nor trusted).
   fs.writeFileSync(file, JSON.stringify({ AccessKeyId: key.AccessKeyId, AccessKeySecret: key.AccessKeySecret, Principal: key.Principal }, null, 2) + '\n', { mode: 0o600, flag: 'wx' });
   log.info({ accessKeyId: key.AccessKeyId, principal: key.Principal, file }, 'development access key created (the secret is only in that file)');

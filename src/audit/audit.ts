@@ -1,5 +1,6 @@
 // The audit trail: every control-plane action, every proposal event and every host-assisted unwrap
-// is one record in an append-only SQLite table, each carrying the hash of the one before it
+// is one record in an append-only table of the metadata store, appended in the same transaction as
+// the change it records, each carrying the hash of the one before it
 // (src/audit/chain.ts), with periodic checkpoints signed by an ECDSA P-256 key that lives in the
 // token. Data-plane calls (Encrypt, Decrypt, ...) are counted per CMK, principal and action instead
 // of logged one by one, unless KMS_AUDIT_DATA_PLANE=1.
@@ -8,10 +9,10 @@
 // (wrapped material, import tokens, signatures, ciphertexts) only as SHA-256, and the rest not at all.
 
 import crypto from 'node:crypto';
-import { AuditRow, AuditStore, CounterRow } from '../store/audit-store';
+import type { AuditRow, CounterRow, Store, StoreTx } from '../store/api';
 import { KmsError, invalid } from '../kms/errors';
 import * as v from '../kms/validate';
-import { AuditRecord, CHECKPOINT_ACTION, ChainVerdict, GENESIS_HASH, canonicalJson, checkpointBytes, isoMs, recordHash, verifyChain } from './chain';
+import { AuditRecord, CHECKPOINT_ACTION, ChainVerdict, GENESIS_HASH, canonicalJson, checkpointBytes, isoMs, recordHash, verifyChainAsync } from './chain';
 
 export interface AuditSigner {
   /** DER SubjectPublicKeyInfo of the checkpoint key. */
@@ -242,8 +243,16 @@ interface RefusalWindow {
 }
 
 export class AuditLog {
+  /**
+   * The head of the chain as this process last appended or read it. Each append reads the table's
+   * head in its transaction (another replica may have appended); when this process has appended
+   * further than the table now reaches, the tail was deleted behind its back, and the next record
+   * still links to the head it knows, so the gap stays visible to VerifyAudit.
+   */
   private headSeq: number;
   private headHash: string;
+  /** False after a rollback: the head kept here may be one that was rolled back. */
+  private headKnown = false;
   private lastCheckpointAt: number;
   private lastCheckpointSeq: number;
   private readonly pending = new Map<string, Counter>();
@@ -252,13 +261,13 @@ export class AuditLog {
    * The CMK id a KeyId as typed stands for (an alias, a CMK id in another case), when that CMK
    * exists; set by the composition root, which knows the store. Records and counters carry it.
    */
-  resolveKeyId: (ref: string) => string | undefined = () => undefined;
+  resolveKeyId: (ref: string, tx?: StoreTx) => Promise<string | undefined> = async () => undefined;
   readonly publicKey: crypto.KeyObject;
   readonly publicKeyPem: string;
   readonly publicKeyFingerprint: string;
 
   constructor(
-    private readonly store: AuditStore,
+    private readonly store: Store,
     private readonly signer: AuditSigner,
     readonly instanceId: string,
     readonly config: AuditConfig,
@@ -272,37 +281,67 @@ export class AuditLog {
     this.headHash = GENESIS_HASH;
     this.lastCheckpointSeq = 0;
     this.lastCheckpointAt = 0;
-    this.readHead();
     // A record inserted in a transaction that was then rolled back is not in the chain: the next
     // record must link to what the table holds.
-    store.onRollback(() => this.readHead());
+    store.onRollback(() => {
+      this.headKnown = false;
+    });
+  }
+
+  /** Reads the head of the chain and the last checkpoint (before the first record; after a rollback). */
+  async init(): Promise<this> {
+    await this.readHead(this.store);
+    return this;
   }
 
   /** The head of the chain and the last checkpoint, as the table holds them. */
-  private readHead(): void {
-    const last = this.store.last();
+  private async readHead(on: Store | StoreTx): Promise<void> {
+    const last = await on.audit.last();
     this.headSeq = last?.seq ?? 0;
     this.headHash = last?.hash ?? GENESIS_HASH;
-    const cp = this.store.lastOfAction(CHECKPOINT_ACTION);
+    const cp = await on.audit.lastOfAction(CHECKPOINT_ACTION);
     this.lastCheckpointSeq = cp?.seq ?? 0;
     this.lastCheckpointAt = cp?.time ?? 0;
+    this.headKnown = true;
+  }
+
+  /** The head to link the next record to, read in the appending transaction (see headSeq). */
+  private async linkHead(tx: StoreTx): Promise<void> {
+    if (!this.headKnown) {
+      await this.readHead(tx);
+      return;
+    }
+    const last = await tx.lastAuditForUpdate();
+    if (last && last.seq >= this.headSeq) {
+      this.headSeq = last.seq;
+      this.headHash = last.hash;
+    }
   }
 
   // ---------------------------------------------------------------- writing
 
   /**
-   * Appends one record (synchronously committed, so a returned call is always on the record). The
-   * KeyId column holds the CMK id the caller's KeyId resolves to (or the id itself when it has the
-   * form of one); when that differs from what the caller typed, Details.KeyId keeps the typed form.
-   * Every part is bounded (MAX_AUDIT_* above).
+   * Appends one record in a transaction of its own; resolves once it is committed, so a returned
+   * call is always on the record. For a record of a state change, appendIn inside the transaction
+   * of the change instead.
    */
-  append(ev: AuditEventInput): AuditRecord {
+  append(ev: AuditEventInput): Promise<AuditRecord> {
+    return this.store.transaction((tx) => this.appendIn(tx, ev));
+  }
+
+  /**
+   * Appends one record in the caller's transaction: it commits, or rolls back, with whatever else
+   * that transaction does. The KeyId column holds the CMK id the caller's KeyId resolves to (or the
+   * id itself when it has the form of one); when that differs from what the caller typed,
+   * Details.KeyId keeps the typed form. Every part is bounded (MAX_AUDIT_* above).
+   */
+  async appendIn(tx: StoreTx, ev: AuditEventInput): Promise<AuditRecord> {
     const given = ev.keyId ?? '';
-    const keyId = this.keyIdColumn(given);
+    const keyId = await this.keyIdColumn(given, tx);
     let details = ev.details ?? {};
     if (given !== keyId && details.KeyId === undefined) details = { ...details, KeyId: given };
-    const rec = this.appendRaw({ ...ev, keyId }, boundDetails(details));
-    if (rec.Seq - this.lastCheckpointSeq > this.config.checkpointEveryRecords) this.checkpoint();
+    const rec = await this.appendRaw(tx, { ...ev, keyId }, boundDetails(details));
+    if (rec.Seq - this.lastCheckpointSeq > this.config.checkpointEveryRecords) await this.checkpointIn(tx);
     return rec;
   }
 
@@ -313,16 +352,17 @@ export class AuditLog {
    * chain stays one line whatever mix of grouped and immediate appends there is.
    */
   appendCommitted(ev: AuditEventInput): Promise<AuditRecord> {
-    return this.store.grouped(() => this.append(ev));
+    return this.store.grouped((tx) => this.appendIn(tx, ev));
   }
 
   /** A CMK id, or '' when the reference neither resolves nor has the form of a CMK id. */
-  private keyIdColumn(ref: string): string {
+  private async keyIdColumn(ref: string, tx: StoreTx): Promise<string> {
     if (!ref || ref.length > v.MAX_IDENTIFIER_CHARS) return '';
-    return this.resolveKeyId(ref) ?? (v.isUuid(ref) ? ref : '');
+    return (await this.resolveKeyId(ref, tx)) ?? (v.isUuid(ref) ? ref : '');
   }
 
-  private appendRaw(ev: AuditEventInput, details?: string, time = this.now()): AuditRecord {
+  private async appendRaw(tx: StoreTx, ev: AuditEventInput, details?: string, time = this.now()): Promise<AuditRecord> {
+    await this.linkHead(tx);
     const col = (s: string | undefined) => boundString(s ?? '', MAX_AUDIT_COLUMN_CHARS);
     const body: Omit<AuditRecord, 'Hash'> = {
       Seq: this.headSeq + 1,
@@ -337,7 +377,7 @@ export class AuditLog {
       PrevHash: this.headHash,
     };
     const hash = recordHash(body);
-    this.store.insert({
+    await tx.audit.insert({
       seq: body.Seq,
       time,
       request_id: body.RequestId,
@@ -356,14 +396,21 @@ export class AuditLog {
   }
 
   /** Signs the head of the chain with the token key, as a record of its own. Null when nothing is new. */
-  checkpoint(): AuditRecord | null {
+  checkpoint(): Promise<AuditRecord | null> {
+    return this.store.transaction((tx) => this.checkpointIn(tx));
+  }
+
+  /** checkpoint, in the caller's transaction (the token's signature is synchronous: nothing else is awaited). */
+  private async checkpointIn(tx: StoreTx): Promise<AuditRecord | null> {
+    await this.linkHead(tx);
     if (this.headSeq === this.lastCheckpointSeq) return null;
     const time = this.now();
     const coveredSeq = this.headSeq;
     const coveredHash = this.headHash;
     const signature = this.signer.sign(checkpointBytes({ InstanceId: this.instanceId, CheckpointSeq: coveredSeq, CheckpointHash: coveredHash, Time: isoMs(time) }));
     // The record's Time is the signed Time.
-    const rec = this.appendRaw(
+    const rec = await this.appendRaw(
+      tx,
       { principal: 'kmsd', action: CHECKPOINT_ACTION, outcome: 'ok' },
       canonicalJson({ CheckpointHash: coveredHash, CheckpointSeq: coveredSeq, Signature: signature.toString('base64') }),
       time,
@@ -379,10 +426,10 @@ export class AuditLog {
    * the refusals that follow within it become one record when it closes (Details.Count, FirstTime,
    * LastTime), so a flood costs two records per window. Otherwise one record, as for any call.
    */
-  refusal(ev: RefusalInput, aggregate: boolean): void {
+  async refusal(ev: RefusalInput, aggregate: boolean): Promise<void> {
     const details = { ...(ev.details ?? {}), Refusal: ev.kind, Error: ev.error };
     if (!aggregate) {
-      this.append({ ...ev, details });
+      await this.append({ ...ev, details });
       return;
     }
     const now = this.now();
@@ -390,7 +437,7 @@ export class AuditLog {
     let key = JSON.stringify([principal, ev.action, ev.outcome, ev.kind]);
     let w = this.refusals.get(key);
     if (w && now - w.opened >= this.config.refusalWindowMs) {
-      this.closeRefusalWindow(key, w);
+      await this.closeRefusalWindow(key, w);
       w = undefined;
     }
     if (!w && this.refusals.size >= MAX_REFUSAL_WINDOWS) {
@@ -416,36 +463,37 @@ export class AuditLog {
       w.ev = kept();
       return;
     }
-    this.append({ ...ev, details: { ...details, Count: 1 } });
+    // The window opens before the record is awaited: refusals arriving meanwhile are counted in it.
     this.refusals.set(key, { opened: now, count: 0, first: 0, last: 0, ev: kept() });
+    await this.append({ ...ev, details: { ...details, Count: 1 } });
   }
 
-  private closeRefusalWindow(key: string, w: RefusalWindow): void {
+  private async closeRefusalWindow(key: string, w: RefusalWindow): Promise<void> {
     this.refusals.delete(key);
     if (w.count === 0) return;
     const { ev } = w;
     // The tally has no single request: the last refusal's message and parameters stand for it.
-    this.append({ principal: ev.principal, action: ev.action, keyId: ev.keyId, outcome: ev.outcome, details: { ...(ev.details ?? {}), Refusal: ev.kind, Error: ev.error, Count: w.count, FirstTime: isoMs(w.first), LastTime: isoMs(w.last) } });
+    await this.append({ principal: ev.principal, action: ev.action, keyId: ev.keyId, outcome: ev.outcome, details: { ...(ev.details ?? {}), Refusal: ev.kind, Error: ev.error, Count: w.count, FirstTime: isoMs(w.first), LastTime: isoMs(w.last) } });
   }
 
   /** Closes refusal windows older than refusalWindowMs (all of them with `all`). */
-  flushRefusals(all = false): void {
+  async flushRefusals(all = false): Promise<void> {
     const now = this.now();
-    for (const [key, w] of [...this.refusals]) if (all || now - w.opened >= this.config.refusalWindowMs) this.closeRefusalWindow(key, w);
+    for (const [key, w] of [...this.refusals]) if (all || now - w.opened >= this.config.refusalWindowMs) await this.closeRefusalWindow(key, w);
   }
 
   /** Scheduler tick: flush counters and refusal tallies; checkpoint when the interval has passed and the log grew. */
-  tick(): void {
-    this.flushCounters();
-    this.flushRefusals();
-    if (this.headSeq > this.lastCheckpointSeq && this.now() - this.lastCheckpointAt >= this.config.checkpointIntervalMs) this.checkpoint();
+  async tick(): Promise<void> {
+    await this.flushCounters();
+    await this.flushRefusals();
+    if (this.headSeq > this.lastCheckpointSeq && this.now() - this.lastCheckpointAt >= this.config.checkpointIntervalMs) await this.checkpoint();
   }
 
   /** Shutdown: counters to disk and a final checkpoint. */
-  close(): void {
-    this.flushCounters();
-    this.flushRefusals(true);
-    this.checkpoint();
+  async close(): Promise<void> {
+    await this.flushCounters();
+    await this.flushRefusals(true);
+    await this.checkpoint();
   }
 
   // ---------------------------------------------------------------- data-plane counters
@@ -469,19 +517,20 @@ export class AuditLog {
     c.last = now;
   }
 
-  flushCounters(): void {
+  async flushCounters(): Promise<void> {
     if (this.pending.size === 0) return;
     const rows: CounterRow[] = [...this.pending].map(([k, c]) => {
       const [key_id, principal, action] = JSON.parse(k) as [string, string, string];
       return { key_id, principal, action, ok: c.ok, errors: c.errors, first_at: c.first, last_at: c.last };
     });
-    this.store.addCounters(rows);
+    // Taken before the write is awaited: calls counted meanwhile go to the next flush.
     this.pending.clear();
+    await this.store.audit.addCounters(rows);
   }
 
   // ---------------------------------------------------------------- API
 
-  ListAuditEvents(req: { PageNumber?: number; PageSize?: number; KeyId?: string; Action?: string; ProposalId?: string }) {
+  async ListAuditEvents(req: { PageNumber?: number; PageSize?: number; KeyId?: string; Action?: string; ProposalId?: string }) {
     const page = v.intInRange('PageNumber', req.PageNumber, 1, 1_000_000_000, 1);
     // A page must fit the message limit even when every record on it has to be cut down.
     const maxSize = Math.max(1, Math.min(1000, Math.floor((2 * this.config.exportPageBytes) / TRUNCATED_RECORD_BYTES)));
@@ -491,8 +540,8 @@ export class AuditLog {
     const size = v.intInRange('PageSize', req.PageSize, 1, 1000, Math.min(50, maxSize));
     const filter = { keyId: req.KeyId || undefined, action: req.Action || undefined, proposalId: req.ProposalId || undefined };
     return {
-      Events: this.fitPage(this.store.page((page - 1) * size, size, filter).map(toRecord)),
-      TotalCount: this.store.count(filter),
+      Events: this.fitPage((await this.store.audit.page((page - 1) * size, size, filter)).map(toRecord)),
+      TotalCount: await this.store.audit.count(filter),
       PageNumber: page,
       PageSize: size,
     };
@@ -522,7 +571,7 @@ export class AuditLog {
   }
 
   /** Checks the whole chain and every checkpoint signature against the token's key. */
-  VerifyAudit(): {
+  async VerifyAudit(): Promise<{
     Valid: boolean;
     RecordsChecked: number;
     CheckpointsChecked: number;
@@ -533,12 +582,13 @@ export class AuditLog {
     PublicKey: string;
     PublicKeyFingerprint: string;
     InstanceId: string;
-  } {
+  }> {
+    if (!this.headKnown) await this.readHead(this.store);
     const store = this.store;
-    const records = (function* () {
-      for (const r of store.iterate()) yield toRecord(r);
+    const records = (async function* () {
+      for await (const r of store.audit.iterate()) yield toRecord(r);
     })();
-    let verdict: ChainVerdict = verifyChain(records, this.publicKey, this.instanceId);
+    let verdict: ChainVerdict = await verifyChainAsync(records, this.publicKey, this.instanceId);
     if (verdict.valid && verdict.recordsChecked < this.headSeq) {
       // The daemon appended further than the table now reaches: the tail was cut off.
       verdict = { ...verdict, valid: false, firstBadSeq: verdict.recordsChecked + 1, problem: `records ${verdict.recordsChecked + 1} to ${this.headSeq} are missing: the end of the log was deleted` };
@@ -561,13 +611,14 @@ export class AuditLog {
    * One page of an export. The first call (UpToSeq 0) checkpoints the head, so a complete export
    * ends on a signed checkpoint, and fixes the end of the export at it; later calls pass UpToSeq back.
    */
-  ExportAudit(req: { AfterSeq?: number; UpToSeq?: number; MaxRecords?: number }) {
+  async ExportAudit(req: { AfterSeq?: number; UpToSeq?: number; MaxRecords?: number }) {
     const after = req.AfterSeq ?? 0;
     if (!Number.isInteger(after) || after < 0) throw invalid('AfterSeq', 'must be a non-negative integer');
     const max = v.intInRange('MaxRecords', req.MaxRecords, 1, 10_000, 1000);
     let upTo = req.UpToSeq ?? 0;
+    if (!this.headKnown) await this.readHead(this.store);
     if (!upTo) {
-      this.checkpoint();
+      await this.checkpoint();
       upTo = this.headSeq;
     } else if (!Number.isInteger(upTo) || upTo < 0 || upTo > this.headSeq) {
       throw invalid('UpToSeq', `must be 0 (start a new export) or a sequence number up to ${this.headSeq}`);
@@ -576,7 +627,7 @@ export class AuditLog {
     const lines: string[] = [];
     let bytes = 0;
     let next = after;
-    for (const row of this.store.range(after, upTo, max)) {
+    for (const row of await this.store.audit.range(after, upTo, max)) {
       const rec = toRecord(row);
       let line = canonicalJson(rec);
       let size = Buffer.byteLength(line, 'utf8');
@@ -607,11 +658,11 @@ export class AuditLog {
     };
   }
 
-  GetUsageCounters(req: { KeyId?: string }) {
-    this.flushCounters();
+  async GetUsageCounters(req: { KeyId?: string }) {
+    await this.flushCounters();
     return {
       // Bounded on the way out too: rows an older kmsd keyed by whatever the caller sent.
-      Counters: this.store.counters(req.KeyId || undefined).map((c) => ({
+      Counters: (await this.store.audit.counters(req.KeyId || undefined)).map((c) => ({
         KeyId: boundString(c.key_id, MAX_AUDIT_COLUMN_CHARS),
         Principal: boundString(c.principal, MAX_AUDIT_COLUMN_CHARS),
         Action: c.action,

@@ -103,12 +103,13 @@ export interface ChainVerdict {
  * `allowTruncated`, when its Hash is taken as given (the links before and after it and the
  * checkpoints after it are still checked) and its Seq is listed in `truncated`.
  */
-export function verifyChain(records: Iterable<AuditRecord>, publicKey: crypto.KeyObject, instanceId: string, opts: { allowTruncated?: boolean } = {}): ChainVerdict {
+/** The chain check one record at a time: push answers a verdict at the first bad record, end the verdict of all. */
+function chainVerifier(publicKey: crypto.KeyObject, instanceId: string, opts: { allowTruncated?: boolean }): { push(r: AuditRecord): ChainVerdict | null; end(): ChainVerdict } {
   const v: ChainVerdict = { valid: true, recordsChecked: 0, checkpointsChecked: 0, lastCheckpointSeq: 0, uncheckpointed: 0, firstBadSeq: 0, problem: '', truncated: [] };
   const bad = (seq: number, problem: string): ChainVerdict => ({ ...v, valid: false, firstBadSeq: seq, problem });
   let expectedSeq = 1;
   let prevHash = GENESIS_HASH;
-  for (const r of records) {
+  const push = (r: AuditRecord): ChainVerdict | null => {
     if (r.Seq !== expectedSeq) {
       if (r.Seq > expectedSeq) {
         return bad(expectedSeq, `record ${expectedSeq} is missing (the next record is ${r.Seq}): records were deleted`);
@@ -146,7 +147,30 @@ export function verifyChain(records: Iterable<AuditRecord>, publicKey: crypto.Ke
     prevHash = r.Hash;
     expectedSeq++;
     v.recordsChecked++;
+    return null;
+  };
+  const end = (): ChainVerdict => {
+    v.uncheckpointed = v.recordsChecked - v.lastCheckpointSeq;
+    return v;
+  };
+  return { push, end };
+}
+
+export function verifyChain(records: Iterable<AuditRecord>, publicKey: crypto.KeyObject, instanceId: string, opts: { allowTruncated?: boolean } = {}): ChainVerdict {
+  const c = chainVerifier(publicKey, instanceId, opts);
+  for (const r of records) {
+    const bad = c.push(r);
+    if (bad) return bad;
   }
-  v.uncheckpointed = v.recordsChecked - v.lastCheckpointSeq;
-  return v;
+  return c.end();
+}
+
+/** verifyChain over records read a page at a time (a long log is never loaded whole). */
+export async function verifyChainAsync(records: AsyncIterable<AuditRecord>, publicKey: crypto.KeyObject, instanceId: string, opts: { allowTruncated?: boolean } = {}): Promise<ChainVerdict> {
+  const c = chainVerifier(publicKey, instanceId, opts);
+  for await (const r of records) {
+    const bad = c.push(r);
+    if (bad) return bad;
+  }
+  return c.end();
 }

@@ -9,6 +9,7 @@ import type { ImportService } from '../kms/import';
 import type { XksService } from '../kms/xks';
 import { KmsError, invalid, missing } from '../kms/errors';
 import * as v from '../kms/validate';
+import type { CallContext } from '../kms/types';
 import { GUARDABLE_ACTIONS, GuardableAction } from './policy';
 
 export interface ActionTargets {
@@ -27,7 +28,8 @@ interface ParamSpec {
 
 interface KeyActionSpec {
   params: Record<string, ParamSpec>;
-  run(t: ActionTargets, req: Record<string, unknown>): unknown;
+  /** `ctx.record` (when set) runs in the transaction that makes the action's change. */
+  run(t: ActionTargets, req: Record<string, unknown>, ctx?: CallContext): unknown;
 }
 
 /** Strings longer than this appear in the document as their SHA-256. */
@@ -36,26 +38,26 @@ const INLINE_MAX = 96;
 export const KEY_ACTIONS: Record<GuardableAction, KeyActionSpec> = {
   ImportKeyMaterial: {
     params: { KeyId: { kind: 'string', required: true }, EncryptedKeyMaterial: { kind: 'base64', required: true }, ImportToken: { kind: 'string', required: true }, KeyMaterialExpireUnix: { kind: 'int' } },
-    run: (t, r) => t.imports.ImportKeyMaterial(r),
+    run: (t, r, c) => t.imports.ImportKeyMaterial(r, c),
   },
-  DeleteKeyMaterial: { params: { KeyId: { kind: 'string', required: true } }, run: (t, r) => t.imports.DeleteKeyMaterial(r) },
+  DeleteKeyMaterial: { params: { KeyId: { kind: 'string', required: true } }, run: (t, r, c) => t.imports.DeleteKeyMaterial(r, c) },
   ScheduleKeyDeletion: {
     params: { KeyId: { kind: 'string', required: true }, PendingWindowInDays: { kind: 'int', required: true } },
-    run: (t, r) => t.kms.ScheduleKeyDeletion(r),
+    run: (t, r, c) => t.kms.ScheduleKeyDeletion(r, c),
   },
-  CancelKeyDeletion: { params: { KeyId: { kind: 'string', required: true } }, run: (t, r) => t.kms.CancelKeyDeletion(r) },
-  DisableKey: { params: { KeyId: { kind: 'string', required: true } }, run: (t, r) => t.kms.DisableKey(r) },
-  EnableKey: { params: { KeyId: { kind: 'string', required: true } }, run: (t, r) => t.kms.EnableKey(r) },
+  CancelKeyDeletion: { params: { KeyId: { kind: 'string', required: true } }, run: (t, r, c) => t.kms.CancelKeyDeletion(r, c) },
+  DisableKey: { params: { KeyId: { kind: 'string', required: true } }, run: (t, r, c) => t.kms.DisableKey(r, c) },
+  EnableKey: { params: { KeyId: { kind: 'string', required: true } }, run: (t, r, c) => t.kms.EnableKey(r, c) },
   UpdateKeyDescription: {
     params: { KeyId: { kind: 'string', required: true }, Description: { kind: 'string', required: true } },
-    run: (t, r) => t.kms.UpdateKeyDescription(r),
+    run: (t, r, c) => t.kms.UpdateKeyDescription(r, c),
   },
-  CreateKeyVersion: { params: { KeyId: { kind: 'string', required: true } }, run: (t, r) => t.kms.CreateKeyVersion(r) },
+  CreateKeyVersion: { params: { KeyId: { kind: 'string', required: true } }, run: (t, r, c) => t.kms.CreateKeyVersion(r, c) },
   CreateXksKey: {
     params: { KeyId: { kind: 'string', required: true }, UriPathPrefix: { kind: 'string', required: true }, ExternalKeyId: { kind: 'string', required: true }, Operations: { kind: 'string', required: true } },
-    run: (t, r) => {
+    run: (t, r, c) => {
       if (!t.xks) throw new KmsError('InternalFailure', 'external key stores are not configured in this server');
-      return t.xks.CreateXksKey(r);
+      return t.xks.CreateXksKey(r, c);
     },
   },
 };
@@ -79,7 +81,7 @@ export function digestView(value: string, kind: ParamKind): { Sha256: string; By
   return { Sha256: crypto.createHash('sha256').update(bytes).digest('hex'), Bytes: bytes.length };
 }
 
-export function prepareKeyAction(t: ActionTargets, action: GuardableAction, params: Record<string, string>): PreparedKeyAction {
+export async function prepareKeyAction(t: ActionTargets, action: GuardableAction, params: Record<string, string>): Promise<PreparedKeyAction> {
   const spec = KEY_ACTIONS[action];
   for (const name of Object.keys(params)) {
     if (!spec.params[name]) throw invalid(`Parameters.${name}`, `${action} takes ${Object.keys(spec.params).join(', ')}`);
@@ -102,7 +104,7 @@ export function prepareKeyAction(t: ActionTargets, action: GuardableAction, para
       view[name] = p.kind === 'base64' || raw.length > INLINE_MAX ? digestView(raw, p.kind) : raw;
     }
   }
-  const row = t.kms.resolve('Parameters.KeyId', request.KeyId as string);
+  const row = await t.kms.resolve('Parameters.KeyId', request.KeyId as string);
   request.KeyId = row.key_id;
   view.KeyId = row.key_id;
   return {
@@ -113,9 +115,9 @@ export function prepareKeyAction(t: ActionTargets, action: GuardableAction, para
   };
 }
 
-export function runKeyAction(t: ActionTargets, action: string, request: Record<string, unknown>): unknown {
+export function runKeyAction(t: ActionTargets, action: string, request: Record<string, unknown>, ctx?: CallContext): unknown {
   if (!isKeyAction(action)) throw new KmsError('InternalFailure', `proposal action ${action} has no executor`);
-  return KEY_ACTIONS[action].run(t, request);
+  return KEY_ACTIONS[action].run(t, request, ctx);
 }
 
 /** Parameters kept after a proposal closes: the document's view (hashes instead of material). */

@@ -9,7 +9,7 @@
 // custodians behaves as before.
 
 import crypto from 'node:crypto';
-import { CeremonyStore, ProposalRow, ApprovalRow, CustodianRow } from '../store/ceremony-store';
+import type { ProposalRow, ApprovalRow, CustodianRow, Store, StoreTx } from '../store/api';
 import { KmsError, invalid, missing } from '../kms/errors';
 import * as v from '../kms/validate';
 import type { CallContext } from '../kms/types';
@@ -32,11 +32,11 @@ export interface InstanceInfo {
   tokenSerial: string;
 }
 
-/** Where proposal events and executed actions are recorded (the audit log). */
+/** Where proposal events and executed actions are recorded (the audit log), in the transaction of the change. */
 export interface CeremonySink {
-  record(ev: { requestId?: string; principal: string; action: string; keyId?: string; proposalId?: string; outcome: string; details?: Record<string, unknown> }): void;
-  /** After a key action ran (directly or through a proposal): lets the audit note host-assisted unwraps. */
-  keyActionDone?(action: string, keyId: string, ctx: CallContext, proposalId?: string): void;
+  record(ev: { requestId?: string; principal: string; action: string; keyId?: string; proposalId?: string; outcome: string; details?: Record<string, unknown> }, tx: StoreTx): Promise<void>;
+  /** After a key action's change (directly or through a proposal), in its transaction: lets the audit note host-assisted unwraps. */
+  keyActionDone?(action: string, keyId: string, ctx: CallContext, tx: StoreTx, proposalId?: string): Promise<void>;
 }
 
 /** Actions that change the ceremony itself: always guarded, only ever run through a proposal. */
@@ -95,27 +95,42 @@ export class Ceremony {
   private initializedCache: boolean | null = null;
 
   constructor(
-    private readonly store: CeremonyStore,
+    private readonly store: Store,
     private readonly targets: ActionTargets,
     private readonly instance: InstanceInfo,
     readonly config: CeremonyConfig,
     private readonly sink: CeremonySink,
     private readonly now: () => number = Date.now,
-  ) {}
+  ) {
+    // Read again when rows may have changed (a rollback, another replica's change).
+    store.onRollback(() => {
+      this.load().catch(() => undefined);
+    });
+  }
+
+  private get cs() {
+    return this.store.ceremony;
+  }
+
+  /**
+   * Reads whether the ceremony is initialized and the quorum policy (start-up, and after a change):
+   * the guard in front of every guardable call reads them from memory.
+   */
+  async load(): Promise<this> {
+    this.initializedCache = (await this.cs.initializedAt()) !== null;
+    const json = await this.cs.policyJson();
+    this.policyCache = json ? parsePolicy('policy', json) : DEFAULT_POLICY;
+    return this;
+  }
 
   // ================================================================ state
 
   initialized(): boolean {
-    if (this.initializedCache === null) this.initializedCache = this.store.initializedAt() !== null;
-    return this.initializedCache;
+    return this.initializedCache === true;
   }
 
   policy(): QuorumPolicy {
-    if (!this.policyCache) {
-      const json = this.store.policyJson();
-      this.policyCache = json ? parsePolicy('policy', json) : DEFAULT_POLICY;
-    }
-    return this.policyCache;
+    return this.policyCache ?? DEFAULT_POLICY;
   }
 
   private requireInitialized(): void {
@@ -123,11 +138,13 @@ export class Ceremony {
   }
 
   /** Proposals a crash left half-run are closed, never re-run: exactly once means at most once. */
-  recoverInterrupted(): number {
-    const rows = this.store.interruptedProposals();
+  async recoverInterrupted(): Promise<number> {
+    const rows = await this.cs.interruptedProposals();
     for (const r of rows) {
-      this.store.transition(r.proposal_id, 'Executing', 'Executed', { closed_at: this.now(), outcome: 'Interrupted', result: '' });
-      this.sink.record({ principal: 'kmsd', action: 'ProposalInterrupted', keyId: r.key_id ?? '', proposalId: r.proposal_id, outcome: 'Interrupted', details: { Action: r.action } });
+      await this.store.transaction(async (tx) => {
+        if (!(await tx.ceremony.transition(r.proposal_id, 'Executing', 'Executed', { closed_at: this.now(), outcome: 'Interrupted', result: '' }))) return;
+        await this.sink.record({ principal: 'kmsd', action: 'ProposalInterrupted', keyId: r.key_id ?? '', proposalId: r.proposal_id, outcome: 'Interrupted', details: { Action: r.action } }, tx);
+      });
     }
     return rows.length;
   }
@@ -138,10 +155,10 @@ export class Ceremony {
    * Called before a KeyManagementService action runs directly. A guarded action answers
    * Rejected.QuorumRequired (FAILED_PRECONDITION) and names the proposal flow.
    */
-  checkDirect(action: string, req: { KeyId?: string }): void {
+  async checkDirect(action: string, req: { KeyId?: string }): Promise<void> {
     if (this.initialized() && (TOKEN_ACTIONS as readonly string[]).includes(action)) {
-      const m = this.store.threshold();
-      const n = this.store.activeCustodians().length;
+      const m = (await this.cs.threshold());
+      const n = (await this.cs.activeCustodians()).length;
       throw new KmsError(
         'Rejected.QuorumRequired',
         `${action} needs the approval of ${m} of ${n} custodians once a ceremony is initialized: kmsctl CreateProposal --Action ${action} ` +
@@ -149,11 +166,11 @@ export class Ceremony {
       );
     }
     if (!this.initialized() || !isGuardable(action)) return;
-    const row = this.targets.kms.resolve('KeyId', req.KeyId);
+    const row = await this.targets.kms.resolve('KeyId', req.KeyId);
     const why = guardReason(this.policy(), action, row);
     if (!why) return;
-    const m = this.store.threshold();
-    const n = this.store.activeCustodians().length;
+    const m = (await this.cs.threshold());
+    const n = (await this.cs.activeCustodians()).length;
     throw new KmsError(
       'Rejected.QuorumRequired',
       `${action} on ${row.protection_level} CMK ${row.key_id} needs the approval of ${m} of ${n} custodians` +
@@ -166,7 +183,7 @@ export class Ceremony {
 
   // ================================================================ custodians
 
-  InitCeremony(req: { Custodians?: { CustodianId?: string; PublicKey?: string }[]; Threshold?: number }, ctx: CallContext) {
+  async InitCeremony(req: { Custodians?: { CustodianId?: string; PublicKey?: string }[]; Threshold?: number }, ctx: CallContext) {
     if (this.initialized()) {
       throw new KmsError(
         'Rejected.QuorumRequired',
@@ -180,29 +197,32 @@ export class Ceremony {
       return parseCustodianKey(`Custodians[${i}].PublicKey`, id, c.PublicKey);
     });
     const threshold = validateSet('Custodians', set, req.Threshold === 0 ? 0 : req.Threshold);
-    this.store.replaceCustodianSet(
-      set.map((c) => ({ custodian_id: c.custodianId, public_key: c.der, fingerprint: c.fingerprint })),
-      threshold,
-      this.now(),
-      true,
-    );
-    if (!this.store.policyJson()) this.store.setPolicyJson(JSON.stringify(DEFAULT_POLICY));
-    this.initializedCache = true;
-    this.policyCache = null;
-    void ctx;
+    await this.store.transaction(async (tx) => {
+      // Checked again in the transaction: of two concurrent InitCeremony calls one initializes.
+      if ((await tx.ceremony.initializedAt()) !== null) throw new KmsError('Rejected.QuorumRequired', 'the ceremony is already initialized');
+      await tx.ceremony.replaceCustodianSet(
+        set.map((c) => ({ custodian_id: c.custodianId, public_key: c.der, fingerprint: c.fingerprint })),
+        threshold,
+        this.now(),
+        true,
+      );
+      if (!(await tx.ceremony.policyJson())) await tx.ceremony.setPolicyJson(JSON.stringify(DEFAULT_POLICY));
+      if (ctx.record) await ctx.record(tx);
+    });
+    await this.load();
     return this.DescribeCeremony();
   }
 
-  DescribeCeremony() {
-    const custodians = this.store.activeCustodians();
+  async DescribeCeremony() {
+    const custodians = (await this.cs.activeCustodians());
     return {
       Initialized: this.initialized(),
       InstanceId: this.instance.instanceId,
-      Threshold: this.initialized() ? this.store.threshold() : 0,
+      Threshold: this.initialized() ? (await this.cs.threshold()) : 0,
       Custodians: custodians.map((c) => ({ CustodianId: c.custodian_id, PublicKey: publicKeyPem(c.public_key), Fingerprint: c.fingerprint, AddedAt: iso(c.added_at) })),
-      CustodianSetVersion: this.store.custodianSetVersion(),
+      CustodianSetVersion: (await this.cs.custodianSetVersion()),
       Policy: this.initialized() ? JSON.stringify(this.policy()) : '',
-      InitializedAt: iso(this.store.initializedAt()),
+      InitializedAt: iso((await this.cs.initializedAt())),
       DefaultProposalTtlSeconds: this.config.defaultProposalTtlSeconds,
       ProposableActions: PROPOSABLE_ACTIONS,
     };
@@ -216,19 +236,20 @@ export class Ceremony {
     return row.expires_at <= this.now() ? 'Expired' : 'Open';
   }
 
-  private getRow(id: string | undefined): ProposalRow {
+  /** The proposal a request names; on a StoreTx, locked until the transaction ends (a row lock where the backend has them). */
+  private async getRow(id: string | undefined, tx?: StoreTx): Promise<ProposalRow> {
     const s = v.requireString('ProposalId', id);
     if (!v.isUuid(s)) throw invalid('ProposalId', `"${s.slice(0, 80)}" is not a proposal id (a lowercase UUID)`);
-    const row = this.store.getProposal(s);
+    const row = tx ? await tx.getProposalForUpdate(s) : await this.cs.getProposal(s);
     if (!row) throw new KmsError('Forbidden.ProposalNotFound', `ProposalId: no proposal ${s}`);
     return row;
   }
 
   /** Approvals and whether each counts now: current revision, custodian still in the set, same key. */
-  private tally(row: ProposalRow): { counted: ApprovalRow[]; details: { CustodianId: string; ApprovedAt: string; Revision: number; Counts: boolean; Reason: string }[] } {
-    const active = new Map<string, CustodianRow>(this.store.activeCustodians().map((c) => [c.custodian_id, c]));
+  private async tally(row: ProposalRow, on: Store | StoreTx = this.store): Promise<{ counted: ApprovalRow[]; details: { CustodianId: string; ApprovedAt: string; Revision: number; Counts: boolean; Reason: string }[] }> {
+    const active = new Map<string, CustodianRow>((await on.ceremony.activeCustodians()).map((c) => [c.custodian_id, c]));
     const counted: ApprovalRow[] = [];
-    const details = this.store.approvals(row.proposal_id).map((a) => {
+    const details = (await on.ceremony.approvals(row.proposal_id)).map((a) => {
       let reason = '';
       const c = active.get(a.custodian_id);
       if (a.revision !== row.revision) reason = `approved revision ${a.revision}; the current document is revision ${row.revision}`;
@@ -240,8 +261,8 @@ export class Ceremony {
     return { counted, details };
   }
 
-  private view(row: ProposalRow, withDocument = true) {
-    const t = this.tally(row);
+  private async view(row: ProposalRow, withDocument = true) {
+    const t = await this.tally(row);
     let params = '';
     try {
       params = JSON.stringify((JSON.parse(row.document.toString('utf8')) as { Parameters?: unknown }).Parameters ?? {});
@@ -258,7 +279,7 @@ export class Ceremony {
       CreatedAt: iso(row.created_at),
       ExpiresAt: iso(row.expires_at),
       Approvals: t.counted.length,
-      Required: this.store.threshold(),
+      Required: (await this.cs.threshold()),
       Approvers: t.details,
       Document: withDocument ? row.document.toString('base64') : '',
       DocumentSha256: sha256Hex(row.document),
@@ -277,7 +298,7 @@ export class Ceremony {
     return value;
   }
 
-  private document(row: { proposal_id: string; revision: number; action: string; requester: string; created_at: number; expires_at: number }, view: Record<string, unknown>, key: Record<string, unknown> | undefined): Buffer {
+  private async document(row: { proposal_id: string; revision: number; action: string; requester: string; created_at: number; expires_at: number }, view: Record<string, unknown>, key: Record<string, unknown> | undefined): Promise<Buffer> {
     return renderDocument({
       Format: DOCUMENT_FORMAT,
       Instance: { InstanceId: this.instance.instanceId, TokenLabel: this.instance.tokenLabel, TokenSerial: this.instance.tokenSerial },
@@ -290,14 +311,14 @@ export class Ceremony {
       CreatedAt: iso(row.created_at),
       ExpiresAt: iso(row.expires_at),
       Nonce: crypto.randomBytes(16).toString('hex'),
-      Quorum: { Threshold: this.store.threshold(), Custodians: this.store.activeCustodians().map((c) => c.custodian_id), CustodianSetVersion: this.store.custodianSetVersion() },
+      Quorum: { Threshold: (await this.cs.threshold()), Custodians: (await this.cs.activeCustodians()).map((c) => c.custodian_id), CustodianSetVersion: (await this.cs.custodianSetVersion()) },
     });
   }
 
   /** Types and checks the parameters of any proposable action; returns what to store and show. */
-  private prepare(action: string, params: Record<string, string>): { keyId: string | null; request: Record<string, unknown>; view: Record<string, unknown>; key?: Record<string, unknown> } {
+  private async prepare(action: string, params: Record<string, string>): Promise<{ keyId: string | null; request: Record<string, unknown>; view: Record<string, unknown>; key?: Record<string, unknown> }> {
     if (isKeyAction(action)) {
-      const p = prepareKeyAction(this.targets, action, params);
+      const p = await prepareKeyAction(this.targets, action, params);
       return { keyId: p.keyId, request: p.request, view: p.view, key: p.key };
     }
     if (action === 'SetCustodians') {
@@ -305,7 +326,7 @@ export class Ceremony {
       const set = parseCustodianList('Parameters.Custodians', params.Custodians);
       if (params.Threshold === undefined || !/^\d{1,3}$/.test(params.Threshold)) throw invalid('Parameters.Threshold', 'must be an integer M with 1 <= M <= N');
       const threshold = validateSet('Parameters.Custodians', set, Number(params.Threshold), 'Parameters.Threshold');
-      const current = new Map(this.store.activeCustodians().map((c) => [c.custodian_id, c]));
+      const current = new Map((await this.cs.activeCustodians()).map((c) => [c.custodian_id, c]));
       const next = new Map(set.map((c) => [c.custodianId, c]));
       return {
         keyId: null,
@@ -317,7 +338,7 @@ export class Ceremony {
             Added: [...next.keys()].filter((id) => !current.has(id)),
             Removed: [...current.keys()].filter((id) => !next.has(id)),
             KeyReplaced: [...next.values()].filter((c) => current.has(c.custodianId) && current.get(c.custodianId)!.fingerprint !== c.fingerprint).map((c) => c.custodianId),
-            ThresholdBefore: this.store.threshold(),
+            ThresholdBefore: (await this.cs.threshold()),
           },
         },
       };
@@ -338,56 +359,61 @@ export class Ceremony {
     throw invalid('Action', `must be one of ${PROPOSABLE_ACTIONS.join(', ')} (got "${String(action).slice(0, 60)}")`);
   }
 
-  CreateProposal(req: { Action?: string; Parameters?: Record<string, string>; Requester?: string; ExpiresInSeconds?: number }, ctx: CallContext) {
+  async CreateProposal(req: { Action?: string; Parameters?: Record<string, string>; Requester?: string; ExpiresInSeconds?: number }, ctx: CallContext) {
     this.requireInitialized();
     const action = v.requireString('Action', req.Action);
     const requester = requesterIdentity(ctx, req.Requester || undefined);
     const ttl = this.ttl('ExpiresInSeconds', req.ExpiresInSeconds);
-    const prepared = this.prepare(action, req.Parameters ?? {});
+    const prepared = await this.prepare(action, req.Parameters ?? {});
     const now = this.now();
     const base = { proposal_id: crypto.randomUUID(), revision: 1, action, requester, created_at: now, expires_at: now + ttl * 1000 };
     const row: ProposalRow = {
       ...base,
       key_id: prepared.keyId,
       parameters: JSON.stringify(prepared.request),
-      document: this.document(base, prepared.view, prepared.key),
+      document: await this.document(base, prepared.view, prepared.key),
       state: 'Open',
       closed_at: null,
       outcome: null,
       result: null,
     };
-    this.store.insertProposal(row);
+    await this.store.transaction(async (tx) => {
+      await tx.ceremony.insertProposal(row);
+      if (ctx.record) await ctx.record(tx, { ProposalId: row.proposal_id });
+    });
     return this.view(row);
   }
 
   /** The CMK a proposal acts on ('' for ceremony actions or an unknown id), for audit records. */
-  keyIdOf(proposalId: string): string {
-    return v.isUuid(proposalId) ? (this.store.getProposal(proposalId)?.key_id ?? '') : '';
+  async keyIdOf(proposalId: string): Promise<string> {
+    return v.isUuid(proposalId) ? ((await this.cs.getProposal(proposalId))?.key_id ?? '') : '';
   }
 
-  GetProposal(req: { ProposalId?: string }) {
-    return this.view(this.getRow(req.ProposalId));
+  async GetProposal(req: { ProposalId?: string }) {
+    return this.view(await this.getRow(req.ProposalId));
   }
 
-  ListProposals(req: { State?: string; PageNumber?: number; PageSize?: number }) {
+  async ListProposals(req: { State?: string; PageNumber?: number; PageSize?: number }) {
     const state: ViewState | undefined = req.State ? v.oneOf('State', req.State, ['Open', 'Expired', 'Cancelled', 'Executed'] as const) : undefined;
     const page = v.intInRange('PageNumber', req.PageNumber, 1, 1_000_000, 1);
     const size = v.intInRange('PageSize', req.PageSize, 1, 100, 20);
     let rows: ProposalRow[];
     let total: number;
     if (state === 'Open' || state === 'Expired') {
-      const all = this.store.listProposals(0, 1_000_000, 'Open').filter((r) => this.stateOf(r) === state);
+      const all = (await this.cs.listProposals(0, 1_000_000, 'Open')).filter((r) => this.stateOf(r) === state);
       total = all.length;
       rows = all.slice((page - 1) * size, page * size);
     } else if (state === 'Executed') {
-      const all = [...this.store.listProposals(0, 1_000_000, 'Executed'), ...this.store.listProposals(0, 1_000_000, 'Executing')];
+      const all = [...(await this.cs.listProposals(0, 1_000_000, 'Executed')), ...(await this.cs.listProposals(0, 1_000_000, 'Executing'))];
       total = all.length;
       rows = all.slice((page - 1) * size, page * size);
     } else {
-      total = this.store.countProposals(state);
-      rows = this.store.listProposals((page - 1) * size, size, state);
+      total = (await this.cs.countProposals(state));
+      rows = (await this.cs.listProposals((page - 1) * size, size, state));
     }
-    return { Proposals: rows.map((r) => this.view(r, false)), TotalCount: total, PageNumber: page, PageSize: size };
+    const views = [];
+    for (const r of rows) views.push(await this.view(r, false));
+    return { Proposals: views, TotalCount: total, PageNumber: page, PageSize: size };
   }
 
   private requireOpen(row: ProposalRow, doing: string): void {
@@ -397,11 +423,18 @@ export class Ceremony {
     if (state === 'Expired') throw new KmsError('Rejected.ProposalExpired', `ProposalId: proposal ${row.proposal_id} expired at ${iso(row.expires_at)}; it cannot be ${doing} (RenewProposal, or create a new one)`);
   }
 
-  ApproveProposal(req: { ProposalId?: string; CustodianId?: string; Signature?: string }, ctx: CallContext) {
-    const row = this.getRow(req.ProposalId);
+  async ApproveProposal(req: { ProposalId?: string; CustodianId?: string; Signature?: string }, ctx: CallContext) {
+    await this.store.transaction((tx) => this.approveIn(tx, req, ctx));
+    return this.view(await this.getRow(req.ProposalId));
+  }
+
+  // In one transaction, the proposal locked: the approval counts against the revision it was made
+  // on, and two approvals of one custodian (on any replicas) count once.
+  private async approveIn(tx: StoreTx, req: { ProposalId?: string; CustodianId?: string; Signature?: string }, ctx: CallContext): Promise<void> {
+    const row = await this.getRow(req.ProposalId, tx);
     this.requireOpen(row, 'approved');
     const id = custodianId('CustodianId', req.CustodianId);
-    const custodian = this.store.getCustodian(id);
+    const custodian = await tx.ceremony.getCustodian(id);
     if (!custodian || custodian.removed_at !== null) {
       throw new KmsError(
         'Forbidden.CustodianNotFound',
@@ -411,30 +444,29 @@ export class Ceremony {
     const sigText = v.requireString('Signature', req.Signature);
     if (!SIGNATURE_RE.test(sigText)) throw invalid('Signature', 'must be standard base64 of the 64-byte Ed25519 signature');
     const signature = Buffer.from(sigText, 'base64');
-    if (this.store.approvals(row.proposal_id, row.revision).some((a) => a.custodian_id === id && a.key_fingerprint === custodian.fingerprint)) {
+    if ((await tx.ceremony.approvals(row.proposal_id, row.revision)).some((a) => a.custodian_id === id && a.key_fingerprint === custodian.fingerprint)) {
       throw new KmsError('Rejected.AlreadyApproved', `CustodianId: ${id} has already approved revision ${row.revision} of proposal ${row.proposal_id}; each custodian counts once`);
     }
     const key = crypto.createPublicKey({ key: custodian.public_key, format: 'der', type: 'spki' });
-    if (!verifyEd25519(key, row.document, signature)) throw this.explainBadSignature(row, custodian, key, signature);
-    this.store.insertApproval({ proposal_id: row.proposal_id, revision: row.revision, custodian_id: id, key_fingerprint: custodian.fingerprint, signature, approved_at: this.now() });
-    void ctx;
-    return this.view(this.getRow(row.proposal_id));
+    if (!verifyEd25519(key, row.document, signature)) throw await this.explainBadSignature(tx, row, custodian, key, signature);
+    await tx.ceremony.insertApproval({ proposal_id: row.proposal_id, revision: row.revision, custodian_id: id, key_fingerprint: custodian.fingerprint, signature, approved_at: this.now() });
+    if (ctx.record) await ctx.record(tx);
   }
 
   /** A clear refusal: which document the signature is over, or whose key made it, where we can tell. */
-  private explainBadSignature(row: ProposalRow, custodian: CustodianRow, key: crypto.KeyObject, signature: Buffer): KmsError {
+  private async explainBadSignature(tx: StoreTx, row: ProposalRow, custodian: CustodianRow, key: crypto.KeyObject, signature: Buffer): Promise<KmsError> {
     const id = custodian.custodian_id;
-    for (const old of this.store.olderRevisions(row.proposal_id, row.revision)) {
+    for (const old of await tx.ceremony.olderRevisions(row.proposal_id, row.revision)) {
       if (verifyEd25519(key, old.document, signature)) {
         return new KmsError('Rejected.StaleProposalRevision', `Signature: ${id} signed revision ${old.revision} of proposal ${row.proposal_id}; the current document is revision ${row.revision}: sign the current Document`);
       }
     }
-    for (const other of this.store.recentOpenDocuments(row.proposal_id, 200)) {
+    for (const other of await tx.ceremony.recentOpenDocuments(row.proposal_id, 200)) {
       if (verifyEd25519(key, other.document, signature)) {
         return new KmsError('Rejected.SignatureInvalid', `Signature: ${id} signed proposal ${other.proposal_id}, not ${row.proposal_id}`);
       }
     }
-    for (const c of this.store.activeCustodians()) {
+    for (const c of await tx.ceremony.activeCustodians()) {
       if (c.custodian_id === id) continue;
       if (verifyEd25519(crypto.createPublicKey({ key: c.public_key, format: 'der', type: 'spki' }), row.document, signature)) {
         return new KmsError('Rejected.SignatureInvalid', `Signature: made with the key of custodian ${c.custodian_id}, not ${id}`);
@@ -447,63 +479,90 @@ export class Ceremony {
   }
 
   async ExecuteProposal(req: { ProposalId?: string }, ctx: CallContext) {
-    const row = this.getRow(req.ProposalId);
-    this.requireOpen(row, 'executed again');
-    const required = this.store.threshold();
-    const t = this.tally(row);
-    // A threshold below 1 is never "met": it would let anything through.
-    if (required < 1 || t.counted.length < required) {
-      const notCounting = t.details.filter((d) => !d.Counts).map((d) => `${d.CustodianId}: ${d.Reason}`);
-      throw new KmsError(
-        'Rejected.QuorumNotMet',
-        `ProposalId: ${t.counted.length} of ${required} required custodian approvals for proposal ${row.proposal_id}` + (notCounting.length ? ` (not counting: ${notCounting.join('; ')})` : ''),
-      );
-    }
-    if (!this.store.transition(row.proposal_id, 'Open', 'Executing')) {
-      throw new KmsError('Rejected.ProposalExecuted', `ProposalId: proposal ${row.proposal_id} is being or has been executed; a proposal runs exactly once`);
-    }
+    // Open to Executing in one transaction with the proposal locked: of two ExecuteProposal calls
+    // (on any replicas) exactly one runs the action.
+    const { row, approvers } = await this.store.transaction(async (tx) => {
+      const row = await this.getRow(req.ProposalId, tx);
+      this.requireOpen(row, 'executed again');
+      const required = await tx.ceremony.threshold();
+      const t = await this.tally(row, tx);
+      // A threshold below 1 is never "met": it would let anything through.
+      if (required < 1 || t.counted.length < required) {
+        const notCounting = t.details.filter((d) => !d.Counts).map((d) => `${d.CustodianId}: ${d.Reason}`);
+        throw new KmsError(
+          'Rejected.QuorumNotMet',
+          `ProposalId: ${t.counted.length} of ${required} required custodian approvals for proposal ${row.proposal_id}` + (notCounting.length ? ` (not counting: ${notCounting.join('; ')})` : ''),
+        );
+      }
+      if (!(await tx.ceremony.transition(row.proposal_id, 'Open', 'Executing'))) {
+        throw new KmsError('Rejected.ProposalExecuted', `ProposalId: proposal ${row.proposal_id} is being or has been executed; a proposal runs exactly once`);
+      }
+      return { row, approvers: t.counted.map((a) => a.custodian_id) };
+    });
     const request = JSON.parse(row.parameters) as Record<string, unknown>;
-    const approvers = t.counted.map((a) => a.custodian_id);
     const actor = `proposal:${row.proposal_id}`;
+    const actorCtx: CallContext = { requestId: ctx.requestId, principal: actor };
+    const scrubbed = JSON.stringify(scrubbedParameters(row.action, request));
+    // The proposal closes, and the execution is recorded, in the transaction of the action's own
+    // change (when it has one), so a crash keeps all three or none.
+    let closed = false;
+    const close = async (tx: StoreTx, outcome: string, result: string, code: string): Promise<void> => {
+      if (!(await tx.ceremony.transition(row.proposal_id, 'Executing', 'Executed', { closed_at: this.now(), outcome, result, parameters: scrubbed }))) return;
+      await this.sink.record({ requestId: ctx.requestId, principal: actor, action: row.action, keyId: row.key_id ?? '', proposalId: row.proposal_id, outcome: code, details: { Approvers: approvers, Requester: row.requester } }, tx);
+      closed = true;
+    };
+    actorCtx.record = async (tx) => {
+      await close(tx, 'Succeeded', '{}', 'ok');
+      if (row.key_id) await this.sink.keyActionDone?.(row.action, row.key_id, actorCtx, tx, row.proposal_id);
+    };
     let result: unknown;
     try {
-      result = await this.run(row.action as string, request);
+      result = await this.run(row.action as string, request, actorCtx);
     } catch (e) {
       const code = e instanceof KmsError ? e.code : 'InternalFailure';
-      this.store.transition(row.proposal_id, 'Executing', 'Executed', { closed_at: this.now(), outcome: `Failed: ${code}`, result: '', parameters: JSON.stringify(scrubbedParameters(row.action, request)) });
-      this.sink.record({ requestId: ctx.requestId, principal: actor, action: row.action, keyId: row.key_id ?? '', proposalId: row.proposal_id, outcome: code, details: { Approvers: approvers, Requester: row.requester } });
+      // Unless the action's own transaction closed it (its change committed, and failed after).
+      await this.store.transaction((tx) => close(tx, `Failed: ${code}`, '', code));
       throw e;
     }
     const resultJson = JSON.stringify(result ?? {});
-    this.store.transition(row.proposal_id, 'Executing', 'Executed', { closed_at: this.now(), outcome: 'Succeeded', result: resultJson, parameters: JSON.stringify(scrubbedParameters(row.action, request)) });
-    this.sink.record({ requestId: ctx.requestId, principal: actor, action: row.action, keyId: row.key_id ?? '', proposalId: row.proposal_id, outcome: 'ok', details: { Approvers: approvers, Requester: row.requester } });
-    if (row.key_id) this.sink.keyActionDone?.(row.action, row.key_id, { requestId: ctx.requestId, principal: actor }, row.proposal_id);
+    if (closed) {
+      // Closed in the action's transaction before its result was known: the result follows.
+      await this.cs.transition(row.proposal_id, 'Executed', 'Executed', { result: resultJson });
+    } else {
+      await this.store.transaction((tx) => close(tx, 'Succeeded', resultJson, 'ok'));
+    }
     return { ProposalId: row.proposal_id, Action: row.action, KeyId: row.key_id ?? '', State: 'Executed', Outcome: 'Succeeded', Result: resultJson };
   }
 
-  private async run(action: string, request: Record<string, unknown>): Promise<unknown> {
-    if (isKeyAction(action)) return runKeyAction(this.targets, action, request);
-    if ((CEREMONY_ACTIONS as readonly string[]).includes(action)) return this.runCeremonyAction(action as CeremonyAction, request);
+  private async run(action: string, request: Record<string, unknown>, ctx: CallContext): Promise<unknown> {
+    if (isKeyAction(action)) return runKeyAction(this.targets, action, request, ctx);
+    if ((CEREMONY_ACTIONS as readonly string[]).includes(action)) return this.runCeremonyAction(action as CeremonyAction, request, ctx);
     if (action === 'RemoveUnknownTokenObjects') return this.targets.kms.RemoveUnknownTokenObjects(request as { ObjectIds?: string; All?: boolean });
     throw new KmsError('InternalFailure', `proposal action ${action} has no executor`);
   }
 
-  private runCeremonyAction(action: CeremonyAction, request: Record<string, unknown>): unknown {
+  private async runCeremonyAction(action: CeremonyAction, request: Record<string, unknown>, ctx: CallContext): Promise<unknown> {
     if (action === 'SetCustodians') {
       const list = request.Custodians as { CustodianId: string; PublicKey: string }[];
       const set = list.map((c) => parseCustodianKey('Custodians', c.CustodianId, c.PublicKey));
       const threshold = validateSet('Custodians', set, request.Threshold as number);
-      this.store.replaceCustodianSet(
-        set.map((c) => ({ custodian_id: c.custodianId, public_key: c.der, fingerprint: c.fingerprint })),
-        threshold,
-        this.now(),
-        false,
-      );
-      return { Threshold: threshold, Custodians: set.map((c) => c.custodianId), CustodianSetVersion: this.store.custodianSetVersion() };
+      return this.store.transaction(async (tx) => {
+        await tx.ceremony.replaceCustodianSet(
+          set.map((c) => ({ custodian_id: c.custodianId, public_key: c.der, fingerprint: c.fingerprint })),
+          threshold,
+          this.now(),
+          false,
+        );
+        if (ctx.record) await ctx.record(tx);
+        return { Threshold: threshold, Custodians: set.map((c) => c.custodianId), CustodianSetVersion: await tx.ceremony.custodianSetVersion() };
+      });
     }
     const policy = parsePolicy('Policy', JSON.stringify(request.Policy));
-    this.store.setPolicyJson(JSON.stringify(policy));
-    this.policyCache = null;
+    await this.store.transaction(async (tx) => {
+      await tx.ceremony.setPolicyJson(JSON.stringify(policy));
+      if (ctx.record) await ctx.record(tx);
+    });
+    await this.load();
     return { Policy: JSON.stringify(policy) };
   }
 
@@ -514,23 +573,27 @@ export class Ceremony {
     }
   }
 
-  CancelProposal(req: { ProposalId?: string; Requester?: string }, ctx: CallContext) {
-    const row = this.getRow(req.ProposalId);
-    const state = this.stateOf(row);
-    if (state === 'Executed' || state === 'Cancelled') this.requireOpen(row, 'cancelled');
-    this.requireRequester(row, ctx, req.Requester, 'cancel');
-    if (!this.store.transition(row.proposal_id, 'Open', 'Cancelled', { closed_at: this.now(), outcome: 'Cancelled', parameters: JSON.stringify(scrubbedParameters(row.action, JSON.parse(row.parameters))) })) {
-      this.requireOpen(this.getRow(row.proposal_id), 'cancelled');
-    }
-    return this.view(this.getRow(row.proposal_id));
+  async CancelProposal(req: { ProposalId?: string; Requester?: string }, ctx: CallContext) {
+    const id = await this.store.transaction(async (tx) => {
+      const row = await this.getRow(req.ProposalId, tx);
+      const state = this.stateOf(row);
+      if (state === 'Executed' || state === 'Cancelled') this.requireOpen(row, 'cancelled');
+      this.requireRequester(row, ctx, req.Requester, 'cancel');
+      if (!(await tx.ceremony.transition(row.proposal_id, 'Open', 'Cancelled', { closed_at: this.now(), outcome: 'Cancelled', parameters: JSON.stringify(scrubbedParameters(row.action, JSON.parse(row.parameters))) }))) {
+        this.requireOpen(await this.getRow(row.proposal_id, tx), 'cancelled');
+      }
+      if (ctx.record) await ctx.record(tx);
+      return row.proposal_id;
+    });
+    return this.view(await this.getRow(id));
   }
 
   /**
    * A new revision of an open (or expired) proposal: same action and parameters, a fresh nonce and
    * expiry. Approvals of earlier revisions no longer count, and signatures over them are refused.
    */
-  RenewProposal(req: { ProposalId?: string; Requester?: string; ExpiresInSeconds?: number }, ctx: CallContext) {
-    const row = this.getRow(req.ProposalId);
+  async RenewProposal(req: { ProposalId?: string; Requester?: string; ExpiresInSeconds?: number }, ctx: CallContext) {
+    const row = await this.getRow(req.ProposalId);
     const state = this.stateOf(row);
     if (state === 'Executed' || state === 'Cancelled') this.requireOpen(row, 'renewed');
     this.requireRequester(row, ctx, req.Requester, 'renew');
@@ -538,15 +601,22 @@ export class Ceremony {
     const old = JSON.parse(row.document.toString('utf8')) as { Parameters: Record<string, unknown>; Key?: Record<string, unknown> };
     const now = this.now();
     const next = { ...row, revision: row.revision + 1, expires_at: now + ttl * 1000 };
-    const key = row.key_id ? prepareKeyActionKeyView(this.targets, row.key_id) : undefined;
-    const doc = this.document(next, old.Parameters, key ?? old.Key);
-    this.store.reviseProposal(row.proposal_id, next.revision, doc, next.expires_at);
-    return this.view(this.getRow(row.proposal_id));
+    const key = row.key_id ? await prepareKeyActionKeyView(this.targets, row.key_id) : undefined;
+    const doc = await this.document(next, old.Parameters, key ?? old.Key);
+    await this.store.transaction(async (tx) => {
+      // The revision read above must still be the current one (another renewal may have won).
+      const current = await this.getRow(row.proposal_id, tx);
+      if (current.revision !== row.revision) throw new KmsError('Rejected.StaleProposalRevision', `ProposalId: proposal ${row.proposal_id} was renewed meanwhile (now revision ${current.revision}); renew it again`);
+      this.requireRequester(current, ctx, req.Requester, 'renew');
+      await tx.ceremony.reviseProposal(row.proposal_id, next.revision, doc, next.expires_at);
+      if (ctx.record) await ctx.record(tx);
+    });
+    return this.view(await this.getRow(row.proposal_id));
   }
 }
 
-function prepareKeyActionKeyView(t: ActionTargets, keyId: string): Record<string, unknown> | undefined {
-  const row = t.kms.store.getCmk(keyId);
+async function prepareKeyActionKeyView(t: ActionTargets, keyId: string): Promise<Record<string, unknown> | undefined> {
+  const row = await t.kms.store.getCmk(keyId);
   if (!row) return undefined;
   return { KeyId: row.key_id, KeyState: row.key_state, Origin: row.origin, ProtectionLevel: row.protection_level, Description: row.description };
 }

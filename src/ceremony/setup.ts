@@ -2,9 +2,7 @@
 // token's audit signing key, the audit log, and the ceremony with the audit log as its sink.
 
 import crypto from 'node:crypto';
-import type { Store } from '../store/store';
-import { CeremonyStore } from '../store/ceremony-store';
-import { AuditStore } from '../store/audit-store';
+import type { Store } from '../store/api';
 import type { HsmToken } from '../hsm/token';
 import type { KmsService, Logger } from '../kms/service';
 import type { ImportService } from '../kms/import';
@@ -22,12 +20,12 @@ export interface CeremonyRuntime {
   sink: CeremonySink;
   kms: KmsService;
   /** Scheduler tick: counters to disk, periodic checkpoint. */
-  tick(): void;
+  tick(): Promise<void>;
   /** Shutdown: counters, a last record and a final checkpoint. */
-  close(): void;
+  close(): Promise<void>;
 }
 
-export function startCeremonyAndAudit(o: {
+export async function startCeremonyAndAudit(o: {
   store: Store;
   token: HsmToken;
   kms: KmsService;
@@ -41,47 +39,50 @@ export function startCeremonyAndAudit(o: {
   proposalTtlSeconds?: number;
   /** The gRPC message limit, which an ExportAudit page must stay under. */
   maxMessageBytes?: number;
-}): CeremonyRuntime {
-  const ceremonyStore = new CeremonyStore(o.store);
-  const instanceId = ceremonyStore.instanceId(() => crypto.randomUUID());
+}): Promise<CeremonyRuntime> {
+  const instanceId = await o.store.ceremony.instanceId(() => crypto.randomUUID());
   const publicKey = o.token.ensureSigningKeyPair(AUDIT_SIGNING_KEY_ID);
   const audit = new AuditLog(
-    new AuditStore(o.store),
+    o.store,
     { publicKeyDer: () => publicKey, sign: (data) => o.token.signCheckpoint(AUDIT_SIGNING_KEY_ID, data) },
     instanceId,
     { ...auditSettings(o.auditSettings), ...(o.maxMessageBytes ? { exportPageBytes: Math.floor(o.maxMessageBytes / 2) } : {}) },
   );
   // Records and counters name the CMK a caller meant, whatever form the KeyId was typed in.
-  audit.resolveKeyId = (ref) => {
+  // Inside a transaction, through it (the store itself waits for that transaction to end).
+  audit.resolveKeyId = async (ref, tx) => {
     if (ref.length > MAX_IDENTIFIER_CHARS) return undefined;
-    if (ref.startsWith('alias/')) return o.kms.store.getAlias(ref)?.key_id;
+    const on = tx ?? o.store;
+    if (ref.startsWith('alias/')) return (await on.getAlias(ref))?.key_id;
     const id = ref.toLowerCase();
-    return isUuid(id) && o.kms.store.getCmk(id) ? id : undefined;
+    return isUuid(id) && (o.store.cachedCmk(id) ?? (await on.getCmk(id))) ? id : undefined;
   };
+  await audit.init();
   const sink: CeremonySink = {
-    record: (ev) => {
-      audit.append(ev);
+    record: async (ev, tx) => {
+      await audit.appendIn(tx, ev);
     },
-    keyActionDone: (action: string, keyId: string, ctx: CallContext, proposalId?: string) => {
+    keyActionDone: async (action: string, keyId: string, ctx: CallContext, tx, proposalId?: string) => {
       if (action !== 'ImportKeyMaterial') return;
-      const row = o.kms.store.getCmk(keyId);
+      const row = await tx.getCmk(keyId);
       // Host-assisted unwrap had the material in kmsd's memory for a moment: always on the record.
       if (row?.import_path?.includes('host-assisted')) {
-        audit.append({ requestId: ctx.requestId, principal: ctx.principal, action: 'HostAssistedUnwrap', keyId, proposalId, outcome: 'ok', details: { MaterialImportPath: row.import_path } });
+        await audit.appendIn(tx, { requestId: ctx.requestId, principal: ctx.principal, action: 'HostAssistedUnwrap', keyId, proposalId, outcome: 'ok', details: { MaterialImportPath: row.import_path } });
       }
     },
   };
   const ttl = o.proposalTtlSeconds ?? DEFAULT_CEREMONY_CONFIG.defaultProposalTtlSeconds;
   const info = o.token.tokenInfo();
   const ceremony = new Ceremony(
-    ceremonyStore,
+    o.store,
     { kms: o.kms, imports: o.imports, xks: o.xks },
     { instanceId, tokenLabel: info.label, tokenSerial: info.serialNumber },
     { ...DEFAULT_CEREMONY_CONFIG, defaultProposalTtlSeconds: ttl },
     sink,
   );
-  const interrupted = ceremony.recoverInterrupted();
-  audit.append({ principal: 'kmsd', action: 'DaemonStarted', outcome: 'ok', details: { InstanceId: instanceId, TokenLabel: info.label, AuditKeySha256: audit.publicKeyFingerprint, InterruptedProposals: interrupted } });
+  await ceremony.load();
+  const interrupted = await ceremony.recoverInterrupted();
+  await audit.append({ principal: 'kmsd', action: 'DaemonStarted', outcome: 'ok', details: { InstanceId: instanceId, TokenLabel: info.label, AuditKeySha256: audit.publicKeyFingerprint, InterruptedProposals: interrupted } });
   o.log.info({ instanceId, auditKeySha256: audit.publicKeyFingerprint, ceremonyInitialized: ceremony.initialized() }, 'audit log and ceremony ready');
   return {
     ceremony,
@@ -89,9 +90,9 @@ export function startCeremonyAndAudit(o: {
     sink,
     kms: o.kms,
     tick: () => audit.tick(),
-    close: () => {
-      audit.append({ principal: 'kmsd', action: 'DaemonStopped', outcome: 'ok' });
-      audit.close();
+    close: async () => {
+      await audit.append({ principal: 'kmsd', action: 'DaemonStopped', outcome: 'ok' });
+      await audit.close();
     },
   };
 }

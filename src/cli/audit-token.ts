@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import { AUDIT_USAGE, AuditConfig, ConfigError, loadAuditConfig, useSoftHsmConf } from '../config';
 import { DEV_TOKEN_LABEL, devTokenPaths, findSoftHsmModule, readPinFile } from '../hsm/dev-token';
 import { AuditedObject, TokenAuditError, TokenListing, checkAttributes, listToken, roleRulesFor } from '../hsm/token-audit';
-import { Store, CmkRow, KeyVersionRow, WrappingKeyRow, TokenIntentRow, TokenDestroyRow } from '../store/store';
+import { SqliteDb, type CmkRow, type KeyVersionRow, type WrappingKeyRow, type TokenIntentRow, type TokenDestroyRow } from '../store/store';
 import { ROOT_KEY_ID } from '../kms/keyring';
 import { MAC_KEY_ID } from '../kms/import';
 import { AUDIT_SIGNING_KEY_ID } from '../ceremony/setup';
@@ -190,7 +190,7 @@ export function auditListing(listing: TokenListing, store: StoreView, opts: { al
 
 /** Reads the store's view of the token, read-only. */
 export function readStoreView(dataDir: string): StoreView {
-  const store = new Store(dataDir, { readOnly: true });
+  const store = new SqliteDb(dataDir, { readOnly: true });
   try {
     return {
       instanceId: store.instanceId(),

@@ -5,7 +5,8 @@
 // process memory on first use (cached until the key is changed or deleted, then zeroed).
 
 import crypto from 'node:crypto';
-import type { Store, AccessKeyRow } from '../store/store';
+import type { Store, StoreTx, AccessKeyRow } from '../store/api';
+import type { CallContext } from './types';
 import type { Keyring } from './keyring';
 import { KmsError, invalid, missing } from './errors';
 import { iso } from './service';
@@ -41,63 +42,97 @@ function str(req: Record<string, unknown>, name: string): string {
 export class AccessKeyService {
   /** Unsealed secrets by access key id (ASCII bytes of the secret string). */
   private readonly secrets = new Map<string, Buffer>();
-  /**
-   * Keys by id, read once: every signed request looks its key up. kmsd is the only writer of the
-   * table (it holds the data directory's lock) and drops an entry when it changes the key; absent
-   * ids are not cached, so unknown ids cannot fill memory.
-   */
+  /** Views of the keys by id, made on first use. */
   private readonly views = new Map<string, AccessKeyView>();
+  /**
+   * The whole table, in memory: every signed request looks its key up, synchronously, before
+   * anything else of it is read. Loaded at start-up (load), again after every change this process
+   * makes and whenever the store says rows may have changed behind its back (onRollback).
+   */
+  private rows = new Map<string, AccessKeyRow>();
   /** Called after a key changes (the HTTP side drops what it derived from it). */
   onChange: (accessKeyId: string) => void = () => undefined;
 
   constructor(
     private readonly store: Store,
     private readonly keyring: Keyring,
-  ) {}
+  ) {
+    store.onRollback(() => {
+      this.load().catch(() => undefined);
+    });
+  }
 
-  CreateAccessKey(req: Record<string, unknown>): { AccessKeyId: string; AccessKeySecret: string; Principal: string; Status: AccessKeyStatus } {
+  /** Reads the table into memory (start-up, and after rows may have changed). */
+  async load(): Promise<void> {
+    const rows = await this.store.listAccessKeys();
+    const next = new Map(rows.map((r) => [r.access_key_id, r]));
+    for (const [id, old] of this.rows) {
+      const now = next.get(id);
+      if (!now || now.status !== old.status || now.update_date !== old.update_date) this.forget(id);
+    }
+    this.rows = next;
+  }
+
+  async CreateAccessKey(req: Record<string, unknown>, ctx?: CallContext): Promise<{ AccessKeyId: string; AccessKeySecret: string; Principal: string; Status: AccessKeyStatus }> {
     const principal = str(req, 'Principal');
     if (!PRINCIPAL_RE.test(principal)) throw invalid('Principal', 'printable ASCII without leading or trailing spaces, 1 to 256 characters');
     const { sealed, secret } = this.keyring.newSealedSecret();
     try {
       const id = newAccessKeyId();
       const now = Date.now();
-      this.store.insertAccessKey({ access_key_id: id, principal, status: 'Active', sealed_secret: sealed, creation_date: now, update_date: now });
+      const row: AccessKeyRow = { access_key_id: id, principal, status: 'Active', sealed_secret: sealed, creation_date: now, update_date: now };
+      await this.store.transaction(async (tx) => {
+        await tx.insertAccessKey(row);
+        if (ctx?.record) await ctx.record(tx, { AccessKeyId: id });
+      });
+      this.rows.set(id, row);
       return { AccessKeyId: id, AccessKeySecret: secret.toString('base64url'), Principal: principal, Status: 'Active' };
     } finally {
       secret.fill(0);
     }
   }
 
-  ListAccessKeys(): { AccessKeys: { AccessKey: { AccessKeyId: string; Principal: string; Status: string; CreationDate: string; UpdateDate: string }[] }; TotalCount: number } {
-    const rows = this.store.listAccessKeys();
+  async ListAccessKeys(): Promise<{ AccessKeys: { AccessKey: { AccessKeyId: string; Principal: string; Status: string; CreationDate: string; UpdateDate: string }[] }; TotalCount: number }> {
+    const rows = await this.store.listAccessKeys();
     return { AccessKeys: { AccessKey: rows.map((r) => ({ AccessKeyId: r.access_key_id, Principal: r.principal, Status: r.status, CreationDate: iso(r.creation_date), UpdateDate: iso(r.update_date) })) }, TotalCount: rows.length };
   }
 
-  UpdateAccessKey(req: Record<string, unknown>): Record<string, never> {
+  async UpdateAccessKey(req: Record<string, unknown>, ctx?: CallContext): Promise<Record<string, never>> {
     const id = str(req, 'AccessKeyId');
     const status = str(req, 'Status');
     if (status !== 'Active' && status !== 'Inactive') throw invalid('Status', 'must be Active or Inactive');
-    this.row(id);
-    this.store.updateAccessKeyStatus(id, status, Date.now());
-    this.changed(id);
+    try {
+      await this.store.transaction(async (tx) => {
+        await this.row(id, tx);
+        await tx.updateAccessKeyStatus(id, status, Date.now());
+        if (ctx?.record) await ctx.record(tx);
+      });
+    } finally {
+      await this.changed(id);
+    }
     return {};
   }
 
-  DeleteAccessKey(req: Record<string, unknown>): Record<string, never> {
+  async DeleteAccessKey(req: Record<string, unknown>, ctx?: CallContext): Promise<Record<string, never>> {
     const id = str(req, 'AccessKeyId');
-    this.row(id);
-    this.store.deleteAccessKey(id);
-    this.changed(id);
+    try {
+      await this.store.transaction(async (tx) => {
+        await this.row(id, tx);
+        await tx.deleteAccessKey(id);
+        if (ctx?.record) await ctx.record(tx);
+      });
+    } finally {
+      await this.changed(id);
+    }
     return {};
   }
 
-  /** The key a request names, or undefined; reads SQLite, unseals the secret on first use. */
+  /** The key a request names, or undefined (from memory; see rows); unseals the secret on first use. */
   lookup(id: string): AccessKeyView | undefined {
     const cached = this.views.get(id);
     if (cached) return cached;
     if (!ID_RE.test(id)) return undefined;
-    const row = this.store.getAccessKey(id);
+    const row = this.rows.get(id);
     if (!row) return undefined;
     const view: AccessKeyView = Object.freeze({
       accessKeyId: row.access_key_id,
@@ -111,7 +146,7 @@ export class AccessKeyService {
   }
 
   /** How many access keys exist (the development key is made only when there is none). */
-  count(): number {
+  count(): Promise<number> {
     return this.store.countAccessKeys();
   }
 
@@ -135,8 +170,8 @@ export class AccessKeyService {
     return s;
   }
 
-  private row(id: string): AccessKeyRow {
-    const row = ID_RE.test(id) ? this.store.getAccessKey(id) : undefined;
+  private async row(id: string, tx: StoreTx): Promise<AccessKeyRow> {
+    const row = ID_RE.test(id) ? await tx.getAccessKey(id) : undefined;
     if (!row) throw new KmsError('Forbidden.AccessKeyNotFound', `AccessKeyId: no access key "${id}"`);
     return row;
   }
@@ -147,8 +182,11 @@ export class AccessKeyService {
     this.secrets.delete(id);
   }
 
-  private changed(id: string): void {
+  private async changed(id: string): Promise<void> {
     this.forget(id);
+    const row = await this.store.getAccessKey(id);
+    if (row) this.rows.set(id, row);
+    else this.rows.delete(id);
     this.onChange(id);
   }
 }

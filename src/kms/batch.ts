@@ -14,7 +14,7 @@ import { Turns } from '../turns';
 import { aadFor, buildHeader, freshIv, parseBlob, validateContext } from './ciphertext';
 import { KmsError, hsmUnavailable, invalid } from './errors';
 import type { GcmItem } from './keyring';
-import type { CmkRow, KeyVersionRow } from '../store/store';
+import type { CmkRow, KeyVersionRow } from '../store/api';
 import { KmsService, MAX_PLAINTEXT_BYTES } from './service';
 import type { CallContext, Context } from './types';
 import * as v from './validate';
@@ -64,8 +64,9 @@ const EMPTY = { KeyId: '', KeyVersionId: '', Code: '', Message: '' };
 const CHUNK = 64;
 
 /**
- * Memoized lookups for one chunk (checked synchronously, so the state cannot change under it):
- * a batch usually names a few CMKs many times. Errors are memoized too and thrown again as is.
+ * Memoized lookups for one chunk (its items see one state of each CMK): a batch usually names a
+ * few CMKs many times. Errors are memoized too and thrown again as is. The rows come from the
+ * store's cache, so a chunk makes no store read for a CMK the data path has seen.
  */
 class Lookups {
   private readonly cmks = new Map<string, { row: CmkRow } | { error: unknown }>();
@@ -73,12 +74,12 @@ class Lookups {
   private readonly located = new Map<string, { row: CmkRow; ver: KeyVersionRow } | { error: unknown }>();
   constructor(private readonly kms: KmsService) {}
 
-  resolve(keyId: string | undefined): CmkRow {
+  async resolve(keyId: string | undefined): Promise<CmkRow> {
     const k = String(keyId ?? '');
     let r = this.cmks.get(k);
     if (!r) {
       try {
-        r = { row: this.kms.resolve('KeyId', keyId) };
+        r = { row: await this.kms.resolve('KeyId', keyId) };
       } catch (error) {
         r = { error };
       }
@@ -89,13 +90,13 @@ class Lookups {
   }
 
   /** KmsService.locate, memoized by the CMK and version a blob names (its parse is per blob). */
-  locate(blobB64: string | undefined): ReturnType<KmsService['locate']> {
+  async locate(blobB64: string | undefined): ReturnType<KmsService['locate']> {
     const parsed = parseBlob(v.base64('CiphertextBlob', blobB64, { maxBytes: 64 * 1024 }));
     const k = `${parsed.keyId}/${parsed.keyVersionId}`;
     let r = this.located.get(k);
     if (!r) {
       try {
-        const l = this.kms.locate(blobB64);
+        const l = await this.kms.locate(blobB64);
         r = { row: l.row, ver: l.ver };
       } catch (error) {
         r = { error };
@@ -106,11 +107,11 @@ class Lookups {
     return { row: r.row, ver: r.ver, parsed };
   }
 
-  requireUsable(row: CmkRow): KeyVersionRow {
+  async requireUsable(row: CmkRow): Promise<KeyVersionRow> {
     let r = this.usable.get(row.key_id);
     if (!r) {
       try {
-        r = { ver: this.kms.requireUsable(row) };
+        r = { ver: await this.kms.requireUsable(row) };
       } catch (error) {
         r = { error };
       }
@@ -129,13 +130,13 @@ export class BatchService {
   constructor(private readonly kms: KmsService) {}
 
   /** Calls check(item, index, lookups) for every item, a chunk per turn; a throw is that item's failure. */
-  private async checkAll<T>(items: T[], check: (item: T, index: number, lookups: Lookups) => void, fail: (e: unknown, index: number) => void): Promise<void> {
+  private async checkAll<T>(items: T[], check: (item: T, index: number, lookups: Lookups) => Promise<void>, fail: (e: unknown, index: number) => void): Promise<void> {
     for (let start = 0; start < items.length; start += CHUNK) {
-      await this.turns.call(() => {
+      await this.turns.call(async () => {
         const lookups = new Lookups(this.kms);
         for (let i = start; i < Math.min(items.length, start + CHUNK); i++) {
           try {
-            check(items[i], i, lookups);
+            await check(items[i], i, lookups);
           } catch (e) {
             fail(e, i);
           }
@@ -152,14 +153,14 @@ export class BatchService {
     const work: { index: number; keyId: string; versionId: string; header: Buffer; item: GcmItem }[] = [];
     await this.checkAll(
       items,
-      (it, i, lookups) => {
-        const row = lookups.resolve(it.KeyId);
+      async (it, i, lookups) => {
+        const row = await lookups.resolve(it.KeyId);
         const pt = v.base64('Plaintext', it.Plaintext, { maxBytes: MAX_PLAINTEXT_BYTES, allowEmpty: false });
         let ctxMap: ReturnType<typeof context>;
-        let ver: ReturnType<typeof lookups.requireUsable>;
+        let ver: KeyVersionRow;
         try {
           ctxMap = context('EncryptionContext', it.EncryptionContext);
-          ver = lookups.requireUsable(row);
+          ver = await lookups.requireUsable(row);
         } catch (e) {
           pt.fill(0); // refused item: its plaintext goes no further
           throw e;
@@ -193,11 +194,11 @@ export class BatchService {
     const work: { index: number; keyId: string; versionId: string; item: GcmItem }[] = [];
     await this.checkAll(
       items,
-      (it, i, lookups) => {
+      async (it, i, lookups) => {
         // Decrypt's order: context, the optional KeyId, then the blob.
         const ctxMap = context('EncryptionContext', it.EncryptionContext);
-        const expected = it.KeyId ? lookups.resolve(it.KeyId) : undefined;
-        const { row, ver, parsed } = lookups.locate(it.CiphertextBlob);
+        const expected = it.KeyId ? await lookups.resolve(it.KeyId) : undefined;
+        const { row, ver, parsed } = await lookups.locate(it.CiphertextBlob);
         if (expected && parsed.keyId !== expected.key_id) {
           throw new KmsError('IncorrectKeyId', `KeyId: the ciphertext was made by CMK ${parsed.keyId}, not ${expected.key_id}`);
         }

@@ -9,7 +9,7 @@
 
 import crypto from 'node:crypto';
 import path from 'node:path';
-import type { Store } from '../store/store';
+import type { Store } from '../store/api';
 import type { HsmToken, TokenInventory } from '../hsm/token';
 import type { Logger } from './service';
 
@@ -54,21 +54,22 @@ function kmsdObjectCount(inv: TokenInventory): number {
  * (when the store explains every CMK and wrapping-key object of the token). Throws
  * TokenBindingError otherwise.
  */
-export function bindStoreToToken(store: Store, token: HsmToken, o: { adopt: boolean; log: Logger }): BindingResult {
+export async function bindStoreToToken(store: Store, token: HsmToken, o: { adopt: boolean; log: Logger; dataDir: string }): Promise<BindingResult> {
   const tokenInstance = token.readInstance();
   let walked: TokenInventory | null = null;
   const inventory = (): TokenInventory => (walked ??= token.inventory());
-  const storeId = store.instanceId();
-  const storeSeq = store.tokenSequence();
-  const empty = store.isEmpty();
-  const storeFile = path.join(store.dataDir, 'kmsd.sqlite');
+  const storeId = await store.instanceId();
+  const storeSeq = await store.tokenSequence();
+  const empty = await store.isEmpty();
+  const dataDir = o.dataDir;
+  const storeFile = path.join(dataDir, 'kmsd.sqlite');
 
   const refuse = (why: string, adoptable: boolean): never => {
     const forward = adoptable
       ? 'or, if this store is to take the token over as it is, start kmsd once with --adopt-token: it binds the two, destroys nothing, and reports every token object the store does not explain as unknown (kept until kmsctl RemoveUnknownTokenObjects)'
       : '--adopt-token does not apply: the token belongs to another store, which must be found or restored';
     throw new TokenBindingError(
-      `kmsd refuses to start: ${why} Data directory ${store.dataDir} (store ${storeFile}: instance ${storeId ?? 'none'}, ` +
+      `kmsd refuses to start: ${why} Data directory ${dataDir} (store ${storeFile}: instance ${storeId ?? 'none'}, ` +
         `last token sequence ${storeSeq}${empty ? ', no keys or records' : ''}); token "${token.tokenLabel}" (instance ` +
         `${tokenInstance?.instanceId ?? 'none'}${tokenInstance ? `, sequence ${tokenInstance.sequence}` : ''}; holds ${describeObjects(inventory())}). ` +
         `Nothing in the token was changed or destroyed. Ways forward: start kmsd with the data directory that belongs to this token (--data-dir); ` +
@@ -77,10 +78,10 @@ export function bindStoreToToken(store: Store, token: HsmToken, o: { adopt: bool
   };
 
   /** Binds: store first (its commit is what a crash must not lose), then the token's object. */
-  const bind = (id: string, outcome: BindingOutcome): BindingResult => {
-    store.tx(() => store.setInstanceId(id));
+  const bind = async (id: string, outcome: BindingOutcome): Promise<BindingResult> => {
+    await store.setInstanceId(id);
     if (!tokenInstance) token.createInstance(id, storeSeq);
-    o.log.warn({ instanceId: id, token: token.tokenLabel, dataDir: store.dataDir, outcome }, 'metadata store and token bound');
+    o.log.warn({ instanceId: id, token: token.tokenLabel, dataDir: dataDir, outcome }, 'metadata store and token bound');
     return { instanceId: id, outcome, inventory: inventory() };
   };
 
@@ -89,18 +90,18 @@ export function bindStoreToToken(store: Store, token: HsmToken, o: { adopt: bool
    * not the token's (or is older than it) may name objects that were finished since; they become
    * unknown objects instead of being destroyed.
    */
-  const adopt = (id: string): BindingResult => {
-    const intents = store.allIntents();
-    const destroys = store.pendingDestroys();
-    store.tx(() => {
-      store.setInstanceId(id);
-      if (tokenInstance) store.raiseTokenSequence(tokenInstance.sequence);
-      for (const i of intents) store.clearIntent(i.seq);
-      for (const d of destroys) store.deletePendingDestroy(d.kind, d.object_id);
+  const adopt = async (id: string): Promise<BindingResult> => {
+    const intents = await store.allIntents();
+    const destroys = await store.pendingDestroys();
+    await store.transaction(async (tx) => {
+      await tx.setInstanceId(id);
+      if (tokenInstance) await tx.raiseTokenSequence(tokenInstance.sequence);
+      for (const i of intents) await tx.clearIntent(i.seq);
+      for (const d of destroys) await tx.deletePendingDestroy(d.kind, d.object_id);
     });
-    if (!tokenInstance) token.createInstance(id, store.tokenSequence());
+    if (!tokenInstance) token.createInstance(id, await store.tokenSequence());
     o.log.warn(
-      { instanceId: id, token: token.tokenLabel, dataDir: store.dataDir, tokenObjects: describeObjects(inventory()), droppedIntents: intents.length, droppedDestroys: destroys.length },
+      { instanceId: id, token: token.tokenLabel, dataDir: dataDir, tokenObjects: describeObjects(inventory()), droppedIntents: intents.length, droppedDestroys: destroys.length },
       'token adopted by this metadata store (--adopt-token): nothing destroyed',
     );
     return { instanceId: id, outcome: 'adopted', inventory: inventory() };
@@ -142,8 +143,8 @@ export function bindStoreToToken(store: Store, token: HsmToken, o: { adopt: bool
     refuse(`the metadata store is new or empty (a mistyped --data-dir, or a deleted or truncated kmsd.sqlite), but token "${token.tokenLabel}" holds kmsd objects.`, true);
   }
   // A deployment from before the binding: bind when the store explains the token's objects.
-  const versions = new Set(store.allVersions().map((v) => v.version_id));
-  const wraps = new Set(store.allWrappingKeys().map((w) => w.wrap_id));
+  const versions = new Set((await store.allVersions()).map((v) => v.version_id));
+  const wraps = new Set((await store.allWrappingKeys()).map((w) => w.wrap_id));
   const inv = inventory();
   const unexplained = [...[...inv.cmk].filter((x) => !versions.has(x)).map((x) => `kmsd:cmk:${x}`), ...[...inv.wrap].filter((x) => !wraps.has(x)).map((x) => `kmsd:wrap:${x}`)];
   if (unexplained.length === 0) return bind(id, 'bound-existing-deployment');

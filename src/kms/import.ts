@@ -11,7 +11,8 @@ import { KmsError, invalid } from './errors';
 import * as v from './validate';
 import { HsmCapabilities, MaterialLengthError, WRAPPING_ALGORITHMS, WRAPPING_KEY_SPECS, WrappingAlgorithm, WrappingKeySpec, needsRawDecrypt, planUnwrap, unwrapKeyMaterial } from '../hsm/unwrap';
 import { UnwrapFailedError } from '../hsm/errors';
-import type { WrappingKeyRow } from '../store/store';
+import type { CmkRow, StoreTx, WrappingKeyRow } from '../store/api';
+import type { CallContext } from './types';
 import type { TokenInventory } from '../hsm/token';
 
 export const MAC_KEY_ID = 'import-token-v1';
@@ -77,7 +78,7 @@ export class ImportService {
   }
 
   /** Authenticity first, then binding, then time: each failure has its own error code. */
-  private verifyToken(value: string | undefined, keyId: string): TokenPayload {
+  private async verifyToken(value: string | undefined, keyId: string): Promise<TokenPayload> {
     const s = v.requireString('ImportToken', value);
     const bad = () => new KmsError('Rejected.ImportTokenInvalid', 'ImportToken: not a valid import token issued by this kmsd (malformed, forged or altered)');
     if (!s.startsWith(TOKEN_PREFIX) || s.length > 4096) throw bad();
@@ -99,7 +100,7 @@ export class ImportService {
     if (p.kid !== keyId) {
       throw new KmsError('Rejected.ImportTokenKeyMismatch', `ImportToken: was issued for CMK ${p.kid}, not ${keyId}; an import token imports into its own CMK only`);
     }
-    const wrap = this.store.getWrappingKey(p.wid);
+    const wrap = await this.store.getWrappingKey(p.wid);
     if (p.exp <= this.kms.now()) {
       throw new KmsError('Rejected.ImportTokenExpired', `ImportToken: expired at ${iso(p.exp)}; call GetParametersForImport for a new public key and token`);
     }
@@ -130,7 +131,7 @@ export class ImportService {
   }
 
   async GetParametersForImport(req: { KeyId?: string; WrappingAlgorithm?: string; WrappingKeySpec?: string }) {
-    const row = this.kms.resolve('KeyId', req.KeyId);
+    const row = await this.kms.resolve('KeyId', req.KeyId);
     const alg = v.oneOf('WrappingAlgorithm', req.WrappingAlgorithm, WRAPPING_ALGORITHMS, 'RSAES_PKCS1_V1_5');
     const spec = v.oneOf('WrappingKeySpec', req.WrappingKeySpec, Object.keys(WRAPPING_KEY_SPECS) as WrappingKeySpec[], 'RSA_2048');
     this.requireExternal(row);
@@ -140,7 +141,7 @@ export class ImportService {
     const now = this.kms.now();
     // Whole seconds, so the TokenExpireTime shown (RFC 3339 without fractions) is the exact expiry.
     const exp = Math.floor((now + this.config.importTokenTtlSeconds * 1000) / 1000) * 1000;
-    let wrap: WrappingKeyRow | undefined = this.store.issuePooledWrappingKey(spec, rawDecrypt, row.key_id, alg, exp);
+    let wrap: WrappingKeyRow | undefined = await this.store.issuePooledWrappingKey(spec, rawDecrypt, row.key_id, alg, exp);
     if (!wrap) {
       const wrapId = crypto.randomUUID();
       // Off the event loop (RSA_4096 takes seconds); other calls are served meanwhile.
@@ -148,14 +149,14 @@ export class ImportService {
       const fresh: WrappingKeyRow = { wrap_id: wrapId, key_spec: spec, raw_decrypt: rawDecrypt ? 1 : 0, public_key: publicKey, created: now, key_id: row.key_id, algorithm: alg, expires: exp };
       try {
         // The CMK may have changed state (or gone) while the pair was generated.
-        const current = this.store.getCmk(row.key_id);
+        const current = await this.store.getCmk(row.key_id);
         if (!current) throw new KmsError('Forbidden.KeyNotFound', `KeyId: CMK ${row.key_id} no longer exists`);
         this.requireImportState(current);
       } catch (e) {
-        this.kms.abandonIntent('wrap', wrapId, seq);
+        await this.kms.abandonIntent('wrap', wrapId, seq);
         throw e;
       }
-      this.commitWrappingKey(fresh, seq);
+      await this.commitWrappingKey(fresh, seq);
       wrap = fresh;
     }
     const importToken = this.issueToken({ kid: row.key_id, wid: wrap.wrap_id, alg, spec, iat: now, exp });
@@ -163,14 +164,14 @@ export class ImportService {
   }
 
   /** Metadata and its intent in one transaction; if that fails, the new key pair is destroyed. */
-  private commitWrappingKey(w: WrappingKeyRow, seq: number): void {
+  private async commitWrappingKey(w: WrappingKeyRow, seq: number): Promise<void> {
     try {
-      this.store.tx(() => {
-        this.store.insertWrappingKey(w);
-        this.store.clearIntent(seq);
+      await this.store.transaction(async (tx) => {
+        await tx.insertWrappingKey(w);
+        await tx.clearIntent(seq);
       });
     } catch (e) {
-      this.kms.abandonIntent('wrap', w.wrap_id, seq);
+      await this.kms.abandonIntent('wrap', w.wrap_id, seq);
       throw e;
     }
   }
@@ -180,24 +181,34 @@ export class ImportService {
    * pair is destroyed (retried until the token confirms it). Without its row no import token
    * naming it verifies, so nothing wrapped under it opens even while the destroy is pending.
    */
-  private retireWrappingKey(wrapId: string, keyId: string | null, reason: string): boolean {
-    this.store.tx(() => {
-      this.store.deleteWrappingKey(wrapId);
-      this.store.addPendingDestroy('wrap', wrapId, keyId, reason, this.kms.now());
+  private async retireWrappingKey(wrapId: string, keyId: string | null, reason: string): Promise<boolean> {
+    await this.store.transaction(async (tx) => {
+      await tx.deleteWrappingKey(wrapId);
+      await tx.addPendingDestroy('wrap', wrapId, keyId, reason, this.kms.now());
     });
     return this.kms.destroyPending('wrap', wrapId, 'call');
   }
 
-  private revokeWrappingKey(wrapId: string, keyId: string, failures: number): void {
-    const gone = this.retireWrappingKey(wrapId, keyId, 'failed-imports');
+  private async revokeWrappingKey(wrapId: string, keyId: string, failures: number): Promise<void> {
+    const gone = await this.retireWrappingKey(wrapId, keyId, 'failed-imports');
     this.kms.log.warn({ keyId, wrapId, failures, destroyPending: !gone }, 'wrapping key destroyed after repeated failed imports');
   }
 
-  ImportKeyMaterial(req: { KeyId?: string; EncryptedKeyMaterial?: string; ImportToken?: string; KeyMaterialExpireUnix?: number }) {
-    const row = this.kms.resolve('KeyId', req.KeyId);
+  async ImportKeyMaterial(req: { KeyId?: string; EncryptedKeyMaterial?: string; ImportToken?: string; KeyMaterialExpireUnix?: number }, ctx?: CallContext) {
+    const first = await this.kms.resolve('KeyId', req.KeyId);
+    // One material change of a CMK at a time in this process (KmsService.withKeyLock); the CMK is
+    // read again once it is this call's turn.
+    return this.kms.withKeyLock(first.key_id, async () => {
+      const row = await this.store.getCmk(first.key_id);
+      if (!row) throw new KmsError('Forbidden.KeyNotFound', `KeyId: CMK ${first.key_id} does not exist`);
+      return this.importLocked(row, req, ctx);
+    });
+  }
+
+  private async importLocked(row: CmkRow, req: { EncryptedKeyMaterial?: string; ImportToken?: string; KeyMaterialExpireUnix?: number }, ctx?: CallContext) {
     this.requireExternal(row);
     this.requireImportState(row);
-    const p = this.verifyToken(req.ImportToken, row.key_id);
+    const p = await this.verifyToken(req.ImportToken, row.key_id);
     const expireUnix = req.KeyMaterialExpireUnix ?? 0;
     // The upper bound keeps the time representable (a JS Date ends in 275760; a larger value used to be
     // stored and then broke every DescribeKey of the CMK with an internal error).
@@ -217,10 +228,10 @@ export class ImportService {
     } catch (e) {
       if (e instanceof UnwrapFailedError) {
         const pkcs1 = p.alg === 'RSAES_PKCS1_V1_5' ? ', or it does not hold a 256-bit AES key (with PKCS#1 v1.5 the two are deliberately not told apart)' : '';
-        const failures = this.store.countFailedImport(p.wid);
+        const failures = await this.store.countFailedImport(p.wid);
         let after = ` (failed import ${failures} of ${MAX_FAILED_IMPORTS_PER_TOKEN} this import token allows)`;
         if (failures >= MAX_FAILED_IMPORTS_PER_TOKEN) {
-          this.revokeWrappingKey(p.wid, row.key_id, failures);
+          await this.revokeWrappingKey(p.wid, row.key_id, failures);
           after = `; that was failed import ${failures}, so this import token's wrapping key is now destroyed: call GetParametersForImport for a new one`;
         }
         throw new KmsError('InvalidParameter.EncryptedKeyMaterial', `EncryptedKeyMaterial: cannot be decrypted with the wrapping key of this import token using ${p.alg}${pkcs1}${after}`);
@@ -230,42 +241,58 @@ export class ImportService {
       }
       throw e;
     }
-    const ver = this.store.getVersion(row.primary_key_version as string);
-    if (!ver) throw new KmsError('InternalFailure', `CMK ${row.key_id} has no key version`);
     try {
+      const ver = await this.store.getVersion(row.primary_key_version as string);
+      if (!ver) throw new KmsError('InternalFailure', `CMK ${row.key_id} has no key version`);
       const fp = this.token.fingerprint(key, row.key_id);
-      if (row.material_fingerprint && !crypto.timingSafeEqual(fp, row.material_fingerprint)) {
-        throw new KmsError('Rejected.KeyMaterialMismatch', `EncryptedKeyMaterial: CMK ${row.key_id} is bound to different key material; a CMK takes one piece of material for life (create a new CMK for new material)`);
-      }
+      const mismatch = () =>
+        new KmsError('Rejected.KeyMaterialMismatch', `EncryptedKeyMaterial: CMK ${row.key_id} is bound to different key material; a CMK takes one piece of material for life (create a new CMK for new material)`);
+      if (row.material_fingerprint && !crypto.timingSafeEqual(fp, row.material_fingerprint)) throw mismatch();
+      // The CMK as its transaction finds it (a row lock where the backend has them): the material it
+      // is bound to and its state decide, so of two imports of different material exactly one binds.
+      const recheck = async (tx: StoreTx): Promise<CmkRow> => {
+        const current = await tx.getCmkForUpdate(row.key_id);
+        if (!current) throw new KmsError('Forbidden.KeyNotFound', `KeyId: CMK ${row.key_id} no longer exists`);
+        this.requireImportState(current);
+        if (current.material_fingerprint && !crypto.timingSafeEqual(fp, current.material_fingerprint)) throw mismatch();
+        return current;
+      };
       if (ver.material_state === 'Present' && this.kms.keyring.present(level, ver)) {
         // Same material again while it is still there: only the expiry changes.
-        this.store.updateCmk(row.key_id, { material_expire_time: expireMs });
+        await this.kms.change(ctx, async (tx) => {
+          await recheck(tx);
+          await tx.updateCmk(row.key_id, { material_expire_time: expireMs });
+        }, { KeyId: row.key_id });
       } else {
         // A destroy of this version's earlier material that the token refused must finish first:
         // retried later, it would destroy the material imported now.
-        if (level === 'HSM' && !this.kms.destroyPending('cmk', ver.version_id, 'call')) throw this.kms.destroyPendingError(row.key_id, [ver.version_id]);
+        if (level === 'HSM' && !(await this.kms.destroyPending('cmk', ver.version_id, 'call'))) throw this.kms.destroyPendingError(row.key_id, [ver.version_id]);
         // Intent, token object, then the commit; a crash in between leaves an open intent, whose
         // object start-up reconciliation destroys, and the client's retry imports again.
         if (level === 'HSM' && this.token.has('cmk', ver.version_id)) this.token.destroy('cmk', ver.version_id);
         let seq: number | null = null;
         let softwareWrapped: Buffer | null = null;
-        if (level === 'HSM') seq = this.kms.createUnderIntent('cmk', ver.version_id, () => this.kms.keyring.persist(level, ver.version_id, key)).seq;
+        if (level === 'HSM') seq = (await this.kms.createUnderIntent('cmk', ver.version_id, () => this.kms.keyring.persist(level, ver.version_id, key))).seq;
         else softwareWrapped = this.kms.keyring.persist(level, ver.version_id, key);
         try {
-          this.store.tx(() => {
-            this.store.updateVersion(ver.version_id, { material_state: 'Present', software_wrapped: softwareWrapped });
-            this.store.updateCmk(row.key_id, {
+          await this.kms.change(ctx, async (tx) => {
+            const current = await recheck(tx);
+            await tx.updateVersion(ver.version_id, { material_state: 'Present', software_wrapped: softwareWrapped });
+            await tx.updateCmk(row.key_id, {
               // A CMK that was Disabled when its material was deleted stays Disabled.
-              key_state: row.key_state === 'PendingImport' ? (row.state_after_import === 'Disabled' ? 'Disabled' : 'Enabled') : row.key_state,
+              key_state: current.key_state === 'PendingImport' ? (current.state_after_import === 'Disabled' ? 'Disabled' : 'Enabled') : current.key_state,
               state_after_import: null,
-              material_fingerprint: row.material_fingerprint ?? fp,
+              material_fingerprint: current.material_fingerprint ?? fp,
               material_expire_time: expireMs,
               import_path: plan.path,
             });
-            if (seq !== null) this.store.clearIntent(seq);
-          });
+            if (seq !== null) await tx.clearIntent(seq);
+            // This metadata claims the object just made: a destroy queued meanwhile under the
+            // version's id (an expiry found due inside another call) must not take it.
+            if (level === 'HSM') await tx.deletePendingDestroy('cmk', ver.version_id);
+          }, { KeyId: row.key_id });
         } catch (e) {
-          if (seq !== null) this.kms.abandonIntent('cmk', ver.version_id, seq);
+          if (seq !== null) await this.kms.abandonIntent('cmk', ver.version_id, seq);
           else this.kms.keyring.forget(ver.version_id);
           throw e;
         }
@@ -279,16 +306,23 @@ export class ImportService {
     return {};
   }
 
-  DeleteKeyMaterial(req: { KeyId?: string }) {
-    const row = this.kms.resolve('KeyId', req.KeyId);
-    this.requireExternal(row);
-    if (row.key_state === 'PendingDeletion') {
-      throw new KmsError('Rejected.PendingDeletion', `KeyId: CMK ${row.key_id} is PendingDeletion`);
-    }
-    // Already PendingImport: a destroy the token refused earlier is retried now, and the answer says
-    // whether the material is gone.
-    const pending = row.key_state !== 'PendingImport' ? this.kms.deleteMaterial(row, 'deleted') : this.kms.pendingDestroysOf(row.key_id).map((r) => r.object_id).filter((id) => !this.kms.destroyPending('cmk', id, 'call'));
-    if (pending.length) throw this.kms.destroyPendingError(row.key_id, pending);
+  async DeleteKeyMaterial(req: { KeyId?: string }, ctx?: CallContext) {
+    const first = await this.kms.resolve('KeyId', req.KeyId);
+    const pending = await this.kms.withKeyLock(first.key_id, async () => {
+      const row = await this.store.getCmk(first.key_id);
+      if (!row) throw new KmsError('Forbidden.KeyNotFound', `KeyId: CMK ${first.key_id} does not exist`);
+      this.requireExternal(row);
+      if (row.key_state === 'PendingDeletion') {
+        throw new KmsError('Rejected.PendingDeletion', `KeyId: CMK ${row.key_id} is PendingDeletion`);
+      }
+      if (row.key_state !== 'PendingImport') return this.kms.deleteMaterial(row, 'deleted', ctx, true);
+      // Already PendingImport: a destroy the token refused earlier is retried now, and the answer
+      // says whether the material is gone.
+      const left: string[] = [];
+      for (const r of await this.kms.pendingDestroysOf(row.key_id)) if (!(await this.kms.destroyPending('cmk', r.object_id, 'call'))) left.push(r.object_id);
+      return left;
+    });
+    if (pending.length) throw this.kms.destroyPendingError(first.key_id, pending);
     return {};
   }
 
@@ -306,19 +340,19 @@ export class ImportService {
   /** Adds at most one RSA_2048 key pair to the pool, generated off the event loop. */
   async refillPoolOnce(): Promise<boolean> {
     for (const rawDecrypt of this.poolVariants()) {
-      if (this.store.countPooledWrappingKeys('RSA_2048', rawDecrypt) >= this.config.wrappingKeyPoolSize) continue;
+      if ((await this.store.countPooledWrappingKeys('RSA_2048', rawDecrypt)) >= this.config.wrappingKeyPoolSize) continue;
       const wrapId = crypto.randomUUID();
       const { seq, value: publicKey } = await this.kms.createUnderIntentAsync('wrap', wrapId, () => this.token.generateWrappingKeyPairOffLoop(wrapId, 2048, rawDecrypt));
-      this.commitWrappingKey({ wrap_id: wrapId, key_spec: 'RSA_2048', raw_decrypt: rawDecrypt ? 1 : 0, public_key: publicKey, created: this.kms.now(), key_id: null, algorithm: null, expires: null }, seq);
+      await this.commitWrappingKey({ wrap_id: wrapId, key_spec: 'RSA_2048', raw_decrypt: rawDecrypt ? 1 : 0, public_key: publicKey, created: this.kms.now(), key_id: null, algorithm: null, expires: null }, seq);
       return true;
     }
     return false;
   }
 
   /** Destroys wrapping key pairs whose import tokens have expired. */
-  destroyExpiredWrappingKeys(): number {
-    const expired = this.store.expiredWrappingKeys(this.kms.now());
-    for (const w of expired) this.retireWrappingKey(w.wrap_id, w.key_id, 'expired');
+  async destroyExpiredWrappingKeys(): Promise<number> {
+    const expired = await this.store.expiredWrappingKeys(this.kms.now());
+    for (const w of expired) await this.retireWrappingKey(w.wrap_id, w.key_id, 'expired');
     return expired.length;
   }
 
@@ -328,11 +362,13 @@ export class ImportService {
    * hold are dropped (nothing wrapped under it can be opened anyway). Any other key pair without a
    * row is unknown: kept and reported (KmsService.findUnknown).
    */
-  reconcileWrappingKeys(inv: TokenInventory, upToIntentSeq = Number.POSITIVE_INFINITY, intentsOnly = false): { destroyed: number; dropped: number } {
-    const rows = new Map(this.store.allWrappingKeys().map((w) => [w.wrap_id, w]));
+  async reconcileWrappingKeys(inventory: TokenInventory | (() => TokenInventory), upToIntentSeq = Number.POSITIVE_INFINITY, intentsOnly = false): Promise<{ destroyed: number; dropped: number }> {
+    const rows = new Map((await this.store.allWrappingKeys()).map((w) => [w.wrap_id, w]));
+    // Taken after the rows were read (see KmsService.reconcile).
+    const inv = typeof inventory === 'function' ? inventory() : inventory;
     let destroyed = 0;
     let dropped = 0;
-    for (const intent of this.store.allIntents()) {
+    for (const intent of await this.store.allIntents()) {
       if (intent.kind !== 'wrap' || intent.seq > upToIntentSeq) continue;
       const id = intent.object_id;
       if (inv.wrap.has(id) && !rows.has(id)) {
@@ -341,23 +377,23 @@ export class ImportService {
           inv.wrap.delete(id);
           destroyed++;
         } catch (e) {
-          this.store.tx(() => this.store.addPendingDestroy('wrap', id, null, 'creation-interrupted', this.kms.now()));
+          await this.store.addPendingDestroy('wrap', id, null, 'creation-interrupted', this.kms.now());
           this.kms.log.warn({ wrapId: id, err: (e as Error).message }, 'could not destroy the wrapping key of an interrupted creation; retrying later');
         }
       }
-      this.store.clearIntent(intent.seq);
+      await this.store.clearIntent(intent.seq);
     }
     if (intentsOnly) return { destroyed, dropped };
     for (const w of rows.values()) {
       if (!inv.wrap.has(w.wrap_id)) {
-        this.store.deleteWrappingKey(w.wrap_id);
+        await this.store.deleteWrappingKey(w.wrap_id);
         dropped++;
       }
     }
     return { destroyed, dropped };
   }
 
-  DescribeHsm() {
+  async DescribeHsm() {
     const info = this.token.tokenInfo();
     const algorithms = WRAPPING_ALGORITHMS.map((alg) => {
       const plan = planUnwrap(alg, this.caps, this.config.allowHostAssistedUnwrap);
@@ -386,7 +422,7 @@ export class ImportService {
       NativeAddon: this.kms.keyring.nativeAttached,
       Counters: { ...this.kms.keyring.stats },
       UnknownTokenObjects: this.kms.unknownObjects,
-      PendingTokenDestroys: this.store.pendingDestroys().map((r) => ({ Kind: r.kind, ObjectId: r.object_id, KeyId: r.key_id ?? '', Reason: r.reason, Attempts: r.attempts, LastError: r.last_error ?? '' })),
+      PendingTokenDestroys: (await this.store.pendingDestroys()).map((r) => ({ Kind: r.kind, ObjectId: r.object_id, KeyId: r.key_id ?? '', Reason: r.reason, Attempts: r.attempts, LastError: r.last_error ?? '' })),
       ReconciliationRunning: this.kms.reconciliation.running,
       ReconciliationMillis: this.kms.reconciliation.millis,
     };

@@ -8,7 +8,7 @@ import crypto from 'node:crypto';
 import { HsmToken, TransientKey } from '../hsm/token';
 import { DecryptFailedError, HsmError } from '../hsm/errors';
 import { fromHsm } from './errors';
-import { KeyVersionRow, Store } from '../store/store';
+import type { KeyVersionRow, Store } from '../store/api';
 
 /** A key the token no longer holds is the caller's Rejected.KeyMaterialMissing; the rest pass on. */
 function domainError(e: unknown): Error {

@@ -3,14 +3,15 @@
 // API's field names, and every failure is a KmsError from the one error table.
 
 import crypto from 'node:crypto';
-import { Store, CmkRow, KeyVersionRow, TokenDestroyRow, TokenObjectKind } from '../store/store';
+import type { Store, StoreOps, StoreTx, CmkRow, KeyVersionRow, TokenDestroyRow, TokenObjectKind } from '../store/api';
 import { DecryptFailedError, HsmError } from '../hsm/errors';
 import { Keyring } from './keyring';
 import type { TokenInventory } from '../hsm/token';
 import { KmsError, invalid, missing } from './errors';
+import { StoreConflictError } from '../store/api';
 import { aadFor, buildHeader, freshIv, parseBlob, validateContext } from './ciphertext';
 import * as v from './validate';
-import type { CallContext, Context, KeyMetadata, KeyState, KeyVersion, Origin, ProtectionLevel } from './types';
+import type { CallContext, Context, RecordNames, KeyMetadata, KeyState, KeyVersion, Origin, ProtectionLevel } from './types';
 
 export interface KmsConfig {
   /** Arn prefix, e.g. "acs:kms:local:kmsd" → acs:kms:local:kmsd:key/<id>. */
@@ -62,8 +63,11 @@ export interface UnknownTokenObject {
 }
 
 export class KmsService {
-  /** Receives every KeyEvent (src/daemon.ts wires it to the audit log). */
-  onKeyEvent: (ev: KeyEvent) => void = () => undefined;
+  /**
+   * Receives every KeyEvent (src/daemon.ts wires it to the audit log), inside the transaction that
+   * makes the change it records when there is one, so a crash keeps both or neither.
+   */
+  onKeyEvent: (ev: KeyEvent, tx?: StoreTx) => Promise<void> = async () => undefined;
 
   /** Token objects the store does not explain, as last found (start-up, RemoveUnknownTokenObjects). */
   unknownObjects: UnknownTokenObject[] = [];
@@ -79,30 +83,72 @@ export class KmsService {
     readonly now: () => number = Date.now,
   ) {}
 
+  private readonly keyLocks = new Map<string, Promise<void>>();
+
+  /**
+   * `fn` alone among this process's material changes of one CMK (import, material deletion, expiry,
+   * scheduled deletion): each of them works on the token between store transactions, and two
+   * interleaved could destroy what the other just created. Not reentrant.
+   */
+  async withKeyLock<T>(keyId: string, fn: () => Promise<T>): Promise<T> {
+    const before = this.keyLocks.get(keyId);
+    let release!: () => void;
+    const mine = new Promise<void>((r) => (release = r));
+    const tail = before ? before.then(() => mine) : mine;
+    this.keyLocks.set(keyId, tail);
+    try {
+      if (before) await before;
+      return await fn();
+    } finally {
+      release();
+      if (this.keyLocks.get(keyId) === tail) this.keyLocks.delete(keyId);
+    }
+  }
+
+  /**
+   * `fn` in one transaction together with the call's audit record (ctx.record, set by the audit
+   * recorder; `names` what the answer names, such as a new CMK's id): a crash keeps both or
+   * neither. Inside `fn`, await only calls on `tx` (src/store/api.ts).
+   */
+  async change<T>(ctx: CallContext | undefined, fn: (tx: StoreTx) => Promise<T>, names?: RecordNames | ((value: T) => RecordNames)): Promise<T> {
+    return this.store.transaction(async (tx) => {
+      const value = await fn(tx);
+      if (ctx?.record) await ctx.record(tx, typeof names === 'function' ? names(value) : names);
+      return value;
+    });
+  }
+
   // ================================================================ lookups and state checks
 
   /** Resolves a KeyId parameter (id or alias) to its CMK, or Forbidden.KeyNotFound / AliasNotFound. */
-  resolve(field: string, value: string | undefined): CmkRow {
+  async resolve(field: string, value: string | undefined, tx?: StoreTx): Promise<CmkRow> {
     const ref = v.keyIdOrAlias(field, value);
-    let keyId = ref.keyId;
+    let keyId = ref.keyId as string;
     if (ref.alias) {
-      const a = this.store.getAlias(ref.alias);
+      const a = await (tx ?? this.store).getAlias(ref.alias);
       if (!a) throw new KmsError('Forbidden.AliasNotFound', `${field}: alias ${ref.alias} does not exist`);
       keyId = a.key_id;
     }
-    const row = this.store.getCmk(keyId as string);
+    // In a transaction: the row as the table holds it, locked until the end (the change decides on it).
+    const row = tx ? await tx.getCmkForUpdate(keyId) : (this.store.cachedCmk(keyId) ?? (await this.store.getCmk(keyId)));
     if (!row) throw new KmsError('Forbidden.KeyNotFound', `${field}: CMK ${keyId} does not exist`);
-    return this.expireIfDue(row);
+    return this.expireIfDue(row, tx);
   }
 
   /**
    * Expired key material is deleted the moment it is looked at, not only by the scheduler, so there
    * is no window in which it can still be used.
    */
-  expireIfDue(row: CmkRow): CmkRow {
+  async expireIfDue(row: CmkRow, tx?: StoreTx): Promise<CmkRow> {
     if (row.material_expire_time !== null && row.material_expire_time <= this.now() && row.key_state !== 'PendingImport' && row.key_state !== 'PendingDeletion') {
-      this.deleteMaterial(row, 'expired');
-      return this.store.getCmk(row.key_id) as CmkRow;
+      if (tx) {
+        // Inside a caller's transaction: the metadata changes with it; the token objects go after
+        // (the pending destroys are retried by the scheduler).
+        await this.expireMetadata(tx, row, 'expired');
+        return (await tx.getCmkForUpdate(row.key_id)) as CmkRow;
+      }
+      await this.deleteMaterial(row, 'expired');
+      return (await this.store.getCmk(row.key_id)) as CmkRow;
     }
     return row;
   }
@@ -112,33 +158,50 @@ export class KmsService {
    * stay. Returns the key versions whose token object could not be destroyed yet (retried until
    * gone). A Disabled CMK remembers it: material imported again leaves it Disabled.
    */
-  deleteMaterial(row: CmkRow, reason: 'expired' | 'deleted'): string[] {
-    const versions = this.store.listVersions(row.key_id);
+  async deleteMaterial(row: CmkRow, reason: 'expired' | 'deleted', ctx?: CallContext, locked = false): Promise<string[]> {
+    if (!locked) return this.withKeyLock(row.key_id, () => this.deleteMaterial(row, reason, ctx, true));
+    // Metadata, the pending destroys and the record commit together, then the token objects go: a
+    // crash or a token refusal in between leaves destroys that are retried (scheduler, start-up)
+    // until done, never an Enabled CMK whose material is gone.
+    const versions = await this.change(ctx, async (tx) => {
+      const current = await tx.getCmkForUpdate(row.key_id);
+      // Expiry found due by a reader outside this transaction: nothing to do if material was
+      // imported again (or the CMK deleted) since.
+      if (!current || (reason === 'expired' && (current.material_expire_time === null || current.material_expire_time > this.now() || current.key_state === 'PendingImport'))) return [];
+      return this.expireMetadata(tx, current, reason);
+    }, { KeyId: row.key_id });
+    const hsm = row.protection_level === 'HSM';
+    const pending: string[] = [];
+    if (hsm) for (const ver of versions) if (!(await this.destroyPending('cmk', ver.version_id, 'call'))) pending.push(ver.version_id);
+    this.log.info({ keyId: row.key_id, reason, destroyPending: pending }, 'key material deleted');
+    return pending;
+  }
+
+  /**
+   * deleteMaterial's metadata half, in the caller's transaction: versions Absent, a pending destroy
+   * per HSM version, the CMK PendingImport; expiry (which has no caller) is recorded in the same
+   * transaction. Returns the versions whose material went.
+   */
+  private async expireMetadata(tx: StoreTx, row: CmkRow, reason: 'expired' | 'deleted'): Promise<KeyVersionRow[]> {
+    const versions = await tx.listVersions(row.key_id);
     const hsm = row.protection_level === 'HSM';
     const now = this.now();
-    // Metadata and the pending destroys commit together, then the token objects go: a crash or a
-    // token refusal in between leaves destroys that are retried (scheduler, start-up) until done,
-    // never an Enabled CMK whose material is gone.
-    this.store.tx(() => {
-      for (const ver of versions) {
-        this.store.updateVersion(ver.version_id, { material_state: 'Absent', software_wrapped: null });
-        if (hsm) this.store.addPendingDestroy('cmk', ver.version_id, row.key_id, reason, now);
-      }
-      const fields: Partial<CmkRow> = { material_expire_time: null, import_path: null };
-      if (row.key_state !== 'PendingDeletion') {
-        fields.key_state = 'PendingImport';
-        fields.state_after_import = row.key_state === 'Disabled' ? 'Disabled' : null;
-      } else if (row.state_before_deletion === 'Disabled') {
-        fields.state_after_import = 'Disabled';
-      }
-      this.store.updateCmk(row.key_id, fields);
-    });
+    for (const ver of versions) {
+      await tx.updateVersion(ver.version_id, { material_state: 'Absent', software_wrapped: null });
+      if (hsm) await tx.addPendingDestroy('cmk', ver.version_id, row.key_id, reason, now);
+    }
+    const fields: Partial<CmkRow> = { material_expire_time: null, import_path: null };
+    if (row.key_state !== 'PendingDeletion') {
+      fields.key_state = 'PendingImport';
+      fields.state_after_import = row.key_state === 'Disabled' ? 'Disabled' : null;
+    } else if (row.state_before_deletion === 'Disabled') {
+      fields.state_after_import = 'Disabled';
+    }
+    await tx.updateCmk(row.key_id, fields);
     for (const ver of versions) this.keyring.forget(ver.version_id);
-    const pending = hsm ? versions.filter((ver) => !this.destroyPending('cmk', ver.version_id, 'call')) : [];
-    this.log.info({ keyId: row.key_id, reason, destroyPending: pending.map((x) => x.version_id) }, 'key material deleted');
     // DeleteKeyMaterial is audited as the call it is; expiry has no caller.
-    if (reason === 'expired') this.keyEvent({ action: 'KeyMaterialExpired', keyId: row.key_id, details: { ExpiredAt: iso(row.material_expire_time) } });
-    return pending.map((x) => x.version_id);
+    if (reason === 'expired') await this.onKeyEvent({ action: 'KeyMaterialExpired', keyId: row.key_id, details: { ExpiredAt: iso(row.material_expire_time) } }, tx);
+    return versions;
   }
 
   // ================================================================ token objects: intents and destroys
@@ -149,35 +212,35 @@ export class KmsService {
    * intent (store.clearIntent) in the transaction that commits the object's metadata; an intent left
    * open by a crash is what lets start-up reconciliation destroy the object, and nothing else does.
    */
-  createUnderIntent<T>(kind: TokenObjectKind, id: string, create: () => T): { seq: number; value: T } {
-    const seq = this.store.openIntent(kind, id, this.now());
+  async createUnderIntent<T>(kind: TokenObjectKind, id: string, create: () => T): Promise<{ seq: number; value: T }> {
+    const seq = await this.store.openIntent(kind, id, this.now());
     try {
       this.keyring.token.raiseSequence(seq);
       return { seq, value: create() };
     } catch (e) {
-      this.abandonIntent(kind, id, seq);
+      await this.abandonIntent(kind, id, seq);
       throw e;
     }
   }
 
   /** createUnderIntent for a creation that runs off the event loop (RSA key pairs). */
   async createUnderIntentAsync<T>(kind: TokenObjectKind, id: string, create: () => Promise<T>): Promise<{ seq: number; value: T }> {
-    const seq = this.store.openIntent(kind, id, this.now());
+    const seq = await this.store.openIntent(kind, id, this.now());
     try {
       this.keyring.token.raiseSequence(seq);
       return { seq, value: await create() };
     } catch (e) {
-      this.abandonIntent(kind, id, seq);
+      await this.abandonIntent(kind, id, seq);
       throw e;
     }
   }
 
   /** The object of an intent will not get metadata: destroy whatever the token holds, then close the intent. */
-  abandonIntent(kind: TokenObjectKind, id: string, seq: number): void {
+  async abandonIntent(kind: TokenObjectKind, id: string, seq: number): Promise<void> {
     try {
       this.keyring.forget(id);
       this.keyring.token.destroy(kind, id);
-      this.store.clearIntent(seq);
+      await this.store.clearIntent(seq);
     } catch (e) {
       // The intent stays open: start-up reconciliation destroys the object.
       this.log.error({ kind, objectId: id, err: (e as Error).message }, 'could not destroy a token object whose metadata was not committed');
@@ -189,8 +252,8 @@ export class KmsService {
    * removed); false when it refused (the row stays, with the attempt counted). The first failure and
    * a success after failures are audited (failures at start-up too); the rest are logged.
    */
-  destroyPending(kind: TokenObjectKind, id: string, when: 'call' | 'scheduler' | 'start-up'): boolean {
-    const row = this.store.getPendingDestroy(kind, id);
+  async destroyPending(kind: TokenObjectKind, id: string, when: 'call' | 'scheduler' | 'start-up'): Promise<boolean> {
+    const row = await this.store.getPendingDestroy(kind, id);
     if (!row) return true;
     const keyId = row.key_id ?? '';
     try {
@@ -198,37 +261,42 @@ export class KmsService {
     } catch (e) {
       const err = e as { code?: string; message?: string };
       const reason = err.code ? `${err.code}` : String(err.message ?? e);
-      const attempts = this.store.notePendingDestroyFailure(kind, id, reason);
+      const attempts = await this.store.notePendingDestroyFailure(kind, id, reason);
       this.destroyRetryAt.set(`${kind}:${id}`, this.now() + Math.min(300_000, 1000 * 2 ** Math.min(attempts, 9)));
       this.log.warn({ kind, objectId: id, keyId, attempts, err: err.message ?? String(e) }, 'the token refused to destroy an object; retrying later');
       if (kind === 'cmk' && (attempts === 1 || when === 'start-up')) {
-        this.keyEvent({ action: 'KeyMaterialDestroyFailed', keyId, details: { KeyVersionId: id, Reason: row.reason, Error: reason, Attempts: attempts, Retried: when } });
+        await this.keyEvent({ action: 'KeyMaterialDestroyFailed', keyId, details: { KeyVersionId: id, Reason: row.reason, Error: reason, Attempts: attempts, Retried: when } });
       }
       return false;
     }
-    this.store.deletePendingDestroy(kind, id);
     this.destroyRetryAt.delete(`${kind}:${id}`);
-    if (row.attempts > 0) {
-      this.log.info({ kind, objectId: id, keyId, attempts: row.attempts + 1 }, 'token object destroyed after earlier failures');
-      if (kind === 'cmk') this.keyEvent({ action: 'KeyMaterialDestroyed', keyId, details: { KeyVersionId: id, Reason: row.reason, Attempts: row.attempts + 1, Retried: when } });
+    if (row.attempts > 0) this.log.info({ kind, objectId: id, keyId, attempts: row.attempts + 1 }, 'token object destroyed after earlier failures');
+    if (row.attempts > 0 && kind === 'cmk') {
+      // The row goes with the record of the destroy that finally worked.
+      await this.store.transaction(async (tx) => {
+        await tx.deletePendingDestroy(kind, id);
+        await this.onKeyEvent({ action: 'KeyMaterialDestroyed', keyId, details: { KeyVersionId: id, Reason: row.reason, Attempts: row.attempts + 1, Retried: when } }, tx);
+      });
+    } else {
+      await this.store.deletePendingDestroy(kind, id);
     }
     return true;
   }
 
   /** Retries every pending destroy (the scheduler honours the backoff; start-up tries them all). */
-  retryPendingDestroys(when: 'scheduler' | 'start-up'): { destroyed: string[]; failed: string[] } {
+  async retryPendingDestroys(when: 'scheduler' | 'start-up'): Promise<{ destroyed: string[]; failed: string[] }> {
     const out = { destroyed: [] as string[], failed: [] as string[] };
     const now = this.now();
-    for (const row of this.store.pendingDestroys()) {
+    for (const row of await this.store.pendingDestroys()) {
       if (when === 'scheduler' && (this.destroyRetryAt.get(`${row.kind}:${row.object_id}`) ?? 0) > now) continue;
-      (this.destroyPending(row.kind, row.object_id, when) ? out.destroyed : out.failed).push(`${row.kind}:${row.object_id}`);
+      ((await this.destroyPending(row.kind, row.object_id, when)) ? out.destroyed : out.failed).push(`${row.kind}:${row.object_id}`);
     }
     return out;
   }
 
   /** Pending destroys of one CMK's versions (DeleteKeyMaterial answers with them). */
-  pendingDestroysOf(keyId: string): TokenDestroyRow[] {
-    return this.store.pendingDestroys().filter((r) => r.key_id === keyId);
+  async pendingDestroysOf(keyId: string): Promise<TokenDestroyRow[]> {
+    return (await this.store.pendingDestroys()).filter((r) => r.key_id === keyId);
   }
 
   /** The error a caller gets while a CMK's material is deleted in the metadata but not yet in the token. */
@@ -248,9 +316,10 @@ export class KmsService {
   }
 
   /** The primary version of an Enabled CMK whose material is present (also used by src/kms/batch.ts). */
-  requireUsable(row: CmkRow): KeyVersionRow {
+  async requireUsable(row: CmkRow): Promise<KeyVersionRow> {
     this.requireState(row, ['Enabled']);
-    const ver = row.primary_key_version ? this.store.getVersion(row.primary_key_version) : undefined;
+    const id = row.primary_key_version;
+    const ver = id ? (this.store.cachedVersion(id) ?? (await this.store.getVersion(id))) : undefined;
     if (!ver) throw new KmsError('InternalFailure', `CMK ${row.key_id} has no primary key version`);
     if (ver.material_state === 'Missing') {
       throw new KmsError('Rejected.KeyMaterialMissing', `KeyId: the token no longer holds key version ${ver.version_id} of CMK ${row.key_id}`);
@@ -282,7 +351,8 @@ export class KmsService {
 
   // ================================================================ lifecycle
 
-  async CreateKey(req: {
+  async CreateKey(
+    req: {
     Origin?: string;
     KeySpec?: string;
     KeyUsage?: string;
@@ -290,7 +360,9 @@ export class KmsService {
     Description?: string;
     EnableAutomaticRotation?: boolean;
     RotationInterval?: string;
-  }): Promise<{ KeyMetadata: KeyMetadata }> {
+    },
+    ctx?: CallContext,
+  ): Promise<{ KeyMetadata: KeyMetadata }> {
     const origin = v.oneOf('Origin', req.Origin, ['Aliyun_KMS', 'EXTERNAL'] as const, 'Aliyun_KMS');
     const keySpec = v.oneOf('KeySpec', req.KeySpec, ['Aliyun_AES_256'] as const, 'Aliyun_AES_256');
     const keyUsage = v.oneOf('KeyUsage', req.KeyUsage, ['ENCRYPT/DECRYPT'] as const, 'ENCRYPT/DECRYPT');
@@ -336,83 +408,103 @@ export class KmsService {
     if (origin !== 'EXTERNAL' && level === 'HSM') seq = (await this.createUnderIntentAsync('cmk', versionId, () => this.keyring.generateOffLoop(level, versionId))).seq;
     else if (origin !== 'EXTERNAL') wrapped = this.keyring.generate(level, versionId);
     try {
-      this.store.tx(() => {
-        this.store.insertCmk(row);
-        this.store.insertVersion({ version_id: versionId, key_id: keyId, creation_date: now, software_wrapped: wrapped, material_state: origin === 'EXTERNAL' ? 'Absent' : 'Present' });
-        if (seq !== null) this.store.clearIntent(seq);
-      });
+      await this.change(ctx, async (tx) => {
+        await tx.insertCmk(row);
+        await tx.insertVersion({ version_id: versionId, key_id: keyId, creation_date: now, software_wrapped: wrapped, material_state: origin === 'EXTERNAL' ? 'Absent' : 'Present' });
+        if (seq !== null) await tx.clearIntent(seq);
+      }, { KeyId: keyId });
     } catch (e) {
-      if (seq !== null) this.abandonIntent('cmk', versionId, seq);
+      if (seq !== null) await this.abandonIntent('cmk', versionId, seq);
       throw e;
     }
     this.log.info({ keyId, origin, protectionLevel: level }, 'CMK created');
     return { KeyMetadata: this.metadata(row) };
   }
 
-  DescribeKey(req: { KeyId?: string }): { KeyMetadata: KeyMetadata } {
-    return { KeyMetadata: this.metadata(this.resolve('KeyId', req.KeyId)) };
+  async DescribeKey(req: { KeyId?: string }): Promise<{ KeyMetadata: KeyMetadata }> {
+    return { KeyMetadata: this.metadata(await this.resolve('KeyId', req.KeyId)) };
   }
 
-  ListKeys(req: { PageNumber?: number; PageSize?: number }): { Keys: { KeyId: string; KeyArn: string }[]; TotalCount: number; PageNumber: number; PageSize: number } {
+  async ListKeys(req: { PageNumber?: number; PageSize?: number }): Promise<{ Keys: { KeyId: string; KeyArn: string }[]; TotalCount: number; PageNumber: number; PageSize: number }> {
     const page = v.intInRange('PageNumber', req.PageNumber, 1, 1_000_000, 1);
     const size = v.intInRange('PageSize', req.PageSize, 1, 100, 10);
-    const rows = this.store.listCmks((page - 1) * size, size);
+    const rows = await this.store.listCmks((page - 1) * size, size);
     return {
       Keys: rows.map((r) => ({ KeyId: r.key_id, KeyArn: `${this.config.arnPrefix}:key/${r.key_id}` })),
-      TotalCount: this.store.countCmks(),
+      TotalCount: await this.store.countCmks(),
       PageNumber: page,
       PageSize: size,
     };
   }
 
-  UpdateKeyDescription(req: { KeyId?: string; Description?: string }): Record<string, never> {
-    const row = this.resolve('KeyId', req.KeyId);
+  // State transitions read the CMK in their transaction (resolve with tx: a row lock where the
+  // backend has them), so two replicas changing one CMK are serialized and each decides on the
+  // state the other left.
+
+  async UpdateKeyDescription(req: { KeyId?: string; Description?: string }, ctx?: CallContext): Promise<Record<string, never>> {
+    v.keyIdOrAlias('KeyId', req.KeyId);
     const d = v.description('Description', v.requireString('Description', req.Description));
-    this.requireState(row, ['Enabled', 'Disabled', 'PendingImport']);
-    this.store.updateCmk(row.key_id, { description: d });
-    return {};
+    return this.change(ctx, async (tx) => {
+      const row = await this.resolve('KeyId', req.KeyId, tx);
+      this.requireState(row, ['Enabled', 'Disabled', 'PendingImport']);
+      await tx.updateCmk(row.key_id, { description: d });
+      return {};
+    });
   }
 
-  EnableKey(req: { KeyId?: string }): Record<string, never> {
-    const row = this.resolve('KeyId', req.KeyId);
-    this.requireState(row, ['Enabled', 'Disabled']);
-    if (row.key_state === 'Disabled') this.store.updateCmk(row.key_id, { key_state: 'Enabled' });
-    return {};
+  async EnableKey(req: { KeyId?: string }, ctx?: CallContext): Promise<Record<string, never>> {
+    v.keyIdOrAlias('KeyId', req.KeyId);
+    return this.change(ctx, async (tx) => {
+      const row = await this.resolve('KeyId', req.KeyId, tx);
+      this.requireState(row, ['Enabled', 'Disabled']);
+      if (row.key_state === 'Disabled') await tx.updateCmk(row.key_id, { key_state: 'Enabled' });
+      return {};
+    });
   }
 
-  DisableKey(req: { KeyId?: string }): Record<string, never> {
-    const row = this.resolve('KeyId', req.KeyId);
-    this.requireState(row, ['Enabled', 'Disabled']);
-    if (row.key_state === 'Enabled') {
-      this.store.updateCmk(row.key_id, { key_state: 'Disabled' });
-      for (const ver of this.store.listVersions(row.key_id)) this.keyring.forget(ver.version_id);
-    }
-    return {};
+  async DisableKey(req: { KeyId?: string }, ctx?: CallContext): Promise<Record<string, never>> {
+    v.keyIdOrAlias('KeyId', req.KeyId);
+    return this.change(ctx, async (tx) => {
+      const row = await this.resolve('KeyId', req.KeyId, tx);
+      this.requireState(row, ['Enabled', 'Disabled']);
+      if (row.key_state === 'Enabled') {
+        await tx.updateCmk(row.key_id, { key_state: 'Disabled' });
+        for (const ver of await tx.listVersions(row.key_id)) this.keyring.forget(ver.version_id);
+      }
+      return {};
+    });
   }
 
-  ScheduleKeyDeletion(req: { KeyId?: string; PendingWindowInDays?: number }): { KeyId: string; DeleteDate: string } {
-    const row = this.resolve('KeyId', req.KeyId);
+  async ScheduleKeyDeletion(req: { KeyId?: string; PendingWindowInDays?: number }, ctx?: CallContext): Promise<{ KeyId: string; DeleteDate: string }> {
+    v.keyIdOrAlias('KeyId', req.KeyId);
     const days = v.intInRange('PendingWindowInDays', req.PendingWindowInDays, 7, 366);
-    this.requireState(row, ['Enabled', 'Disabled', 'PendingImport']);
-    const deleteDate = this.now() + days * this.config.pendingWindowDaySeconds * 1000;
-    this.store.updateCmk(row.key_id, { key_state: 'PendingDeletion', delete_date: deleteDate, state_before_deletion: row.key_state });
-    for (const ver of this.store.listVersions(row.key_id)) this.keyring.forget(ver.version_id);
-    this.log.info({ keyId: row.key_id, deleteDate: iso(deleteDate) }, 'CMK scheduled for deletion');
-    return { KeyId: row.key_id, DeleteDate: iso(deleteDate) };
+    const out = await this.change(ctx, async (tx) => {
+      const row = await this.resolve('KeyId', req.KeyId, tx);
+      this.requireState(row, ['Enabled', 'Disabled', 'PendingImport']);
+      const deleteDate = this.now() + days * this.config.pendingWindowDaySeconds * 1000;
+      await tx.updateCmk(row.key_id, { key_state: 'PendingDeletion', delete_date: deleteDate, state_before_deletion: row.key_state });
+      for (const ver of await tx.listVersions(row.key_id)) this.keyring.forget(ver.version_id);
+      return { KeyId: row.key_id, DeleteDate: iso(deleteDate) };
+    }, (r) => ({ KeyId: r.KeyId }));
+    this.log.info({ keyId: out.KeyId, deleteDate: out.DeleteDate }, 'CMK scheduled for deletion');
+    return out;
   }
 
-  CancelKeyDeletion(req: { KeyId?: string }): Record<string, never> {
-    const row = this.resolve('KeyId', req.KeyId);
-    if (row.key_state !== 'PendingDeletion') {
-      throw new KmsError('Rejected.NotPendingDeletion', `KeyId: CMK ${row.key_id} is ${row.key_state}, not PendingDeletion`);
-    }
-    // Material may have expired or been deleted meanwhile: then it waits for an import again.
-    const hasMaterial = this.store.listVersions(row.key_id).some((x) => x.material_state === 'Present');
-    let next = (row.state_before_deletion ?? 'Enabled') as KeyState;
-    if (row.origin === 'EXTERNAL' && !hasMaterial) next = 'PendingImport';
-    if (next === 'PendingImport' && hasMaterial) next = row.state_after_import === 'Disabled' ? 'Disabled' : 'Enabled';
-    this.store.updateCmk(row.key_id, { key_state: next, delete_date: null, state_before_deletion: null });
-    return {};
+  async CancelKeyDeletion(req: { KeyId?: string }, ctx?: CallContext): Promise<Record<string, never>> {
+    v.keyIdOrAlias('KeyId', req.KeyId);
+    return this.change(ctx, async (tx) => {
+      const row = await this.resolve('KeyId', req.KeyId, tx);
+      if (row.key_state !== 'PendingDeletion') {
+        throw new KmsError('Rejected.NotPendingDeletion', `KeyId: CMK ${row.key_id} is ${row.key_state}, not PendingDeletion`);
+      }
+      // Material may have expired or been deleted meanwhile: then it waits for an import again.
+      const hasMaterial = (await tx.listVersions(row.key_id)).some((x) => x.material_state === 'Present');
+      let next = (row.state_before_deletion ?? 'Enabled') as KeyState;
+      if (row.origin === 'EXTERNAL' && !hasMaterial) next = 'PendingImport';
+      if (next === 'PendingImport' && hasMaterial) next = row.state_after_import === 'Disabled' ? 'Disabled' : 'Enabled';
+      await tx.updateCmk(row.key_id, { key_state: next, delete_date: null, state_before_deletion: null });
+      return {};
+    });
   }
 
   /**
@@ -421,23 +513,37 @@ export class KmsService {
    * that are retried until done. The other order left a PendingDeletion CMK whose token objects
    * were gone, which CancelKeyDeletion could bring back as an Enabled CMK without material.
    */
-  destroyCmk(row: CmkRow): void {
-    const versions = this.store.listVersions(row.key_id);
-    const hsm = row.protection_level === 'HSM';
-    const now = this.now();
-    this.store.tx(() => {
-      this.store.deleteCmk(row.key_id);
-      if (hsm) for (const ver of versions) this.store.addPendingDestroy('cmk', ver.version_id, row.key_id, 'key-deleted', now);
-    });
-    for (const ver of versions) this.keyring.forget(ver.version_id);
-    const pending = hsm ? versions.filter((ver) => !this.destroyPending('cmk', ver.version_id, 'call')).map((x) => x.version_id) : [];
-    this.log.info({ keyId: row.key_id, destroyPending: pending }, 'CMK deleted at the end of its deletion window');
-    this.keyEvent({ action: 'ScheduledKeyDeletion', keyId: row.key_id, details: { KeyVersions: versions.map((x) => x.version_id), MaterialDestroyPending: pending } });
+  async destroyCmk(due: CmkRow): Promise<void> {
+    return this.withKeyLock(due.key_id, () => this.destroyCmkLocked(due));
   }
 
-  private keyEvent(ev: KeyEvent): void {
+  private async destroyCmkLocked(due: CmkRow): Promise<void> {
+    const hsm = due.protection_level === 'HSM';
+    const now = this.now();
+    // The record commits with the deletion; it lists the HSM versions whose token objects are still
+    // to be destroyed at that moment (each refusal after it is a KeyMaterialDestroyFailed record).
+    const versions = await this.store.transaction(async (tx) => {
+      const row = await tx.getCmkForUpdate(due.key_id);
+      // Cancelled (or deleted by another replica) since the scheduler read it.
+      if (!row || row.key_state !== 'PendingDeletion' || row.delete_date === null || row.delete_date > now) return null;
+      const list = await tx.listVersions(row.key_id);
+      await tx.deleteCmk(row.key_id);
+      if (hsm) for (const ver of list) await tx.addPendingDestroy('cmk', ver.version_id, row.key_id, 'key-deleted', now);
+      const queued = hsm ? list.filter((x) => x.material_state !== 'Absent').map((x) => x.version_id) : [];
+      await this.onKeyEvent({ action: 'ScheduledKeyDeletion', keyId: row.key_id, details: { KeyVersions: list.map((x) => x.version_id), MaterialDestroyPending: queued } }, tx);
+      return list;
+    });
+    if (!versions) return;
+    for (const ver of versions) this.keyring.forget(ver.version_id);
+    const pending: string[] = [];
+    if (hsm) for (const ver of versions) if (!(await this.destroyPending('cmk', ver.version_id, 'call'))) pending.push(ver.version_id);
+    this.log.info({ keyId: due.key_id, destroyPending: pending }, 'CMK deleted at the end of its deletion window');
+  }
+
+  /** A key event with no state change of its own to commit with (a failed destroy, a removal). */
+  private async keyEvent(ev: KeyEvent): Promise<void> {
     try {
-      this.onKeyEvent(ev);
+      await this.onKeyEvent(ev);
     } catch (e) {
       // The action is done; a failure to record it must not undo or repeat it.
       this.log.error({ keyId: ev.keyId, action: ev.action, err: (e as Error).message }, 'could not record a key event');
@@ -446,40 +552,55 @@ export class KmsService {
 
   // ================================================================ aliases
 
-  CreateAlias(req: { AliasName?: string; KeyId?: string }): Record<string, never> {
-    const name = v.aliasName('AliasName', req.AliasName);
-    // Like every KeyId parameter, this one also takes an alias: the new alias is bound to the CMK
-    // that alias names now (aliases never point at aliases).
-    const row = this.resolve('KeyId', req.KeyId);
-    this.requireState(row, ['Enabled', 'Disabled', 'PendingImport']);
-    if (this.store.getAlias(name)) throw new KmsError('EntityAlreadyExists.Alias', `AliasName: ${name} already exists`);
-    const now = this.now();
-    this.store.insertAlias({ alias_name: name, key_id: row.key_id, creation_date: now, update_date: now });
-    return {};
-  }
-
-  UpdateAlias(req: { AliasName?: string; KeyId?: string }): Record<string, never> {
+  // Alias uniqueness: the name is the table's primary key, so of two concurrent CreateAlias calls
+  // (on any replicas) one insert fails with StoreConflictError, answered as EntityAlreadyExists.
+  async CreateAlias(req: { AliasName?: string; KeyId?: string }, ctx?: CallContext): Promise<Record<string, never>> {
     const name = v.aliasName('AliasName', req.AliasName);
     v.keyIdOrAlias('KeyId', req.KeyId);
-    if (!this.store.getAlias(name)) throw new KmsError('Forbidden.AliasNotFound', `AliasName: ${name} does not exist`);
-    const row = this.resolve('KeyId', req.KeyId);
-    this.requireState(row, ['Enabled', 'Disabled', 'PendingImport']);
-    this.store.updateAlias(name, row.key_id, this.now());
-    return {};
+    const exists = () => new KmsError('EntityAlreadyExists.Alias', `AliasName: ${name} already exists`);
+    try {
+      return await this.change(ctx, async (tx) => {
+        // Like every KeyId parameter, this one also takes an alias: the new alias is bound to the CMK
+        // that alias names now (aliases never point at aliases).
+        const row = await this.resolve('KeyId', req.KeyId, tx);
+        this.requireState(row, ['Enabled', 'Disabled', 'PendingImport']);
+        if (await tx.getAlias(name)) throw exists();
+        const now = this.now();
+        await tx.insertAlias({ alias_name: name, key_id: row.key_id, creation_date: now, update_date: now });
+        return {};
+      });
+    } catch (e) {
+      if (e instanceof StoreConflictError) throw exists();
+      throw e;
+    }
   }
 
-  DeleteAlias(req: { AliasName?: string }): Record<string, never> {
+  async UpdateAlias(req: { AliasName?: string; KeyId?: string }, ctx?: CallContext): Promise<Record<string, never>> {
     const name = v.aliasName('AliasName', req.AliasName);
-    if (!this.store.getAlias(name)) throw new KmsError('Forbidden.AliasNotFound', `AliasName: ${name} does not exist`);
-    this.store.deleteAlias(name);
-    return {};
+    v.keyIdOrAlias('KeyId', req.KeyId);
+    return this.change(ctx, async (tx) => {
+      if (!(await tx.getAliasForUpdate(name))) throw new KmsError('Forbidden.AliasNotFound', `AliasName: ${name} does not exist`);
+      const row = await this.resolve('KeyId', req.KeyId, tx);
+      this.requireState(row, ['Enabled', 'Disabled', 'PendingImport']);
+      await tx.updateAlias(name, row.key_id, this.now());
+      return {};
+    });
   }
 
-  private aliasPage(page: number, size: number, keyId?: string) {
-    const rows = this.store.listAliases((page - 1) * size, size, keyId);
+  async DeleteAlias(req: { AliasName?: string }, ctx?: CallContext): Promise<Record<string, never>> {
+    const name = v.aliasName('AliasName', req.AliasName);
+    return this.change(ctx, async (tx) => {
+      if (!(await tx.getAliasForUpdate(name))) throw new KmsError('Forbidden.AliasNotFound', `AliasName: ${name} does not exist`);
+      await tx.deleteAlias(name);
+      return {};
+    });
+  }
+
+  private async aliasPage(page: number, size: number, keyId?: string) {
+    const rows = await this.store.listAliases((page - 1) * size, size, keyId);
     return {
       Aliases: rows.map((a) => ({ AliasName: a.alias_name, AliasArn: `${this.config.arnPrefix}:${a.alias_name}`, KeyId: a.key_id })),
-      TotalCount: this.store.countAliases(keyId),
+      TotalCount: await this.store.countAliases(keyId),
       PageNumber: page,
       PageSize: size,
     };
@@ -489,8 +610,8 @@ export class KmsService {
     return this.aliasPage(v.intInRange('PageNumber', req.PageNumber, 1, 1_000_000, 1), v.intInRange('PageSize', req.PageSize, 1, 100, 10));
   }
 
-  ListAliasesByKeyId(req: { KeyId?: string; PageNumber?: number; PageSize?: number }) {
-    const row = this.resolve('KeyId', req.KeyId);
+  async ListAliasesByKeyId(req: { KeyId?: string; PageNumber?: number; PageSize?: number }) {
+    const row = await this.resolve('KeyId', req.KeyId);
     return this.aliasPage(v.intInRange('PageNumber', req.PageNumber, 1, 1_000_000, 1), v.intInRange('PageSize', req.PageSize, 1, 100, 10), row.key_id);
   }
 
@@ -501,7 +622,7 @@ export class KmsService {
   }
 
   /** A new version, made primary; older versions keep decrypting. */
-  rotate(row: CmkRow, reason: 'manual' | 'automatic'): KeyVersionRow {
+  async rotate(row: CmkRow, reason: 'manual' | 'automatic', ctx?: CallContext): Promise<KeyVersionRow> {
     if (row.origin === 'EXTERNAL') {
       throw new KmsError('Rejected.ExternalKey', `KeyId: CMK ${row.key_id} has Origin EXTERNAL; a different key material needs a new CMK`);
     }
@@ -511,25 +632,30 @@ export class KmsService {
     const hsm = row.protection_level === 'HSM';
     let seq: number | null = null;
     let wrapped: Buffer | null = null;
-    if (hsm) seq = this.createUnderIntent('cmk', versionId, () => this.keyring.generate('HSM', versionId)).seq;
+    if (hsm) seq = (await this.createUnderIntent('cmk', versionId, () => this.keyring.generate('HSM', versionId))).seq;
     else wrapped = this.keyring.generate(row.protection_level, versionId);
     const ver: KeyVersionRow = { version_id: versionId, key_id: row.key_id, creation_date: now, software_wrapped: wrapped, material_state: 'Present' };
     try {
-      this.store.tx(() => {
-        this.store.insertVersion(ver);
-        this.store.updateCmk(row.key_id, {
+      await this.change(ctx, async (tx) => {
+        // The CMK as it is now: disabled or scheduled for deletion meanwhile (on any replica), it does not rotate.
+        const current = await tx.getCmkForUpdate(row.key_id);
+        if (!current) throw new KmsError('Forbidden.KeyNotFound', `KeyId: CMK ${row.key_id} does not exist`);
+        this.requireState(current, ['Enabled']);
+        await tx.insertVersion(ver);
+        await tx.updateCmk(row.key_id, {
           primary_key_version: versionId,
           last_rotation_date: now,
-          next_rotation_date: row.rotation_interval_s ? now + row.rotation_interval_s * 1000 : null,
+          next_rotation_date: current.rotation_interval_s ? now + current.rotation_interval_s * 1000 : null,
         });
-        if (seq !== null) this.store.clearIntent(seq);
-      });
+        if (seq !== null) await tx.clearIntent(seq);
+        if (reason === 'automatic') await this.onKeyEvent({ action: 'AutomaticRotation', keyId: row.key_id, details: { KeyVersionId: versionId } }, tx);
+      }, { KeyId: row.key_id });
     } catch (e) {
-      if (seq !== null) this.abandonIntent('cmk', versionId, seq);
+      if (seq !== null) await this.abandonIntent('cmk', versionId, seq);
+      else this.keyring.forget(versionId);
       throw e;
     }
     this.log.info({ keyId: row.key_id, keyVersionId: versionId, reason }, 'CMK rotated');
-    if (reason === 'automatic') this.keyEvent({ action: 'AutomaticRotation', keyId: row.key_id, details: { KeyVersionId: versionId } });
     return ver;
   }
 
@@ -538,38 +664,42 @@ export class KmsService {
    * cannot rotate, as in CreateKey. Changing the interval of a rotating CMK counts from its last
    * rotation (or creation); a date already past rotates it at the scheduler's next pass.
    */
-  UpdateRotationPolicy(req: { KeyId?: string; EnableAutomaticRotation?: boolean; RotationInterval?: string }): Record<string, never> {
-    const row = this.resolve('KeyId', req.KeyId);
-    if (req.EnableAutomaticRotation === undefined || req.EnableAutomaticRotation === null) throw missing('EnableAutomaticRotation');
-    if (typeof req.EnableAutomaticRotation !== 'boolean') throw invalid('EnableAutomaticRotation', 'must be true or false');
-    if (!req.EnableAutomaticRotation) {
-      if (req.RotationInterval) throw invalid('RotationInterval', 'only allowed with EnableAutomaticRotation=true');
-      this.requireState(row, ['Enabled', 'Disabled', 'PendingImport']);
-      this.store.updateCmk(row.key_id, { automatic_rotation: 'Disabled', rotation_interval_s: null, next_rotation_date: null });
-      return {};
-    }
-    if (row.origin === 'EXTERNAL') {
-      throw new KmsError('Rejected.ExternalKey', `EnableAutomaticRotation: CMK ${row.key_id} has Origin EXTERNAL and cannot rotate; a different key material needs a new CMK`);
-    }
-    const interval = v.rotationIntervalSeconds('RotationInterval', req.RotationInterval || '365d', this.config.minRotationIntervalSeconds, this.config.maxRotationIntervalSeconds);
-    this.requireState(row, ['Enabled', 'Disabled']);
-    const now = this.now();
-    const from = row.automatic_rotation === 'Enabled' ? (row.last_rotation_date ?? row.creation_date) : now;
-    this.store.updateCmk(row.key_id, { automatic_rotation: 'Enabled', rotation_interval_s: interval, next_rotation_date: Math.max(now, from + interval * 1000) });
-    this.log.info({ keyId: row.key_id, rotationIntervalSeconds: interval }, 'CMK automatic rotation set');
+  async UpdateRotationPolicy(req: { KeyId?: string; EnableAutomaticRotation?: boolean; RotationInterval?: string }, ctx?: CallContext): Promise<Record<string, never>> {
+    v.keyIdOrAlias('KeyId', req.KeyId);
+    const interval = await this.change(ctx, async (tx) => {
+      const row = await this.resolve('KeyId', req.KeyId, tx);
+      if (req.EnableAutomaticRotation === undefined || req.EnableAutomaticRotation === null) throw missing('EnableAutomaticRotation');
+      if (typeof req.EnableAutomaticRotation !== 'boolean') throw invalid('EnableAutomaticRotation', 'must be true or false');
+      if (!req.EnableAutomaticRotation) {
+        if (req.RotationInterval) throw invalid('RotationInterval', 'only allowed with EnableAutomaticRotation=true');
+        this.requireState(row, ['Enabled', 'Disabled', 'PendingImport']);
+        await tx.updateCmk(row.key_id, { automatic_rotation: 'Disabled', rotation_interval_s: null, next_rotation_date: null });
+        return null;
+      }
+      if (row.origin === 'EXTERNAL') {
+        throw new KmsError('Rejected.ExternalKey', `EnableAutomaticRotation: CMK ${row.key_id} has Origin EXTERNAL and cannot rotate; a different key material needs a new CMK`);
+      }
+      const seconds = v.rotationIntervalSeconds('RotationInterval', req.RotationInterval || '365d', this.config.minRotationIntervalSeconds, this.config.maxRotationIntervalSeconds);
+      this.requireState(row, ['Enabled', 'Disabled']);
+      const now = this.now();
+      const from = row.automatic_rotation === 'Enabled' ? (row.last_rotation_date ?? row.creation_date) : now;
+      await tx.updateCmk(row.key_id, { automatic_rotation: 'Enabled', rotation_interval_s: seconds, next_rotation_date: Math.max(now, from + seconds * 1000) });
+      return { keyId: row.key_id, seconds };
+    });
+    if (interval) this.log.info({ keyId: interval.keyId, rotationIntervalSeconds: interval.seconds }, 'CMK automatic rotation set');
     return {};
   }
 
-  CreateKeyVersion(req: { KeyId?: string }): { KeyVersion: KeyVersion } {
-    const row = this.resolve('KeyId', req.KeyId);
-    return { KeyVersion: this.version(row, this.rotate(row, 'manual')) };
+  async CreateKeyVersion(req: { KeyId?: string }, ctx?: CallContext): Promise<{ KeyVersion: KeyVersion }> {
+    const row = await this.resolve('KeyId', req.KeyId);
+    return { KeyVersion: this.version(row, await this.rotate(row, 'manual', ctx)) };
   }
 
-  ListKeyVersions(req: { KeyId?: string; PageNumber?: number; PageSize?: number }) {
-    const row = this.resolve('KeyId', req.KeyId);
+  async ListKeyVersions(req: { KeyId?: string; PageNumber?: number; PageSize?: number }) {
+    const row = await this.resolve('KeyId', req.KeyId);
     const page = v.intInRange('PageNumber', req.PageNumber, 1, 1_000_000, 1);
     const size = v.intInRange('PageSize', req.PageSize, 1, 100, 10);
-    const all = this.store.listVersions(row.key_id);
+    const all = await this.store.listVersions(row.key_id);
     return {
       KeyVersions: all.slice((page - 1) * size, page * size).map((x) => this.version(row, x)),
       TotalCount: all.length,
@@ -578,10 +708,10 @@ export class KmsService {
     };
   }
 
-  DescribeKeyVersion(req: { KeyId?: string; KeyVersionId?: string }): { KeyVersion: KeyVersion } {
-    const row = this.resolve('KeyId', req.KeyId);
+  async DescribeKeyVersion(req: { KeyId?: string; KeyVersionId?: string }): Promise<{ KeyVersion: KeyVersion }> {
+    const row = await this.resolve('KeyId', req.KeyId);
     const id = v.keyVersionId('KeyVersionId', req.KeyVersionId);
-    const ver = this.store.getVersion(id);
+    const ver = await this.store.getVersion(id);
     if (!ver || ver.key_id !== row.key_id) throw new KmsError('Forbidden.KeyVersionNotFound', `KeyVersionId: CMK ${row.key_id} has no version ${id}`);
     return { KeyVersion: this.version(row, ver) };
   }
@@ -604,13 +734,13 @@ export class KmsService {
    * The checks before opening a blob: parse it, find the CMK and version it names, check state and
    * material (also used by src/kms/batch.ts, which decrypts many blobs in one call).
    */
-  locate(blobB64: string | undefined, field = 'CiphertextBlob'): { row: CmkRow; ver: KeyVersionRow; parsed: ReturnType<typeof parseBlob> } {
+  async locate(blobB64: string | undefined, field = 'CiphertextBlob'): Promise<{ row: CmkRow; ver: KeyVersionRow; parsed: ReturnType<typeof parseBlob> }> {
     const blob = v.base64(field, blobB64, { maxBytes: 64 * 1024 });
     const parsed = parseBlob(blob);
-    const row = this.store.getCmk(parsed.keyId);
+    const row = this.store.cachedCmk(parsed.keyId) ?? (await this.store.getCmk(parsed.keyId));
     if (!row) throw new KmsError('Forbidden.KeyNotFound', `${field}: was made by CMK ${parsed.keyId}, which does not exist`);
-    const current = this.expireIfDue(row);
-    const ver = this.store.getVersion(parsed.keyVersionId);
+    const current = await this.expireIfDue(row);
+    const ver = this.store.cachedVersion(parsed.keyVersionId) ?? (await this.store.getVersion(parsed.keyVersionId));
     if (!ver || ver.key_id !== current.key_id) throw new KmsError('InvalidCiphertext', `${field}: CMK ${current.key_id} has no key version ${parsed.keyVersionId}`);
     this.requireState(current, ['Enabled']);
     if (ver.material_state !== 'Present') {
@@ -621,7 +751,7 @@ export class KmsService {
 
   /** Opens a blob: parse, find the CMK and version it names, check state, authenticate and decrypt. */
   private async open(blobB64: string | undefined, ctx: Context | undefined, field = 'CiphertextBlob'): Promise<{ row: CmkRow; ver: KeyVersionRow; plaintext: Buffer }> {
-    const { row: current, ver, parsed } = this.locate(blobB64, field);
+    const { row: current, ver, parsed } = await this.locate(blobB64, field);
     try {
       const plaintext = await this.keyring.decrypt(current.protection_level, ver, parsed.iv, aadFor(parsed.header, ctx), parsed.sealed);
       return { row: current, ver, plaintext };
@@ -634,11 +764,11 @@ export class KmsService {
   }
 
   async Encrypt(req: { KeyId?: string; Plaintext?: string; EncryptionContext?: Context }) {
-    const row = this.resolve('KeyId', req.KeyId);
+    const row = await this.resolve('KeyId', req.KeyId);
     const pt = v.base64('Plaintext', req.Plaintext, { maxBytes: MAX_PLAINTEXT_BYTES, allowEmpty: false });
     try {
       const ctx = this.context('EncryptionContext', req.EncryptionContext);
-      const ver = this.requireUsable(row);
+      const ver = await this.requireUsable(row);
       return { KeyId: row.key_id, KeyVersionId: ver.version_id, CiphertextBlob: await this.seal(row, ver, pt, ctx) };
     } finally {
       pt.fill(0);
@@ -648,7 +778,7 @@ export class KmsService {
   async Decrypt(req: { CiphertextBlob?: string; EncryptionContext?: Context; KeyId?: string }) {
     const ctx = this.context('EncryptionContext', req.EncryptionContext);
     let expected: CmkRow | undefined;
-    if (req.KeyId) expected = this.resolve('KeyId', req.KeyId);
+    if (req.KeyId) expected = await this.resolve('KeyId', req.KeyId);
     const blob = v.base64('CiphertextBlob', req.CiphertextBlob, { maxBytes: 64 * 1024 });
     if (expected) {
       const parsed = parseBlob(blob);
@@ -671,10 +801,10 @@ export class KmsService {
   }
 
   async GenerateDataKey(req: { KeyId?: string; KeySpec?: string; NumberOfBytes?: number; EncryptionContext?: Context }) {
-    const row = this.resolve('KeyId', req.KeyId);
+    const row = await this.resolve('KeyId', req.KeyId);
     const n = this.dataKeyBytes(req);
     const ctx = this.context('EncryptionContext', req.EncryptionContext);
-    const ver = this.requireUsable(row);
+    const ver = await this.requireUsable(row);
     const dataKey = row.protection_level === 'HSM' ? this.keyring.token.random(n) : crypto.randomBytes(n);
     try {
       const blob = await this.seal(row, ver, dataKey, ctx);
@@ -705,10 +835,10 @@ export class KmsService {
   }
 
   async ReEncrypt(req: { CiphertextBlob?: string; DestinationKeyId?: string; SourceEncryptionContext?: Context; DestinationEncryptionContext?: Context }) {
-    const dest = this.resolve('DestinationKeyId', req.DestinationKeyId);
+    const dest = await this.resolve('DestinationKeyId', req.DestinationKeyId);
     const srcCtx = this.context('SourceEncryptionContext', req.SourceEncryptionContext);
     const dstCtx = this.context('DestinationEncryptionContext', req.DestinationEncryptionContext);
-    const destVer = this.requireUsable(dest);
+    const destVer = await this.requireUsable(dest);
     const { row, ver, plaintext } = await this.open(req.CiphertextBlob, srcCtx);
     try {
       return {
@@ -726,34 +856,34 @@ export class KmsService {
   // ================================================================ background work
 
   /** One pass of the scheduler: deletions, material expiry, automatic rotation. Errors are logged per key. */
-  runDueWork(): { deleted: number; expired: number; rotated: number } {
-    this.guard('-', 'destroy retry', () => this.retryPendingDestroys('scheduler'));
-    const due = this.store.cmksDue(this.now());
+  async runDueWork(): Promise<{ deleted: number; expired: number; rotated: number }> {
+    await this.guard('-', 'destroy retry', () => this.retryPendingDestroys('scheduler'));
+    const due = await this.store.cmksDue(this.now());
     const result = { deleted: 0, expired: 0, rotated: 0 };
     for (const row of due.deletions) {
-      this.guard(row.key_id, 'deletion', () => {
-        this.destroyCmk(row);
+      await this.guard(row.key_id, 'deletion', async () => {
+        await this.destroyCmk(row);
         result.deleted++;
       });
     }
     for (const row of due.expiries) {
-      this.guard(row.key_id, 'expiry', () => {
-        this.deleteMaterial(row, 'expired');
+      await this.guard(row.key_id, 'expiry', async () => {
+        await this.deleteMaterial(row, 'expired');
         result.expired++;
       });
     }
     for (const row of due.rotations) {
-      this.guard(row.key_id, 'rotation', () => {
-        this.rotate(row, 'automatic');
+      await this.guard(row.key_id, 'rotation', async () => {
+        await this.rotate(row, 'automatic');
         result.rotated++;
       });
     }
     return result;
   }
 
-  private guard(keyId: string, what: string, fn: () => void): void {
+  private async guard(keyId: string, what: string, fn: () => Promise<unknown>): Promise<void> {
     try {
-      fn();
+      await fn();
     } catch (e) {
       this.log.error({ keyId, err: e instanceof HsmError || e instanceof KmsError ? e.message : String(e) }, `scheduled ${what} failed`);
     }
@@ -769,12 +899,15 @@ export class KmsService {
   /** Start-up reconciliation: still running (the token walk runs after kmsd listens), and how long it took. */
   reconciliation: { running: boolean; millis: number } = { running: false, millis: 0 };
 
-  reconcile(inv: TokenInventory, upToIntentSeq = Number.POSITIVE_INFINITY, intentsOnly = false): { destroyedOrphans: string[]; missing: string[] } {
-    const versions = new Map(this.store.allVersions().map((x) => [x.version_id, x]));
-    const cmks = new Map(this.store.allCmks().map((r) => [r.key_id, r]));
+  async reconcile(inventory: TokenInventory | (() => TokenInventory), upToIntentSeq = Number.POSITIVE_INFINITY, intentsOnly = false): Promise<{ destroyedOrphans: string[]; missing: string[] }> {
+    const versions = new Map((await this.store.allVersions()).map((x) => [x.version_id, x]));
+    const cmks = new Map((await this.store.allCmks()).map((r) => [r.key_id, r]));
+    // The token's objects as of now, after the rows were read: an object whose row those reads saw
+    // was created before its row committed, so it is in this inventory (calls run meanwhile).
+    const inv = typeof inventory === 'function' ? inventory() : inventory;
     const destroyedOrphans: string[] = [];
     const now = this.now();
-    for (const intent of this.store.allIntents()) {
+    for (const intent of await this.store.allIntents()) {
       // Intents opened since start-up belong to calls still running (reconciliation in the background).
       if (intent.kind !== 'cmk' || intent.seq > upToIntentSeq) continue;
       const id = intent.object_id;
@@ -784,11 +917,11 @@ export class KmsService {
           inv.cmk.delete(id);
           destroyedOrphans.push(id);
         } catch (e) {
-          this.store.tx(() => this.store.addPendingDestroy('cmk', id, null, 'creation-interrupted', now));
+          await this.store.addPendingDestroy('cmk', id, null, 'creation-interrupted', now);
           this.log.warn({ objectId: id, err: (e as Error).message }, 'could not destroy the token object of an interrupted creation; retrying later');
         }
       }
-      this.store.clearIntent(intent.seq);
+      await this.store.clearIntent(intent.seq);
     }
     const missing: string[] = [];
     // intentsOnly: `inv` holds only the objects the intents name (looked up one by one before kmsd
@@ -799,10 +932,10 @@ export class KmsService {
       if (!row || ver.material_state === 'Absent') continue;
       const present = row.protection_level === 'HSM' ? inv.cmk.has(ver.version_id) : ver.software_wrapped !== null;
       if (!present && ver.material_state === 'Present') {
-        this.store.updateVersion(ver.version_id, { material_state: 'Missing' });
+        await this.store.updateVersion(ver.version_id, { material_state: 'Missing' });
         missing.push(ver.version_id);
       } else if (present && ver.material_state === 'Missing') {
-        this.store.updateVersion(ver.version_id, { material_state: 'Present' });
+        await this.store.updateVersion(ver.version_id, { material_state: 'Present' });
       }
     }
     if (destroyedOrphans.length || missing.length) this.log.warn({ destroyedOrphans, missing }, 'reconciled metadata with the token');
@@ -810,10 +943,9 @@ export class KmsService {
   }
 
   /** Does this key version's metadata claim a token object (an HSM version with material)? */
-  private claimsCmkObject(ver: KeyVersionRow | undefined, cmks?: Map<string, CmkRow>): boolean {
+  private claimsCmkObject(ver: KeyVersionRow | undefined, cmks: Map<string, CmkRow>): boolean {
     if (!ver || ver.material_state === 'Absent') return false;
-    const row = cmks ? cmks.get(ver.key_id) : this.store.getCmk(ver.key_id);
-    return row?.protection_level === 'HSM';
+    return cmks.get(ver.key_id)?.protection_level === 'HSM';
   }
 
   /**
@@ -821,11 +953,13 @@ export class KmsService {
    * claims them, no creation is in flight (open intent), no destroy is pending. They are kept and
    * reported (log, DescribeHsm) until an operator removes them (RemoveUnknownTokenObjects).
    */
-  findUnknown(inv: TokenInventory): UnknownTokenObject[] {
-    const versions = new Map(this.store.allVersions().map((x) => [x.version_id, x]));
-    const cmks = new Map(this.store.allCmks().map((r) => [r.key_id, r]));
-    const wraps = new Set(this.store.allWrappingKeys().map((w) => w.wrap_id));
-    const busy = new Set([...this.store.allIntents(), ...this.store.pendingDestroys()].map((r) => `${r.kind}:${r.object_id}`));
+  async findUnknown(inventory: TokenInventory | (() => TokenInventory)): Promise<UnknownTokenObject[]> {
+    const busy = new Set([...(await this.store.allIntents()), ...(await this.store.pendingDestroys())].map((r) => `${r.kind}:${r.object_id}`));
+    const versions = new Map((await this.store.allVersions()).map((x) => [x.version_id, x]));
+    const cmks = new Map((await this.store.allCmks()).map((r) => [r.key_id, r]));
+    const wraps = new Set((await this.store.allWrappingKeys()).map((w) => w.wrap_id));
+    // Taken after the reads (see reconcile).
+    const inv = typeof inventory === 'function' ? inventory() : inventory;
     const out: UnknownTokenObject[] = [];
     for (const id of inv.cmk) if (!busy.has(`cmk:${id}`) && !this.claimsCmkObject(versions.get(id), cmks)) out.push({ Kind: 'cmk', ObjectId: id });
     for (const id of inv.wrap) if (!busy.has(`wrap:${id}`) && !wraps.has(id)) out.push({ Kind: 'wrap', ObjectId: id });
@@ -833,8 +967,8 @@ export class KmsService {
   }
 
   /** Refreshes unknownObjects from the token; logs them when there are any. */
-  reportUnknown(inv: TokenInventory = this.keyring.token.inventory()): UnknownTokenObject[] {
-    this.unknownObjects = this.findUnknown(inv);
+  async reportUnknown(inv: TokenInventory | (() => TokenInventory) = () => this.keyring.token.inventory()): Promise<UnknownTokenObject[]> {
+    this.unknownObjects = await this.findUnknown(inv);
     if (this.unknownObjects.length) {
       this.log.warn(
         { unknown: this.unknownObjects.slice(0, 100), count: this.unknownObjects.length },
@@ -849,13 +983,13 @@ export class KmsService {
    * right now, checked against a fresh inventory; nothing is destroyed unless every id checks out.
    * Each removal is audited.
    */
-  RemoveUnknownTokenObjects(req: { ObjectIds?: string; All?: boolean }): { Removed: UnknownTokenObject[]; Failed: { Kind: string; ObjectId: string; Error: string }[] } {
+  async RemoveUnknownTokenObjects(req: { ObjectIds?: string; All?: boolean }): Promise<{ Removed: UnknownTokenObject[]; Failed: { Kind: string; ObjectId: string; Error: string }[] }> {
     const ids = (req.ObjectIds ?? '').split(',').map((x) => x.trim()).filter(Boolean);
     if (req.All && ids.length) throw invalid('ObjectIds', 'give either ObjectIds or All, not both');
     if (!req.All && ids.length === 0) throw invalid('ObjectIds', 'name the unknown token objects to remove (comma-separated ObjectId values from DescribeHsm UnknownTokenObjects), or give All=true');
     if (ids.length > 1000) throw invalid('ObjectIds', 'at most 1000 ids per call');
     for (const id of ids) if (!/^[A-Za-z0-9._-]{1,64}$/.test(id)) throw invalid('ObjectIds', `"${id.slice(0, 64)}" is not an object id (letters, digits, '.', '_', '-'; at most 64)`);
-    const unknown = this.findUnknown(this.keyring.token.inventory());
+    const unknown = await this.findUnknown(() => this.keyring.token.inventory());
     const byId = new Map(unknown.map((u) => [u.ObjectId, u]));
     const targets = req.All ? unknown : ids.map((id) => byId.get(id) ?? null);
     const notUnknown = ids.filter((id) => !byId.has(id));
@@ -868,14 +1002,14 @@ export class KmsService {
       try {
         this.keyring.token.destroy(t.Kind, t.ObjectId);
         removed.push(t);
-        this.keyEvent({ action: 'UnknownTokenObjectRemoved', keyId: '', details: { Kind: t.Kind, ObjectId: t.ObjectId } });
+        await this.keyEvent({ action: 'UnknownTokenObjectRemoved', keyId: '', details: { Kind: t.Kind, ObjectId: t.ObjectId } });
       } catch (e) {
         // The token's own word for the refusal (its return value's name) is what an operator acts on.
         failed.push({ Kind: t.Kind, ObjectId: t.ObjectId, Error: e instanceof HsmError ? e.code : 'InternalFailure' });
       }
     }
     this.log.warn({ removed, failed }, 'unknown token objects removed by an operator');
-    this.unknownObjects = this.findUnknown(this.keyring.token.inventory());
+    this.unknownObjects = await this.findUnknown(() => this.keyring.token.inventory());
     return { Removed: removed, Failed: failed };
   }
 }

@@ -33,7 +33,16 @@ export interface KeyVersion {
   CreationDate: string;
 }
 
-/** Who is calling and under which request id, for logs and (later) audit. */
+import type { StoreTx } from '../store/api';
+
+/** What a call's audit record names beyond its request (a new CMK's id, a new proposal's). */
+export interface RecordNames {
+  KeyId?: string;
+  ProposalId?: string;
+  AccessKeyId?: string;
+}
+
+/** Who is calling and under which request id, for logs and audit. */
 export interface CallContext {
   requestId: string;
   principal: string;
@@ -41,4 +50,11 @@ export interface CallContext {
   authenticated?: boolean;
   /** The access key an HTTP request was signed with (audited beside the principal). */
   accessKeyId?: string;
+  /**
+   * Set by the audit recorder (src/api/grpc/ceremony.ts): appends this call's record in the
+   * transaction that makes its change, so a crash keeps both or neither; once it has run (and that
+   * transaction committed), the recorder writes no record of its own for the call's success.
+   * Domain code that changes state calls it last inside that transaction (KmsService.change).
+   */
+  record?: (tx: StoreTx, names?: RecordNames) => Promise<void>;
 }

@@ -14,8 +14,9 @@
 // can stand in for the other.
 
 import crypto from 'node:crypto';
-import type { XksCredentialRow, XksKeyRow, XksStore } from '../store/xks-store';
-import type { CmkRow, KeyVersionRow } from '../store/store';
+import { StoreConflictError } from '../store/api';
+import type { CmkRow, KeyVersionRow, Store, StoreTx, XksCredentialRow, XksKeyRow } from '../store/api';
+import type { CallContext } from './types';
 import { DecryptFailedError } from '../hsm/errors';
 import type { Keyring } from './keyring';
 import type { KmsService } from './service';
@@ -172,113 +173,181 @@ export class XksService {
   private readonly secrets = new Map<string, Buffer>();
   private lastSeen: { label: string; model: string; manufacturer: string } | undefined;
 
+  /**
+   * Credentials and external keys, in memory: every XKS request looks up both, synchronously,
+   * before anything else of it is read. Loaded at start-up (load), again after every change this
+   * process makes and whenever the store says rows may have changed behind its back (onRollback).
+   */
+  private credentials = new Map<string, XksCredentialRow>();
+  private keys = new Map<string, XksKeyRow>();
+
   constructor(
-    private readonly store: XksStore,
+    private readonly store: Store,
     private readonly kms: KmsService,
     private readonly keyring: Keyring,
     private readonly token: XksTokenProbe,
-  ) {}
-
-  // ================================================================ admin actions
-
-  CreateXksKeyStore(req: Record<string, unknown>): { UriPath: string; UriPathPrefix: string; AccessKeyId: string; SecretAccessKey: string } {
-    const prefix = normalizePrefix('UriPathPrefix', str(req, 'UriPathPrefix'));
-    if (this.store.getKeyStore(prefix)) throw new KmsError('EntityAlreadyExists.XksKeyStore', `UriPathPrefix: an external key store "${prefix}" already exists`);
-    return this.store.tx(() => {
-      this.store.insertKeyStore({ uri_path_prefix: prefix, creation_date: Date.now() });
-      const c = this.newCredential(prefix);
-      return { UriPath: uriPathOf(prefix), UriPathPrefix: prefix, ...c };
+  ) {
+    store.onRollback(() => {
+      this.load().catch(() => undefined);
     });
   }
 
-  CreateXksCredential(req: Record<string, unknown>): { UriPath: string; UriPathPrefix: string; AccessKeyId: string; SecretAccessKey: string } {
-    const prefix = this.keyStore(req).uri_path_prefix;
-    const existing = this.store.listCredentials(prefix);
-    if (existing.length >= MAX_CREDENTIALS) {
-      throw new KmsError('Rejected.XksCredentialLimit', `UriPathPrefix: external key store "${prefix}" already has ${existing.length} credentials (${existing.map((c) => c.access_key_id).join(', ')}); delete the one AWS KMS no longer uses first`);
+  /** Reads the credentials and external keys into memory. */
+  async load(): Promise<void> {
+    const credentials = new Map<string, XksCredentialRow>();
+    const keys = new Map<string, XksKeyRow>();
+    for (const ks of await this.store.xks.listKeyStores()) {
+      for (const c of await this.store.xks.listCredentials(ks.uri_path_prefix)) credentials.set(c.access_key_id, c);
+      for (const k of await this.store.xks.listKeys(ks.uri_path_prefix)) keys.set(keyOf(k.uri_path_prefix, k.external_key_id), k);
     }
-    return { UriPath: uriPathOf(prefix), UriPathPrefix: prefix, ...this.newCredential(prefix) };
+    for (const id of this.credentials.keys()) if (!credentials.has(id)) this.forget(id);
+    this.credentials = credentials;
+    this.keys = keys;
   }
 
-  DeleteXksCredential(req: Record<string, unknown>): { UriPathPrefix: string; AccessKeyId: string } {
+  /** `fn` in one transaction with the call's record; the tables in memory are read again after it, whatever its outcome. */
+  private async change<T>(ctx: CallContext | undefined, fn: (tx: StoreTx) => Promise<T>): Promise<T> {
+    try {
+      return await this.kms.change(ctx, fn);
+    } finally {
+      await this.load();
+    }
+  }
+
+  // ================================================================ admin actions
+
+  async CreateXksKeyStore(req: Record<string, unknown>, ctx?: CallContext): Promise<{ UriPath: string; UriPathPrefix: string; AccessKeyId: string; SecretAccessKey: string }> {
+    const prefix = normalizePrefix('UriPathPrefix', str(req, 'UriPathPrefix'));
+    const exists = () => new KmsError('EntityAlreadyExists.XksKeyStore', `UriPathPrefix: an external key store "${prefix}" already exists`);
+    const { sealed, secret } = this.keyring.newSealedSecret();
+    try {
+      return await this.change(ctx, async (tx) => {
+        if (await tx.xks.getKeyStore(prefix)) throw exists();
+        await tx.xks.insertKeyStore({ uri_path_prefix: prefix, creation_date: Date.now() });
+        const c = await this.newCredential(tx, prefix, sealed, secret);
+        return { UriPath: uriPathOf(prefix), UriPathPrefix: prefix, ...c };
+      });
+    } catch (e) {
+      if (e instanceof StoreConflictError) throw exists();
+      throw e;
+    } finally {
+      secret.fill(0);
+    }
+  }
+
+  async CreateXksCredential(req: Record<string, unknown>, ctx?: CallContext): Promise<{ UriPath: string; UriPathPrefix: string; AccessKeyId: string; SecretAccessKey: string }> {
+    const prefix = normalizePrefix('UriPathPrefix', str(req, 'UriPathPrefix'));
+    const { sealed, secret } = this.keyring.newSealedSecret();
+    try {
+      return await this.change(ctx, async (tx) => {
+        await this.keyStore(tx, prefix);
+        const existing = await tx.xks.listCredentials(prefix);
+        if (existing.length >= MAX_CREDENTIALS) {
+          throw new KmsError('Rejected.XksCredentialLimit', `UriPathPrefix: external key store "${prefix}" already has ${existing.length} credentials (${existing.map((c) => c.access_key_id).join(', ')}); delete the one AWS KMS no longer uses first`);
+        }
+        return { UriPath: uriPathOf(prefix), UriPathPrefix: prefix, ...(await this.newCredential(tx, prefix, sealed, secret)) };
+      });
+    } finally {
+      secret.fill(0);
+    }
+  }
+
+  async DeleteXksCredential(req: Record<string, unknown>, ctx?: CallContext): Promise<{ UriPathPrefix: string; AccessKeyId: string }> {
     const id = str(req, 'AccessKeyId');
-    const row = ACCESS_KEY_ID_RE.test(id) ? this.store.getCredential(id) : undefined;
-    if (!row) throw new KmsError('Forbidden.XksCredentialNotFound', `AccessKeyId: no external key store credential "${id.slice(0, 64)}"`);
-    this.store.deleteCredential(id);
-    this.forget(id);
-    return { UriPathPrefix: row.uri_path_prefix, AccessKeyId: id };
+    return this.change(ctx, async (tx) => {
+      const row = ACCESS_KEY_ID_RE.test(id) ? await tx.xks.getCredential(id) : undefined;
+      if (!row) throw new KmsError('Forbidden.XksCredentialNotFound', `AccessKeyId: no external key store credential "${id.slice(0, 64)}"`);
+      await tx.xks.deleteCredential(id);
+      return { UriPathPrefix: row.uri_path_prefix, AccessKeyId: id };
+    });
   }
 
-  ListXksKeyStores(): { KeyStores: { UriPathPrefix: string; UriPath: string; CreationDate: string; AccessKeyIds: string[]; KeyCount: number }[]; TotalCount: number } {
-    const rows = this.store.listKeyStores();
-    return {
-      KeyStores: rows.map((r) => ({
+  async ListXksKeyStores(): Promise<{ KeyStores: { UriPathPrefix: string; UriPath: string; CreationDate: string; AccessKeyIds: string[]; KeyCount: number }[]; TotalCount: number }> {
+    const rows = await this.store.xks.listKeyStores();
+    const out = [];
+    for (const r of rows) {
+      out.push({
         UriPathPrefix: r.uri_path_prefix,
         UriPath: uriPathOf(r.uri_path_prefix),
         CreationDate: iso(r.creation_date),
-        AccessKeyIds: this.store.listCredentials(r.uri_path_prefix).map((c) => c.access_key_id),
-        KeyCount: this.store.countKeys(r.uri_path_prefix),
-      })),
-      TotalCount: rows.length,
-    };
-  }
-
-  DeleteXksKeyStore(req: Record<string, unknown>): { UriPathPrefix: string } {
-    const prefix = this.keyStore(req).uri_path_prefix;
-    const n = this.store.countKeys(prefix);
-    if (n > 0) throw new KmsError('Rejected.XksKeyStoreNotEmpty', `UriPathPrefix: external key store "${prefix}" still exposes ${n} external key(s); DeleteXksKey them first`);
-    const creds = this.store.listCredentials(prefix);
-    this.store.tx(() => this.store.deleteKeyStore(prefix));
-    for (const c of creds) this.forget(c.access_key_id);
-    return { UriPathPrefix: prefix };
-  }
-
-  CreateXksKey(req: Record<string, unknown>): { UriPathPrefix: string; ExternalKeyId: string; KeyId: string; Operations: string } {
-    const prefix = this.keyStore(req).uri_path_prefix;
-    const externalKeyId = str(req, 'ExternalKeyId');
-    if (!EXTERNAL_KEY_ID_RE.test(externalKeyId)) throw invalid('ExternalKeyId', `"${externalKeyId.slice(0, 64)}": 1 to 128 letters, digits, '-', '.' or '_'`);
-    const operations = parseOperations(str(req, 'Operations'));
-    const row = this.kms.resolve('KeyId', str(req, 'KeyId'));
-    if (row.protection_level !== 'HSM') {
-      throw invalid('KeyId', `CMK ${row.key_id} has ProtectionLevel ${row.protection_level}; an external key store exposes only HSM CMKs (the material never leaves the token)`);
+        AccessKeyIds: (await this.store.xks.listCredentials(r.uri_path_prefix)).map((c) => c.access_key_id),
+        KeyCount: await this.store.xks.countKeys(r.uri_path_prefix),
+      });
     }
-    if (row.key_state === 'PendingDeletion') throw new KmsError('Rejected.PendingDeletion', `KeyId: CMK ${row.key_id} is PendingDeletion`);
-    if (this.store.getKey(prefix, externalKeyId)) throw new KmsError('EntityAlreadyExists.XksKey', `ExternalKeyId: "${externalKeyId}" already exists in external key store "${prefix}"`);
-    this.store.insertKey({ uri_path_prefix: prefix, external_key_id: externalKeyId, key_id: row.key_id, operations, creation_date: Date.now() });
-    return { UriPathPrefix: prefix, ExternalKeyId: externalKeyId, KeyId: row.key_id, Operations: operations };
+    return { KeyStores: out, TotalCount: rows.length };
   }
 
-  DeleteXksKey(req: Record<string, unknown>): { UriPathPrefix: string; ExternalKeyId: string; KeyId: string } {
-    const prefix = this.keyStore(req).uri_path_prefix;
+  async DeleteXksKeyStore(req: Record<string, unknown>, ctx?: CallContext): Promise<{ UriPathPrefix: string }> {
+    const prefix = normalizePrefix('UriPathPrefix', str(req, 'UriPathPrefix'));
+    return this.change(ctx, async (tx) => {
+      await this.keyStore(tx, prefix);
+      const n = await tx.xks.countKeys(prefix);
+      if (n > 0) throw new KmsError('Rejected.XksKeyStoreNotEmpty', `UriPathPrefix: external key store "${prefix}" still exposes ${n} external key(s); DeleteXksKey them first`);
+      await tx.xks.deleteKeyStore(prefix);
+      return { UriPathPrefix: prefix };
+    });
+  }
+
+  async CreateXksKey(req: Record<string, unknown>, ctx?: CallContext): Promise<{ UriPathPrefix: string; ExternalKeyId: string; KeyId: string; Operations: string }> {
+    const prefix = normalizePrefix('UriPathPrefix', str(req, 'UriPathPrefix'));
+    const exists = (externalKeyId: string) => new KmsError('EntityAlreadyExists.XksKey', `ExternalKeyId: "${externalKeyId}" already exists in external key store "${prefix}"`);
     const externalKeyId = str(req, 'ExternalKeyId');
-    const row = this.store.getKey(prefix, externalKeyId);
-    if (!row) throw new KmsError('Forbidden.XksKeyNotFound', `ExternalKeyId: external key store "${prefix}" has no external key "${externalKeyId.slice(0, 128)}"`);
-    this.store.deleteKey(prefix, externalKeyId);
-    return { UriPathPrefix: prefix, ExternalKeyId: externalKeyId, KeyId: row.key_id };
+    try {
+      return await this.change(ctx, async (tx) => {
+        await this.keyStore(tx, prefix);
+        if (!EXTERNAL_KEY_ID_RE.test(externalKeyId)) throw invalid('ExternalKeyId', `"${externalKeyId.slice(0, 64)}": 1 to 128 letters, digits, '-', '.' or '_'`);
+        const operations = parseOperations(str(req, 'Operations'));
+        const row = await this.kms.resolve('KeyId', str(req, 'KeyId'), tx);
+        if (row.protection_level !== 'HSM') {
+          throw invalid('KeyId', `CMK ${row.key_id} has ProtectionLevel ${row.protection_level}; an external key store exposes only HSM CMKs (the material never leaves the token)`);
+        }
+        if (row.key_state === 'PendingDeletion') throw new KmsError('Rejected.PendingDeletion', `KeyId: CMK ${row.key_id} is PendingDeletion`);
+        if (await tx.xks.getKey(prefix, externalKeyId)) throw exists(externalKeyId);
+        await tx.xks.insertKey({ uri_path_prefix: prefix, external_key_id: externalKeyId, key_id: row.key_id, operations, creation_date: Date.now() });
+        return { UriPathPrefix: prefix, ExternalKeyId: externalKeyId, KeyId: row.key_id, Operations: operations };
+      });
+    } catch (e) {
+      if (e instanceof StoreConflictError) throw exists(externalKeyId);
+      throw e;
+    }
   }
 
-  ListXksKeys(req: Record<string, unknown>): { Keys: { ExternalKeyId: string; KeyId: string; Operations: string; KeyState: string; CreationDate: string }[]; TotalCount: number } {
-    const prefix = this.keyStore(req).uri_path_prefix;
-    const rows = this.store.listKeys(prefix);
-    return {
-      Keys: rows.map((r) => ({ ExternalKeyId: r.external_key_id, KeyId: r.key_id, Operations: r.operations, KeyState: this.store.store.getCmk(r.key_id)?.key_state ?? 'Deleted', CreationDate: iso(r.creation_date) })),
-      TotalCount: rows.length,
-    };
+  async DeleteXksKey(req: Record<string, unknown>, ctx?: CallContext): Promise<{ UriPathPrefix: string; ExternalKeyId: string; KeyId: string }> {
+    const prefix = normalizePrefix('UriPathPrefix', str(req, 'UriPathPrefix'));
+    const externalKeyId = str(req, 'ExternalKeyId');
+    return this.change(ctx, async (tx) => {
+      await this.keyStore(tx, prefix);
+      const row = await tx.xks.getKey(prefix, externalKeyId);
+      if (!row) throw new KmsError('Forbidden.XksKeyNotFound', `ExternalKeyId: external key store "${prefix}" has no external key "${externalKeyId.slice(0, 128)}"`);
+      await tx.xks.deleteKey(prefix, externalKeyId);
+      return { UriPathPrefix: prefix, ExternalKeyId: externalKeyId, KeyId: row.key_id };
+    });
+  }
+
+  async ListXksKeys(req: Record<string, unknown>): Promise<{ Keys: { ExternalKeyId: string; KeyId: string; Operations: string; KeyState: string; CreationDate: string }[]; TotalCount: number }> {
+    const prefix = normalizePrefix('UriPathPrefix', str(req, 'UriPathPrefix'));
+    await this.keyStore(this.store, prefix);
+    const rows = await this.store.xks.listKeys(prefix);
+    const keys = [];
+    for (const r of rows) {
+      keys.push({ ExternalKeyId: r.external_key_id, KeyId: r.key_id, Operations: r.operations, KeyState: (await this.store.getCmk(r.key_id))?.key_state ?? 'Deleted', CreationDate: iso(r.creation_date) });
+    }
+    return { Keys: keys, TotalCount: rows.length };
   }
 
   // ================================================================ credentials (the HTTP side)
 
-  /** The credential a request names, or undefined; the secret is unsealed on first use. */
+  /** The credential a request names, or undefined (from memory); the secret is unsealed on first use. */
   lookupCredential(accessKeyId: string): XksCredentialView | undefined {
     if (!ACCESS_KEY_ID_RE.test(accessKeyId)) return undefined;
-    const row = this.store.getCredential(accessKeyId);
+    const row = this.credentials.get(accessKeyId);
     if (!row) return undefined;
     return { accessKeyId: row.access_key_id, uriPathPrefix: row.uri_path_prefix, principal: xksPrincipal(row.uri_path_prefix), status: 'Active', secret: () => this.secretOf(row) };
   }
 
   /** The CMK id an external key exposes (for the admission's policy check), or undefined. */
   keyIdOf(prefix: string, externalKeyId: string): string | undefined {
-    return this.store.getKey(prefix, externalKeyId)?.key_id;
+    return this.keys.get(keyOf(prefix, externalKeyId))?.key_id;
   }
 
   /** Zeroes every cached secret (shutdown). */
@@ -288,20 +357,20 @@ export class XksService {
 
   // ================================================================ the four XKS operations
 
-  XksGetKeyMetadata(req: XksKeyRequest): { keySpec: 'AES_256'; keyUsage: string[]; keyStatus: 'ENABLED' | 'DISABLED' } {
-    const { xk, row } = this.externalKey(req);
+  async XksGetKeyMetadata(req: XksKeyRequest): Promise<{ keySpec: 'AES_256'; keyUsage: string[]; keyStatus: 'ENABLED' | 'DISABLED' }> {
+    const { xk, row } = await this.externalKey(req);
     const ops = XKS_OPERATIONS[xk.operations as XksOperations];
-    const present = row.key_state === 'Enabled' && this.primary(row)?.material_state === 'Present';
+    const present = row.key_state === 'Enabled' && (await this.primary(row))?.material_state === 'Present';
     return { keySpec: 'AES_256', keyUsage: [...ops.keyUsage], keyStatus: present ? 'ENABLED' : (KEY_STATUS[row.key_state] ?? 'DISABLED') };
   }
 
   async XksEncrypt(req: XksEncryptRequest): Promise<XksEncryptResult> {
-    const { xk, row } = this.externalKey(req);
+    const { xk, row } = await this.externalKey(req);
     this.allow(xk, 'encrypt');
     // A CDIV tells AWS KMS that a decrypt with this key will succeed (Appendix C); a key that may
     // not decrypt cannot say so.
     if (req.CdivAlgorithm !== undefined) this.allow(xk, 'decrypt', ' (a ciphertextDataIntegrityValue promises that the ciphertext decrypts with this key)');
-    const ver = this.usable(row);
+    const ver = await this.usable(row);
     const iv = Buffer.from(freshIv());
     const metadata = Buffer.concat([Buffer.of(METADATA_FORMAT), uuidToBytes(ver.version_id)]);
     const sealed = await this.keyring.encrypt('HSM', ver, iv, tokenAad(req.Aad, metadata), req.Plaintext);
@@ -331,7 +400,7 @@ export class XksService {
   }
 
   async XksDecrypt(req: XksDecryptRequest): Promise<{ plaintext: Buffer }> {
-    const { xk, row } = this.externalKey(req);
+    const { xk, row } = await this.externalKey(req);
     this.allow(xk, 'decrypt');
     this.kms.requireState(row, ['Enabled']);
     // kmsd's ciphertexts always carry a 12-byte IV and kmsd's metadata; anything else is not one of them.
@@ -341,7 +410,7 @@ export class XksService {
     }
     if (req.Iv.length !== IV_BYTES) throw new KmsError('InvalidCiphertext', `initializationVector: kmsd's ciphertexts have a ${IV_BYTES}-byte IV (got ${req.Iv.length})`);
     const versionId = bytesToUuid(meta.subarray(1));
-    const ver = this.store.store.getVersion(versionId);
+    const ver = this.store.cachedVersion(versionId) ?? (await this.store.getVersion(versionId));
     if (!ver || ver.key_id !== row.key_id) throw new KmsError('InvalidCiphertext', `ciphertextMetadata: names no key version of the CMK behind external key "${req.ExternalKeyId}"`);
     if (ver.material_state !== 'Present') throw new KmsError('Rejected.KeyMaterialMissing', `the material of key version ${ver.version_id} of CMK ${row.key_id} is not available`);
     try {
@@ -369,31 +438,26 @@ export class XksService {
 
   // ================================================================ internals
 
-  private newCredential(prefix: string): { AccessKeyId: string; SecretAccessKey: string } {
-    const { sealed, secret } = this.keyring.newSealedSecret();
-    try {
-      const id = newAccessKeyId();
-      this.store.insertCredential({ access_key_id: id, uri_path_prefix: prefix, sealed_secret: sealed, creation_date: Date.now() });
-      // 32 random bytes in standard Base64: 44 characters of the spec's alphabet (A–Z a–z 0–9 + / =).
-      return { AccessKeyId: id, SecretAccessKey: secret.toString('base64') };
-    } finally {
-      secret.fill(0);
-    }
+  /** A new credential's row, in the caller's transaction; the caller made `secret` and zeroes it. */
+  private async newCredential(tx: StoreTx, prefix: string, sealed: Buffer, secret: Buffer): Promise<{ AccessKeyId: string; SecretAccessKey: string }> {
+    const id = newAccessKeyId();
+    await tx.xks.insertCredential({ access_key_id: id, uri_path_prefix: prefix, sealed_secret: sealed, creation_date: Date.now() });
+    // 32 random bytes in standard Base64: 44 characters of the spec's alphabet (A–Z a–z 0–9 + / =).
+    return { AccessKeyId: id, SecretAccessKey: secret.toString('base64') };
   }
 
-  private keyStore(req: Record<string, unknown>) {
-    const prefix = normalizePrefix('UriPathPrefix', str(req, 'UriPathPrefix'));
-    const row = this.store.getKeyStore(prefix);
+  private async keyStore(on: Store | StoreTx, prefix: string) {
+    const row = await on.xks.getKeyStore(prefix);
     if (!row) throw new KmsError('Forbidden.XksKeyStoreNotFound', `UriPathPrefix: no external key store "${prefix}"`);
     return row;
   }
 
-  private externalKey(req: XksKeyRequest): { xk: XksKeyRow; row: CmkRow } {
-    const xk = this.store.getKey(req.UriPathPrefix, req.ExternalKeyId);
+  private async externalKey(req: XksKeyRequest): Promise<{ xk: XksKeyRow; row: CmkRow }> {
+    const xk = this.keys.get(keyOf(req.UriPathPrefix, req.ExternalKeyId));
     if (!xk) throw new KmsError('Forbidden.XksKeyNotFound', `external key store "${req.UriPathPrefix}" has no external key "${req.ExternalKeyId}"`);
-    const cmk = this.store.store.getCmk(xk.key_id);
+    const cmk = this.store.cachedCmk(xk.key_id) ?? (await this.store.getCmk(xk.key_id));
     if (!cmk) throw new KmsError('Forbidden.XksKeyNotFound', `external key "${req.ExternalKeyId}" exposed CMK ${xk.key_id}, which was deleted`);
-    return { xk, row: this.kms.expireIfDue(cmk) };
+    return { xk, row: await this.kms.expireIfDue(cmk) };
   }
 
   private allow(xk: XksKeyRow, op: 'encrypt' | 'decrypt', why = ''): void {
@@ -403,12 +467,13 @@ export class XksService {
     }
   }
 
-  private primary(row: CmkRow): KeyVersionRow | undefined {
-    return row.primary_key_version ? this.store.store.getVersion(row.primary_key_version) : undefined;
+  private async primary(row: CmkRow): Promise<KeyVersionRow | undefined> {
+    const id = row.primary_key_version;
+    return id ? (this.store.cachedVersion(id) ?? (await this.store.getVersion(id))) : undefined;
   }
 
-  private usable(row: CmkRow): KeyVersionRow {
-    const ver = this.kms.requireUsable(row);
+  private async usable(row: CmkRow): Promise<KeyVersionRow> {
+    const ver = await this.kms.requireUsable(row);
     if (ver.material_state !== 'Present') throw new KmsError('Rejected.KeyMaterialMissing', `the material of key version ${ver.version_id} of CMK ${row.key_id} is not available`);
     return ver;
   }
@@ -432,6 +497,10 @@ export class XksService {
     this.secrets.get(id)?.fill(0);
     this.secrets.delete(id);
   }
+}
+
+function keyOf(prefix: string, externalKeyId: string): string {
+  return `${prefix}\n${externalKeyId}`;
 }
 
 /** The principal of a key store's requests: what the --policy file grants and the audit records name. */

@@ -2,37 +2,11 @@
 // data-plane usage counters. The chain rules live in src/audit.
 
 import type Database from 'better-sqlite3';
-import { Store } from './store';
+import type { SqliteDb } from './store';
+import type { AuditFilter, AuditOps, AuditRow, CounterRow } from './api';
+import type { Sync } from './sync';
 
-export interface AuditRow {
-  seq: number;
-  time: number;
-  request_id: string;
-  principal: string;
-  action: string;
-  key_id: string;
-  proposal_id: string;
-  outcome: string;
-  details: string;
-  prev_hash: string;
-  hash: string;
-}
-
-export interface CounterRow {
-  key_id: string;
-  principal: string;
-  action: string;
-  ok: number;
-  errors: number;
-  first_at: number;
-  last_at: number;
-}
-
-export interface AuditFilter {
-  keyId?: string;
-  action?: string;
-  proposalId?: string;
-}
+export type { AuditRow, CounterRow, AuditFilter } from './api';
 
 function where(f: AuditFilter): { sql: string; args: string[] } {
   const parts: string[] = [];
@@ -52,8 +26,9 @@ function where(f: AuditFilter): { sql: string; args: string[] } {
   return { sql: parts.length ? `WHERE ${parts.join(' AND ')}` : '', args };
 }
 
-export class AuditStore {
-  constructor(readonly store: Store) {}
+/** The SQLite audit log's synchronous core (reached through SqliteStore). */
+export class SqliteAudit implements Sync<AuditOps> {
+  constructor(readonly store: SqliteDb) {}
 
   private get db() {
     return this.store.db;
@@ -61,16 +36,6 @@ export class AuditStore {
 
   tx<T>(fn: () => T): T {
     return this.store.tx(fn);
-  }
-
-  /** `work` in the store's next group transaction (src/store/group-commit.ts); resolves once committed. */
-  grouped<T>(work: () => T): Promise<T> {
-    return this.store.grouped(work);
-  }
-
-  /** `fn` after any rollback of the store's connection. */
-  onRollback(fn: () => void): void {
-    this.store.onRollback(fn);
   }
 
   last(): AuditRow | undefined {
@@ -103,9 +68,18 @@ export class AuditStore {
     return this.db.prepare('SELECT * FROM audit_log WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?').all(afterSeq, upToSeq, limit) as AuditRow[];
   }
 
-  /** Every record in seq order, streamed (verification of a long log never loads it whole). */
+  /**
+   * Every record in seq order, a page at a time: no statement stays open between pages, so the
+   * connection is free for other calls while a long log is verified.
+   */
   *iterate(): IterableIterator<AuditRow> {
-    yield* this.db.prepare('SELECT * FROM audit_log ORDER BY seq').iterate() as IterableIterator<AuditRow>;
+    let after = 0;
+    for (;;) {
+      const rows = this.db.prepare('SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT 512').all(after) as AuditRow[];
+      if (rows.length === 0) return;
+      yield* rows;
+      after = rows[rows.length - 1].seq;
+    }
   }
 
   lastOfAction(action: string): AuditRow | undefined {

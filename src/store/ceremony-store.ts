@@ -2,42 +2,11 @@
 // and the ceremony settings (threshold, quorum policy, custodian set version). SQL lives here, as
 // everywhere, in src/store; the rules live in src/ceremony.
 
-import { Store } from './store';
+import type { SqliteDb } from './store';
+import type { ApprovalRow, CeremonyOps, CustodianRow, ProposalRow, ProposalState } from './api';
+import type { Sync } from './sync';
 
-export interface CustodianRow {
-  custodian_id: string;
-  public_key: Buffer;
-  fingerprint: string;
-  added_at: number;
-  removed_at: number | null;
-}
-
-export type ProposalState = 'Open' | 'Executing' | 'Executed' | 'Cancelled';
-
-export interface ProposalRow {
-  proposal_id: string;
-  revision: number;
-  action: string;
-  key_id: string | null;
-  parameters: string;
-  document: Buffer;
-  requester: string;
-  created_at: number;
-  expires_at: number;
-  state: ProposalState;
-  closed_at: number | null;
-  outcome: string | null;
-  result: string | null;
-}
-
-export interface ApprovalRow {
-  proposal_id: string;
-  revision: number;
-  custodian_id: string;
-  key_fingerprint: string;
-  signature: Buffer;
-  approved_at: number;
-}
+export type { CustodianRow, ProposalState, ProposalRow, ApprovalRow } from './api';
 
 const SETTING = {
   threshold: 'ceremony.threshold',
@@ -47,8 +16,9 @@ const SETTING = {
   instanceId: 'instance.id',
 } as const;
 
-export class CeremonyStore {
-  constructor(readonly store: Store) {}
+/** The SQLite ceremony tables' synchronous core (reached through SqliteStore). */
+export class SqliteCeremony implements Sync<CeremonyOps> {
+  constructor(readonly store: SqliteDb) {}
 
   private get db() {
     return this.store.db;
@@ -134,6 +104,11 @@ export class CeremonyStore {
         .run(row);
       this.db.prepare('INSERT INTO ceremony_proposal_revisions (proposal_id, revision, document) VALUES (?, ?, ?)').run(row.proposal_id, row.revision, row.document);
     });
+  }
+
+  /** SQLite serializes whole transactions: the plain read is the locked one. */
+  getProposalForUpdate(id: string): ProposalRow | undefined {
+    return this.getProposal(id);
   }
 
   getProposal(id: string): ProposalRow | undefined {

@@ -1,8 +1,9 @@
 // Group commit: units of work submitted by concurrent calls run together in one SQLite transaction,
 // so many calls share one commit, and with it one fsync of the write-ahead log (on this kind of
 // disk an fsync costs milliseconds; the inserts themselves microseconds). A unit is a function that
-// does its SQL synchronously: an audit record, or a state change together with the record of it, so
-// a call's change and its record always commit or roll back together.
+// does its SQL through the StoreTx it is given (and awaits nothing else): an audit record, or a state
+// change together with the record of it, so a call's change and its record always commit or roll
+// back together. The batch holds the store's transaction lock (src/store/sqlite.ts) while it runs.
 //
 // Each unit runs in a savepoint of its own: one that throws is rolled back alone and its caller gets
 // the error; the others commit. A unit's promise settles only after the COMMIT that holds it has
@@ -14,20 +15,14 @@
 // daemon is idle.
 
 import type Database from 'better-sqlite3';
+import type { GroupCommitStats } from './api';
+
+export type { GroupCommitStats } from './api';
 
 interface Unit {
-  work: () => unknown;
+  work: () => Promise<unknown>;
   resolve: (value: unknown) => void;
   reject: (error: unknown) => void;
-}
-
-export interface GroupCommitStats {
-  /** Transactions committed by the group writer. */
-  commits: number;
-  /** Units in them (units / commits is the mean batch). */
-  units: number;
-  /** Largest batch so far. */
-  largest: number;
 }
 
 export class GroupCommit {
@@ -42,6 +37,8 @@ export class GroupCommit {
   constructor(
     private readonly db: Database.Database,
     private readonly rolledBack: () => void,
+    /** Runs a batch holding the store's transaction lock. */
+    private readonly exclusive: (batch: () => Promise<void>) => Promise<void>,
   ) {
     // Prepared once: four of these run per unit or batch, and parsing them each time showed up.
     const stmt = (sql: string) => {
@@ -61,12 +58,12 @@ export class GroupCommit {
   private readonly sql: Record<'begin' | 'savepoint' | 'release' | 'rollbackTo' | 'commit' | 'rollback', () => void>;
 
   /** Runs `work` in the next group transaction; resolves with its value once that has committed. */
-  submit<T>(work: () => T): Promise<T> {
+  submit<T>(work: () => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ work, resolve: resolve as (v: unknown) => void, reject });
       if (!this.scheduled) {
         this.scheduled = true;
-        setImmediate(() => this.flush());
+        setImmediate(() => void this.flush());
       }
     });
   }
@@ -76,22 +73,23 @@ export class GroupCommit {
     return this.queue.length;
   }
 
-  /**
-   * Commits every waiting unit now (also called on close). Outside any transaction only: the
-   * scheduled flush runs from the event loop, and close() runs after the last call.
-   */
-  flush(): void {
+  /** Commits every waiting unit now (also called on close, after the last call). */
+  flush(): Promise<void> {
     this.scheduled = false;
     const units = this.queue;
-    if (units.length === 0) return;
+    if (units.length === 0) return Promise.resolve();
     this.queue = [];
+    return this.exclusive(() => this.commit(units));
+  }
+
+  private async commit(units: Unit[]): Promise<void> {
     const outcomes: { ok: boolean; value: unknown }[] = [];
     try {
       this.sql.begin();
       for (const u of units) {
         this.sql.savepoint();
         try {
-          const value = u.work();
+          const value = await u.work();
           this.sql.release();
           outcomes.push({ ok: true, value });
         } catch (e) {

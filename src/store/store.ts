@@ -7,99 +7,36 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { MIGRATIONS } from './migrations';
-import { GroupCommit } from './group-commit';
+import { StoreConflictError } from './api';
+import type { CmkRow, KeyVersionRow, AliasRow, WrappingKeyRow, TokenObjectKind, TokenIntentRow, TokenDestroyRow, AccessKeyRow, MetadataOps } from './api';
+import type { Sync } from './sync';
 
-export interface CmkRow {
-  key_id: string;
-  origin: string;
-  key_spec: string;
-  key_usage: string;
-  protection_level: string;
-  description: string;
-  key_state: string;
-  creation_date: number;
-  delete_date: number | null;
-  material_expire_time: number | null;
-  automatic_rotation: string;
-  rotation_interval_s: number | null;
-  next_rotation_date: number | null;
-  last_rotation_date: number | null;
-  primary_key_version: string | null;
-  material_fingerprint: Buffer | null;
-  state_before_deletion: string | null;
-  import_path: string | null;
-  /** An external CMK's state once material is imported again: 'Disabled', or null for Enabled (migration 4). */
-  state_after_import?: string | null;
-}
-
-export interface KeyVersionRow {
-  version_id: string;
-  key_id: string;
-  creation_date: number;
-  software_wrapped: Buffer | null;
-  /** Present, Missing (reconciliation found no token object) or Deleted (material destroyed on purpose). */
-  material_state: string;
-}
-
-export interface AliasRow {
-  alias_name: string;
-  key_id: string;
-  creation_date: number;
-  update_date: number;
-}
-
-export interface WrappingKeyRow {
-  wrap_id: string;
-  key_spec: string;
-  raw_decrypt: number;
-  public_key: Buffer;
-  created: number;
-  key_id: string | null;
-  algorithm: string | null;
-  expires: number | null;
-  /** Imports under this key whose material could not be unwrapped (migration 3). */
-  failed_imports?: number;
-}
-
-/** Token object kinds that are created per CMK version or import (the others exist once per token). */
-export type TokenObjectKind = 'cmk' | 'wrap';
-
-/** A token object being created: its metadata is not committed yet (migration 4). */
-export interface TokenIntentRow {
-  seq: number;
-  kind: TokenObjectKind;
-  object_id: string;
-  created: number;
-}
-
-/** A token object whose metadata is gone and which kmsd destroys until the token confirms it (migration 4). */
-export interface TokenDestroyRow {
-  kind: TokenObjectKind;
-  object_id: string;
-  key_id: string | null;
-  reason: string;
-  since: number;
-  attempts: number;
-  last_error: string | null;
-}
+export type { CmkRow, KeyVersionRow, AliasRow, WrappingKeyRow, TokenObjectKind, TokenIntentRow, TokenDestroyRow, AccessKeyRow } from './api';
 
 /** The store's half of the store/token binding (the token's half is its kmsd:instance object). */
 const INSTANCE_ID_SETTING = 'instance.id';
 const TOKEN_SEQUENCE_SETTING = 'token.sequence';
 
+/** `insert`, with a violated unique key reported as StoreConflictError (the same from every backend). */
+export function unique<T>(table: string, message: string, insert: () => T): T {
+  try {
+    return insert();
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    if (code === 'SQLITE_CONSTRAINT_PRIMARYKEY' || code === 'SQLITE_CONSTRAINT_UNIQUE') throw new StoreConflictError(table, message);
+    throw e;
+  }
+}
+
 /** Cached CMK or key-version rows before the cache starts over. */
 const ROW_CACHE_LIMIT = 10_000;
 
-export interface AccessKeyRow {
-  access_key_id: string;
-  principal: string;
-  status: string;
-  sealed_secret: Buffer;
-  creation_date: number;
-  update_date: number;
-}
-
-export class Store {
+/**
+ * The SQLite store's synchronous core: one better-sqlite3 connection, its prepared statements and
+ * the CMK and key-version row caches. kmsd reaches it through SqliteStore (src/store/sqlite.ts),
+ * which serializes its transactions; read-only tools (the token auditor, the bench) may use it directly.
+ */
+export class SqliteDb implements Sync<MetadataOps> {
   readonly db: Database.Database;
 
   /**
@@ -112,6 +49,7 @@ export class Store {
     opts: { readOnly?: boolean } = {},
   ) {
     const file = path.join(dataDir, 'kmsd.sqlite');
+    this.readOnly = Boolean(opts.readOnly);
     if (opts.readOnly) {
       if (!fs.existsSync(file)) throw new Error(`no metadata store at ${file}`);
       this.db = new Database(file, { readonly: true, fileMustExist: true });
@@ -127,32 +65,18 @@ export class Store {
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 5000');
     this.migrate();
-    this.group = new GroupCommit(this.db, () => this.rolledBack());
   }
 
-  /** Concurrent calls' writes, committed together (src/store/group-commit.ts); none on a read-only store. */
-  private readonly group: GroupCommit | undefined;
+  readonly readOnly: boolean;
   private readonly rollbackListeners: (() => void)[] = [];
-
-  /**
-   * Runs `work` (synchronous SQL: a record, or a state change with its record) in the next group
-   * transaction; resolves once that transaction has committed durably.
-   */
-  grouped<T>(work: () => T): Promise<T> {
-    if (!this.group) return Promise.reject(new Error('the metadata store was opened read-only'));
-    return this.group.submit(work);
-  }
-
-  get groupStats() {
-    return this.group?.stats ?? { commits: 0, units: 0, largest: 0 };
-  }
 
   /** Called after any rollback, so that state kept in memory about rows is read again. */
   onRollback(fn: () => void): void {
     this.rollbackListeners.push(fn);
   }
 
-  private rolledBack(): void {
+  /** Every rollback ends here: the caches and whatever listeners keep about rows start over. */
+  rolledBack(): void {
     this.forgetRows();
     for (const fn of this.rollbackListeners) fn();
   }
@@ -172,8 +96,6 @@ export class Store {
   }
 
   close(): void {
-    // Calls still waiting for their group transaction get it before the database goes.
-    if (this.db.open) this.group?.flush();
     this.statements.clear();
     if (this.db.open) this.db.close();
   }
@@ -181,7 +103,7 @@ export class Store {
   // Prepared once, reused: preparing on every lookup cost ~10% of a unary Encrypt (measured by the bench).
   private readonly statements = new Map<string, Database.Statement>();
 
-  private stmt(sql: string): Database.Statement {
+  stmt(sql: string): Database.Statement {
     let s = this.statements.get(sql);
     if (!s) {
       s = this.db.prepare(sql);
@@ -202,6 +124,7 @@ export class Store {
     }
   }
 
+  /** `fn` atomically: a transaction of its own, or a savepoint in the one already open. */
   tx<T>(fn: () => T): T {
     try {
       return this.db.transaction(fn)();
@@ -220,12 +143,36 @@ export class Store {
   private readonly cmkRows = new Map<string, Readonly<CmkRow>>();
   private readonly versionRows = new Map<string, Readonly<KeyVersionRow>>();
 
-  private static remember<R extends object>(cache: Map<string, Readonly<R>>, id: string, row: R | undefined): R | undefined {
+  // A row read inside a transaction is not cached: it may be one that transaction wrote and has not
+  // committed, which a reader outside the transaction must not see.
+  private remember<R extends object>(cache: Map<string, Readonly<R>>, id: string, row: R | undefined): R | undefined {
     if (!row) return undefined;
+    if (this.db.inTransaction) return row;
     if (cache.size >= ROW_CACHE_LIMIT) cache.clear();
     const frozen = Object.freeze(row);
     cache.set(id, frozen);
     return frozen;
+  }
+
+  cachedCmk(keyId: string): Readonly<CmkRow> | undefined {
+    return this.cmkRows.get(keyId);
+  }
+
+  cachedVersion(versionId: string): Readonly<KeyVersionRow> | undefined {
+    return this.versionRows.get(versionId);
+  }
+
+  /** The row as the table holds it, never from the cache (a read that decides a rule). */
+  getCmkForUpdate(keyId: string): CmkRow | undefined {
+    return this.stmt('SELECT * FROM cmks WHERE key_id = ?').get(keyId) as CmkRow | undefined;
+  }
+
+  getAliasForUpdate(name: string): AliasRow | undefined {
+    return this.getAlias(name);
+  }
+
+  getWrappingKeyForUpdate(wrapId: string): WrappingKeyRow | undefined {
+    return this.getWrappingKey(wrapId);
   }
 
   private forgetRows(): void {
@@ -332,7 +279,7 @@ export class Store {
   }
 
   getCmk(keyId: string): CmkRow | undefined {
-    return this.cmkRows.get(keyId) ?? Store.remember(this.cmkRows, keyId, this.stmt('SELECT * FROM cmks WHERE key_id = ?').get(keyId) as CmkRow | undefined);
+    return this.cmkRows.get(keyId) ?? this.remember(this.cmkRows, keyId, this.stmt('SELECT * FROM cmks WHERE key_id = ?').get(keyId) as CmkRow | undefined);
   }
 
   /** Updates the named columns of one CMK. */
@@ -386,7 +333,7 @@ export class Store {
   }
 
   getVersion(versionId: string): KeyVersionRow | undefined {
-    return this.versionRows.get(versionId) ?? Store.remember(this.versionRows, versionId, this.stmt('SELECT * FROM key_versions WHERE version_id = ?').get(versionId) as KeyVersionRow | undefined);
+    return this.versionRows.get(versionId) ?? this.remember(this.versionRows, versionId, this.stmt('SELECT * FROM key_versions WHERE version_id = ?').get(versionId) as KeyVersionRow | undefined);
   }
 
   listVersions(keyId: string): KeyVersionRow[] {
@@ -408,7 +355,9 @@ export class Store {
   // ------------------------------------------------------------------ aliases
 
   insertAlias(row: AliasRow): void {
-    this.stmt('INSERT INTO aliases (alias_name, key_id, creation_date, update_date) VALUES (@alias_name, @key_id, @creation_date, @update_date)').run(row);
+    unique('aliases', `alias ${row.alias_name} already exists`, () =>
+      this.stmt('INSERT INTO aliases (alias_name, key_id, creation_date, update_date) VALUES (@alias_name, @key_id, @creation_date, @update_date)').run(row),
+    );
   }
 
   getAlias(name: string): AliasRow | undefined {

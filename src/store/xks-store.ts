@@ -2,7 +2,9 @@
 // SigV4 credentials (secrets only sealed under the root key) and the external keys that expose
 // CMKs. SQL lives here, as everywhere, in src/store; the rules live in src/kms/xks.ts.
 
-import type { Store } from './store';
+import { unique, type SqliteDb } from './store';
+import type { XksCredentialRow, XksKeyRow, XksKeyStoreRow, XksOps } from './api';
+import type { Sync } from './sync';
 
 /** What this file uses of a prepared statement (better-sqlite3's, through Store.db). */
 interface Statement {
@@ -11,31 +13,14 @@ interface Statement {
   all(...params: unknown[]): unknown[];
 }
 
-export interface XksKeyStoreRow {
-  uri_path_prefix: string;
-  creation_date: number;
-}
-
-export interface XksCredentialRow {
-  access_key_id: string;
-  uri_path_prefix: string;
-  sealed_secret: Buffer;
-  creation_date: number;
-}
-
-export interface XksKeyRow {
-  uri_path_prefix: string;
-  external_key_id: string;
-  key_id: string;
-  operations: string;
-  creation_date: number;
-}
+export type { XksKeyStoreRow, XksCredentialRow, XksKeyRow } from './api';
 
 /** Cached credential or key rows before the cache starts over. */
 const ROW_CACHE_LIMIT = 10_000;
 
-export class XksStore {
-  constructor(readonly store: Store) {
+/** The SQLite external key store tables' synchronous core (reached through SqliteStore). */
+export class SqliteXks implements Sync<XksOps> {
+  constructor(readonly store: SqliteDb) {
     store.onRollback(() => this.forgetRows());
   }
 
@@ -51,8 +36,9 @@ export class XksStore {
     this.keyRows.clear();
   }
 
-  private static remember<R extends object>(cache: Map<string, Readonly<R>>, k: string, row: R | undefined): R | undefined {
-    if (!row) return undefined;
+  // Not from inside a transaction: the row may be uncommitted (see SqliteDb.remember).
+  private static remember<R extends object>(cache: Map<string, Readonly<R>>, k: string, row: R | undefined, inTransaction: boolean): R | undefined {
+    if (!row || inTransaction) return row;
     if (cache.size >= ROW_CACHE_LIMIT) cache.clear();
     const frozen = Object.freeze(row);
     cache.set(k, frozen);
@@ -85,7 +71,7 @@ export class XksStore {
   }
 
   insertKeyStore(row: XksKeyStoreRow): void {
-    this.write('INSERT INTO xks_key_stores (uri_path_prefix, creation_date) VALUES (@uri_path_prefix, @creation_date)', row);
+    unique('xks_key_stores', `external key store ${row.uri_path_prefix} already exists`, () => this.write('INSERT INTO xks_key_stores (uri_path_prefix, creation_date) VALUES (@uri_path_prefix, @creation_date)', row));
   }
 
   getKeyStore(prefix: string): XksKeyStoreRow | undefined {
@@ -97,8 +83,10 @@ export class XksStore {
   }
 
   deleteKeyStore(prefix: string): void {
-    this.write('DELETE FROM xks_credentials WHERE uri_path_prefix = ?', prefix);
-    this.write('DELETE FROM xks_key_stores WHERE uri_path_prefix = ?', prefix);
+    this.store.tx(() => {
+      this.write('DELETE FROM xks_credentials WHERE uri_path_prefix = ?', prefix);
+      this.write('DELETE FROM xks_key_stores WHERE uri_path_prefix = ?', prefix);
+    });
   }
 
   insertCredential(row: XksCredentialRow): void {
@@ -108,7 +96,7 @@ export class XksStore {
   getCredential(accessKeyId: string): XksCredentialRow | undefined {
     const cached = this.credentialRows.get(accessKeyId);
     if (cached) return cached;
-    return XksStore.remember(this.credentialRows, accessKeyId, this.prepare('SELECT * FROM xks_credentials WHERE access_key_id = ?').get(accessKeyId) as XksCredentialRow | undefined);
+    return SqliteXks.remember(this.credentialRows, accessKeyId, this.prepare('SELECT * FROM xks_credentials WHERE access_key_id = ?').get(accessKeyId) as XksCredentialRow | undefined, this.store.db.inTransaction);
   }
 
   listCredentials(prefix: string): XksCredentialRow[] {
@@ -120,14 +108,14 @@ export class XksStore {
   }
 
   insertKey(row: XksKeyRow): void {
-    this.write('INSERT INTO xks_keys (uri_path_prefix, external_key_id, key_id, operations, creation_date) VALUES (@uri_path_prefix, @external_key_id, @key_id, @operations, @creation_date)', row);
+    unique('xks_keys', `external key ${row.external_key_id} already exists in ${row.uri_path_prefix}`, () => this.write('INSERT INTO xks_keys (uri_path_prefix, external_key_id, key_id, operations, creation_date) VALUES (@uri_path_prefix, @external_key_id, @key_id, @operations, @creation_date)', row));
   }
 
   getKey(prefix: string, externalKeyId: string): XksKeyRow | undefined {
     const k = `${prefix}\n${externalKeyId}`;
     const cached = this.keyRows.get(k);
     if (cached) return cached;
-    return XksStore.remember(this.keyRows, k, this.prepare('SELECT * FROM xks_keys WHERE uri_path_prefix = ? AND external_key_id = ?').get(prefix, externalKeyId) as XksKeyRow | undefined);
+    return SqliteXks.remember(this.keyRows, k, this.prepare('SELECT * FROM xks_keys WHERE uri_path_prefix = ? AND external_key_id = ?').get(prefix, externalKeyId) as XksKeyRow | undefined, this.store.db.inTransaction);
   }
 
   listKeys(prefix: string): XksKeyRow[] {

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Kmsd, ROOT, makeTempDir, startKmsd } from '../helpers/daemon';
-import { Store } from '../../src/store/store';
+import { SqliteDb } from '../../src/store/store';
 import { AuditRun, auditToken } from '../helpers/audit-token';
 
 const MODULE = '/usr/lib/softhsm/libsofthsm2.so';
@@ -65,7 +65,7 @@ beforeAll(async () => {
   // The pool is filled in the background once start-up reconciliation is done: wait for a pooled
   // key pair (read through the store's read-only view, as the auditor reads it) before stopping.
   const pooled = (): string => {
-    const store = new Store(dataDir, { readOnly: true });
+    const store = new SqliteDb(dataDir, { readOnly: true });
     try {
       return store.allWrappingKeys().find((w) => w.key_id === null)?.wrap_id ?? '';
     } finally {
@@ -148,7 +148,7 @@ describe('audit-token findings, each made for real', () => {
 
   it('a wrapping key whose store row is gone is an orphan (both halves)', () => {
     const dir = copyDataDir();
-    const store = new Store(dir);
+    const store = new SqliteDb(dir);
     try {
       store.deleteWrappingKey(pooledWrapId);
     } finally {
@@ -161,7 +161,7 @@ describe('audit-token findings, each made for real', () => {
 
   it('a key whose CKA_ID is not the id of its label is a label-id-mismatch', () => {
     const dir = copyDataDir();
-    const store = new Store(dir);
+    const store = new SqliteDb(dir);
     try {
       // Explained by an open intent, so the only findings are about the object itself.
       store.openIntent('cmk', 'mismatch', Date.now());
@@ -178,7 +178,7 @@ describe('audit-token findings, each made for real', () => {
 
   it('an open intent without an object is explained, not a finding (kmsd clears it at its next start)', () => {
     const dir = copyDataDir();
-    const store = new Store(dir);
+    const store = new SqliteDb(dir);
     try {
       store.openIntent('cmk', 'in-flight', Date.now());
     } finally {

@@ -10,7 +10,7 @@ import { HsmToken } from '../../src/hsm/token';
 import { Keyring, ROOT_KEY_ID } from '../../src/kms/keyring';
 import { DEFAULT_KMS_CONFIG, KmsService, type Logger } from '../../src/kms/service';
 import { BatchService } from '../../src/kms/batch';
-import { Store } from '../../src/store/store';
+import { SqliteStore } from '../../src/store/sqlite';
 import { bindStoreToToken } from '../../src/kms/binding';
 import { makeTempDir } from '../helpers/daemon';
 import { createSoftHsmToken, type SoftHsmToken } from '../helpers/softhsm-token';
@@ -22,7 +22,7 @@ const isZero = (b: Buffer) => b.length > 0 && b.every((x) => x === 0);
 
 let softhsm: SoftHsmToken;
 let token: HsmToken;
-let store: Store;
+let store: SqliteStore;
 let dataDir: string;
 let kms: KmsService;
 
@@ -33,7 +33,7 @@ const nativeProto = Object.getPrototypeOf(pkcs11js.PKCS11.prototype) as { C_GetA
 const realGetAttributeValue = nativeProto.C_GetAttributeValue;
 let attributeValues: Buffer[] | null = null;
 
-beforeAll(() => {
+beforeAll(async () => {
   nativeProto.C_GetAttributeValue = function (this: unknown, ...args: unknown[]) {
     const out = realGetAttributeValue.apply(this, args);
     for (const a of out) if (attributeValues && a.type === pkcs11js.CKA_VALUE && Buffer.isBuffer(a.value)) attributeValues.push(a.value);
@@ -42,16 +42,16 @@ beforeAll(() => {
   softhsm = createSoftHsmToken({ label: 'zeroing' });
   token = HsmToken.open({ modulePath: softhsm.modulePath, tokenLabel: softhsm.label, pin: softhsm.userPin });
   dataDir = makeTempDir('kmsd-zeroing-');
-  store = new Store(dataDir);
+  store = new SqliteStore(dataDir);
   // As the daemon does: store and token bound first, then the root key.
-  bindStoreToToken(store, token, { adopt: false, log: quiet });
+  await bindStoreToToken(store, token, { adopt: false, log: quiet, dataDir });
   token.ensureRootKey(ROOT_KEY_ID);
   kms = new KmsService(store, new Keyring(token, store), DEFAULT_KMS_CONFIG, quiet);
 });
 
-afterAll(() => {
+afterAll(async () => {
   nativeProto.C_GetAttributeValue = realGetAttributeValue;
-  store?.close();
+  await store?.close();
   token?.close();
   softhsm?.cleanup();
   if (dataDir) fs.rmSync(dataDir, { recursive: true, force: true });
@@ -76,7 +76,7 @@ describe('SOFTWARE key material', () => {
     expect(values).toHaveLength(1); // unwrapped once, then cached
     expect(values[0]).toHaveLength(32);
     expect(isZero(values[0])).toBe(false); // in use: the material itself
-    kms.DisableKey({ KeyId: keyId });
+    await kms.DisableKey({ KeyId: keyId });
     expect(isZero(values[0])).toBe(true);
   });
 });
@@ -125,7 +125,7 @@ describe('plaintexts and data keys', () => {
   it('EncryptBatch: every item plaintext is zero after the call', async () => {
     const keyId = await createKey('SOFTWARE');
     const disabled = await createKey('HSM');
-    kms.DisableKey({ KeyId: disabled });
+    await kms.DisableKey({ KeyId: disabled });
     const seen: Buffer[] = [];
     const real = kms.keyring.encryptMany.bind(kms.keyring);
     vi.spyOn(kms.keyring, 'encryptMany').mockImplementation((items) => {

@@ -229,35 +229,35 @@ describe('principals from client certificates', () => {
   });
 });
 
-describe('resources of a request', () => {
+describe('resources of a request', async () => {
   const dir = {
-    resolve: (ref: string) => (ref === 'alias/a' || ref === 'alias/b' ? { keyId: K1 } : ref === 'alias/elsewhere' ? { keyId: K2 } : ref.startsWith('alias/') ? {} : { keyId: ref }),
+    resolve: async (ref: string) => (ref === 'alias/a' || ref === 'alias/b' ? { keyId: K1 } : ref === 'alias/elsewhere' ? { keyId: K2 } : ref.startsWith('alias/') ? {} : { keyId: ref }),
   };
   const blob = Buffer.concat([buildHeader(K1, K2, Buffer.alloc(12)), Buffer.alloc(20)]).toString('base64');
 
-  it('names the CMK of a ciphertext, and both CMKs of ReEncrypt with their contexts', () => {
-    expect(resourcesFor('Decrypt', { CiphertextBlob: blob, EncryptionContext: { a: '1' } }, dir)).toEqual([{ ref: K1, keyId: K1, context: { a: '1' } }]);
-    const r = resourcesFor('ReEncrypt', { CiphertextBlob: blob, DestinationKeyId: K2, SourceEncryptionContext: { s: '1' }, DestinationEncryptionContext: { d: '2' } }, dir);
+  it('names the CMK of a ciphertext, and both CMKs of ReEncrypt with their contexts', async () => {
+    expect((await resourcesFor('Decrypt', { CiphertextBlob: blob, EncryptionContext: { a: '1' } }, dir))).toEqual([{ ref: K1, keyId: K1, context: { a: '1' } }]);
+    const r = (await resourcesFor('ReEncrypt', { CiphertextBlob: blob, DestinationKeyId: K2, SourceEncryptionContext: { s: '1' }, DestinationEncryptionContext: { d: '2' } }, dir));
     expect(r.map((x) => [x.keyId, x.context])).toEqual([
       [K1, { s: '1' }],
       [K2, { d: '2' }],
     ]);
-    expect(resourcesFor('Decrypt', { CiphertextBlob: 'bm90IGEgYmxvYg==' }, dir)[0].unknown).toBe(true);
+    expect((await resourcesFor('Decrypt', { CiphertextBlob: 'bm90IGEgYmxvYg==' }, dir))[0].unknown).toBe(true);
   });
 
-  it('takes the KeyId beside a ciphertext as the alias it was named by only when that alias points at its CMK', () => {
-    expect(resourcesFor('Decrypt', { CiphertextBlob: blob, KeyId: 'alias/a' }, dir)).toEqual([{ ref: K1, keyId: K1, alias: 'alias/a', context: {} }]);
-    expect(resourcesFor('Decrypt', { CiphertextBlob: blob, KeyId: 'alias/elsewhere' }, dir)).toEqual([{ ref: K1, keyId: K1, context: {} }]);
-    expect(resourcesFor('Decrypt', { CiphertextBlob: blob, KeyId: K1 }, dir)).toEqual([{ ref: K1, keyId: K1, context: {} }]);
-    const items = resourcesFor('DecryptBatch', { Items: [{ CiphertextBlob: blob }, { CiphertextBlob: blob, KeyId: 'alias/a' }] }, dir);
+  it('takes the KeyId beside a ciphertext as the alias it was named by only when that alias points at its CMK', async () => {
+    expect((await resourcesFor('Decrypt', { CiphertextBlob: blob, KeyId: 'alias/a' }, dir))).toEqual([{ ref: K1, keyId: K1, alias: 'alias/a', context: {} }]);
+    expect((await resourcesFor('Decrypt', { CiphertextBlob: blob, KeyId: 'alias/elsewhere' }, dir))).toEqual([{ ref: K1, keyId: K1, context: {} }]);
+    expect((await resourcesFor('Decrypt', { CiphertextBlob: blob, KeyId: K1 }, dir))).toEqual([{ ref: K1, keyId: K1, context: {} }]);
+    const items = (await resourcesFor('DecryptBatch', { Items: [{ CiphertextBlob: blob }, { CiphertextBlob: blob, KeyId: 'alias/a' }] }, dir));
     expect(items.map((x) => x.alias)).toEqual([undefined, 'alias/a']);
-    expect(resourcesFor('Encrypt', { KeyId: K1 }, dir)).toEqual([{ ref: K1, keyId: K1, context: {} }]);
-    expect(resourcesFor('Encrypt', { KeyId: 'alias/a' }, dir)).toEqual([{ ref: 'alias/a', keyId: K1, alias: 'alias/a', context: {} }]);
+    expect((await resourcesFor('Encrypt', { KeyId: K1 }, dir))).toEqual([{ ref: K1, keyId: K1, context: {} }]);
+    expect((await resourcesFor('Encrypt', { KeyId: 'alias/a' }, dir))).toEqual([{ ref: 'alias/a', keyId: K1, alias: 'alias/a', context: {} }]);
   });
 
-  it('names the alias and the key for alias actions', () => {
-    expect(resourcesFor('CreateAlias', { AliasName: 'alias/new', KeyId: K1 }, dir).map((x) => x.ref)).toEqual(['alias/new', K1]);
-    expect(resourcesFor('DeleteAlias', { AliasName: 'alias/a' }, dir)[0]).toMatchObject({ keyId: K1 });
-    expect(resourcesFor('ListKeys', {}, dir)).toEqual([]);
+  it('names the alias and the key for alias actions', async () => {
+    expect((await resourcesFor('CreateAlias', { AliasName: 'alias/new', KeyId: K1 }, dir)).map((x) => x.ref)).toEqual(['alias/new', K1]);
+    expect((await resourcesFor('DeleteAlias', { AliasName: 'alias/a' }, dir))[0]).toMatchObject({ keyId: K1 });
+    expect((await resourcesFor('ListKeys', {}, dir))).toEqual([]);
   });
 });

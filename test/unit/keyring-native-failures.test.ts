@@ -12,7 +12,7 @@ import type { NativeAesGcm } from '../../src/hsm/native-addon';
 import type { HsmToken } from '../../src/hsm/token';
 import { KmsError } from '../../src/kms/errors';
 import { Keyring, type GcmItem } from '../../src/kms/keyring';
-import type { KeyVersionRow, Store } from '../../src/store/store';
+import type { KeyVersionRow, Store } from '../../src/store/api';
 
 const ver: KeyVersionRow = { version_id: '11111111-1111-4111-8111-111111111111', key_id: '22222222-2222-4222-8222-222222222222', creation_date: 0, software_wrapped: null, material_state: 'Present' };
 

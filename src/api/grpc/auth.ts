@@ -28,9 +28,9 @@ export { ANONYMOUS };
 
 /** Where denials and refused connections are recorded (src/audit's AuditLog has this shape). */
 export interface AuditSink {
-  append(ev: { requestId?: string; principal: string; action: string; keyId?: string; outcome: string; details?: Record<string, unknown> }): unknown;
+  append(ev: { requestId?: string; principal: string; action: string; keyId?: string; outcome: string; details?: Record<string, unknown> }): Promise<unknown>;
   /** A call refused before its action ran; `aggregate` folds a flood into one record per window. */
-  refusal?(ev: { requestId?: string; principal: string; action: string; keyId?: string; outcome: string; kind: string; error: string; details?: Record<string, unknown> }, aggregate: boolean): unknown;
+  refusal?(ev: { requestId?: string; principal: string; action: string; keyId?: string; outcome: string; kind: string; error: string; details?: Record<string, unknown> }, aggregate: boolean): Promise<unknown>;
 }
 
 // ------------------------------------------------------------------ principals
@@ -105,14 +105,14 @@ export function principalFromCertificate(cert: Pick<tls.PeerCertificate, 'subjec
 /** Resolves key references for authorization (reads metadata; never touches the token). */
 export interface KeyDirectory {
   /** The CMK id a reference names: the target of an existing alias, or the reference itself when it is not an alias. */
-  resolve(ref: string): { keyId?: string };
+  resolve(ref: string): Promise<{ keyId?: string }>;
 }
 
 export function storeDirectory(kms: KmsService): KeyDirectory {
   return {
-    resolve(ref) {
+    async resolve(ref) {
       if (ref.startsWith('alias/')) {
-        const a = kms.store.getAlias(ref);
+        const a = await kms.store.getAlias(ref);
         return a ? { keyId: a.key_id } : {};
       }
       return { keyId: ref };
@@ -129,37 +129,37 @@ const ctxOf = (v: unknown): Record<string, string> => (v && typeof v === 'object
  * caller named it by, if any. A ciphertext names its CMK itself; the caller's KeyId beside it counts
  * as the alias it was named by only when that alias points at the ciphertext's CMK right now.
  */
-export function resourcesFor(action: string, req: Req, dir: KeyDirectory): KeyResource[] {
-  const byRef = (ref: string, context?: Record<string, string>): KeyResource => {
+export async function resourcesFor(action: string, req: Req, dir: KeyDirectory): Promise<KeyResource[]> {
+  const byRef = async (ref: string, context?: Record<string, string>): Promise<KeyResource> => {
     if (!ref) return { ref: '', unknown: true, context };
-    const r = dir.resolve(ref);
+    const r = await dir.resolve(ref);
     return ref.startsWith('alias/') ? { ref, keyId: r.keyId, alias: ref, context } : { ref, keyId: r.keyId, context };
   };
-  const byBlob = (blob: string, context: Record<string, string>, namedRef: string): KeyResource => {
+  const byBlob = async (blob: string, context: Record<string, string>, namedRef: string): Promise<KeyResource> => {
     let keyId: string;
     try {
       keyId = parseBlob(Buffer.from(blob, 'base64')).keyId;
     } catch {
       return namedRef ? byRef(namedRef, context) : { ref: '', unknown: true, context };
     }
-    const res = byRef(keyId, context);
-    if (namedRef.startsWith('alias/') && res.keyId !== undefined && dir.resolve(namedRef).keyId === res.keyId) res.alias = namedRef;
+    const res = await byRef(keyId, context);
+    if (namedRef.startsWith('alias/') && res.keyId !== undefined && (await dir.resolve(namedRef)).keyId === res.keyId) res.alias = namedRef;
     return res;
   };
   switch (action) {
     case 'Encrypt':
     case 'GenerateDataKey':
     case 'GenerateDataKeyWithoutPlaintext':
-      return [byRef(str(req.KeyId), ctxOf(req.EncryptionContext))];
+      return [await byRef(str(req.KeyId), ctxOf(req.EncryptionContext))];
     case 'Decrypt':
-      return [byBlob(str(req.CiphertextBlob), ctxOf(req.EncryptionContext), str(req.KeyId))];
+      return [await byBlob(str(req.CiphertextBlob), ctxOf(req.EncryptionContext), str(req.KeyId))];
     case 'ReEncrypt':
-      return [byBlob(str(req.CiphertextBlob), ctxOf(req.SourceEncryptionContext), ''), byRef(str(req.DestinationKeyId), ctxOf(req.DestinationEncryptionContext))];
+      return [await byBlob(str(req.CiphertextBlob), ctxOf(req.SourceEncryptionContext), ''), await byRef(str(req.DestinationKeyId), ctxOf(req.DestinationEncryptionContext))];
     case 'CreateAlias':
     case 'UpdateAlias':
-      return [byRef(str(req.AliasName)), byRef(str(req.KeyId))];
+      return [await byRef(str(req.AliasName)), await byRef(str(req.KeyId))];
     case 'DeleteAlias':
-      return [byRef(str(req.AliasName))];
+      return [await byRef(str(req.AliasName))];
     case 'EncryptBatch':
     case 'EncryptStream':
     case 'DecryptBatch':
@@ -169,14 +169,14 @@ export function resourcesFor(action: string, req: Req, dir: KeyDirectory): KeyRe
       const seen = new Map<string, KeyResource>();
       for (const it of items) {
         const ctx = ctxOf(it?.EncryptionContext);
-        const r = action.startsWith('Encrypt') ? byRef(str(it?.KeyId), ctx) : byBlob(str(it?.CiphertextBlob), ctx, str(it?.KeyId));
+        const r = action.startsWith('Encrypt') ? await byRef(str(it?.KeyId), ctx) : await byBlob(str(it?.CiphertextBlob), ctx, str(it?.KeyId));
         const key = JSON.stringify([r.keyId ?? r.ref, r.alias ?? '', r.unknown ?? false, Object.entries(ctx).sort()]);
         if (!seen.has(key)) seen.set(key, r);
       }
       return [...seen.values()];
     }
     default:
-      return actionInfo(action)?.keyed ? [byRef(str(req.KeyId))] : [];
+      return actionInfo(action)?.keyed ? [await byRef(str(req.KeyId))] : [];
   }
 }
 
@@ -248,7 +248,7 @@ export class CallGuard {
    * when it comes from a verified client certificate; otherwise `principal` is the gRPC peer address
    * (plaintext) or anonymous.
    */
-  private identify(call: Cancellable, requestId: string): { principal: string; policyPrincipal: string; kind: PrincipalKind; authenticated: boolean } {
+  private async identify(call: Cancellable, requestId: string): Promise<{ principal: string; policyPrincipal: string; kind: PrincipalKind; authenticated: boolean }> {
     // An HTTP request signed with an access key: the key's principal, for the policy as for the log.
     // The name was given by an admin (CreateAccessKey), so a URI-shaped one is a URI principal.
     if (call.authenticated) {
@@ -264,7 +264,7 @@ export class CallGuard {
       this.stats.unauthenticated++;
       this.o.log.warn({ requestId, peer: call.getPeer(), reason: p.refused }, 'unauthenticated call refused');
       try {
-        this.audit?.append({ requestId, principal: 'unauthenticated', action: 'Unauthenticated', outcome: 'Unauthenticated', details: { Peer: call.getPeer(), Reason: p.refused } });
+        await this.audit?.append({ requestId, principal: 'unauthenticated', action: 'Unauthenticated', outcome: 'Unauthenticated', details: { Peer: call.getPeer(), Reason: p.refused } });
       } catch (e) {
         this.o.log.error({ requestId, err: (e as Error).message }, 'could not audit a refusal');
       }
@@ -277,8 +277,8 @@ export class CallGuard {
    * Runs `run` if the call is admitted; throws KmsError (Throttling, Forbidden.NoPermission,
    * InvalidParameter, Unauthenticated) or CallAbandoned otherwise.
    */
-  admit(action: string, call: Cancellable, ctx: CallContext, run: () => unknown): unknown {
-    const who = this.identify(call, ctx.requestId);
+  async admit(action: string, call: Cancellable, ctx: CallContext, run: () => unknown): Promise<unknown> {
+    const who = await this.identify(call, ctx.requestId);
     ctx.principal = who.principal;
     if (who.authenticated) ctx.authenticated = true;
     if (call.cancelled) throw new CallAbandoned('cancelled');
@@ -286,12 +286,12 @@ export class CallGuard {
       this.rate.take(who.policyPrincipal);
     } catch (e) {
       this.stats.throttled++;
-      this.refused(action, who, call, ctx, 'RateLimit', e, true);
+      await this.refused(action, who, call, ctx, 'RateLimit', e, true);
       throw e;
     }
     if (isMalformed(call.request)) {
       const e = new KmsError('InvalidParameter', `request: not a valid ${action} request message (${malformedReason(call.request)})`);
-      this.refused(action, who, call, ctx, 'MalformedRequest', e, true);
+      await this.refused(action, who, call, ctx, 'MalformedRequest', e, true);
       throw e;
     }
     // Identifiers are checked here, before policy resolution, a log line, an audit record or a
@@ -300,16 +300,16 @@ export class CallGuard {
     try {
       v.requestIdentifiers(call.request);
     } catch (e) {
-      this.refused(action, who, call, ctx, 'InvalidIdentifier', e, actionInfo(action)?.cls === 'crypto');
+      await this.refused(action, who, call, ctx, 'InvalidIdentifier', e, actionInfo(action)?.cls === 'crypto');
       throw e;
     }
     const policy = this.policy;
     if (policy) {
       const req = (call.request ?? {}) as Req;
-      const resources = actionInfo(action)?.keyed ? resourcesFor(action, req, this.o.directory) : [];
+      const resources = actionInfo(action)?.keyed ? await resourcesFor(action, req, this.o.directory) : [];
       const d = policy.decide({ principal: { kind: who.kind, name: who.policyPrincipal }, action, resources });
-      if (!d.allowed) this.deny(action, who, call.getPeer(), ctx, resources, d.reason);
-      if (policy.xks && XKS_RULED_ACTIONS.has(action)) this.xksRules(policy.xks, action, who, call.getPeer(), ctx, req);
+      if (!d.allowed) await this.deny(action, who, call.getPeer(), ctx, resources, d.reason);
+      if (policy.xks && XKS_RULED_ACTIONS.has(action)) await this.xksRules(policy.xks, action, who, call.getPeer(), ctx, req);
       if (action === 'CreateAlias' || action === 'UpdateAlias') run = this.recordWidening(policy, action, req, ctx, run);
     }
     const info = actionInfo(action);
@@ -324,21 +324,21 @@ export class CallGuard {
         },
         { get cancelled() { return call.cancelled; }, onCancel: (cb) => call.on('cancelled', cb) },
       )
-      .catch((e: unknown) => {
+      .catch(async (e: unknown) => {
         // Refused by the bulkhead (queue full or timed out) or abandoned in the queue: the action
         // never ran, so its own audit record will not be written.
-        if (!started) this.refused(action, who, call, ctx, e instanceof CallAbandoned ? 'Abandoned' : 'HsmBusy', e, true);
+        if (!started) await this.refused(action, who, call, ctx, e instanceof CallAbandoned ? 'Abandoned' : 'HsmBusy', e, true);
         throw e;
       });
   }
 
   /** Audits a call refused before its action ran (see AuditLog.refusal). */
-  private refused(action: string, who: { principal: string; policyPrincipal: string }, call: Cancellable, ctx: CallContext, kind: string, e: unknown, aggregate: boolean): void {
+  private async refused(action: string, who: { principal: string; policyPrincipal: string }, call: Cancellable, ctx: CallContext, kind: string, e: unknown, aggregate: boolean): Promise<void> {
     if (!this.audit?.refusal) return;
     const outcome = e instanceof KmsError ? e.code : e instanceof CallAbandoned ? 'Abandoned' : 'InternalFailure';
     const req = isMalformed(call.request) ? {} : ((call.request ?? {}) as Req);
     try {
-      this.audit.refusal({ requestId: ctx.requestId, principal: who.policyPrincipal, action, keyId: str(req.KeyId) || str(req.DestinationKeyId), outcome, kind, error: (e as Error).message, details: { Peer: call.getPeer() } }, aggregate);
+      await this.audit.refusal({ requestId: ctx.requestId, principal: who.policyPrincipal, action, keyId: str(req.KeyId) || str(req.DestinationKeyId), outcome, kind, error: (e as Error).message, details: { Peer: call.getPeer() } }, aggregate);
     } catch (err) {
       this.o.log.error({ requestId: ctx.requestId, err: (err as Error).message }, 'could not audit a refusal');
     }
@@ -354,11 +354,11 @@ export class CallGuard {
     const grants = policy.grantsReaching(aliasName);
     if (grants.length === 0) return run;
     return () =>
-      Promise.resolve(run()).then((res) => {
-        const keyId = this.o.directory.resolve(aliasName).keyId;
+      Promise.resolve(run()).then(async (res) => {
+        const keyId = (await this.o.directory.resolve(aliasName)).keyId;
         this.o.log.warn({ requestId: ctx.requestId, principal: ctx.principal, action, aliasName, keyId, grants }, 'alias change widens grants');
         try {
-          this.audit?.append({ requestId: ctx.requestId, principal: ctx.principal, action: 'GrantWidened', keyId, outcome: 'ok', details: { AliasName: aliasName, By: action, Grants: grants } });
+          await this.audit?.append({ requestId: ctx.requestId, principal: ctx.principal, action: 'GrantWidened', keyId, outcome: 'ok', details: { AliasName: aliasName, By: action, Grants: grants } });
         } catch (e) {
           this.o.log.error({ requestId: ctx.requestId, err: (e as Error).message }, 'could not audit a widened grant');
         }
@@ -370,7 +370,7 @@ export class CallGuard {
    * The policy's `xks` rules on the request metadata AWS KMS sent. A denial names the rule and what
    * it matched, with the metadata beside it, in the log and the audit: enough to find the rule to change.
    */
-  private xksRules(rules: XksRules, action: string, who: { policyPrincipal: string }, peer: string, ctx: CallContext, req: Req): void {
+  private async xksRules(rules: XksRules, action: string, who: { policyPrincipal: string }, peer: string, ctx: CallContext, req: Req): Promise<void> {
     const facts = { UriPathPrefix: str(req.UriPathPrefix), AwsPrincipalArn: str(req.AwsPrincipalArn), KmsKeyArn: str(req.KmsKeyArn), KmsOperation: str(req.KmsOperation) };
     const present = Object.fromEntries(Object.entries(facts).filter(([, val]) => val !== '')) as typeof facts;
     const d = rules.decide(present);
@@ -382,7 +382,7 @@ export class CallGuard {
     const request = { ...present, ExternalKeyId: str(req.ExternalKeyId), KmsRequestId: str(req.KmsRequestId) };
     this.o.log.warn({ requestId: ctx.requestId, principal: who.policyPrincipal, peer, action, keyId: str(req.KeyId) || undefined, xksRule: rule, matched: d.matched, ...request, reason }, 'permission denied by the xks policy');
     try {
-      this.audit?.append({
+      await this.audit?.append({
         requestId: ctx.requestId,
         principal: who.policyPrincipal,
         action,
@@ -397,7 +397,7 @@ export class CallGuard {
     throw new KmsError('Forbidden.NoPermission', `${action} is denied by the key store's xks policy (${rule === 'default' ? 'the default' : `rule "${rule}"`})`);
   }
 
-  private deny(action: string, who: { principal: string; policyPrincipal: string }, peer: string, ctx: CallContext, resources: KeyResource[], reason: string): never {
+  private async deny(action: string, who: { principal: string; policyPrincipal: string }, peer: string, ctx: CallContext, resources: KeyResource[], reason: string): Promise<never> {
     this.stats.denied++;
     const on = resources.length ? ` on ${resources.map(describeResource).join(' and ')}` : '';
     // Identifiers were bounded in admit; the audit log resolves the reference to its CMK id and
@@ -406,7 +406,7 @@ export class CallGuard {
     const keyId = named?.keyId;
     this.o.log.warn({ requestId: ctx.requestId, principal: who.policyPrincipal, peer, action, keyId, reason }, 'permission denied');
     try {
-      this.audit?.append({ requestId: ctx.requestId, principal: who.policyPrincipal, action, keyId: named?.ref || keyId, outcome: 'Forbidden.NoPermission', details: { Reason: reason, Peer: peer, ...(ctx.accessKeyId ? { AccessKeyId: ctx.accessKeyId } : {}) } });
+      await this.audit?.append({ requestId: ctx.requestId, principal: who.policyPrincipal, action, keyId: named?.ref || keyId, outcome: 'Forbidden.NoPermission', details: { Reason: reason, Peer: peer, ...(ctx.accessKeyId ? { AccessKeyId: ctx.accessKeyId } : {}) } });
     } catch (e) {
       this.o.log.error({ requestId: ctx.requestId, err: (e as Error).message }, 'could not audit a denial');
     }
@@ -487,11 +487,9 @@ export async function listenTls(server: grpc.Server, o: TlsListenerOptions): Pro
     refused++;
     const peer = `${socket.remoteAddress}:${socket.remotePort}`;
     o.log.warn({ peer, subject, reason }, 'TLS connection refused');
-    try {
-      o.audit?.()?.append({ principal: subject ?? 'unauthenticated', action: 'ConnectionRefused', outcome: 'Unauthenticated', details: { Peer: peer, Reason: reason } });
-    } catch (e) {
-      o.log.error({ err: (e as Error).message }, 'could not audit a refused connection');
-    }
+    // The connection is refused whatever the record's fate; its failure is logged.
+    const recorded = o.audit?.()?.append({ principal: subject ?? 'unauthenticated', action: 'ConnectionRefused', outcome: 'Unauthenticated', details: { Peer: peer, Reason: reason } });
+    recorded?.catch((e: unknown) => o.log.error({ err: (e as Error).message }, 'could not audit a refused connection'));
   };
 
   // Unauthenticated connections, keyed by peer address and port, oldest first (Map order).

@@ -8,7 +8,8 @@ import type { CallContext } from '../../kms/types';
 import type { CeremonyRuntime } from '../../ceremony/setup';
 import { TOKEN_ACTIONS, callerOf } from '../../ceremony/ceremony';
 import { isGuardable } from '../../ceremony/policy';
-import { safeParams } from '../../audit/audit';
+import { safeParams, type AuditEventInput } from '../../audit/audit';
+import type { RecordNames } from '../../kms/types';
 
 type Action = (req: never, ctx: CallContext) => unknown;
 type Req = Record<string, unknown>;
@@ -29,41 +30,64 @@ function str(v: unknown): string {
 export function ceremonyExtension(rt: CeremonyRuntime): CeremonyExtension {
   const { ceremony, audit } = rt;
 
-  /** Resolves once the call is on the record (counted, or its record committed). */
-  const record = async (name: string, req: Req, ctx: CallContext, res: Req | undefined, err: unknown): Promise<void> => {
+  /** The record of a call: what it asked, what it answered (or its error), and what its change names. */
+  const eventOf = async (name: string, req: Req, ctx: CallContext, res: Req | undefined, err: unknown, names: RecordNames = {}): Promise<AuditEventInput> => {
     const outcome = err === undefined ? 'ok' : err instanceof KmsError ? err.code : 'InternalFailure';
     const meta = (res?.KeyMetadata ?? {}) as Req;
-    const proposalId = str(req.ProposalId) || str(res?.ProposalId);
-    const keyId = str(req.KeyId) || str(meta.KeyId) || str(res?.KeyId) || (proposalId ? ceremony.keyIdOf(proposalId) : '');
+    const proposalId = str(req.ProposalId) || str(res?.ProposalId) || str(names.ProposalId);
+    const keyId = str(req.KeyId) || str(meta.KeyId) || str(res?.KeyId) || str(names.KeyId) || (proposalId ? await ceremony.keyIdOf(proposalId) : '');
+    const details: Record<string, unknown> = safeParams(req);
+    if (err instanceof KmsError) details.Error = err.message.length > 400 ? `${err.message.slice(0, 397)}...` : err.message;
+    // HTTP calls name the access key they were signed with; CreateAccessKey names the key it made.
+    const accessKeyId = ctx.accessKeyId ?? (str(res?.AccessKeyId) || str(names.AccessKeyId));
+    if (accessKeyId) details.AccessKeyId = accessKeyId;
+    return { requestId: ctx.requestId, principal: ctx.principal, action: name, keyId, proposalId, outcome, details };
+  };
+
+  /** Resolves once the call is on the record (counted, or its record committed). */
+  const record = async (name: string, req: Req, ctx: CallContext, res: Req | undefined, err: unknown): Promise<void> => {
     if (DATA_PLANE_ACTIONS.has(name)) {
       // Counted under the CMK the call used (its answer names it) or, for a refusal, the existing
       // CMK the request names; anything else under '' (see AuditLog.count).
       const ref = str(req.KeyId) || str(req.DestinationKeyId);
-      const cmk = str(res?.KeyId) || (ref ? audit.resolveKeyId(ref) : undefined) || '';
+      const cmk = str(res?.KeyId) || (ref ? await audit.resolveKeyId(ref) : undefined) || '';
       audit.count(cmk, callerOf(ctx), name, err === undefined);
       if (!audit.config.dataPlaneEvents) return;
     }
-    const details: Record<string, unknown> = safeParams(req);
-    if (err instanceof KmsError) details.Error = err.message.length > 400 ? `${err.message.slice(0, 397)}...` : err.message;
-    // HTTP calls name the access key they were signed with; CreateAccessKey names the key it made.
-    const accessKeyId = ctx.accessKeyId ?? str(res?.AccessKeyId);
-    if (accessKeyId) details.AccessKeyId = accessKeyId;
     // Committed with the records of the calls that finish alongside it; the answer waits for it.
-    await audit.appendCommitted({ requestId: ctx.requestId, principal: ctx.principal, action: name, keyId, proposalId, outcome, details });
-    if (err === undefined && name === 'ImportKeyMaterial' && keyId) rt.sink.keyActionDone?.(name, keyId, ctx);
+    await audit.appendCommitted(await eventOf(name, req, ctx, res, err));
   };
 
+  // A call that changes state has its record appended by the domain, through ctx.record, in the
+  // transaction that makes the change: a crash keeps both or neither. A call whose change was
+  // recorded that way gets no second record for its success; a refusal (nothing changed) and a
+  // read are recorded here after the call, as a record of their own.
   const audited =
     (name: string, fn: (req: Req, ctx: CallContext) => unknown): Action =>
     async (req: never, ctx: CallContext) => {
+      const request = (req ?? {}) as Req;
+      let inChange = false;
+      const callCtx: CallContext = DATA_PLANE_ACTIONS.has(name)
+        ? ctx
+        : {
+            ...ctx,
+            record: async (tx, names) => {
+              if (inChange) return;
+              const ev = await eventOf(name, request, ctx, undefined, undefined, names);
+              await audit.appendIn(tx, ev);
+              // Host-assisted unwrap had the material in kmsd's memory for a moment: always on the record.
+              if (name === 'ImportKeyMaterial' && ev.keyId) await rt.sink.keyActionDone?.(name, ev.keyId, ctx, tx);
+              inChange = true;
+            },
+          };
       let res: unknown;
       try {
-        res = await fn(req as Req, ctx);
+        res = await fn(request, callCtx);
       } catch (e) {
-        await record(name, (req ?? {}) as Req, ctx, undefined, e);
+        await record(name, request, ctx, undefined, e);
         throw e;
       }
-      await record(name, (req ?? {}) as Req, ctx, res as Req, undefined);
+      if (!inChange) await record(name, request, ctx, res as Req, undefined);
       return res;
     };
 
@@ -73,8 +97,8 @@ export function ceremonyExtension(rt: CeremonyRuntime): CeremonyExtension {
       for (const [name, fn] of Object.entries(actions)) {
         const inner = fn as (req: Req, ctx: CallContext) => unknown;
         const guarded = isGuardable(name) || (TOKEN_ACTIONS as readonly string[]).includes(name)
-          ? (req: Req, ctx: CallContext) => {
-              ceremony.checkDirect(name, req as { KeyId?: string });
+          ? async (req: Req, ctx: CallContext) => {
+              await ceremony.checkDirect(name, req as { KeyId?: string });
               return inner(req, ctx);
             }
           : inner;
