@@ -1,14 +1,18 @@
-// One store contract, run on every backend of src/store/api.ts: the same cases, the same answers.
-// "Two replicas" are two Store objects opened on the same database, each with its own connection
-// pool; the rules of the seed (alias uniqueness, a proposal executes once, the failed-import counter,
+// One store contract, run on every backend of src/store/api.ts (SQLite and PostgreSQL): the same
+// cases, the same answers. On PostgreSQL "two replicas" are two Store objects opened on the same
+// database, each with its own connection pool; the rules of the seed (alias uniqueness, a proposal executes once, the failed-import counter,
 // CMK state transitions, the audit chain) must hold between them. PostgreSQL is a real throwaway
 // cluster (test/helpers/postgres.ts), one per file, one database per backend instance.
 
 import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { StoreConflictError, type AuditRow, type CmkRow, type ProposalRow, type Store, type WrappingKeyRow } from '../../src/store/api';
 import { PgStore, StoreUnavailableError } from '../../src/store/pg/pg-store';
+import { SqliteStore } from '../../src/store/sqlite';
 import { startPostgres, type PgCluster, type PgDatabase } from '../helpers/postgres';
 
 interface Backend {
@@ -44,7 +48,26 @@ function options(db: PgDatabase) {
   return { host: db.host, port: db.port, user: db.user, password: db.password, database: db.database, maxConnections: 4 };
 }
 
-const BACKENDS: Backend[] = [postgres];
+// SQLite has one writer per data directory (kmsd holds its lock): its "second replica" is the same
+// store, and the rules hold because its transactions run one at a time.
+const sqlite: Backend = {
+  name: 'sqlite',
+  replicas: false,
+  async open() {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kmsd-contract-'));
+    const s = new SqliteStore(dir);
+    return {
+      a: s,
+      b: s,
+      async close() {
+        await s.close();
+        fs.rmSync(dir, { recursive: true, force: true });
+      },
+    };
+  },
+};
+
+const BACKENDS: Backend[] = [sqlite, postgres];
 
 beforeAll(async () => {
   cluster = await startPostgres();
