@@ -144,6 +144,11 @@ function isConnectionError(e: unknown): boolean {
   return typeof err?.message === 'string' && /Connection terminated|connection timeout|Client has encountered a connection error|Client was closed/i.test(err.message);
 }
 
+/** The connection itself failed (not a statement on it): it is dropped, not rolled back and reused. */
+function connectionLost(e: unknown): boolean {
+  return isConnectionError(e) || (e instanceof StoreUnavailableError && isConnectionError(e.cause));
+}
+
 /** PostgreSQL's errors in the store's terms: a taken key, an unreachable store, or as is. */
 function mapError(e: unknown): unknown {
   const err = e as { code?: string; table?: string; constraint?: string; message?: string };
@@ -1136,7 +1141,7 @@ export class PgStore extends Ops implements Store {
         return value;
       } catch (e) {
         ctx.settle();
-        if (isConnectionError(e) || e instanceof StoreUnavailableError) broken = e as Error;
+        if (connectionLost(e)) broken = e as Error;
         else await client.query('ROLLBACK').catch((r: Error) => (broken = r));
         this.rolledBack();
         const code = (e as { code?: string }).code;
@@ -1198,7 +1203,7 @@ export class PgStore extends Ops implements Store {
           const value = await u.fn(tx);
           outcomes.push({ ok: true, value });
         } catch (e) {
-          if (isConnectionError(e) || e instanceof StoreUnavailableError) throw e;
+          if (connectionLost(e)) throw e;
           ctx.settle();
           await simple(client, 'ROLLBACK TO unit');
           this.rolledBack();
@@ -1209,7 +1214,7 @@ export class PgStore extends Ops implements Store {
     } catch (e) {
       // The batch as a whole failed: nothing of it is committed.
       for (const c of contexts) c.settle();
-      if (isConnectionError(e) || e instanceof StoreUnavailableError) broken = e as Error;
+      if (connectionLost(e)) broken = e as Error;
       else await client.query('ROLLBACK').catch((r: Error) => (broken = r));
       client.release(broken);
       this.rolledBack();
