@@ -8,6 +8,8 @@
  *   KMSD_FAILPOINT=C_GenerateKeyPair:N  after the Nth token-object key pair is generated (GetParametersForImport)
  *   KMSD_FAILPOINT=C_CopyObject:N       after the Nth copy into a token object            (ImportKeyMaterial)
  *   KMSD_FAILPOINT=C_DestroyObject:N    before the Nth token object is destroyed          (DeleteKeyMaterial, end of deletion window)
+ *   KMSD_FAILPOINT=C_Sign:N             after the Nth signature is made                   (an audit checkpoint, inside the
+ *                                       transaction of the change whose record crossed the checkpoint threshold)
  *
  * Session objects (transient keys, probes) do not count. Built by the test with
  *   cc -shared -fPIC -I/usr/include/p11-kit-1 -o failpoints.so crash-failpoints.c -ldl
@@ -67,6 +69,13 @@ static CK_RV fp_DestroyObject(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o) {
   return real->C_DestroyObject(s, o);
 }
 
+static CK_RV fp_Sign(CK_SESSION_HANDLE s, CK_BYTE_PTR d, CK_ULONG n, CK_BYTE_PTR sig, CK_ULONG_PTR nsig) {
+  CK_RV rv = real->C_Sign(s, d, n, sig, nsig);
+  /* A length query (no output buffer) is not a signature. */
+  if (rv == CKR_OK && sig != NULL) reached("C_Sign");
+  return rv;
+}
+
 CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out) {
   if (out == NULL) return CKR_ARGUMENTS_BAD;
   if (real == NULL) {
@@ -80,6 +89,7 @@ CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR out) {
     shim.C_GenerateKeyPair = fp_GenerateKeyPair;
     shim.C_CopyObject = fp_CopyObject;
     shim.C_DestroyObject = fp_DestroyObject;
+    shim.C_Sign = fp_Sign;
     const char *fp = getenv("KMSD_FAILPOINT");
     if (fp != NULL) {
       const char *colon = strchr(fp, ':');
