@@ -101,4 +101,12 @@ describe('kmsd', () => {
     expect(r.stderr + r.stdout).not.toContain('TopSecretPw');
     expect(fs.existsSync(dataDir)).toBe(false);
   });
+
+  it('refuses a valid --store before creating anything, as long as it does not run on PostgreSQL', () => {
+    const dataDir = path.join(tmp, 'data2');
+    const r = spawnSync(process.execPath, ['bin/kmsd.js', '--data-dir', dataDir, '--store', 'postgres://kms@127.0.0.1:1/kmsd'], { encoding: 'utf8', timeout: 30_000 });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain('--store postgres://kms@127.0.0.1:1/kmsd: this kmsd build does not run on a PostgreSQL store yet');
+    expect(fs.existsSync(dataDir)).toBe(false);
+  });
 });
