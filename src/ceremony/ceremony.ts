@@ -385,8 +385,8 @@ export class Ceremony {
   }
 
   /** The CMK a proposal acts on ('' for ceremony actions or an unknown id), for audit records. */
-  async keyIdOf(proposalId: string): Promise<string> {
-    return v.isUuid(proposalId) ? ((await this.cs.getProposal(proposalId))?.key_id ?? '') : '';
+  async keyIdOf(proposalId: string, on: Store | StoreTx = this.store): Promise<string> {
+    return v.isUuid(proposalId) ? ((await on.ceremony.getProposal(proposalId))?.key_id ?? '') : '';
   }
 
   async GetProposal(req: { ProposalId?: string }) {

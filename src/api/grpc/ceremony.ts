@@ -10,6 +10,7 @@ import { TOKEN_ACTIONS, callerOf } from '../../ceremony/ceremony';
 import { isGuardable } from '../../ceremony/policy';
 import { safeParams, type AuditEventInput } from '../../audit/audit';
 import type { RecordNames } from '../../kms/types';
+import type { StoreTx } from '../../store/api';
 
 type Action = (req: never, ctx: CallContext) => unknown;
 type Req = Record<string, unknown>;
@@ -31,11 +32,12 @@ export function ceremonyExtension(rt: CeremonyRuntime): CeremonyExtension {
   const { ceremony, audit } = rt;
 
   /** The record of a call: what it asked, what it answered (or its error), and what its change names. */
-  const eventOf = async (name: string, req: Req, ctx: CallContext, res: Req | undefined, err: unknown, names: RecordNames = {}): Promise<AuditEventInput> => {
+  // `tx`: the transaction the record goes into, when there is one (every read goes through it).
+  const eventOf = async (name: string, req: Req, ctx: CallContext, res: Req | undefined, err: unknown, names: RecordNames = {}, tx?: StoreTx): Promise<AuditEventInput> => {
     const outcome = err === undefined ? 'ok' : err instanceof KmsError ? err.code : 'InternalFailure';
     const meta = (res?.KeyMetadata ?? {}) as Req;
     const proposalId = str(req.ProposalId) || str(res?.ProposalId) || str(names.ProposalId);
-    const keyId = str(req.KeyId) || str(meta.KeyId) || str(res?.KeyId) || str(names.KeyId) || (proposalId ? await ceremony.keyIdOf(proposalId) : '');
+    const keyId = str(req.KeyId) || str(meta.KeyId) || str(res?.KeyId) || str(names.KeyId) || (proposalId ? await ceremony.keyIdOf(proposalId, tx) : '');
     const details: Record<string, unknown> = safeParams(req);
     if (err instanceof KmsError) details.Error = err.message.length > 400 ? `${err.message.slice(0, 397)}...` : err.message;
     // HTTP calls name the access key they were signed with; CreateAccessKey names the key it made.
@@ -73,7 +75,7 @@ export function ceremonyExtension(rt: CeremonyRuntime): CeremonyExtension {
             ...ctx,
             record: async (tx, names) => {
               if (inChange) return;
-              const ev = await eventOf(name, request, ctx, undefined, undefined, names);
+              const ev = await eventOf(name, request, ctx, undefined, undefined, names, tx);
               await audit.appendIn(tx, ev);
               // Host-assisted unwrap had the material in kmsd's memory for a moment: always on the record.
               if (name === 'ImportKeyMaterial' && ev.keyId) await rt.sink.keyActionDone?.(name, ev.keyId, ctx, tx);
