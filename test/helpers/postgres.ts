@@ -69,7 +69,9 @@ function chownTree(dir: string, owner: { uid: number; gid: number } | undefined)
 
 /** The template data directory, made by initdb once per machine (atomic rename, so racing workers are fine). */
 function templateDir(owner: { uid: number; gid: number } | undefined): string {
-  const version = execFileSync(path.join(PG_BIN, 'postgres'), ['--version'], { encoding: 'utf8' }).trim().split(/\s+/).pop()!;
+  // "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)": a new minor version gets a new template.
+  const out = execFileSync(path.join(PG_BIN, 'postgres'), ['--version'], { encoding: 'utf8' });
+  const version = /\d+\.\d+/.exec(out)?.[0] ?? 'unknown';
   const dir = path.join(os.tmpdir(), `kmsd-pg-template-${version}-${process.getuid?.() ?? 'u'}`);
   if (fs.existsSync(path.join(dir, 'PG_VERSION'))) return dir;
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'kmsd-pg-initdb-'));
