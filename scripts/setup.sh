@@ -2,8 +2,9 @@
 # One-command set-up, run by `npm start` and `npm test` on every invocation; each step is skipped
 # when already done, so a second run costs a second or two.
 #   1. Debian packages: softhsm2 (the development/test token), opencryptoki (a second PKCS#11
-#      implementation the tests also run on), opensc (pkcs11-tool), openssl, and a C++ toolchain
-#      for the native addon and pkcs11js/better-sqlite3.
+#      implementation the tests also run on), opensc (pkcs11-tool), openssl, postgresql (the
+#      shared store of replicas; the tests start throwaway clusters from its binaries, never the
+#      packaged service), and a C++ toolchain for the native addon and pkcs11js/better-sqlite3.
 #   2. npm packages (npm ci against package-lock.json).
 #   3. TypeScript build (dist/), the native addon (build/Release/kmsd_native.node) and the web
 #      console (dist/console, built by Vite from console/).
@@ -27,6 +28,8 @@ command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
 [ -x /usr/sbin/pkcsslotd ] || missing+=(opencryptoki)
 command -v pkcs11-tool >/dev/null 2>&1 || missing+=(opensc)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# Debian 12's postgresql is version 15; test/helpers/postgres.ts looks for its binaries there.
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)

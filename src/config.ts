@@ -54,6 +54,26 @@ export interface DaemonConfig {
   nativeAddonPath?: string;
   /** KMS_DISABLE_MECHANISMS: mechanisms kmsd must not use even where the token has them (src/hsm/mechanisms.ts). */
   disabledMechanisms: DisableableMechanism[];
+  /** --store: the shared PostgreSQL store of replicas; unset for SQLite in dataDir (one kmsd). */
+  store?: PostgresStoreConfig;
+}
+
+/** Where a PostgreSQL store is and how to log in (--store, --store-password-file). */
+export interface PostgresStoreConfig {
+  backend: 'postgres';
+  host: string;
+  port: number;
+  user: string;
+  database: string;
+  /** postgres://USER@HOST:PORT/DB, for messages: never holds a password. */
+  url: string;
+  /** Where the password came from: a file, PGPASSWORD, or none given (PostgreSQL's .pgpass, or no password). */
+  passwordSource: 'file' | 'PGPASSWORD' | 'pgpass';
+  /**
+   * The password read at start-up; a function, so that logging or serializing the configuration
+   * never shows it.
+   */
+  password: () => string | undefined;
 }
 
 /** Who may call (policy), how much (limits), and whether plaintext is served at all. */
@@ -95,7 +115,7 @@ export class ConfigError extends Error {}
  */
 export const DEFAULT_NATIVE_THREADS = Math.max(1, Math.min(256, os.availableParallelism()));
 
-const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-key' | 'tls-client-ca' | 'policy' | 'plaintext-loopback' | 'allow-insecure-pin-file'> = {
+const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-key' | 'tls-client-ca' | 'policy' | 'plaintext-loopback' | 'allow-insecure-pin-file' | 'store-password-file'> = {
   '--listen': 'listen',
   '--data-dir': 'dataDir',
   '--pkcs11-module': 'pkcs11Module',
@@ -110,6 +130,8 @@ const FLAGS: Record<string, keyof DaemonConfig | 'config' | 'tls-cert' | 'tls-ke
   '--http-listen': 'httpListen',
   '--aws-region': 'awsRegion',
   '--allow-insecure-pin-file': 'allow-insecure-pin-file',
+  '--store': 'store',
+  '--store-password-file': 'store-password-file',
 };
 
 /** Config-file fields and the type each must have; any other field is refused by name. */
@@ -122,7 +144,7 @@ const FILE_FIELDS: Record<string, 'string' | 'number' | 'boolean'> = {
   hsmQueueTimeoutMs: 'number', maxMessageBytes: 'number', tlsHandshakeTimeoutMs: 'number', tlsMaxUnauthenticated: 'number',
   tlsMaxUnauthenticatedPerAddress: 'number', maxConcurrentStreams: 'number', streamMaxPerConnection: 'number', streamMaxPerPrincipal: 'number',
   streamBufferBytesPerConnection: 'number', streamBufferBytesPerPrincipal: 'number', proposalTtlSeconds: 'number', auditCheckpointRecords: 'number',
-  auditCheckpointSeconds: 'number', auditDataPlane: 'boolean', disableMechanisms: 'string',
+  auditCheckpointSeconds: 'number', auditDataPlane: 'boolean', disableMechanisms: 'string', store: 'string', storePasswordFile: 'string',
 };
 
 function wrap(text: string, width: number): string {
@@ -141,6 +163,8 @@ export const USAGE = `usage: kmsd [--listen HOST:PORT] [--data-dir DIR] [--pkcs1
             [--pin-file FILE] [--config FILE] [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
             [--policy FILE] [--plaintext-loopback 0|1] [--adopt-token] [--allow-insecure-pin-file 0|1]
             [--http-listen HOST:PORT] [--aws-region REGION]
+            [--store postgres://USER@HOST:PORT/DB [--store-password-file FILE]]
+       kmsd migrate --from-data-dir DIR --store postgres://USER@HOST:PORT/DB (see kmsd migrate --help)
 
 Environment: KMS_LISTEN, KMS_DATA_DIR, KMS_PKCS11_MODULE, KMS_TOKEN_LABEL, KMS_PIN_FILE, KMS_TLS_CERT,
 KMS_TLS_KEY, KMS_TLS_CLIENT_CA, KMS_ALLOW_HOST_ASSISTED_UNWRAP (0|1), KMS_IMPORT_TOKEN_TTL_SECONDS,
@@ -159,7 +183,7 @@ Ceremonies and audit (docs/ceremony.md, docs/audit.md): KMS_PROPOSAL_TTL_SECONDS
 KMS_AUDIT_DATA_PLANE (1 logs every Encrypt/Decrypt; default: counted only), KMS_AUDIT_CHECKPOINT_RECORDS,
 KMS_AUDIT_CHECKPOINT_SECONDS. HTTP (Alibaba and AWS SDKs, README): KMS_HTTP_LISTEN (HOST:PORT, same TLS and
 loopback rule as gRPC), KMS_REGION and KMS_ACCOUNT (in ARNs; default local and kmsd), KMS_AWS_REGION (the only region an AWS
-SigV4 credential scope may name; default: any). Tests only: KMS_PENDING_WINDOW_DAY_SECONDS (seconds per deletion-window day),
+SigV4 credential scope may name; default: any). Store: KMS_STORE, KMS_STORE_PASSWORD_FILE, PGPASSWORD. Tests only: KMS_PENDING_WINDOW_DAY_SECONDS (seconds per deletion-window day),
 KMS_MIN_ROTATION_INTERVAL_SECONDS.
 
 The config file (--config or KMS_CONFIG) is a JSON object of the settings above by their camelCase
@@ -176,7 +200,15 @@ taken over.
 The store (DATA_DIR/kmsd.sqlite) and the token are bound to each other: kmsd refuses to start with a
 store that is not the token's own (another data directory, a deleted or truncated kmsd.sqlite, a
 backup older than the token) and says why. --adopt-token binds a store without a binding (or older
-than the token) to the token as it is, destroying nothing.`;
+than the token) to the token as it is, destroying nothing.
+
+The metadata store: without --store, SQLite in DATA_DIR/kmsd.sqlite: one kmsd on one machine (the
+default, and what npm start uses). With --store postgres://USER@HOST:PORT/DB (KMS_STORE), PostgreSQL:
+for several kmsd replicas sharing one database and one token, each with its own --data-dir for local
+files. The password comes from --store-password-file FILE (KMS_STORE_PASSWORD_FILE; mode 0600),
+else PGPASSWORD, else PostgreSQL's .pgpass; never from the URL, which kmsd refuses if it holds one.
+This build checks those settings but does not run on PostgreSQL yet: it refuses to start with --store
+(kmsd migrate already copies a single-node store into PostgreSQL).`;
 
 function optionalInt(name: string, raw: unknown, min: number, max: number): number | undefined {
   return raw === undefined || raw === '' ? undefined : intSetting(name, raw, min, max);
@@ -247,6 +279,11 @@ function readConfigFile(configPath: string): Record<string, unknown> {
     if (typeof value !== type && !(typeof value === 'string' && type !== 'string')) throw new ConfigError(`config file ${configPath}: ${key} must be a ${type} (got ${JSON.stringify(value)?.slice(0, 64)})`);
   }
   return file;
+}
+
+/** `kmsd migrate`'s configuration from its flags and the process environment. */
+export function loadMigrateDaemonConfig(argv: string[]): MigrateConfig {
+  return loadMigrateConfig(argv, process.env);
 }
 
 /** The kmsd process's own configuration: its flags and its environment. */
@@ -341,6 +378,10 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig
     nativeAddonPath: envValue(env, 'KMSD_NATIVE_ADDON'),
     disabledMechanisms: mechanismList(envValue(env, 'KMS_DISABLE_MECHANISMS') ?? (file.disableMechanisms as string | undefined)),
   };
+  const storeUrl = pick('store', 'KMS_STORE', 'store');
+  const storePasswordFile = pick('store-password-file', 'KMS_STORE_PASSWORD_FILE', 'storePasswordFile');
+  if (storeUrl !== undefined) cfg.store = postgresStore(storeUrl, storePasswordFile, envValue(env, 'PGPASSWORD'));
+  else if (storePasswordFile !== undefined) throw new ConfigError('--store-password-file is for a PostgreSQL store: give --store postgres://USER@HOST:PORT/DB as well');
   if (cfg.nativeAddonPath !== undefined && !isFile(cfg.nativeAddonPath)) throw new ConfigError(`KMSD_NATIVE_ADDON ${cfg.nativeAddonPath} is not a file`);
   if (fs.existsSync(cfg.dataDir) && !fs.statSync(cfg.dataDir).isDirectory()) throw new ConfigError(`--data-dir ${cfg.dataDir} is not a directory`);
   for (const [name, value] of [['region', cfg.region], ['account', cfg.account], ...(cfg.awsRegion !== undefined ? [['awsRegion', cfg.awsRegion] as const] : [])] as const) {
@@ -374,6 +415,112 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig
   }
   cfg.security = securitySettings(flags, env, file, Boolean(cfg.tls));
   return cfg;
+}
+
+// ---- the PostgreSQL store
+
+/**
+ * Parses --store and reads the password (file, else PGPASSWORD), refusing what would go wrong later:
+ * a password in the URL (it would sit in the process list and shell history), a URL that is not
+ * postgres://USER@HOST[:PORT]/DB, an unreadable, empty or group/other-accessible password file.
+ */
+export function postgresStore(raw: string, passwordFile: string | undefined, pgPassword: string | undefined): PostgresStoreConfig {
+  const shape = 'must be postgres://USER@HOST:PORT/DB';
+  let u: URL;
+  try {
+    u = new URL(raw);
+  } catch {
+    throw new ConfigError(`--store ${shape} (got a string that is not a URL)`);
+  }
+  if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') throw new ConfigError(`--store ${shape} (got scheme "${u.protocol.replace(/:$/, '').slice(0, 32)}")`);
+  if (u.password !== '') {
+    // The message names the rule, never the password.
+    throw new ConfigError('--store must not hold a password (it would be visible in the process list): give it in --store-password-file FILE, PGPASSWORD or .pgpass, and the URL as postgres://USER@HOST:PORT/DB');
+  }
+  const decode = (v: string, what: string) => {
+    try {
+      return decodeURIComponent(v);
+    } catch {
+      throw new ConfigError(`--store: the ${what} is not valid percent-encoding`);
+    }
+  };
+  const user = decode(u.username, 'user name');
+  if (!user) throw new ConfigError(`--store ${shape}: the user is missing`);
+  const host = u.hostname.replace(/^\[|\]$/g, '');
+  if (!host) throw new ConfigError(`--store ${shape}: the host is missing`);
+  const port = u.port === '' ? 5432 : Number(u.port);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new ConfigError(`--store: the port must be 1..65535 (got ${u.port})`);
+  const database = decode(u.pathname.replace(/^\//, ''), 'database name');
+  if (!database || database.includes('/')) throw new ConfigError(`--store ${shape}: the database name is missing`);
+  if (u.search !== '' || u.hash !== '') throw new ConfigError(`--store ${shape}: options after "?" or "#" are not accepted`);
+  let password: string | undefined;
+  let passwordSource: PostgresStoreConfig['passwordSource'] = 'pgpass';
+  if (passwordFile !== undefined) {
+    let mode: number;
+    let fd: number | undefined;
+    try {
+      fd = fs.openSync(passwordFile, 'r');
+      const st = fs.fstatSync(fd);
+      if (!st.isFile()) throw new ConfigError(`--store-password-file ${passwordFile} is not a file`);
+      mode = st.mode & 0o777;
+      password = fs.readFileSync(fd, 'utf8').replace(/\r?\n$/, '');
+    } catch (e) {
+      if (e instanceof ConfigError) throw e;
+      throw new ConfigError(`--store-password-file ${passwordFile}: cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    } finally {
+      if (fd !== undefined) fs.closeSync(fd);
+    }
+    if (!password) throw new ConfigError(`--store-password-file ${passwordFile} is empty`);
+    if ((mode & 0o077) !== 0) throw new ConfigError(`--store-password-file ${passwordFile} is accessible to group or others (mode 0${mode.toString(8)}): run chmod 600 ${passwordFile}`);
+    passwordSource = 'file';
+  } else if (pgPassword !== undefined) {
+    password = pgPassword;
+    passwordSource = 'PGPASSWORD';
+  }
+  const shownHost = host.includes(':') ? `[${host}]` : host;
+  const url = `postgres://${encodeURIComponent(user)}@${shownHost}:${port}/${encodeURIComponent(database)}`;
+  return { backend: 'postgres', host, port, user, database, url, passwordSource, password: () => password };
+}
+
+// ---- kmsd migrate
+
+export interface MigrateConfig {
+  /** The single-node data directory whose kmsd.sqlite is copied. */
+  fromDataDir: string;
+  store: PostgresStoreConfig;
+}
+
+export const MIGRATE_USAGE = `usage: kmsd migrate --from-data-dir DIR --store postgres://USER@HOST:PORT/DB [--store-password-file FILE]
+
+Copies a single-node deployment's metadata store (DIR/kmsd.sqlite: every CMK, key version, alias,
+import token, ceremony, access key, XKS key store and the audit chain) into an empty PostgreSQL
+database, in one transaction, and checks that every table holds the same number of rows and that the
+audit chain is record for record the source's and still links and hashes. Refuses a database that
+holds anything. Stop the kmsd that uses DIR first (its lock is taken). The token is not touched: the
+replicas that start on --store with the same token find the store bound to it. The password comes
+from --store-password-file (KMS_STORE_PASSWORD_FILE), PGPASSWORD or .pgpass, never the URL.
+Prints a JSON report. Exit 0: copied; 1: refused or failed (nothing written); 2: usage error.`;
+
+/** Parses and checks `kmsd migrate`'s flags (argv after "migrate") before anything is opened. */
+export function loadMigrateConfig(argv: string[], env: NodeJS.ProcessEnv): MigrateConfig {
+  const known = new Set(['--from-data-dir', '--store', '--store-password-file']);
+  const flags: Record<string, string> = {};
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const [name, inline] = a.includes('=') ? [a.slice(0, a.indexOf('=')), a.slice(a.indexOf('=') + 1)] : [a, undefined];
+    if (!known.has(name)) throw new ConfigError(`unknown argument "${a.slice(0, 64)}"`);
+    const value = inline ?? argv[++i];
+    if (value === undefined || value === '' || (inline === undefined && value.startsWith('--'))) throw new ConfigError(`${name} needs a value`);
+    if (name in flags) throw new ConfigError(`${name} is given twice`);
+    flags[name] = value;
+  }
+  const dir = flags['--from-data-dir'];
+  if (!dir) throw new ConfigError('--from-data-dir is required: the data directory of the single-node kmsd to copy');
+  const fromDataDir = path.resolve(dir);
+  if (!isFile(path.join(fromDataDir, 'kmsd.sqlite'))) throw new ConfigError(`--from-data-dir ${fromDataDir} holds no kmsd.sqlite: not a kmsd data directory`);
+  const url = flags['--store'] ?? envValue(env, 'KMS_STORE');
+  if (!url) throw new ConfigError('--store postgres://USER@HOST:PORT/DB is required: the empty database to copy into');
+  return { fromDataDir, store: postgresStore(url, flags['--store-password-file'] ?? envValue(env, 'KMS_STORE_PASSWORD_FILE'), envValue(env, 'PGPASSWORD')) };
 }
 
 // ---- authorization, limits, plaintext switch

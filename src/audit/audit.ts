@@ -208,7 +208,8 @@ function answerBytes(r: AuditRecord): number {
   return n;
 }
 
-function toRecord(r: AuditRow): AuditRecord {
+/** An audit row as hashed, listed and exported (also what `kmsd migrate` re-hashes). */
+export function toRecord(r: AuditRow): AuditRecord {
   return {
     Seq: r.seq,
     Time: isoMs(r.time),

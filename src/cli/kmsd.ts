@@ -18,6 +18,12 @@ async function main(): Promise<void> {
   // Everything kmsd creates (SQLite and its WAL, token files, PIN files) is owner-only.
   process.umask(0o077);
   const argv = process.argv.slice(2);
+  if (argv[0] === 'migrate') {
+    // Loaded only for this command: the daemon itself does not need the PostgreSQL client yet.
+    const { migrateMain } = await import('./migrate');
+    await migrateMain(argv.slice(1));
+    return;
+  }
   if (argv.includes('--help') || argv.includes('-h')) {
     process.stdout.write(USAGE + '\n');
     return;

@@ -270,12 +270,13 @@ export class SqliteDb implements Sync<MetadataOps> {
       .prepare(
         `INSERT INTO cmks (key_id, origin, key_spec, key_usage, protection_level, description, key_state, creation_date,
           delete_date, material_expire_time, automatic_rotation, rotation_interval_s, next_rotation_date, last_rotation_date,
-          primary_key_version, material_fingerprint, state_before_deletion, import_path)
+          primary_key_version, material_fingerprint, state_before_deletion, import_path, state_after_import)
          VALUES (@key_id, @origin, @key_spec, @key_usage, @protection_level, @description, @key_state, @creation_date,
           @delete_date, @material_expire_time, @automatic_rotation, @rotation_interval_s, @next_rotation_date, @last_rotation_date,
-          @primary_key_version, @material_fingerprint, @state_before_deletion, @import_path)`,
+          @primary_key_version, @material_fingerprint, @state_before_deletion, @import_path, @state_after_import)`,
       )
-      .run(row);
+      // Every column the row gives is stored (the store contract suite holds both backends to it).
+      .run({ state_after_import: null, ...row });
   }
 
   getCmk(keyId: string): CmkRow | undefined {
