@@ -7,6 +7,11 @@
 // Concurrency for the hot path lives in the native addon, whose worker threads own their sessions;
 // this context starts them (startWorkers) and stops them before its own session in close(), so the
 // rest of kmsd asks for encrypt/decrypt on a key version and never knows which binding ran it.
+//
+// This file keeps the session and the objects it looks up; the keys with a life of their own are
+// parts it holds, each in its file: wrapping-keys.ts (RSA wrapping key pairs and the unwraps done
+// with them), root-key.ts (SOFTWARE level), signing-key.ts (audit checkpoints). Every template is in
+// templates.ts; what the parts may use of this context is context.ts.
 
 import crypto from 'node:crypto';
 import * as pkcs11js from 'pkcs11js';
@@ -14,15 +19,16 @@ import { HsmClosedError, HsmError, DecryptFailedError, UnwrapFailedError, isGcmA
 import { clearCryptoErrors, loadNativeAddon, nativeAddonLoadError } from './native-addon';
 import { CmkDataPath, type CmkGcmItem, type DataPathInfo } from './data-path';
 import { composedGcmDecrypt, composedGcmEncrypt } from './gcm-composed';
-import { KwpIntegrityError, kwpUnwrap, kwpWrap } from './kwp-composed';
-import { INSTANCE_LABEL_PREFIX, LABEL_PREFIX, ObjectIndex, ObjectKind, SIGN_LABEL_PREFIX, TokenInventory, findObjects, findOne, indexKey, usedClass } from './objects';
+import { HANDLE, type Handle, type MechanismPath, Slots, type TokenContext, TransientKey } from './context';
+import { INSTANCE_LABEL_PREFIX, LABEL_PREFIX, ObjectIndex, ObjectKind, TokenInventory, findObjects, findOne, usedClass } from './objects';
+import { RootKey } from './root-key';
+import { SigningKey } from './signing-key';
+import { cmkKeyTemplate, instanceTemplate, macKeyTemplate, measuringKekTemplate, transientAesTemplate } from './templates';
+import { type RsaPadding, WrappingKeys } from './wrapping-keys';
 
 export type { ObjectKind, TokenInventory } from './objects';
-
-type Handle = Buffer;
-
-/** CKZ_DATA_SPECIFIED: the OAEP label source; pkcs11js does not export it. */
-const CKZ_DATA_SPECIFIED = 1;
+export { TransientKey } from './context';
+export { MAX_KEY_PAIR_GENERATIONS, type RsaPadding } from './wrapping-keys';
 
 export interface TokenOptions {
   modulePath: string;
@@ -30,13 +36,11 @@ export interface TokenOptions {
   pin: string;
 }
 
-export type RsaPadding = 'PKCS1_V1_5' | 'OAEP_SHA_1' | 'OAEP_SHA_256';
-
 /**
  * Where AES-256-GCM runs: `in-token` is CKM_AES_GCM; `composed` is CKM_AES_ECB in the token with
  * GHASH and the tag here (src/hsm/gcm-composed.ts), for tokens without CKM_AES_GCM.
  */
-export type GcmPath = 'in-token' | 'composed';
+export type GcmPath = MechanismPath;
 
 /** CKA_APPLICATION of the token's kmsd:instance data object (its label starts with INSTANCE_LABEL_PREFIX). */
 const INSTANCE_APPLICATION = 'kmsd:instance';
@@ -44,53 +48,10 @@ const INSTANCE_APPLICATION = 'kmsd:instance';
 /** Objects whose class and label one session call of a background walk reads before yielding. */
 const WALK_SLICE = 256;
 
-/** Where a TransientKey keeps its object handle: a symbol only this file holds. */
-const HANDLE: unique symbol = Symbol('pkcs11 object handle');
-
-/**
- * A short-lived session object (ephemeral or not yet persisted key). Always pass it to
- * destroyTransient. Opaque outside this file: the rest of kmsd passes it back, never sees a handle.
- */
-export class TransientKey {
-  readonly [HANDLE]: Handle;
-  constructor(handle: Handle) {
-    this[HANDLE] = handle;
-  }
-}
-
-/** DigestInfo prefix of SHA-256 (RFC 8017 9.2 note 1), for RSASSA-PKCS1-v1_5 with CKM_RSA_PKCS. */
-const SHA256_DIGEST_INFO = Buffer.from('3031300d060960864801650304020105000420', 'hex');
-
 let moduleRefCount = 0;
-
-const RSA_KEY_PAIR_GEN: pkcs11js.Mechanism = { mechanism: pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN, parameter: null as unknown as Buffer };
-
-/** RSA key pair generations run at once off the event loop; see generateWrappingKeyPairOffLoop. */
-export const MAX_KEY_PAIR_GENERATIONS = 2;
 
 /** AES key generations run at once off the event loop; see generateAesKeyOffLoop. */
 const MAX_AES_GENERATIONS = 2;
-
-/** A counting semaphore: acquire() resolves to a release function, FIFO. */
-class Slots {
-  private used = 0;
-  private readonly waiting: Array<() => void> = [];
-
-  constructor(private readonly size: number) {}
-
-  async acquire(): Promise<() => void> {
-    if (this.used >= this.size) await new Promise<void>((resolve) => this.waiting.push(resolve));
-    else this.used++;
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const next = this.waiting.shift();
-      if (next) next(); // the slot passes straight on
-      else this.used--;
-    };
-  }
-}
 
 export class HsmToken {
   private p11: pkcs11js.PKCS11 | null;
@@ -116,6 +77,32 @@ export class HsmToken {
     this.tokenLabel = opts.tokenLabel;
     this.modulePath = opts.modulePath;
     this.pin = opts.pin;
+    const ctx = this.context();
+    this.wrapping = new WrappingKeys(ctx);
+    this.rootKey = new RootKey(ctx);
+    this.signingKey = new SigningKey(ctx);
+  }
+
+  /** The parts of the token that hold one kind of key each; they reach the session through context(). */
+  private readonly wrapping: WrappingKeys;
+  private readonly rootKey: RootKey;
+  private readonly signingKey: SigningKey;
+
+  /** What the parts get from this context: the session, lookup and bookkeeping, never the PIN. */
+  private context(): TokenContext {
+    return {
+      slot: this.slot,
+      index: this.index,
+      withSession: (fn, name) => this.withSession(fn, name),
+      withObject: (kind, id, fn, name) => this.withObject(kind, id, fn, name),
+      inOwnSession: (fn, name) => this.inOwnSession(fn, name),
+      label: (kind, id) => this.label(kind, id),
+      handleOf: (kind, id) => this.handleOf(kind, id),
+      requireHandle: (kind, id) => this.requireHandle(kind, id),
+      created: (kind, id, h) => this.created(kind, id, h),
+      destroyTransient: (key) => this.destroyTransient(key),
+      track: (p) => this.track(p),
+    };
   }
 
   /** Loads the module, finds the token by label (exactly one), opens a RW session and logs in as user. */
@@ -579,15 +566,7 @@ export class HsmToken {
     if (this.readInstance()) throw new HsmError('the token already has a kmsd:instance object', 'EXISTS');
     this.instanceHandle = this.withSession(
       (p11, s) =>
-        p11.C_CreateObject(s, [
-          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
-          { type: pkcs11js.CKA_TOKEN, value: true }, // the binding outlives every process
-          { type: pkcs11js.CKA_PRIVATE, value: true }, // only a logged-in user sees which store owns the token
-          { type: pkcs11js.CKA_MODIFIABLE, value: true }, // the label carries the creation sequence
-          { type: pkcs11js.CKA_APPLICATION, value: INSTANCE_APPLICATION }, // what readInstance finds it by
-          { type: pkcs11js.CKA_VALUE, value: Buffer.from(instanceId, 'utf8') }, // the instance id; read-only once created
-          { type: pkcs11js.CKA_LABEL, value: `${INSTANCE_LABEL_PREFIX}${sequence}` },
-        ]),
+        p11.C_CreateObject(s, instanceTemplate(INSTANCE_APPLICATION, instanceId, `${INSTANCE_LABEL_PREFIX}${sequence}`)),
       'C_CreateObject',
     );
     this.instanceSequence = sequence;
@@ -619,38 +598,13 @@ export class HsmToken {
 
   // ---------------------------------------------------------------- AES-256 keys
 
-  /**
-   * Template for an AES-256 CMK version held by the token. Every security attribute is explicit:
-   * a token that defaults differently must not weaken a key.
-   */
-  private aesKeyTemplate(kind: ObjectKind, id: string, token: boolean): pkcs11js.Template {
-    return [
-      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY }, // symmetric CMK material
-      { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES }, // AES-256-GCM is the only CMK algorithm
-      { type: pkcs11js.CKA_TOKEN, value: token }, // survives restarts (false only for probes and tests)
-      { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
-      { type: pkcs11js.CKA_SENSITIVE, value: true }, // CKA_VALUE can never be read
-      { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // cannot be wrapped out either
-      { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
-      { type: pkcs11js.CKA_ENCRYPT, value: true }, // AES-GCM encrypt of data and data keys
-      { type: pkcs11js.CKA_DECRYPT, value: true }, // and their decrypt: the CMK's two jobs
-      { type: pkcs11js.CKA_WRAP, value: false }, // a CMK is never a key-encryption key for other token keys
-      { type: pkcs11js.CKA_UNWRAP, value: false }, // nor unwraps material into the token
-      { type: pkcs11js.CKA_SIGN, value: false }, // no MACs: GenerateMac is not a CMK usage here
-      { type: pkcs11js.CKA_VERIFY, value: false },
-      { type: pkcs11js.CKA_DERIVE, value: false }, // no key derived from it could inherit its protection
-      { type: pkcs11js.CKA_LABEL, value: this.label(kind, id) }, // kmsd:cmk:<version id>, what lookups match
-      { type: pkcs11js.CKA_ID, value: Buffer.from(id, 'utf8') }, // key version id, as DESIGN §2 says
-    ];
-  }
-
   /** Generates AES-256 key material inside the token; it never leaves it. */
   generateAesKey(kind: ObjectKind, id: string): void {
     if (this.handleOf(kind, id)) throw new HsmError(`token object ${this.label(kind, id)} already exists`, 'EXISTS');
     const h = this.withSession(
       (p11, s) =>
         p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN, parameter: null as unknown as Buffer }, [
-          ...this.aesKeyTemplate(kind, id, true),
+          ...cmkKeyTemplate(this.label(kind, id), id, true),
           { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
         ]),
       'C_GenerateKey',
@@ -670,7 +624,7 @@ export class HsmToken {
 
   private async generateAesOffLoop(kind: ObjectKind, id: string): Promise<void> {
     if (this.handleOf(kind, id)) throw new HsmError(`token object ${this.label(kind, id)} already exists`, 'EXISTS');
-    const template = [...this.aesKeyTemplate(kind, id, true), { type: pkcs11js.CKA_VALUE_LEN, value: 32 }];
+    const template = [...cmkKeyTemplate(this.label(kind, id), id, true), { type: pkcs11js.CKA_VALUE_LEN, value: 32 }];
     const release = await this.aesSlots.acquire();
     try {
       const h = await this.inOwnSession((p11, s) => p11.C_GenerateKeyAsync(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN, parameter: null as unknown as Buffer }, template), 'C_GenerateKey');
@@ -714,25 +668,7 @@ export class HsmToken {
     if (this.handleOf('mac', id)) return;
     const h = this.withSession(
       (p11, s) =>
-        p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_GENERIC_SECRET_KEY_GEN, parameter: null as unknown as Buffer }, [
-          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_GENERIC_SECRET }, // what CKM_SHA256_HMAC takes
-          { type: pkcs11js.CKA_TOKEN, value: true }, // import tokens issued before a restart must still verify
-          { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
-          { type: pkcs11js.CKA_SENSITIVE, value: true }, // the MAC key is what makes an import token unforgeable
-          { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wrapped out
-          { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
-          { type: pkcs11js.CKA_SIGN, value: true }, // HMAC of an import token when it is issued
-          { type: pkcs11js.CKA_VERIFY, value: true }, // and when it comes back
-          { type: pkcs11js.CKA_ENCRYPT, value: false }, // nothing else
-          { type: pkcs11js.CKA_DECRYPT, value: false },
-          { type: pkcs11js.CKA_WRAP, value: false },
-          { type: pkcs11js.CKA_UNWRAP, value: false },
-          { type: pkcs11js.CKA_DERIVE, value: false },
-          { type: pkcs11js.CKA_VALUE_LEN, value: 32 }, // 256 bits, the HMAC-SHA256 block-size-safe length
-          { type: pkcs11js.CKA_LABEL, value: this.label('mac', id) }, // kmsd:mac:<id>
-          { type: pkcs11js.CKA_ID, value: Buffer.from(id, 'utf8') }, // the same id, as on every kmsd key
-        ]),
+        p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_GENERIC_SECRET_KEY_GEN, parameter: null as unknown as Buffer }, macKeyTemplate(this.label('mac', id), id)),
       'C_GenerateKey',
     );
     this.created('mac', id, h);
@@ -873,50 +809,10 @@ export class HsmToken {
   createTransientAesKey(value: Buffer, usage: 'data' | 'unwrap', extractable = false): TransientKey {
     const h = this.withSession(
       (p11, s) =>
-        p11.C_CreateObject(s, [
-          // CKA_MODIFIABLE is left to the module: a session object dies with its session, and the
-          // copy that persists (persistTransient) is made non-modifiable.
-          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
-          { type: pkcs11js.CKA_TOKEN, value: false }, // session object until persisted
-          { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login, even for its short life
-          { type: pkcs11js.CKA_SENSITIVE, value: true }, // the value came from the host once; it is never read back
-          { type: pkcs11js.CKA_EXTRACTABLE, value: extractable }, // true only to be wrapped under the root key (SOFTWARE level)
-          { type: pkcs11js.CKA_ENCRYPT, value: usage === 'data' }, // CMK material: encrypt and decrypt
-          { type: pkcs11js.CKA_DECRYPT, value: usage === 'data' },
-          { type: pkcs11js.CKA_UNWRAP, value: usage === 'unwrap' }, // an ephemeral KEK: unwrap only
-          { type: pkcs11js.CKA_WRAP, value: false }, // neither kind wraps anything out
-          { type: pkcs11js.CKA_SIGN, value: false },
-          { type: pkcs11js.CKA_VERIFY, value: false },
-          { type: pkcs11js.CKA_DERIVE, value: false },
-          { type: pkcs11js.CKA_VALUE, value }, // the material; the caller zeroes its buffer
-        ]),
+        p11.C_CreateObject(s, transientAesTemplate(value, usage, extractable)),
       'C_CreateObject',
     );
     return new TransientKey(h);
-  }
-
-  /** Template for an AES key unwrapped as a session object, before its length is checked. */
-  private transientUnwrapTemplate(usage: 'data' | 'unwrap', measurable: boolean): pkcs11js.Template {
-    return [
-      // CKA_MODIFIABLE is left to the module, as for createTransientAesKey: the persisted copy sets it.
-      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-      { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
-      { type: pkcs11js.CKA_TOKEN, value: false }, // nothing persists until every check has passed
-      { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
-      { type: pkcs11js.CKA_SENSITIVE, value: true }, // CKA_VALUE is never readable, even now
-      // Extractable only where the token does not report CKA_VALUE_LEN: then the length is measured
-      // by wrapping under a throwaway token key (the result is discarded) and the copy that persists
-      // is made non-extractable.
-      { type: pkcs11js.CKA_EXTRACTABLE, value: measurable },
-      { type: pkcs11js.CKA_ENCRYPT, value: usage === 'data' }, // CMK material: encrypt and decrypt
-      { type: pkcs11js.CKA_DECRYPT, value: usage === 'data' },
-      { type: pkcs11js.CKA_UNWRAP, value: usage === 'unwrap' }, // the ephemeral KEK of RSA_AES_KEY_WRAP: unwrap only
-      { type: pkcs11js.CKA_WRAP, value: false }, // neither wraps anything out
-      { type: pkcs11js.CKA_SIGN, value: false },
-      { type: pkcs11js.CKA_VERIFY, value: false },
-      { type: pkcs11js.CKA_DERIVE, value: false },
-    ];
   }
 
   /** CKA_VALUE_LEN as the token reports it (0 when it does not record it for unwrapped keys). */
@@ -949,20 +845,7 @@ export class HsmToken {
       // The token does not record the length of unwrapped keys (SoftHSM): measure it. AES key wrap
       // output is 8 + the key length rounded up to 8; only an AES key of 16, 24 or 32 bytes can be used
       // for AES at all, so a 40-byte wrap plus a working AES operation means exactly 32 bytes.
-      const kek = p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN, parameter: null as unknown as Buffer }, [
-        { type: pkcs11js.CKA_TOKEN, value: false }, // destroyed in the finally below
-        { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
-        { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
-        { type: pkcs11js.CKA_WRAP, value: true }, // its one job: wrap the key being measured
-        { type: pkcs11js.CKA_UNWRAP, value: false }, // so the discarded wrap can never be brought back in
-        { type: pkcs11js.CKA_ENCRYPT, value: false },
-        { type: pkcs11js.CKA_DECRYPT, value: false }, // nor decrypted to read the measured key
-        { type: pkcs11js.CKA_SIGN, value: false },
-        { type: pkcs11js.CKA_VERIFY, value: false },
-        { type: pkcs11js.CKA_DERIVE, value: false },
-        { type: pkcs11js.CKA_SENSITIVE, value: true }, // nobody reads it
-        { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wraps it out
-      ]);
+      const kek = p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN, parameter: null as unknown as Buffer }, measuringKekTemplate()); // destroyed in the finally below
       let wrapped: Buffer | null = null;
       try {
         wrapped = p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, kek, key[HANDLE], Buffer.alloc(1024));
@@ -985,147 +868,29 @@ export class HsmToken {
     }
   }
 
-  // ---------------------------------------------------------------- SOFTWARE level: the root key
+  // ---------------------------------------------------------------- SOFTWARE level: the root key (root-key.ts)
 
   /**
    * The root key: an AES-256 key-encryption key that never leaves the token. SOFTWARE-level
    * material is stored in SQLite only as RFC 5649 wraps under it.
    */
   ensureRootKey(id: string): void {
-    const existing = this.handleOf('root', id);
-    if (existing) {
-      // A root key made for the composed path can encrypt and decrypt blocks instead of wrapping.
-      this.rootWrap = this.withSession((p11, s) => (p11.C_GetAttributeValue(s, existing, [{ type: pkcs11js.CKA_WRAP }])[0].value as Buffer)[0] === 1, 'C_GetAttributeValue') ? 'in-token' : 'composed';
-      return;
-    }
-    const composed = !this.withSession((p11) => p11.C_GetMechanismList(this.slot), 'C_GetMechanismList').includes(pkcs11js.CKM_AES_KEY_WRAP_PAD);
-    const h = this.withSession(
-      (p11, s) =>
-        p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN, parameter: null as unknown as Buffer }, [
-          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES }, // RFC 5649 key wrap
-          { type: pkcs11js.CKA_TOKEN, value: true }, // every SOFTWARE wrap in the store needs it after a restart
-          { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
-          { type: pkcs11js.CKA_SENSITIVE, value: true }, // losing the root key would expose every SOFTWARE key
-          { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wrapped out
-          { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
-          // Its only jobs: wrap and unwrap SOFTWARE material, with CKM_AES_KEY_WRAP_PAD where the
-          // token has it. Otherwise RFC 5649 is composed here from CKM_AES_ECB blocks, which needs
-          // encrypt and decrypt; where wrap and unwrap exist, a plain decrypt would bypass the
-          // key-wrap integrity check, so it is off.
-          { type: pkcs11js.CKA_WRAP, value: !composed },
-          { type: pkcs11js.CKA_UNWRAP, value: !composed },
-          { type: pkcs11js.CKA_ENCRYPT, value: composed },
-          { type: pkcs11js.CKA_DECRYPT, value: composed },
-          { type: pkcs11js.CKA_SIGN, value: false },
-          { type: pkcs11js.CKA_VERIFY, value: false },
-          { type: pkcs11js.CKA_DERIVE, value: false },
-          { type: pkcs11js.CKA_VALUE_LEN, value: 32 }, // AES-256
-          { type: pkcs11js.CKA_LABEL, value: this.label('root', id) }, // kmsd:root:<id>
-          { type: pkcs11js.CKA_ID, value: Buffer.from(id, 'utf8') }, // the same id, as on every kmsd key
-        ]),
-      'C_GenerateKey',
-    );
-    this.created('root', id, h);
-    this.rootWrap = composed ? 'composed' : 'in-token';
+    this.rootKey.ensure(id);
   }
 
   /** How SOFTWARE material is wrapped under the root key: CKM_AES_KEY_WRAP_PAD, or RFC 5649 composed from CKM_AES_ECB. */
-  private rootWrap: GcmPath = 'in-token';
-
   get rootWrapPath(): GcmPath {
-    return this.rootWrap;
-  }
-
-  /** One AES block with the root key (composed RFC 5649 only). */
-  private rootBlock(p11: pkcs11js.PKCS11, s: Handle, root: Handle, decrypt: boolean, block: Buffer): Buffer {
-    const ecb = { mechanism: pkcs11js.CKM_AES_ECB, parameter: null as unknown as Buffer };
-    if (decrypt) {
-      p11.C_DecryptInit(s, ecb, root);
-      return p11.C_Decrypt(s, block, Buffer.alloc(16));
-    }
-    p11.C_EncryptInit(s, ecb, root);
-    return p11.C_Encrypt(s, block, Buffer.alloc(16));
-  }
-
-  /**
-   * The bytes of an extractable transient AES key, for the composed root wrap: wrapped out with
-   * CKM_AES_ECB under a throwaway session key whose value kmsd chose, and decrypted here. Only
-   * SOFTWARE-level material is extractable, and kmsd holds that in memory anyway. The caller zeroes it.
-   */
-  private extractTransient(p11: pkcs11js.PKCS11, s: Handle, key: Handle): Buffer {
-    const kekValue = crypto.randomBytes(32);
-    let kek: Handle | null = null;
-    let wrapped: Buffer | null = null;
-    try {
-      kek = p11.C_CreateObject(s, [
-        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
-        { type: pkcs11js.CKA_TOKEN, value: false }, // lives for this one call
-        { type: pkcs11js.CKA_PRIVATE, value: true },
-        { type: pkcs11js.CKA_SENSITIVE, value: true },
-        { type: pkcs11js.CKA_EXTRACTABLE, value: false },
-        { type: pkcs11js.CKA_WRAP, value: true }, // its one job
-        { type: pkcs11js.CKA_ENCRYPT, value: false },
-        { type: pkcs11js.CKA_DECRYPT, value: false },
-        { type: pkcs11js.CKA_VALUE, value: kekValue },
-      ]);
-      wrapped = p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_ECB, parameter: null as unknown as Buffer }, kek, key, Buffer.alloc(64));
-      const d = crypto.createDecipheriv('aes-256-ecb', kekValue, null);
-      d.setAutoPadding(false);
-      const parts = [d.update(wrapped), d.final()];
-      const out = Buffer.concat(parts);
-      for (const p of parts) p.fill(0);
-      return out;
-    } finally {
-      kekValue.fill(0);
-      wrapped?.fill(0);
-      if (kek) p11.C_DestroyObject(s, kek);
-    }
+    return this.rootKey.wrapPath;
   }
 
   /** Fresh AES-256 material generated by the token as an extractable session key, to be wrapped under the root key. */
   generateTransientExtractableAesKey(): TransientKey {
-    const h = this.withSession(
-      (p11, s) =>
-        p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN, parameter: null as unknown as Buffer }, [
-          // CKA_MODIFIABLE is left to the module: the key lives only until it is wrapped.
-          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
-          { type: pkcs11js.CKA_TOKEN, value: false }, // destroyed once wrapped
-          { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
-          { type: pkcs11js.CKA_SENSITIVE, value: true }, // leaves the token only wrapped under the root key
-          { type: pkcs11js.CKA_EXTRACTABLE, value: true }, // only so it can be wrapped under the root key
-          { type: pkcs11js.CKA_ENCRYPT, value: true }, // the material fingerprint is an in-token encryption
-          { type: pkcs11js.CKA_DECRYPT, value: true },
-          { type: pkcs11js.CKA_WRAP, value: false }, // it is material, never a key-encryption key
-          { type: pkcs11js.CKA_UNWRAP, value: false },
-          { type: pkcs11js.CKA_SIGN, value: false },
-          { type: pkcs11js.CKA_VERIFY, value: false },
-          { type: pkcs11js.CKA_DERIVE, value: false },
-          { type: pkcs11js.CKA_VALUE_LEN, value: 32 }, // AES-256
-        ]),
-      'C_GenerateKey',
-    );
-    return new TransientKey(h);
+    return this.rootKey.generateExtractableAesKey();
   }
 
   /** RFC 5649 wrap of an extractable transient key under the root key. */
   wrapUnderRoot(rootId: string, key: TransientKey): Buffer {
-    return this.withObject(
-      'root',
-      rootId,
-      (p11, s, root) => {
-        if (this.rootWrap === 'in-token') return p11.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, root, key[HANDLE], Buffer.alloc(1024));
-        const material = this.extractTransient(p11, s, key[HANDLE]);
-        try {
-          return kwpWrap((b) => this.rootBlock(p11, s, root, false, b), material);
-        } finally {
-          material.fill(0);
-        }
-      },
-      'C_WrapKey',
-    );
+    return this.rootKey.wrapKey(rootId, key);
   }
 
   /**
@@ -1133,67 +898,19 @@ export class HsmToken {
    * The caller owns (and zeroes) the buffer; the session object is destroyed before returning.
    */
   unwrapFromRoot(rootId: string, wrapped: Buffer): Buffer {
-    return this.withObject('root', rootId, (p11, s, root) => {
-      if (this.rootWrap === 'composed') {
-        try {
-          return kwpUnwrap((b) => this.rootBlock(p11, s, root, true, b), wrapped);
-        } catch (e) {
-          // The same answer CKM_AES_KEY_WRAP_PAD gives for a blob that is not a wrap under this key.
-          if (e instanceof KwpIntegrityError) throw new HsmError('C_UnwrapKey failed: CKR_WRAPPED_KEY_INVALID', 'CKR_WRAPPED_KEY_INVALID', 'C_UnwrapKey');
-          throw e;
-        }
-      }
-      const h = p11.C_UnwrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, root, wrapped, [
-        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
-        { type: pkcs11js.CKA_TOKEN, value: false }, // destroyed in the finally below, right after its value is read
-        { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login for that moment
-        { type: pkcs11js.CKA_SENSITIVE, value: false }, // SOFTWARE level: the daemon uses the bytes itself
-        { type: pkcs11js.CKA_EXTRACTABLE, value: true }, // as its value is read, wrapping it changes nothing
-        { type: pkcs11js.CKA_ENCRYPT, value: false }, // only read, never used in the token
-        { type: pkcs11js.CKA_DECRYPT, value: false },
-        { type: pkcs11js.CKA_WRAP, value: false },
-        { type: pkcs11js.CKA_UNWRAP, value: false },
-        { type: pkcs11js.CKA_SIGN, value: false },
-        { type: pkcs11js.CKA_VERIFY, value: false },
-        { type: pkcs11js.CKA_DERIVE, value: false },
-      ]);
-      try {
-        // Handed over as is, not copied: a copy would leave this Buffer, never zeroed, in the heap.
-        return p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_VALUE }])[0].value as Buffer;
-      } finally {
-        p11.C_DestroyObject(s, h);
-      }
-    }, 'C_UnwrapKey');
+    return this.rootKey.unwrapMaterial(rootId, wrapped);
   }
 
-  // ---------------------------------------------------------------- RSA wrapping keys
+  // ---------------------------------------------------------------- RSA wrapping keys (wrapping-keys.ts)
 
-  /**
-   * A fresh RSA key pair for GetParametersForImport. The private half is a token object that can
-   * only unwrap (and, only when the host-assisted OAEP path is allowed, raw-decrypt). Runs on the
-   * event loop: for session-only pairs (capability probes, tests); GetParametersForImport and the
-   * pool use generateWrappingKeyPairOffLoop.
-   */
+  /** A fresh RSA key pair on the event loop, for session-only pairs (capability probes, tests). */
   generateWrappingKeyPair(id: string, bits: number, allowDecrypt: boolean, token = true): Buffer {
-    const label = this.label('wrap', id);
-    const { publicTemplate, privateTemplate } = this.wrappingKeyPairTemplates(id, bits, allowDecrypt, token);
-    const pair = this.withSession((p11, s) => p11.C_GenerateKeyPair(s, RSA_KEY_PAIR_GEN, publicTemplate, privateTemplate), 'C_GenerateKeyPair');
-    if (token) this.created('wrap', id, pair.privateKey);
-    else this.transientPairs.set(id, pair);
-    return this.publicKeyDer(pair.publicKey);
+    return this.wrapping.generate(id, bits, allowDecrypt, token);
   }
 
-  /**
-   * generateWrappingKeyPair for a token pair, off the event loop: an RSA_4096 generation takes
-   * seconds, and on the event loop every other call waited for it. pkcs11js runs C_GenerateKeyPair
-   * on a libuv thread, on a session of its own (a session is not for two threads at once; the new
-   * one shares the login). At most MAX_KEY_PAIR_GENERATIONS run at once, so the libuv pool (4
-   * threads, shared with file and crypto work) and the cores keep room for everything else; the
-   * rest queue here. close() waits for the ones running (see drain).
-   */
+  /** A fresh token RSA key pair off the event loop (GetParametersForImport and the pool). */
   generateWrappingKeyPairOffLoop(id: string, bits: number, allowDecrypt: boolean): Promise<Buffer> {
-    return this.track(this.generateOffLoop(id, bits, allowDecrypt));
+    return this.wrapping.generateOffLoop(id, bits, allowDecrypt);
   }
 
   /** Keeps an off-loop generation in offLoop until it settles, for drain(). */
@@ -1212,413 +929,66 @@ export class HsmToken {
   }
 
   private readonly offLoop = new Set<Promise<unknown>>();
-  private readonly keyPairSlots = new Slots(MAX_KEY_PAIR_GENERATIONS);
-
-  private async generateOffLoop(id: string, bits: number, allowDecrypt: boolean): Promise<Buffer> {
-    const label = this.label('wrap', id);
-    const { publicTemplate, privateTemplate } = this.wrappingKeyPairTemplates(id, bits, allowDecrypt, true);
-    const release = await this.keyPairSlots.acquire();
-    try {
-      const p11 = this.p11;
-      if (!p11) throw new HsmClosedError();
-      const s = p11.C_OpenSession(this.slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
-      let pair: pkcs11js.KeyPair;
-      try {
-        pair = await p11.C_GenerateKeyPairAsync(s, RSA_KEY_PAIR_GEN, publicTemplate, privateTemplate);
-      } catch (e) {
-        throw toHsmError(e, 'C_GenerateKeyPair');
-      } finally {
-        try {
-          p11.C_CloseSession(s); // token objects outlive the session that made them
-        } catch {
-          /* already gone with the token */
-        }
-        clearCryptoErrors();
-      }
-      if (!this.p11) throw new HsmClosedError();
-      this.created('wrap', id, pair.privateKey);
-      return this.publicKeyDer(pair.publicKey);
-    } finally {
-      release();
-    }
-  }
-
-  private wrappingKeyPairTemplates(id: string, bits: number, allowDecrypt: boolean, token: boolean): { publicTemplate: pkcs11js.Template; privateTemplate: pkcs11js.Template } {
-    const label = this.label('wrap', id);
-    const idBytes = Buffer.from(id, 'utf8');
-    return {
-      publicTemplate: [
-        { type: pkcs11js.CKA_TOKEN, value: token }, // lives exactly as long as its private half
-        { type: pkcs11js.CKA_PRIVATE, value: false }, // the public key is public
-        { type: pkcs11js.CKA_MODIFIABLE, value: false }, // its usages cannot be widened later
-        { type: pkcs11js.CKA_MODULUS_BITS, value: bits },
-        { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) }, // F4, what every client library expects
-        { type: pkcs11js.CKA_ENCRYPT, value: true }, // clients encrypt outside; in-token use is for probes
-        { type: pkcs11js.CKA_WRAP, value: true }, // the same, for probes that wrap in the token
-        { type: pkcs11js.CKA_VERIFY, value: false }, // never a signature key
-        { type: pkcs11js.CKA_VERIFY_RECOVER, value: false }, // SoftHSM defaults this to true
-        { type: pkcs11js.CKA_DERIVE, value: false },
-        { type: pkcs11js.CKA_LABEL, value: label }, // kmsd:wrap:<id>, shared with the private half
-        { type: pkcs11js.CKA_ID, value: idBytes },
-      ],
-      privateTemplate: [
-        { type: pkcs11js.CKA_TOKEN, value: token }, // survives restarts for the 24 h life of the import token
-        { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
-        { type: pkcs11js.CKA_SENSITIVE, value: true }, // the private key never leaves the token
-        { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wrapped out
-        { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
-        { type: pkcs11js.CKA_UNWRAP, value: true }, // its one job: unwrap key material into the token
-        { type: pkcs11js.CKA_DECRYPT, value: allowDecrypt }, // raw RSA for host-assisted OAEP only
-        { type: pkcs11js.CKA_SIGN, value: false }, // never a signing key
-        { type: pkcs11js.CKA_SIGN_RECOVER, value: false },
-        { type: pkcs11js.CKA_DERIVE, value: false },
-        { type: pkcs11js.CKA_LABEL, value: label }, // kmsd:wrap:<id>; lookups add CKA_CLASS to pick this half
-        { type: pkcs11js.CKA_ID, value: idBytes }, // the wrap id, also in the import token
-      ],
-    };
-  }
-
-  private readonly transientPairs = new Map<string, { publicKey: Handle; privateKey: Handle }>();
 
   /** Destroys a session-only key pair made with token=false (capability probes). */
   destroyTransientPair(id: string): void {
-    const pair = this.transientPairs.get(id);
-    if (!pair) return;
-    this.transientPairs.delete(id);
-    this.destroyTransient(new TransientKey(pair.privateKey));
-    this.destroyTransient(new TransientKey(pair.publicKey));
+    this.wrapping.destroyTransientPair(id);
   }
 
-  private wrapPrivateHandle(id: string): Handle {
-    const t = this.transientPairs.get(id);
-    if (t) return t.privateKey;
-    return this.requireHandle('wrap', id);
-  }
-
-  private publicKeyDer(pub: Handle): Buffer {
-    return this.withSession((p11, s) => {
-      const a = p11.C_GetAttributeValue(s, pub, [{ type: pkcs11js.CKA_MODULUS }, { type: pkcs11js.CKA_PUBLIC_EXPONENT }]);
-      const key = crypto.createPublicKey({
-        key: { kty: 'RSA', n: (a[0].value as Buffer).toString('base64url'), e: (a[1].value as Buffer).toString('base64url') },
-        format: 'jwk',
-      });
-      return key.export({ type: 'spki', format: 'der' });
-    }, 'C_GetAttributeValue');
-  }
-
-  private rsaMechanism(padding: RsaPadding): pkcs11js.Mechanism {
-    switch (padding) {
-      case 'PKCS1_V1_5':
-        return { mechanism: pkcs11js.CKM_RSA_PKCS, parameter: null as unknown as Buffer };
-      case 'OAEP_SHA_1':
-        return {
-          mechanism: pkcs11js.CKM_RSA_PKCS_OAEP,
-          parameter: { type: pkcs11js.CK_PARAMS_RSA_OAEP, hashAlg: pkcs11js.CKM_SHA_1, mgf: pkcs11js.CKG_MGF1_SHA1, source: CKZ_DATA_SPECIFIED } as pkcs11js.RsaOAEP,
-        };
-      case 'OAEP_SHA_256':
-        return {
-          mechanism: pkcs11js.CKM_RSA_PKCS_OAEP,
-          parameter: { type: pkcs11js.CK_PARAMS_RSA_OAEP, hashAlg: pkcs11js.CKM_SHA256, mgf: pkcs11js.CKG_MGF1_SHA256, source: CKZ_DATA_SPECIFIED } as pkcs11js.RsaOAEP,
-        };
-    }
-  }
-
-  /**
-   * C_UnwrapKey with the wrapping private key, into a transient AES key. Every failure of the
-   * padding or of the token's checks is the same UnwrapFailedError.
-   */
+  /** C_UnwrapKey with the wrapping private key into a transient AES key; input failures are one UnwrapFailedError. */
   rsaUnwrap(wrapId: string, padding: RsaPadding, wrapped: Buffer, usage: 'data' | 'unwrap', measurable: boolean): TransientKey {
-    const priv = this.wrapPrivateHandle(wrapId);
-    // RFC 8017: a ciphertext of another length than the modulus is refused before the token sees it,
-    // so that the token's length errors below can only be about the unwrapped key.
-    if (wrapped.length !== this.wrappingModulusBytes(wrapId)) throw new UnwrapFailedError();
-    try {
-      const h = this.withSession((p11, s) => this.unwrapWithTemplate(p11, s, this.rsaMechanism(padding), priv, wrapped, usage, measurable), 'C_UnwrapKey');
-      return new TransientKey(h);
-    } catch (e) {
-      // opencryptoki checks the AES key length in C_UnwrapKey (16, 24 or 32 bytes).
-      if (toHsmError(e, 'C_UnwrapKey').code === 'CKR_WRAPPED_KEY_LEN_RANGE') throw new HsmError('the unwrapped key is not a valid AES key length', 'UNWRAPPED_KEY_LENGTH', 'C_UnwrapKey');
-      throw this.unwrapFailure(e);
-    }
+    return this.wrapping.rsaUnwrap(wrapId, padding, wrapped, usage, measurable);
   }
-
-  /**
-   * C_UnwrapKey into a transient. opencryptoki 3.8 refuses CKA_EXTRACTABLE=true in the template
-   * (CKR_ATTRIBUTE_READ_ONLY) although its unwrapped keys are extractable by default: learned once,
-   * then left out. persistTransient makes the kept copy non-extractable and sensitive either way.
-   */
-  private unwrapWithTemplate(p11: pkcs11js.PKCS11, s: Handle, mech: pkcs11js.Mechanism, kek: Handle, wrapped: Buffer, usage: 'data' | 'unwrap', measurable: boolean): Handle {
-    const template = this.transientUnwrapTemplate(usage, measurable);
-    const without = () => template.filter((a) => a.type !== pkcs11js.CKA_EXTRACTABLE);
-    if (measurable && this.unwrapRefusesExtractable) return p11.C_UnwrapKey(s, mech, kek, wrapped, without());
-    try {
-      return p11.C_UnwrapKey(s, mech, kek, wrapped, template);
-    } catch (e) {
-      if (!measurable || toHsmError(e, 'C_UnwrapKey').code !== 'CKR_ATTRIBUTE_READ_ONLY') throw e;
-      this.unwrapRefusesExtractable = true;
-      return p11.C_UnwrapKey(s, mech, kek, wrapped, without());
-    }
-  }
-
-  private unwrapRefusesExtractable = false;
 
   /** Raw RSA (CKM_RSA_X_509) inside the token, for host-assisted OAEP decoding. The caller zeroes the result. */
   rsaRawDecrypt(wrapId: string, data: Buffer, modulusBytes: number): Buffer {
-    const priv = this.wrapPrivateHandle(wrapId);
-    try {
-      return this.withSession((p11, s) => {
-        p11.C_DecryptInit(s, { mechanism: pkcs11js.CKM_RSA_X_509, parameter: null as unknown as Buffer }, priv);
-        const out = p11.C_Decrypt(s, data, Buffer.alloc(modulusBytes));
-        if (out.length === modulusBytes) return out;
-        // Some modules strip leading zero bytes of the raw result; restore the k-byte EM.
-        const em = Buffer.alloc(modulusBytes);
-        out.copy(em, modulusBytes - out.length);
-        out.fill(0);
-        return em;
-      }, 'C_Decrypt');
-    } catch (e) {
-      throw this.unwrapFailure(e);
-    }
+    return this.wrapping.rsaRawDecrypt(wrapId, data, modulusBytes);
   }
 
   /** One AES-ECB block decryption with a transient key (composed RFC 5649 unwrap of imports). The caller zeroes the result. */
   aesBlockDecrypt(key: TransientKey, block: Buffer): Buffer {
-    try {
-      return this.withSession((p11, s) => {
-        p11.C_DecryptInit(s, { mechanism: pkcs11js.CKM_AES_ECB, parameter: null as unknown as Buffer }, key[HANDLE]);
-        return p11.C_Decrypt(s, block, Buffer.alloc(16));
-      }, 'C_Decrypt');
-    } catch (e) {
-      throw this.unwrapFailure(e);
-    }
+    return this.wrapping.aesBlockDecrypt(key, block);
   }
 
   /** RFC 5649 unwrap (CKM_AES_KEY_WRAP_PAD) with a transient key-encryption key. */
   aesKwpUnwrap(kek: TransientKey, wrapped: Buffer, usage: 'data' | 'unwrap', measurable: boolean): TransientKey {
-    try {
-      const h = this.withSession(
-        (p11, s) => this.unwrapWithTemplate(p11, s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD, parameter: null as unknown as Buffer }, kek[HANDLE], wrapped, usage, measurable),
-        'C_UnwrapKey',
-      );
-      return new TransientKey(h);
-    } catch (e) {
-      throw this.unwrapFailure(e);
-    }
-  }
-
-  private unwrapFailure(e: unknown): HsmError {
-    const err = toHsmError(e, 'C_UnwrapKey');
-    // Errors about the state of the token itself stay visible; anything about the input is one error.
-    if (['CLOSED', 'NOT_FOUND', 'CKR_DEVICE_ERROR', 'CKR_DEVICE_MEMORY', 'CKR_HOST_MEMORY', 'CKR_MECHANISM_INVALID', 'CKR_KEY_FUNCTION_NOT_PERMITTED'].includes(err.code)) {
-      return err;
-    }
-    return new UnwrapFailedError();
+    return this.wrapping.aesKwpUnwrap(kek, wrapped, usage, measurable);
   }
 
   /** Attribute CKA_MODULUS length of a wrapping key, in bytes. */
   wrappingModulusBytes(wrapId: string): number {
-    const priv = this.wrapPrivateHandle(wrapId);
-    return this.withSession((p11, s) => (p11.C_GetAttributeValue(s, priv, [{ type: pkcs11js.CKA_MODULUS }])[0].value as Buffer).length, 'C_GetAttributeValue');
+    return this.wrapping.modulusBytes(wrapId);
   }
 
-  // ---------------------------------------------------------------- signing key (audit checkpoints)
-  // An ECDSA P-256 key pair whose private half never leaves the token. P-256 rather than Ed25519
-  // because the HSMs we target (Luna, nShield, YubiHSM 2, CloudHSM, SoftHSM) sign with it. A token
-  // without CKM_EC_KEY_PAIR_GEN or CKM_ECDSA (opencryptoki's soft token) gets an RSA-3072 pair that
-  // signs RSASSA-PKCS1-v1_5 with SHA-256 instead; node:crypto verifies either from the SPKI alone.
-  // Labels are kmsd:sign:<id>; the pair shares the label, so lookups also match on the class.
+  // ---------------------------------------------------------------- signing key (signing-key.ts)
 
-  private signingHandle(id: string, cls: number): Handle | null {
-    const label = `${SIGN_LABEL_PREFIX}${id}`;
-    const key = indexKey(label, cls);
-    const known = this.index.get(key);
-    if (known) return known;
-    if (this.index.complete) return null;
-    // Both halves in one pass (each pass reads every object on some modules); more than one object
-    // of a class under the label is ambiguous, as for any lookup.
-    const found = this.withSession((p11, s) => {
-      const handles = findObjects(
-        p11,
-        s,
-        [
-          { type: pkcs11js.CKA_TOKEN, value: true },
-          { type: pkcs11js.CKA_LABEL, value: label },
-        ],
-        8,
-      );
-      const byClass = new Map<number, Handle[]>();
-      for (const h of handles) {
-        const v = p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_CLASS }])[0].value as Buffer;
-        const c = Number(v.length >= 8 ? v.readBigUInt64LE(0) : v.readUInt32LE(0));
-        byClass.set(c, [...(byClass.get(c) ?? []), h]);
-      }
-      return byClass;
-    }, 'C_FindObjects');
-    for (const c of [pkcs11js.CKO_PUBLIC_KEY, pkcs11js.CKO_PRIVATE_KEY]) {
-      const hs = found.get(c) ?? [];
-      if (hs.length > 1) throw new HsmError(`more than one token object is labelled ${label}`, 'AMBIGUOUS');
-      if (hs[0]) this.index.set(indexKey(label, c), hs[0]);
-    }
-    return this.index.get(key) ?? null;
-  }
-
-  /** Creates the signing key pair once; returns the public key as DER SubjectPublicKeyInfo. */
+  /** Creates the audit signing key pair once; returns the public key as DER SubjectPublicKeyInfo. */
   ensureSigningKeyPair(id: string): Buffer {
-    let pub = this.signingHandle(id, pkcs11js.CKO_PUBLIC_KEY);
-    const priv = this.signingHandle(id, pkcs11js.CKO_PRIVATE_KEY);
-    if (!pub || !priv) {
-      if (pub || priv) throw new HsmError(`signing key kmsd:sign:${id} is half there (public ${Boolean(pub)}, private ${Boolean(priv)})`, 'AMBIGUOUS');
-      const mechanisms = this.withSession((p11) => p11.C_GetMechanismList(this.slot), 'C_GetMechanismList');
-      const ec = mechanisms.includes(pkcs11js.CKM_EC_KEY_PAIR_GEN) && mechanisms.includes(pkcs11js.CKM_ECDSA);
-      if (!ec && !mechanisms.includes(pkcs11js.CKM_RSA_PKCS)) {
-        throw new HsmError('the token can make no audit signing key: it has neither CKM_EC_KEY_PAIR_GEN with CKM_ECDSA nor CKM_RSA_PKCS', 'UNSUPPORTED');
-      }
-      const label = `kmsd:sign:${id}`;
-      const idBytes = Buffer.from(id, 'utf8');
-      const pair = ec ? this.generateEcSigningPair(label, idBytes) : this.generateRsaSigningPair(label, idBytes);
-      this.index.set(indexKey(label, pkcs11js.CKO_PUBLIC_KEY), pair.publicKey);
-      this.index.set(indexKey(label, pkcs11js.CKO_PRIVATE_KEY), pair.privateKey);
-      this.index.created('sign', id);
-      pub = pair.publicKey;
-    }
-    const h = pub;
-    const rsa = this.keyType(h) === pkcs11js.CKK_RSA;
-    this.signingMechanismName = rsa ? 'CKM_RSA_PKCS' : 'CKM_ECDSA';
-    if (rsa) return this.publicKeyDer(h);
-    return this.withSession((p11, s) => {
-      // CKA_EC_POINT is the DER OCTET STRING around the uncompressed point 04 || X || Y.
-      const der = p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_EC_POINT }])[0].value as Buffer;
-      const point = der.length === 67 && der[0] === 0x04 && der[1] === 0x41 ? der.subarray(2) : der;
-      if (point.length !== 65 || point[0] !== 0x04) throw new HsmError(`unexpected CKA_EC_POINT of ${der.length} bytes`, 'UNSUPPORTED');
-      const key = crypto.createPublicKey({
-        key: { kty: 'EC', crv: 'P-256', x: point.subarray(1, 33).toString('base64url'), y: point.subarray(33).toString('base64url') },
-        format: 'jwk',
-      });
-      return key.export({ type: 'spki', format: 'der' });
-    }, 'C_GetAttributeValue');
+    return this.signingKey.ensure(id);
   }
 
   /** The mechanism the audit signing key signs with, once ensureSigningKeyPair has run. */
   get signingMechanism(): string | null {
-    return this.signingMechanismName;
+    return this.signingKey.mechanism;
   }
 
-  private signingMechanismName: string | null = null;
+  /** Signs an audit checkpoint inside the token (ECDSA P-256, or RSASSA-PKCS1-v1_5 on tokens without ECDSA). */
+  signCheckpoint(id: string, data: Buffer): Buffer {
+    return this.signingKey.sign(id, data);
+  }
 
   /**
    * Which mechanism each token-side operation of kmsd runs on, and whether kmsd composes it
    * (DescribeHsm). The unwrap paths are planned separately (src/hsm/unwrap.ts).
    */
   mechanismPaths(): Array<{ Operation: string; Mechanism: string; Path: string }> {
+    const rootWrap = this.rootKey.wrapPath;
+    const signing = this.signingKey.mechanism;
     return [
       { Operation: 'AES_256_GCM', Mechanism: this.gcmPathInUse === 'in-token' ? 'CKM_AES_GCM' : 'CKM_AES_ECB', Path: this.gcmPathInUse },
-      { Operation: 'SOFTWARE_MATERIAL_WRAP', Mechanism: this.rootWrap === 'in-token' ? 'CKM_AES_KEY_WRAP_PAD' : 'CKM_AES_ECB', Path: this.rootWrap },
-      ...(this.signingMechanismName ? [{ Operation: 'AUDIT_SIGNATURE', Mechanism: this.signingMechanismName, Path: 'in-token' }] : []),
+      { Operation: 'SOFTWARE_MATERIAL_WRAP', Mechanism: rootWrap === 'in-token' ? 'CKM_AES_KEY_WRAP_PAD' : 'CKM_AES_ECB', Path: rootWrap },
+      ...(signing ? [{ Operation: 'AUDIT_SIGNATURE', Mechanism: signing, Path: 'in-token' }] : []),
     ];
-  }
-
-  private keyType(h: Handle): number {
-    return this.withSession((p11, s) => {
-      const v = p11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_KEY_TYPE }])[0].value as Buffer;
-      return Number(v.length >= 8 ? v.readBigUInt64LE(0) : v.readUInt32LE(0));
-    }, 'C_GetAttributeValue');
-  }
-
-  private generateEcSigningPair(label: string, idBytes: Buffer): pkcs11js.KeyPair {
-    return this.withSession(
-      (p11, s) =>
-        p11.C_GenerateKeyPair(
-          s,
-          { mechanism: pkcs11js.CKM_EC_KEY_PAIR_GEN, parameter: null as unknown as Buffer },
-          [
-            { type: pkcs11js.CKA_TOKEN, value: true }, // the verifying key survives restarts
-            { type: pkcs11js.CKA_PRIVATE, value: false }, // the public key is public
-            { type: pkcs11js.CKA_MODIFIABLE, value: false }, // its usages cannot be widened later
-            { type: pkcs11js.CKA_EC_PARAMS, value: Buffer.from('06082a8648ce3d030107', 'hex') }, // OID prime256v1 (P-256)
-            { type: pkcs11js.CKA_VERIFY, value: true }, // its one job: verify audit checkpoints
-            { type: pkcs11js.CKA_VERIFY_RECOVER, value: false }, // not a usage of ECDSA; stated so no token defaults it on
-            { type: pkcs11js.CKA_ENCRYPT, value: false }, // verify only
-            { type: pkcs11js.CKA_WRAP, value: false },
-            { type: pkcs11js.CKA_DERIVE, value: false },
-            { type: pkcs11js.CKA_LABEL, value: label }, // kmsd:sign:<id>, shared by both halves
-            { type: pkcs11js.CKA_ID, value: idBytes },
-          ],
-          [
-            { type: pkcs11js.CKA_TOKEN, value: true }, // survives restarts: checkpoints stay verifiable
-            { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
-            { type: pkcs11js.CKA_SENSITIVE, value: true }, // the private value can never be read
-            { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wrapped out: nobody can sign outside the token
-            { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
-            { type: pkcs11js.CKA_SIGN, value: true }, // its one job: sign audit checkpoints
-            { type: pkcs11js.CKA_SIGN_RECOVER, value: false }, // sign only
-            { type: pkcs11js.CKA_DECRYPT, value: false },
-            { type: pkcs11js.CKA_UNWRAP, value: false },
-            { type: pkcs11js.CKA_DERIVE, value: false }, // no ECDH with it either
-            { type: pkcs11js.CKA_LABEL, value: label }, // kmsd:sign:<id>, shared by both halves
-            { type: pkcs11js.CKA_ID, value: idBytes },
-          ],
-        ),
-      'C_GenerateKeyPair',
-    );
-  }
-
-  private generateRsaSigningPair(label: string, idBytes: Buffer): pkcs11js.KeyPair {
-    return this.withSession(
-      (p11, s) =>
-        p11.C_GenerateKeyPair(
-          s,
-          RSA_KEY_PAIR_GEN,
-          [
-            { type: pkcs11js.CKA_TOKEN, value: true }, // the verifying key survives restarts
-            { type: pkcs11js.CKA_PRIVATE, value: false }, // the public key is public
-            { type: pkcs11js.CKA_MODIFIABLE, value: false },
-            { type: pkcs11js.CKA_MODULUS_BITS, value: 3072 }, // about P-256's strength
-            { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) }, // F4
-            { type: pkcs11js.CKA_VERIFY, value: true }, // its one job: verify audit checkpoints
-            { type: pkcs11js.CKA_VERIFY_RECOVER, value: false }, // stated so no token defaults it on
-            { type: pkcs11js.CKA_ENCRYPT, value: false }, // verify only
-            { type: pkcs11js.CKA_WRAP, value: false },
-            { type: pkcs11js.CKA_DERIVE, value: false },
-            { type: pkcs11js.CKA_LABEL, value: label },
-            { type: pkcs11js.CKA_ID, value: idBytes },
-          ],
-          [
-            { type: pkcs11js.CKA_TOKEN, value: true }, // survives restarts: checkpoints stay verifiable
-            { type: pkcs11js.CKA_PRIVATE, value: true }, // invisible without login
-            { type: pkcs11js.CKA_SENSITIVE, value: true }, // the private value can never be read
-            { type: pkcs11js.CKA_EXTRACTABLE, value: false }, // nor wrapped out: nobody can sign outside the token
-            { type: pkcs11js.CKA_MODIFIABLE, value: false }, // attributes above cannot be relaxed later
-            { type: pkcs11js.CKA_SIGN, value: true }, // its one job: sign audit checkpoints
-            { type: pkcs11js.CKA_SIGN_RECOVER, value: false },
-            { type: pkcs11js.CKA_DECRYPT, value: false }, // never a decryption oracle for raw RSA
-            { type: pkcs11js.CKA_UNWRAP, value: false },
-            { type: pkcs11js.CKA_DERIVE, value: false },
-            { type: pkcs11js.CKA_LABEL, value: label },
-            { type: pkcs11js.CKA_ID, value: idBytes },
-          ],
-        ),
-      'C_GenerateKeyPair',
-    );
-  }
-
-  /**
-   * Signs an audit checkpoint inside the token: ECDSA P-256 over SHA-256(data) as r || s (IEEE P1363),
-   * or, with the RSA fallback key, RSASSA-PKCS1-v1_5 with SHA-256.
-   */
-  signCheckpoint(id: string, data: Buffer): Buffer {
-    const priv = this.signingHandle(id, pkcs11js.CKO_PRIVATE_KEY);
-    if (!priv) throw new HsmError(`token object kmsd:sign:${id} not found`, 'NOT_FOUND');
-    const digest = crypto.createHash('sha256').update(data).digest();
-    if (this.keyType(priv) === pkcs11js.CKK_RSA) {
-      return this.withSession((p11, s) => {
-        p11.C_SignInit(s, { mechanism: pkcs11js.CKM_RSA_PKCS, parameter: null as unknown as Buffer }, priv);
-        return p11.C_Sign(s, Buffer.concat([SHA256_DIGEST_INFO, digest]), Buffer.alloc(1024));
-      }, 'C_Sign');
-    }
-    return this.withSession((p11, s) => {
-      p11.C_SignInit(s, { mechanism: pkcs11js.CKM_ECDSA, parameter: null as unknown as Buffer }, priv);
-      return p11.C_Sign(s, digest, Buffer.alloc(64));
-    }, 'C_Sign');
   }
 }
 

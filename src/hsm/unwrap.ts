@@ -159,6 +159,20 @@ function ephemeralUnwrap(token: HsmToken, wrapId: string, padding: RsaPadding, h
   }
 }
 
+/**
+ * Material the host holds for a moment (host-assisted paths) into the token as a transient AES-256
+ * key. The buffer is zeroed whatever happens, so no path can forget it; a length other than 32 bytes
+ * is `wrongLength()` and nothing is created.
+ */
+function materialIntoToken(token: HsmToken, material: Buffer, usage: 'data' | 'unwrap', extractable: boolean, wrongLength: () => Error): TransientKey {
+  try {
+    if (material.length !== AES_256_BYTES) throw wrongLength();
+    return token.createTransientAesKey(material, usage, extractable);
+  } finally {
+    material.fill(0);
+  }
+}
+
 /** Host-assisted OAEP: raw RSA in the token, decoding here; one error for every failure. */
 function hostOaepDecrypt(token: HsmToken, wrapId: string, ciphertext: Buffer, hash: 'sha1' | 'sha256'): Buffer {
   const k = token.wrappingModulusBytes(wrapId);
@@ -201,15 +215,10 @@ export function unwrapKeyMaterial(token: HsmToken, caps: HsmCapabilities, wrapId
         break;
       case 'host-assisted': {
         const material = hostOaepDecrypt(token, wrapId, wrapped, OAEP_HASH[plan.algorithm as 'RSAES_OAEP_SHA_1' | 'RSAES_OAEP_SHA_256']);
-        try {
-          if (material.length !== AES_256_BYTES) throw new MaterialLengthError(material.length);
-          // Same attributes as the in-token path's transient key: HsmToken.persistTransient copies it
-          // with CKA_EXTRACTABLE=false, which SoftHSM refuses (CKR_ATTRIBUTE_READ_ONLY) on a key that is
-          // already non-extractable. The persisted copy is never extractable at HSM level.
-          target = token.createTransientAesKey(material, 'data', measurable);
-        } finally {
-          material.fill(0);
-        }
+        // Same attributes as the in-token path's transient key: HsmToken.persistTransient copies it
+        // with CKA_EXTRACTABLE=false, which SoftHSM refuses (CKR_ATTRIBUTE_READ_ONLY) on a key that is
+        // already non-extractable. The persisted copy is never extractable at HSM level.
+        target = materialIntoToken(token, material, 'data', measurable, () => new MaterialLengthError(material.length));
         break;
       }
       case 'composed':
@@ -226,12 +235,7 @@ export function unwrapKeyMaterial(token: HsmToken, caps: HsmCapabilities, wrapId
           requireAes256(token, ephemeral);
         } else {
           const eph = hostOaepDecrypt(token, wrapId, head, padding === 'OAEP_SHA_1' ? 'sha1' : 'sha256');
-          try {
-            if (eph.length !== AES_256_BYTES) throw new UnwrapFailedError();
-            ephemeral = token.createTransientAesKey(eph, 'unwrap');
-          } finally {
-            eph.fill(0);
-          }
+          ephemeral = materialIntoToken(token, eph, 'unwrap', false, () => new UnwrapFailedError());
         }
         target = token.aesKwpUnwrap(ephemeral, tail, 'data', measurable);
         break;
@@ -249,12 +253,7 @@ export function unwrapKeyMaterial(token: HsmToken, caps: HsmCapabilities, wrapId
           if (e instanceof KwpIntegrityError) throw new UnwrapFailedError();
           throw e;
         }
-        try {
-          if (material.length !== AES_256_BYTES) throw new MaterialLengthError(material.length);
-          target = token.createTransientAesKey(material, 'data', measurable);
-        } finally {
-          material.fill(0);
-        }
+        target = materialIntoToken(token, material, 'data', measurable, () => new MaterialLengthError(material.length));
         break;
       }
     }

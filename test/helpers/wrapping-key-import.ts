@@ -11,7 +11,8 @@ type Handle = Buffer;
 
 interface TokenInternals {
   withSession<T>(fn: (p11: pkcs11js.PKCS11, s: Handle) => T, name: string): T;
-  transientPairs: Map<string, { publicKey: Handle; privateKey: Handle }>;
+  /** src/hsm/wrapping-keys.ts, where session-only pairs are registered. */
+  wrapping: { transientPairs: Map<string, { publicKey: Handle; privateKey: Handle }> };
   created(kind: 'wrap', id: string, h: Handle): void;
 }
 
@@ -26,7 +27,7 @@ export function importWrappingPrivateKey(t: HsmToken, id: string, key: crypto.Ke
     throw new Error('a wrapping key must be an RSA private key');
   }
   const label = `kmsd:wrap:${id}`;
-  if (token ? t.has('wrap', id) : inner.transientPairs.has(id)) {
+  if (token ? t.has('wrap', id) : inner.wrapping.transientPairs.has(id)) {
     throw new Error(`wrapping key ${label} already exists`);
   }
   const idBytes = Buffer.from(id, 'utf8');
@@ -98,7 +99,7 @@ export function importWrappingPrivateKey(t: HsmToken, id: string, key: crypto.Ke
     // A token pair goes into the token's object index as a generated one does (a walked token finds
     // objects there, not by a C_FindObjects).
     if (token) inner.created('wrap', id, pair.privateKey);
-    else inner.transientPairs.set(id, pair);
+    else inner.wrapping.transientPairs.set(id, pair);
   } finally {
     for (const b of parts) b.fill(0);
   }

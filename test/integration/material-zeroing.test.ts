@@ -14,6 +14,8 @@ import { Store } from '../../src/store/store';
 import { bindStoreToToken } from '../../src/kms/binding';
 import { makeTempDir } from '../helpers/daemon';
 import { createSoftHsmToken, type SoftHsmToken } from '../helpers/softhsm-token';
+import { MaterialLengthError, probeCapabilities, unwrapKeyMaterial, type HsmCapabilities, type UnwrapPlan } from '../../src/hsm/unwrap';
+import crypto from 'node:crypto';
 
 const quiet: Logger = { info: () => undefined, warn: () => undefined, error: () => undefined };
 const isZero = (b: Buffer) => b.length > 0 && b.every((x) => x === 0);
@@ -141,5 +143,80 @@ describe('plaintexts and data keys', () => {
     expect(r.Results.map((x) => x.Code)).toEqual(['', '', 'Rejected.Disabled']);
     expect(seen).toHaveLength(2);
     for (const b of seen) expect(isZero(b)).toBe(true);
+  });
+});
+
+// The host-assisted unwrap paths hold the key material (or the ephemeral key of RSA_AES_KEY_WRAP) in
+// kmsd for a moment: the Buffer handed to the token must be zero once the key is in it, on each path.
+describe('host-assisted unwrap: material held in kmsd', () => {
+  const wrapId = 'host-material';
+  let caps: HsmCapabilities;
+  let pub: crypto.KeyObject;
+
+  beforeAll(() => {
+    caps = probeCapabilities(token, token.tokenInfo().mechanisms);
+    expect(caps.rsaUnwrap.OAEP_SHA_1).toBe(true);
+    pub = crypto.createPublicKey({ key: token.generateWrappingKeyPair(wrapId, 2048, true, false), format: 'der', type: 'spki' });
+  });
+  afterAll(() => token?.destroyTransientPair(wrapId));
+
+  const oaep = (msg: Buffer, oaepHash = 'sha256') => crypto.publicEncrypt({ key: pub, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash }, msg);
+  const kwp = (kek: Buffer, msg: Buffer) => {
+    const c = crypto.createCipheriv('id-aes256-wrap-pad', kek, Buffer.from('A65959A6', 'hex'));
+    return Buffer.concat([c.update(msg), c.final()]);
+  };
+  /** Every Buffer createTransientAesKey was given, as the call saw it. */
+  function recordMaterial(): Buffer[] {
+    const given: Buffer[] = [];
+    const real = token.createTransientAesKey.bind(token);
+    vi.spyOn(token, 'createTransientAesKey').mockImplementation((value, usage, extractable) => {
+      given.push(value);
+      return real(value, usage, extractable);
+    });
+    return given;
+  }
+  const plan = (algorithm: UnwrapPlan['algorithm'], path: UnwrapPlan['path']): UnwrapPlan => ({ algorithm, path });
+
+  it('host-assisted: the decoded 32 bytes are zero once they are a token key', () => {
+    const given = recordMaterial();
+    const key = unwrapKeyMaterial(token, caps, wrapId, plan('RSAES_OAEP_SHA_256', 'host-assisted'), oaep(crypto.randomBytes(32)), false);
+    token.destroyTransient(key);
+    expect(given).toHaveLength(1);
+    expect(isZero(given[0])).toBe(true);
+  });
+
+  it('host-assisted: material of another length creates nothing and is a length error', () => {
+    const given = recordMaterial();
+    expect(() => unwrapKeyMaterial(token, caps, wrapId, plan('RSAES_OAEP_SHA_256', 'host-assisted'), oaep(crypto.randomBytes(16)), false)).toThrow(MaterialLengthError);
+    expect(given).toHaveLength(0);
+  });
+
+  it('composed-host-assisted: the ephemeral key decoded in kmsd is zero once it is a token key', () => {
+    const given = recordMaterial();
+    const ephemeral = crypto.randomBytes(32);
+    const wrapped = Buffer.concat([oaep(ephemeral), kwp(ephemeral, crypto.randomBytes(32))]);
+    const key = unwrapKeyMaterial(token, caps, wrapId, plan('RSA_AES_KEY_WRAP_SHA_256', 'composed-host-assisted'), wrapped, false);
+    token.destroyTransient(key);
+    expect(given).toHaveLength(1);
+    expect(isZero(given[0])).toBe(true);
+  });
+
+  it('composed-host-assisted-kwp: the material unwrapped in kmsd is zero once it is a token key', () => {
+    const given = recordMaterial();
+    const ephemeral = crypto.randomBytes(32);
+    // The ephemeral key is unwrapped in the token: with SHA-1, which SoftHSM's RSA-OAEP has.
+    const wrapped = Buffer.concat([oaep(ephemeral, 'sha1'), kwp(ephemeral, crypto.randomBytes(32))]);
+    const key = unwrapKeyMaterial(token, caps, wrapId, plan('RSA_AES_KEY_WRAP_SHA_1', 'composed-host-assisted-kwp'), wrapped, false);
+    token.destroyTransient(key);
+    expect(given).toHaveLength(1);
+    expect(isZero(given[0])).toBe(true);
+  });
+
+  it('composed-host-assisted-kwp: material of another length creates nothing and is a length error', () => {
+    const given = recordMaterial();
+    const ephemeral = crypto.randomBytes(32);
+    const wrapped = Buffer.concat([oaep(ephemeral, 'sha1'), kwp(ephemeral, crypto.randomBytes(24))]);
+    expect(() => unwrapKeyMaterial(token, caps, wrapId, plan('RSA_AES_KEY_WRAP_SHA_1', 'composed-host-assisted-kwp'), wrapped, false)).toThrow(MaterialLengthError);
+    expect(given).toHaveLength(0);
   });
 });
