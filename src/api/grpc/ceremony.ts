@@ -36,12 +36,11 @@ function str(v: unknown): string {
 export function ceremonyExtension(rt: CeremonyRuntime): CeremonyExtension {
   const { ceremony, audit } = rt;
 
-  /** Resolves once the call is on the record (counted, or its record committed). */
-  const record = async (name: string, req: Req, ctx: CallContext, res: Req | undefined, err: unknown): Promise<void> => {
-    const outcome = err === undefined ? 'ok' : err instanceof KmsError ? err.code : 'InternalFailure';
-    const meta = (res?.KeyMetadata ?? {}) as Req;
-    const proposalId = str(req.ProposalId) || str(res?.ProposalId);
-    const keyId = str(req.KeyId) || str(meta.KeyId) || str(res?.KeyId) || (proposalId ? ceremony.keyIdOf(proposalId) : '');
+  /**
+   * Puts the call on the record: counted at once (undefined), or a promise that resolves once its
+   * record is committed. Counted calls, the data plane, take no promise and no extra turn.
+   */
+  const record = (name: string, req: Req, ctx: CallContext, res: Req | undefined, err: unknown): Promise<void> | undefined => {
     if (DATA_PLANE_ACTIONS.has(name)) {
       // Counted under the CMK the call used (its answer names it) or, for a refusal, the existing
       // CMK the request names; anything else under '' (see AuditLog.count).
@@ -53,6 +52,14 @@ export function ceremonyExtension(rt: CeremonyRuntime): CeremonyExtension {
       countBatch(name, req, ctx, res, err);
       if (!audit.config.dataPlaneEvents) return;
     }
+    return append(name, req, ctx, res, err);
+  };
+
+  const append = async (name: string, req: Req, ctx: CallContext, res: Req | undefined, err: unknown): Promise<void> => {
+    const outcome = err === undefined ? 'ok' : err instanceof KmsError ? err.code : 'InternalFailure';
+    const meta = (res?.KeyMetadata ?? {}) as Req;
+    const proposalId = str(req.ProposalId) || str(res?.ProposalId);
+    const keyId = str(req.KeyId) || str(meta.KeyId) || str(res?.KeyId) || (proposalId ? ceremony.keyIdOf(proposalId) : '');
     const details: Record<string, unknown> = safeParams(req);
     if (err instanceof KmsError) details.Error = err.message.length > 400 ? `${err.message.slice(0, 397)}...` : err.message;
     // HTTP calls name the access key they were signed with; CreateAccessKey names the key it made.
@@ -103,10 +110,12 @@ export function ceremonyExtension(rt: CeremonyRuntime): CeremonyExtension {
       try {
         res = await fn(req as Req, ctx);
       } catch (e) {
-        await record(name, (req ?? {}) as Req, ctx, undefined, e);
+        const committed = record(name, (req ?? {}) as Req, ctx, undefined, e);
+        if (committed) await committed;
         throw e;
       }
-      await record(name, (req ?? {}) as Req, ctx, res as Req, undefined);
+      const committed = record(name, (req ?? {}) as Req, ctx, res as Req, undefined);
+      if (committed) await committed;
       return res;
     };
 
