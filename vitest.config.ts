@@ -12,7 +12,7 @@ import { defineConfig } from 'vitest/config';
 // and its object files in place (O_TRUNC, no rename), so a SIGKILL while another PKCS#11 call writes
 // loses objects or wipes the token (docs/security.md §9). The random kills run there only by hand:
 // KMSD_TEST_TOKEN=opencryptoki npx vitest run --project softhsm test/e2e/crash.test.ts.
-const OPENCRYPTOKI_SUITES = ['test/integration/gcm-composed.test.ts', 'test/integration/kwp-composed.test.ts', 'test/e2e/lifecycle.test.ts', 'test/e2e/byok-lifecycle.test.ts', 'test/e2e/byok-walkthrough.test.ts', 'test/e2e/ceremony.test.ts', 'test/e2e/hsm-paths.test.ts', 'test/e2e/crash.test.ts'];
+const OPENCRYPTOKI_SUITES = ['test/integration/gcm-composed.test.ts', 'test/integration/kwp-composed.test.ts', 'test/e2e/lifecycle.test.ts', 'test/e2e/byok-lifecycle.test.ts', 'test/e2e/byok-walkthrough.test.ts', 'test/e2e/byok-policy.test.ts', 'test/e2e/ceremony.test.ts', 'test/e2e/hsm-paths.test.ts', 'test/e2e/token-mechanisms.test.ts', 'test/e2e/crash.test.ts'];
 
 export default defineConfig({
   test: {

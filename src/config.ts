@@ -5,6 +5,7 @@ import os from 'node:os';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { DISABLEABLE_MECHANISMS, type DisableableMechanism, isDisableableMechanism } from './hsm/mechanisms';
 
 export interface TlsConfig {
   certFile: string;
@@ -49,6 +50,8 @@ export interface DaemonConfig {
   proposalTtlSeconds?: number;
   /** KMSD_NATIVE_ADDON: the addon file to load instead of searching build/ (checked to exist). */
   nativeAddonPath?: string;
+  /** KMS_DISABLE_MECHANISMS: mechanisms kmsd must not use even where the token has them (src/hsm/mechanisms.ts). */
+  disabledMechanisms: DisableableMechanism[];
 }
 
 /** Who may call (policy), how much (limits), and whether plaintext is served at all. */
@@ -117,7 +120,7 @@ const FILE_FIELDS: Record<string, 'string' | 'number' | 'boolean'> = {
   hsmQueueTimeoutMs: 'number', maxMessageBytes: 'number', tlsHandshakeTimeoutMs: 'number', tlsMaxUnauthenticated: 'number',
   tlsMaxUnauthenticatedPerAddress: 'number', maxConcurrentStreams: 'number', streamMaxPerConnection: 'number', streamMaxPerPrincipal: 'number',
   streamBufferBytesPerConnection: 'number', streamBufferBytesPerPrincipal: 'number', proposalTtlSeconds: 'number', auditCheckpointRecords: 'number',
-  auditCheckpointSeconds: 'number', auditDataPlane: 'boolean',
+  auditCheckpointSeconds: 'number', auditDataPlane: 'boolean', disableMechanisms: 'string',
 };
 
 function wrap(text: string, width: number): string {
@@ -140,7 +143,8 @@ export const USAGE = `usage: kmsd [--listen HOST:PORT] [--data-dir DIR] [--pkcs1
 Environment: KMS_LISTEN, KMS_DATA_DIR, KMS_PKCS11_MODULE, KMS_TOKEN_LABEL, KMS_PIN_FILE, KMS_TLS_CERT,
 KMS_TLS_KEY, KMS_TLS_CLIENT_CA, KMS_ALLOW_HOST_ASSISTED_UNWRAP (0|1), KMS_IMPORT_TOKEN_TTL_SECONDS,
 KMS_WRAPPING_KEY_POOL_SIZE, KMS_SCHEDULER_INTERVAL_MS, KMS_NATIVE (0 disables the addon), KMS_NATIVE_THREADS
-(the addon's worker threads, default: the number of cores), KMS_LOG_LEVEL.
+(the addon's worker threads, default: the number of cores), KMS_LOG_LEVEL, KMS_DISABLE_MECHANISMS (comma-separated
+mechanisms kmsd must not use: ${DISABLEABLE_MECHANISMS.join(', ')}).
 Security (docs/security.md): KMS_POLICY, KMS_PLAINTEXT_LOOPBACK (0|1, default 1 without TLS), KMS_RATE_LIMIT
 (requests/s per principal, 0 = off; default 1000 with TLS, 0 without), KMS_RATE_BURST, KMS_HSM_MAX_IN_FLIGHT,
 KMS_HSM_MAX_QUEUED, KMS_HSM_QUEUE_TIMEOUT_MS, KMS_MAX_MESSAGE_BYTES, KMS_TLS_HANDSHAKE_TIMEOUT_MS (default 10000),
@@ -265,6 +269,20 @@ export function clientEnvironment(): { endpoint?: string; caFile?: string; certF
   return { endpoint: envValue(process.env, 'KMS_ENDPOINT'), caFile: envValue(process.env, 'KMS_CA'), certFile: envValue(process.env, 'KMS_CERT'), keyFile: envValue(process.env, 'KMS_KEY') };
 }
 
+/** KMS_DISABLE_MECHANISMS / disableMechanisms: comma-separated names, each one kmsd can do without. */
+function mechanismList(value: string | undefined): DisableableMechanism[] {
+  if (value === undefined || value.trim() === '') return [];
+  const out: DisableableMechanism[] = [];
+  for (const raw of value.split(',')) {
+    const name = raw.trim();
+    if (!isDisableableMechanism(name)) {
+      throw new ConfigError(`disableMechanisms (KMS_DISABLE_MECHANISMS): "${name.slice(0, 64)}" is not a mechanism kmsd can be told not to use; those are ${DISABLEABLE_MECHANISMS.join(', ')}`);
+    }
+    if (!out.includes(name)) out.push(name);
+  }
+  return out;
+}
+
 export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig {
   const flags: Record<string, string> = {};
   for (let i = 0; i < argv.length; i++) {
@@ -314,6 +332,7 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv): DaemonConfig
     },
     proposalTtlSeconds: optionalInt('proposalTtlSeconds (KMS_PROPOSAL_TTL_SECONDS)', envValue(env, 'KMS_PROPOSAL_TTL_SECONDS') ?? file.proposalTtlSeconds, 1, 7 * 86400),
     nativeAddonPath: envValue(env, 'KMSD_NATIVE_ADDON'),
+    disabledMechanisms: mechanismList(envValue(env, 'KMS_DISABLE_MECHANISMS') ?? (file.disableMechanisms as string | undefined)),
   };
   if (cfg.nativeAddonPath !== undefined && !isFile(cfg.nativeAddonPath)) throw new ConfigError(`KMSD_NATIVE_ADDON ${cfg.nativeAddonPath} is not a file`);
   if (fs.existsSync(cfg.dataDir) && !fs.statSync(cfg.dataDir).isDirectory()) throw new ConfigError(`--data-dir ${cfg.dataDir} is not a directory`);

@@ -113,7 +113,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
   if (tokenOpts.pinLooseMode !== null) {
     log.warn({ pinFile: tokenOpts.pinFile, mode: octal(tokenOpts.pinLooseMode) }, 'PIN file is accessible to group or others: anyone who can read it can log in to the token (chmod 600 it)');
   }
-  const token = HsmToken.open(tokenOpts);
+  const token = HsmToken.open({ ...tokenOpts, disabledMechanisms: cfg.disabledMechanisms });
   let store: Store | null = null;
   try {
     // The binding check comes before kmsd creates or destroys anything in the token: a store that is
@@ -134,7 +134,9 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock): P
     const info = token.tokenInfo();
     const capabilities = probeCapabilities(token, info.mechanisms);
     log.info({ token: info.label, manufacturer: info.manufacturer, model: info.model, capabilities }, 'token capabilities probed');
-    if (!capabilities.aesGcm) throw new Error('the token can do AES-256-GCM neither with CKM_AES_GCM nor composed from CKM_AES_ECB, and every CMK operation needs it');
+    // SOFTWARE-level keys run AES-GCM here and need the token only for their root-key wraps, so
+    // kmsd serves them; CreateKey (HSM) and GetParametersForImport are refused, naming the mechanisms.
+    if (!capabilities.aesGcm) log.warn({ refused: token.cannot('HSM_GENERATED') }, 'the token can do AES-256-GCM neither with CKM_AES_GCM nor composed from CKM_AES_ECB: HSM-level keys and imports are refused');
 
     const keyring = new Keyring(token, store);
     if (capabilities.gcmPath === 'composed') {

@@ -28,6 +28,8 @@ export class TransientKey {
 export interface TokenContext {
   readonly slot: Handle;
   readonly index: ObjectIndex;
+  /** The token's mechanism list, less the ones the configuration disabled. */
+  mechanisms(): number[];
   /** Runs fn with the login session, reopening it once if the token dropped it under us. */
   withSession<T>(fn: (p11: pkcs11js.PKCS11, s: Handle) => T, name: string): T;
   /** withSession for an operation on one token object, looked up again after a reopened session. */

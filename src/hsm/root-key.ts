@@ -27,7 +27,7 @@ export class RootKey {
       this.wrap = ctx.withSession((p11, s) => (p11.C_GetAttributeValue(s, existing, [{ type: pkcs11js.CKA_WRAP }])[0].value as Buffer)[0] === 1, 'C_GetAttributeValue') ? 'in-token' : 'composed';
       return;
     }
-    const composed = !ctx.withSession((p11) => p11.C_GetMechanismList(ctx.slot), 'C_GetMechanismList').includes(pkcs11js.CKM_AES_KEY_WRAP_PAD);
+    const composed = !ctx.mechanisms().includes(pkcs11js.CKM_AES_KEY_WRAP_PAD);
     const h = ctx.withSession((p11, s) => p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN, parameter: null as unknown as Buffer }, rootKeyTemplate(ctx.label('root', id), id, composed)), 'C_GenerateKey');
     ctx.created('root', id, h);
     this.wrap = composed ? 'composed' : 'in-token';

@@ -67,7 +67,7 @@ export class SigningKey {
     const priv = this.handle(id, pkcs11js.CKO_PRIVATE_KEY);
     if (!pub || !priv) {
       if (pub || priv) throw new HsmError(`signing key kmsd:sign:${id} is half there (public ${Boolean(pub)}, private ${Boolean(priv)})`, 'AMBIGUOUS');
-      const mechanisms = ctx.withSession((p11) => p11.C_GetMechanismList(ctx.slot), 'C_GetMechanismList');
+      const mechanisms = ctx.mechanisms();
       const ec = mechanisms.includes(pkcs11js.CKM_EC_KEY_PAIR_GEN) && mechanisms.includes(pkcs11js.CKM_ECDSA);
       if (!ec && !mechanisms.includes(pkcs11js.CKM_RSA_PKCS)) {
         throw new HsmError('the token can make no audit signing key: it has neither CKM_EC_KEY_PAIR_GEN with CKM_ECDSA nor CKM_RSA_PKCS', 'UNSUPPORTED');

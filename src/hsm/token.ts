@@ -25,6 +25,8 @@ import { RootKey } from './root-key';
 import { SigningKey } from './signing-key';
 import { cmkKeyTemplate, instanceTemplate, macKeyTemplate, measuringKekTemplate, transientAesTemplate } from './templates';
 import { type RsaPadding, WrappingKeys } from './wrapping-keys';
+import { type HsmCapabilities, type UnwrapPlan, unwrapKeyMaterial } from './unwrap';
+import type { DisableableMechanism } from './mechanisms';
 
 export type { ObjectKind, TokenInventory } from './objects';
 export { TransientKey } from './context';
@@ -34,7 +36,21 @@ export interface TokenOptions {
   modulePath: string;
   tokenLabel: string;
   pin: string;
+  /** Mechanisms kmsd must not use even where the token has them (src/hsm/mechanisms.ts). */
+  disabledMechanisms?: readonly DisableableMechanism[];
 }
+
+const MECHANISM_NUMBERS: Record<DisableableMechanism, number> = {
+  CKM_AES_GCM: pkcs11js.CKM_AES_GCM,
+  CKM_AES_ECB: pkcs11js.CKM_AES_ECB,
+  CKM_AES_KEY_WRAP_PAD: pkcs11js.CKM_AES_KEY_WRAP_PAD,
+  CKM_RSA_PKCS: pkcs11js.CKM_RSA_PKCS,
+  CKM_RSA_PKCS_OAEP: pkcs11js.CKM_RSA_PKCS_OAEP,
+  CKM_RSA_X_509: pkcs11js.CKM_RSA_X_509,
+};
+
+/** What a CMK needs of the token, asked before anything is created (see HsmToken.cannot). */
+export type TokenNeed = 'HSM_GENERATED' | 'HSM_EXTERNAL' | 'SOFTWARE_GENERATED' | 'IMPORT';
 
 /**
  * Where AES-256-GCM runs: `in-token` is CKM_AES_GCM; `composed` is CKM_AES_ECB in the token with
@@ -68,6 +84,8 @@ export class HsmToken {
   readonly tokenLabel: string;
   readonly modulePath: string;
   private readonly pin: string;
+  /** Mechanisms the configuration told kmsd not to use. */
+  private readonly disabled: ReadonlySet<DisableableMechanism>;
 
   private constructor(p11: pkcs11js.PKCS11, slot: Handle, session: Handle, opts: TokenOptions) {
     this.p11 = p11;
@@ -77,6 +95,7 @@ export class HsmToken {
     this.tokenLabel = opts.tokenLabel;
     this.modulePath = opts.modulePath;
     this.pin = opts.pin;
+    this.disabled = new Set(opts.disabledMechanisms ?? []);
     const ctx = this.context();
     this.wrapping = new WrappingKeys(ctx);
     this.rootKey = new RootKey(ctx);
@@ -93,6 +112,7 @@ export class HsmToken {
     return {
       slot: this.slot,
       index: this.index,
+      mechanisms: () => this.mechanisms(),
       withSession: (fn, name) => this.withSession(fn, name),
       withObject: (kind, id, fn, name) => this.withObject(kind, id, fn, name),
       inOwnSession: (fn, name) => this.inOwnSession(fn, name),
@@ -308,9 +328,60 @@ export class HsmToken {
         manufacturer: info.manufacturerID.trim(),
         model: info.model.trim(),
         serialNumber: info.serialNumber.trim(),
-        mechanisms: p11.C_GetMechanismList(this.slot),
+        mechanisms: this.usable(p11.C_GetMechanismList(this.slot)),
       };
     }, 'C_GetTokenInfo');
+  }
+
+  /** The token's mechanism list, less the ones the configuration disabled (read once: it does not change). */
+  mechanisms(): number[] {
+    this.listed ??= this.withSession((p11) => p11.C_GetMechanismList(this.slot), 'C_GetMechanismList');
+    return this.usable(this.listed);
+  }
+
+  private listed: number[] | null = null;
+
+  private usable(listed: number[]): number[] {
+    const off = new Set([...this.disabled].map((m) => MECHANISM_NUMBERS[m]));
+    return listed.filter((m) => !off.has(m));
+  }
+
+  /** Did the configuration tell kmsd not to use this mechanism? The capability probe skips its paths. */
+  mechanismDisabled(name: DisableableMechanism): boolean {
+    return this.disabled.has(name);
+  }
+
+  /**
+   * Why the token cannot do at all what a CMK needs, naming the mechanisms it lacks, or null when it
+   * can. Asked by CreateKey and GetParametersForImport before anything is created, so a token
+   * without a mechanism is a clear refusal there, never an internal error at the key's first use.
+   * What depends on the AES-GCM path goes by the capability probe's finding (nothing is refused
+   * for it before the probe has run).
+   */
+  cannot(need: TokenNeed): string | null {
+    const lacking = (names: DisableableMechanism[]) => {
+      const off = names.filter((n) => this.disabled.has(n));
+      return off.length ? ` (KMS_DISABLE_MECHANISMS turns off ${off.join(', ')})` : '';
+    };
+    const noGcmPath = this.capabilities !== null && this.capabilities.gcmPath === null;
+    const noGcm = `AES-256-GCM in the token, with CKM_AES_GCM or composed from CKM_AES_ECB, and this token can do neither${lacking(['CKM_AES_GCM', 'CKM_AES_ECB'])}`;
+    switch (need) {
+      case 'HSM_GENERATED':
+        if (noGcmPath) return `an HSM-level key needs ${noGcm}`;
+        if (!this.mechanisms().includes(pkcs11js.CKM_AES_KEY_GEN)) return 'an HSM-level key is generated with CKM_AES_KEY_GEN, which this token does not list';
+        return null;
+      case 'HSM_EXTERNAL':
+        return noGcmPath ? `an HSM-level key needs ${noGcm}` : null;
+      case 'IMPORT':
+        return noGcmPath ? `importing key material needs ${noGcm} (the material's fingerprint is computed there)` : null;
+      case 'SOFTWARE_GENERATED': {
+        if (!this.mechanisms().includes(pkcs11js.CKM_AES_KEY_GEN)) return 'SOFTWARE-level material is generated in the token with CKM_AES_KEY_GEN, which this token does not list';
+        if (this.rootKey.wrapPath === 'composed' && !this.mechanisms().includes(pkcs11js.CKM_AES_ECB)) {
+          return `SOFTWARE-level material is wrapped under the root key with CKM_AES_KEY_WRAP_PAD, or composed from CKM_AES_ECB, and this token can do neither${lacking(['CKM_AES_KEY_WRAP_PAD', 'CKM_AES_ECB'])}`;
+        }
+        return null;
+      }
+    }
   }
 
   random(n: number): Buffer {
@@ -899,6 +970,30 @@ export class HsmToken {
    */
   unwrapFromRoot(rootId: string, wrapped: Buffer): Buffer {
     return this.rootKey.unwrapMaterial(rootId, wrapped);
+  }
+
+  // ---------------------------------------------------------------- imported key material
+
+  /** What the capability probe found (src/hsm/unwrap.ts); null until it has run. */
+  private capabilities: HsmCapabilities | null = null;
+
+  /** Called by the capability probe: what unwrapInto goes by. */
+  adoptCapabilities(caps: HsmCapabilities): void {
+    this.capabilities = caps;
+  }
+
+  /**
+   * Unwraps imported key material (wrapped under wrapping key `wrapId` as `plan` says) into the
+   * token as the pending material of a CMK version of protection level `level`, checked to be
+   * exactly 256 bits. The caller gets a key reference back: it fingerprints and persists it
+   * (persistTransient, or wrapUnderRoot for SOFTWARE, whose material is then extractable) and
+   * releases it with destroyTransient. Fails with UnwrapFailedError or MaterialLengthError on bad
+   * input; nothing is left in the token then.
+   */
+  unwrapInto(level: 'HSM' | 'SOFTWARE', wrapId: string, plan: UnwrapPlan, wrapped: Buffer): TransientKey {
+    if (!this.p11) throw new HsmClosedError();
+    if (!this.capabilities) throw new HsmError('the token has not been probed for its unwrap paths yet', 'UNSUPPORTED');
+    return unwrapKeyMaterial(this, this.capabilities, wrapId, plan, wrapped, level === 'SOFTWARE');
   }
 
   // ---------------------------------------------------------------- RSA wrapping keys (wrapping-keys.ts)

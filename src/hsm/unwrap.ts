@@ -14,7 +14,7 @@
 
 import crypto from 'node:crypto';
 import { HsmError, UnwrapFailedError } from './errors';
-import { GcmPath, HsmToken, RsaPadding, TransientKey } from './token';
+import type { GcmPath, HsmToken, RsaPadding, TransientKey } from './token';
 import { OaepDecodingError, oaepDecode } from './rsa-oaep';
 import { KwpIntegrityError, kwpUnwrap } from './kwp-composed';
 
@@ -283,6 +283,12 @@ export function unwrapKeyMaterial(token: HsmToken, caps: HsmCapabilities, wrapId
  * operation on the chosen path. Leaves the token on the GCM path found. Nothing is persisted.
  */
 export function probeCapabilities(token: HsmToken, mechanisms: number[]): HsmCapabilities {
+  const caps = probe(token, mechanisms);
+  token.adoptCapabilities(caps);
+  return caps;
+}
+
+function probe(token: HsmToken, mechanisms: number[]): HsmCapabilities {
   const CKM_RSA_AES_KEY_WRAP = 0x1054;
   const probeId = `probe-${crypto.randomUUID()}`;
   const known = crypto.randomBytes(32);
@@ -304,6 +310,7 @@ export function probeCapabilities(token: HsmToken, mechanisms: number[]): HsmCap
     c.setAAD(aad);
     const expected = Buffer.concat([c.update(Buffer.alloc(32)), c.final(), c.getAuthTag()]);
     for (const path of ['in-token', 'composed'] as GcmPath[]) {
+      if (token.mechanismDisabled(path === 'in-token' ? 'CKM_AES_GCM' : 'CKM_AES_ECB')) continue;
       token.useGcmPath(path);
       try {
         if (tokenGcm(token, reference, iv, aad).equals(expected)) {
@@ -315,7 +322,7 @@ export function probeCapabilities(token: HsmToken, mechanisms: number[]): HsmCap
       }
     }
     caps.aesGcm = caps.gcmPath !== null;
-    // Without AES-GCM nothing else can be compared, and kmsd cannot serve anyway.
+    // Without AES-GCM nothing else can be compared; kmsd refuses what needs it (HsmToken.cannot).
     if (caps.gcmPath === null) return caps;
     const spki = token.generateWrappingKeyPair(probeId, 2048, true, false);
     const pub = crypto.createPublicKey({ key: spki, format: 'der', type: 'spki' });
@@ -324,6 +331,7 @@ export function probeCapabilities(token: HsmToken, mechanisms: number[]): HsmCap
         ? crypto.publicEncrypt({ key: pub, padding: crypto.constants.RSA_PKCS1_PADDING }, msg)
         : crypto.publicEncrypt({ key: pub, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: padding === 'OAEP_SHA_1' ? 'sha1' : 'sha256' }, msg);
     for (const padding of ['PKCS1_V1_5', 'OAEP_SHA_1', 'OAEP_SHA_256'] as RsaPadding[]) {
+      if (token.mechanismDisabled(padding === 'PKCS1_V1_5' ? 'CKM_RSA_PKCS' : 'CKM_RSA_PKCS_OAEP')) continue;
       let k: TransientKey | null = null;
       try {
         k = token.rsaUnwrap(probeId, padding, encrypt(padding, known), 'data', false);
@@ -335,39 +343,51 @@ export function probeCapabilities(token: HsmToken, mechanisms: number[]): HsmCap
         token.destroyTransient(k);
       }
     }
-    try {
-      const em = token.rsaRawDecrypt(probeId, encrypt('OAEP_SHA_256', known), 256);
-      try {
-        const msg = oaepDecode(em, 256, 'sha256');
-        caps.rawRsa = msg.equals(known);
-        msg.fill(0);
-      } finally {
-        em.fill(0);
-      }
-    } catch {
-      caps.rawRsa = false;
-    }
-    let kek: TransientKey | null = null;
-    let k: TransientKey | null = null;
-    try {
-      const kekValue = crypto.randomBytes(32);
-      kek = token.createTransientAesKey(kekValue, 'unwrap');
-      const c = crypto.createCipheriv('id-aes256-wrap-pad', kekValue, Buffer.from('A65959A6', 'hex'));
-      const wrapped = Buffer.concat([c.update(known), c.final()]);
-      kekValue.fill(0);
-      k = token.aesKwpUnwrap(kek, wrapped, 'data', false);
-      caps.aesKeyWrapPad = tokenGcm(token, k, iv, aad).equals(expected);
-    } catch {
-      caps.aesKeyWrapPad = false;
-    } finally {
-      token.destroyTransient(k);
-      token.destroyTransient(kek);
-    }
+    // Paths the configuration disabled stay false (src/hsm/mechanisms.ts).
+    if (!token.mechanismDisabled('CKM_RSA_X_509')) caps.rawRsa = probeRawRsa(token, probeId, encrypt('OAEP_SHA_256', known), known);
+    if (!token.mechanismDisabled('CKM_AES_KEY_WRAP_PAD')) caps.aesKeyWrapPad = probeKwp(token, known, expected, iv, aad);
     return caps;
   } finally {
     known.fill(0);
     token.destroyTransient(reference);
     token.destroyTransientPair(probeId);
+  }
+}
+
+/** Raw RSA in the token decrypts an OAEP-SHA-256 encryption of `known` that kmsd then decodes. */
+function probeRawRsa(token: HsmToken, probeId: string, ciphertext: Buffer, known: Buffer): boolean {
+  try {
+    const em = token.rsaRawDecrypt(probeId, ciphertext, 256);
+    try {
+      const msg = oaepDecode(em, 256, 'sha256');
+      const same = msg.equals(known);
+      msg.fill(0);
+      return same;
+    } finally {
+      em.fill(0);
+    }
+  } catch {
+    return false;
+  }
+}
+
+/** CKM_AES_KEY_WRAP_PAD unwraps an RFC 5649 wrap of `known` into a key that encrypts as `known` does. */
+function probeKwp(token: HsmToken, known: Buffer, expected: Buffer, iv: Buffer, aad: Buffer): boolean {
+  let kek: TransientKey | null = null;
+  let k: TransientKey | null = null;
+  try {
+    const kekValue = crypto.randomBytes(32);
+    kek = token.createTransientAesKey(kekValue, 'unwrap');
+    const c = crypto.createCipheriv('id-aes256-wrap-pad', kekValue, Buffer.from('A65959A6', 'hex'));
+    const wrapped = Buffer.concat([c.update(known), c.final()]);
+    kekValue.fill(0);
+    k = token.aesKwpUnwrap(kek, wrapped, 'data', false);
+    return tokenGcm(token, k, iv, aad).equals(expected);
+  } catch {
+    return false;
+  } finally {
+    token.destroyTransient(k);
+    token.destroyTransient(kek);
   }
 }
 

@@ -71,6 +71,8 @@ export const ERROR_TABLE = {
   'Rejected.XksCredentialLimit': { status: 'FAILED_PRECONDITION', meaning: 'The external key store already has two credentials (the current one and its replacement): delete the one AWS KMS no longer uses first.' },
   'Rejected.XksKeyStoreNotEmpty': { status: 'FAILED_PRECONDITION', meaning: 'The external key store still exposes external keys: DeleteXksKey them first.' },
   'Rejected.XksKeyUsage': { status: 'FAILED_PRECONDITION', meaning: 'The external key does not allow this operation (its Operations, set by CreateXksKey).' },
+  // ---- what the token cannot do at all
+  'Rejected.TokenLacksMechanism': { status: 'FAILED_PRECONDITION', meaning: 'The token cannot do what this CMK needs at all (CreateKey at this ProtectionLevel, GetParametersForImport): the message names the mechanisms it lacks, or that KMS_DISABLE_MECHANISMS turned off. Nothing was created.' },
 } as const satisfies Record<string, { status: Status; meaning: string }>;
 
 export type ErrorCode = keyof typeof ERROR_TABLE;

@@ -9,7 +9,7 @@ import crypto from 'node:crypto';
 import { KmsService, iso } from './service';
 import { KmsError, invalid } from './errors';
 import * as v from './validate';
-import { HsmCapabilities, MaterialLengthError, WRAPPING_ALGORITHMS, WRAPPING_KEY_SPECS, WrappingAlgorithm, WrappingKeySpec, needsRawDecrypt, planUnwrap, unwrapKeyMaterial } from '../hsm/unwrap';
+import { HsmCapabilities, MaterialLengthError, WRAPPING_ALGORITHMS, WRAPPING_KEY_SPECS, WrappingAlgorithm, WrappingKeySpec, needsRawDecrypt, planUnwrap } from '../hsm/unwrap';
 import { UnwrapFailedError } from '../hsm/errors';
 import type { WrappingKeyRow } from '../store/store';
 import type { TokenInventory } from '../hsm/token';
@@ -135,6 +135,8 @@ export class ImportService {
     const spec = v.oneOf('WrappingKeySpec', req.WrappingKeySpec, Object.keys(WRAPPING_KEY_SPECS) as WrappingKeySpec[], 'RSA_2048');
     this.requireExternal(row);
     this.requireImportState(row);
+    const lacking = this.kms.keyring.cannotImport();
+    if (lacking) throw new KmsError('Rejected.TokenLacksMechanism', `KeyId: CMK ${row.key_id} cannot take imported material on this token: ${lacking}`);
     const plan = this.plan(alg);
     const rawDecrypt = needsRawDecrypt(plan);
     const now = this.kms.now();
@@ -213,7 +215,7 @@ export class ImportService {
     const level = row.protection_level;
     let key;
     try {
-      key = unwrapKeyMaterial(this.token, this.caps, p.wid, plan, wrapped, level === 'SOFTWARE');
+      key = this.token.unwrapInto(level === 'SOFTWARE' ? 'SOFTWARE' : 'HSM', p.wid, plan, wrapped);
     } catch (e) {
       if (e instanceof UnwrapFailedError) {
         const pkcs1 = p.alg === 'RSAES_PKCS1_V1_5' ? ', or it does not hold a 256-bit AES key (with PKCS#1 v1.5 the two are deliberately not told apart)' : '';

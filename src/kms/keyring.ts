@@ -53,6 +53,20 @@ export class Keyring {
 
   // ---------------------------------------------------------------- creation
 
+  /**
+   * Why a CMK of this level (with generated material, or imported) cannot be had on this token at
+   * all, naming what the token lacks; null when it can. Asked before anything is created.
+   */
+  cannotCreate(level: string, generated: boolean): string | null {
+    if (level === 'HSM') return this.token.cannot(generated ? 'HSM_GENERATED' : 'HSM_EXTERNAL');
+    return generated ? this.token.cannot('SOFTWARE_GENERATED') : null;
+  }
+
+  /** Why key material cannot be imported on this token at all; null when it can. */
+  cannotImport(): string | null {
+    return this.token.cannot('IMPORT');
+  }
+
   /** New generated material for a version: in the token (HSM) or wrapped under the root key (SOFTWARE). */
   generate(level: string, versionId: string): Buffer | null {
     if (level === 'HSM') {

@@ -305,6 +305,8 @@ export class KmsService {
     } else if (req.RotationInterval) {
       throw invalid('RotationInterval', 'only allowed with EnableAutomaticRotation=true');
     }
+    const lacking = this.keyring.cannotCreate(level, origin !== 'EXTERNAL');
+    if (lacking) throw new KmsError('Rejected.TokenLacksMechanism', `ProtectionLevel: ${lacking}; create the CMK at another ProtectionLevel, or use a token that has it`);
     const now = this.now();
     const keyId = crypto.randomUUID();
     const versionId = crypto.randomUUID();

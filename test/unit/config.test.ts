@@ -203,3 +203,19 @@ describe('one reader of the environment', () => {
     expect(offenders).toEqual([]);
   });
 });
+
+describe('disabled mechanisms (KMS_DISABLE_MECHANISMS / disableMechanisms)', () => {
+  it('default to none, and read comma-separated names from the environment or the file, once each', () => {
+    expect(loadConfig([], {}).disabledMechanisms).toEqual([]);
+    expect(loadConfig([], { KMS_DISABLE_MECHANISMS: 'CKM_AES_GCM, CKM_AES_ECB,CKM_AES_GCM' }).disabledMechanisms).toEqual(['CKM_AES_GCM', 'CKM_AES_ECB']);
+    expect(loadConfig(['--config', configFile({ disableMechanisms: 'CKM_AES_KEY_WRAP_PAD' })], {}).disabledMechanisms).toEqual(['CKM_AES_KEY_WRAP_PAD']);
+  });
+
+  it('refuse a name kmsd cannot do without, naming it and the ones it can', () => {
+    const msg = configError([], { KMS_DISABLE_MECHANISMS: 'CKM_AES_GCM,CKM_SHA256_HMAC' });
+    expect(msg).toMatch(/KMS_DISABLE_MECHANISMS/);
+    expect(msg).toMatch(/"CKM_SHA256_HMAC" is not a mechanism kmsd can be told not to use/);
+    expect(msg).toMatch(/CKM_AES_GCM, CKM_AES_ECB, CKM_AES_KEY_WRAP_PAD, CKM_RSA_PKCS, CKM_RSA_PKCS_OAEP, CKM_RSA_X_509/);
+    expect(configError(['--config', configFile({ disableMechanisms: ['CKM_AES_GCM'] })])).toMatch(/disableMechanisms must be a string/);
+  });
+});

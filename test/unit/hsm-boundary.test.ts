@@ -72,7 +72,21 @@ describe('the HSM boundary', () => {
       if (file.startsWith(HSM + path.sep)) continue;
       const text = fs.readFileSync(file, 'utf8');
       for (const spec of specifiers(text)) if (spec === 'pkcs11js') hits.push(`${rel(file)} imports ${spec}`);
-      for (const name of ['numericHandle', 'NativeAesGcm', 'loadNativeAddon', 'attachWorkers']) if (text.includes(name)) hits.push(`${rel(file)} uses ${name}`);
+      for (const name of ['numericHandle', 'NativeAesGcm', 'loadNativeAddon', 'attachWorkers', 'unwrapKeyMaterial']) if (text.includes(name)) hits.push(`${rel(file)} uses ${name}`);
+    }
+    expect(hits).toEqual([]);
+  });
+
+  it('the parts of the token stay inside src/hsm: the rest of kmsd asks HsmToken, never its session, templates or key parts', () => {
+    const internal = ['hsm/context', 'hsm/templates', 'hsm/wrapping-keys', 'hsm/root-key', 'hsm/signing-key', 'hsm/objects', 'hsm/data-path', 'hsm/gcm-composed', 'hsm/kwp-composed', 'hsm/rsa-oaep'];
+    for (const t of internal) expect(fs.existsSync(path.join(SRC, `${t}.ts`)), t).toBe(true);
+    const hits: string[] = [];
+    for (const file of sources(SRC)) {
+      if (file.startsWith(HSM + path.sep)) continue;
+      for (const spec of specifiers(fs.readFileSync(file, 'utf8'))) {
+        const t = target(file, spec);
+        if (t !== null && internal.includes(t)) hits.push(`${rel(file)} -> ${spec}`);
+      }
     }
     expect(hits).toEqual([]);
   });

@@ -68,6 +68,7 @@ export const HTTP_ERROR_TABLE: Record<ErrorCode, DialectError> = {
   'Rejected.XksCredentialLimit': { alibaba: ali('Rejected.XksCredentialLimit', 409), aws: aws('LimitExceededException') },
   'Rejected.XksKeyStoreNotEmpty': { alibaba: ali('Rejected.XksKeyStoreNotEmpty', 409), aws: aws('KMSInvalidStateException') },
   'Rejected.XksKeyUsage': { alibaba: ali('Rejected.XksKeyUsage', 409), aws: aws('KMSInvalidStateException') },
+  'Rejected.TokenLacksMechanism': { alibaba: ali('Rejected.TokenLacksMechanism', 409), aws: aws('UnsupportedOperationException') },
 };
 
 /** Refusals of the HTTP transport itself, before a domain action runs. */
