@@ -2,7 +2,8 @@
 //
 // JS surface (typed in src/hsm/native-addon.ts):
 //   open({ modulePath, slotId, threads? }) -> AesGcm
-//   AesGcm#encrypt(handle, iv, aad, data) / #decrypt(...)       -> Promise<Buffer>
+//   AesGcm#encrypt(handle, iv, aad, data, defer?) / #decrypt(...) -> Promise<Buffer>
+//   AesGcm#flush()                                              -> hands deferred operations to the workers
 //   AesGcm#encryptBatch(items) / #decryptBatch(items)           -> Promise<Array<Buffer | Error>>
 //   AesGcm#stats(), #close(), #_closeWorkerSessions() (test hook)
 //   clearCryptoErrors() -> boolean (whether the calling thread's OpenSSL error queue had entries)
@@ -78,6 +79,14 @@ class Context {
     // Joins the workers (each finishes the job in hand and closes its session) and fails the
     // queued jobs; requests completed by either are posted to the TSFN before we release it.
     if (pool) pool->Close();
+    // Deferred jobs never reached a worker: they fail like queued ones (handing them to the pool
+    // first would let a worker start one before Close stops it).
+    std::vector<Job*> never;
+    never.swap(deferred);
+    for (Job* job : never) {
+      job->status = JobStatus::kClosed;
+      OnJobDone(job, this);
+    }
     if (tsfnCreated) tsfn.Release();
     if (hookInstalled) {
       hookInstalled = false;
@@ -102,6 +111,22 @@ class Context {
     if (self->tsfn.NonBlockingCall(req) != napi_ok) delete req;
   }
 
+  // JS thread. Hands the deferred jobs to the workers in one Submit: one lock and one wake-up for
+  // all the operations started in a turn, instead of a worker woken (and on a busy machine, the
+  // event loop's core taken) by each one while the loop is still starting the others.
+  void FlushDeferred() {
+    if (deferred.empty()) return;
+    std::vector<Job*> jobs;
+    jobs.swap(deferred);
+    if (!pool->Submit(jobs.data(), jobs.size())) {
+      // Unreachable: Shutdown flushes before it closes the pool. Fail them rather than leak them.
+      for (Job* job : jobs) {
+        job->status = JobStatus::kClosed;
+        OnJobDone(job, this);
+      }
+    }
+  }
+
   // JS thread: account for a request posted to the pool.
   void RequestStarted(Napi::Env env) {
     if (pending++ == 0 && !shutDown) tsfn.Ref(env);
@@ -115,6 +140,7 @@ class Context {
   bool tsfnCreated = false;
   bool hookInstalled = false;
   bool shutDown = false;
+  std::vector<Job*> deferred;  // started with defer, not yet submitted; JS thread only
 
  private:
   napi_env env_;
@@ -292,6 +318,7 @@ class AesGcm : public Napi::ObjectWrap<AesGcm> {
                            InstanceMethod<&AesGcm::Decrypt>("decrypt"),
                            InstanceMethod<&AesGcm::EncryptBatch>("encryptBatch"),
                            InstanceMethod<&AesGcm::DecryptBatch>("decryptBatch"),
+                           InstanceMethod<&AesGcm::Flush>("flush"),
                            InstanceMethod<&AesGcm::Stats>("stats"),
                            InstanceMethod<&AesGcm::Close>("close"),
                            InstanceMethod<&AesGcm::CloseWorkerSessions>("_closeWorkerSessions"),
@@ -333,7 +360,14 @@ class AesGcm : public Napi::ObjectWrap<AesGcm> {
     Job& job = req->jobs[0];
     const char* invalid = PrepareJob(env, op, info[0], info[1], info[2], info[3], holder, 0, &job);
     if (invalid != nullptr) return Rejected(env, MakeInvalidArg(env, invalid));
-    return Start(env, std::move(req), holder);
+    // defer: queued until flush() (the caller promises to call it before it yields to the loop).
+    const bool defer = info.Length() > 4 && info[4].IsBoolean() && info[4].As<Napi::Boolean>().Value();
+    return Start(env, std::move(req), holder, defer);
+  }
+
+  Napi::Value Flush(const Napi::CallbackInfo& info) {
+    if (!ctx_->shutDown) ctx_->FlushDeferred();
+    return info.Env().Undefined();
   }
 
   Napi::Value Batch(const Napi::CallbackInfo& info, GcmOp op) {
@@ -370,7 +404,7 @@ class AesGcm : public Napi::ObjectWrap<AesGcm> {
   }
 
   // Queues the request's prepared jobs and returns its promise.
-  Napi::Value Start(Napi::Env env, std::unique_ptr<Request> req, Napi::Array holder) {
+  Napi::Value Start(Napi::Env env, std::unique_ptr<Request> req, Napi::Array holder, bool defer = false) {
     napi_value promise = nullptr;
     if (napi_create_promise(env, &req->deferred, &promise) != napi_ok ||
         napi_create_reference(env, holder, 1, &req->holder) != napi_ok) {
@@ -390,6 +424,10 @@ class AesGcm : public Napi::ObjectWrap<AesGcm> {
     }
     ctx_->RequestStarted(env);
     Request* raw = req.release();  // owned by the pool's jobs until the last one completes
+    if (defer) {
+      ctx_->deferred.insert(ctx_->deferred.end(), runnable.begin(), runnable.end());
+      return Napi::Value(env, promise);
+    }
     if (!ctx_->pool->Submit(runnable.data(), runnable.size())) {
       // Unreachable while !shutDown (only Shutdown closes the pool, on this thread); kept so a
       // future change cannot leak the request.

@@ -504,9 +504,9 @@ export class AuditLog {
   /**
    * One data-plane call. `keyId` must be the id of an existing CMK (resolved by the caller); calls
    * that named no existing CMK are counted under '' for their principal and action, so no client
-   * string ever becomes a row.
+   * string ever becomes a row. `calls`: that many alike at once (the items of a batch).
    */
-  count(keyId: string, principal: string, action: string, ok: boolean): void {
+  count(keyId: string, principal: string, action: string, ok: boolean, calls = 1): void {
     const id = keyId.length === 36 && v.isUuid(keyId) ? keyId : '';
     const k = JSON.stringify([id, boundString(principal, MAX_AUDIT_COLUMN_CHARS), action]);
     const now = this.now();
@@ -515,8 +515,8 @@ export class AuditLog {
       c = { ok: 0, errors: 0, first: now, last: now };
       this.pending.set(k, c);
     }
-    if (ok) c.ok++;
-    else c.errors++;
+    if (ok) c.ok += calls;
+    else c.errors += calls;
     c.last = now;
   }
 

@@ -98,6 +98,45 @@ describe('audit records', () => {
     expect(events.map((e) => e.Action)).toContain('CreateKey');
   });
 
+  it('count the items of batches and of each stream message per CMK, like the unary calls they stand for', async () => {
+    const a = ((await c.call('CreateKey', {})) as J).KeyMetadata.KeyId;
+    const b = ((await c.call('CreateKey', {})) as J).KeyMetadata.KeyId;
+    const alias = `alias/batch-${crypto.randomUUID().slice(0, 8)}`;
+    await c.call('CreateAlias', { AliasName: alias, KeyId: b });
+    const pt = Buffer.from('batch item');
+    const bad = { '': 'an empty key' }; // refused: EncryptionContext keys must not be empty
+    // Three items on a, one refused on b (named by its alias), one on no CMK at all.
+    const eb = await k.client.encryptBatch([
+      { KeyId: a, Plaintext: pt },
+      { KeyId: a, Plaintext: pt },
+      { KeyId: alias, Plaintext: pt, EncryptionContext: bad },
+      { KeyId: crypto.randomUUID(), Plaintext: pt },
+      { KeyId: a, Plaintext: pt },
+    ]);
+    expect(eb.Results.map((r) => r.Code)).toEqual(['', '', 'InvalidParameter', 'Forbidden.KeyNotFound', '']);
+    const db = await k.client.decryptBatch(eb.Results.filter((r) => !r.Code).map((r) => ({ CiphertextBlob: r.CiphertextBlob })));
+    expect(db.ErrorCount).toBe(0);
+    const es = k.client.openBatchStream('encrypt');
+    await Promise.all([es.send([{ KeyId: a, Plaintext: pt }], 'm1'), es.send([{ KeyId: a, Plaintext: pt }, { KeyId: b, Plaintext: pt, EncryptionContext: bad }], 'm2')]);
+    await es.end();
+    // A batch refused as a whole is one error under no CMK.
+    await refused(k.client.call('EncryptBatch', { Items: [] }) as Promise<unknown>, 'InvalidParameter');
+
+    const counters = ((await c.call('GetUsageCounters', {})) as J).Counters as J[];
+    const of = (keyId: string, action: string) => counters.find((x) => x.KeyId === keyId && x.Action === action && x.Principal === '127.0.0.1');
+    expect(of(a, 'EncryptBatch')).toMatchObject({ Count: 3, Errors: 0 });
+    expect(of(b, 'EncryptBatch')).toMatchObject({ Count: 0, Errors: 1 });
+    expect(of(a, 'DecryptBatch')).toMatchObject({ Count: 3, Errors: 0 });
+    expect(of(a, 'EncryptStream')).toMatchObject({ Count: 2, Errors: 0 });
+    expect(of(b, 'EncryptStream')).toMatchObject({ Count: 0, Errors: 1 });
+    expect(of('', 'EncryptBatch')).toMatchObject({ Errors: expect.any(Number) });
+    expect(of('', 'EncryptBatch')!.Errors).toBeGreaterThanOrEqual(2); // the unknown CMK's item and the empty batch
+    // No record per batch or per message; the chain still verifies.
+    const events = ((await c.call('ListAuditEvents', { PageSize: 1000 })) as J).Events as J[];
+    expect(events.map((e) => e.Action).filter((x) => /Batch|Stream/.test(x))).toEqual([]);
+    expect((await verify()).Valid).toBe(true);
+  });
+
   it('record every host-assisted unwrap', async () => {
     const keyId = ((await c.call('CreateKey', { Origin: 'EXTERNAL', ProtectionLevel: 'HSM' })) as J).KeyMetadata.KeyId;
     const p = (await c.call('GetParametersForImport', { KeyId: keyId, WrappingAlgorithm: 'RSAES_OAEP_SHA_256', WrappingKeySpec: 'RSA_2048' })) as J;

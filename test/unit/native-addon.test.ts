@@ -419,6 +419,24 @@ describe('failures the daemon must survive', () => {
     expect(aes.stats().sessionsReopened).toBeLessThanOrEqual(before + THREADS);
   });
 
+  it('single calls started in one piece of JS all reach the workers, and fail CLOSED if closed first', async () => {
+    const value = crypto.randomBytes(32);
+    const { handle } = createAesKey(value);
+    const iv = crypto.randomBytes(12);
+    // Started back to back without yielding: they go to the workers together once this code returns.
+    const pts = Array.from({ length: 50 }, (_, i) => Buffer.from(`single ${i}`));
+    const outs = await Promise.all(pts.map((pt) => aes.encrypt(handle, iv, Buffer.alloc(0), pt)));
+    outs.forEach((out, i) => expect(out.equals(referenceEncrypt(value, iv, Buffer.alloc(0), pts[i]))).toBe(true));
+
+    // Closed in the same piece of JS that started them, before they were handed over: each one
+    // settles CLOSED (none hangs, none runs after close), and the process keeps no handle open.
+    const other = addon.open({ modulePath: token.modulePath, slotId: token.slotId, threads: 1 });
+    const pending = Array.from({ length: 20 }, (_, i) => (i % 2 ? other.decrypt(handle, iv, Buffer.alloc(0), Buffer.alloc(17)) : other.encrypt(handle, iv, Buffer.alloc(0), Buffer.alloc(1))));
+    other.close();
+    for (const p of pending) expect((await rejection(p)).code).toBe('CLOSED');
+    expect(other.stats().encrypt + other.stats().decrypt).toBe(0);
+  });
+
   it('close() is idempotent; later and queued calls fail with CLOSED', async () => {
     const value = crypto.randomBytes(32);
     const { handle } = createAesKey(value);
@@ -441,6 +459,7 @@ describe('failures the daemon must survive', () => {
 
     expect((await rejection(other.encrypt(handle, iv, Buffer.alloc(0), Buffer.alloc(1)))).code).toBe('CLOSED');
     expect((await rejection(other.decrypt(handle, iv, Buffer.alloc(0), Buffer.alloc(17)))).code).toBe('CLOSED');
+    expect(other.stats().encrypt).toBe(1 + results.filter((r) => !isNativeError(r)).length);
     expect((await rejection(other.encryptBatch([]))).code).toBe('CLOSED');
     expect((await rejection(other.decryptBatch([]))).code).toBe('CLOSED');
     expect(other.stats().encrypt).toBeGreaterThanOrEqual(1);

@@ -24,6 +24,13 @@ export interface CeremonyExtension {
 
 export const DATA_PLANE_ACTIONS = new Set(['Encrypt', 'Decrypt', 'GenerateDataKey', 'GenerateDataKeyWithoutPlaintext', 'ReEncrypt']);
 
+/**
+ * Batches of data-plane items (and each message of their streams): counted item by item like the
+ * unary calls they stand for, not recorded one message at a time. A record per message put an SQLite
+ * commit with its fsync on the event loop for every 256 items, the largest piece of a stream's cost.
+ */
+export const BATCH_ACTIONS = new Set(['EncryptBatch', 'DecryptBatch', 'EncryptStream', 'DecryptStream']);
+
 function str(v: unknown): string {
   return typeof v === 'string' ? v : '';
 }
@@ -46,18 +53,71 @@ export function ceremonyExtension(rt: CeremonyRuntime): CeremonyExtension {
     return { requestId: ctx.requestId, principal: ctx.principal, action: name, keyId, proposalId, outcome, details };
   };
 
-  /** Resolves once the call is on the record (counted, or its record committed). */
-  const record = async (name: string, req: Req, ctx: CallContext, res: Req | undefined, err: unknown): Promise<void> => {
-    if (DATA_PLANE_ACTIONS.has(name)) {
+  /**
+   * Puts the call on the record: counted at once (undefined), or a promise that resolves once it is
+   * counted or its record committed. A data-plane call whose answer names its CMK, the common case,
+   * takes no promise and no extra turn; a refusal has to look the CMK up first.
+   */
+  const record = (name: string, req: Req, ctx: CallContext, res: Req | undefined, err: unknown): Promise<void> | undefined => {
+    const dataPlane = DATA_PLANE_ACTIONS.has(name);
+    if (!dataPlane && !BATCH_ACTIONS.has(name)) return append(name, req, ctx, res, err);
+    const answered = str(res?.KeyId);
+    if (dataPlane && answered !== '' && !audit.config.dataPlaneEvents) {
+      audit.count(answered, callerOf(ctx), name, err === undefined);
+      return undefined;
+    }
+    return countThenAppend(dataPlane, name, req, ctx, res, err);
+  };
+
+  const countThenAppend = async (dataPlane: boolean, name: string, req: Req, ctx: CallContext, res: Req | undefined, err: unknown): Promise<void> => {
+    if (dataPlane) {
       // Counted under the CMK the call used (its answer names it) or, for a refusal, the existing
       // CMK the request names; anything else under '' (see AuditLog.count).
       const ref = str(req.KeyId) || str(req.DestinationKeyId);
       const cmk = str(res?.KeyId) || (ref ? await audit.resolveKeyId(ref) : undefined) || '';
       audit.count(cmk, callerOf(ctx), name, err === undefined);
-      if (!audit.config.dataPlaneEvents) return;
+    } else {
+      await countBatch(name, req, ctx, res, err);
     }
+    if (audit.config.dataPlaneEvents) await append(name, req, ctx, res, err);
+  };
+
+  const append = async (name: string, req: Req, ctx: CallContext, res: Req | undefined, err: unknown): Promise<void> => {
     // Committed with the records of the calls that finish alongside it; the answer waits for it.
     await audit.appendCommitted(await eventOf(name, req, ctx, res, err));
+  };
+
+  /**
+   * Each item under the CMK its result names or, for a refused item, the existing CMK its request
+   * named (else ''), as a unary call of it would be; a batch refused as a whole is one error under ''.
+   */
+  const countBatch = async (name: string, req: Req, ctx: CallContext, res: Req | undefined, err: unknown): Promise<void> => {
+    const caller = callerOf(ctx);
+    const results = res?.Results;
+    if (err !== undefined || !Array.isArray(results)) {
+      audit.count('', caller, name, false);
+      return;
+    }
+    const items = Array.isArray(req.Items) ? (req.Items as Req[]) : [];
+    // A batch names a few CMKs many times: one counter update per CMK and outcome.
+    const tally = new Map<string, { ok: number; errors: number }>();
+    for (let i = 0; i < results.length; i++) {
+      const r = results[i] as Req;
+      const ok = str(r?.Code) === '';
+      let cmk = str(r?.KeyId);
+      if (!cmk) {
+        const ref = str(items[i]?.KeyId);
+        cmk = (ref ? await audit.resolveKeyId(ref) : undefined) ?? '';
+      }
+      let t = tally.get(cmk);
+      if (!t) tally.set(cmk, (t = { ok: 0, errors: 0 }));
+      if (ok) t.ok++;
+      else t.errors++;
+    }
+    for (const [cmk, t] of tally) {
+      if (t.ok) audit.count(cmk, caller, name, true, t.ok);
+      if (t.errors) audit.count(cmk, caller, name, false, t.errors);
+    }
   };
 
   // A call that changes state has its record appended by the domain, through ctx.record, in the
@@ -86,10 +146,14 @@ export function ceremonyExtension(rt: CeremonyRuntime): CeremonyExtension {
       try {
         res = await fn(request, callCtx);
       } catch (e) {
-        await record(name, request, ctx, undefined, e);
+        const committed = record(name, request, ctx, undefined, e);
+        if (committed) await committed;
         throw e;
       }
-      if (!inChange) await record(name, request, ctx, res as Req, undefined);
+      if (!inChange) {
+        const committed = record(name, request, ctx, res as Req, undefined);
+        if (committed) await committed;
+      }
       return res;
     };
 
