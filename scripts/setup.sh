@@ -44,6 +44,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Where the package's scripts may start services (no policy-rc.d), Debian's postgresql starts its
+  # default cluster. kmsd's tests start and stop throwaway clusters of their own; a cluster this
+  # install started is stopped again, so nothing runs that nobody asked for.
+  if [[ " ${missing[*]} " == *" postgresql "* ]] && command -v pg_lsclusters >/dev/null 2>&1; then
+    pg_lsclusters --no-header 2>/dev/null | while read -r ver name _port status _rest; do
+      if [ "$status" = online ]; then $SUDO pg_ctlcluster "$ver" "$name" stop || true; fi
+    done
+  fi
 fi
 
 # npm packages: reinstall when the lock file changed since the last install.
