@@ -11,10 +11,11 @@ import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MIGRATIONS } from '../../src/store/migrations';
-import { StoreConflictError, type AuditRow, type CmkRow, type ProposalRow, type Store, type WrappingKeyRow } from '../../src/store/api';
+import { StoreConflictError, type AuditRow, type ProposalRow, type Store, type WrappingKeyRow } from '../../src/store/api';
 import { PgStore, StoreUnavailableError } from '../../src/store/pg/pg-store';
 import { SqliteStore } from '../../src/store/sqlite';
 import { startPostgres, type PgCluster, type PgDatabase } from '../helpers/postgres';
+import { cmkRow } from '../helpers/store-rows';
 
 interface Backend {
   name: string;
@@ -81,30 +82,6 @@ afterAll(async () => {
 let n = 0;
 const id = (p: string) => `${p}-${++n}-${crypto.randomBytes(4).toString('hex')}`;
 
-function cmk(keyId: string, over: Partial<CmkRow> = {}): CmkRow {
-  return {
-    key_id: keyId,
-    origin: 'Aliyun_KMS',
-    key_spec: 'Aliyun_AES_256',
-    key_usage: 'ENCRYPT/DECRYPT',
-    protection_level: 'HSM',
-    description: 'd',
-    key_state: 'Enabled',
-    creation_date: 1_700_000_000_123,
-    delete_date: null,
-    material_expire_time: null,
-    automatic_rotation: 'Disabled',
-    rotation_interval_s: null,
-    next_rotation_date: null,
-    last_rotation_date: null,
-    primary_key_version: null,
-    material_fingerprint: null,
-    state_before_deletion: null,
-    import_path: null,
-    state_after_import: null,
-    ...over,
-  };
-}
 
 function wrappingKey(wrapId: string, over: Partial<WrappingKeyRow> = {}): WrappingKeyRow {
   return { wrap_id: wrapId, key_spec: 'RSA_2048', raw_decrypt: 0, public_key: Buffer.from([1, 2, 3]), created: Date.now(), key_id: null, algorithm: null, expires: null, ...over };
@@ -165,7 +142,7 @@ describe.each(BACKENDS)('store contract on $name', (backend) => {
   it('starts empty, and a CMK round-trips every column (blobs, nulls, millisecond times)', async () => {
     expect(await a.isEmpty()).toBe(true);
     const k = id('key');
-    const row = cmk(k, { material_fingerprint: Buffer.from('ff00aa', 'hex'), delete_date: 1_800_000_000_000, rotation_interval_s: 86400, state_after_import: 'Disabled' });
+    const row = cmkRow(k, { material_fingerprint: Buffer.from('ff00aa', 'hex'), delete_date: 1_800_000_000_000, rotation_interval_s: 86400, state_after_import: 'Disabled' });
     await a.insertCmk(row);
     expect(await b.getCmk(k)).toEqual(row);
     expect(await a.isEmpty()).toBe(false);
@@ -180,7 +157,7 @@ describe.each(BACKENDS)('store contract on $name', (backend) => {
 
   it('deleting a CMK removes its versions and aliases and unbinds its wrapping keys', async () => {
     const k = id('key');
-    await a.insertCmk(cmk(k));
+    await a.insertCmk(cmkRow(k));
     await a.insertVersion({ version_id: `${k}-v1`, key_id: k, creation_date: 1, software_wrapped: Buffer.from('w'), material_state: 'Present' });
     await a.insertAlias({ alias_name: `alias/${k}`, key_id: k, creation_date: 1, update_date: 1 });
     const w = id('wrap');
@@ -195,7 +172,7 @@ describe.each(BACKENDS)('store contract on $name', (backend) => {
 
   it('a failed transaction leaves nothing behind', async () => {
     const k = id('key');
-    await a.insertCmk(cmk(k));
+    await a.insertCmk(cmkRow(k));
     await expect(
       a.transaction(async (tx) => {
         await tx.updateCmk(k, { key_state: 'Disabled' });
@@ -252,7 +229,7 @@ describe.each(BACKENDS)('store contract on $name', (backend) => {
   it('CMK state transitions under concurrent transactions of two replicas: of two imports of different material exactly one wins', async () => {
     for (let round = 0; round < 20; round++) {
       const k = id('key');
-      await a.insertCmk(cmk(k, { origin: 'EXTERNAL', key_state: 'PendingImport' }));
+      await a.insertCmk(cmkRow(k, { origin: 'EXTERNAL', key_state: 'PendingImport' }));
       const importInto = (s: Store, material: string) =>
         s.transaction(async (tx) => {
           const row = await tx.getCmkForUpdate(k);
@@ -293,9 +270,9 @@ describe.each(BACKENDS)('store contract on $name', (backend) => {
     const k1 = id('key');
     const k2 = id('key');
     const results = await Promise.allSettled([
-      a.grouped((tx) => tx.insertCmk(cmk(k1))),
+      a.grouped((tx) => tx.insertCmk(cmkRow(k1))),
       a.grouped(async (tx) => {
-        await tx.insertCmk(cmk(k2));
+        await tx.insertCmk(cmkRow(k2));
         throw new Error('unit refused');
       }),
       a.grouped(async (tx) => (await tx.getCmk(k1))?.key_id),
@@ -364,10 +341,10 @@ describe.each(BACKENDS)('store contract on $name', (backend) => {
 
   it('scheduled work, token destroys and access keys', async () => {
     const due = id('due');
-    await a.insertCmk(cmk(`${due}-del`, { key_state: 'PendingDeletion', delete_date: 5 }));
-    await a.insertCmk(cmk(`${due}-rot`, { automatic_rotation: 'Enabled', next_rotation_date: 5 }));
-    await a.insertCmk(cmk(`${due}-exp`, { material_expire_time: 5 }));
-    await a.insertCmk(cmk(`${due}-later`, { key_state: 'PendingDeletion', delete_date: 50 }));
+    await a.insertCmk(cmkRow(`${due}-del`, { key_state: 'PendingDeletion', delete_date: 5 }));
+    await a.insertCmk(cmkRow(`${due}-rot`, { automatic_rotation: 'Enabled', next_rotation_date: 5 }));
+    await a.insertCmk(cmkRow(`${due}-exp`, { material_expire_time: 5 }));
+    await a.insertCmk(cmkRow(`${due}-later`, { key_state: 'PendingDeletion', delete_date: 50 }));
     const d = await b.cmksDue(10);
     expect(d.deletions.map((r) => r.key_id).filter((x) => x.startsWith(due))).toEqual([`${due}-del`]);
     expect(d.rotations.map((r) => r.key_id).filter((x) => x.startsWith(due))).toEqual([`${due}-rot`]);
@@ -460,7 +437,7 @@ describe.each(BACKENDS)('store contract on $name', (backend) => {
 
   it.runIf(backend.replicas)('a change made on one replica drops the other replica\'s cached row and tells its listeners', async () => {
     const k = id('key');
-    await a.insertCmk(cmk(k));
+    await a.insertCmk(cmkRow(k));
     // A read that overlaps the insert's notification is not cached; a later one is.
     await until('the replica to cache the CMK', async () => (await b.getCmk(k)) !== undefined && b.cachedCmk(k) !== undefined);
     expect(b.cachedCmk(k)?.key_state).toBe('Enabled');
@@ -525,7 +502,7 @@ describe('PostgreSQL locks held by a stuck replica', () => {
     const stuck = await PgStore.open(options(db));
     const waiter = await PgStore.open({ ...options(db), lockTimeoutMs: 300 });
     try {
-      await stuck.insertCmk(cmk('held'));
+      await stuck.insertCmk(cmkRow('held'));
       let release!: () => void;
       const holding = new Promise<void>((r) => (release = r));
       let locked!: () => void;
@@ -554,19 +531,19 @@ describe('PostgreSQL outage', () => {
     const db = await cluster.createDatabase();
     const s = await PgStore.open(options(db));
     try {
-      await s.insertCmk(cmk('before'));
+      await s.insertCmk(cmkRow('before'));
       await until('the CMK to be cached', async () => (await s.getCmk('before')) !== undefined && s.cachedCmk('before') !== undefined);
       expect(s.reachable).toBe(true);
       await cluster.halt();
       await expect(s.getCmk('other')).rejects.toBeInstanceOf(StoreUnavailableError);
       await expect(s.transaction((tx) => tx.getCmkForUpdate('before'))).rejects.toBeInstanceOf(StoreUnavailableError);
-      await expect(s.grouped((tx) => tx.insertCmk(cmk('during')))).rejects.toBeInstanceOf(StoreUnavailableError);
+      await expect(s.grouped((tx) => tx.insertCmk(cmkRow('during')))).rejects.toBeInstanceOf(StoreUnavailableError);
       // Nobody listens for other replicas' writes now: nothing is served from the cache.
       await until('the cache to be off', () => s.cachedCmk('before') === undefined);
       expect(s.reachable).toBe(false);
       await cluster.start();
       await until('the store to answer again', () => s.getCmk('before').then((r) => r?.key_id === 'before', () => false));
-      await s.insertCmk(cmk('after'));
+      await s.insertCmk(cmkRow('after'));
       expect(await s.getCmk('during')).toBeUndefined();
       await until('the cache to be back', async () => (await s.getCmk('after')) !== undefined && s.cachedCmk('after') !== undefined);
       expect(s.reachable).toBe(true);

@@ -10,6 +10,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { SqliteDb, type CmkRow } from '../../src/store/store';
+import { cmkRow } from '../helpers/store-rows';
 
 let dir: string;
 let store: SqliteDb;
@@ -25,28 +26,7 @@ afterEach(() => {
 });
 
 function cmk(over: Partial<CmkRow>): CmkRow {
-  const keyId = crypto.randomUUID();
-  return {
-    key_id: keyId,
-    origin: 'Aliyun_KMS',
-    key_spec: 'Aliyun_AES_256',
-    key_usage: 'ENCRYPT/DECRYPT',
-    protection_level: 'SOFTWARE',
-    description: '',
-    key_state: 'Enabled',
-    creation_date: 1,
-    delete_date: null,
-    material_expire_time: null,
-    automatic_rotation: 'Disabled',
-    rotation_interval_s: null,
-    next_rotation_date: null,
-    last_rotation_date: null,
-    primary_key_version: null,
-    material_fingerprint: null,
-    state_before_deletion: null,
-    import_path: null,
-    ...over,
-  } as CmkRow;
+  return cmkRow(crypto.randomUUID(), { protection_level: 'SOFTWARE', description: '', creation_date: 1, ...over });
 }
 
 it('answers which CMKs are due from partial indexes, not a scan of every CMK', () => {

@@ -11,31 +11,13 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SqliteStore } from '../../src/store/sqlite';
 import { StoreConflictError, type CmkRow, type KeyVersionRow } from '../../src/store/api';
 import { freshIv, IV_BYTES } from '../../src/kms/ciphertext';
+import { cmkRow } from '../helpers/store-rows';
 
 let dir: string;
 let store: SqliteStore;
 
 function cmk(keyId: string, versionId: string): CmkRow {
-  return {
-    key_id: keyId,
-    origin: 'Aliyun_KMS',
-    key_spec: 'Aliyun_AES_256',
-    key_usage: 'ENCRYPT/DECRYPT',
-    protection_level: 'SOFTWARE',
-    description: 'first',
-    key_state: 'Enabled',
-    creation_date: Date.now(),
-    delete_date: null,
-    material_expire_time: null,
-    automatic_rotation: 'Disabled',
-    rotation_interval_s: null,
-    next_rotation_date: null,
-    last_rotation_date: null,
-    primary_key_version: versionId,
-    material_fingerprint: null,
-    state_before_deletion: null,
-    import_path: null,
-  } as CmkRow;
+  return cmkRow(keyId, { protection_level: 'SOFTWARE', description: 'first', creation_date: Date.now(), primary_key_version: versionId });
 }
 
 function version(keyId: string, versionId: string): KeyVersionRow {
