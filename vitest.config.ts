@@ -31,6 +31,7 @@ export default defineConfig({
         test: {
           name: 'opencryptoki',
           include: OPENCRYPTOKI_SUITES,
+          globalSetup: ['test/global/pkcsslotd.ts'],
           env: { KMSD_TEST_TOKEN: 'opencryptoki', CRASH_FAILPOINTS_ONLY: '1', CRASH_FAILPOINT_ROUNDS: '1' },
           fileParallelism: false,
           maxWorkers: 1,

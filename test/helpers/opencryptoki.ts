@@ -42,6 +42,23 @@ function slotdPid(): number | null {
   return r.status === 0 && pid > 0 ? pid : null;
 }
 
+/**
+ * Starts pkcsslotd unless one runs already; returns the pid of the one it started (the caller stops
+ * it), or null when one was running.
+ */
+export function startPkcsslotd(): number | null {
+  if (!opencryptokiInstalled()) throw new Error(`opencryptoki is not installed (${OPENCRYPTOKI_MODULE}); run scripts/setup.sh`);
+  if (slotdPid() !== null) return null;
+  // pkcsslotd needs the pkcs11 group and its run directory; the Debian package makes the group.
+  fs.mkdirSync(RUN_DIR, { recursive: true });
+  spawnSync('chgrp', ['pkcs11', RUN_DIR]);
+  fs.chmodSync(RUN_DIR, 0o770);
+  execFileSync(PKCSSLOTD, [], { stdio: 'ignore' }); // daemonises itself
+  const pid = slotdPid();
+  if (pid === null) throw new Error('pkcsslotd did not start');
+  return pid;
+}
+
 /** Whether the machine has opencryptoki at all (scripts/setup.sh installs it). */
 export function opencryptokiInstalled(): boolean {
   return fs.existsSync(OPENCRYPTOKI_MODULE) && fs.existsSync(PKCSSLOTD) && fs.existsSync(PKCSCONF);
@@ -66,16 +83,7 @@ function initToken(label: string, pin: string): void {
  */
 export function createOpencryptokiToken(label = 'kmsd-ock'): OpencryptokiToken {
   if (!opencryptokiInstalled()) throw new Error(`opencryptoki is not installed (${OPENCRYPTOKI_MODULE}); run scripts/setup.sh`);
-  let started: number | null = null;
-  if (slotdPid() === null) {
-    // pkcsslotd needs the pkcs11 group and its run directory; the Debian package makes the group.
-    fs.mkdirSync(RUN_DIR, { recursive: true });
-    spawnSync('chgrp', ['pkcs11', RUN_DIR]);
-    fs.chmodSync(RUN_DIR, 0o770);
-    execFileSync(PKCSSLOTD, [], { stdio: 'ignore' }); // daemonises itself
-    started = slotdPid();
-    if (started === null) throw new Error('pkcsslotd did not start');
-  }
+  let started = startPkcsslotd();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kmsd-ock-'));
   const pin = String(10_000_000 + (process.pid % 89_999_999)).slice(0, 8);
   const pinFile = path.join(dir, 'user.pin');
