@@ -207,8 +207,9 @@ default, and what npm start uses). With --store postgres://USER@HOST:PORT/DB (KM
 for several kmsd replicas sharing one database and one token, each with its own --data-dir for local
 files. The password comes from --store-password-file FILE (KMS_STORE_PASSWORD_FILE; mode 0600),
 else PGPASSWORD, else PostgreSQL's .pgpass; never from the URL, which kmsd refuses if it holds one.
-This build checks those settings but does not run on PostgreSQL yet: it refuses to start with --store
-(kmsd migrate already copies a single-node store into PostgreSQL).`;
+Replicas share the token too (--pkcs11-module, --token-label, --pin-file): the development token
+lives in one data directory and is not shared. kmsd migrate copies a single-node store into
+PostgreSQL. The README's "Running several replicas" says what holds across replicas.`;
 
 function optionalInt(name: string, raw: unknown, min: number, max: number): number | undefined {
   return raw === undefined || raw === '' ? undefined : intSetting(name, raw, min, max);

@@ -11,7 +11,8 @@ import { HsmToken, LoadedModule, TokenInventory } from './hsm/token';
 import { ensureDevToken, octal, readPinFile } from './hsm/dev-token';
 import { probeCapabilities, HsmCapabilities } from './hsm/unwrap';
 import { SqliteStore } from './store/sqlite';
-import type { StoreTx } from './store/api';
+import { PgStore } from './store/pg/pg-store';
+import type { Store, StoreTx } from './store/api';
 import { DataDirLock, lockDataDir } from './store/data-dir-lock';
 import { Keyring, ROOT_KEY_ID } from './kms/keyring';
 import { KmsService, Logger, DEFAULT_KMS_CONFIG } from './kms/service';
@@ -61,11 +62,6 @@ export interface StartHooks {
  * token cannot be opened or is refused.
  */
 export async function startDaemon(cfg: DaemonConfig, log: Logger, hooks: StartHooks = {}): Promise<RunningDaemon> {
-  // The PostgreSQL store (src/store/pg) is built and tested, but the daemon is not wired to it yet:
-  // start-up reconciliation destroys what open write-ahead intents name, and on a shared store those
-  // may be another replica's objects in the making. Refuse rather than quietly keep the metadata in
-  // DATA_DIR.
-  if (cfg.store) throw new ConfigError(`--store ${cfg.store.url}: this kmsd build does not run on a PostgreSQL store yet; leave --store unset for SQLite in --data-dir`);
   preflight(cfg);
   fs.mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
   // The data directory is the daemon's alone, whoever created it (the umask is kmsd.ts's job).
@@ -138,7 +134,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock, ho
   const startedAt = Date.now();
   // The store before listening too: its migrations run here, and a store this build cannot read
   // stops kmsd before it listens. Nothing in it is trusted for the token until the binding check.
-  const store = new SqliteStore(cfg.dataDir);
+  const store = await openStore(cfg);
   try {
     return await listenThenOpen(cfg, log, lock, hooks, { tokenOpts, loaded, sec, startedAt, store, production });
   } catch (e) {
@@ -147,12 +143,27 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock, ho
   }
 }
 
+/**
+ * SQLite in the data directory (one kmsd), or the PostgreSQL store replicas share. A store that
+ * cannot be reached at start stops kmsd with a message naming it (a supervisor restarts it); once
+ * running, a lost store makes calls fail as retryable and health NOT_SERVING until it is back.
+ */
+async function openStore(cfg: DaemonConfig): Promise<Store> {
+  if (!cfg.store) return new SqliteStore(cfg.dataDir);
+  const c = cfg.store;
+  try {
+    return await PgStore.open({ host: c.host, port: c.port, user: c.user, database: c.database, password: c.password(), applicationName: 'kmsd' });
+  } catch (e) {
+    throw new ConfigError(`--store ${c.url}: cannot open the PostgreSQL store: ${(e as Error).message}`);
+  }
+}
+
 async function listenThenOpen(
   cfg: DaemonConfig,
   log: Logger,
   lock: DataDirLock,
   hooks: StartHooks,
-  o: { tokenOpts: ReturnType<typeof productionToken>; loaded: LoadedModule; sec: ReturnType<typeof securitySettings>; startedAt: number; store: SqliteStore; production: boolean },
+  o: { tokenOpts: ReturnType<typeof productionToken>; loaded: LoadedModule; sec: ReturnType<typeof securitySettings>; startedAt: number; store: Store; production: boolean },
 ): Promise<RunningDaemon> {
   const { tokenOpts, loaded, sec, startedAt, store, production } = o;
 
@@ -217,7 +228,8 @@ async function listenThenOpen(
     log.info({ token: token.tokenLabel, millis: Date.now() - startedAt }, 'token open');
     // The binding check comes before kmsd creates or destroys anything in the token: a store that is
     // not the token's own is refused, never reconciled (src/kms/binding.ts).
-    const binding = await bindStoreToToken(store, token, { adopt: Boolean(cfg.adoptToken), log, dataDir: cfg.dataDir });
+    // One replica at a time: two first starts on a new store and token must not bind twice.
+    const binding = await store.exclusiveStart(() => bindStoreToToken(store, token, { adopt: Boolean(cfg.adoptToken), log, dataDir: cfg.dataDir, storeName: cfg.store?.url }));
     log.info({ instanceId: binding.instanceId, outcome: binding.outcome, token: token.tokenLabel }, 'metadata store and token belong together');
     // Intents open now are what a crash left; later ones belong to calls that reconciliation, when it
     // runs in the background, must leave alone.
@@ -368,14 +380,40 @@ async function listenThenOpen(
       : Promise.resolve();
     reconciling.catch((e: unknown) => log.error({ err: (e as Error).message }, 'start-up reconciliation failed'));
 
+    // Health follows the store and the token: a replica that cannot reach either says NOT_SERVING
+    // (load balancers and clients go elsewhere) and SERVING again once both are back, without a restart.
+    let serving = true;
+    const checkHealth = () => {
+      let tokenOk = true;
+      try {
+        token.tokenInfo();
+      } catch {
+        tokenOk = false;
+      }
+      const ok = store.reachable && tokenOk;
+      if (ok === serving || stopping) return;
+      serving = ok;
+      const status = ok ? 'SERVING' : 'NOT_SERVING';
+      health.setStatus('', status);
+      health.setStatus('kms.v1.KeyManagementService', status);
+      if (ok) log.info({}, 'store and token reachable again: serving');
+      else log.error({ store: store.reachable, token: tokenOk }, 'the metadata store or the token cannot be reached: health NOT_SERVING until it is back');
+    };
+    // Apart from the scheduler, whose pass may wait on a store that is down.
+    const healthTimer = setInterval(checkHealth, 500);
+    healthTimer.unref();
     let ticking: Promise<void> | null = null;
     const pass = async () => {
       // The scheduler's destroy retries and deletions wait until start-up reconciliation has run.
-      if (kms.reconciliation.running) return;
+      if (kms.reconciliation.running || !store.reachable) return;
       try {
-        await kms.runDueWork();
-        await imports.destroyExpiredWrappingKeys();
-        await imports.refillPoolOnce(); // the RSA generation runs off the event loop
+        // Deletions, expiries, rotation and the wrapping-key pool run on one replica at a time.
+        if (await store.lead()) {
+          await kms.runDueWork();
+          await imports.destroyExpiredWrappingKeys();
+          await imports.refillPoolOnce(); // the RSA generation runs off the event loop
+        }
+        // Every replica's own counters and refusals, and checkpoints of the shared chain.
         await ceremonyAndAudit.tick();
       } catch (e) {
         log.error({ err: (e as Error).message }, 'scheduler pass failed');
@@ -406,6 +444,7 @@ async function listenThenOpen(
         stopped = true;
         stopping = true;
         clearInterval(timer);
+        clearInterval(healthTimer);
         await ticking;
         await tlsListener?.close();
         await httpListener?.close(graceMs);

@@ -4,7 +4,7 @@
 // The rules themselves live in CallGuard (src/api/grpc/auth.ts, to move here) and the limits
 // (src/api/grpc/limits.ts); a transport only describes its call with AdmissionCall.
 
-import { KmsError, hsmUnavailable } from '../kms/errors';
+import { KmsError, hsmUnavailable, storeUnavailable } from '../kms/errors';
 import type { CallContext } from '../kms/types';
 import type { Logger } from '../kms/service';
 import type { CallGuard } from './grpc/auth';
@@ -64,7 +64,7 @@ export function answerFor(e: unknown, requestId: string): { err: KmsError; inter
     const message = boundedMessage(e.message);
     return { err: message === e.message ? e : new KmsError(e.code, message) };
   }
-  return { err: hsmUnavailable(e) ?? new KmsError('InternalFailure', `internal error (request id ${requestId})`), internal: e };
+  return { err: hsmUnavailable(e) ?? storeUnavailable(e) ?? new KmsError('InternalFailure', `internal error (request id ${requestId})`), internal: e };
 }
 
 /** Internal details go to the log under the request id, never to the caller. */

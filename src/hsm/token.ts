@@ -609,6 +609,8 @@ export class HsmToken {
         try {
           p11.C_DestroyObject(s, h);
         } catch (e) {
+          // Another process sharing the token destroyed it between the find and here: it is gone.
+          if (toHsmError(e, 'C_DestroyObject').code === 'CKR_OBJECT_HANDLE_INVALID') continue;
           this.failedDestroys.add(label);
           throw e;
         }

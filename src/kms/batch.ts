@@ -12,7 +12,7 @@
 import { DecryptFailedError } from '../hsm/errors';
 import { Turns } from '../turns';
 import { aadFor, buildHeader, freshIv, parseBlob, validateContext } from './ciphertext';
-import { KmsError, hsmUnavailable, invalid } from './errors';
+import { KmsError, hsmUnavailable, invalid, storeUnavailable } from './errors';
 import type { GcmItem } from './keyring';
 import type { CmkRow, KeyVersionRow } from '../store/api';
 import { KmsService, MAX_PLAINTEXT_BYTES } from './service';
@@ -228,7 +228,7 @@ export class BatchService {
     if (e instanceof DecryptFailedError) {
       return { Code: 'InvalidCiphertext', Message: 'CiphertextBlob: authentication failed (the blob was altered, or the EncryptionContext differs from the one used to encrypt)' };
     }
-    const down = hsmUnavailable(e);
+    const down = hsmUnavailable(e) ?? storeUnavailable(e);
     if (down) return { Code: down.code, Message: down.message };
     const requestId = ctx?.requestId ?? '';
     this.kms.log.error({ requestId, item: index, err: e instanceof Error ? { name: e.name, message: e.message } : String(e) }, 'internal error in a batch item');

@@ -54,7 +54,7 @@ function kmsdObjectCount(inv: TokenInventory): number {
  * (when the store explains every CMK and wrapping-key object of the token). Throws
  * TokenBindingError otherwise.
  */
-export async function bindStoreToToken(store: Store, token: HsmToken, o: { adopt: boolean; log: Logger; dataDir: string }): Promise<BindingResult> {
+export async function bindStoreToToken(store: Store, token: HsmToken, o: { adopt: boolean; log: Logger; dataDir: string; storeName?: string }): Promise<BindingResult> {
   const tokenInstance = token.readInstance();
   let walked: TokenInventory | null = null;
   const inventory = (): TokenInventory => (walked ??= token.inventory());
@@ -62,7 +62,7 @@ export async function bindStoreToToken(store: Store, token: HsmToken, o: { adopt
   const storeSeq = await store.tokenSequence();
   const empty = await store.isEmpty();
   const dataDir = o.dataDir;
-  const storeFile = path.join(dataDir, 'kmsd.sqlite');
+  const storeFile = o.storeName ?? path.join(dataDir, 'kmsd.sqlite');
 
   const refuse = (why: string, adoptable: boolean): never => {
     const forward = adoptable

@@ -4,6 +4,7 @@
 // mirrors this table (a unit test keeps them in step).
 
 import { HsmError, type HsmErrorKind } from '../hsm/errors';
+import { StoreUnavailableError } from '../store/api';
 
 export type Status =
   | 'INVALID_ARGUMENT'
@@ -41,6 +42,7 @@ export const ERROR_TABLE = {
   'IncorrectKeyId': { status: 'INVALID_ARGUMENT', meaning: 'Decrypt was given a KeyId that is not the CMK of the ciphertext.' },
   Throttling: { status: 'RESOURCE_EXHAUSTED', meaning: 'Too many requests; retry with backoff.' },
   'ServiceUnavailable.Hsm': { status: 'UNAVAILABLE', meaning: 'The token is not usable right now.' },
+  'ServiceUnavailable.Store': { status: 'UNAVAILABLE', meaning: 'The metadata store (PostgreSQL) cannot be reached, or a row stayed locked too long; the call changed nothing and can be retried, on this replica or another.' },
   InternalFailure: { status: 'INTERNAL', meaning: 'An internal error; details are in the daemon log under the request id.' },
   // ---- key ceremonies (custodians, proposals, approvals)
   'Rejected.QuorumRequired': { status: 'FAILED_PRECONDITION', meaning: 'The action is guarded by the quorum policy: propose it (CreateProposal), have M custodians approve it (ApproveProposal), then ExecuteProposal.' },
@@ -137,6 +139,12 @@ export function fromHsm(e: unknown): KmsError | null {
     default:
       return new KmsError(code, `EncryptedKeyMaterial: ${e.message}`);
   }
+}
+
+/** A store that cannot be reached, as the caller's retryable error; null for any other error. */
+export function storeUnavailable(e: unknown): KmsError | null {
+  if (!(e instanceof StoreUnavailableError)) return null;
+  return new KmsError('ServiceUnavailable.Store', `the metadata store is not reachable right now; nothing was changed, retry (${e.message})`);
 }
 
 /**

@@ -170,7 +170,7 @@ export class ImportService {
     try {
       await this.store.transaction(async (tx) => {
         await tx.insertWrappingKey(w);
-        await tx.clearIntent(seq);
+        await this.kms.closeIntentIn(tx, seq, 'wrap', w.wrap_id);
       });
     } catch (e) {
       await this.kms.abandonIntent('wrap', w.wrap_id, seq);
@@ -288,7 +288,7 @@ export class ImportService {
               material_expire_time: expireMs,
               import_path: plan.path,
             });
-            if (seq !== null) await tx.clearIntent(seq);
+            if (seq !== null) await this.kms.closeIntentIn(tx, seq, 'cmk', ver.version_id);
             // This metadata claims the object just made: a destroy queued meanwhile under the
             // version's id (an expiry found due inside another call) must not take it.
             if (level === 'HSM') await tx.deletePendingDestroy('cmk', ver.version_id);
@@ -372,22 +372,17 @@ export class ImportService {
     let dropped = 0;
     for (const intent of await this.store.allIntents()) {
       if (intent.kind !== 'wrap' || intent.seq > upToIntentSeq) continue;
-      const id = intent.object_id;
-      if (inv.wrap.has(id) && !rows.has(id)) {
-        try {
-          this.token.destroy('wrap', id);
-          inv.wrap.delete(id);
-          destroyed++;
-        } catch (e) {
-          await this.store.addPendingDestroy('wrap', id, null, 'creation-interrupted', this.kms.now());
-          this.kms.log.warn({ wrapId: id, err: (e as Error).message }, 'could not destroy the wrapping key of an interrupted creation; retrying later');
-        }
+      // A live replica's intent is a creation still under way (KmsService.reconcile).
+      if (await this.store.replicaAlive(intent.owner)) continue;
+      if (await this.kms.reclaimIntent(intent, inv.wrap.has(intent.object_id))) {
+        inv.wrap.delete(intent.object_id);
+        destroyed++;
       }
-      await this.store.clearIntent(intent.seq);
     }
     if (intentsOnly) return { destroyed, dropped };
     for (const w of rows.values()) {
-      if (!inv.wrap.has(w.wrap_id)) {
+      // Looked up on its own first: another replica may have made it after this one walked the token.
+      if (!inv.wrap.has(w.wrap_id) && !this.token.holdsLabel('wrap', w.wrap_id)) {
         await this.store.deleteWrappingKey(w.wrap_id);
         dropped++;
       }

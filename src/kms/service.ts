@@ -3,7 +3,7 @@
 // API's field names, and every failure is a KmsError from the one error table.
 
 import crypto from 'node:crypto';
-import type { Store, StoreOps, StoreTx, CmkRow, KeyVersionRow, TokenDestroyRow, TokenObjectKind } from '../store/api';
+import type { Store, StoreOps, StoreTx, CmkRow, KeyVersionRow, TokenDestroyRow, TokenIntentRow, TokenObjectKind } from '../store/api';
 import { DecryptFailedError, HsmError } from '../hsm/errors';
 import { Keyring } from './keyring';
 import type { TokenInventory } from '../hsm/token';
@@ -235,6 +235,17 @@ export class KmsService {
     }
   }
 
+  /**
+   * In the transaction that commits an object's metadata: closes its intent, which must still be
+   * open. Another replica's start-up claims the intents of replicas it cannot see (one whose store
+   * connection broke looks dead) and destroys their objects; metadata must then not commit.
+   */
+  async closeIntentIn(tx: StoreTx, seq: number, kind: TokenObjectKind, id: string): Promise<void> {
+    if (!(await tx.claimIntent(seq))) {
+      throw new KmsError('ServiceUnavailable.Store', `the token object ${kind}:${id} this call created was reclaimed as an interrupted creation while this replica could not reach the metadata store; nothing was committed, retry`);
+    }
+  }
+
   /** The object of an intent will not get metadata: destroy whatever the token holds, then close the intent. */
   async abandonIntent(kind: TokenObjectKind, id: string, seq: number): Promise<void> {
     try {
@@ -256,9 +267,31 @@ export class KmsService {
     const row = await this.store.getPendingDestroy(kind, id);
     if (!row) return true;
     const keyId = row.key_id ?? '';
-    try {
-      this.keyring.token.destroy(kind, id);
-    } catch (e) {
+    // The row is deleted (and so locked) before the object is destroyed, and the destroy happens only
+    // if this call deleted it: a re-import of the same version on another replica first deletes the
+    // row itself (waiting for this lock) and creates the new object only after, so a destroy that
+    // read the row earlier never takes the new material.
+    let refused: unknown = null;
+    const done = await this.store
+      .transaction(async (tx) => {
+        if (!(await tx.deletePendingDestroy(kind, id))) return false;
+        try {
+          this.keyring.token.destroy(kind, id);
+        } catch (e) {
+          refused = e;
+          throw e;
+        }
+        // The row goes with the record of the destroy that finally worked.
+        if (row.attempts > 0 && kind === 'cmk') await this.onKeyEvent({ action: 'KeyMaterialDestroyed', keyId, details: { KeyVersionId: id, Reason: row.reason, Attempts: row.attempts + 1, Retried: when } }, tx);
+        return true;
+      })
+      .catch((e: unknown) => {
+        if (refused === null) throw e;
+        return null;
+      });
+    if (done === false) return true; // destroyed by another call or replica meanwhile
+    if (done === null) {
+      const e = refused as unknown;
       const err = e as { code?: string; message?: string };
       const reason = err.code ? `${err.code}` : String(err.message ?? e);
       const attempts = await this.store.notePendingDestroyFailure(kind, id, reason);
@@ -271,15 +304,6 @@ export class KmsService {
     }
     this.destroyRetryAt.delete(`${kind}:${id}`);
     if (row.attempts > 0) this.log.info({ kind, objectId: id, keyId, attempts: row.attempts + 1 }, 'token object destroyed after earlier failures');
-    if (row.attempts > 0 && kind === 'cmk') {
-      // The row goes with the record of the destroy that finally worked.
-      await this.store.transaction(async (tx) => {
-        await tx.deletePendingDestroy(kind, id);
-        await this.onKeyEvent({ action: 'KeyMaterialDestroyed', keyId, details: { KeyVersionId: id, Reason: row.reason, Attempts: row.attempts + 1, Retried: when } }, tx);
-      });
-    } else {
-      await this.store.deletePendingDestroy(kind, id);
-    }
     return true;
   }
 
@@ -413,7 +437,7 @@ export class KmsService {
       await this.change(ctx, async (tx) => {
         await tx.insertCmk(row);
         await tx.insertVersion({ version_id: versionId, key_id: keyId, creation_date: now, software_wrapped: wrapped, material_state: origin === 'EXTERNAL' ? 'Absent' : 'Present' });
-        if (seq !== null) await tx.clearIntent(seq);
+        if (seq !== null) await this.closeIntentIn(tx, seq, 'cmk', versionId);
       }, { KeyId: keyId });
     } catch (e) {
       if (seq !== null) await this.abandonIntent('cmk', versionId, seq);
@@ -651,7 +675,7 @@ export class KmsService {
           last_rotation_date: now,
           next_rotation_date: current.rotation_interval_s ? now + current.rotation_interval_s * 1000 : null,
         });
-        if (seq !== null) await tx.clearIntent(seq);
+        if (seq !== null) await this.closeIntentIn(tx, seq, 'cmk', versionId);
         if (reason === 'automatic') await this.onKeyEvent({ action: 'AutomaticRotation', keyId: row.key_id, details: { KeyVersionId: versionId } }, tx);
       }, { KeyId: row.key_id });
     } catch (e) {
@@ -910,22 +934,15 @@ export class KmsService {
     // was created before its row committed, so it is in this inventory (calls run meanwhile).
     const inv = typeof inventory === 'function' ? inventory() : inventory;
     const destroyedOrphans: string[] = [];
-    const now = this.now();
     for (const intent of await this.store.allIntents()) {
-      // Intents opened since start-up belong to calls still running (reconciliation in the background).
+      // Intents opened since start-up belong to calls still running (reconciliation in the
+      // background), and so do those of replicas that are alive.
       if (intent.kind !== 'cmk' || intent.seq > upToIntentSeq) continue;
-      const id = intent.object_id;
-      if (inv.cmk.has(id) && !this.claimsCmkObject(versions.get(id), cmks)) {
-        try {
-          this.keyring.token.destroy('cmk', id);
-          inv.cmk.delete(id);
-          destroyedOrphans.push(id);
-        } catch (e) {
-          await this.store.addPendingDestroy('cmk', id, null, 'creation-interrupted', now);
-          this.log.warn({ objectId: id, err: (e as Error).message }, 'could not destroy the token object of an interrupted creation; retrying later');
-        }
+      if (await this.store.replicaAlive(intent.owner)) continue;
+      if (await this.reclaimIntent(intent, inv.cmk.has(intent.object_id))) {
+        inv.cmk.delete(intent.object_id);
+        destroyedOrphans.push(intent.object_id);
       }
-      await this.store.clearIntent(intent.seq);
     }
     const missing: string[] = [];
     // intentsOnly: `inv` holds only the objects the intents name (looked up one by one before kmsd
@@ -936,14 +953,56 @@ export class KmsService {
       if (!row || ver.material_state === 'Absent') continue;
       const present = row.protection_level === 'HSM' ? inv.cmk.has(ver.version_id) : ver.software_wrapped !== null;
       if (!present && ver.material_state === 'Present') {
-        await this.store.updateVersion(ver.version_id, { material_state: 'Missing' });
-        missing.push(ver.version_id);
+        // Another replica may have created the object after this one walked the token: looked up
+        // on its own before anything is marked.
+        if (row.protection_level === 'HSM' && this.keyring.token.holdsLabel('cmk', ver.version_id)) continue;
+        if (await this.markVersion(ver.version_id, 'Present', 'Missing')) missing.push(ver.version_id);
       } else if (present && ver.material_state === 'Missing') {
-        await this.store.updateVersion(ver.version_id, { material_state: 'Present' });
+        await this.markVersion(ver.version_id, 'Missing', 'Present');
       }
     }
     if (destroyedOrphans.length || missing.length) this.log.warn({ destroyedOrphans, missing }, 'reconciled metadata with the token');
     return { destroyedOrphans, missing };
+  }
+
+  /**
+   * Claims an intent whose owner is gone and destroys its object (when the token holds it and no
+   * metadata claims it), in one transaction: a late commit of the owner's metadata (its claim of the
+   * same intent) waits for this one and then fails, so the two never both win. True when destroyed;
+   * a destroy the token refuses is queued as a pending destroy.
+   */
+  async reclaimIntent(intent: TokenIntentRow, present: boolean): Promise<boolean> {
+    const { kind, object_id: id } = intent;
+    return this.store.transaction(async (tx) => {
+      if (!(await tx.claimIntent(intent.seq))) return false; // committed or reclaimed meanwhile
+      if (!present) return false;
+      if (kind === 'cmk') {
+        const ver = await tx.getVersion(id);
+        const row = ver ? await tx.getCmk(ver.key_id) : undefined;
+        if (row && this.claimsCmkObject(ver, new Map([[row.key_id, row]]))) return false;
+      } else if (kind === 'wrap' && (await tx.getWrappingKey(id))) {
+        return false;
+      }
+      try {
+        this.keyring.forget(id);
+        this.keyring.token.destroy(kind, id);
+        return true;
+      } catch (e) {
+        await tx.addPendingDestroy(kind, id, null, 'creation-interrupted', this.now());
+        this.log.warn({ kind, objectId: id, err: (e as Error).message }, 'could not destroy the token object of an interrupted creation; retrying later');
+        return false;
+      }
+    });
+  }
+
+  /** Sets a version's material state only if it still is `from` (another replica may have changed it since it was read). */
+  private markVersion(versionId: string, from: 'Present' | 'Missing', to: 'Present' | 'Missing'): Promise<boolean> {
+    return this.store.transaction(async (tx) => {
+      const ver = await tx.getVersion(versionId);
+      if (ver?.material_state !== from) return false;
+      await tx.updateVersion(versionId, { material_state: to });
+      return true;
+    });
   }
 
   /** Does this key version's metadata claim a token object (an HSM version with material)? */
@@ -967,7 +1026,9 @@ export class KmsService {
     const out: UnknownTokenObject[] = [];
     for (const id of inv.cmk) if (!busy.has(`cmk:${id}`) && !this.claimsCmkObject(versions.get(id), cmks)) out.push({ Kind: 'cmk', ObjectId: id });
     for (const id of inv.wrap) if (!busy.has(`wrap:${id}`) && !wraps.has(id)) out.push({ Kind: 'wrap', ObjectId: id });
-    return out;
+    // An inventory kept since a walk still lists what other replicas destroyed since: each
+    // candidate is looked up on its own (unknown objects are few).
+    return out.filter((u) => this.keyring.token.holdsLabel(u.Kind, u.ObjectId));
   }
 
   /** Refreshes unknownObjects from the token; logs them when there are any. */

@@ -87,6 +87,12 @@ export interface TokenIntentRow {
   kind: TokenObjectKind;
   object_id: string;
   created: number;
+  /**
+   * The replica (Store.replicaId) that opened it: start-up reconciliation leaves an intent alone
+   * while its owner is alive, since that replica may still be creating the object (null: opened
+   * before intents named their owner).
+   */
+  owner: string | null;
 }
 
 /** A token object whose metadata is gone and which kmsd destroys until the token confirms it (migration 4). */
@@ -228,8 +234,15 @@ export interface MetadataOps {
    * object exists (on the Store; in a transaction it commits with it): takes the next creation sequence.
    */
   openIntent(kind: TokenObjectKind, objectId: string, now: number): Promise<number>;
-  /** Closes an intent (in the transaction that commits the object's metadata, or after a failed creation). */
+  /** Closes an intent (after a failed creation, or an adoption); an intent already closed is no error. */
   clearIntent(seq: number): Promise<void>;
+  /**
+   * Closes an intent and says whether it was still open. The transaction that commits an object's
+   * metadata must get true (else the object was reclaimed as an interrupted creation and is gone);
+   * reconciliation destroys an intent's object only after claiming it in its own transaction. The
+   * row is locked until the claim commits, so of the two exactly one proceeds.
+   */
+  claimIntent(seq: number): Promise<boolean>;
   allIntents(): Promise<TokenIntentRow[]>;
   /** Records a token object to destroy (in the transaction that removes the metadata that claimed it). */
   addPendingDestroy(kind: TokenObjectKind, objectId: string, keyId: string | null, reason: string, now: number): Promise<void>;
@@ -237,7 +250,8 @@ export interface MetadataOps {
   pendingDestroys(): Promise<TokenDestroyRow[]>;
   /** Counts a failed attempt; returns the attempts so far. */
   notePendingDestroyFailure(kind: TokenObjectKind, objectId: string, error: string): Promise<number>;
-  deletePendingDestroy(kind: TokenObjectKind, objectId: string): Promise<void>;
+  /** True when the row was there. In a transaction the row stays locked until it ends (see KmsService.destroyPending). */
+  deletePendingDestroy(kind: TokenObjectKind, objectId: string): Promise<boolean>;
 
   insertCmk(row: CmkRow): Promise<void>;
   getCmk(keyId: string): Promise<CmkRow | undefined>;
@@ -382,10 +396,38 @@ export interface GroupCommitStats {
   largest: number;
 }
 
+/**
+ * The store could not be reached (connection refused, lost, timed out, a lock held too long): the
+ * call changed nothing and can be retried. Callers get ServiceUnavailable.Store.
+ */
+export class StoreUnavailableError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'StoreUnavailableError';
+  }
+}
+
 /** A metadata store: SQLite (one kmsd) or PostgreSQL (replicas). */
 export interface Store extends StoreOps {
   /** 'sqlite' or 'postgres': for messages and DescribeRuntime, never for behaviour. */
   readonly backend: string;
+  /** This process's id among the replicas sharing the store (new at every start); owner of the intents it opens. */
+  readonly replicaId: string;
+  /**
+   * Whether the replica that owns an intent may still be running: this process itself, or (on a
+   * shared store) a replica whose presence the store still sees. False for a null owner.
+   */
+  replicaAlive(owner: string | null): Promise<boolean>;
+  /**
+   * True while this replica is the one that runs scheduled work (deletions, expiries, rotation,
+   * the wrapping-key pool): always on a single-node store; on a shared store, the holder of a lock
+   * that passes to another replica when the holder dies or loses its connection.
+   */
+  lead(): Promise<boolean>;
+  /** `fn` while no other replica runs its own start-up binding check (first start of a new store and token). */
+  exclusiveStart<T>(fn: () => Promise<T>): Promise<T>;
+  /** False while the store cannot be reached (what health reports as NOT_SERVING). */
+  readonly reachable: boolean;
   /** `fn` in one transaction; see the top of this file. A failed transaction is rolled back and its error passed on. */
   transaction<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T>;
   /** `fn` in a savepoint of the next group transaction; resolves once that has committed durably. */

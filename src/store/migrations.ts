@@ -218,4 +218,10 @@ export const MIGRATIONS: Migration[] = [
       CREATE INDEX cmks_expiry_due ON cmks(material_expire_time) WHERE material_expire_time IS NOT NULL AND key_state <> 'PendingImport';
     `,
   },
+  {
+    // The process that opened each intent (mirrors the PostgreSQL store, where several replicas
+    // share the table); one kmsd has only its own.
+    version: 8,
+    sql: `ALTER TABLE token_intents ADD COLUMN owner TEXT;`,
+  },
 ];

@@ -9,6 +9,7 @@
 // else (a token operation, a timer) holds every other writer and reader meanwhile, and a call on the
 // store itself waits for the transaction that awaits it, forever.
 
+import crypto from 'node:crypto';
 import type { AuditOps, CeremonyOps, CmkRow, GroupCommitStats, KeyVersionRow, MetadataOps, Store, StoreTx, XksOps } from './api';
 import { SqliteDb } from './store';
 import { SqliteAudit } from './audit-store';
@@ -79,6 +80,7 @@ const METADATA: { [K in keyof MetadataOps]: true } = {
   isEmpty: true,
   openIntent: true,
   clearIntent: true,
+  claimIntent: true,
   allIntents: true,
   addPendingDestroy: true,
   getPendingDestroy: true,
@@ -196,6 +198,9 @@ function auditFacade(core: SqliteAudit, run: Runner): AuditOps {
 
 export class SqliteStore implements Store {
   readonly backend = 'sqlite';
+  /** One kmsd per data directory (its lock): every other owner of an intent is a process that ended. */
+  readonly replicaId = crypto.randomUUID();
+  readonly reachable = true;
   readonly core: SqliteDb;
   readonly audit: AuditOps;
   readonly ceremony: CeremonyOps;
@@ -210,6 +215,7 @@ export class SqliteStore implements Store {
     opts: { readOnly?: boolean } = {},
   ) {
     this.core = new SqliteDb(dataDir, opts);
+    this.core.owner = this.replicaId;
     this.cores = { audit: new SqliteAudit(this.core), ceremony: new SqliteCeremony(this.core), xks: new SqliteXks(this.core) };
     const run: Runner = (f) => (this.closed ? Promise.reject(new Error('the metadata store is closed')) : this.lock.run(f));
     Object.assign(this, facade<MetadataOps>(this.core, METADATA, run));
@@ -261,6 +267,18 @@ export class SqliteStore implements Store {
         throw e;
       }
     });
+  }
+
+  replicaAlive(owner: string | null): Promise<boolean> {
+    return Promise.resolve(owner === this.replicaId);
+  }
+
+  lead(): Promise<boolean> {
+    return Promise.resolve(true);
+  }
+
+  exclusiveStart<T>(fn: () => Promise<T>): Promise<T> {
+    return fn();
   }
 
   grouped<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {

@@ -38,6 +38,8 @@ const ROW_CACHE_LIMIT = 10_000;
  */
 export class SqliteDb implements Sync<MetadataOps> {
   readonly db: Database.Database;
+  /** Owner of the intents this process opens (SqliteStore.replicaId). */
+  owner: string | null = null;
 
   /**
    * `readOnly` is for tools that inspect a store kmsd owns (the token auditor): nothing is created,
@@ -226,7 +228,7 @@ export class SqliteDb implements Sync<MetadataOps> {
     return this.tx(() => {
       const seq = this.tokenSequence() + 1;
       this.setSetting(TOKEN_SEQUENCE_SETTING, String(seq));
-      this.stmt('INSERT INTO token_intents (seq, kind, object_id, created) VALUES (?, ?, ?, ?)').run(seq, kind, objectId, now);
+      this.stmt('INSERT INTO token_intents (seq, kind, object_id, created, owner) VALUES (?, ?, ?, ?, ?)').run(seq, kind, objectId, now, this.owner);
       return seq;
     });
   }
@@ -234,6 +236,10 @@ export class SqliteDb implements Sync<MetadataOps> {
   /** Closes an intent (in the transaction that commits the object's metadata, or after a failed creation). */
   clearIntent(seq: number): void {
     this.stmt('DELETE FROM token_intents WHERE seq = ?').run(seq);
+  }
+
+  claimIntent(seq: number): boolean {
+    return this.stmt('DELETE FROM token_intents WHERE seq = ?').run(seq).changes === 1;
   }
 
   allIntents(): TokenIntentRow[] {
@@ -259,8 +265,8 @@ export class SqliteDb implements Sync<MetadataOps> {
     return r?.attempts ?? 0;
   }
 
-  deletePendingDestroy(kind: TokenObjectKind, objectId: string): void {
-    this.stmt('DELETE FROM token_destroys WHERE kind = ? AND object_id = ?').run(kind, objectId);
+  deletePendingDestroy(kind: TokenObjectKind, objectId: string): boolean {
+    return this.stmt('DELETE FROM token_destroys WHERE kind = ? AND object_id = ?').run(kind, objectId).changes === 1;
   }
 
   // ------------------------------------------------------------------ CMKs

@@ -102,11 +102,11 @@ describe('kmsd', () => {
     expect(fs.existsSync(dataDir)).toBe(false);
   });
 
-  it('refuses a valid --store before creating anything, as long as it does not run on PostgreSQL', () => {
+  it('stops with a message naming the store when PostgreSQL cannot be reached at start, before it listens', () => {
     const dataDir = path.join(tmp, 'data2');
-    const r = spawnSync(process.execPath, ['bin/kmsd.js', '--data-dir', dataDir, '--store', 'postgres://kms@127.0.0.1:1/kmsd'], { encoding: 'utf8', timeout: 30_000 });
+    const r = spawnSync(process.execPath, ['bin/kmsd.js', '--data-dir', dataDir, '--listen', '127.0.0.1:0', '--store', 'postgres://kms@127.0.0.1:1/kmsd'], { encoding: 'utf8', timeout: 60_000 });
     expect(r.status).toBe(1);
-    expect(r.stderr).toContain('--store postgres://kms@127.0.0.1:1/kmsd: this kmsd build does not run on a PostgreSQL store yet');
-    expect(fs.existsSync(dataDir)).toBe(false);
+    expect(r.stderr).toContain('--store postgres://kms@127.0.0.1:1/kmsd: cannot open the PostgreSQL store');
+    expect(r.stdout + r.stderr).not.toContain('listening on');
   });
 });

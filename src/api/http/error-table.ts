@@ -43,6 +43,7 @@ export const HTTP_ERROR_TABLE: Record<ErrorCode, DialectError> = {
   IncorrectKeyId: { alibaba: ali('IncorrectKeyId', 400), aws: aws('IncorrectKeyException') },
   Throttling: { alibaba: ali('Throttling', 429), aws: aws('ThrottlingException') },
   'ServiceUnavailable.Hsm': { alibaba: ali('Throttling.Hsm', 503), aws: aws('KMSInternalException', 500) },
+  'ServiceUnavailable.Store': { alibaba: ali('ServiceUnavailableTemporary', 503), aws: aws('DependencyTimeoutException', 500) },
   InternalFailure: { alibaba: ali('InternalFailure', 500), aws: aws('KMSInternalException', 500) },
   'Rejected.QuorumRequired': { alibaba: ali('Rejected.QuorumRequired', 409), aws: aws('KMSInvalidStateException') },
   'Rejected.CeremonyNotInitialized': { alibaba: ali('Rejected.CeremonyNotInitialized', 409), aws: aws('KMSInvalidStateException') },

@@ -243,4 +243,10 @@ export const PG_MIGRATIONS: PgMigration[] = [
       CREATE INDEX cmks_expiry_due ON cmks(material_expire_time) WHERE material_expire_time IS NOT NULL AND key_state <> 'PendingImport';
     `,
   },
+  {
+    // The replica that opened each intent: another replica's start-up leaves it alone while that
+    // replica is alive (its presence lock held).
+    version: 8,
+    sql: `ALTER TABLE token_intents ADD COLUMN owner TEXT;`,
+  },
 ];

@@ -37,8 +37,10 @@
 
 import pg from 'pg';
 import { PG_MIGRATIONS } from './migrations';
+import crypto from 'node:crypto';
 import {
   StoreConflictError,
+  StoreUnavailableError,
   type AccessKeyRow,
   type AliasRow,
   type ApprovalRow,
@@ -79,15 +81,11 @@ export interface PgStoreOptions {
   applicationName?: string;
   /** How long a call waits for a row or lock another transaction holds before failing as unavailable (default 10 s). */
   lockTimeoutMs?: number;
+  /** This process's id among the replicas (default: a new random one). */
+  replicaId?: string;
 }
 
-/** The store could not reach PostgreSQL (connection refused, lost, timed out): retryable by the caller. */
-export class StoreUnavailableError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'StoreUnavailableError';
-  }
-}
+export { StoreUnavailableError };
 
 const INSTANCE_ID_SETTING = 'instance.id';
 const TOKEN_SEQUENCE_SETTING = 'token.sequence';
@@ -102,6 +100,16 @@ const CEREMONY = {
 const LOCK_MIGRATIONS = 0x6b6d7364_0001n;
 const LOCK_AUDIT_HEAD = 0x6b6d7364_0002n;
 const LOCK_CUSTODIAN_SET = 0x6b6d7364_0003n;
+const LOCK_LEADER = 0x6b6d7364_0004n;
+const LOCK_START = 0x6b6d7364_0005n;
+// Presence: each replica holds the two-key advisory lock (PRESENCE_CLASS, its key) on its listening
+// connection for as long as that connection lives. The two-key space is apart from the one-key one.
+const PRESENCE_CLASS = 0x6b6d7370; // 'kmsp'
+
+/** The presence lock's second key for a replica id (31 bits, so it reads the same as an oid in pg_locks). */
+function presenceKey(replicaId: string): number {
+  return crypto.createHash('sha256').update(replicaId).digest().readUInt32BE(0) & 0x7fffffff;
+}
 
 const CACHE_TTL_MS = 500;
 const ROW_CACHE_LIMIT = 10_000;
@@ -257,6 +265,8 @@ interface Context {
   wroteCmkVersions(keyId: string): void;
   /** Inside a transaction: takes an advisory lock until it ends. */
   lock(key: bigint): Promise<void>;
+  /** The replica whose calls these are (owner of the intents they open). */
+  readonly owner: string;
 }
 
 function insertSql(table: string, columns: readonly string[]): string {
@@ -366,13 +376,18 @@ class Ops implements StoreOps {
         [TOKEN_SEQUENCE_SETTING],
       );
       const seq = Number(r!.value);
-      await ops.ctx.query('INSERT INTO token_intents (seq, kind, object_id, created) VALUES ($1, $2, $3, $4)', [seq, kind, objectId, now]);
+      await ops.ctx.query('INSERT INTO token_intents (seq, kind, object_id, created, owner) VALUES ($1, $2, $3, $4, $5)', [seq, kind, objectId, now, ops.ctx.owner]);
       return seq;
     });
   }
 
   async clearIntent(seq: number): Promise<void> {
     await this.ctx.query('DELETE FROM token_intents WHERE seq = $1', [seq]);
+  }
+
+  async claimIntent(seq: number): Promise<boolean> {
+    // A concurrent claim waits for this row's lock, then finds it gone (0 rows): exactly one wins.
+    return ((await this.ctx.query('DELETE FROM token_intents WHERE seq = $1', [seq])).rowCount ?? 0) === 1;
   }
 
   allIntents(): Promise<TokenIntentRow[]> {
@@ -402,8 +417,8 @@ class Ops implements StoreOps {
     return r?.attempts ?? 0;
   }
 
-  async deletePendingDestroy(kind: TokenObjectKind, objectId: string): Promise<void> {
-    await this.ctx.query('DELETE FROM token_destroys WHERE kind = $1 AND object_id = $2', [kind, objectId]);
+  async deletePendingDestroy(kind: TokenObjectKind, objectId: string): Promise<boolean> {
+    return ((await this.ctx.query('DELETE FROM token_destroys WHERE kind = $1 AND object_id = $2', [kind, objectId])).rowCount ?? 0) === 1;
   }
 
   // ------------------------------------------------------------------ CMKs
@@ -933,6 +948,7 @@ class TxContext implements Context {
   constructor(
     private readonly client: pg.PoolClient,
     private readonly rows: RowCache,
+    readonly owner: string,
   ) {}
 
   query<R extends pg.QueryResultRow>(sql: string, params: unknown[] = []): Promise<pg.QueryResult<R>> {
@@ -970,8 +986,8 @@ class TxContext implements Context {
   }
 }
 
-function newTx(client: pg.PoolClient, rows: RowCache): { tx: PgTx; ctx: TxContext } {
-  const ctx = new TxContext(client, rows);
+function newTx(client: pg.PoolClient, rows: RowCache, owner: string): { tx: PgTx; ctx: TxContext } {
+  const ctx = new TxContext(client, rows, owner);
   const tx = new PgTx(ctx);
   ctx.tx = tx;
   return { tx, ctx };
@@ -985,7 +1001,10 @@ interface Unit {
 
 export class PgStore extends Ops implements Store {
   readonly backend = 'postgres';
+  readonly replicaId: string;
   private readonly rows: RowCache;
+  /** Whether the listening connection holds the leader lock (lost with that connection). */
+  private leading = false;
   private readonly rollbackListeners: (() => void)[] = [];
   /** Backend pids of this process's connections: their notifications are our own writes. */
   private readonly ownBackends = new Set<number>();
@@ -1012,7 +1031,9 @@ export class PgStore extends Ops implements Store {
       wrote: (kind, id) => rows.drop(kind, id),
       wroteCmkVersions: (keyId) => rows.dropCmkVersions(keyId),
       lock: () => Promise.reject(new Error('an advisory lock needs a transaction')),
+      owner: options.replicaId ?? (options.replicaId = crypto.randomUUID()),
     });
+    this.replicaId = options.replicaId!;
     this.rows = rows;
     self.store = this;
   }
@@ -1045,6 +1066,9 @@ export class PgStore extends Ops implements Store {
     client.on('notification', (n) => this.notified(n));
     await client.connect();
     await client.query('LISTEN kmsd_rows');
+    // Presence rides on the listening connection: while it lives, other replicas leave this one's
+    // open intents alone; when it breaks, the lock (and leadership) go with it.
+    await client.query('SELECT pg_advisory_lock($1, $2)', [PRESENCE_CLASS, presenceKey(this.replicaId)]);
     this.listener = client;
     // Whatever changed while nobody listened is read again.
     this.rows.clear();
@@ -1055,6 +1079,7 @@ export class PgStore extends Ops implements Store {
   private listenerLost(client: pg.Client): void {
     if (this.listener !== client) return;
     this.listener = undefined;
+    this.leading = false;
     this.rows.enabled = false;
     this.rows.clear();
     client.end().catch(() => {});
@@ -1114,6 +1139,55 @@ export class PgStore extends Ops implements Store {
     return this.listener !== undefined;
   }
 
+  async replicaAlive(owner: string | null): Promise<boolean> {
+    if (owner === null) return false;
+    if (owner === this.replicaId) return true;
+    const r = await this.ctx.query<{ alive: boolean }>(
+      `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+         AND classid = $1::bigint::oid AND objid = $2::bigint::oid) AS alive`,
+      [PRESENCE_CLASS, presenceKey(owner)],
+    );
+    return r.rows[0]!.alive;
+  }
+
+  async lead(): Promise<boolean> {
+    const l = this.listener;
+    if (!l) return false;
+    if (this.leading) return true;
+    try {
+      const r = await l.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [LOCK_LEADER.toString()]);
+      // The connection may have been replaced meanwhile; the lock went with the old one.
+      this.leading = r.rows[0]!.ok && this.listener === l;
+    } catch {
+      this.leading = false;
+    }
+    return this.leading;
+  }
+
+  async exclusiveStart<T>(fn: () => Promise<T>): Promise<T> {
+    let client: pg.PoolClient;
+    try {
+      client = await this.pool.connect();
+    } catch (e) {
+      throw mapError(e);
+    }
+    let broken: Error | undefined;
+    try {
+      await client.query('SELECT pg_advisory_lock($1)', [LOCK_START.toString()]);
+      try {
+        return await fn();
+      } finally {
+        await client.query('SELECT pg_advisory_unlock($1)', [LOCK_START.toString()]).catch((e: Error) => (broken = e));
+      }
+    } catch (e) {
+      if (connectionLost(e)) broken = e as Error;
+      throw mapError(e);
+    } finally {
+      client.release(broken);
+    }
+  }
+
   cachedCmk(keyId: string): Readonly<CmkRow> | undefined {
     return this.rows.get<CmkRow>('cmk', keyId);
   }
@@ -1131,7 +1205,7 @@ export class PgStore extends Ops implements Store {
       } catch (e) {
         throw mapError(e);
       }
-      const { tx, ctx } = newTx(client, this.rows);
+      const { tx, ctx } = newTx(client, this.rows, this.replicaId);
       let broken: Error | undefined;
       try {
         await run(client, 'BEGIN');
@@ -1197,7 +1271,7 @@ export class PgStore extends Ops implements Store {
       // per unit fewer, which is most of a unit's cost when it appends one audit record.
       await simple(client, 'BEGIN; SAVEPOINT unit');
       for (const [i, u] of units.entries()) {
-        const { tx, ctx } = newTx(client, this.rows);
+        const { tx, ctx } = newTx(client, this.rows, this.replicaId);
         contexts.push(ctx);
         try {
           const value = await u.fn(tx);

@@ -44,6 +44,8 @@ const BY_CODE: Partial<Record<ErrorCode, XksErrorName>> = {
   Throttling: 'ThrottlingException',
   // The token failing is the backing key manager failing: the spec's InternalException.
   'ServiceUnavailable.Hsm': 'InternalException',
+  // The store is a dependency the proxy waits on: AWS KMS retries DependencyTimeout.
+  'ServiceUnavailable.Store': 'DependencyTimeoutException',
 };
 
 /** Every other code by its status: a Disabled, PendingDeletion or material-less CMK is InvalidState. */
