@@ -98,7 +98,8 @@ export class KmsService {
     this.keyLocks.set(keyId, tail);
     try {
       if (before) await before;
-      return await fn();
+      // And across replicas sharing the store.
+      return await this.store.keyLease(keyId, fn);
     } finally {
       release();
       if (this.keyLocks.get(keyId) === tail) this.keyLocks.delete(keyId);

@@ -424,6 +424,12 @@ export interface Store extends StoreOps {
    * that passes to another replica when the holder dies or loses its connection.
    */
   lead(): Promise<boolean>;
+  /**
+   * `fn` while no other replica changes this CMK's token objects (the caller already holds the
+   * in-process lock of the key). Waits for a live holder (failing as StoreUnavailableError after the
+   * lock timeout) and breaks the lease of a dead one. Rows of the CMK read inside `fn` are fresh.
+   */
+  keyLease<T>(keyId: string, fn: () => Promise<T>): Promise<T>;
   /** `fn` while no other replica runs its own start-up binding check (first start of a new store and token). */
   exclusiveStart<T>(fn: () => Promise<T>): Promise<T>;
   /** False while the store cannot be reached (what health reports as NOT_SERVING). */

@@ -222,6 +222,13 @@ export const MIGRATIONS: Migration[] = [
     // The process that opened each intent (mirrors the PostgreSQL store, where several replicas
     // share the table); one kmsd has only its own.
     version: 8,
-    sql: `ALTER TABLE token_intents ADD COLUMN owner TEXT;`,
+    sql: `
+      ALTER TABLE token_intents ADD COLUMN owner TEXT;
+      CREATE TABLE key_leases (              -- used by the PostgreSQL store; one kmsd locks in memory
+        key_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        since INTEGER NOT NULL
+      );
+    `,
   },
 ];

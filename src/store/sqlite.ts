@@ -281,6 +281,10 @@ export class SqliteStore implements Store {
     return fn();
   }
 
+  keyLease<T>(_keyId: string, fn: () => Promise<T>): Promise<T> {
+    return fn();
+  }
+
   grouped<T>(fn: (tx: StoreTx) => Promise<T>): Promise<T> {
     if (!this.group || this.closed) return Promise.reject(new Error(this.closed ? 'the metadata store is closed' : 'the metadata store was opened read-only'));
     return this.group.submit(async () => {

@@ -245,8 +245,17 @@ export const PG_MIGRATIONS: PgMigration[] = [
   },
   {
     // The replica that opened each intent: another replica's start-up leaves it alone while that
-    // replica is alive (its presence lock held).
+    // replica is alive (its presence lock held). Key leases: one replica at a time changes a CMK's
+    // token objects (import, material deletion, key deletion), since two imports into one key
+    // version would both write under its label.
     version: 8,
-    sql: `ALTER TABLE token_intents ADD COLUMN owner TEXT;`,
+    sql: `
+      ALTER TABLE token_intents ADD COLUMN owner TEXT;
+      CREATE TABLE key_leases (
+        key_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        since BIGINT NOT NULL
+      );
+    `,
   },
 ];

@@ -1003,6 +1003,8 @@ export class PgStore extends Ops implements Store {
   readonly backend = 'postgres';
   readonly replicaId: string;
   private readonly rows: RowCache;
+  /** Key leases whose release failed, retried by these timers. */
+  private readonly unreleased = new Map<string, NodeJS.Timeout>();
   /** Whether the listening connection holds the leader lock (lost with that connection). */
   private leading = false;
   private readonly rollbackListeners: (() => void)[] = [];
@@ -1163,6 +1165,48 @@ export class PgStore extends Ops implements Store {
       this.leading = false;
     }
     return this.leading;
+  }
+
+  async keyLease<T>(keyId: string, fn: () => Promise<T>): Promise<T> {
+    const deadline = Date.now() + (this.options.lockTimeoutMs ?? 10_000);
+    // A release still to be retried would end the lease this call is about to hold.
+    clearTimeout(this.unreleased.get(keyId));
+    this.unreleased.delete(keyId);
+    for (let wait = 5; ; wait = Math.min(wait * 2, 100)) {
+      const taken = await this.ctx.query('INSERT INTO key_leases (key_id, owner, since) VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING', [keyId, this.replicaId, Date.now()]);
+      if (taken.rowCount === 1) break;
+      const holder = (await this.ctx.query<{ owner: string }>('SELECT owner FROM key_leases WHERE key_id = $1', [keyId])).rows[0]?.owner;
+      if (holder === undefined) continue;
+      // Our own: a release that failed (the store was down). The in-process lock makes us its only user.
+      if (holder === this.replicaId) break;
+      if (!(await this.replicaAlive(holder))) {
+        await this.ctx.query('DELETE FROM key_leases WHERE key_id = $1 AND owner = $2', [keyId, holder]);
+        continue;
+      }
+      if (Date.now() > deadline) throw new StoreUnavailableError(`CMK ${keyId} is being changed by another replica for too long; retry`);
+      await new Promise((r) => setTimeout(r, wait));
+    }
+    // What the previous holder committed is read from the database, not from this replica's cache.
+    this.rows.drop('cmk', keyId);
+    this.rows.dropCmkVersions(keyId);
+    try {
+      return await fn();
+    } finally {
+      this.releaseLease(keyId);
+    }
+  }
+
+  /** Released at once, or retried every second while the store is unreachable (others wait meanwhile). */
+  private releaseLease(keyId: string): void {
+    this.ctx.query('DELETE FROM key_leases WHERE key_id = $1 AND owner = $2', [keyId, this.replicaId]).catch(() => {
+      if (this.closing) return;
+      const t = setTimeout(() => {
+        this.unreleased.delete(keyId);
+        this.releaseLease(keyId);
+      }, 1000);
+      t.unref();
+      this.unreleased.set(keyId, t);
+    });
   }
 
   async exclusiveStart<T>(fn: () => Promise<T>): Promise<T> {
