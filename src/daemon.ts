@@ -223,23 +223,28 @@ async function listenThenOpen(
 
   let opened: HsmToken | null = null;
   try {
-    const token = await HsmToken.openOffLoop({ ...tokenOpts, disabledMechanisms: cfg.disabledMechanisms }, loaded);
+    // On a shared store, other replicas change the token's objects too.
+    const token = await HsmToken.openOffLoop({ ...tokenOpts, disabledMechanisms: cfg.disabledMechanisms, shared: Boolean(cfg.store) }, loaded);
     opened = token;
     log.info({ token: token.tokenLabel, millis: Date.now() - startedAt }, 'token open');
     // The binding check comes before kmsd creates or destroys anything in the token: a store that is
     // not the token's own is refused, never reconciled (src/kms/binding.ts).
-    // One replica at a time: two first starts on a new store and token must not bind twice.
-    const binding = await store.exclusiveStart(() => bindStoreToToken(store, token, { adopt: Boolean(cfg.adoptToken), log, dataDir: cfg.dataDir, storeName: cfg.store?.url }));
+    // One replica at a time: two first starts on a new store and token must not bind twice, nor
+    // create the objects that exist once per token twice.
+    const binding = await store.exclusiveStart(async () => {
+      const b = await bindStoreToToken(store, token, { adopt: Boolean(cfg.adoptToken), log, dataDir: cfg.dataDir, storeName: cfg.store?.url });
+      // Objects that exist once per token: created on the first start, never destroyed or reported.
+      // With a walked token this costs no lookup; otherwise it waits for the walk (reconcileAtStart).
+      if (token.walked) {
+        token.ensureRootKey(ROOT_KEY_ID);
+        token.generateMacKey(MAC_KEY_ID);
+      }
+      return b;
+    });
     log.info({ instanceId: binding.instanceId, outcome: binding.outcome, token: token.tokenLabel }, 'metadata store and token belong together');
     // Intents open now are what a crash left; later ones belong to calls that reconciliation, when it
     // runs in the background, must leave alone.
     const startupIntentSeq = (await store.allIntents()).reduce((m, i) => Math.max(m, i.seq), 0);
-    // Objects that exist once per token: created on the first start, never destroyed or reported.
-    // With a walked token this costs no lookup; otherwise it waits for the walk (reconcileAtStart).
-    if (token.walked) {
-      token.ensureRootKey(ROOT_KEY_ID);
-      token.generateMacKey(MAC_KEY_ID);
-    }
     const info = token.tokenInfo();
     const capabilities = probeCapabilities(token, info.mechanisms);
     log.info({ token: info.label, manufacturer: info.manufacturer, model: info.model, capabilities }, 'token capabilities probed');

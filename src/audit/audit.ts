@@ -307,6 +307,9 @@ export class AuditLog {
 
   /** The head to link the next record to, read in the appending transaction (see headSeq). */
   private async linkHead(tx: StoreTx): Promise<void> {
+    // The head's lock first, held until the transaction ends: whatever is read after it is the
+    // last record committed by any replica, and no other append can come in between.
+    const last = await tx.lastAuditForUpdate();
     if (!this.headKnown) {
       await this.readHead(tx);
       return;
@@ -314,7 +317,6 @@ export class AuditLog {
     // Only a head further than this process's (another replica appended) is taken from the table: a
     // record this process appended that now reads differently was altered, and the next record
     // links to the one this process wrote, so VerifyAudit names the alteration.
-    const last = await tx.lastAuditForUpdate();
     if (last && last.seq > this.headSeq) {
       this.headSeq = last.seq;
       this.headHash = last.hash;

@@ -15,6 +15,12 @@ import type { NativeAesGcm, NativeItem } from './native-addon';
 /** What the data path needs of the token context: lookups and the pkcs11js fallback. */
 export interface CmkObjects {
   has(kind: 'cmk', id: string): boolean;
+  /** Other processes create and destroy objects in this token too (HsmToken's `shared`). */
+  readonly shared: boolean;
+  /** Drops a handle that may be stale (see HsmToken.refresh). */
+  refresh(kind: 'cmk', id: string): void;
+  /** Shared tokens: makes the module read the token again (see HsmToken.reload). */
+  reload(): Promise<void>;
   numericHandle(kind: 'cmk', id: string): number;
   encryptGcm(kind: 'cmk', id: string, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer;
   decryptGcm(kind: 'cmk', id: string, iv: Buffer, aad: Buffer, ciphertextWithTag: Buffer): Buffer;
@@ -39,6 +45,9 @@ export interface DataPathInfo {
 
 type Op = 'encrypt' | 'decrypt';
 
+/** Waits between lookups of material a shared token does not show yet (about 3 s in all). */
+const SHARED_LOOKUP_RETRIES_MS = [50, 100, 200, 400, 800, 1500];
+
 export class CmkDataPath {
   private workers: NativeAesGcm | null = null;
   private closed = false;
@@ -58,6 +67,18 @@ export class CmkDataPath {
 
   get hasWorkers(): boolean {
     return this.workers !== null;
+  }
+
+  /**
+   * Stops the workers (running operations finish first; queued ones fail CLOSED) but not the data
+   * path, which goes on with pkcs11js until workers are attached again. Returns their thread count.
+   */
+  detachWorkers(): number {
+    const w = this.workers;
+    this.workers = null;
+    const threads = w?.stats().threads ?? 0;
+    w?.close();
+    return threads;
   }
 
   /** Stops the workers (operations already running finish, queued ones fail CLOSED). Idempotent. */
@@ -91,6 +112,33 @@ export class CmkDataPath {
   }
 
   private one(op: Op, versionId: string, iv: Buffer, aad: Buffer, data: Buffer): Promise<Buffer> {
+    const p = this.attempt(op, versionId, iv, aad, data);
+    return this.objects.shared ? p.catch((e: unknown) => this.retryMissing(e, op, versionId, iv, aad, data)) : p;
+  }
+
+  /**
+   * On a shared token, a key another process made may stay invisible to this one for a moment
+   * (SoftHSM: a process that lists the token while another writes an object file loses sight of
+   * that object for up to a few seconds). Missing material is looked up again for up to ~3 s before
+   * it is reported; anything else fails at once.
+   */
+  private async retryMissing(first: unknown, op: Op, versionId: string, iv: Buffer, aad: Buffer, data: Buffer): Promise<Buffer> {
+    let e = first;
+    for (const [i, delay] of SHARED_LOOKUP_RETRIES_MS.entries()) {
+      if (!(e instanceof HsmError && e.code === 'NOT_FOUND') || this.closed) throw e;
+      await new Promise((r) => setTimeout(r, delay));
+      // Still not there: the module may hold a stale copy, which only reading the token again clears.
+      if (i === 2) await this.objects.reload().catch(() => undefined);
+      try {
+        return await this.attempt(op, versionId, iv, aad, data);
+      } catch (again) {
+        e = again;
+      }
+    }
+    throw e;
+  }
+
+  private attempt(op: Op, versionId: string, iv: Buffer, aad: Buffer, data: Buffer): Promise<Buffer> {
     if (this.closed) return Promise.reject(new HsmClosedError());
     const workers = this.workers;
     let handle: number | undefined;
@@ -197,6 +245,7 @@ export class CmkDataPath {
     if (known !== undefined) return known;
     let result: boolean;
     try {
+      this.objects.refresh('cmk', versionId);
       result = !this.objects.has('cmk', versionId) || (usedHandle !== undefined && this.objects.numericHandle('cmk', versionId) !== usedHandle);
     } catch {
       result = false; // the token cannot say: report the original error

@@ -115,6 +115,11 @@ export class ObjectIndex {
     this.inventory[kind].delete(id);
   }
 
+  /** Forgets the handles under a label (they may be stale), keeping the inventory. */
+  forget(label: string): void {
+    for (const key of [label, ...[pkcs11js.CKO_PUBLIC_KEY, pkcs11js.CKO_PRIVATE_KEY, pkcs11js.CKO_SECRET_KEY].map((c) => indexKey(label, c))]) this.handles.delete(key);
+  }
+
   /** Forgets every handle (the session they belonged to is gone); the inventory stays true. */
   clearHandles(): void {
     this.handles.clear();

@@ -39,6 +39,12 @@ export interface TokenOptions {
   pin: string;
   /** Mechanisms kmsd must not use even where the token has them (src/hsm/mechanisms.ts). */
   disabledMechanisms?: readonly DisableableMechanism[];
+  /**
+   * Other processes (replicas on a shared store) create and destroy kmsd objects in this token: a
+   * walk is never the whole truth, so a key the index lacks is looked up in the token, and a handle
+   * that failed is looked up again.
+   */
+  shared?: boolean;
 }
 
 const MECHANISM_NUMBERS: Record<DisableableMechanism, number> = {
@@ -96,6 +102,8 @@ export class HsmToken {
   private readonly pin: string;
   /** Mechanisms the configuration told kmsd not to use. */
   private readonly disabled: ReadonlySet<DisableableMechanism>;
+  /** See TokenOptions.shared. */
+  readonly shared: boolean;
 
   private constructor(p11: pkcs11js.PKCS11, slot: Handle, session: Handle, opts: TokenOptions) {
     this.p11 = p11;
@@ -106,6 +114,7 @@ export class HsmToken {
     this.modulePath = opts.modulePath;
     this.pin = opts.pin;
     this.disabled = new Set(opts.disabledMechanisms ?? []);
+    this.shared = Boolean(opts.shared);
     const ctx = this.context();
     this.wrapping = new WrappingKeys(ctx);
     this.rootKey = new RootKey(ctx);
@@ -432,7 +441,7 @@ export class HsmToken {
     const label = this.label(kind, id);
     const known = this.index.get(label);
     if (known) return known;
-    if (this.index.complete) return null;
+    if (this.index.complete && !this.shared) return null;
     const h = this.withSession(
       (p11, s) =>
         findOne(
@@ -472,6 +481,81 @@ export class HsmToken {
     );
   }
 
+  private reloading: Promise<void> | null = null;
+  private lastReload = 0;
+
+  /**
+   * Shared tokens only: the module forgets what it read of the token and reads it again (C_Finalize,
+   * C_Initialize, a new login session, new worker sessions). SoftHSM's file store can keep, for good,
+   * a torn copy of an object file another process was writing while this one read it (its writes go
+   * through stdio buffers flushed after the file lock is released): the object then stays invisible
+   * to this process, and only a new C_Initialize reads the file again. Off-loop generations and the
+   * workers' running operations finish first; handles and session objects (transient keys) die with
+   * the old sessions, so a call using one at that moment fails and can be repeated. At most once a
+   * second.
+   */
+  reload(): Promise<void> {
+    if (!this.shared || !this.p11) return Promise.resolve();
+    if (this.reloading) return this.reloading;
+    if (Date.now() - this.lastReload < 1000) return Promise.resolve();
+    this.reloading = (async () => {
+      // Checked again after each wait: a generation may have started while the last one ran.
+      do await this.drain();
+      while (this.offLoop.size > 0);
+      const p11 = this.p11;
+      if (!p11) return;
+      // From here to the end nothing yields: no other call reaches the module on this thread.
+      const threads = this.dataPath.detachWorkers();
+      try {
+        p11.C_Finalize();
+      } catch {
+        /* re-initialized below either way */
+      }
+      p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+      this.session = p11.C_OpenSession(this.slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+      try {
+        p11.C_Login(this.session, pkcs11js.CKU_USER, this.pin);
+      } catch (e) {
+        if (toHsmError(e, 'C_Login').code !== 'CKR_USER_ALREADY_LOGGED_IN') throw e;
+      }
+      this.index.clearHandles();
+      this.instanceHandle = null;
+      this.sessionEpoch++;
+      if (threads > 0) this.startWorkers(threads);
+    })().finally(() => {
+      this.reloading = null;
+      this.lastReload = Date.now();
+    });
+    return this.reloading;
+  }
+
+  /**
+   * holdsLabel, but on a shared token a "no" is only believed after the object has stayed out of
+   * sight for `waitMs` (see CmkDataPath.retryMissing): for decisions that mark material missing or
+   * drop a row, never for the data path.
+   */
+  holdsLabelSettled(kind: ObjectKind, id: string, waitMs = 5000): Promise<boolean> {
+    return this.settled(kind, id, waitMs, () => this.holdsLabel(kind, id));
+  }
+
+  /** has() (the object kmsd uses, in its class), settled as holdsLabelSettled. */
+  hasSettled(kind: ObjectKind, id: string, waitMs = 3000): Promise<boolean> {
+    return this.settled(kind, id, waitMs, () => this.has(kind, id));
+  }
+
+  private async settled(kind: ObjectKind, id: string, waitMs: number, probe: () => boolean): Promise<boolean> {
+    if (probe()) return true;
+    if (!this.shared) return false;
+    const until = Date.now() + waitMs;
+    for (let delay = 100, tries = 0; Date.now() < until; delay = Math.min(delay * 2, 1000), tries++) {
+      await new Promise((r) => setTimeout(r, delay));
+      if (tries === 1) await this.reload().catch(() => undefined);
+      this.index.forget(this.label(kind, id));
+      if (probe()) return true;
+    }
+    return false;
+  }
+
   /** Records an object this process just created, so the index stays true without a walk. */
   private created(kind: ObjectKind, id: string, h: Handle): void {
     this.index.set(this.label(kind, id), h);
@@ -486,6 +570,14 @@ export class HsmToken {
 
   has(kind: ObjectKind, id: string): boolean {
     return this.handleOf(kind, id) !== null;
+  }
+
+  /**
+   * An operation with this object's handle failed: on a shared token another process may have
+   * destroyed (or re-created) it, so the next lookup asks the token. Alone, the handle stays.
+   */
+  refresh(kind: ObjectKind, id: string): void {
+    if (this.shared) this.index.forget(this.label(kind, id));
   }
 
   /** Numeric handle for the native addon (CK_OBJECT_HANDLE fits in 53 bits on every module we know). */

@@ -104,7 +104,8 @@ export class ImportService {
     if (p.exp <= this.kms.now()) {
       throw new KmsError('Rejected.ImportTokenExpired', `ImportToken: expired at ${iso(p.exp)}; call GetParametersForImport for a new public key and token`);
     }
-    if (!wrap || !this.token.has('wrap', p.wid)) {
+    // A key pair another replica generated may not show in this process yet (HsmToken.holdsLabelSettled).
+    if (!wrap || !(await this.token.hasSettled('wrap', p.wid))) {
       throw new KmsError('Rejected.ImportTokenExpired', `ImportToken: its wrapping key no longer exists (destroyed after ${MAX_FAILED_IMPORTS_PER_TOKEN} failed imports, or removed from the token); call GetParametersForImport for a new public key and token`);
     }
     return p;
@@ -382,7 +383,7 @@ export class ImportService {
     if (intentsOnly) return { destroyed, dropped };
     for (const w of rows.values()) {
       // Looked up on its own first: another replica may have made it after this one walked the token.
-      if (!inv.wrap.has(w.wrap_id) && !this.token.holdsLabel('wrap', w.wrap_id)) {
+      if (!inv.wrap.has(w.wrap_id) && !(await this.token.holdsLabelSettled('wrap', w.wrap_id))) {
         await this.store.deleteWrappingKey(w.wrap_id);
         dropped++;
       }

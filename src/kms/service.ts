@@ -956,7 +956,7 @@ export class KmsService {
       if (!present && ver.material_state === 'Present') {
         // Another replica may have created the object after this one walked the token: looked up
         // on its own before anything is marked.
-        if (row.protection_level === 'HSM' && this.keyring.token.holdsLabel('cmk', ver.version_id)) continue;
+        if (row.protection_level === 'HSM' && (await this.keyring.token.holdsLabelSettled('cmk', ver.version_id))) continue;
         if (await this.markVersion(ver.version_id, 'Present', 'Missing')) missing.push(ver.version_id);
       } else if (present && ver.material_state === 'Missing') {
         await this.markVersion(ver.version_id, 'Missing', 'Present');

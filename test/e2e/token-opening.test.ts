@@ -13,13 +13,13 @@ import { ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KmsClient } from '../../src/client/client';
 import { KmsdClient } from '../../src/client/kmsd-client';
-import { KMSD, ROOT, makeTempDir, startKmsd } from '../helpers/daemon';
+import { KMSD, makeTempDir, startKmsd } from '../helpers/daemon';
 import { clientErrorOf } from '../helpers/errors';
 import { rawRequest } from '../helpers/http';
+import { healthOf } from '../helpers/health';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 
@@ -77,18 +77,6 @@ async function spawnListening(dataDir: string, env: Record<string, string>): Pro
   });
 }
 
-function healthOf(port: number, service = ''): Promise<string> {
-  const def = protoLoader.loadSync(path.join(ROOT, 'node_modules', 'grpc-health-check', 'proto', 'health', 'v1', 'health.proto'), { keepCase: true, enums: String, defaults: true });
-  const Health = (grpc.loadPackageDefinition(def) as any).grpc.health.v1.Health as grpc.ServiceClientConstructor;
-  const client = new Health(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as any;
-  return new Promise<string>((resolve, reject) =>
-    client.Check({ service }, (err: grpc.ServiceError | null, res: any) => {
-      client.close();
-      if (err) reject(err);
-      else resolve(res.status);
-    }),
-  );
-}
 
 describe('calls while the token is still opening', () => {
   let dataDir: string;

@@ -26,6 +26,9 @@ function setup(opts: { present: () => boolean; handle?: () => number; fail: (i: 
   let lookups = 0;
   const objects: CmkObjects = {
     has: () => (lookups++, opts.present()),
+    shared: false,
+    refresh: () => undefined,
+    reload: () => Promise.resolve(),
     numericHandle: () => {
       if (!opts.present()) throw new HsmError('token object cmk/x not found', 'NOT_FOUND');
       return opts.handle?.() ?? 7;
