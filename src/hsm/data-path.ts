@@ -21,6 +21,8 @@ export interface CmkObjects {
   refresh(kind: 'cmk', id: string): void;
   /** Shared tokens: makes the module read the token again (see HsmToken.reload). */
   reload(): Promise<void>;
+  /** The reload under way, if any: operations wait for it rather than fail. */
+  readonly reloading: Promise<void> | null;
   numericHandle(kind: 'cmk', id: string): number;
   encryptGcm(kind: 'cmk', id: string, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer;
   decryptGcm(kind: 'cmk', id: string, iv: Buffer, aad: Buffer, ciphertextWithTag: Buffer): Buffer;
@@ -112,8 +114,10 @@ export class CmkDataPath {
   }
 
   private one(op: Op, versionId: string, iv: Buffer, aad: Buffer, data: Buffer): Promise<Buffer> {
-    const p = this.attempt(op, versionId, iv, aad, data);
-    return this.objects.shared ? p.catch((e: unknown) => this.retryMissing(e, op, versionId, iv, aad, data)) : p;
+    if (!this.objects.shared) return this.attempt(op, versionId, iv, aad, data);
+    const reloading = this.objects.reloading;
+    const p = reloading ? reloading.then(() => this.attempt(op, versionId, iv, aad, data)) : this.attempt(op, versionId, iv, aad, data);
+    return p.catch((e: unknown) => this.retryMissing(e, op, versionId, iv, aad, data));
   }
 
   /**
@@ -125,6 +129,15 @@ export class CmkDataPath {
   private async retryMissing(first: unknown, op: Op, versionId: string, iv: Buffer, aad: Buffer, data: Buffer): Promise<Buffer> {
     let e = first;
     for (const [i, delay] of SHARED_LOOKUP_RETRIES_MS.entries()) {
+      // A worker queue closed by a reload: once more on the new workers.
+      if (e instanceof HsmError && e.kind === 'CLOSED' && !this.closed) {
+        await this.objects.reloading;
+        try {
+          return await this.attempt(op, versionId, iv, aad, data);
+        } catch (again) {
+          e = again;
+        }
+      }
       if (!(e instanceof HsmError && e.code === 'NOT_FOUND') || this.closed) throw e;
       await new Promise((r) => setTimeout(r, delay));
       // Still not there: the module may hold a stale copy, which only reading the token again clears.

@@ -138,6 +138,8 @@ const OWN_CODES = {
   DESTROY_UNCONFIRMED: 'INTERNAL',
   MODULE_LOAD_FAILED: 'SETUP',
   TOKEN_NOT_FOUND: 'SETUP',
+  // A shared token this process sees stale until it has read it again (HsmToken.reload): retryable.
+  STALE_VIEW: 'TOKEN_GONE',
   TOKEN_INIT_FAILED: 'SETUP',
   PIN_FILE: 'SETUP',
   UNWRAP_FAILED: 'UNWRAP_FAILED',

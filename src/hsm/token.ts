@@ -303,14 +303,14 @@ export class HsmToken {
   }
 
   /** Runs fn with the session, reopening it once if the token dropped it under us. */
-  private withSession<T>(fn: (p11: pkcs11js.PKCS11, s: Handle) => T, name: string): T {
+  private withSession<T>(fn: (p11: pkcs11js.PKCS11, s: Handle) => T, name: string, mapError: (e: HsmError) => HsmError = (x) => x): T {
     const p11 = this.p11;
     if (!p11) throw new HsmClosedError();
     try {
       return fn(p11, this.session);
     } catch (e) {
       const err = toHsmError(e, name);
-      if (!isSessionLost(err)) throw err;
+      if (!isSessionLost(err)) throw mapError(this.staleOr(err));
       this.reopenSession(p11);
       try {
         return fn(p11, this.session);
@@ -481,7 +481,19 @@ export class HsmToken {
     );
   }
 
-  private reloading: Promise<void> | null = null;
+  /**
+   * On a shared token, CKR_GENERAL_ERROR is how SoftHSM answers once its view of the token has gone
+   * bad (a directory listing that raced another process's write marks the whole token invalid in
+   * this process, for good): the token is read again and the caller gets a retryable error.
+   */
+  private staleOr(err: HsmError): HsmError {
+    if (!this.shared || err.code !== 'CKR_GENERAL_ERROR') return err;
+    void this.reload().catch(() => undefined);
+    return new HsmError(`${err.message}; this process's view of the shared token is being read again: retry`, 'STALE_VIEW', err.pkcs11Function);
+  }
+
+  /** See CmkObjects.reloading. */
+  reloading: Promise<void> | null = null;
   private lastReload = 0;
 
   /**
@@ -769,10 +781,30 @@ export class HsmToken {
   /** Raises the token's creation sequence to `seq` before an object with that sequence is created. */
   raiseSequence(seq: number): void {
     if (seq <= this.instanceSequence) return;
-    if (!this.instanceHandle) this.readInstance();
-    const h = this.instanceHandle;
-    if (!h) throw new HsmError('the token has no kmsd:instance object', 'NOT_FOUND');
-    this.withSession((p11, s) => p11.C_SetAttributeValue(s, h, [{ type: pkcs11js.CKA_LABEL, value: `${INSTANCE_LABEL_PREFIX}${seq}` }]), 'C_SetAttributeValue');
+    for (let attempt = 1; ; attempt++) {
+      if (!this.instanceHandle) this.readInstance();
+      const h = this.instanceHandle;
+      if (!h) {
+        if (!this.shared) throw new HsmError('the token has no kmsd:instance object', 'NOT_FOUND');
+      } else {
+        try {
+          this.withSession((p11, s) => p11.C_SetAttributeValue(s, h, [{ type: pkcs11js.CKA_LABEL, value: `${INSTANCE_LABEL_PREFIX}${seq}` }]), 'C_SetAttributeValue');
+          break;
+        } catch (e) {
+          // Every replica relabels this one object: another process's write can leave this one's
+          // copy stale (see reload). Found again once; then the token is read again and the call,
+          // which has created nothing yet, fails as retryable.
+          if (!this.shared || toHsmError(e, 'C_SetAttributeValue').code !== 'CKR_OBJECT_HANDLE_INVALID') throw e;
+        }
+      }
+      this.instanceHandle = null;
+      if (attempt >= 2) {
+        void this.reload().catch(() => undefined);
+        throw new HsmError('this process does not see the token kmsd:instance object right now (another replica is changing it); the token is being read again: retry', 'STALE_VIEW');
+      }
+    }
+    // Replicas raise it concurrently, so a lower value may land last: the mark only has to stay at or
+    // below the store's sequence, which it does.
     this.instanceSequence = seq;
   }
 
@@ -844,7 +876,7 @@ export class HsmToken {
     try {
       out = await fn(p11, s);
     } catch (e) {
-      throw toHsmError(e, name);
+      throw this.staleOr(toHsmError(e, name));
     } finally {
       try {
         p11.C_CloseSession(s);
@@ -983,7 +1015,10 @@ export class HsmToken {
         throw new HsmError(`the token did not make ${this.label(kind, id)} sensitive and non-extractable; it was not kept`, 'UNSUPPORTED', 'C_CopyObject');
       }
       return copy;
-    }, 'C_CopyObject');
+    }, 'C_CopyObject', (err) =>
+      // The transient died with the sessions of a reload: nothing was created, the call can be repeated.
+      this.shared && err.code === 'CKR_OBJECT_HANDLE_INVALID' && Date.now() - this.lastReload < 10_000 ? new HsmError(`${err.message}: the token was read again meanwhile; retry`, 'STALE_VIEW', 'C_CopyObject') : err,
+    );
     this.created(kind, id, h);
   }
 

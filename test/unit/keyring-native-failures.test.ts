@@ -29,6 +29,7 @@ function setup(opts: { present: () => boolean; handle?: () => number; fail: (i: 
     shared: false,
     refresh: () => undefined,
     reload: () => Promise.resolve(),
+    reloading: null,
     numericHandle: () => {
       if (!opts.present()) throw new HsmError('token object cmk/x not found', 'NOT_FOUND');
       return opts.handle?.() ?? 7;
