@@ -50,7 +50,9 @@ async function storeArgs(dataDir: string, args: string[]): Promise<string[]> {
   const key = path.resolve(dataDir);
   let db = storeDatabases.get(key);
   if (!db) {
-    db = await createDatabaseOn(inject('kmsdTestPostgres'));
+    const server = inject('kmsdTestPostgres');
+    if (!server) throw new Error('KMSD_TEST_STORE=postgres needs the cluster of the postgres project (test/global/postgres.ts): run npx vitest run --project postgres FILE');
+    db = await createDatabaseOn(server);
     storeDatabases.set(key, db);
   }
   return ['--store', db.url, '--store-password-file', db.passwordFile];
