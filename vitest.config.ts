@@ -12,7 +12,14 @@ import { defineConfig } from 'vitest/config';
 // and its object files in place (O_TRUNC, no rename), so a SIGKILL while another PKCS#11 call writes
 // loses objects or wipes the token (docs/security.md §9). The random kills run there only by hand:
 // KMSD_TEST_TOKEN=opencryptoki npx vitest run --project softhsm test/e2e/crash.test.ts.
+//
+// `postgres` runs the suites in POSTGRES_SUITES again with KMSD_TEST_STORE=postgres: kmsd keeps its
+// metadata in PostgreSQL (--store) instead of SQLite. One real PostgreSQL cluster for the project
+// (test/global/postgres.ts), a database per kmsd data directory (test/helpers/daemon.ts), so the
+// files share nothing and run two at a time like softhsm's.
 const OPENCRYPTOKI_SUITES = ['test/integration/gcm-composed.test.ts', 'test/integration/kwp-composed.test.ts', 'test/e2e/lifecycle.test.ts', 'test/e2e/byok-lifecycle.test.ts', 'test/e2e/byok-walkthrough.test.ts', 'test/e2e/byok-policy.test.ts', 'test/e2e/ceremony.test.ts', 'test/e2e/hsm-paths.test.ts', 'test/e2e/token-mechanisms.test.ts', 'test/e2e/crash.test.ts'];
+
+const POSTGRES_SUITES = ['test/e2e/lifecycle.test.ts', 'test/e2e/byok-lifecycle.test.ts', 'test/e2e/byok-walkthrough.test.ts', 'test/e2e/ceremony.test.ts', 'test/e2e/audit.test.ts'];
 
 export default defineConfig({
   test: {
@@ -35,6 +42,15 @@ export default defineConfig({
           env: { KMSD_TEST_TOKEN: 'opencryptoki', CRASH_FAILPOINTS_ONLY: '1', CRASH_FAILPOINT_ROUNDS: '1' },
           fileParallelism: false,
           maxWorkers: 1,
+        },
+      },
+      {
+        extends: true,
+        test: {
+          name: 'postgres',
+          include: POSTGRES_SUITES,
+          globalSetup: ['test/global/postgres.ts'],
+          env: { KMSD_TEST_STORE: 'postgres' },
         },
       },
     ],

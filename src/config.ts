@@ -227,6 +227,14 @@ function isFile(p: string): boolean {
   }
 }
 
+function isDirectory(p: string): boolean {
+  try {
+    return fs.statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
 function intSetting(name: string, raw: unknown, min: number, max: number): number {
   const n = typeof raw === 'number' ? raw : Number(raw);
   if (!Number.isInteger(n) || n < min || n > max) throw new ConfigError(`${name} must be an integer from ${min} to ${max} (got ${String(raw)})`);
@@ -565,23 +573,27 @@ export interface AuditConfig {
   pinFile?: string;
   allowInsecurePinFile: boolean;
   dataDir: string;
+  /** --store: the PostgreSQL store kmsd runs on; unset for SQLite in dataDir. */
+  store?: PostgresStoreConfig;
   /** Objects whose label is not kmsd:... are reported as findings unless the token is knowingly shared. */
   allowForeignObjects: boolean;
 }
 
 export const AUDIT_USAGE = `usage: npm run audit-token -- --data-dir DIR [--pkcs11-module PATH --token-label LABEL --pin-file FILE]
+            [--store postgres://USER@HOST:PORT/DB [--store-password-file FILE]]
             [--allow-insecure-pin-file 0|1] [--allow-foreign-objects]
 
 Lists every object of kmsd's token through graphene-pk11 (not kmsd's own token code), checks each
-key's attributes against its role, and cross-checks the token against the metadata store in DIR
-(read only). Without --pkcs11-module, --token-label and --pin-file it audits the development token
-under DIR/softhsm. --store (a PostgreSQL store) is accepted by name but not supported yet.
+key's attributes against its role, and cross-checks the token against the metadata store: DIR's
+kmsd.sqlite, or with --store the PostgreSQL store kmsd runs on (password from --store-password-file,
+else PGPASSWORD or .pgpass, as kmsd's), read only (READ ONLY transactions, no schema migration).
+Without --pkcs11-module, --token-label and --pin-file it audits the development token under DIR/softhsm.
 Prints a JSON report. Exit 0: clean; 1: findings; 2: usage error; 3: the token or store could not be read.`;
 
-const AUDIT_FLAGS = new Set(['--pkcs11-module', '--token-label', '--pin-file', '--data-dir', '--store', '--allow-insecure-pin-file']);
+const AUDIT_FLAGS = new Set(['--pkcs11-module', '--token-label', '--pin-file', '--data-dir', '--store', '--store-password-file', '--allow-insecure-pin-file']);
 
 /** Parses and checks the auditor's flags before it opens the token or the store. */
-export function loadAuditConfig(argv: string[]): AuditConfig {
+export function loadAuditConfig(argv: string[], env: NodeJS.ProcessEnv = process.env): AuditConfig {
   const flags: Record<string, string> = {};
   let allowForeignObjects = false;
   for (let i = 0; i < argv.length; i++) {
@@ -597,13 +609,18 @@ export function loadAuditConfig(argv: string[]): AuditConfig {
     if (name in flags) throw new ConfigError(`${name} is given twice`);
     flags[name] = value;
   }
-  if (flags['--store'] !== undefined) {
-    throw new ConfigError('--store (a PostgreSQL metadata store) is not supported yet: kmsd keeps its store in SQLite under --data-dir; give --data-dir instead');
-  }
   const dataDir = flags['--data-dir'];
   if (!dataDir) throw new ConfigError('--data-dir is required: the data directory of the kmsd whose token is audited');
   const resolved = path.resolve(dataDir);
-  if (!fs.existsSync(path.join(resolved, 'kmsd.sqlite'))) throw new ConfigError(`--data-dir ${resolved} holds no kmsd.sqlite: not a kmsd data directory`);
+  let store: PostgresStoreConfig | undefined;
+  if (flags['--store'] !== undefined) {
+    store = postgresStore(flags['--store'], flags['--store-password-file'], envValue(env, 'PGPASSWORD'));
+    // kmsd on PostgreSQL still has its data directory (its lock, the development token), and no kmsd.sqlite in it.
+    if (!isDirectory(resolved)) throw new ConfigError(`--data-dir ${resolved} is not a directory`);
+  } else {
+    if (flags['--store-password-file'] !== undefined) throw new ConfigError('--store-password-file is for a PostgreSQL store: give --store postgres://USER@HOST:PORT/DB as well');
+    if (!fs.existsSync(path.join(resolved, 'kmsd.sqlite'))) throw new ConfigError(`--data-dir ${resolved} holds no kmsd.sqlite: not a kmsd data directory (give --store if kmsd runs on PostgreSQL)`);
+  }
   const production = [flags['--pkcs11-module'], flags['--token-label'], flags['--pin-file']];
   if (production.some(Boolean) && !production.every(Boolean)) {
     throw new ConfigError('an existing token needs all of --pkcs11-module, --token-label and --pin-file (or none of them for the development token under --data-dir)');
@@ -621,6 +638,7 @@ export function loadAuditConfig(argv: string[]): AuditConfig {
     pinFile,
     allowInsecurePinFile: boolSetting('--allow-insecure-pin-file', flags['--allow-insecure-pin-file']) ?? false,
     dataDir: resolved,
+    store,
     allowForeignObjects,
   };
 }

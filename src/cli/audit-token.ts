@@ -1,15 +1,16 @@
 // audit-token: an independent check of kmsd's token (npm run audit-token). It lists the token
 // through graphene-pk11 (src/hsm/token-audit.ts), checks every object against its role, and
-// cross-checks the token against kmsd's metadata store, opened read-only through src/store. It
-// creates, changes and destroys nothing in either.
+// cross-checks the token against kmsd's metadata store (SQLite in the data directory, or PostgreSQL
+// with --store), opened read-only through src/store. It creates, changes and destroys nothing in either.
 //
 // Exit 0: clean; 1: findings (the JSON report on stdout says which); 2: usage error (nothing was
 // opened); 3: the token or the store could not be read.
 
 import fs from 'node:fs';
-import { AUDIT_USAGE, AuditConfig, ConfigError, loadAuditConfig, useSoftHsmConf } from '../config';
+import { AUDIT_USAGE, AuditConfig, ConfigError, PostgresStoreConfig, loadAuditConfig, useSoftHsmConf } from '../config';
 import { DEV_TOKEN_LABEL, devTokenPaths, findSoftHsmModule, readPinFile } from '../hsm/dev-token';
 import { AuditedObject, TokenAuditError, TokenListing, checkAttributes, listToken, roleRulesFor } from '../hsm/token-audit';
+import { PgStore } from '../store/pg/pg-store';
 import { SqliteDb, type CmkRow, type KeyVersionRow, type WrappingKeyRow, type TokenIntentRow, type TokenDestroyRow } from '../store/store';
 import { ROOT_KEY_ID } from '../kms/keyring';
 import { MAC_KEY_ID } from '../kms/import';
@@ -188,9 +189,10 @@ export function auditListing(listing: TokenListing, store: StoreView, opts: { al
   };
 }
 
-/** Reads the store's view of the token, read-only. */
-export function readStoreView(dataDir: string): StoreView {
-  const store = new SqliteDb(dataDir, { readOnly: true });
+/** Reads the store's view of the token, read-only: the data directory's SQLite file, or the PostgreSQL store. */
+export async function readStoreView(cfg: Pick<AuditConfig, 'dataDir' | 'store'>): Promise<StoreView> {
+  if (cfg.store) return readPostgresView(cfg.store);
+  const store = new SqliteDb(cfg.dataDir, { readOnly: true });
   try {
     return {
       instanceId: store.instanceId(),
@@ -203,6 +205,23 @@ export function readStoreView(dataDir: string): StoreView {
     };
   } finally {
     store.close();
+  }
+}
+
+async function readPostgresView(c: PostgresStoreConfig): Promise<StoreView> {
+  const store = await PgStore.openReadOnly({ host: c.host, port: c.port, user: c.user, database: c.database, password: c.password(), applicationName: 'kmsd-audit-token' });
+  try {
+    return {
+      instanceId: await store.instanceId(),
+      tokenSequence: await store.tokenSequence(),
+      cmks: await store.allCmks(),
+      versions: await store.allVersions(),
+      wrappingKeys: await store.allWrappingKeys(),
+      intents: await store.allIntents(),
+      pendingDestroys: await store.pendingDestroys(),
+    };
+  } finally {
+    await store.close();
   }
 }
 
@@ -220,7 +239,7 @@ function tokenOf(cfg: AuditConfig): { modulePath: string; tokenLabel: string; pi
   return { modulePath: findSoftHsmModule(), tokenLabel: DEV_TOKEN_LABEL, pin: readPinFile(dev.pinFile, true).pin };
 }
 
-function main(): number {
+async function main(): Promise<number> {
   const argv = process.argv.slice(2);
   if (argv.includes('--help') || argv.includes('-h')) {
     process.stdout.write(AUDIT_USAGE + '\n');
@@ -246,7 +265,7 @@ function main(): number {
     return 3;
   }
   try {
-    view = readStoreView(cfg.dataDir);
+    view = await readStoreView(cfg);
   } catch (e) {
     process.stderr.write(`audit-token: cannot read the metadata store: ${(e as Error).message}\n`);
     return 3;
@@ -257,4 +276,8 @@ function main(): number {
   return report.clean ? 0 : 1;
 }
 
-if (require.main === module) process.exitCode = main();
+if (require.main === module) {
+  void main().then((code) => {
+    process.exitCode = code;
+  });
+}

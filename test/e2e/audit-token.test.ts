@@ -209,7 +209,10 @@ describe('audit-token usage errors exit 2 before opening anything; unreadable to
     [['--data-dir'], /--data-dir needs a value/],
     [[], /--data-dir is required/],
     [['--data-dir', '/nonexistent-kmsd-dir'], /holds no kmsd\.sqlite/],
-    [['--store', 'postgres://localhost/kmsd'], /--store \(a PostgreSQL metadata store\) is not supported yet/],
+    [['--store', 'postgres://kmsd@localhost/kmsd'], /--data-dir is required/],
+    [['--data-dir', '.', '--store', 'postgres://kmsd:hunter2@localhost/kmsd'], /--store must not hold a password/],
+    [['--data-dir', '.', '--store-password-file', '/nonexistent-password'], /--store-password-file is for a PostgreSQL store/],
+    [['--data-dir', '/nonexistent-kmsd-dir', '--store', 'postgres://kmsd@localhost/kmsd'], /--data-dir \/nonexistent-kmsd-dir is not a directory/],
     [['--bogus', '1'], /unknown argument "--bogus"/],
     [['--data-dir', '.', '--pkcs11-module', MODULE], /needs all of --pkcs11-module, --token-label and --pin-file/],
   ])('%j', (args, message) => {
@@ -227,6 +230,14 @@ describe('audit-token usage errors exit 2 before opening anything; unreadable to
     const r2 = audit(['--data-dir', dataDir, '--pkcs11-module', MODULE, '--token-label', 'x'.repeat(33), '--pin-file', pinFile]);
     expect(r2.code).toBe(2);
     expect(r2.stderr).toMatch(/--token-label must be at most 32 bytes/);
+  });
+
+  it('a PostgreSQL store that cannot be reached exits 3 naming it', () => {
+    // Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    const run = audit(['--data-dir', dataDir, '--store', 'postgres://kmsd@127.0.0.1:1/kmsd'], { PGPASSWORD: 'unused' });
+    expect(run.code).toBe(3);
+    expect(run.stderr).toMatch(/cannot read the metadata store: the PostgreSQL store is unreachable: .*ECONNREFUSED/);
+    expect(run.stdout).toBe('');
   });
 
   it('a wrong PIN exits 3 naming the CKR, never the PIN', () => {

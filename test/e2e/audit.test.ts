@@ -1,17 +1,17 @@
 // Issue 5 acceptance: the hash-chained audit trail with token-signed checkpoints. Records are
-// tampered with directly in the daemon's SQLite file (as someone with the disk would), and
+// tampered with directly in the daemon's store, its SQLite file or its PostgreSQL database (as
+// someone with the disk or the database owner's role would), and
 // VerifyAudit must name the record; an export verifies offline with only the exported public key.
 
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Kmsd, listTokenObjects, makeTempDir } from '../helpers/daemon';
+import { openAuditLog, type AuditLogAccess } from '../helpers/audit-log';
 import { client, prepareDataDir, refused, startCeremonyDaemon, SCRIPTS } from '../helpers/ceremony';
 import type { KmsdClient } from '../../src/client/kmsd-client';
 import { recordHash, isoMs } from '../../src/audit/chain';
-import type { AuditRow } from '../../src/store/audit-store';
 import { spawnSync } from 'node:child_process';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
@@ -21,15 +21,7 @@ let k: Kmsd;
 let c: KmsdClient;
 let dataDir: string;
 let dir: string;
-let db: Database.Database;
-
-type Row = AuditRow;
-
-const rowAt = (seq: number) => db.prepare('SELECT * FROM audit_log WHERE seq = ?').get(seq) as Row;
-const putRow = (r: Row) =>
-  db
-    .prepare('INSERT OR REPLACE INTO audit_log (seq, time, request_id, principal, action, key_id, proposal_id, outcome, details, prev_hash, hash) VALUES (@seq, @time, @request_id, @principal, @action, @key_id, @proposal_id, @outcome, @details, @prev_hash, @hash)')
-    .run(r);
+let db: AuditLogAccess | undefined;
 
 async function verify(): Promise<J> {
   return c.call('VerifyAudit', {});
@@ -48,7 +40,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  db?.close();
+  await db?.close();
   c?.close();
   await k?.stop();
   k?.cleanup();
@@ -171,62 +163,58 @@ describe('VerifyAudit', () => {
   });
 
   it('names an edited, a deleted and a reordered record, and a rewrite that the checkpoint signature exposes', async () => {
-    db = new Database(path.join(dataDir, 'kmsd.sqlite'));
-    // Someone with the file drops the append-only triggers first.
-    db.exec('DROP TRIGGER audit_log_no_update; DROP TRIGGER audit_log_no_delete;');
-    const target = (db.prepare("SELECT seq FROM audit_log WHERE action = 'DisableKey'").get() as { seq: number }).seq;
-    const original = rowAt(target);
+    const log = (db = await openAuditLog(dataDir));
+    // Someone with the file or the database owner's role drops the append-only triggers first.
+    await log.dropAppendOnlyTriggers();
+    const target = await log.firstSeqOf('DisableKey');
+    const original = await log.row(target);
 
     // Edited: the outcome of one record.
-    db.prepare("UPDATE audit_log SET outcome = 'Rejected.QuorumRequired' WHERE seq = ?").run(target);
+    await log.setOutcome(target, 'Rejected.QuorumRequired');
     let v = await verify();
     expect(v).toMatchObject({ Valid: false, FirstBadSeq: target });
     expect(v.Problem).toMatch(/edited/);
-    putRow(original);
+    await log.put([original]);
     expect((await verify()).Valid).toBe(true);
 
     // Deleted.
-    db.prepare('DELETE FROM audit_log WHERE seq = ?').run(target);
+    await log.delete(target);
     v = await verify();
     expect(v).toMatchObject({ Valid: false, FirstBadSeq: target });
     expect(v.Problem).toMatch(/missing/);
-    putRow(original);
+    await log.put([original]);
     expect((await verify()).Valid).toBe(true);
 
     // Reordered: two neighbours swap places.
-    const next = rowAt(target + 1);
-    db.transaction(() => {
-      putRow({ ...next, seq: target });
-      putRow({ ...original, seq: target + 1 });
-    })();
+    const next = await log.row(target + 1);
+    await log.put([
+      { ...next, seq: target },
+      { ...original, seq: target + 1 },
+    ]);
     v = await verify();
     expect(v).toMatchObject({ Valid: false, FirstBadSeq: target });
     expect(v.Problem).toMatch(/does not link|reordered/);
-    db.transaction(() => {
-      putRow(original);
-      putRow(next);
-    })();
+    await log.put([original, next]);
     expect((await verify()).Valid).toBe(true);
 
     // Rewritten consistently (every later hash recomputed): only the token's signature can tell.
-    const later = db.prepare('SELECT * FROM audit_log WHERE seq >= ? ORDER BY seq').all(target) as Row[];
+    const later = await log.rowsFrom(target);
     const firstCheckpoint = later.find((r) => r.action === 'AuditCheckpoint')!;
     expect(firstCheckpoint).toBeDefined();
-    db.transaction(() => {
-      let prev = rowAt(target - 1).hash;
-      for (const r of later) {
-        const changed = { ...r, prev_hash: prev, outcome: r.seq === target ? 'ok-but-forged' : r.outcome };
-        const rec = { Seq: changed.seq, Time: isoMs(changed.time), RequestId: changed.request_id, Principal: changed.principal, Action: changed.action, KeyId: changed.key_id, ProposalId: changed.proposal_id, Outcome: changed.outcome, Details: changed.details, PrevHash: changed.prev_hash };
-        changed.hash = recordHash(rec);
-        putRow(changed);
-        prev = changed.hash;
-      }
-    })();
+    let prev = (await log.row(target - 1)).hash;
+    const forged = later.map((r) => {
+      const changed = { ...r, prev_hash: prev, outcome: r.seq === target ? 'ok-but-forged' : r.outcome };
+      const rec = { Seq: changed.seq, Time: isoMs(changed.time), RequestId: changed.request_id, Principal: changed.principal, Action: changed.action, KeyId: changed.key_id, ProposalId: changed.proposal_id, Outcome: changed.outcome, Details: changed.details, PrevHash: changed.prev_hash };
+      changed.hash = recordHash(rec);
+      prev = changed.hash;
+      return changed;
+    });
+    await log.put(forged);
     v = await verify();
     expect(v.Valid).toBe(false);
     expect(v.FirstBadSeq).toBe(firstCheckpoint.seq);
     expect(v.Problem).toMatch(/checkpoint/);
-    db.transaction(() => later.forEach(putRow))();
+    await log.put(later);
     expect((await verify()).Valid).toBe(true);
   });
 });
@@ -269,15 +257,16 @@ describe('ExportAudit', () => {
   });
 
   it('keeps verifying across a restart (a final checkpoint at shutdown)', async () => {
-    db.close();
+    await db?.close();
+    db = undefined;
     c.close();
     expect(await k.stop()).toBe(0);
     k = await startCeremonyDaemon({}, dataDir, true);
     c = client(k);
-    db = new Database(path.join(dataDir, 'kmsd.sqlite'));
+    db = await openAuditLog(dataDir);
     const v = await verify();
     expect(v.Valid).toBe(true);
-    const actions = (db.prepare('SELECT action FROM audit_log ORDER BY seq').all() as { action: string }[]).map((r) => r.action);
+    const actions = await db.actions();
     const stopped = actions.lastIndexOf('DaemonStopped');
     expect(actions[stopped + 1]).toBe('AuditCheckpoint');
     expect(actions[stopped + 2]).toBe('DaemonStarted');

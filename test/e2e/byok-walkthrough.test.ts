@@ -24,7 +24,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { KMSCTL, Kmsd, listTokenObjects, makeTempDir, startKmsd } from '../helpers/daemon';
+import { KMSCTL, Kmsd, TEST_STORE, listTokenObjects, makeTempDir, startKmsd } from '../helpers/daemon';
 import { offlineDecrypt } from '../helpers/offline';
 
 const ALGORITHMS = ['RSAES_PKCS1_V1_5', 'RSAES_OAEP_SHA_1', 'RSAES_OAEP_SHA_256', 'RSA_AES_KEY_WRAP_SHA_1', 'RSA_AES_KEY_WRAP_SHA_256'] as const;
@@ -48,6 +48,12 @@ const COMBOS: Combo[] = [
   { alg: 'RSAES_OAEP_SHA_256', spec: 'RSA_2048', form: 'PEM', level: 'SOFTWARE' },
   { alg: 'RSA_AES_KEY_WRAP_SHA_256', spec: 'RSA_3072', form: 'DER', level: 'SOFTWARE' },
 ];
+
+// On the PostgreSQL store (the postgres project) every algorithm and both levels and public key
+// forms still run, but the HSM-level RSA_3072 and RSA_4096 wrapping keys do not: what they add is
+// SoftHSM generating larger key pairs, which the store does not see, and it is most of this file's
+// time, paid again in every npm test.
+const RUN_COMBOS = TEST_STORE === 'postgres' ? COMBOS.filter((c) => c.level === 'SOFTWARE' || c.spec === 'RSA_2048') : COMBOS;
 
 /**
  * The OpenSSL commands that encrypt KeyMaterial.bin into EncryptedKeyMaterial.bin under PUB (the
@@ -150,7 +156,7 @@ afterAll(async () => {
 });
 
 describe.concurrent('the seed walkthrough, verbatim OpenSSL, every algorithm × key spec', () => {
-  for (const c of COMBOS) it(`${c.level} ${c.alg} ${c.spec} (${c.form} public key)`, async () => {
+  for (const c of RUN_COMBOS) it(`${c.level} ${c.alg} ${c.spec} (${c.form} public key)`, async () => {
     const dir = fs.mkdtempSync(path.join(work, `${c.level}-${c.alg}-${c.spec}-`));
 
     // 1. Create an external CMK.
@@ -240,14 +246,14 @@ describe.concurrent('the seed walkthrough, verbatim OpenSSL, every algorithm × 
 
 describe('what pkcs11-tool sees in the token afterwards', () => {
   it('every wrapping private key and every HSM-level imported key is sensitive and not extractable', () => {
-    expect(imported.length).toBe(COMBOS.length);
+    expect(imported.length).toBe(RUN_COMBOS.length);
     const objects = listTokenObjects(k);
     const env = k.tokenEnv();
 
     // Every wrapping key pair: the private half is sensitive, was generated in the token and never
     // extractable, and can only unwrap (plus raw decrypt where the host-assisted path needs it).
     const wrapPrivate = objects.filter((o) => o.label.startsWith('kmsd:wrap:') && o.type === 'Private Key Object');
-    expect(wrapPrivate.length).toBeGreaterThanOrEqual(COMBOS.length);
+    expect(wrapPrivate.length).toBeGreaterThanOrEqual(RUN_COMBOS.length);
     for (const o of wrapPrivate) {
       expect(o.access, o.raw).toMatch(/\bsensitive\b/);
       expect(o.access, o.raw).toMatch(/\balways sensitive\b/);

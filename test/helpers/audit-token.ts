@@ -3,7 +3,7 @@
 
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
-import { ROOT, TEST_TOKEN, opencryptokiTestToken } from './daemon';
+import { ROOT, TEST_TOKEN, opencryptokiTestToken, testStoreOf } from './daemon';
 
 export const AUDIT_TOKEN = path.join(ROOT, 'dist', 'src', 'cli', 'audit-token.js');
 
@@ -32,11 +32,14 @@ export function describeFindings(run: AuditRun): string {
 }
 
 /**
- * The auditor's arguments for a daemon's token: its data directory, and on opencryptoki (whose token
- * is not in the data directory) the module, label and PIN file kmsd was given.
+ * The auditor's arguments for a daemon's token: its data directory, on opencryptoki (whose token
+ * is not in the data directory) the module, label and PIN file kmsd was given, and on the postgres
+ * project the store kmsd was given.
  */
 export function auditArgsFor(dataDir: string): string[] {
-  if (TEST_TOKEN !== 'opencryptoki') return ['--data-dir', dataDir];
+  const where = testStoreOf(dataDir);
+  const store = where.kind === 'postgres' ? ['--store', where.db.url, '--store-password-file', where.db.passwordFile] : [];
+  if (TEST_TOKEN !== 'opencryptoki') return ['--data-dir', dataDir, ...store];
   const t = opencryptokiTestToken();
-  return ['--data-dir', dataDir, '--pkcs11-module', t.modulePath, '--token-label', t.label, '--pin-file', t.pinFile];
+  return ['--data-dir', dataDir, '--pkcs11-module', t.modulePath, '--token-label', t.label, '--pin-file', t.pinFile, ...store];
 }

@@ -6,16 +6,57 @@
 // opencryptoki's soft token instead: a fresh start re-initialises the machine-wide slot-3 token
 // (every object gone) and passes it to kmsd as a production token, with host-assisted unwrap
 // allowed as on the development token. One kmsd at a time: the project runs files one by one.
+//
+// With KMSD_TEST_STORE=postgres (the vitest project of that name) kmsd keeps its metadata in
+// PostgreSQL instead of SQLite: the project's one cluster (test/global/postgres.ts) gives each new
+// data directory a new database, and a restart on the same data directory finds the same database.
 
 import { spawn, spawnSync, ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { inject } from 'vitest';
 import { KmsClient } from '../../src/client/client';
 import { createOpencryptokiToken, type OpencryptokiToken } from './opencryptoki';
+import { createDatabaseOn, type PgDatabase } from './postgres';
 
 /** The PKCS#11 implementation this test process runs kmsd on. */
 export const TEST_TOKEN: 'softhsm' | 'opencryptoki' = process.env['KMSD_TEST_TOKEN'] === 'opencryptoki' ? 'opencryptoki' : 'softhsm';
+
+/** The metadata store this test process runs kmsd on. */
+export const TEST_STORE: 'sqlite' | 'postgres' = process.env['KMSD_TEST_STORE'] === 'postgres' ? 'postgres' : 'sqlite';
+
+/** The database of each data directory kmsd started in, on the postgres project: a restart reuses it. */
+const storeDatabases = new Map<string, PgDatabase>();
+
+/** Where a data directory's kmsd keeps its metadata: its SQLite file, or its PostgreSQL database. */
+export type TestStoreLocation = { kind: 'sqlite'; file: string } | { kind: 'postgres'; db: PgDatabase };
+
+export function testStoreOf(dataDir: string): TestStoreLocation {
+  if (TEST_STORE === 'sqlite') return { kind: 'sqlite', file: path.join(dataDir, 'kmsd.sqlite') };
+  const db = storeDatabases.get(path.resolve(dataDir));
+  if (!db) throw new Error(`no kmsd has started in ${dataDir} in this test process: it has no PostgreSQL database yet`);
+  return { kind: 'postgres', db };
+}
+
+/** Whether kmsd has started in this data directory before (its store exists). */
+function storeExists(dataDir: string): boolean {
+  return TEST_STORE === 'postgres' ? storeDatabases.has(path.resolve(dataDir)) : fs.existsSync(path.join(dataDir, 'kmsd.sqlite'));
+}
+
+/** kmsd's --store arguments for a data directory on the postgres project (none on SQLite, or when the test picks its own store). */
+async function storeArgs(dataDir: string, args: string[]): Promise<string[]> {
+  if (TEST_STORE === 'sqlite' || args.includes('--store')) return [];
+  const key = path.resolve(dataDir);
+  let db = storeDatabases.get(key);
+  if (!db) {
+    const server = inject('kmsdTestPostgres');
+    if (!server) throw new Error('KMSD_TEST_STORE=postgres needs the cluster of the postgres project (test/global/postgres.ts): run npx vitest run --project postgres FILE');
+    db = await createDatabaseOn(server);
+    storeDatabases.set(key, db);
+  }
+  return ['--store', db.url, '--store-password-file', db.passwordFile];
+}
 
 let ock: OpencryptokiToken | null = null;
 
@@ -88,11 +129,12 @@ export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
   if (onOck) {
     const t = opencryptokiTestToken();
     // A data directory kmsd has not started in yet gets a fresh token; a restart keeps it.
-    if (!fs.existsSync(path.join(dataDir, 'kmsd.sqlite'))) t.reset();
+    if (!storeExists(dataDir)) t.reset();
     tokenArgs = t.args;
     tokenDefaults = { KMS_ALLOW_HOST_ASSISTED_UNWRAP: '1' };
   }
-  const child: ChildProcess = spawn(process.execPath, [KMSD, '--data-dir', dataDir, '--listen', '127.0.0.1:0', ...tokenArgs, ...(opts.args ?? [])], {
+  const store = await storeArgs(dataDir, opts.args ?? []);
+  const child: ChildProcess = spawn(process.execPath, [KMSD, '--data-dir', dataDir, '--listen', '127.0.0.1:0', ...tokenArgs, ...store, ...(opts.args ?? [])], {
     env: { ...process.env, KMS_LOG_LEVEL: 'info', KMS_WRAPPING_KEY_POOL_SIZE: '1', ...tokenDefaults, ...(opts.env ?? {}) },
     stdio: ['ignore', 'pipe', 'pipe'],
     cwd: opts.cwd,

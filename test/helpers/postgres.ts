@@ -179,6 +179,38 @@ function waitExit(child: ChildProcess): Promise<void> {
   return new Promise((resolve) => child.once('exit', () => resolve()));
 }
 
+/**
+ * What another process needs to make databases in a running cluster: the vitest `postgres` project
+ * starts one cluster in its global setup and hands this to the test workers (test/global/postgres.ts).
+ */
+export interface PgServer {
+  /** The cluster's temp dir, where password files are written (removed with the cluster). */
+  dir: string;
+  port: number;
+  user: string;
+  password: string;
+}
+
+let dbCount = 0;
+
+/** A new empty database on a running cluster; names are generated (unique across processes) unless given. */
+export async function createDatabaseOn(server: PgServer, name?: string, opts: { icuLocale?: string } = {}): Promise<PgDatabase> {
+  const { dir, port, password } = server;
+  const database = name ?? `kmsd_${++dbCount}_${crypto.randomBytes(3).toString('hex')}`;
+  if (!/^[a-z_][a-z0-9_]*$/.test(database)) throw new Error(`test database name ${database} is not a plain identifier`);
+  const admin = new pg.Client({ host: '127.0.0.1', port, user: server.user, password, database: 'postgres' });
+  await admin.connect();
+  try {
+    if (opts.icuLocale !== undefined && !/^[A-Za-z0-9-]+$/.test(opts.icuLocale)) throw new Error(`ICU locale ${opts.icuLocale} is not a plain tag`);
+    await admin.query(opts.icuLocale ? `CREATE DATABASE ${database} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE '${opts.icuLocale}'` : `CREATE DATABASE ${database}`);
+  } finally {
+    await admin.end();
+  }
+  const passwordFile = path.join(dir, `${database}.password`);
+  fs.writeFileSync(passwordFile, `${password}\n`, { mode: 0o600 });
+  return { host: '127.0.0.1', port, user: server.user, password, database, url: `postgres://${server.user}@127.0.0.1:${port}/${database}`, passwordFile };
+}
+
 /** Starts a throwaway cluster; call `stop()` in afterAll. */
 export async function startPostgres(): Promise<PgCluster> {
   installExitHook();
@@ -213,7 +245,6 @@ export async function startPostgres(): Promise<PgCluster> {
     } finally {
       await local.end();
     }
-    let dbCount = 0;
     let stopped = false;
     const cluster: PgCluster = {
       dir,
@@ -224,20 +255,8 @@ export async function startPostgres(): Promise<PgCluster> {
       },
       user: SUPERUSER,
       password,
-      async createDatabase(name?: string, opts: { icuLocale?: string } = {}): Promise<PgDatabase> {
-        const database = name ?? `kmsd_${++dbCount}_${crypto.randomBytes(3).toString('hex')}`;
-        if (!/^[a-z_][a-z0-9_]*$/.test(database)) throw new Error(`test database name ${database} is not a plain identifier`);
-        const admin = new pg.Client({ host: '127.0.0.1', port, user: SUPERUSER, password, database: 'postgres' });
-        await admin.connect();
-        try {
-          if (opts.icuLocale !== undefined && !/^[A-Za-z0-9-]+$/.test(opts.icuLocale)) throw new Error(`ICU locale ${opts.icuLocale} is not a plain tag`);
-          await admin.query(opts.icuLocale ? `CREATE DATABASE ${database} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE '${opts.icuLocale}'` : `CREATE DATABASE ${database}`);
-        } finally {
-          await admin.end();
-        }
-        const passwordFile = path.join(dir, `${database}.password`);
-        fs.writeFileSync(passwordFile, `${password}\n`, { mode: 0o600 });
-        return { host: '127.0.0.1', port, user: SUPERUSER, password, database, url: `postgres://${SUPERUSER}@127.0.0.1:${port}/${database}`, passwordFile };
+      createDatabase(name?: string, opts: { icuLocale?: string } = {}): Promise<PgDatabase> {
+        return createDatabaseOn({ dir, port, user: SUPERUSER, password }, name, opts);
       },
       pool(db: PgDatabase, max = 4): pg.Pool {
         return new pg.Pool({ host: db.host, port: db.port, user: db.user, password: db.password, database: db.database, max });

@@ -552,3 +552,28 @@ describe('PostgreSQL outage', () => {
     }
   });
 });
+
+describe('PostgreSQL read-only opening (the token auditor)', () => {
+  it('refuses a database kmsd never started on, reads what a replica wrote, and cannot write', async () => {
+    const db = await cluster.createDatabase();
+    await expect(PgStore.openReadOnly(options(db))).rejects.toThrow(/holds no kmsd store/);
+    const writer = await PgStore.open(options(db));
+    await writer.insertCmk(cmkRow('written'));
+    await writer.close();
+    const reader = await PgStore.openReadOnly(options(db));
+    try {
+      expect((await reader.allCmks()).map((r) => r.key_id)).toEqual(['written']);
+      await expect(reader.insertCmk(cmkRow('refused'))).rejects.toThrow(/read-only transaction/);
+    } finally {
+      await reader.close();
+    }
+    // Opening read-only migrated nothing and wrote nothing: a schema newer than this build's is refused by it too.
+    const admin = cluster.pool(db, 1);
+    try {
+      await admin.query('INSERT INTO schema_migrations (version, applied_at) VALUES (999999, 0)');
+    } finally {
+      await admin.end();
+    }
+    await expect(PgStore.openReadOnly(options(db))).rejects.toThrow(/schema version 999999, this build reads/);
+  });
+});

@@ -1061,6 +1061,27 @@ export class PgStore extends Ops implements Store {
     return store;
   }
 
+  /**
+   * Connects for reading only (the token auditor): every transaction is READ ONLY, the schema is not
+   * migrated (a store of another schema version is refused, as a build that cannot read it), and
+   * nothing listens for other replicas' writes. Only the read calls may be used.
+   */
+  static async openReadOnly(options: PgStoreOptions): Promise<PgStore> {
+    const pool = new pg.Pool({ ...connectionConfig(options), options: '-c default_transaction_read_only=on', max: options.maxConnections ?? 2, idleTimeoutMillis: 30_000 });
+    pool.on('error', () => {});
+    try {
+      const latest = Math.max(...PG_MIGRATIONS.map((m) => m.version));
+      const exists = (await pool.query<{ t: string | null }>("SELECT to_regclass('schema_migrations') AS t")).rows[0].t !== null;
+      const newest = exists ? Number((await pool.query<{ v: number | null }>('SELECT MAX(version) AS v FROM schema_migrations')).rows[0].v ?? 0) : 0;
+      if (newest === 0) throw new Error('the database holds no kmsd store (no schema_migrations): not a database kmsd has started on');
+      if (newest !== latest) throw new Error(`the PostgreSQL store has schema version ${newest}, this build reads ${latest}: use the kmsd build that wrote it${newest < latest ? ', or start this build on it once to migrate it' : ''}`);
+    } catch (e) {
+      await pool.end().catch(() => {});
+      throw mapError(e);
+    }
+    return new PgStore(pool, options, new RowCache());
+  }
+
   private async listen(): Promise<void> {
     const client = new pg.Client(connectionConfig(this.options));
     client.on('error', () => this.listenerLost(client));
