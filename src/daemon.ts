@@ -197,7 +197,7 @@ async function listenThenOpen(
         port: h.port,
         tls: cfg.tls,
         log,
-        ready: () => readiness.wait(),
+        ready: () => (readiness.ready ? undefined : readiness.wait()),
         // Read only after ready() has resolved, when the token and the domain are there.
         ctx: new Proxy({} as HttpContext, { get: (_t, k) => (httpCtx as unknown as Record<string | symbol, unknown>)[k] }),
       });
