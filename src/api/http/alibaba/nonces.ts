@@ -12,6 +12,10 @@ export const NONCE_WINDOW_MS = 15 * 60 * 1000;
 export const MAX_NONCES = 1_000_000;
 const BUCKET_MS = 60_000;
 
+/** crypto.hash (Node 20.12 and later) makes no Hash object per call. */
+const sha256Base64: (s: string) => string =
+  typeof crypto.hash === 'function' ? (s) => crypto.hash('sha256', s, 'base64') : (s) => crypto.createHash('sha256').update(s).digest('base64');
+
 export class NonceCache {
   /** Every remembered entry and the bucket it expires with: one lookup whatever the bucket count. */
   private readonly ids = new Set<string>();
@@ -29,7 +33,7 @@ export class NonceCache {
    */
   use(accessKeyId: string, nonce: string, now: number, signedAt: number): 'ok' | 'replayed' | 'full' {
     this.expire(now);
-    const id = crypto.createHash('sha256').update(`${accessKeyId}\n${nonce}`).digest('base64').slice(0, 16);
+    const id = sha256Base64(`${accessKeyId}\n${nonce}`).slice(0, 16);
     if (this.ids.has(id)) return 'replayed';
     if (this.ids.size >= this.max) return 'full';
     const bucket = Math.floor((Math.max(now, signedAt) + this.windowMs) / BUCKET_MS) + 1;
