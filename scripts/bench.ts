@@ -618,6 +618,37 @@ interface AwsHttpRow {
   ratio: number;
   p50Ms: number;
   p99Ms: number;
+  /**
+   * CPU time of the serving process per request over its windows, µs: its main thread (the event
+   * loop) and all its threads (with kmsd's addon workers and GC threads); null where /proc is not
+   * there. Less dependent on what else the machine runs than requests/s.
+   */
+  cpuMicrosPerCall: { main: number; all: number } | null;
+}
+
+/** CPU time (user + system) of a process's main thread and of all its threads, ms; null without /proc. */
+function processCpuMs(pid: number | undefined): { main: number; all: number } | null {
+  if (!pid) return null;
+  try {
+    const hz = 100; // USER_HZ, what /proc's clock ticks are in on Linux
+    let main = 0;
+    let all = 0;
+    for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+      let stat: string;
+      try {
+        stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      } catch {
+        continue; // the thread ended between the listing and the read
+      }
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const ms = ((Number(f[11]) + Number(f[12])) * 1000) / hz;
+      all += ms;
+      if (Number(tid) === pid) main = ms;
+    }
+    return { main, all };
+  } catch {
+    return null;
+  }
 }
 
 // ================================================================== the AWS external key store proxy
@@ -665,18 +696,29 @@ function postOnce(agent: http.Agent, port: number, headers: Record<string, strin
 }
 
 /** The echo (first) and kmsd sides at concurrency 1 and 64, in interleaved windows: a row per side and concurrency. */
-async function echoVersusKmsd(sides: { name: string; once: () => Promise<number> }[]): Promise<AwsHttpRow[]> {
+async function echoVersusKmsd(sides: { name: string; pid?: number; once: () => Promise<number> }[]): Promise<AwsHttpRow[]> {
   const rows: AwsHttpRow[] = [];
   for (const c of [1, 64]) {
     for (const side of sides) await load(c, GRPC_WARM_MS, side.once);
     const windows = sides.map(() => [] as Window[]);
+    const cpu = sides.map(() => ({ main: 0, all: 0, known: true }));
     for (let round = 0; round < GRPC_ROUNDS; round++) {
-      for (const i of round % 2 === 0 ? [0, 1] : [1, 0]) windows[i].push(await load(c, GRPC_WINDOW_MS, sides[i].once));
+      for (const i of round % 2 === 0 ? [0, 1] : [1, 0]) {
+        const before = processCpuMs(sides[i].pid);
+        windows[i].push(await load(c, GRPC_WINDOW_MS, sides[i].once));
+        const after = processCpuMs(sides[i].pid);
+        if (before && after) {
+          cpu[i].main += after.main - before.main;
+          cpu[i].all += after.all - before.all;
+        } else cpu[i].known = false;
+      }
     }
     const base = summed(windows[0]).requestsPerSec;
     sides.forEach((side, i) => {
       const r = summed(windows[i]);
-      rows.push({ workload: side.name, concurrency: c, requestsPerSec: r0(r.requestsPerSec), ratio: r2(r.requestsPerSec / base), p50Ms: r2(r.p50), p99Ms: r2(r.p99) });
+      const n = windows[i].reduce((a, w) => a + w.requests, 0);
+      const cpuMicrosPerCall = cpu[i].known && n > 0 ? { main: r2((cpu[i].main * 1000) / n), all: r2((cpu[i].all * 1000) / n) } : null;
+      rows.push({ workload: side.name, concurrency: c, requestsPerSec: r0(r.requestsPerSec), ratio: r2(r.requestsPerSec / base), p50Ms: r2(r.p50), p99Ms: r2(r.p99), cpuMicrosPerCall });
       process.stderr.write(`[bench] HTTP ${side.name} c=${c}: ${r0(r.requestsPerSec)} req/s\n`);
     });
   }
@@ -744,8 +786,8 @@ async function awsHttpSection(): Promise<{ rows: AwsHttpRow[]; verifyMicros: { w
       return postOnce(agent, port, req.headers, body, 'Encrypt over HTTP (AWS)');
     };
     const sides = [
-      { name: 'echo (node:http JSON, no work; baseline)', once: () => post(echo.port) },
-      { name: 'Encrypt, HSM key, AWS SigV4', once: () => post(httpPort) },
+      { name: 'echo (node:http JSON, no work; baseline)', pid: echo.child.pid, once: () => post(echo.port) },
+      { name: 'Encrypt, HSM key, AWS SigV4', pid: k.child.pid, once: () => post(httpPort) },
     ];
     return { rows: await echoVersusKmsd(sides), verifyMicros };
   } finally {
@@ -811,8 +853,8 @@ async function alibabaHttpSection(): Promise<{ rows: AwsHttpRow[]; verifyMicros:
       return postOnce(agent, port, { 'content-type': 'application/x-www-form-urlencoded' }, body, 'Encrypt over HTTP (Alibaba)');
     };
     const sides = [
-      { name: 'echo (node:http JSON, no work; baseline)', once: () => post(echo.port) },
-      { name: 'Encrypt, HSM key, Alibaba V2', once: () => post(httpPort) },
+      { name: 'echo (node:http JSON, no work; baseline)', pid: echo.child.pid, once: () => post(echo.port) },
+      { name: 'Encrypt, HSM key, Alibaba V2', pid: k.child.pid, once: () => post(httpPort) },
     ];
     return { rows: await echoVersusKmsd(sides), verifyMicros };
   } finally {
@@ -1014,6 +1056,11 @@ async function main(): Promise<void> {
   fs.mkdirSync(path.dirname(OUT), { recursive: true });
   fs.writeFileSync(OUT, JSON.stringify(result, null, 2) + '\n');
 
+  const httpTable = (rows: AwsHttpRow[]) =>
+    table(
+      ['workload', 'conc', 'req/s', 'x echo', 'p50 ms', 'p99 ms', 'CPU µs/req main/all'],
+      rows.map((r) => [r.workload, r.concurrency, r.requestsPerSec, r.ratio.toFixed(2), r.p50Ms, r.p99Ms, r.cpuMicrosPerCall ? `${r.cpuMicrosPerCall.main} / ${r.cpuMicrosPerCall.all}` : '-']),
+    );
   const out: string[] = [];
   out.push(`kmsd benchmark, ${result.when}, ${result.machine.cpus} CPUs (${result.machine.cpuModel}), node ${process.version}${QUICK ? ', QUICK run' : ''}`);
   out.push(`load average (1/5/15 min) before: ${loadBefore.join(' ')}, after: ${loadAfter.join(' ')}; a 1-minute figure near or above ${result.machine.cpus} means other processes shared these CPUs`);
@@ -1026,13 +1073,13 @@ async function main(): Promise<void> {
   if (awsHttp) {
     const aws64 = awsHttp.rows.find((r) => r.workload.startsWith('Encrypt') && r.concurrency === 64);
     out.push('', `4. AWS dialect over HTTP/1.1 keep-alive, ${GRPC_PAYLOAD} B payload (baseline: node:http JSON echo req/s at the same concurrency, same signed requests)`);
-    out.push(table(['workload', 'conc', 'req/s', 'x echo', 'p50 ms', 'p99 ms'], awsHttp.rows.map((r) => [r.workload, r.concurrency, r.requestsPerSec, r.ratio.toFixed(2), r.p50Ms, r.p99Ms])));
+    out.push(httpTable(awsHttp.rows));
     out.push(`SigV4 verification per call (in process): ${awsHttp.verifyMicros.warm} µs with the signing key cached, ${awsHttp.verifyMicros.cold} µs deriving it; goal at c=64: >= 0.8 x echo, achieved ${aws64?.ratio ?? '-'}`);
   }
   if (alibabaHttp) {
     const ali64 = alibabaHttp.rows.find((r) => r.workload.startsWith('Encrypt') && r.concurrency === 64);
     out.push('', `5. Alibaba dialect over HTTP/1.1 keep-alive, ${GRPC_PAYLOAD} B payload, signature V2 (baseline: node:http JSON echo req/s at the same concurrency, same signed requests)`);
-    out.push(table(['workload', 'conc', 'req/s', 'x echo', 'p50 ms', 'p99 ms'], alibabaHttp.rows.map((r) => [r.workload, r.concurrency, r.requestsPerSec, r.ratio.toFixed(2), r.p50Ms, r.p99Ms])));
+    out.push(httpTable(alibabaHttp.rows));
     out.push(`V2 verification per call (in process, parameters read and HMAC-SHA1): ${alibabaHttp.verifyMicros} µs; goal at c=64: >= 0.8 x echo, achieved ${ali64?.ratio ?? '-'}`);
   }
   if (xks.length) out.push('', `6. AWS external key store proxy (XKS Encrypt over HTTP keep-alive, SigV4; baseline: unary gRPC Encrypt of the same ${XKS_PLAINTEXT} B at the same concurrency, interleaved; goal >= 0.8, AWS KMS times out at 250 ms)`);

@@ -24,10 +24,13 @@ describe('npm run bench --only aws-http (--quick)', () => {
         expect(row, `${w} c=${c}`).toBeDefined();
         expect([row.requestsPerSec, row.ratio, row.p50Ms, row.p99Ms].every(positive), `${w} c=${c}`).toBe(true);
         if (w === 'echo') expect(row.ratio).toBe(1);
+        // The serving process's CPU per request, from /proc (these tests run on Linux).
+        expect(positive(row.cpuMicrosPerCall.main) && row.cpuMicrosPerCall.all >= row.cpuMicrosPerCall.main, `${w} c=${c}: ${JSON.stringify(row.cpuMicrosPerCall)}`).toBe(true);
       }
     }
     expect(positive(j.awsHttp.verifyMicros.warm) && positive(j.awsHttp.verifyMicros.cold)).toBe(true);
     expect(r.stdout).toContain('4. AWS dialect over HTTP/1.1 keep-alive');
+    expect(r.stdout).toContain('CPU µs/req main/all');
     expect(r.stdout).toMatch(/SigV4 verification per call \(in process\): [\d.]+ µs with the signing key cached, [\d.]+ µs deriving it; goal at c=64: >= 0.8 x echo, achieved [\d.]+/);
   }, 300_000);
 });

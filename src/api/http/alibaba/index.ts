@@ -101,6 +101,7 @@ const FIELDS = new Map<string, Map<string, FieldKind>>();
 
 /** Decodes one x-www-form-urlencoded component strictly: a bad %-sequence is refused, not guessed. */
 function decodeComponent(s: string, what: string): string {
+  if (s.indexOf('%') < 0 && s.indexOf('+') < 0) return s;
   try {
     return decodeURIComponent(s.replace(/\+/g, ' '));
   } catch {

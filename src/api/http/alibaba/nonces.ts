@@ -12,9 +12,15 @@ export const NONCE_WINDOW_MS = 15 * 60 * 1000;
 export const MAX_NONCES = 1_000_000;
 const BUCKET_MS = 60_000;
 
+/** crypto.hash (Node 20.12 and later) makes no Hash object per call. */
+const sha256Base64: (s: string) => string =
+  typeof crypto.hash === 'function' ? (s) => crypto.hash('sha256', s, 'base64') : (s) => crypto.createHash('sha256').update(s).digest('base64');
+
 export class NonceCache {
-  private readonly buckets = new Map<number, Set<string>>();
-  private count = 0;
+  /** Every remembered entry and the bucket it expires with: one lookup whatever the bucket count. */
+  private readonly ids = new Set<string>();
+  /** The entries of each bucket, for dropping them when it passes. */
+  private readonly buckets = new Map<number, string[]>();
 
   constructor(
     private readonly windowMs = NONCE_WINDOW_MS,
@@ -27,26 +33,26 @@ export class NonceCache {
    */
   use(accessKeyId: string, nonce: string, now: number, signedAt: number): 'ok' | 'replayed' | 'full' {
     this.expire(now);
-    const id = crypto.createHash('sha256').update(accessKeyId).update('\n').update(nonce).digest('base64').slice(0, 16);
-    for (const set of this.buckets.values()) if (set.has(id)) return 'replayed';
-    if (this.count >= this.max) return 'full';
+    const id = sha256Base64(`${accessKeyId}\n${nonce}`).slice(0, 16);
+    if (this.ids.has(id)) return 'replayed';
+    if (this.ids.size >= this.max) return 'full';
     const bucket = Math.floor((Math.max(now, signedAt) + this.windowMs) / BUCKET_MS) + 1;
-    let set = this.buckets.get(bucket);
-    if (!set) this.buckets.set(bucket, (set = new Set()));
-    set.add(id);
-    this.count++;
+    let list = this.buckets.get(bucket);
+    if (!list) this.buckets.set(bucket, (list = []));
+    list.push(id);
+    this.ids.add(id);
     return 'ok';
   }
 
   get size(): number {
-    return this.count;
+    return this.ids.size;
   }
 
   private expire(now: number): void {
     const current = Math.floor(now / BUCKET_MS);
-    for (const [b, set] of this.buckets) {
+    for (const [b, list] of this.buckets) {
       if (b <= current) {
-        this.count -= set.size;
+        for (const id of list) this.ids.delete(id);
         this.buckets.delete(b);
       }
     }

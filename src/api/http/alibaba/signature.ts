@@ -11,9 +11,26 @@
 
 import crypto from 'node:crypto';
 
+const UNRESERVED_ONLY = /^[A-Za-z0-9_.~-]*$/;
+const SUB_DELIM = /[!'()*]/;
+const SUB_DELIMS = /[!'()*]/g;
+
 /** RFC 3986 unreserved characters stay; everything else is %XX of its UTF-8 bytes. */
 export function percentEncode(s: string): string {
-  return encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+  // Most names and many values (ids, nonces, versions) need no encoding; encodeURIComponent leaves
+  // only !'()* of the characters RFC 3986 wants encoded, and most strings have none of them.
+  if (UNRESERVED_ONLY.test(s)) return s;
+  const e = encodeURIComponent(s);
+  return SUB_DELIM.test(e) ? e.replace(SUB_DELIMS, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`) : e;
+}
+
+/**
+ * percentEncode applied twice, as V2's string to sign encodes the already encoded query: the first
+ * pass leaves only unreserved characters and %XX, of which the second changes only '%'.
+ */
+function encodedTwice(s: string): string {
+  const e = percentEncode(s);
+  return e.includes('%') ? e.replaceAll('%', '%25') : e;
 }
 
 /** Code-unit order, as the SDKs sort (Java's String.compareTo, Go's sort.Strings on ASCII keys). */
@@ -30,8 +47,11 @@ export function canonicalQuery(params: [string, string][]): string {
 }
 
 export function v2StringToSign(method: string, params: [string, string][]): string {
-  const signed = params.filter(([k]) => k !== 'Signature');
-  return `${method.toUpperCase()}&${percentEncode('/')}&${percentEncode(canonicalQuery(signed))}`;
+  // percentEncode(canonicalQuery(signed)), built in one pass: '=' and '&' encoded once are %3D, %26.
+  const signed = params.filter(([k]) => k !== 'Signature').sort(byKey);
+  let query = '';
+  for (let i = 0; i < signed.length; i++) query += `${i === 0 ? '' : '%26'}${encodedTwice(signed[i][0])}%3D${encodedTwice(signed[i][1])}`;
+  return `${method.toUpperCase()}&${percentEncode('/')}&${query}`;
 }
 
 export function v2Signature(secret: Buffer, method: string, params: [string, string][]): string {

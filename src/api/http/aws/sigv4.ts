@@ -13,7 +13,10 @@ import { AwsFault } from './faults';
 export const ALGORITHM = 'AWS4-HMAC-SHA256';
 /** How far X-Amz-Date may be from kmsd's clock, either way (AWS: 15 minutes). */
 export const MAX_SKEW_MS = 15 * 60 * 1000;
-const EMPTY_SHA256 = crypto.createHash('sha256').update('').digest('hex');
+/** Hex SHA-256; crypto.hash (Node 20.12 and later) does it without a Hash object per call. */
+const sha256Hex: (data: string | Buffer) => string =
+  typeof crypto.hash === 'function' ? (data) => crypto.hash('sha256', data, 'hex') : (data) => crypto.createHash('sha256').update(data).digest('hex');
+const EMPTY_SHA256 = sha256Hex('');
 
 /** Headers a signature must cover: the endpoint, the time, and the operation the body is for. */
 const REQUIRED_SIGNED = ['host', 'x-amz-date', 'x-amz-target'];
@@ -101,8 +104,12 @@ function headerOf(headers: IncomingHttpHeaders, name: string): string | string[]
   return Object.prototype.hasOwnProperty.call(headers, name) ? headers[name] : undefined;
 }
 
+const NEEDS_FOLDING = /[\r\n\t]|  |^ | $/;
+
 /** A header's value as signed: repeated values joined by ',', runs of blanks made one space, trimmed. */
 function canonicalHeaderValue(v: string | string[] | undefined): string {
+  // Most values have nothing to fold: no line breaks or tabs, no runs of spaces, no blank at either end.
+  if (typeof v === 'string' && !NEEDS_FOLDING.test(v)) return v;
   const joined = Array.isArray(v) ? v.join(',') : (v ?? '');
   return joined.replace(/[\r\n]/g, ' ').replace(/[ \t]+/g, ' ').replace(/^ | $/g, '');
 }
@@ -281,14 +288,14 @@ export function verifySigV4(req: SignedRequest, o: VerifyOptions, cache: Signing
     throw new HttpRefusalError('InactiveAccessKey', `The security token included in the request is invalid: access key ${record.accessKeyId} is Inactive`);
   }
 
-  const payloadHash = req.body.length === 0 ? EMPTY_SHA256 : crypto.createHash('sha256').update(req.body).digest('hex');
+  const payloadHash = req.body.length === 0 ? EMPTY_SHA256 : sha256Hex(req.body);
   const declared = req.headers['x-amz-content-sha256'];
   if (declared !== undefined && declared !== payloadHash) {
     throw mismatch(declared === 'UNSIGNED-PAYLOAD' ? 'X-Amz-Content-Sha256: kmsd needs a signed payload, not UNSIGNED-PAYLOAD' : 'X-Amz-Content-Sha256: is not the SHA-256 of the body received');
   }
   const scope = `${auth.date}/${auth.region}/${auth.service}/aws4_request`;
   const creq = canonicalRequest(req, auth.signedHeaders, payloadHash);
-  const toSign = `${ALGORITHM}\n${dateHeader}\n${scope}\n${crypto.createHash('sha256').update(creq, 'utf8').digest('hex')}`;
+  const toSign = `${ALGORITHM}\n${dateHeader}\n${scope}\n${sha256Hex(creq)}`;
   const expected = crypto.createHmac('sha256', cache.get(record, auth.date, auth.region, auth.service)).update(toSign, 'utf8').digest();
   const given = Buffer.from(auth.signature, 'hex');
   if (!crypto.timingSafeEqual(expected, given)) {
