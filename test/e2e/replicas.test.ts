@@ -236,7 +236,7 @@ describe('failures', () => {
     const rounds = 30;
     try {
       for (let i = 0; i < rounds; i++) {
-        await sleep(1500 + Math.random() * 1500);
+        await sleep(500 + Math.random() * 1000);
         const victim = i % replicas.length;
         await replicas[victim].kill();
         await startReplica(victim);
