@@ -68,7 +68,8 @@ function fillSqlite(dir: string): void {
     }
     ins('wrapping_keys', { wrap_id: 'wrap-issued', key_spec: 'RSA_2048', raw_decrypt: 0, public_key: Buffer.from('spki'), created: now, key_id: 'key-1', algorithm: 'RSAES_OAEP_SHA_256', expires: now + 1000, failed_imports: 1 });
     ins('wrapping_keys', { wrap_id: 'wrap-pooled', key_spec: 'RSA_2048', raw_decrypt: 1, public_key: Buffer.from('spki2'), created: now, key_id: null, algorithm: null, expires: null });
-    ins('token_intents', { seq: 42, kind: 'cmk', object_id: 'key-9-v1', created: now });
+    ins('token_intents', { seq: 42, kind: 'cmk', object_id: 'key-9-v1', created: now, owner: 'a-process-that-ended' });
+    ins('key_leases', { key_id: 'key-9', owner: 'a-process-that-ended', since: now });
     ins('token_destroys', { kind: 'wrap', object_id: 'wrap-old', key_id: null, reason: 'wrapping-key-expired', since: now, attempts: 2, last_error: 'CKR_DEVICE_ERROR' });
     ins('access_keys', { access_key_id: 'AK1', principal: 'alice', status: 'Enabled', sealed_secret: Buffer.from('sealed'), creation_date: now, update_date: now });
     ins('xks_key_stores', { uri_path_prefix: 'ks1', creation_date: now });
@@ -124,7 +125,7 @@ describe('kmsd migrate', () => {
     try {
       // Every table of the source, with the same count of rows.
       const counts = Object.fromEntries(report.tables.map((t: { table: string; rows: number }) => [t.table, t.rows]));
-      const tables = ['settings', 'cmks', 'key_versions', 'aliases', 'wrapping_keys', 'ceremony_custodians', 'ceremony_proposals', 'ceremony_proposal_revisions', 'ceremony_approvals', 'audit_log', 'usage_counters', 'token_intents', 'token_destroys', 'access_keys', 'xks_key_stores', 'xks_credentials', 'xks_keys'];
+      const tables = ['settings', 'cmks', 'key_versions', 'aliases', 'wrapping_keys', 'ceremony_custodians', 'ceremony_proposals', 'ceremony_proposal_revisions', 'ceremony_approvals', 'audit_log', 'usage_counters', 'token_intents', 'token_destroys', 'access_keys', 'xks_key_stores', 'xks_credentials', 'xks_keys', 'key_leases'];
       expect(Object.keys(counts).sort()).toEqual([...tables].sort());
       for (const t of tables) expect(counts[t], t).toBe(sourceRows(dataDir, t).length);
       // Row for row, as the replicas will read them.
