@@ -27,9 +27,13 @@ let token: ExternalToken;
 const dataDirs: string[] = [];
 const replicas: Kmsd[] = [];
 
-function replicaOptions(dataDir: string) {
+const ports: number[] = [];
+
+function replicaOptions(dataDir: string, port?: number) {
   return {
     dataDir,
+    // A restarted replica keeps its port, so clients that list the replicas reach it again.
+    listen: port ? `127.0.0.1:${port}` : undefined,
     keep: true,
     args: [...token.args, '--store', db.url, '--store-password-file', db.passwordFile],
     env: { ...token.env, KMS_WRAPPING_KEY_POOL_SIZE: '4', KMS_SCHEDULER_INTERVAL_MS: '200' },
@@ -39,7 +43,8 @@ function replicaOptions(dataDir: string) {
 /** Starts (or restarts, same data directory) replica i. */
 async function startReplica(i: number): Promise<Kmsd> {
   dataDirs[i] ??= makeTempDir(`kmsd-replica-${i}-`);
-  const k = await startKmsd(replicaOptions(dataDirs[i]));
+  const k = await startKmsd(replicaOptions(dataDirs[i], ports[i]));
+  ports[i] = k.port;
   replicas[i] = k;
   return k;
 }
@@ -234,13 +239,17 @@ describe('failures', () => {
     };
     const workers = [0, 1, 2, 3].map(worker);
     const rounds = 30;
+    // A replica restarts while the next one is killed; it is up again before its own next turn.
+    const restarting: Promise<Kmsd>[] = [];
     try {
       for (let i = 0; i < rounds; i++) {
         await sleep(500 + Math.random() * 1000);
         const victim = i % replicas.length;
+        await restarting[victim];
         await replicas[victim].kill();
-        await startReplica(victim);
+        restarting[victim] = startReplica(victim);
       }
+      await Promise.all(restarting);
     } finally {
       stop = true;
       await Promise.all(workers);

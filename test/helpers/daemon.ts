@@ -103,6 +103,8 @@ export interface Kmsd {
 
 export interface StartOptions {
   dataDir?: string;
+  /** HOST:PORT to listen on (default 127.0.0.1:0, a free port); a restart can keep its port. */
+  listen?: string;
   env?: Record<string, string>;
   args?: string[];
   /** Keep the data dir on stop (for restart tests); cleanup() removes it. */
@@ -134,7 +136,7 @@ export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
     tokenDefaults = { KMS_ALLOW_HOST_ASSISTED_UNWRAP: '1' };
   }
   const store = await storeArgs(dataDir, opts.args ?? []);
-  const child: ChildProcess = spawn(process.execPath, [KMSD, '--data-dir', dataDir, '--listen', '127.0.0.1:0', ...tokenArgs, ...store, ...(opts.args ?? [])], {
+  const child: ChildProcess = spawn(process.execPath, [KMSD, '--data-dir', dataDir, '--listen', opts.listen ?? '127.0.0.1:0', ...tokenArgs, ...store, ...(opts.args ?? [])], {
     env: { ...process.env, KMS_LOG_LEVEL: 'info', KMS_WRAPPING_KEY_POOL_SIZE: '1', ...tokenDefaults, ...(opts.env ?? {}) },
     stdio: ['ignore', 'pipe', 'pipe'],
     cwd: opts.cwd,
