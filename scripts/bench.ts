@@ -1025,7 +1025,7 @@ interface ReplicasResult {
  * the given kmsd processes and this process spent in them.
  */
 async function alternated(concurrency: number, sides: { workload: string; pids: (number | undefined)[]; once: () => Promise<number> }[]): Promise<ReplicaRow[]> {
-  for (let i = 0; i < 2; i++) for (const side of sides) await load(concurrency, GRPC_WARM_MS, side.once);
+  for (let i = 0; i < 3; i++) for (const side of sides) await load(concurrency, GRPC_WARM_MS, side.once);
   const windows = sides.map(() => [] as Window[]);
   const cpu = sides.map(() => ({ main: 0, all: 0, client: 0, known: true }));
   for (let round = 0; round < GRPC_ROUNDS; round++) {
@@ -1102,7 +1102,8 @@ async function replicasSection(): Promise<ReplicasResult> {
 
     // A kmsd's first seconds are not its steady state (the start-up token walk, then the JIT on the
     // data path; the PostgreSQL store's code is more of it): without this wait and a longer warm-up
-    // the first pair measured PostgreSQL at ~0.7 of SQLite, and at ~0.95 when run a second time.
+    // (alternated's) the first pair measured PostgreSQL at 0.7-0.9 of SQLite, and the same pair run
+    // again right after at 0.9-1.1.
     for (const k of [lite, a, b]) {
       for (let i = 0; (await kms(k.client, 'DescribeHsm')).ReconciliationRunning; i++) {
         if (i > 600) throw new Error(`kmsd on ${k.endpoint} did not finish its start-up reconciliation`);
