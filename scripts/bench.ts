@@ -1079,9 +1079,10 @@ async function replicasSection(): Promise<ReplicasResult> {
   try {
     const db = await cluster.createDatabase();
     const sqliteToken = createExternalToken('kmsd-bench-sqlite');
-    tokens.push(sqliteToken);
     const sharedToken = createExternalToken('kmsd-bench-replicas');
-    tokens.push(sharedToken);
+    tokens.push(sqliteToken, sharedToken);
+    // Also removed by cleanup() when the run is interrupted (the cluster has its own exit hook).
+    tmpDirs.push(sqliteToken.dir, sharedToken.dir);
     const start = async (name: string, token: ExternalToken, store: string[]) => {
       const dataDir = tmpDir(`kmsd-bench-${name}-`);
       const k = await startChild([path.join(ROOT, 'bin', 'kmsd.js'), '--data-dir', dataDir, '--listen', '127.0.0.1:0', ...token.args, ...store], { ...token.env, KMS_WRAPPING_KEY_POOL_SIZE: '0' }, path.join(dataDir, 'kmsd.log'));
