@@ -61,8 +61,23 @@ describe('npm run bench (--quick)', () => {
     expect(positive(j.alibabaHttp.verifyMicros)).toBe(true);
     expect(r.stdout).toContain('5. Alibaba dialect over HTTP/1.1 keep-alive');
 
-    // The six targets, each with what was achieved; and the printed tables.
-    expect(j.targets.map((t: any) => t.goal)).toEqual([0.85, 20, 0.9, 0.8, 0.8, 20]);
+    // 8. Replicas: kmsd on a throwaway PostgreSQL against kmsd on SQLite, and two replicas behind
+    // KmsClient's round robin against one, each with its ratio to its baseline and CPU per call.
+    const rep = j.replicas;
+    expect(rep.store.map((x: any) => x.workload)).toEqual([expect.stringMatching(/SQLite store \(baseline\)$/), expect.stringMatching(/PostgreSQL store$/)]);
+    expect(rep.replicas.map((x: any) => x.workload)).toEqual([expect.stringMatching(/1 replica \(baseline\)$/), expect.stringMatching(/2 replicas round robin$/)]);
+    for (const x of [...rep.store, ...rep.replicas]) {
+      expect(x.concurrency, x.workload).toBe(64);
+      expect([x.requestsPerSec, x.p50Ms, x.p99Ms, x.cpuMicrosPerCall.kmsdMain, x.cpuMicrosPerCall.kmsdAll, x.cpuMicrosPerCall.client].every(positive), x.workload).toBe(true);
+    }
+    expect(rep.postgresVsSqlite).toBe(Math.round((rep.store[1].requestsPerSec / rep.store[0].requestsPerSec) * 100) / 100);
+    expect(rep.twoVsOne).toBe(Math.round((rep.replicas[1].requestsPerSec / rep.replicas[0].requestsPerSec) * 100) / 100);
+    expect(r.stdout).toContain('8. Replicas: the PostgreSQL store against SQLite');
+
+    // The seven targets, each with what was achieved; and the printed tables.
+    expect(j.targets.map((t: any) => t.goal)).toEqual([0.85, 20, 0.9, 0.8, 0.8, 20, 0.9]);
+    expect(j.targets[6].target).toMatch(/PostgreSQL store vs SQLite store >= 0\.9$/);
+    expect(j.targets[6].achieved).toBe(rep.postgresVsSqlite);
     expect(j.targets[2].target).toMatch(/^EncryptStream .* >= 0\.9 x the addon's in-process batch of 256$/);
     expect(j.targets[3].target).toMatch(/AWS SigV4.* >= 0\.8 x node:http echo$/);
     expect(j.targets[4].target).toMatch(/Alibaba V2.* >= 0\.8 x node:http echo$/);

@@ -19,6 +19,8 @@ import { inject } from 'vitest';
 import { KmsClient } from '../../src/client/client';
 import { createOpencryptokiToken, type OpencryptokiToken } from './opencryptoki';
 import { createDatabaseOn, type PgDatabase } from './postgres';
+import { type TokenEnv } from '../../scripts/throwaway/softhsm-token';
+export { createExternalToken, type ExternalToken, type TokenEnv } from '../../scripts/throwaway/softhsm-token';
 
 /** The PKCS#11 implementation this test process runs kmsd on. */
 export const TEST_TOKEN: 'softhsm' | 'opencryptoki' = process.env['KMSD_TEST_TOKEN'] === 'opencryptoki' ? 'opencryptoki' : 'softhsm';
@@ -231,15 +233,6 @@ export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
   return self;
 }
 
-/** How to reach a SoftHSM token from outside kmsd (pkcs11-tool, softhsm2-util). */
-export interface TokenEnv {
-  SOFTHSM2_CONF: string;
-  pin: string;
-  module: string;
-  /** The token label (the development token's when absent). */
-  label?: string;
-}
-
 /** pkcs11-tool --list-objects on a daemon's token, parsed into objects with their label and flags. */
 export function listTokenObjects(k: Kmsd | { tokenEnv(): TokenEnv }): { type: string; label: string; usage: string; access: string; raw: string }[] {
   const env = k.tokenEnv();
@@ -264,44 +257,6 @@ export function tokenCmkObjects(k: Kmsd | { tokenEnv(): TokenEnv }): string[] {
     .filter((o) => o.label.startsWith('kmsd:cmk:') && o.type.startsWith('Secret Key'))
     .map((o) => o.label.slice('kmsd:cmk:'.length))
     .sort();
-}
-
-/**
- * An existing ("production") SoftHSM token outside any data directory, used by kmsd through
- * --pkcs11-module/--token-label/--pin-file, so several data directories can meet the same token.
- */
-export interface ExternalToken {
-  dir: string;
-  label: string;
-  /** kmsd arguments that select this token. */
-  args: string[];
-  /** Environment kmsd needs to find it (SOFTHSM2_CONF). */
-  env: Record<string, string>;
-  tokenEnv(): TokenEnv;
-  cleanup(): void;
-}
-
-export function createExternalToken(label = 'kmsd-prod'): ExternalToken {
-  const dir = makeTempDir('kmsd-ext-token-');
-  const tokens = path.join(dir, 'tokens');
-  fs.mkdirSync(tokens, { mode: 0o700 });
-  const conf = path.join(dir, 'softhsm2.conf');
-  fs.writeFileSync(conf, `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\n`);
-  const pin = '1234-' + process.pid;
-  const pinFile = path.join(dir, 'user.pin');
-  fs.writeFileSync(pinFile, pin + '\n', { mode: 0o600 });
-  // PINs on the command line are fine for a throwaway test token.
-  const r = spawnSync('softhsm2-util', ['--init-token', '--free', '--label', label, '--so-pin', 'so-' + pin, '--pin', pin], { encoding: 'utf8', env: { ...process.env, SOFTHSM2_CONF: conf } });
-  if (r.status !== 0) throw new Error(`softhsm2-util failed: ${r.stderr}`);
-  const module = '/usr/lib/softhsm/libsofthsm2.so';
-  return {
-    dir,
-    label,
-    args: ['--pkcs11-module', module, '--token-label', label, '--pin-file', pinFile],
-    env: { SOFTHSM2_CONF: conf },
-    tokenEnv: () => ({ SOFTHSM2_CONF: conf, pin, module, label }),
-    cleanup: () => fs.rmSync(dir, { recursive: true, force: true }),
-  };
 }
 
 /** Runs kmsd that is expected to refuse to start; returns its exit code and output (a start that listens is stopped and reported). */
