@@ -12,6 +12,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { KmsClient, KmsClientError } from '../../src/client/client';
 import { KmsdClient } from '../../src/client/kmsd-client';
 import { ExternalToken, Kmsd, createExternalToken, makeTempDir, startKmsd } from '../helpers/daemon';
+import { custodianKeys } from '../helpers/ceremony';
 import { healthOf } from '../helpers/health';
 import { offlineDecrypt } from '../helpers/offline';
 import { startPostgres, type PgCluster, type PgDatabase } from '../helpers/postgres';
@@ -331,4 +332,30 @@ describe('failures', () => {
     // A write works again on every replica.
     for (const r of replicas) await r.client.call('DisableKey', { KeyId: key }).then(() => r.client.call('EnableKey', { KeyId: key }));
   }, 120_000);
+});
+
+// Last: once a ceremony exists, guarded actions need proposals on every replica.
+describe('ceremony across replicas', () => {
+  it('InitCeremony on one replica guards DisableKey on every other within 1 s', async () => {
+    const [a, b, c] = replicas;
+    const key = (await b.client.call<J>('CreateKey', { ProtectionLevel: 'HSM' })).KeyMetadata.KeyId as string;
+    // Each replica has the CMK's row cached.
+    for (const r of replicas) await r.client.call('DescribeKey', { KeyId: key });
+    const dir = makeTempDir('kmsd-replica-custodians-');
+    try {
+      const keys = custodianKeys(dir, ['alice']);
+      const init = a.kmsctl(['InitCeremony', '--Custodians', `alice=${keys.alice.pub}`, '--Threshold', '1']);
+      expect(init.code, init.stderr).toBe(0);
+      for (const r of [b, c]) {
+        const took = await within(1000, async () => {
+          const code = await codeOf(r.client.call('DisableKey', { KeyId: key }));
+          if (code === 'ok') await r.client.call('EnableKey', { KeyId: key });
+          return code === 'Rejected.QuorumRequired';
+        });
+        expect(took, r.endpoint).toBeGreaterThanOrEqual(0);
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
