@@ -487,7 +487,9 @@ export class HsmToken {
    * this process, for good): the token is read again and the caller gets a retryable error.
    */
   private staleOr(err: HsmError): HsmError {
-    if (!this.shared || err.code !== 'CKR_GENERAL_ERROR') return err;
+    // CKR_TEMPLATE_INCONSISTENT: seen once in 200 key-pair generations on a SoftHSM token four
+    // processes were writing, with the template that works every other time.
+    if (!this.shared || (err.code !== 'CKR_GENERAL_ERROR' && err.code !== 'CKR_TEMPLATE_INCONSISTENT')) return err;
     void this.reload().catch(() => undefined);
     return new HsmError(`${err.message}; this process's view of the shared token is being read again: retry`, 'STALE_VIEW', err.pkcs11Function);
   }
@@ -561,7 +563,7 @@ export class HsmToken {
     const until = Date.now() + waitMs;
     for (let delay = 100, tries = 0; Date.now() < until; delay = Math.min(delay * 2, 1000), tries++) {
       await new Promise((r) => setTimeout(r, delay));
-      if (tries === 1) await this.reload().catch(() => undefined);
+      if (tries >= 1) await this.reload().catch(() => undefined);
       this.index.forget(this.label(kind, id));
       if (probe()) return true;
     }
@@ -765,6 +767,19 @@ export class HsmToken {
       this.instanceSequence = Number(m[1]);
       return { instanceId, sequence: this.instanceSequence };
     }, 'C_FindObjects');
+  }
+
+  /** readInstance; on a shared token a missing object is looked for again (and the token re-read) for up to `waitMs`. */
+  async readInstanceSettled(waitMs = 8000): Promise<{ instanceId: string; sequence: number } | null> {
+    let found = this.readInstance();
+    if (found || !this.shared) return found;
+    const until = Date.now() + waitMs;
+    for (let delay = 100; !found && Date.now() < until; delay = Math.min(delay * 2, 1000)) {
+      await new Promise((r) => setTimeout(r, delay));
+      await this.reload().catch(() => undefined);
+      found = this.readInstance();
+    }
+    return found;
   }
 
   /** Creates the kmsd:instance object (first start, adoption, binding an existing deployment). */

@@ -55,10 +55,12 @@ function kmsdObjectCount(inv: TokenInventory): number {
  * TokenBindingError otherwise.
  */
 export async function bindStoreToToken(store: Store, token: HsmToken, o: { adopt: boolean; log: Logger; dataDir: string; storeName?: string }): Promise<BindingResult> {
-  const tokenInstance = token.readInstance();
+  const storeId = await store.instanceId();
+  // A store with a binding names a token that has its kmsd:instance object; on a shared token a
+  // fresh process may not see it yet (every replica relabels it, see HsmToken.reload).
+  const tokenInstance = storeId ? await token.readInstanceSettled() : token.readInstance();
   let walked: TokenInventory | null = null;
   const inventory = (): TokenInventory => (walked ??= token.inventory());
-  const storeId = await store.instanceId();
   const storeSeq = await store.tokenSequence();
   const empty = await store.isEmpty();
   const dataDir = o.dataDir;

@@ -105,7 +105,11 @@ export class ImportService {
       throw new KmsError('Rejected.ImportTokenExpired', `ImportToken: expired at ${iso(p.exp)}; call GetParametersForImport for a new public key and token`);
     }
     // A key pair another replica generated may not show in this process yet (HsmToken.holdsLabelSettled).
-    if (!wrap || !(await this.token.hasSettled('wrap', p.wid))) {
+    if (wrap && this.token.shared && !(await this.token.hasSettled('wrap', p.wid, 5000))) {
+      // Its row says it exists: this process's view of the shared token is behind, not the key gone.
+      throw new KmsError('ServiceUnavailable.Hsm', `ImportToken: the wrapping key ${p.wid} is not visible to this replica yet (the shared token is being read again); retry`);
+    }
+    if (!wrap || !this.token.has('wrap', p.wid)) {
       throw new KmsError('Rejected.ImportTokenExpired', `ImportToken: its wrapping key no longer exists (destroyed after ${MAX_FAILED_IMPORTS_PER_TOKEN} failed imports, or removed from the token); call GetParametersForImport for a new public key and token`);
     }
     return p;

@@ -108,6 +108,18 @@ async function settledCodeOf(call: () => Promise<unknown>): Promise<string> {
   }
 }
 
+/** The call's answer, repeating it while it fails as retryable (for calls safe to repeat here). */
+async function retried<T>(call: () => Promise<T>): Promise<T> {
+  for (let i = 0; ; i++) {
+    try {
+      return await call();
+    } catch (e) {
+      if (!(e instanceof KmsClientError && e.code.startsWith('ServiceUnavailable')) || i === 10) throw e;
+      await sleep(200);
+    }
+  }
+}
+
 describe('replicas on one PostgreSQL store and one token', () => {
   it('a key made on one replica is used on the others; a DisableKey on one is in force on every other within 1 s', async () => {
     const [a, b, c] = replicas;
@@ -156,7 +168,7 @@ describe('replicas on one PostgreSQL store and one token', () => {
     const wins = { a: 0, b: 0 };
     const round = async () => {
       const key = (await a.client.call<J>('CreateKey', { Origin: 'EXTERNAL', ProtectionLevel: 'HSM' })).KeyMetadata.KeyId as string;
-      const p = await b.client.call<J>('GetParametersForImport', { KeyId: key, WrappingAlgorithm: 'RSAES_OAEP_SHA_1', WrappingKeySpec: 'RSA_2048' });
+      const p = await retried(() => b.client.call<J>('GetParametersForImport', { KeyId: key, WrappingAlgorithm: 'RSAES_OAEP_SHA_1', WrappingKeySpec: 'RSA_2048' }));
       const m = [crypto.randomBytes(32), crypto.randomBytes(32)];
       const outcomes = await Promise.all(
         [a, b].map((r, i) => settledCodeOf(() => r.client.call('ImportKeyMaterial', { KeyId: key, ImportToken: p.ImportToken, EncryptedKeyMaterial: wrapOaepSha1(p.PublicKey, m[i]) }))),
