@@ -21,6 +21,8 @@ async function busy<T>(what: string, fn: () => Promise<T>, control?: HTMLButtonE
   running++;
   progress.textContent = `${what}…`;
   view.setAttribute('aria-busy', 'true');
+  // Spans nest (a submission that reads files, then calls twice): the outermost one re-enables.
+  const wasDisabled = control?.disabled ?? false;
   if (control) control.disabled = true;
   try {
     return await fn();
@@ -29,7 +31,7 @@ async function busy<T>(what: string, fn: () => Promise<T>, control?: HTMLButtonE
       progress.textContent = '';
       view.removeAttribute('aria-busy');
     }
-    if (control) control.disabled = false;
+    if (control) control.disabled = wasDisabled;
   }
 }
 
@@ -568,8 +570,13 @@ function importPage(keyId: string): void {
     btn,
     out,
   );
-  form.addEventListener('submit', async (ev) => {
+  // The whole submission runs as one busy span from the click on: reading the files is asynchronous
+  // too, and a page that looks idle while a call is still to come invites a second click.
+  form.addEventListener('submit', (ev) => {
     ev.preventDefault();
+    void busy('Reading the files', () => submitImport(), btn);
+  });
+  async function submitImport(): Promise<void> {
     const f = material.files?.[0];
     if (!f) {
       clear(out, h('div', { class: 'error', role: 'alert' }, h('p', {}, 'Encrypted key material file: choose a file.')));
@@ -600,7 +607,7 @@ function importPage(keyId: string): void {
     } catch (e) {
       clear(out, read, errorBox(e, { action: 'ImportKeyMaterial', params: { KeyId: keyId, EncryptedKeyMaterial: m.b64, ImportToken: token, KeyMaterialExpireUnix: String(expireUnix) } }));
     }
-  });
+  }
   clear(view, form);
 }
 
@@ -667,16 +674,19 @@ function proposalCard(p: Answer, custodians: Answer[]): HTMLElement {
     execute,
     out,
   );
-  upload.addEventListener('click', async () => {
+  upload.addEventListener('click', () => {
     const f = sig.files?.[0];
     if (!f) return clear(out, h('div', { class: 'error', role: 'alert' }, h('p', {}, 'Signature file: choose a file.')));
-    try {
-      const s = await fileAsBase64(f);
-      const r = await busy('Uploading the signature', () => api('ApproveProposal', { ProposalId: p.ProposalId, CustodianId: who.value, Signature: s.b64 }), upload);
-      card.replaceWith(proposalCard(r, custodians));
-    } catch (e) {
-      clear(out, errorBox(e));
-    }
+    // Busy from the click on: the file is read asynchronously before the call goes out.
+    void busy('Uploading the signature', async () => {
+      try {
+        const s = await fileAsBase64(f);
+        const r = await api('ApproveProposal', { ProposalId: p.ProposalId, CustodianId: who.value, Signature: s.b64 });
+        card.replaceWith(proposalCard(r, custodians));
+      } catch (e) {
+        clear(out, errorBox(e));
+      }
+    }, upload);
   });
   execute.addEventListener('click', async () => {
     try {
