@@ -26,6 +26,8 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 120_000,
     pool: 'forks',
+    // A failing test prints what its kmsd processes logged at warn and above.
+    setupFiles: ['test/setup/daemon-logs.ts'],
     maxWorkers: 2,
     reporters: ['default'],
     projects: [

@@ -28,6 +28,9 @@ export const TEST_TOKEN: 'softhsm' | 'opencryptoki' = process.env['KMSD_TEST_TOK
 /** The metadata store this test process runs kmsd on. */
 export const TEST_STORE: 'sqlite' | 'postgres' = process.env['KMSD_TEST_STORE'] === 'postgres' ? 'postgres' : 'sqlite';
 
+/** Every kmsd this test process runs now: a failing test prints what they logged (test/setup/daemon-logs.ts). */
+export const runningDaemons = new Set<Kmsd>();
+
 /** The database of each data directory kmsd started in, on the postgres project: a restart reuses it. */
 const storeDatabases = new Map<string, PgDatabase>();
 
@@ -150,6 +153,8 @@ export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
   child.stdout!.on('data', (d) => (out += d.toString()));
   child.stderr!.on('data', (d) => (err += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  let self: Kmsd;
+  void exited.then(() => runningDaemons.delete(self));
   const listening = new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`kmsd did not start in 60 s\nstdout:\n${out}\nstderr:\n${err}`)), 60_000);
     // Start-up reconciliation may run after kmsd listens (the token walk): tests read its outcome, so
@@ -180,7 +185,7 @@ export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
   const client = new KmsClient({ endpoint });
   const softhsmDir = path.join(dataDir, 'softhsm');
   let stopped = false;
-  const self: Kmsd = {
+  self = {
     endpoint,
     port,
     dataDir,
@@ -230,6 +235,7 @@ export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
       fs.rmSync(dataDir, { recursive: true, force: true });
     },
   };
+  if (child.exitCode === null) runningDaemons.add(self);
   return self;
 }
 

@@ -524,6 +524,35 @@ describe('PostgreSQL locks held by a stuck replica', () => {
       await waiter.close();
     }
   });
+
+  it('a call finding every connection of the pool in use for too long fails as StoreUnavailableError (busy), and the pool serves again once one is free', async () => {
+    const db = await cluster.createDatabase();
+    const s = await PgStore.open({ ...options(db), maxConnections: 1, connectTimeoutMs: 300 });
+    try {
+      let release!: () => void;
+      const holding = new Promise<void>((r) => (release = r));
+      let inside!: () => void;
+      const isInside = new Promise<void>((r) => (inside = r));
+      // The pool's one connection stays in a transaction that waits on something else (as a commit
+      // stalled by a slow disk would).
+      const held = s.transaction(async (tx) => {
+        await tx.getCmk('x');
+        inside();
+        await holding;
+      });
+      await isInside;
+      const busy = await s.transaction(async (tx) => tx.insertCmk(cmkRow('later'))).catch((e: unknown) => e);
+      expect(busy).toBeInstanceOf(StoreUnavailableError);
+      expect((busy as Error).message).toMatch(/busy: no connection of the pool came free in time/);
+      release();
+      await held;
+      expect(await s.getCmk('later')).toBeUndefined();
+      await s.insertCmk(cmkRow('later'));
+      expect((await s.getCmk('later'))?.key_state).toBe('Enabled');
+    } finally {
+      await s.close();
+    }
+  });
 });
 
 describe('PostgreSQL outage', () => {

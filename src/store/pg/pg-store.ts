@@ -81,6 +81,8 @@ export interface PgStoreOptions {
   applicationName?: string;
   /** How long a call waits for a row or lock another transaction holds before failing as unavailable (default 10 s). */
   lockTimeoutMs?: number;
+  /** How long a call waits for a connection (a new one, or one of the full pool's coming free) before failing as unavailable (default 5 s). */
+  connectTimeoutMs?: number;
   /** This process's id among the replicas (default: a new random one). */
   replicaId?: string;
 }
@@ -163,6 +165,9 @@ function mapError(e: unknown): unknown {
   if (err?.code === '23505') return new StoreConflictError(err.table ?? 'unknown', `${err.table ?? 'a row'}: the key is taken (${err.constraint ?? 'unique'})`);
   if (isConnectionError(e)) return new StoreUnavailableError(`the PostgreSQL store is unreachable: ${err?.message ?? String(e)}`, { cause: e });
   if (err?.code === '55P03') return new StoreUnavailableError(`the PostgreSQL store is busy: ${err.message ?? 'lock timeout'}`, { cause: e });
+  // pg-pool's answer when every connection of the pool stayed in use for connectionTimeoutMillis:
+  // the store is overloaded or slow (a disk stalling its commits), which the caller may retry.
+  if (err?.message === 'timeout exceeded when trying to connect') return new StoreUnavailableError('the PostgreSQL store is busy: no connection of the pool came free in time', { cause: e });
   return e;
 }
 
@@ -1393,7 +1398,7 @@ function connectionConfig(o: PgStoreOptions): pg.ClientConfig {
     password: o.password,
     application_name: o.applicationName ?? 'kmsd',
     types,
-    connectionTimeoutMillis: 5000,
+    connectionTimeoutMillis: o.connectTimeoutMs ?? 5000,
     // A replica killed mid-transaction leaves nothing held for long: PostgreSQL ends such a session;
     // and a row or the audit head held that long by a stuck replica fails the waiter as unavailable
     // (retryable) instead of hanging its call.
