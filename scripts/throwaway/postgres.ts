@@ -10,15 +10,16 @@
 // machine into a template directory (os.tmpdir()/kmsd-pg-template-15-<uid>) that each cluster copies
 // (~0.5 s); the template has no password in it: each cluster sets a random one for its superuser
 // over the unix socket (trusted locally), and TCP clients must give it (scram-sha-256), as kmsd's
-// `--store-password-file` does in production.
+// `--store-password-file` does in production. Administration (the password, new databases) goes
+// through the real `psql` on that socket: SQL of kmsd's own lives in src/store only.
 
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import pg from 'pg';
+import { promisify } from 'node:util';
 
 const PG_BIN = process.env['KMSD_TEST_PG_BIN'] ?? '/usr/lib/postgresql/15/bin';
 const SUPERUSER = 'postgres';
@@ -46,8 +47,6 @@ export interface PgCluster {
    * linguistic collation, as production databases often have, instead of the cluster's C.UTF-8.
    */
   createDatabase(name?: string, opts?: { icuLocale?: string }): Promise<PgDatabase>;
-  /** A pool on one database (the caller ends it). */
-  pool(db: PgDatabase, max?: number): pg.Pool;
   /** Stops the server (fast shutdown) and waits for its exit, keeping the data dir (then `start()` again). */
   halt(): Promise<void>;
   /** Starts the server again on the same port and data dir after `halt()`. */
@@ -174,6 +173,16 @@ function launch(dataDir: string, sockDir: string, port: number, owner: { uid: nu
   });
 }
 
+/** One statement as the superuser over the cluster's unix socket (trusted locally). */
+async function psql(sockDir: string, port: number, sql: string): Promise<void> {
+  try {
+    await promisify(execFile)(path.join(PG_BIN, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', sockDir, '-p', String(port), '-U', SUPERUSER, '-d', 'postgres', '-c', sql], { timeout: 60_000 });
+  } catch (e) {
+    const err = e as { stderr?: string; message?: string };
+    throw new Error(`psql on the test cluster failed: ${(err.stderr || err.message || String(e)).trim()}`);
+  }
+}
+
 function waitExit(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => child.once('exit', () => resolve()));
@@ -198,14 +207,8 @@ export async function createDatabaseOn(server: PgServer, name?: string, opts: { 
   const { dir, port, password } = server;
   const database = name ?? `kmsd_${++dbCount}_${crypto.randomBytes(3).toString('hex')}`;
   if (!/^[a-z_][a-z0-9_]*$/.test(database)) throw new Error(`test database name ${database} is not a plain identifier`);
-  const admin = new pg.Client({ host: '127.0.0.1', port, user: server.user, password, database: 'postgres' });
-  await admin.connect();
-  try {
-    if (opts.icuLocale !== undefined && !/^[A-Za-z0-9-]+$/.test(opts.icuLocale)) throw new Error(`ICU locale ${opts.icuLocale} is not a plain tag`);
-    await admin.query(opts.icuLocale ? `CREATE DATABASE ${database} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE '${opts.icuLocale}'` : `CREATE DATABASE ${database}`);
-  } finally {
-    await admin.end();
-  }
+  if (opts.icuLocale !== undefined && !/^[A-Za-z0-9-]+$/.test(opts.icuLocale)) throw new Error(`ICU locale ${opts.icuLocale} is not a plain tag`);
+  await psql(path.join(dir, 'sock'), port, opts.icuLocale ? `CREATE DATABASE ${database} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE '${opts.icuLocale}'` : `CREATE DATABASE ${database}`);
   const passwordFile = path.join(dir, `${database}.password`);
   fs.writeFileSync(passwordFile, `${password}\n`, { mode: 0o600 });
   return { host: '127.0.0.1', port, user: server.user, password, database, url: `postgres://${server.user}@127.0.0.1:${port}/${database}`, passwordFile };
@@ -238,13 +241,7 @@ export async function startPostgres(): Promise<PgCluster> {
       }
     }
     const password = crypto.randomBytes(18).toString('base64url');
-    const local = new pg.Client({ host: sockDir, port, user: SUPERUSER, database: 'postgres' });
-    await local.connect();
-    try {
-      await local.query(`ALTER ROLE ${SUPERUSER} PASSWORD '${password}'`);
-    } finally {
-      await local.end();
-    }
+    await psql(sockDir, port, `ALTER ROLE ${SUPERUSER} PASSWORD '${password}'`);
     let stopped = false;
     const cluster: PgCluster = {
       dir,
@@ -257,9 +254,6 @@ export async function startPostgres(): Promise<PgCluster> {
       password,
       createDatabase(name?: string, opts: { icuLocale?: string } = {}): Promise<PgDatabase> {
         return createDatabaseOn({ dir, port, user: SUPERUSER, password }, name, opts);
-      },
-      pool(db: PgDatabase, max = 4): pg.Pool {
-        return new pg.Pool({ host: db.host, port: db.port, user: db.user, password: db.password, database: db.database, max });
       },
       async halt(): Promise<void> {
         if (!child) return;

@@ -15,7 +15,7 @@ import { ExternalToken, Kmsd, createExternalToken, makeTempDir, startKmsd } from
 import { custodianKeys } from '../helpers/ceremony';
 import { healthOf } from '../helpers/health';
 import { offlineDecrypt } from '../helpers/offline';
-import { startPostgres, type PgCluster, type PgDatabase } from '../helpers/postgres';
+import { poolOn, startPostgres, type PgCluster, type PgDatabase } from '../helpers/postgres';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 type J = any;
@@ -293,7 +293,7 @@ describe('failures', () => {
     const hsm = await fresh.client.call<J>('DescribeHsm', {});
     expect(hsm.UnknownTokenObjects).toEqual([]);
     expect(fresh.logs()).not.toMatch(/"missing":\["/);
-    const pool = cluster.pool(db);
+    const pool = poolOn(db);
     try {
       const missing = (await pool.query("SELECT version_id FROM key_versions WHERE material_state = 'Missing'")).rows;
       expect(missing).toEqual([]);

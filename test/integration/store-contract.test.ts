@@ -14,7 +14,7 @@ import { MIGRATIONS } from '../../src/store/migrations';
 import { StoreConflictError, type AuditRow, type ProposalRow, type Store, type WrappingKeyRow } from '../../src/store/api';
 import { PgStore, StoreUnavailableError } from '../../src/store/pg/pg-store';
 import { SqliteStore } from '../../src/store/sqlite';
-import { startPostgres, type PgCluster, type PgDatabase } from '../helpers/postgres';
+import { poolOn, startPostgres, type PgCluster, type PgDatabase } from '../helpers/postgres';
 import { cmkRow } from '../helpers/store-rows';
 
 interface Backend {
@@ -456,7 +456,7 @@ describe('PostgreSQL schema', () => {
 
   beforeAll(async () => {
     db = await cluster.createDatabase();
-    raw = cluster.pool(db, 2);
+    raw = poolOn(db, 2);
   });
 
   afterAll(async () => {
@@ -597,7 +597,7 @@ describe('PostgreSQL read-only opening (the token auditor)', () => {
       await reader.close();
     }
     // Opening read-only migrated nothing and wrote nothing: a schema newer than this build's is refused by it too.
-    const admin = cluster.pool(db, 1);
+    const admin = poolOn(db, 1);
     try {
       await admin.query('INSERT INTO schema_migrations (version, applied_at) VALUES (999999, 0)');
     } finally {

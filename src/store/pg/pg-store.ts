@@ -1218,17 +1218,19 @@ export class PgStore extends Ops implements Store {
     try {
       return await fn();
     } finally {
-      this.releaseLease(keyId);
+      // Awaited: a release still in flight when this replica's next change of the CMK takes the lease
+      // (as its own) would end that lease under it.
+      await this.releaseLease(keyId);
     }
   }
 
   /** Released at once, or retried every second while the store is unreachable (others wait meanwhile). */
-  private releaseLease(keyId: string): void {
-    this.ctx.query('DELETE FROM key_leases WHERE key_id = $1 AND owner = $2', [keyId, this.replicaId]).catch(() => {
+  private releaseLease(keyId: string): Promise<void> {
+    return this.ctx.query('DELETE FROM key_leases WHERE key_id = $1 AND owner = $2', [keyId, this.replicaId]).then(() => undefined, () => {
       if (this.closing) return;
       const t = setTimeout(() => {
         this.unreleased.delete(keyId);
-        this.releaseLease(keyId);
+        void this.releaseLease(keyId);
       }, 1000);
       t.unref();
       this.unreleased.set(keyId, t);
