@@ -841,7 +841,7 @@ export class HsmToken {
 
   /** Generates AES-256 key material inside the token; it never leaves it. */
   generateAesKey(kind: ObjectKind, id: string): void {
-    if (this.handleOf(kind, id)) throw new HsmError(`token object ${this.label(kind, id)} already exists`, 'EXISTS');
+    this.refuseKnown(kind, id);
     const h = this.withSession(
       (p11, s) =>
         p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN, parameter: null as unknown as Buffer }, [
@@ -863,8 +863,18 @@ export class HsmToken {
     return this.track(this.generateAesOffLoop(kind, id));
   }
 
+  /**
+   * A generation's id is one the caller has just minted (a new key version), so only the index is
+   * asked whether it exists: asking the token would be a find by label, which SoftHSM answers by
+   * reading every object (seconds at 100,000 keys), on every CreateKey while the start-up walk is
+   * under way and on every CreateKey of a replica sharing its token.
+   */
+  private refuseKnown(kind: ObjectKind, id: string): void {
+    if (this.index.get(this.label(kind, id))) throw new HsmError(`token object ${this.label(kind, id)} already exists`, 'EXISTS');
+  }
+
   private async generateAesOffLoop(kind: ObjectKind, id: string): Promise<void> {
-    if (this.handleOf(kind, id)) throw new HsmError(`token object ${this.label(kind, id)} already exists`, 'EXISTS');
+    this.refuseKnown(kind, id);
     const template = [...cmkKeyTemplate(this.label(kind, id), id, true), { type: pkcs11js.CKA_VALUE_LEN, value: 32 }];
     const release = await this.aesSlots.acquire();
     try {

@@ -1,8 +1,8 @@
 // The object index of HsmToken on a real SoftHSM token: a fresh context finds a key it has not
 // walked to yet on its own (one C_FindObjects), the walk runs in slices with the event loop free
 // between them, and after it presence and handles come from memory without any C_FindObjects;
-// creations and destroys during a walk keep the inventory true; two objects under one label are
-// ambiguous before and after the walk.
+// creating a new key version asks the token nothing; creations and destroys during a walk keep the
+// inventory true; two objects under one label are ambiguous before and after the walk.
 
 import crypto from 'node:crypto';
 import * as pkcs11js from 'pkcs11js';
@@ -78,6 +78,24 @@ describe('HsmToken object index', () => {
     expect(t.has('cmk', 'never-created')).toBe(false);
     expect(t.has('wrap', ids[1])).toBe(false);
     expect(finds).toBe(0);
+  });
+
+  it('generates a new key version before the walk without a C_FindObjects (SoftHSM would read every object for it), on the loop and off it', async () => {
+    const t = open();
+    expect(t.walked).toBe(false);
+    finds = 0;
+    const a = crypto.randomUUID();
+    const b = crypto.randomUUID();
+    t.generateAesKey('cmk', a);
+    await t.generateAesKeyOffLoop('cmk', b);
+    expect(finds).toBe(0);
+    // An id the index knows is still refused, with nothing created.
+    expect(() => t.generateAesKey('cmk', a)).toThrow(/already exists/);
+    await expect(t.generateAesKeyOffLoop('cmk', b)).rejects.toThrow(/already exists/);
+    expect(finds).toBe(0);
+    expect(t.decryptGcm('cmk', b, iv, aad, t.encryptGcm('cmk', b, iv, aad, Buffer.from('new'))).toString()).toBe('new');
+    expect(t.destroy('cmk', a)).toBe(1);
+    expect(t.destroy('cmk', b)).toBe(1);
   });
 
   it('keeps the inventory true through a creation and a destroy made while the walk runs', async () => {
