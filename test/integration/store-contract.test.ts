@@ -11,7 +11,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MIGRATIONS } from '../../src/store/migrations';
-import { StoreConflictError, type AuditRow, type ProposalRow, type Store, type WrappingKeyRow } from '../../src/store/api';
+import { StoreConflictError, type AuditRow, type ProposalRow, type Store, type StoreTx, type WrappingKeyRow } from '../../src/store/api';
 import { PgStore, StoreUnavailableError } from '../../src/store/pg/pg-store';
 import { SqliteStore } from '../../src/store/sqlite';
 import { poolOn, startPostgres, type PgCluster, type PgDatabase } from '../helpers/postgres';
@@ -496,6 +496,30 @@ describe('PostgreSQL schema', () => {
   });
 });
 
+/**
+ * A transaction that has run `first` and then waits, holding its connection and locks, until
+ * released (awaiting something else inside a transaction, which the interface forbids kmsd's own
+ * code to do: here it stands in for a replica that froze).
+ */
+async function holdTransaction(store: PgStore, first: (tx: StoreTx) => Promise<unknown>): Promise<{ release(): Promise<void> }> {
+  let release!: () => void;
+  const holding = new Promise<void>((r) => (release = r));
+  let inside!: () => void;
+  const isInside = new Promise<void>((r) => (inside = r));
+  const done = store.transaction(async (tx) => {
+    await first(tx);
+    inside();
+    await holding;
+  });
+  await isInside;
+  return {
+    release: async () => {
+      release();
+      await done;
+    },
+  };
+}
+
 describe('PostgreSQL locks held by a stuck replica', () => {
   it('a call waiting for a row another replica holds too long fails as StoreUnavailableError, and nothing changes', async () => {
     const db = await cluster.createDatabase();
@@ -503,21 +527,10 @@ describe('PostgreSQL locks held by a stuck replica', () => {
     const waiter = await PgStore.open({ ...options(db), lockTimeoutMs: 300 });
     try {
       await stuck.insertCmk(cmkRow('held'));
-      let release!: () => void;
-      const holding = new Promise<void>((r) => (release = r));
-      let locked!: () => void;
-      const isLocked = new Promise<void>((r) => (locked = r));
-      // The stuck replica holds the CMK's row (awaiting something else inside a transaction, which the
-      // interface forbids kmsd's own code to do: here it stands in for a replica that froze).
-      const held = stuck.transaction(async (tx) => {
-        await tx.getCmkForUpdate('held');
-        locked();
-        await holding;
-      });
-      await isLocked;
+      // The stuck replica holds the CMK's row.
+      const held = await holdTransaction(stuck, (tx) => tx.getCmkForUpdate('held'));
       await expect(waiter.transaction(async (tx) => tx.updateCmk('held', { key_state: 'Disabled' }))).rejects.toBeInstanceOf(StoreUnavailableError);
-      release();
-      await held;
+      await held.release();
       expect((await waiter.getCmk('held'))?.key_state).toBe('Enabled');
     } finally {
       await stuck.close();
@@ -529,23 +542,12 @@ describe('PostgreSQL locks held by a stuck replica', () => {
     const db = await cluster.createDatabase();
     const s = await PgStore.open({ ...options(db), maxConnections: 1, connectTimeoutMs: 300 });
     try {
-      let release!: () => void;
-      const holding = new Promise<void>((r) => (release = r));
-      let inside!: () => void;
-      const isInside = new Promise<void>((r) => (inside = r));
-      // The pool's one connection stays in a transaction that waits on something else (as a commit
-      // stalled by a slow disk would).
-      const held = s.transaction(async (tx) => {
-        await tx.getCmk('x');
-        inside();
-        await holding;
-      });
-      await isInside;
+      // The pool's one connection stays in a transaction (as under a commit stalled by a slow disk).
+      const held = await holdTransaction(s, (tx) => tx.getCmk('x'));
       const busy = await s.transaction(async (tx) => tx.insertCmk(cmkRow('later'))).catch((e: unknown) => e);
       expect(busy).toBeInstanceOf(StoreUnavailableError);
       expect((busy as Error).message).toMatch(/busy: no connection of the pool came free in time/);
-      release();
-      await held;
+      await held.release();
       expect(await s.getCmk('later')).toBeUndefined();
       await s.insertCmk(cmkRow('later'));
       expect((await s.getCmk('later'))?.key_state).toBe('Enabled');
