@@ -67,9 +67,16 @@ export function answerFor(e: unknown, requestId: string): { err: KmsError; inter
   return { err: hsmUnavailable(e) ?? storeUnavailable(e) ?? new KmsError('InternalFailure', `internal error (request id ${requestId})`), internal: e };
 }
 
-/** Internal details go to the log under the request id, never to the caller. */
+/**
+ * Internal details go to the log under the request id, never to the caller. A cause the caller was
+ * answered with a retryable ServiceUnavailable for (the HSM or the store) is a warning saying so, not
+ * an "internal error": that name is kept for the answers that are one.
+ */
 export function logInternal(log: Logger, requestId: string, action: string, cause: unknown): void {
-  log.error({ requestId, action, err: cause instanceof Error ? { name: cause.name, message: cause.message, stack: cause.stack } : String(cause) }, 'internal error');
+  const err = cause instanceof Error ? { name: cause.name, message: cause.message, stack: cause.stack } : String(cause);
+  const answered = hsmUnavailable(cause) ?? storeUnavailable(cause);
+  if (answered) log.warn({ requestId, action, answered: answered.code, err }, 'answered unavailable (retryable)');
+  else log.error({ requestId, action, err }, 'internal error');
 }
 
 /** Actions whose successful calls are logged at debug level (one info line each cost ~8% of a unary Encrypt). */

@@ -769,8 +769,13 @@ export class HsmToken {
     }, 'C_FindObjects');
   }
 
-  /** readInstance; on a shared token a missing object is looked for again (and the token re-read) for up to `waitMs`. */
-  async readInstanceSettled(waitMs = 8000): Promise<{ instanceId: string; sequence: number } | null> {
+  /**
+   * readInstance; on a shared token a missing object is looked for again (and the token re-read) for
+   * up to `waitMs`. Every creation on every replica relabels this one object, so under load a
+   * re-read catches it mid-write often: 8 s of re-reads once missed it with three replicas busy on two
+   * cores, and a replica that gives up refuses to start.
+   */
+  async readInstanceSettled(waitMs = 30_000): Promise<{ instanceId: string; sequence: number } | null> {
     let found = this.readInstance();
     if (found || !this.shared) return found;
     const until = Date.now() + waitMs;
