@@ -140,6 +140,8 @@ const OWN_CODES = {
   TOKEN_NOT_FOUND: 'SETUP',
   // A shared token this process sees stale until it has read it again (HsmToken.reload): retryable.
   STALE_VIEW: 'TOKEN_GONE',
+  // C_GetTokenInfo failed whatever the return value: the token is not usable now (health, DescribeHsm).
+  TOKEN_UNANSWERED: 'TOKEN_GONE',
   TOKEN_INIT_FAILED: 'SETUP',
   PIN_FILE: 'SETUP',
   UNWRAP_FAILED: 'UNWRAP_FAILED',

@@ -368,7 +368,11 @@ export class HsmToken {
         serialNumber: info.serialNumber.trim(),
         mechanisms: this.usable(p11.C_GetMechanismList(this.slot)),
       };
-    }, 'C_GetTokenInfo');
+    }, 'C_GetTokenInfo', (e) =>
+      // Whatever the module answers (SoftHSM: CKR_GENERAL_ERROR once its token directory is gone), a
+      // token that cannot describe itself is unavailable, not a bug of kmsd's.
+      e.kind === 'CLOSED' ? e : new HsmError(`the token does not answer C_GetTokenInfo (${e.code})`, 'TOKEN_UNANSWERED', 'C_GetTokenInfo', e.rv),
+    );
   }
 
   /** The token's mechanism list, less the ones the configuration disabled (read once: it does not change). */
