@@ -38,6 +38,8 @@ export interface Logger {
 }
 
 export const MAX_PLAINTEXT_BYTES = 6144;
+/** Creation sequence numbers reserved in the store at once (see KmsService.nextSequence). */
+export const SEQUENCE_BLOCK = 64;
 /** Most bytes one GenerateRandom returns (AWS KMS's bound). */
 export const MAX_RANDOM_BYTES = 1024;
 
@@ -208,15 +210,44 @@ export class KmsService {
   // ================================================================ token objects: intents and destroys
 
   /**
-   * Creates a token object under a write-ahead intent: the intent (with the next creation sequence)
-   * is committed first, the token's sequence raised, then the object created. The caller clears the
-   * intent (store.clearIntent) in the transaction that commits the object's metadata; an intent left
-   * open by a crash is what lets start-up reconciliation destroy the object, and nothing else does.
+   * The creation sequence for the next token object: from a block of SEQUENCE_BLOCK numbers the
+   * store reserved at once, the token's mark raised to the block's top before any number of it is
+   * used. The mark stays at or below the store's committed sequence (a store restored from an older
+   * backup is still recognised at start), while the token's kmsd:instance object, which every
+   * replica relabels, is written once a block instead of once an object (on SoftHSM that object is a
+   * file that several processes rewrite: a replica reading it while another writes it may not see it).
+   */
+  private async nextSequence(): Promise<number> {
+    for (;;) {
+      const b = this.sequenceBlock;
+      if (b && b.next <= b.top) return b.next++;
+      this.reservingSequence ??= (async () => {
+        try {
+          const top = await this.store.reserveTokenSequence(SEQUENCE_BLOCK);
+          // Only a block whose top the token holds is used: a failed raise wastes the block.
+          this.keyring.token.raiseSequence(top);
+          this.sequenceBlock = { next: top - SEQUENCE_BLOCK + 1, top };
+        } finally {
+          this.reservingSequence = null;
+        }
+      })();
+      await this.reservingSequence;
+    }
+  }
+
+  private sequenceBlock: { next: number; top: number } | null = null;
+  private reservingSequence: Promise<void> | null = null;
+
+  /**
+   * Creates a token object under a write-ahead intent: the intent (with the next creation sequence,
+   * which the token's mark already covers) is committed first, then the object created. The caller
+   * clears the intent (store.clearIntent) in the transaction that commits the object's metadata; an
+   * intent left open by a crash is what lets start-up reconciliation destroy the object, and nothing
+   * else does.
    */
   async createUnderIntent<T>(kind: TokenObjectKind, id: string, create: () => T): Promise<{ seq: number; value: T }> {
-    const seq = await this.store.openIntent(kind, id, this.now());
+    const seq = await this.store.openIntent(kind, id, this.now(), await this.nextSequence());
     try {
-      this.keyring.token.raiseSequence(seq);
       return { seq, value: create() };
     } catch (e) {
       await this.abandonIntent(kind, id, seq);
@@ -226,9 +257,8 @@ export class KmsService {
 
   /** createUnderIntent for a creation that runs off the event loop (RSA key pairs). */
   async createUnderIntentAsync<T>(kind: TokenObjectKind, id: string, create: () => Promise<T>): Promise<{ seq: number; value: T }> {
-    const seq = await this.store.openIntent(kind, id, this.now());
+    const seq = await this.store.openIntent(kind, id, this.now(), await this.nextSequence());
     try {
-      this.keyring.token.raiseSequence(seq);
       return { seq, value: await create() };
     } catch (e) {
       await this.abandonIntent(kind, id, seq);

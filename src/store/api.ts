@@ -230,10 +230,18 @@ export interface MetadataOps {
   isEmpty(): Promise<boolean>;
 
   /**
-   * Write-ahead intent for a token object about to be created, committed on its own before the
-   * object exists (on the Store; in a transaction it commits with it): takes the next creation sequence.
+   * Raises the committed creation sequence by `count` at once and returns the new top: the numbers
+   * above the old top are the caller's to give to its intents (openIntent's `seq`), so the token's
+   * mark, raised to the top once, is written once per block instead of once per object. Concurrent
+   * callers (replicas) get disjoint blocks.
    */
-  openIntent(kind: TokenObjectKind, objectId: string, now: number): Promise<number>;
+  reserveTokenSequence(count: number): Promise<number>;
+  /**
+   * Write-ahead intent for a token object about to be created, committed on its own before the
+   * object exists (on the Store; in a transaction it commits with it): takes the next creation
+   * sequence, or `seq` from a block reserveTokenSequence gave (refused if it was never reserved).
+   */
+  openIntent(kind: TokenObjectKind, objectId: string, now: number, seq?: number): Promise<number>;
   /** Closes an intent (after a failed creation, or an adoption); an intent already closed is no error. */
   clearIntent(seq: number): Promise<void>;
   /**

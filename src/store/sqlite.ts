@@ -78,6 +78,7 @@ const METADATA: { [K in keyof MetadataOps]: true } = {
   tokenSequence: true,
   raiseTokenSequence: true,
   isEmpty: true,
+  reserveTokenSequence: true,
   openIntent: true,
   clearIntent: true,
   claimIntent: true,

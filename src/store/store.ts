@@ -224,12 +224,27 @@ export class SqliteDb implements Sync<MetadataOps> {
    * Write-ahead intent for a token object about to be created, committed on its own before the
    * object exists: takes the next creation sequence and returns it.
    */
-  openIntent(kind: TokenObjectKind, objectId: string, now: number): number {
+  openIntent(kind: TokenObjectKind, objectId: string, now: number, reserved?: number): number {
     return this.tx(() => {
-      const seq = this.tokenSequence() + 1;
-      this.setSetting(TOKEN_SEQUENCE_SETTING, String(seq));
+      let seq = reserved;
+      if (seq === undefined) {
+        seq = this.tokenSequence() + 1;
+        this.setSetting(TOKEN_SEQUENCE_SETTING, String(seq));
+      } else if (!Number.isSafeInteger(seq) || seq < 1 || seq > this.tokenSequence()) {
+        throw new Error(`token creation sequence ${seq} was never reserved (the store's is ${this.tokenSequence()})`);
+      }
       this.stmt('INSERT INTO token_intents (seq, kind, object_id, created, owner) VALUES (?, ?, ?, ?, ?)').run(seq, kind, objectId, now, this.owner);
       return seq;
+    });
+  }
+
+  /** See Store.reserveTokenSequence. */
+  reserveTokenSequence(count: number): number {
+    if (!Number.isSafeInteger(count) || count < 1) throw new Error(`reserveTokenSequence: count must be a positive integer, not ${count}`);
+    return this.tx(() => {
+      const top = this.tokenSequence() + count;
+      this.setSetting(TOKEN_SEQUENCE_SETTING, String(top));
+      return top;
     });
   }
 

@@ -318,6 +318,26 @@ describe.each(BACKENDS)('store contract on $name', (backend) => {
     expect((await a.allIntents()).filter((r) => seqs.includes(r.seq))).toHaveLength(0);
   });
 
+  it('sequence blocks reserved at once are disjoint across replicas, and an intent takes only a reserved number', async () => {
+    const start = await a.tokenSequence();
+    const tops = await Promise.all(Array.from({ length: 6 }, (_, i) => (i % 2 ? a : b).reserveTokenSequence(64)));
+    expect([...tops].sort((x, y) => x - y)).toEqual(Array.from({ length: 6 }, (_, i) => start + 64 * (i + 1)));
+    expect(await b.tokenSequence()).toBe(start + 6 * 64);
+    const top = tops[0];
+    expect(await a.openIntent('cmk', id('obj'), Date.now(), top - 63)).toBe(top - 63);
+    expect(await b.openIntent('wrap', id('obj'), Date.now(), top)).toBe(top);
+    // A number the store has not reached is refused, and nothing is written.
+    const before = (await a.allIntents()).length;
+    await expect(a.openIntent('cmk', id('obj'), Date.now(), start + 6 * 64 + 1)).rejects.toThrow(/never reserved/);
+    await expect(b.openIntent('cmk', id('obj'), Date.now(), start + 6 * 64 + 1)).rejects.toThrow(/never reserved/);
+    expect((await a.allIntents()).length).toBe(before);
+    expect(await a.tokenSequence()).toBe(start + 6 * 64);
+    // The same number twice is refused too (the intent table's key).
+    await expect(a.openIntent('cmk', id('obj'), Date.now(), top)).rejects.toThrow();
+    await a.clearIntent(top - 63);
+    await a.clearIntent(top);
+  });
+
   it('the first replica to name the instance wins', async () => {
     const ids = await Promise.all([a.ceremony.instanceId(() => 'from-a'), b.ceremony.instanceId(() => 'from-b')]);
     expect(ids[0]).toBe(ids[1]);

@@ -373,17 +373,31 @@ class Ops implements StoreOps {
 
   // ------------------------------------------------------------------ store/token binding
 
-  openIntent(kind: TokenObjectKind, objectId: string, now: number): Promise<number> {
-    return this.ctx.atomically(async (ops) => {
-      // Increments and reads in one statement, holding the row: replicas take distinct sequences.
-      const r = await ops.one<{ value: string }>(
-        `INSERT INTO settings (name, value) VALUES ($1, '1') ON CONFLICT (name) DO UPDATE SET value = (settings.value::bigint + 1)::text RETURNING value`,
-        [TOKEN_SEQUENCE_SETTING],
-      );
-      const seq = Number(r!.value);
-      await ops.ctx.query('INSERT INTO token_intents (seq, kind, object_id, created, owner) VALUES ($1, $2, $3, $4, $5)', [seq, kind, objectId, now, ops.ctx.owner]);
-      return seq;
-    });
+  openIntent(kind: TokenObjectKind, objectId: string, now: number, reserved?: number): Promise<number> {
+    if (reserved !== undefined) {
+      return (async () => {
+        // Inserted only under a sequence the store has reached (one statement, no extra round trip).
+        const r = await this.ctx.query(
+          `INSERT INTO token_intents (seq, kind, object_id, created, owner)
+           SELECT $1, $2, $3, $4, $5 WHERE $1::bigint >= 1 AND $1::bigint <= (SELECT value::bigint FROM settings WHERE name = $6)`,
+          [reserved, kind, objectId, now, this.ctx.owner, TOKEN_SEQUENCE_SETTING],
+        );
+        if (r.rowCount !== 1) throw new Error(`token creation sequence ${reserved} was never reserved`);
+        return reserved;
+      })();
+    }
+    // The next number and the intent in one transaction, as before blocks.
+    return this.ctx.atomically(async (ops) => ops.openIntent(kind, objectId, now, await ops.reserveTokenSequence(1)));
+  }
+
+  async reserveTokenSequence(count: number): Promise<number> {
+    if (!Number.isSafeInteger(count) || count < 1) throw new Error(`reserveTokenSequence: count must be a positive integer, not ${count}`);
+    // Adds and reads in one statement, holding the row: replicas get disjoint blocks.
+    const r = await this.one<{ value: string }>(
+      `INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = (settings.value::bigint + $3::bigint)::text RETURNING value`,
+      [TOKEN_SEQUENCE_SETTING, String(count), count],
+    );
+    return Number(r!.value);
   }
 
   async clearIntent(seq: number): Promise<void> {
