@@ -245,7 +245,7 @@ async function listenThenOpen(
     // Intents open now are what a crash left; later ones belong to calls that reconciliation, when it
     // runs in the background, must leave alone.
     const startupIntentSeq = (await store.allIntents()).reduce((m, i) => Math.max(m, i.seq), 0);
-    const info = token.tokenInfo();
+    const info = await token.tokenInfoSettled();
     const capabilities = probeCapabilities(token, info.mechanisms);
     log.info({ token: info.label, manufacturer: info.manufacturer, model: info.model, capabilities }, 'token capabilities probed');
     // SOFTWARE-level keys run AES-GCM here and need the token only for their root-key wraps, so

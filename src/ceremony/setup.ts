@@ -72,7 +72,7 @@ export async function startCeremonyAndAudit(o: {
     },
   };
   const ttl = o.proposalTtlSeconds ?? DEFAULT_CEREMONY_CONFIG.defaultProposalTtlSeconds;
-  const info = o.token.tokenInfo();
+  const info = await o.token.tokenInfoSettled();
   const ceremony = new Ceremony(
     o.store,
     { kms: o.kms, imports: o.imports, xks: o.xks },

@@ -371,8 +371,24 @@ export class HsmToken {
     }, 'C_GetTokenInfo', (e) =>
       // Whatever the module answers (SoftHSM: CKR_GENERAL_ERROR once its token directory is gone), a
       // token that cannot describe itself is unavailable, not a bug of kmsd's.
-      e.kind === 'CLOSED' ? e : new HsmError(`the token does not answer C_GetTokenInfo (${e.code})`, 'TOKEN_UNANSWERED', 'C_GetTokenInfo', e.rv),
+      e.kind === 'CLOSED' || e.code === 'STALE_VIEW' ? e : new HsmError(`the token does not answer C_GetTokenInfo (${e.code})`, 'TOKEN_UNANSWERED', 'C_GetTokenInfo', e.rv),
     );
+  }
+
+  /**
+   * tokenInfo for start-up: on a shared token, a view that went stale (STALE_VIEW, the token being
+   * read again) is waited for and asked again, a few times, instead of ending the start.
+   */
+  async tokenInfoSettled(tries = 5): Promise<ReturnType<HsmToken['tokenInfo']>> {
+    for (let i = 1; ; i++) {
+      try {
+        return this.tokenInfo();
+      } catch (e) {
+        if (!(e instanceof HsmError) || e.code !== 'STALE_VIEW' || i >= tries) throw e;
+        await new Promise((r) => setTimeout(r, 200 * i));
+        await this.reload().catch(() => undefined);
+      }
+    }
   }
 
   /** The token's mechanism list, less the ones the configuration disabled (read once: it does not change). */
