@@ -73,10 +73,10 @@ export function answerFor(e: unknown, requestId: string): { err: KmsError; inter
  * an "internal error": that name is kept for the answers that are one.
  */
 export function logInternal(log: Logger, requestId: string, action: string, cause: unknown): void {
-  const err = cause instanceof Error ? { name: cause.name, message: cause.message, stack: cause.stack } : String(cause);
   const answered = hsmUnavailable(cause) ?? storeUnavailable(cause);
-  if (answered) log.warn({ requestId, action, answered: answered.code, err }, 'answered unavailable (retryable)');
-  else log.error({ requestId, action, err }, 'internal error');
+  // One line per call while a dependency is down: the cause's message, without its stack.
+  if (answered) log.warn({ requestId, action, answered: answered.code, cause: cause instanceof Error ? cause.message : String(cause) }, 'answered unavailable (retryable)');
+  else log.error({ requestId, action, err: cause instanceof Error ? { name: cause.name, message: cause.message, stack: cause.stack } : String(cause) }, 'internal error');
 }
 
 /** Actions whose successful calls are logged at debug level (one info line each cost ~8% of a unary Encrypt). */

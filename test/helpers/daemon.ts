@@ -28,7 +28,10 @@ export const TEST_TOKEN: 'softhsm' | 'opencryptoki' = process.env['KMSD_TEST_TOK
 /** The metadata store this test process runs kmsd on. */
 export const TEST_STORE: 'sqlite' | 'postgres' = process.env['KMSD_TEST_STORE'] === 'postgres' ? 'postgres' : 'sqlite';
 
-/** Every kmsd this test process runs now: a failing test prints what they logged (test/setup/daemon-logs.ts). */
+/**
+ * Every kmsd this test process started and has not stopped on purpose (one that exited on its own
+ * stays, so the dump says so): a failing test prints what they logged (test/setup/daemon-logs.ts).
+ */
 export const runningDaemons = new Set<Kmsd>();
 
 /** The database of each data directory kmsd started in, on the postgres project: a restart reuses it. */
@@ -92,6 +95,8 @@ export interface Kmsd {
   dataDir: string;
   pid: number;
   logs(): string;
+  /** How the process ended when it ended without stop(), kill() or signal() ("exited with 1", "killed by SIGABRT"); null otherwise. */
+  unexpectedExit(): string | null;
   client: KmsClient;
   kmsctl(args: string[], opts?: { cwd?: string }): KmsctlResult;
   /** SIGTERM and wait for exit; returns the exit code. */
@@ -154,7 +159,8 @@ export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
   child.stderr!.on('data', (d) => (err += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   let self: Kmsd;
-  void exited.then(() => runningDaemons.delete(self));
+  let endedAs: string | null = null;
+  child.on('exit', (code, signal) => (endedAs = signal ? `killed by ${signal}` : `exited with ${code}`));
   const listening = new Promise<number>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`kmsd did not start in 60 s\nstdout:\n${out}\nstderr:\n${err}`)), 60_000);
     // Start-up reconciliation may run after kmsd listens (the token walk): tests read its outcome, so
@@ -192,6 +198,7 @@ export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
     pid: child.pid!,
     client,
     logs: () => out + err,
+    unexpectedExit: () => (stopped ? null : endedAs),
     kmsctl(args, o = {}) {
       const r = spawnSync(process.execPath, [KMSCTL, '--endpoint', endpoint, ...args], { encoding: 'utf8', cwd: o.cwd, timeout: 60_000 });
       let json: unknown;
@@ -205,6 +212,7 @@ export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
     async stop() {
       if (stopped) return exited;
       stopped = true;
+      runningDaemons.delete(self);
       client.close();
       child.kill('SIGTERM');
       const code = await exited;
@@ -213,12 +221,14 @@ export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
     },
     async kill() {
       stopped = true;
+      runningDaemons.delete(self);
       client.close();
       child.kill('SIGKILL');
       await exited;
     },
     async signal(sig) {
       stopped = true;
+      runningDaemons.delete(self);
       client.close();
       child.kill(sig);
       return exited;

@@ -20,7 +20,8 @@ beforeEach(({ onTestFailed }) => {
     for (const d of runningDaemons) {
       const lines = d.logs().split('\n').filter(noteworthy);
       const shown = lines.slice(-MAX_LINES);
-      process.stderr.write(`--- kmsd ${d.endpoint} (pid ${d.pid}): ${lines.length} warn/error lines${lines.length > shown.length ? `, the last ${shown.length}` : ''}\n${shown.join('\n')}\n`);
+      const ended = d.unexpectedExit();
+      process.stderr.write(`--- kmsd ${d.endpoint} (pid ${d.pid}${ended ? `, ${ended} without being stopped` : ''}): ${lines.length} warn/error lines${lines.length > shown.length ? `, the last ${shown.length}` : ''}\n${shown.join('\n')}\n`);
     }
   });
 });
