@@ -222,7 +222,8 @@ export class SqliteDb implements Sync<MetadataOps> {
 
   /**
    * Write-ahead intent for a token object about to be created, committed on its own before the
-   * object exists: takes the next creation sequence and returns it.
+   * object exists: takes the next creation sequence, or `reserved` from a block
+   * reserveTokenSequence gave, and returns it.
    */
   openIntent(kind: TokenObjectKind, objectId: string, now: number, reserved?: number): number {
     return this.tx(() => {
