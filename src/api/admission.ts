@@ -72,10 +72,9 @@ export function answerFor(e: unknown, requestId: string): { err: KmsError; inter
  * answered with a retryable ServiceUnavailable for (the HSM or the store) is a warning saying so, not
  * an "internal error": that name is kept for the answers that are one.
  */
-export function logInternal(log: Logger, requestId: string, action: string, cause: unknown): void {
-  const answered = hsmUnavailable(cause) ?? storeUnavailable(cause);
+export function logInternal(log: Logger, requestId: string, action: string, cause: unknown, answered: KmsError): void {
   // One line per call while a dependency is down: the cause's message, without its stack.
-  if (answered) log.warn({ requestId, action, answered: answered.code, cause: cause instanceof Error ? cause.message : String(cause) }, 'answered unavailable (retryable)');
+  if (answered.code !== 'InternalFailure') log.warn({ requestId, action, answered: answered.code, cause: cause instanceof Error ? cause.message : String(cause) }, 'answered unavailable (retryable)');
   else log.error({ requestId, action, err: cause instanceof Error ? { name: cause.name, message: cause.message, stack: cause.stack } : String(cause) }, 'internal error');
 }
 
@@ -111,7 +110,7 @@ export function admission(actions: Record<string, Action>, guard: CallGuard | un
         return value;
       } catch (e) {
         const { err, internal } = answerFor(e, ctx.requestId);
-        if (internal !== undefined) logInternal(log, ctx.requestId, action, internal);
+        if (internal !== undefined) logInternal(log, ctx.requestId, action, internal, err);
         line(err.code);
         throw err;
       }

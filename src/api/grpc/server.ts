@@ -138,7 +138,7 @@ function unary(name: string, action: Action, log: Logger, turns: Turns, guard?: 
     };
     const done = (err: KmsError | null, outcome: string, internal?: unknown) => {
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
-      if (internal !== undefined) logInternal(log, requestId, name, internal);
+      if (internal !== undefined && err) logInternal(log, requestId, name, internal, err);
       const entry = { requestId, action: name, principal: ctx.principal, outcome, ms: Math.round(ms * 10) / 10 };
       // Successful data-plane calls are counted by the audit log; one info line each cost ~8% of a
       // unary Encrypt (measured by the bench), so they log at debug. Failures and control-plane calls at info.
@@ -344,7 +344,7 @@ function bidi(name: string, action: Action, log: Logger, budget: StreamBudget, g
         (e: unknown) => {
           if (e instanceof CallAbandoned) return null;
           const { err, internal } = answerFor(e, requestId);
-          if (internal !== undefined) logInternal(log, requestId, name, internal);
+          if (internal !== undefined) logInternal(log, requestId, name, internal, err);
           log.info({ requestId, action: name, principal: ctx.principal, outcome: err.code, ms: Math.round(Number(process.hrtime.bigint() - started) / 1e5) / 10 }, 'call');
           return { Results: [], BatchId: batchId, SuccessCount: 0, ErrorCount: 0, Code: err.code, Message: err.message };
         },

@@ -373,21 +373,17 @@ class Ops implements StoreOps {
 
   // ------------------------------------------------------------------ store/token binding
 
-  openIntent(kind: TokenObjectKind, objectId: string, now: number, reserved?: number): Promise<number> {
-    if (reserved !== undefined) {
-      return (async () => {
-        // Inserted only under a sequence the store has reached (one statement, no extra round trip).
-        const r = await this.ctx.query(
-          `INSERT INTO token_intents (seq, kind, object_id, created, owner)
-           SELECT $1, $2, $3, $4, $5 WHERE $1::bigint >= 1 AND $1::bigint <= (SELECT value::bigint FROM settings WHERE name = $6)`,
-          [reserved, kind, objectId, now, this.ctx.owner, TOKEN_SEQUENCE_SETTING],
-        );
-        if (r.rowCount !== 1) throw new Error(`token creation sequence ${reserved} was never reserved`);
-        return reserved;
-      })();
-    }
-    // The next number and the intent in one transaction, as before blocks.
-    return this.ctx.atomically(async (ops) => ops.openIntent(kind, objectId, now, await ops.reserveTokenSequence(1)));
+  async openIntent(kind: TokenObjectKind, objectId: string, now: number, reserved?: number): Promise<number> {
+    // Without a reserved number: the next one and the intent in one transaction.
+    if (reserved === undefined) return this.ctx.atomically(async (ops) => ops.openIntent(kind, objectId, now, await ops.reserveTokenSequence(1)));
+    // Inserted only under a sequence the store has reached (one statement, no extra round trip).
+    const r = await this.ctx.query(
+      `INSERT INTO token_intents (seq, kind, object_id, created, owner)
+       SELECT $1, $2, $3, $4, $5 WHERE $1::bigint >= 1 AND $1::bigint <= (SELECT value::bigint FROM settings WHERE name = $6)`,
+      [reserved, kind, objectId, now, this.ctx.owner, TOKEN_SEQUENCE_SETTING],
+    );
+    if (r.rowCount !== 1) throw new Error(`token creation sequence ${reserved} was never reserved`);
+    return reserved;
   }
 
   async reserveTokenSequence(count: number): Promise<number> {
