@@ -21,6 +21,7 @@ import * as pkcs11js from 'pkcs11js';
 import { loadApi } from '../src/api/proto';
 import { ensureDevToken } from '../src/hsm/dev-token';
 import { findObjects } from '../src/hsm/objects';
+import { cmkKeyTemplate } from '../src/hsm/templates';
 import { SqliteDb } from '../src/store/store';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
@@ -135,22 +136,7 @@ function tokenOwnRate(p11: pkcs11js.PKCS11, s: Buffer, n: number): number {
   for (let i = 0; i < n; i++) {
     const id = crypto.randomUUID();
     p11.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN, parameter: null as unknown as Buffer }, [
-      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-      { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
-      { type: pkcs11js.CKA_TOKEN, value: true },
-      { type: pkcs11js.CKA_PRIVATE, value: true },
-      { type: pkcs11js.CKA_SENSITIVE, value: true },
-      { type: pkcs11js.CKA_EXTRACTABLE, value: false },
-      { type: pkcs11js.CKA_MODIFIABLE, value: false },
-      { type: pkcs11js.CKA_ENCRYPT, value: true },
-      { type: pkcs11js.CKA_DECRYPT, value: true },
-      { type: pkcs11js.CKA_WRAP, value: false },
-      { type: pkcs11js.CKA_UNWRAP, value: false },
-      { type: pkcs11js.CKA_SIGN, value: false },
-      { type: pkcs11js.CKA_VERIFY, value: false },
-      { type: pkcs11js.CKA_DERIVE, value: false },
-      { type: pkcs11js.CKA_LABEL, value: `bench:own-rate:${id}` },
-      { type: pkcs11js.CKA_ID, value: Buffer.from(id, 'utf8') },
+      ...cmkKeyTemplate(`bench:own-rate:${id}`, id, true),
       { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
     ]);
   }

@@ -8,12 +8,13 @@
 
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KmsClient, KmsClientError } from '../../src/client/client';
 import { KmsdClient } from '../../src/client/kmsd-client';
 import { ExternalToken, Kmsd, createExternalToken, makeTempDir, startKmsd } from '../helpers/daemon';
 import { custodianKeys } from '../helpers/ceremony';
 import { healthOf } from '../helpers/health';
+import { within } from '../helpers/poll';
 import { offlineDecrypt } from '../helpers/offline';
 import { poolOn, startPostgres, type PgCluster, type PgDatabase } from '../helpers/postgres';
 
@@ -65,28 +66,9 @@ afterAll(async () => {
   token?.cleanup();
 }, 120_000);
 
-// A failed test shows what the replicas logged as errors and warnings.
-afterEach((ctx) => {
-  if (ctx.task.result?.state !== 'fail') return;
-  for (const [i, r] of replicas.entries()) {
-    const lines = (r?.logs() ?? "").split("\n").filter((l) => /"level":(50|60)/.test(l));
-    if (lines.length) console.error(`replica ${i} (${r.endpoint}):\n${lines.slice(-30).join('\n')}`);
-  }
-});
-
 function wrapOaepSha1(publicKeyB64: string, material: Buffer): string {
   const key = crypto.createPublicKey({ key: Buffer.from(publicKeyB64, 'base64'), format: 'der', type: 'spki' });
   return crypto.publicEncrypt({ key, padding: crypto.constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha1' }, material).toString('base64');
-}
-
-/** Polls `probe` until it returns true or `ms` passes; the time it took, or -1. */
-async function within(ms: number, probe: () => Promise<boolean>): Promise<number> {
-  const t0 = Date.now();
-  for (;;) {
-    if (await probe()) return Date.now() - t0;
-    if (Date.now() - t0 > ms) return -1;
-    await sleep(20);
-  }
 }
 
 async function codeOf(p: Promise<unknown>): Promise<string> {
