@@ -122,6 +122,25 @@ describe('replicas on one PostgreSQL store and one token', () => {
     expect(back).toBeGreaterThanOrEqual(0);
   });
 
+  it('ScheduleKeyDeletion and a new key version made on one replica are in force on every other within 1 s', async () => {
+    const [a, b, c] = replicas;
+    const key = (await a.client.call<J>('CreateKey', { ProtectionLevel: 'HSM' })).KeyMetadata.KeyId as string;
+    for (const r of replicas) await r.client.call('Encrypt', { KeyId: key, Plaintext: 'AA==' }); // cached everywhere
+    const rotated = (await a.client.call<J>('CreateKeyVersion', { KeyId: key })).KeyVersion.KeyVersionId as string;
+    for (const r of [b, c]) {
+      const took = await within(1000, async () => (await r.client.call<J>('Encrypt', { KeyId: key, Plaintext: 'AA==' })).KeyVersionId === rotated);
+      expect(took, r.endpoint).toBeGreaterThanOrEqual(0);
+    }
+    await a.client.call('ScheduleKeyDeletion', { KeyId: key, PendingWindowInDays: 7 });
+    for (const r of [b, c]) {
+      const took = await within(1000, async () => (await codeOf(r.client.call('Encrypt', { KeyId: key, Plaintext: 'AA==' }))) === 'Rejected.PendingDeletion');
+      expect(took, r.endpoint).toBeGreaterThanOrEqual(0);
+    }
+    await b.client.call('CancelKeyDeletion', { KeyId: key });
+    const back = await within(1000, async () => (await codeOf(c.client.call('Encrypt', { KeyId: key, Plaintext: 'AA==' }))) === 'ok');
+    expect(back).toBeGreaterThanOrEqual(0);
+  });
+
   it('material deleted on one replica is missing on the others at once: never an internal error, even from a cached token handle', async () => {
     const [a, b, c] = replicas;
     const key = (await a.client.call<J>('CreateKey', { Origin: 'EXTERNAL', ProtectionLevel: 'HSM' })).KeyMetadata.KeyId as string;
