@@ -670,15 +670,21 @@ interface XksRow {
   p99Ms: number;
 }
 
-/** A bare node:http JSON echo (the HTTP ceiling; baseline): reads the JSON body, answers its Plaintext back. */
+/**
+ * A bare node:http JSON echo (the HTTP ceiling; baseline): reads the body in the request's own
+ * format (JSON for the AWS dialect, a form for the Alibaba one) and answers its Plaintext back as
+ * JSON, so both dialects' baselines parse what kmsd parses and answer about as many bytes.
+ */
 const HTTP_ECHO_SCRIPT = `
 const http = require('node:http');
 const s = http.createServer({ keepAlive: true }, (q, r) => {
   const c = [];
   q.on('data', (d) => c.push(d));
   q.on('end', () => {
+    const text = Buffer.concat(c).toString('utf8');
     let b = {};
-    try { b = JSON.parse(Buffer.concat(c).toString('utf8')); } catch {}
+    if (String(q.headers['content-type']).startsWith('application/x-www-form-urlencoded')) b = Object.fromEntries(new URLSearchParams(text));
+    else try { b = JSON.parse(text); } catch {}
     const out = JSON.stringify({ KeyId: b.KeyId, CiphertextBlob: b.Plaintext, EncryptionAlgorithm: 'SYMMETRIC_DEFAULT' });
     r.writeHead(200, { 'content-type': 'application/x-amz-json-1.1', 'content-length': Buffer.byteLength(out) });
     r.end(out);
