@@ -2,14 +2,16 @@
 // 8 calls in flight) into a data directory kept under bench/ (not in git), so a second run at the
 // same N does not pay for them again; then reports
 //   - the CreateKey (HSM) rate, against the token's own key-generation rate at the same object count
-//     (one session, pkcs11js, C_GenerateKey of token AES keys, as the issue measured it), in
-//     interleaved windows of the same run so a busy machine weighs on both;
+//     (one session, pkcs11js, C_GenerateKey of token AES keys, as the issue measured it) on a copy of
+//     the token made for the windows, in interleaved windows of the same run so a busy machine weighs
+//     on both;
 //   - after a restart: time from spawn to listening, to start-up reconciliation done (the token walk
 //     runs after kmsd listens), cold Encrypt (each key's first use since the restart, after the walk)
 //     and warm Encrypt p50/p99, kmsd's RSS, and the token's object count.
 //
 // Options: --scale N, --scale-dir DIR (default bench/scale-N), --out FILE (default
-// bench/results/scale-N.json), --sample K (keys per rate window; default from N).
+// bench/results/scale-N.json), --sample K (keys per rate window; default from N), --cpu-prof DIR
+// (each kmsd writes its V8 CPU profile there on exit).
 
 import { ChildProcess, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -19,7 +21,8 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as pkcs11js from 'pkcs11js';
 import { loadApi } from '../src/api/proto';
-import { ensureDevToken } from '../src/hsm/dev-token';
+import { useSoftHsmConf } from '../src/config';
+import { devTokenPaths, ensureDevToken } from '../src/hsm/dev-token';
 import { findObjects } from '../src/hsm/objects';
 import { cmkKeyTemplate } from '../src/hsm/templates';
 import { SqliteDb } from '../src/store/store';
@@ -65,7 +68,8 @@ let running: ChildProcess | null = null;
 async function startKmsd(dataDir: string, logFile: string): Promise<Kmsd> {
   const fd = fs.openSync(logFile, 'a');
   const t0 = now();
-  const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'kmsd.js'), '--data-dir', dataDir, '--listen', '127.0.0.1:0'], {
+  const prof = arg('--cpu-prof');
+  const child = spawn(process.execPath, [...(prof ? ['--cpu-prof', '--cpu-prof-dir', path.resolve(prof)] : []), path.join(ROOT, 'bin', 'kmsd.js'), '--data-dir', dataDir, '--listen', '127.0.0.1:0'], {
     env: { ...process.env, KMS_WRAPPING_KEY_POOL_SIZE: '0' },
     stdio: ['ignore', fd, fd],
   });
@@ -125,11 +129,12 @@ async function createKeys(client: grpc.Client, n: number, progress?: (done: numb
 }
 
 /**
- * The token's own rate: C_GenerateKey of `n` token AES-256 keys in one session (kmsd's template,
- * labels that are not kmsd's, so kmsd leaves them alone). They stay in the token: SoftHSM, in a
- * process other than the one that last wrote the token, answers each C_DestroyObject by listing and
- * stat-ing every object file again (5 s per destroy at 100,000 objects), and the object count grows
- * by only the 3 x K keys of a run's windows.
+ * The token's own rate: C_GenerateKey of `n` token AES-256 keys in one session, with kmsd's
+ * template, on the copy of kmsd's token (tokenCopy), which grows by as many keys as kmsd's windows
+ * add to the original. Not on kmsd's token itself: SoftHSM, in a process whose view of the token
+ * another process changed, lists and stats every object file again on its next write (5 s at
+ * 100,000 objects), so each side's window would open by paying for the other's writes, a cost that
+ * only exists because a benchmark writes beside kmsd.
  */
 function tokenOwnRate(p11: pkcs11js.PKCS11, s: Buffer, n: number): number {
   const t0 = now();
@@ -152,6 +157,31 @@ async function encryptLatencies(client: grpc.Client, keyIds: string[]): Promise<
     out.push(now() - t0);
   }
   return out;
+}
+
+/**
+ * A copy of the development token of `dataDir` under `dir` (the same objects, PINs and label) with
+ * a SoftHSM configuration of its own; removed by the caller when the windows are done.
+ */
+function tokenCopy(dataDir: string, dir: string): { conf: string; remove: () => void } {
+  const from = devTokenPaths(dataDir);
+  const root = path.join(dir, 'own-rate-token');
+  fs.rmSync(root, { recursive: true, force: true });
+  fs.mkdirSync(root, { mode: 0o700 });
+  const tokens = path.join(root, 'tokens');
+  fs.cpSync(from.tokens, tokens, { recursive: true, preserveTimestamps: true });
+  const conf = path.join(root, 'softhsm2.conf');
+  fs.writeFileSync(conf, fs.readFileSync(from.conf, 'utf8').replace(/^directories\.tokendir\s*=.*$/m, `directories.tokendir = ${tokens}`), { mode: 0o600 });
+  return { conf, remove: () => fs.rmSync(root, { recursive: true, force: true }) };
+}
+
+/** Opens a logged-in read-write session on the token labelled `label` of an initialised module. */
+function openSession(p11: pkcs11js.PKCS11, label: string, pin: string): Buffer {
+  const slot = p11.C_GetSlotList(true).find((x) => p11.C_GetTokenInfo(x).label.trim() === label);
+  if (!slot) throw new Error(`token ${label} not found`);
+  const s = p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+  p11.C_Login(s, pkcs11js.CKU_USER, pin);
+  return s;
 }
 
 function rssMiB(pid: number): number {
@@ -190,24 +220,22 @@ export async function runScale(n: number): Promise<Json> {
   const fillRate = fill > 0 ? await createKeys(k.client, fill, (d) => log(`created ${have + d}`)) : null;
   have += fill;
 
-  // 2. CreateKey rate against the token's own rate, interleaved windows at the same object count.
-  // The bench process opens the same token in its own session (SoftHSM allows a second process).
+  // 2. CreateKey rate against the token's own rate, interleaved windows at the same object count:
+  // the token's on a copy of kmsd's token (tokenCopy), opened by this process.
   const tok = ensureDevToken(dataDir);
+  const realConf = devTokenPaths(dataDir).conf;
+  const copy = tokenCopy(dataDir, dir);
   const p11 = new pkcs11js.PKCS11();
   p11.load(tok.modulePath);
-  p11.C_Initialize();
-  let own: number[] = [];
-  let kmsdRates: number[] = [];
+  let initialized = false;
+  const own: number[] = [];
+  const kmsdRates: number[] = [];
   let tokenObjects = 0;
   try {
-    const slot = p11.C_GetSlotList(true).find((x) => p11.C_GetTokenInfo(x).label.trim() === tok.tokenLabel);
-    if (!slot) throw new Error(`token ${tok.tokenLabel} not found`);
-    const s = p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
-    try {
-      p11.C_Login(s, pkcs11js.CKU_USER, tok.pin);
-    } catch (e) {
-      if (!String((e as Error).message).startsWith('CKR_USER_ALREADY_LOGGED_IN')) throw e;
-    }
+    useSoftHsmConf(copy.conf); // SoftHSM reads it at C_Initialize
+    p11.C_Initialize();
+    initialized = true;
+    const s = openSession(p11, tok.tokenLabel, tok.pin);
     for (let r = 0; r < ROUNDS; r++) {
       if (r % 2 === 0) {
         own.push(tokenOwnRate(p11, s, sample));
@@ -218,10 +246,9 @@ export async function runScale(n: number): Promise<Json> {
       }
     }
     have += ROUNDS * sample;
-    // The token's own keys of every run so far stay in the token (see tokenOwnRate): counted here.
-    const ownFile = path.join(dir, 'own-rate-keys');
-    const ownKeys = (fs.existsSync(ownFile) ? Number(fs.readFileSync(ownFile, 'utf8')) || 0 : 0) + ROUNDS * sample;
-    fs.writeFileSync(ownFile, `${ownKeys}\n`);
+    p11.C_Finalize();
+    initialized = false;
+    copy.remove();
     log(`rates: kmsd ${kmsdRates.map(r2).join(', ')} keys/s; token ${own.map(r2).join(', ')} keys/s`);
 
     // 3. Restart: listening, reconciliation done, cold and warm Encrypt, RSS.
@@ -244,8 +271,12 @@ export async function runScale(n: number): Promise<Json> {
     const warm = await encryptLatencies(k.client, keys);
     const rss = rssMiB(k.child.pid as number);
     await stopKmsd(k);
-    tokenObjects = findObjects(p11, s, [{ type: pkcs11js.CKA_TOKEN, value: true }]).length;
-    p11.C_CloseSession(s);
+    useSoftHsmConf(realConf);
+    p11.C_Initialize();
+    initialized = true;
+    const real = openSession(p11, tok.tokenLabel, tok.pin);
+    tokenObjects = findObjects(p11, real, [{ type: pkcs11js.CKA_TOKEN, value: true }]).length;
+    p11.C_CloseSession(real);
     const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
     // Rates over all windows: total keys / total time.
     const rate = (rs: number[]) => (rs.length * sample) / sum(rs.map((x) => sample / x));
@@ -255,7 +286,6 @@ export async function runScale(n: number): Promise<Json> {
       keys: n,
       hsmKeys: have,
       tokenObjects,
-      benchOwnRateKeys: ownKeys,
       fill: { created: fill, keysPerSec: fillRate === null ? null : r2(fillRate) },
       createKey: { concurrency: CONCURRENCY, windows: ROUNDS, keysPerWindow: sample, keysPerSec: r2(rate(kmsdRates)), tokenOwnKeysPerSec: r2(rate(own)), ratio: r2(rate(kmsdRates) / rate(own)) },
       restart: {
@@ -278,7 +308,7 @@ export async function runScale(n: number): Promise<Json> {
     fs.mkdirSync(path.dirname(out), { recursive: true });
     fs.writeFileSync(out, JSON.stringify(result, null, 2) + '\n');
     const lines = [
-      `kmsd at scale: ${result.hsmKeys} HSM keys, ${tokenObjects} token objects (${ownKeys} of them the bench's own-rate keys), ${result.machine.cpus} CPUs, load ${loadBefore.join(' ')} before, ${result.machine.loadAfter.join(' ')} after`,
+      `kmsd at scale: ${result.hsmKeys} HSM keys, ${tokenObjects} token objects, ${result.machine.cpus} CPUs, load ${loadBefore.join(' ')} before, ${result.machine.loadAfter.join(' ')} after`,
       `CreateKey (HSM, ${CONCURRENCY} in flight): ${result.createKey.keysPerSec} keys/s; token's own C_GenerateKey: ${result.createKey.tokenOwnKeysPerSec} keys/s; ratio ${result.createKey.ratio} (goal >= 0.8)`,
       `restart: listening after ${result.restart.listenMs} ms (goal <= 3000), token ready (calls served) after ${result.restart.tokenReadyMs} ms, reconciliation done after ${result.restart.reconciliationDoneMs} ms`,
       `Encrypt over ${keys.length} keys: cold p50 ${result.encrypt.coldP50Ms} ms, p99 ${result.encrypt.coldP99Ms} ms (goal <= 20 at 10,000 keys); warm p50 ${result.encrypt.warmP50Ms} ms, p99 ${result.encrypt.warmP99Ms} ms`,
@@ -288,10 +318,7 @@ export async function runScale(n: number): Promise<Json> {
     return result;
   } finally {
     if (running?.pid && running.exitCode === null) process.kill(running.pid, 'SIGTERM');
-    try {
-      p11.C_Finalize();
-    } catch {
-      /* best effort */
-    }
+    if (initialized) p11.C_Finalize();
+    copy.remove();
   }
 }
