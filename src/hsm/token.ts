@@ -84,6 +84,8 @@ let moduleRefCount = 0;
 
 /** AES key generations run at once off the event loop; see generateAesKeyOffLoop. */
 const MAX_AES_GENERATIONS = 2;
+/** Sessions kept open for off-loop calls: enough for the AES generations and a wrapping key pair's. */
+const MAX_IDLE_SESSIONS = MAX_AES_GENERATIONS + 2;
 
 export class HsmToken {
   private p11: pkcs11js.PKCS11 | null;
@@ -231,6 +233,7 @@ export class HsmToken {
     this.p11 = null;
     this.walkGeneration++;
     this.index.clear();
+    this.closeIdleSessions(p11);
     try {
       p11.C_Logout(this.session);
     } catch {
@@ -334,6 +337,7 @@ export class HsmToken {
   }
 
   private reopenSession(p11: pkcs11js.PKCS11): void {
+    this.closeIdleSessions(p11);
     try {
       p11.C_CloseSession(this.session);
     } catch {
@@ -540,6 +544,7 @@ export class HsmToken {
       if (!p11) return;
       // From here to the end nothing yields: no other call reaches the module on this thread.
       const threads = this.dataPath.detachWorkers();
+      this.idleSessions = []; // gone with C_Finalize
       try {
         p11.C_Finalize();
       } catch {
@@ -912,31 +917,79 @@ export class HsmToken {
 
   private readonly aesSlots = new Slots(MAX_AES_GENERATIONS);
 
-  /** Runs an async pkcs11js call in a session opened for it and closed after (token objects outlive it). */
+  /**
+   * Runs an async pkcs11js call in a session of its own (a session is not for two threads at once),
+   * taken from the idle ones or opened for it. A session that served a call goes back idle instead
+   * of being closed: SoftHSM's C_CloseSession walks every object handle the process holds (88 µs on
+   * the event loop with 12,000 objects known, growing with them), and it came once per CreateKey. One whose call
+   * failed is closed, since the failure may have been the session's.
+   */
   private async inOwnSession<T>(fn: (p11: pkcs11js.PKCS11, s: Handle) => Promise<T>, name: string): Promise<T> {
     const p11 = this.p11;
     if (!p11) throw new HsmClosedError();
+    const pooled = this.idleSessions.pop();
+    if (pooled !== undefined) {
+      const first = await this.runInOwnSession(p11, pooled, fn, name);
+      if (first.ok) return first.value;
+      // A session kept idle may have died meanwhile (a module that closed every session of the slot
+      // logged the user out too): once more, logged in again, in a new session.
+      if (!isSessionLost(first.error) || this.p11 !== p11) throw this.staleOr(first.error);
+      this.reopenSession(p11);
+    }
     let s: Handle;
     try {
       s = p11.C_OpenSession(this.slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
     } catch (e) {
       throw toHsmError(e, 'C_OpenSession');
     }
-    let out: T;
+    const out = await this.runInOwnSession(p11, s, fn, name);
+    if (!out.ok) throw this.staleOr(out.error);
+    return out.value;
+  }
+
+  /** One call of inOwnSession's in session `s`, which goes back idle after a success and is closed after a failure. */
+  private async runInOwnSession<T>(p11: pkcs11js.PKCS11, s: Handle, fn: (p11: pkcs11js.PKCS11, s: Handle) => Promise<T>, name: string): Promise<{ ok: true; value: T } | { ok: false; error: HsmError }> {
+    const epoch = this.sessionEpoch;
+    let value: T;
     try {
-      out = await fn(p11, s);
+      value = await fn(p11, s);
     } catch (e) {
-      throw this.staleOr(toHsmError(e, name));
+      this.closeSession(p11, s);
+      return { ok: false, error: toHsmError(e, name) };
     } finally {
+      clearCryptoErrors();
+    }
+    if (this.p11 !== p11) throw new HsmClosedError();
+    if (epoch === this.sessionEpoch && this.idleSessions.length < MAX_IDLE_SESSIONS) this.idleSessions.push(s);
+    else this.closeSession(p11, s);
+    return { ok: true, value };
+  }
+
+  /** Sessions inOwnSession keeps open between calls, all of the current sessionEpoch. */
+  private idleSessions: Handle[] = [];
+
+  /**
+   * Closes a session of inOwnSession's. None is in use across a C_Initialize (reload drains them
+   * first), so its handle still names it while this context is open.
+   */
+  private closeSession(p11: pkcs11js.PKCS11, s: Handle): void {
+    if (this.p11 !== p11) return;
+    try {
+      p11.C_CloseSession(s);
+    } catch {
+      /* already gone with the token */
+    }
+  }
+
+  /** Closes the idle sessions (before the login session goes, or a new one replaces it). */
+  private closeIdleSessions(p11: pkcs11js.PKCS11): void {
+    for (const s of this.idleSessions.splice(0)) {
       try {
         p11.C_CloseSession(s);
       } catch {
         /* already gone with the token */
       }
-      clearCryptoErrors();
     }
-    if (!this.p11) throw new HsmClosedError();
-    return out;
   }
 
   /** Generic secret for HMAC-SHA256 (import-token authentication); sign and verify only. */
