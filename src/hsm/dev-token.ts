@@ -39,6 +39,12 @@ export function ensureDevToken(dataDir: string): { modulePath: string; tokenLabe
       ? fs.readFileSync(template, 'utf8').replaceAll('@TOKENDIR@', tokens)
       : `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\n`;
     fs.writeFileSync(conf, text, { mode: 0o600 });
+  } else {
+    // A data directory moved or copied elsewhere keeps its token: the configuration names the token
+    // directory by its absolute path, and SoftHSM answers a missing one only with CKR_GENERAL_ERROR.
+    const text = fs.readFileSync(conf, 'utf8');
+    const fixed = text.replace(/^directories\.tokendir\s*=.*$/m, `directories.tokendir = ${tokens}`);
+    if (fixed !== text) fs.writeFileSync(conf, fixed, { mode: 0o600 });
   }
   useSoftHsmConf(conf);
   const modulePath = findSoftHsmModule();

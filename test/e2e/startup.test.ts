@@ -374,3 +374,20 @@ describe('the data directory lock', () => {
     expect((await second.client.call('DescribeKey', { KeyId: key })).KeyMetadata.KeyState).toBe('Enabled');
   });
 });
+
+describe('a data directory moved elsewhere', () => {
+  it('keeps its development token and its CMKs', async () => {
+    const before = makeTempDir('kmsd-moved-from-');
+    const after = `${before}-moved`;
+    dirs.push(before, after);
+    const first = await startKmsd({ dataDir: before, keep: true });
+    const key = (await first.client.call('CreateKey', { ProtectionLevel: 'HSM' })).KeyMetadata.KeyId as string;
+    const blob = (await first.client.encrypt(key, Buffer.from('moved'))).CiphertextBlob;
+    await first.stop();
+    fs.renameSync(before, after);
+    const second = await startKmsd({ dataDir: after, keep: true });
+    started.push(second);
+    expect(fs.readFileSync(path.join(after, 'softhsm', 'softhsm2.conf'), 'utf8')).toContain(`directories.tokendir = ${path.join(after, 'softhsm', 'tokens')}\n`);
+    expect((await second.client.decrypt(blob)).Plaintext.toString()).toBe('moved');
+  });
+});
