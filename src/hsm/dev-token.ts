@@ -40,10 +40,12 @@ export function ensureDevToken(dataDir: string): { modulePath: string; tokenLabe
       : `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\n`;
     fs.writeFileSync(conf, text, { mode: 0o600 });
   } else {
-    // A data directory moved or copied elsewhere keeps its token: the configuration names the token
-    // directory by its absolute path, and SoftHSM answers a missing one only with CKR_GENERAL_ERROR.
+    // A data directory moved or copied elsewhere keeps its own token: the configuration kmsd wrote
+    // names the token directory by its absolute path (SoftHSM answers a missing one only with
+    // CKR_GENERAL_ERROR, and a copy would share the original's). Only kmsd's own layout is followed;
+    // a configuration naming any other place is left as it is.
     const text = fs.readFileSync(conf, 'utf8');
-    const fixed = text.replace(/^directories\.tokendir\s*=.*$/m, `directories.tokendir = ${tokens}`);
+    const fixed = text.replace(/^directories\.tokendir\s*=\s*(\S*)\s*$/m, (line, dir: string) => (dir !== tokens && dir.endsWith(`${path.sep}softhsm${path.sep}tokens`) ? `directories.tokendir = ${tokens}` : line));
     if (fixed !== text) fs.writeFileSync(conf, fixed, { mode: 0o600 });
   }
   useSoftHsmConf(conf);
