@@ -13,6 +13,7 @@ import { client, prepareDataDir, refused, startCeremonyDaemon, SCRIPTS } from '.
 import type { KmsdClient } from '../../src/client/kmsd-client';
 import { recordHash, isoMs } from '../../src/audit/chain';
 import { spawnSync } from 'node:child_process';
+import { within } from '../helpers/poll';
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 type J = Record<string, any>;
@@ -320,13 +321,11 @@ describe('what kmsd does to keys on its own', () => {
         { Action: 'KeyMaterialExpired', KeyId: external },
         { Action: 'AutomaticRotation', KeyId: rotating },
       ];
-      const deadline = Date.now() + 20_000;
       let events: J[] = [];
-      while (Date.now() < deadline) {
+      await within(20_000, async () => {
         events = ((await dc.call('ListAuditEvents', { PageSize: 1000 })) as J).Events as J[];
-        if (want.every((w) => events.some((e) => e.Action === w.Action && e.KeyId === w.KeyId))) break;
-        await new Promise((r) => setTimeout(r, 200));
-      }
+        return want.every((w) => events.some((e) => e.Action === w.Action && e.KeyId === w.KeyId));
+      }, 200);
       for (const w of want) expect(events.find((e) => e.Action === w.Action && e.KeyId === w.KeyId), w.Action).toMatchObject({ ...w, Principal: 'kmsd', Outcome: 'ok' });
       const expired = events.find((e) => e.Action === 'KeyMaterialExpired') as J;
       const details = typeof expired.Details === 'string' ? JSON.parse(expired.Details) : expired.Details;

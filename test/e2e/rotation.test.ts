@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as grpc from '@grpc/grpc-js';
 import { clientErrorOf } from '../helpers/errors';
 import { Kmsd, listTokenObjects, startKmsd } from '../helpers/daemon';
+import { within } from '../helpers/poll';
 
 let k: Kmsd;
 
@@ -31,13 +32,10 @@ async function versions(id: string): Promise<string[]> {
 }
 
 /** Polls DescribeKey until pred holds or the timeout passes; returns the last metadata. */
+/** The CMK's metadata once `pred` holds for it, or as it is when `timeoutMs` has passed. */
 async function waitFor(id: string, pred: (m: any) => boolean, timeoutMs: number): Promise<any> {
-  const end = Date.now() + timeoutMs;
-  let m = await describeKey(id);
-  while (!pred(m) && Date.now() < end) {
-    await sleep(100);
-    m = await describeKey(id);
-  }
+  let m: any;
+  await within(timeoutMs, async () => pred((m = await describeKey(id))), 100);
   return m;
 }
 

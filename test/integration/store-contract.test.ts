@@ -16,6 +16,7 @@ import { PgStore, StoreUnavailableError } from '../../src/store/pg/pg-store';
 import { SqliteStore } from '../../src/store/sqlite';
 import { poolOn, startPostgres, type PgCluster, type PgDatabase } from '../helpers/postgres';
 import { cmkRow } from '../helpers/store-rows';
+import { until } from '../helpers/poll';
 
 interface Backend {
   name: string;
@@ -116,14 +117,6 @@ async function appendAudit(s: Store, action: string): Promise<AuditRow> {
     await tx.audit.insert(row);
     return row;
   });
-}
-
-async function until(what: string, cond: () => boolean | Promise<boolean>, ms = 15_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 describe.each(BACKENDS)('store contract on $name', (backend) => {
