@@ -40,12 +40,19 @@ async function main(): Promise<void> {
     }
     throw e;
   }
-  const log = pino({
-    level: cfg.logLevel,
-    base: { service: 'kmsd' },
-    // Defence in depth: these field names never carry secrets in our own log calls, and never will.
-    redact: { paths: ['pin', '*.pin', 'Plaintext', '*.Plaintext', 'EncryptedKeyMaterial', '*.EncryptedKeyMaterial', 'material', '*.material'], censor: '[redacted]' },
-  });
+  const log = pino(
+    {
+      level: cfg.logLevel,
+      base: { service: 'kmsd' },
+      // Defence in depth: these field names never carry secrets in our own log calls, and never will.
+      redact: { paths: ['pin', '*.pin', 'Plaintext', '*.Plaintext', 'EncryptedKeyMaterial', '*.EncryptedKeyMaterial', 'material', '*.material'], censor: '[redacted]' },
+    },
+    // Each line written as it is logged. pino's default (buffered) destination rewrites what is
+    // left at exit with a loop that never gives up on a closed stdout (EPIPE), so a kmsd whose log
+    // reader had gone hung at SIGTERM instead of exiting; written at once, a closed stdout just
+    // ends the logging.
+    pino.destination({ dest: 1, sync: true }),
+  );
   if (coreDumps.disabled) log.info({ coreDumps: 'disabled' }, 'core dumps disabled (RLIMIT_CORE 0, not dumpable)');
   else log.warn({ coreDumps: 'enabled', coreLimitZero: coreDumps.coreLimitZero, notDumpable: coreDumps.notDumpable, reason: coreDumps.reason }, 'core dumps are NOT disabled: a core of kmsd would hold the PIN and key material');
   let daemon;

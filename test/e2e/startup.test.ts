@@ -4,7 +4,7 @@
 // listen address without TLS is refused; SIGTERM exits 0; gRPC health and server reflection answer;
 // logs carry request ids and never the PIN.
 
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -389,5 +389,31 @@ describe('a data directory moved elsewhere', () => {
     started.push(second);
     expect(fs.readFileSync(path.join(after, 'softhsm', 'softhsm2.conf'), 'utf8')).toContain(`directories.tokendir = ${path.join(after, 'softhsm', 'tokens')}\n`);
     expect((await second.client.decrypt(blob)).Plaintext.toString()).toBe('moved');
+  });
+});
+
+describe('a kmsd whose log reader has gone', () => {
+  it('still exits 0 on SIGTERM when its stdout is closed', async () => {
+    const dataDir = makeTempDir('kmsd-no-reader-');
+    dirs.push(dataDir);
+    const child = spawn(process.execPath, [KMSD, '--data-dir', dataDir, '--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        let out = '';
+        child.stdout!.on('data', (d: Buffer) => {
+          out += d.toString();
+          if (out.includes('token ready')) resolve();
+        });
+        child.once('exit', (code) => reject(new Error(`kmsd exited with ${code} before its token was ready`)));
+      });
+      // The reading end goes (a log shipper that died): kmsd's next line meets a closed pipe.
+      child.stdout!.destroy();
+      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+      child.kill('SIGTERM');
+      const code = await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('still running after 20 s'), 20_000))]);
+      expect(code).toBe(0);
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
   });
 });
