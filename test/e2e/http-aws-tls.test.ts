@@ -11,6 +11,7 @@ import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { Kmsd, startKmsd } from '../helpers/daemon';
 import { AccessKey, httpPortOf } from '../helpers/aws';
 import { Pki, makePki } from './tls-fixture';
+import { readDevKey } from '../helpers/http';
 
 let pki: Pki;
 let k: Kmsd;
@@ -24,7 +25,7 @@ beforeAll(async () => {
   fs.writeFileSync(policyFile, JSON.stringify({ version: 1, admins: ['admin', 'local-admin'], grants: [{ principals: ['local-admin'], actions: ['Encrypt', 'Decrypt'], keys: ['*'] }] }));
   k = await startKmsd({ args: ['--tls-cert', pki.file('server.crt'), '--tls-key', pki.file('server.key'), '--tls-client-ca', pki.file('ca.crt'), '--policy', policyFile, '--http-listen', '127.0.0.1:0'] });
   port = await httpPortOf(k);
-  devKey = JSON.parse(fs.readFileSync(path.join(k.dataDir, 'dev-access-key.json'), 'utf8'));
+  devKey = await readDevKey(k);
 });
 
 afterAll(async () => {

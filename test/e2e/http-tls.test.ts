@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KMSD, Kmsd, makeTempDir, startKmsd } from '../helpers/daemon';
 import { toQuery, v2Params } from '../helpers/alibaba-signers';
 import { Pki, makePki } from './tls-fixture';
+import { readDevKey } from '../helpers/http';
 
 let pki: Pki;
 let k: Kmsd;
@@ -28,7 +29,7 @@ beforeAll(async () => {
     if (m) port = Number(m[1]);
     else await new Promise((r) => setTimeout(r, 50));
   }
-  devKey = JSON.parse(fs.readFileSync(path.join(k.dataDir, 'dev-access-key.json'), 'utf8'));
+  devKey = await readDevKey(k);
 });
 
 afterAll(async () => {

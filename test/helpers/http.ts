@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { Kmsd, StartOptions, startKmsd } from './daemon';
+import { within } from './poll';
 
 export interface HttpKmsd extends Kmsd {
   httpPort: number;
@@ -25,12 +26,30 @@ export async function startHttpKmsd(opts: StartOptions = {}): Promise<HttpKmsd> 
     }
     if (!m) throw new Error(`kmsd did not print "http listening on":\n${k.logs()}`);
     const httpPort = Number(m[1]);
-    const devKey = JSON.parse(fs.readFileSync(path.join(k.dataDir, 'dev-access-key.json'), 'utf8'));
-    return Object.assign(k, { httpPort, httpEndpoint: `127.0.0.1:${httpPort}`, devKey });
+    return Object.assign(k, { httpPort, httpEndpoint: `127.0.0.1:${httpPort}`, devKey: await readDevKey(k) });
   } catch (e) {
     await k.stop();
     throw e;
   }
+}
+
+/**
+ * The development access key of a kmsd started on the development token: written just before the
+ * token is declared ready, which may come after the log lines startKmsd waits for.
+ */
+export async function readDevKey(k: Kmsd): Promise<{ AccessKeyId: string; AccessKeySecret: string }> {
+  const keyFile = path.join(k.dataDir, 'dev-access-key.json');
+  let devKey: { AccessKeyId: string; AccessKeySecret: string } | undefined;
+  const read = () => {
+    try {
+      devKey = JSON.parse(fs.readFileSync(keyFile, 'utf8'));
+      return true;
+    } catch {
+      return false; // not there yet, or not written whole yet
+    }
+  };
+  if ((await within(10_000, read, 20)) < 0 || !devKey) throw new Error(`kmsd wrote no ${keyFile}:\n${k.logs()}`);
+  return devKey;
 }
 
 export interface RawAnswer {
