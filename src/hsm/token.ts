@@ -921,8 +921,8 @@ export class HsmToken {
    * Runs an async pkcs11js call in a session of its own (a session is not for two threads at once),
    * taken from the idle ones or opened for it. A session that served a call goes back idle instead
    * of being closed: SoftHSM's C_CloseSession walks every object handle the process holds (88 µs on
-   * the event loop with 12,000 objects known, growing with them), and it came once per CreateKey. One whose call
-   * failed is closed, since the failure may have been the session's.
+   * the event loop with 12,000 objects known, growing with them), and it came once per CreateKey.
+   * One whose call failed is closed, since the failure may have been the session's.
    */
   private async inOwnSession<T>(fn: (p11: pkcs11js.PKCS11, s: Handle) => Promise<T>, name: string): Promise<T> {
     const p11 = this.p11;
