@@ -77,6 +77,9 @@ function initToken(label: string, pin: string): void {
   execFileSync(PKCSCONF, ['-c', String(OPENCRYPTOKI_SLOT), '-u', '-S', DEFAULT_SO_PIN, '-n', pin], { stdio: ['ignore', 'ignore', 'pipe'] });
 }
 
+/** Where a token's PIN file is kept: a temp directory of this prefix (test/global/pkcsslotd.ts removes those of its run). */
+export const OPENCRYPTOKI_PIN_DIR_PREFIX = 'kmsd-ock-';
+
 /**
  * Starts pkcsslotd when needed and initialises the slot-3 token fresh with `label`. Throws (never
  * skips) when opencryptoki is not installed.
@@ -84,7 +87,7 @@ function initToken(label: string, pin: string): void {
 export function createOpencryptokiToken(label = 'kmsd-ock'): OpencryptokiToken {
   if (!opencryptokiInstalled()) throw new Error(`opencryptoki is not installed (${OPENCRYPTOKI_MODULE}); run scripts/setup.sh`);
   let started = startPkcsslotd();
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kmsd-ock-'));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), OPENCRYPTOKI_PIN_DIR_PREFIX));
   const pin = String(10_000_000 + (process.pid % 89_999_999)).slice(0, 8);
   const pinFile = path.join(dir, 'user.pin');
   fs.writeFileSync(pinFile, pin + '\n', { mode: 0o600 });
