@@ -64,6 +64,15 @@ export interface UnknownTokenObject {
   ObjectId: string;
 }
 
+/** `fn`, then the call's audit record (ctx.record) in the same transaction: change()'s unit of work. */
+function recorded<T>(ctx: CallContext | undefined, fn: (tx: StoreTx) => Promise<T>, names?: RecordNames | ((value: T) => RecordNames)): (tx: StoreTx) => Promise<T> {
+  return async (tx) => {
+    const value = await fn(tx);
+    if (ctx?.record) await ctx.record(tx, typeof names === 'function' ? names(value) : names);
+    return value;
+  };
+}
+
 export class KmsService {
   /**
    * Receives every KeyEvent (src/daemon.ts wires it to the audit log), inside the transaction that
@@ -114,11 +123,7 @@ export class KmsService {
    * neither. Inside `fn`, await only calls on `tx` (src/store/api.ts).
    */
   async change<T>(ctx: CallContext | undefined, fn: (tx: StoreTx) => Promise<T>, names?: RecordNames | ((value: T) => RecordNames)): Promise<T> {
-    return this.store.transaction(async (tx) => {
-      const value = await fn(tx);
-      if (ctx?.record) await ctx.record(tx, typeof names === 'function' ? names(value) : names);
-      return value;
-    });
+    return this.store.transaction(recorded(ctx, fn, names));
   }
 
   /**
@@ -126,12 +131,8 @@ export class KmsService {
    * commit: store.grouped): for calls that come in bursts and only insert rows of their own, such as
    * CreateKey, so that eight creations in flight cost one durable commit instead of eight.
    */
-  async changeInGroup<T>(ctx: CallContext | undefined, fn: (tx: StoreTx) => Promise<T>, names?: RecordNames): Promise<T> {
-    return this.store.grouped(async (tx) => {
-      const value = await fn(tx);
-      if (ctx?.record) await ctx.record(tx, names);
-      return value;
-    });
+  async changeInGroup<T>(ctx: CallContext | undefined, fn: (tx: StoreTx) => Promise<T>, names?: RecordNames | ((value: T) => RecordNames)): Promise<T> {
+    return this.store.grouped(recorded(ctx, fn, names));
   }
 
   // ================================================================ lookups and state checks
