@@ -87,6 +87,15 @@ const MAX_AES_GENERATIONS = 2;
 /** Sessions kept open for off-loop calls: enough for the AES generations and a wrapping key pair's. */
 const MAX_IDLE_SESSIONS = MAX_AES_GENERATIONS + 2;
 
+/** C_CloseSession where a failure only means the session is gone already (with the token, or a reset). */
+function closeQuietly(p11: pkcs11js.PKCS11, s: Handle): void {
+  try {
+    p11.C_CloseSession(s);
+  } catch {
+    /* already gone */
+  }
+}
+
 export class HsmToken {
   private p11: pkcs11js.PKCS11 | null;
   private session: Handle;
@@ -200,11 +209,7 @@ export class HsmToken {
       }
       return new HsmToken(p11, slot, session, opts);
     } catch (e) {
-      try {
-        if (session) p11.C_CloseSession(session);
-      } catch {
-        /* already failing */
-      }
+      if (session) closeQuietly(p11, session);
       moduleRefCount--;
       if (moduleRefCount === 0) {
         try {
@@ -239,11 +244,7 @@ export class HsmToken {
     } catch {
       /* a lost session is already logged out */
     }
-    try {
-      p11.C_CloseSession(this.session);
-    } catch {
-      /* nothing left to close */
-    }
+    closeQuietly(p11, this.session);
     moduleRefCount--;
     if (moduleRefCount === 0) {
       try {
@@ -338,11 +339,7 @@ export class HsmToken {
 
   private reopenSession(p11: pkcs11js.PKCS11): void {
     this.closeIdleSessions(p11);
-    try {
-      p11.C_CloseSession(this.session);
-    } catch {
-      /* it is gone already */
-    }
+    closeQuietly(p11, this.session);
     this.session = p11.C_OpenSession(this.slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
     try {
       p11.C_Login(this.session, pkcs11js.CKU_USER, this.pin);
@@ -973,23 +970,12 @@ export class HsmToken {
    * first), so its handle still names it while this context is open.
    */
   private closeSession(p11: pkcs11js.PKCS11, s: Handle): void {
-    if (this.p11 !== p11) return;
-    try {
-      p11.C_CloseSession(s);
-    } catch {
-      /* already gone with the token */
-    }
+    if (this.p11 === p11) closeQuietly(p11, s);
   }
 
   /** Closes the idle sessions (before the login session goes, or a new one replaces it). */
   private closeIdleSessions(p11: pkcs11js.PKCS11): void {
-    for (const s of this.idleSessions.splice(0)) {
-      try {
-        p11.C_CloseSession(s);
-      } catch {
-        /* already gone with the token */
-      }
-    }
+    for (const s of this.idleSessions.splice(0)) closeQuietly(p11, s);
   }
 
   /** Generic secret for HMAC-SHA256 (import-token authentication); sign and verify only. */
