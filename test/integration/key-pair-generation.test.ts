@@ -3,18 +3,15 @@
 // pair lands in the token, and drain() resolves only after the generations have finished.
 
 import crypto from 'node:crypto';
-import * as pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HsmToken, MAX_KEY_PAIR_GENERATIONS } from '../../src/hsm/token';
 import { createSoftHsmToken, type SoftHsmToken } from '../helpers/softhsm-token';
+import { wrapNative } from '../helpers/pkcs11-spy';
 
-// pkcs11js binds its methods to each instance from the native class's prototype when it is
-// constructed; C_GenerateKeyPairAsync ends in the native C_GenerateKeyPairCallback, which queues the
-// generation on a libuv thread. A counter put there before HsmToken.open sees each one start and
-// complete.
-type GenerateKeyPair = (...args: unknown[]) => unknown;
-const nativeProto = Object.getPrototypeOf(pkcs11js.PKCS11.prototype) as { C_GenerateKeyPairCallback: GenerateKeyPair };
-const realGenerateKeyPair = nativeProto.C_GenerateKeyPairCallback;
+// C_GenerateKeyPairAsync ends in the native C_GenerateKeyPairCallback, which queues the generation
+// on a libuv thread. A counter put on the native prototype before HsmToken.open sees each one start
+// and complete.
+let restoreGenerateKeyPair: () => void;
 let running = 0;
 let maxRunning = 0;
 
@@ -22,24 +19,26 @@ let softhsm: SoftHsmToken;
 let token: HsmToken;
 
 beforeAll(() => {
-  nativeProto.C_GenerateKeyPairCallback = function (this: unknown, ...args: unknown[]) {
-    const cb = args[4];
-    if (typeof cb === 'function') {
-      running++;
-      maxRunning = Math.max(maxRunning, running);
-      args[4] = (err: unknown, res: unknown) => {
-        running--;
-        (cb as (e: unknown, r: unknown) => void)(err, res);
-      };
-    }
-    return realGenerateKeyPair.apply(this, args);
-  };
+  restoreGenerateKeyPair = wrapNative('C_GenerateKeyPairCallback', (real) =>
+    function (this: unknown, ...args: unknown[]) {
+      const cb = args[4];
+      if (typeof cb === 'function') {
+        running++;
+        maxRunning = Math.max(maxRunning, running);
+        args[4] = (err: unknown, res: unknown) => {
+          running--;
+          (cb as (e: unknown, r: unknown) => void)(err, res);
+        };
+      }
+      return real.apply(this, args);
+    },
+  );
   softhsm = createSoftHsmToken({ label: 'keygen' });
   token = HsmToken.open({ modulePath: softhsm.modulePath, tokenLabel: softhsm.label, pin: softhsm.userPin });
 });
 
 afterAll(() => {
-  nativeProto.C_GenerateKeyPairCallback = realGenerateKeyPair;
+  restoreGenerateKeyPair?.();
   token?.close();
   softhsm?.cleanup();
 });

@@ -14,6 +14,7 @@ import { SqliteStore } from '../../src/store/sqlite';
 import { bindStoreToToken } from '../../src/kms/binding';
 import { makeTempDir } from '../helpers/daemon';
 import { createSoftHsmToken, type SoftHsmToken } from '../helpers/softhsm-token';
+import { wrapNative } from '../helpers/pkcs11-spy';
 import { MaterialLengthError, probeCapabilities, unwrapKeyMaterial, type HsmCapabilities, type UnwrapPlan } from '../../src/hsm/unwrap';
 import crypto from 'node:crypto';
 
@@ -26,19 +27,19 @@ let store: SqliteStore;
 let dataDir: string;
 let kms: KmsService;
 
-// pkcs11js binds its methods to each instance when it is constructed (index.js, modify(this)), from
-// the native class's prototype: a recorder put there before HsmToken.open sees every CKA_VALUE
-// Buffer the token's C_GetAttributeValue returns.
-const nativeProto = Object.getPrototypeOf(pkcs11js.PKCS11.prototype) as { C_GetAttributeValue: (...args: unknown[]) => pkcs11js.Attribute[] };
-const realGetAttributeValue = nativeProto.C_GetAttributeValue;
+// A recorder put on the native prototype before HsmToken.open sees every CKA_VALUE Buffer the
+// token's C_GetAttributeValue returns.
 let attributeValues: Buffer[] | null = null;
+let restoreGetAttributeValue: () => void;
 
 beforeAll(async () => {
-  nativeProto.C_GetAttributeValue = function (this: unknown, ...args: unknown[]) {
-    const out = realGetAttributeValue.apply(this, args);
-    for (const a of out) if (attributeValues && a.type === pkcs11js.CKA_VALUE && Buffer.isBuffer(a.value)) attributeValues.push(a.value);
-    return out;
-  };
+  restoreGetAttributeValue = wrapNative<(...args: unknown[]) => pkcs11js.Attribute[]>('C_GetAttributeValue', (real) =>
+    function (this: unknown, ...args: unknown[]) {
+      const out = real.apply(this, args);
+      for (const a of out) if (attributeValues && a.type === pkcs11js.CKA_VALUE && Buffer.isBuffer(a.value)) attributeValues.push(a.value);
+      return out;
+    },
+  );
   softhsm = createSoftHsmToken({ label: 'zeroing' });
   token = HsmToken.open({ modulePath: softhsm.modulePath, tokenLabel: softhsm.label, pin: softhsm.userPin });
   dataDir = makeTempDir('kmsd-zeroing-');
@@ -50,7 +51,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  nativeProto.C_GetAttributeValue = realGetAttributeValue;
+  restoreGetAttributeValue?.();
   await store?.close();
   token?.close();
   softhsm?.cleanup();

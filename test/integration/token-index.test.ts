@@ -9,13 +9,11 @@ import * as pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HsmToken } from '../../src/hsm/token';
 import { createSoftHsmToken, type SoftHsmToken } from '../helpers/softhsm-token';
+import { wrapNative } from '../helpers/pkcs11-spy';
 
-// pkcs11js binds each instance's methods from the native prototype when it is constructed, so a
-// counter put there before HsmToken.open sees every C_FindObjectsInit.
-type Fn = (...args: unknown[]) => unknown;
-const nativeProto = Object.getPrototypeOf(pkcs11js.PKCS11.prototype) as { C_FindObjectsInit: Fn };
-const realFindInit = nativeProto.C_FindObjectsInit;
+// A counter put on the native prototype before HsmToken.open sees every C_FindObjectsInit.
 let finds = 0;
+let restoreFindInit: () => void;
 
 let softhsm: SoftHsmToken;
 let maker: HsmToken;
@@ -28,17 +26,19 @@ const open = () => {
 };
 
 beforeAll(() => {
-  nativeProto.C_FindObjectsInit = function (this: unknown, ...args: unknown[]) {
-    finds++;
-    return realFindInit.apply(this, args);
-  };
+  restoreFindInit = wrapNative('C_FindObjectsInit', (real) =>
+    function (this: unknown, ...args: unknown[]) {
+      finds++;
+      return real.apply(this, args);
+    },
+  );
   softhsm = createSoftHsmToken({ label: 'index' });
   maker = open();
   for (const id of ids) maker.generateAesKey('cmk', id);
 });
 
 afterAll(() => {
-  nativeProto.C_FindObjectsInit = realFindInit;
+  restoreFindInit?.();
   for (const t of opened.reverse()) t.close();
   softhsm?.cleanup();
 });

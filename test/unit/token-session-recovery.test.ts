@@ -10,6 +10,7 @@ import * as pkcs11js from 'pkcs11js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureDevToken } from '../../src/hsm/dev-token';
 import { HsmToken } from '../../src/hsm/token';
+import { countNative } from '../helpers/pkcs11-spy';
 
 let dir: string;
 let token: HsmToken;
@@ -68,27 +69,15 @@ describe('after the module closed every session (and forgot every handle)', () =
 
 describe('off-loop generations (CreateKey)', () => {
   it('reuse their sessions instead of opening and closing one each, and get a new one, logged in, when the module closed them', async () => {
-    // pkcs11js binds each instance's methods from the native prototype at construction, so the
-    // counters see only instances made after they are installed: a second HsmToken on the same module.
-    type Fn = (...args: unknown[]) => unknown;
-    const proto = Object.getPrototypeOf(pkcs11js.PKCS11.prototype) as { C_OpenSession: Fn; C_CloseSession: Fn };
-    const real = { open: proto.C_OpenSession, close: proto.C_CloseSession };
-    const calls = { open: 0, close: 0 };
-    proto.C_OpenSession = function (this: unknown, ...a: unknown[]) {
-      calls.open++;
-      return real.open.apply(this, a);
-    };
-    proto.C_CloseSession = function (this: unknown, ...a: unknown[]) {
-      calls.close++;
-      return real.close.apply(this, a);
-    };
+    // The counters see only pkcs11js instances made after they are installed: a second HsmToken on the same module.
+    const { calls, restore } = countNative(['C_OpenSession', 'C_CloseSession']);
     const counted = HsmToken.open(opts);
     try {
       const ids = Array.from({ length: 12 }, () => crypto.randomUUID());
-      calls.open = calls.close = 0;
+      calls.C_OpenSession = calls.C_CloseSession = 0;
       for (let i = 0; i < ids.length; i += 2) await Promise.all([counted.generateAesKeyOffLoop('cmk', ids[i]), counted.generateAesKeyOffLoop('cmk', ids[i + 1])]);
       // Two at a time: two sessions, opened once, never closed.
-      expect(calls).toEqual({ open: 2, close: 0 });
+      expect(calls).toEqual({ C_OpenSession: 2, C_CloseSession: 0 });
 
       closeAllSessions();
       const after = crypto.randomUUID();
@@ -98,8 +87,7 @@ describe('off-loop generations (CreateKey)', () => {
       expect(counted.decryptGcm('cmk', after, iv, Buffer.alloc(0), sealed).toString()).toBe('x');
       for (const id of [...ids, after]) counted.destroy('cmk', id);
     } finally {
-      proto.C_OpenSession = real.open;
-      proto.C_CloseSession = real.close;
+      restore();
       counted.close();
     }
   });
