@@ -55,7 +55,35 @@ async function main(): Promise<void> {
   );
   if (coreDumps.disabled) log.info({ coreDumps: 'disabled' }, 'core dumps disabled (RLIMIT_CORE 0, not dumpable)');
   else log.warn({ coreDumps: 'enabled', coreLimitZero: coreDumps.coreLimitZero, notDumpable: coreDumps.notDumpable, reason: coreDumps.reason }, 'core dumps are NOT disabled: a core of kmsd would hold the PIN and key material');
-  let daemon;
+  let daemon: Awaited<ReturnType<typeof startDaemon>> | undefined;
+  let stopping = false;
+  const stop = (signal: 'SIGTERM' | 'SIGINT') => {
+    if (!daemon) {
+      // Still starting: the signal does what it did before kmsd listened for it (ends the process).
+      process.removeAllListeners(signal);
+      process.kill(process.pid, signal);
+      return;
+    }
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'draining in-flight calls');
+    daemon.stop().then(
+      () => {
+        log.info({}, 'stopped');
+        log.flush?.();
+        process.exit(0);
+      },
+      (e) => {
+        process.stderr.write(`kmsd: shutdown failed: ${oneLine((e as Error).message)}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  // Listened for before the start, not after it: "token ready" is written the moment it is logged,
+  // and a supervisor that sends SIGTERM on reading it must find the drain in place. A signal taken
+  // in the last synchronous steps of the start is handled after them, with the daemon set.
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
   try {
     // kmsd listens before it opens the token (on a full token the module's first use takes long):
     // "listening on" comes first; a token that cannot be opened or is refused still ends the
@@ -72,29 +100,11 @@ async function main(): Promise<void> {
     process.stderr.write(`kmsd: ${oneLine(msg)}\n`);
     process.exit(1);
   }
-  let stopping = false;
-  const stop = (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal }, 'draining in-flight calls');
-    daemon.stop().then(
-      () => {
-        log.info({}, 'stopped');
-        log.flush?.();
-        process.exit(0);
-      },
-      (e) => {
-        process.stderr.write(`kmsd: shutdown failed: ${oneLine((e as Error).message)}\n`);
-        process.exit(1);
-      },
-    );
-  };
+  const started = daemon;
   // SIGHUP re-reads the authorization policy; a bad file is logged and the old policy stays.
   process.on('SIGHUP', () => {
-    if (!stopping) daemon.reloadPolicy();
+    if (!stopping) started.reloadPolicy();
   });
-  process.on('SIGTERM', () => stop('SIGTERM'));
-  process.on('SIGINT', () => stop('SIGINT'));
 }
 
 main().catch((e) => {
