@@ -42,8 +42,11 @@ export interface TokenContext {
   /** Records an object this process just created, so the index stays true without a walk. */
   created(kind: ObjectKind, id: string, h: Handle): void;
   destroyTransient(key: TransientKey | null | undefined): void;
-  /** Keeps an off-loop generation known until it settles, so close() can wait for it. */
-  track<T>(p: Promise<T>): Promise<T>;
+  /**
+   * Runs an off-loop generation of the object (kind, id), known until it settles so close() can wait
+   * for it, and made once more if the module's view of the token had gone bad (HsmToken.createOffLoop).
+   */
+  createOffLoop<T>(kind: ObjectKind, id: string, create: () => Promise<T>): Promise<T>;
 }
 
 export const RSA_KEY_PAIR_GEN: pkcs11js.Mechanism = { mechanism: pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN, parameter: null as unknown as Buffer };

@@ -114,9 +114,11 @@ export class CmkDataPath {
   }
 
   private one(op: Op, versionId: string, iv: Buffer, aad: Buffer, data: Buffer): Promise<Buffer> {
-    if (!this.objects.shared) return this.attempt(op, versionId, iv, aad, data);
+    // A call that arrives while the token is read again waits for it; one that was running when it
+    // began fails as retryable (CLOSED), or, on a shared token, is made once more below.
     const reloading = this.objects.reloading;
     const p = reloading ? reloading.then(() => this.attempt(op, versionId, iv, aad, data)) : this.attempt(op, versionId, iv, aad, data);
+    if (!this.objects.shared) return p;
     return p.catch((e: unknown) => this.retryMissing(e, op, versionId, iv, aad, data));
   }
 

@@ -151,7 +151,7 @@ export class HsmToken {
       requireHandle: (kind, id) => this.requireHandle(kind, id),
       created: (kind, id, h) => this.created(kind, id, h),
       destroyTransient: (key) => this.destroyTransient(key),
-      track: (p) => this.track(p),
+      createOffLoop: (kind, id, create) => this.createOffLoop(kind, id, create),
     };
   }
 
@@ -503,16 +503,36 @@ export class HsmToken {
   }
 
   /**
-   * On a shared token, CKR_GENERAL_ERROR is how SoftHSM answers once its view of the token has gone
-   * bad (a directory listing that raced another process's write marks the whole token invalid in
-   * this process, for good): the token is read again and the caller gets a retryable error.
+   * CKR_GENERAL_ERROR is how SoftHSM answers once its view of the token has gone bad, and it stays
+   * bad in this process, for good, until C_Finalize: a read of an object file or of token.object
+   * that raced another process's rewrite (every C_Login, an operator's pkcs11-tool included,
+   * rewrites token.object; on a shared token every replica writes) marks the copy corrupt, and the
+   * next re-index then marks the whole token invalid, after which every creation fails. The token is
+   * read again and the caller gets a retryable error. On a token no other kmsd writes, only when
+   * the module cannot describe the token any more, so a module's CKR_GENERAL_ERROR for one call does
+   * not cost a re-read of every object.
    */
   private staleOr(err: HsmError): HsmError {
     // CKR_TEMPLATE_INCONSISTENT: seen once in 200 key-pair generations on a SoftHSM token four
     // processes were writing, with the template that works every other time.
-    if (!this.shared || (err.code !== 'CKR_GENERAL_ERROR' && err.code !== 'CKR_TEMPLATE_INCONSISTENT')) return err;
+    const suspect = err.code === 'CKR_GENERAL_ERROR' || (this.shared && err.code === 'CKR_TEMPLATE_INCONSISTENT');
+    if (!suspect || (!this.shared && this.describesItself())) return err;
     void this.reload().catch(() => undefined);
-    return new HsmError(`${err.message}; this process's view of the shared token is being read again: retry`, 'STALE_VIEW', err.pkcs11Function);
+    return new HsmError(`${err.message}; this process's view of the token is being read again: retry`, 'STALE_VIEW', err.pkcs11Function);
+  }
+
+  /** Does the module still answer C_GetTokenInfo for the token? */
+  private describesItself(): boolean {
+    const p11 = this.p11;
+    if (!p11) return true;
+    try {
+      p11.C_GetTokenInfo(this.slot);
+      return true;
+    } catch {
+      return false;
+    } finally {
+      clearCryptoErrors();
+    }
   }
 
   /** See CmkObjects.reloading. */
@@ -520,17 +540,20 @@ export class HsmToken {
   private lastReload = 0;
 
   /**
-   * Shared tokens only: the module forgets what it read of the token and reads it again (C_Finalize,
-   * C_Initialize, a new login session, new worker sessions). SoftHSM's file store can keep, for good,
-   * a torn copy of an object file another process was writing while this one read it (its writes go
-   * through stdio buffers flushed after the file lock is released): the object then stays invisible
-   * to this process, and only a new C_Initialize reads the file again. Off-loop generations and the
-   * workers' running operations finish first; handles and session objects (transient keys) die with
-   * the old sessions, so a call using one at that moment fails and can be repeated. At most once a
-   * second.
+   * The module forgets what it read of the token and reads it again (C_Finalize, C_Initialize, a
+   * new login session, new worker sessions): after staleOr found its view gone bad, and on a shared
+   * token whenever an object another replica made stays out of sight. SoftHSM's file store can keep,
+   * for good, a torn copy of an object file another process was writing while this one read it (its
+   * writes go through stdio buffers flushed after the file lock is released): the object then stays
+   * invisible to this process, and only a new C_Initialize reads the file again. Off-loop
+   * generations and the workers' running operations finish first; handles and session objects
+   * (transient keys) die with the old sessions, so a call using one at that moment fails and can be
+   * repeated. At most once a second. C_Initialize reads every object file, on the event loop: with
+   * 100,000 keys that stalls every call for seconds, the price of a token this process could not
+   * use at all.
    */
   reload(): Promise<void> {
-    if (!this.shared || !this.p11) return Promise.resolve();
+    if (!this.p11) return Promise.resolve();
     if (this.reloading) return this.reloading;
     if (Date.now() - this.lastReload < 1000) return Promise.resolve();
     this.reloading = (async () => {
@@ -887,7 +910,26 @@ export class HsmToken {
    * the token's own rate. At most MAX_AES_GENERATIONS at once; close() waits for them (drain).
    */
   generateAesKeyOffLoop(kind: ObjectKind, id: string): Promise<void> {
-    return this.track(this.generateAesOffLoop(kind, id));
+    return this.createOffLoop(kind, id, () => this.generateAesOffLoop(kind, id));
+  }
+
+  /**
+   * Runs an off-loop creation, tracked so close() and reload() wait for it. One that failed because
+   * the module's view of the token had gone bad (STALE_VIEW, see staleOr) made nothing this process
+   * can use: it is made once more after the token was read again, unless an object with its label
+   * is there after all (a module that answered an error for an object it made).
+   */
+  private async createOffLoop<T>(kind: ObjectKind, id: string, create: () => Promise<T>): Promise<T> {
+    if (this.reloading) await this.reloading.catch(() => undefined);
+    try {
+      return await this.track(create());
+    } catch (e) {
+      if (!(e instanceof HsmError) || e.code !== 'STALE_VIEW') throw e;
+      // Awaited outside track(): the reload waits for every tracked creation to settle first.
+      await this.reloading?.catch(() => undefined);
+      if (this.holdsLabel(kind, id)) throw e;
+      return this.track(create());
+    }
   }
 
   /**

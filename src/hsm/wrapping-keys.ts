@@ -46,7 +46,7 @@ export class WrappingKeys {
    * close() waits for the ones running (see HsmToken.drain).
    */
   generateOffLoop(id: string, bits: number, allowDecrypt: boolean): Promise<Buffer> {
-    return this.ctx.track(this.generateOffLoopNow(id, bits, allowDecrypt));
+    return this.ctx.createOffLoop('wrap', id, () => this.generateOffLoopNow(id, bits, allowDecrypt));
   }
 
   private async generateOffLoopNow(id: string, bits: number, allowDecrypt: boolean): Promise<Buffer> {

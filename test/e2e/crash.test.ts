@@ -594,7 +594,7 @@ describe('SIGKILL at random points', () => {
       client.close();
       if (laneError) {
         const internal = p.out.split('\n').filter((l) => l.includes('internal error')).join('\n');
-        throw new Error(`${(laneError as Error).message}\n${internal}`);
+        throw new Error(`${(laneError as Error).message} (seed ${SEED}, round ${round})\n${internal}`);
       }
     }
     // One last start: reconciliation after the last kill, the full check, and a clean stop.

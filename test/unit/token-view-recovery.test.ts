@@ -1,0 +1,104 @@
+// A module whose view of the token went bad is read again (src/hsm/token.ts staleOr, reload).
+// SoftHSM keeps every token's token.object open to rewrite: a C_Login in any process (an operator's
+// pkcs11-tool, a second kmsd) truncates and rewrites it, and a process reading it at that moment can
+// take the torn copy for a corrupt file. SoftHSM then marks the whole token invalid in that process,
+// for good: from then on every object creation answers CKR_GENERAL_ERROR, until C_Finalize. Seen
+// both in kmsd (a CreateKey of the crash suite) and in pkcs11-tool under load. The torn read is made
+// here on purpose: token.object is corrupt during one C_GetTokenInfo of kmsd's, and whole again after.
+
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ensureDevToken } from '../../src/hsm/dev-token';
+import { HsmError } from '../../src/hsm/errors';
+import { HsmToken } from '../../src/hsm/token';
+import { wrapNative } from '../helpers/pkcs11-spy';
+
+let dir: string;
+let token: HsmToken;
+let tokenObject: string;
+let generationFile: string;
+let tornNext = false;
+let probeKey = '';
+let restoreNative: () => void;
+
+beforeAll(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kmsd-view-recovery-'));
+  const opts = ensureDevToken(dir);
+  const tokens = path.join(dir, 'softhsm', 'tokens');
+  const [uuid] = fs.readdirSync(tokens);
+  tokenObject = path.join(tokens, uuid, 'token.object');
+  generationFile = path.join(tokens, uuid, 'generation');
+  restoreNative = wrapNative('C_GetTokenInfo', (real) =>
+    function (this: unknown, ...args: unknown[]) {
+      if (!tornNext) return real.apply(this, args);
+      tornNext = false;
+      const whole = fs.readFileSync(tokenObject);
+      // What a reader finds mid-rewrite: a newer generation number, then an attribute cut short.
+      const torn = Buffer.alloc(19);
+      torn.writeBigUInt64BE(whole.readBigUInt64BE(0) + 1n, 0);
+      torn.writeBigUInt64BE(3n, 8);
+      fs.writeFileSync(tokenObject, torn);
+      try {
+        return real.apply(this, args);
+      } finally {
+        fs.writeFileSync(tokenObject, whole);
+        // And another process created an object meanwhile: the next look at the token re-indexes it
+        // before token.object is read again, and finds the copy it holds marked corrupt.
+        const generation = fs.readFileSync(generationFile);
+        generation.writeBigUInt64BE(generation.readBigUInt64BE(0) + 1n, 0);
+        fs.writeFileSync(generationFile, generation);
+      }
+    },
+  );
+  token = HsmToken.open(opts);
+});
+
+afterAll(() => {
+  token?.close();
+  restoreNative?.();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+describe('a module that read a torn token.object', () => {
+  /** One C_GetTokenInfo that reads token.object torn, then a look at an object, which re-indexes the token. */
+  function tornRead(probe: string): void {
+    tornNext = true;
+    let err: unknown;
+    try {
+      token.tokenInfo();
+    } catch (e) {
+      err = e;
+    }
+    expect(tornNext).toBe(false);
+    expect(err).toBeInstanceOf(HsmError);
+    // Retryable for the caller (ServiceUnavailable.Hsm), never an internal error.
+    expect((err as HsmError).kind).toBe('TOKEN_GONE');
+    expect(token.keyAttributes('cmk', probe).sensitive).toBe(true);
+  }
+
+  it('answers the call that read it with a retryable error; CMK generation, which the module then refuses, works after the token is read again', async () => {
+    const before = crypto.randomUUID();
+    await token.generateAesKeyOffLoop('cmk', before);
+    tornRead(before);
+    const ids = Array.from({ length: 4 }, () => crypto.randomUUID());
+    for (const id of ids) await token.generateAesKeyOffLoop('cmk', id);
+    expect(token.tokenInfo().label).toBe('kmsd-dev');
+    const iv = crypto.randomBytes(12);
+    for (const id of [before, ...ids]) {
+      const sealed = token.encryptGcm('cmk', id, iv, Buffer.alloc(0), Buffer.from(id));
+      expect(token.decryptGcm('cmk', id, iv, Buffer.alloc(0), sealed).toString()).toBe(id);
+    }
+    probeKey = before;
+  });
+
+  it('the same for a wrapping key pair (GetParametersForImport)', async () => {
+    // The token is read again at most once a second.
+    await new Promise((r) => setTimeout(r, 1100));
+    tornRead(probeKey);
+    const spki = await token.generateWrappingKeyPairOffLoop(crypto.randomUUID(), 2048, false);
+    expect(crypto.createPublicKey({ key: spki, format: 'der', type: 'spki' }).asymmetricKeyDetails?.modulusLength).toBe(2048);
+  });
+});
