@@ -114,12 +114,19 @@ export class CmkDataPath {
   }
 
   private one(op: Op, versionId: string, iv: Buffer, aad: Buffer, data: Buffer): Promise<Buffer> {
-    // A call that arrives while the token is read again waits for it; one that was running when it
-    // began fails as retryable (CLOSED), or, on a shared token, is made once more below.
+    // A call that arrives while the token is read again waits for it; one queued on a worker when it
+    // began is made once more after it.
     const reloading = this.objects.reloading;
     const p = reloading ? reloading.then(() => this.attempt(op, versionId, iv, aad, data)) : this.attempt(op, versionId, iv, aad, data);
-    if (!this.objects.shared) return p;
+    if (!this.objects.shared) return p.catch((e: unknown) => this.againAfterReload(e, op, versionId, iv, aad, data));
     return p.catch((e: unknown) => this.retryMissing(e, op, versionId, iv, aad, data));
+  }
+
+  /** A worker queue closed by a reload (not by close()): once more on the new workers. */
+  private async againAfterReload(e: unknown, op: Op, versionId: string, iv: Buffer, aad: Buffer, data: Buffer): Promise<Buffer> {
+    if (!(e instanceof HsmError && e.kind === 'CLOSED') || this.closed) throw e;
+    await this.objects.reloading;
+    return this.attempt(op, versionId, iv, aad, data);
   }
 
   /**
@@ -131,14 +138,10 @@ export class CmkDataPath {
   private async retryMissing(first: unknown, op: Op, versionId: string, iv: Buffer, aad: Buffer, data: Buffer): Promise<Buffer> {
     let e = first;
     for (const [i, delay] of SHARED_LOOKUP_RETRIES_MS.entries()) {
-      // A worker queue closed by a reload: once more on the new workers.
-      if (e instanceof HsmError && e.kind === 'CLOSED' && !this.closed) {
-        await this.objects.reloading;
-        try {
-          return await this.attempt(op, versionId, iv, aad, data);
-        } catch (again) {
-          e = again;
-        }
+      try {
+        return await this.againAfterReload(e, op, versionId, iv, aad, data);
+      } catch (again) {
+        e = again;
       }
       if (!(e instanceof HsmError && e.code === 'NOT_FOUND') || this.closed) throw e;
       await new Promise((r) => setTimeout(r, delay));

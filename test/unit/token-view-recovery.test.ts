@@ -54,6 +54,8 @@ beforeAll(() => {
     },
   );
   token = HsmToken.open(opts);
+  const workers = token.startWorkers(2);
+  if (!workers.started) throw new Error(`the native addon's workers did not start: ${workers.reason}`);
 });
 
 afterAll(() => {
@@ -83,8 +85,25 @@ describe('a module that read a torn token.object', () => {
     const before = crypto.randomUUID();
     await token.generateAesKeyOffLoop('cmk', before);
     tornRead(before);
+    // Encrypts on the addon's workers keep coming while the token is read again (the workers are
+    // replaced): none of them fails.
+    const iv0 = crypto.randomBytes(12);
+    let stop = false;
+    let encrypted = 0;
+    const load = (async () => {
+      while (!stop) {
+        await Promise.all(Array.from({ length: 256 }, () => token.encrypt(before, iv0, Buffer.alloc(0), Buffer.from('during'))));
+        encrypted += 256;
+      }
+    })();
     const ids = Array.from({ length: 4 }, () => crypto.randomUUID());
-    for (const id of ids) await token.generateAesKeyOffLoop('cmk', id);
+    try {
+      for (const id of ids) await token.generateAesKeyOffLoop('cmk', id);
+    } finally {
+      stop = true;
+      await load;
+    }
+    expect(encrypted).toBeGreaterThan(0);
     expect(token.tokenInfo().label).toBe('kmsd-dev');
     const iv = crypto.randomBytes(12);
     for (const id of [before, ...ids]) {
