@@ -1,4 +1,5 @@
 import { defineConfig } from 'vitest/config';
+import { SpreadOpencryptoki } from './test/setup/sequencer';
 
 // Tests run against real parts: a SoftHSM2 token per test file (or per daemon), real SQLite, real
 // gRPC on loopback, the real openssl and pkcs11-tool. `npm test` builds dist/ first (scripts/setup.sh),
@@ -7,7 +8,8 @@ import { defineConfig } from 'vitest/config';
 // Two projects, one per PKCS#11 implementation. `softhsm` runs everything, two files at a time.
 // `opencryptoki` runs the suites listed in OPENCRYPTOKI_SUITES again with KMSD_TEST_TOKEN=opencryptoki
 // (test/helpers/opencryptoki.ts, test/helpers/daemon.ts): its soft token is one machine-wide slot,
-// so those files run one at a time, in a single worker. The crash suite runs there only as its
+// so those files take turns on it (test/setup/opencryptoki-turn.ts), spread among the other files
+// (test/setup/sequencer.ts) rather than run as a group of their own. The crash suite runs there only as its
 // failpoint kills, one request at a time (CRASH_FAILPOINTS_ONLY): opencryptoki 3.8 rewrites NVTOK.DAT
 // and its object files in place (O_TRUNC, no rename), so a SIGKILL while another PKCS#11 call writes
 // loses objects or wipes the token (docs/security.md §9). The random kills run there only by hand:
@@ -29,6 +31,7 @@ export default defineConfig({
     // A failing test prints what its kmsd processes logged at warn and above.
     setupFiles: ['test/setup/daemon-logs.ts'],
     maxWorkers: 2,
+    sequence: { sequencer: SpreadOpencryptoki },
     reporters: ['default'],
     projects: [
       {
@@ -41,9 +44,9 @@ export default defineConfig({
           name: 'opencryptoki',
           include: OPENCRYPTOKI_SUITES,
           globalSetup: ['test/global/pkcsslotd.ts'],
+          // Added to the root's setup files (extends: true).
+          setupFiles: ['test/setup/opencryptoki-turn.ts'],
           env: { KMSD_TEST_TOKEN: 'opencryptoki', CRASH_FAILPOINTS_ONLY: '1', CRASH_FAILPOINT_ROUNDS: '1' },
-          fileParallelism: false,
-          maxWorkers: 1,
         },
       },
       {
