@@ -80,7 +80,8 @@ export function logInternal(log: Logger, requestId: string, action: string, caus
 
 /**
  * Actions whose successful calls are logged at debug level (one info line each cost ~8% of a unary
- * Encrypt, and each is a write now that lines are not buffered); the audit log counts or records them.
+ * Encrypt, and each is a write now that lines are not buffered) and, over gRPC, answered without a
+ * request id; the audit log counts or records them.
  */
 export const DATA_PLANE_ACTIONS = new Set(['Encrypt', 'Decrypt', 'GenerateDataKey', 'GenerateDataKeyWithoutPlaintext', 'ReEncrypt', 'EncryptBatch', 'DecryptBatch', 'XksEncrypt', 'XksDecrypt']);
 

@@ -3,7 +3,7 @@
 // API's field names, and every failure is a KmsError from the one error table.
 
 import crypto from 'node:crypto';
-import type { Store, StoreOps, StoreTx, CmkRow, KeyVersionRow, TokenDestroyRow, TokenIntentRow, TokenObjectKind } from '../store/api';
+import type { Store, StoreTx, CmkRow, KeyVersionRow, TokenDestroyRow, TokenIntentRow, TokenObjectKind } from '../store/api';
 import { DecryptFailedError, HsmError } from '../hsm/errors';
 import { Keyring } from './keyring';
 import type { TokenInventory } from '../hsm/token';

@@ -16,16 +16,13 @@ import type { CeremonyExtension } from './ceremony';
 import { ANONYMOUS, principalFromCertificate } from './auth';
 import type { CallGuard } from './auth';
 import { CallAbandoned, DEFAULT_STREAM_LIMITS, StreamAccount, StreamBudget, StreamLimits, hardenService, wireBytes } from './limits';
-import { admit, answerFor, logInternal } from '../admission';
+import { DATA_PLANE_ACTIONS, admit, answerFor, logInternal } from '../admission';
 import { BatchService } from '../../kms/batch';
 import type { AccessKeyService } from '../../kms/access-keys';
 import type { XksService } from '../../kms/xks';
 import { describeRuntime, startRuntimeMonitor } from './runtime';
 import { CALL_TURN_BUDGET_MS, Turns } from '../../turns';
 import type { Readiness } from '../readiness';
-
-/** Actions whose successful calls are logged at debug level and answered without a request id (see unary()). */
-const DATA_PLANE_ACTIONS = new Set(['Encrypt', 'Decrypt', 'GenerateDataKey', 'GenerateDataKeyWithoutPlaintext', 'ReEncrypt', 'EncryptBatch', 'DecryptBatch']);
 
 export const ERROR_CODE_METADATA = 'kms-error-code';
 export const REQUEST_ID_METADATA = 'kms-request-id';
