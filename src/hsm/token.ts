@@ -319,7 +319,7 @@ export class HsmToken {
       try {
         return fn(p11, this.session);
       } catch (e2) {
-        throw toHsmError(e2, name);
+        throw mapError(toHsmError(e2, name));
       }
     } finally {
       // The module shares this thread's OpenSSL error queue with node:crypto (src/hsm/native-addon.ts).
@@ -353,6 +353,7 @@ export class HsmToken {
     this.index.clearHandles();
     this.instanceHandle = null;
     this.sessionEpoch++;
+    this.sessionsEndedAt = Date.now();
     // Lookups find objects one by one until a new walk has the handles again.
     if (hadWalked) void this.walkInBackground().catch(() => undefined);
   }
@@ -521,6 +522,19 @@ export class HsmToken {
     return new HsmError(`${err.message}; this process's view of the token is being read again: retry`, 'STALE_VIEW', err.pkcs11Function);
   }
 
+  /** When kmsd's sessions last ended (a reload, a session the module dropped): their session objects with them. */
+  private sessionsEndedAt = 0;
+
+  /**
+   * For a call on a transient key: CKR_OBJECT_HANDLE_INVALID (CKR_KEY_HANDLE_INVALID from C_WrapKey)
+   * soon after kmsd's sessions ended means the key ended with them (a call that awaited something
+   * between making it and using it). Nothing was kept, so the call can be repeated.
+   */
+  private transientGone(err: HsmError): HsmError {
+    if ((err.code !== 'CKR_OBJECT_HANDLE_INVALID' && err.code !== 'CKR_KEY_HANDLE_INVALID') || Date.now() - this.sessionsEndedAt > 10_000) return err;
+    return new HsmError(`${err.message}: the session key ended with its session when the token was read again; nothing was kept: retry`, 'STALE_VIEW', err.pkcs11Function);
+  }
+
   /** Does the module still answer C_GetTokenInfo for the token? */
   private describesItself(): boolean {
     const p11 = this.p11;
@@ -580,6 +594,7 @@ export class HsmToken {
       this.index.clearHandles();
       this.instanceHandle = null;
       this.sessionEpoch++;
+      this.sessionsEndedAt = Date.now();
       if (threads > 0) this.startWorkers(threads);
     })().finally(() => {
       this.reloading = null;
@@ -1056,8 +1071,8 @@ export class HsmToken {
   }
 
   /** encryptGcm for a key that is not a labelled token object (a transient key, a handle in hand). */
-  private encryptGcmHandle(h: Handle, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer {
-    return this.withSession((p11, s) => this.gcmEncrypt(p11, s, h, iv, aad, plaintext), 'C_Encrypt');
+  private encryptGcmHandle(h: Handle, iv: Buffer, aad: Buffer, plaintext: Buffer, mapError?: (e: HsmError) => HsmError): Buffer {
+    return this.withSession((p11, s) => this.gcmEncrypt(p11, s, h, iv, aad, plaintext), 'C_Encrypt', mapError);
   }
 
   private gcmEncrypt(p11: pkcs11js.PKCS11, s: Handle, h: Handle, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer {
@@ -1114,7 +1129,7 @@ export class HsmToken {
     const binding = Buffer.from(`kmsd/material-fingerprint/v1:${cmkId}`, 'utf8');
     const iv = crypto.createHash('sha256').update(binding).digest().subarray(0, 12);
     // (pkcs11js hands an empty buffer to the module as NULL, which SoftHSM rejects: use one block.)
-    const out = this.encryptGcmHandle(h, iv, binding, Buffer.alloc(16));
+    const out = this.encryptGcmHandle(h, iv, binding, Buffer.alloc(16), key instanceof TransientKey ? (e) => this.transientGone(e) : undefined);
     return crypto.createHash('sha256').update(out).digest();
   }
 
@@ -1146,10 +1161,7 @@ export class HsmToken {
         throw new HsmError(`the token did not make ${this.label(kind, id)} sensitive and non-extractable; it was not kept`, 'UNSUPPORTED', 'C_CopyObject');
       }
       return copy;
-    }, 'C_CopyObject', (err) =>
-      // The transient died with the sessions of a reload: nothing was created, the call can be repeated.
-      this.shared && err.code === 'CKR_OBJECT_HANDLE_INVALID' && Date.now() - this.lastReload < 10_000 ? new HsmError(`${err.message}: the token was read again meanwhile; retry`, 'STALE_VIEW', 'C_CopyObject') : err,
-    );
+    }, 'C_CopyObject', (err) => this.transientGone(err));
     this.created(kind, id, h);
   }
 
@@ -1180,17 +1192,17 @@ export class HsmToken {
     return this.withSession((p11, s) => {
       const reported = p11.C_GetAttributeValue(s, key[HANDLE], [{ type: pkcs11js.CKA_VALUE_LEN }])[0].value as Buffer;
       return Number(reported.length >= 8 ? reported.readBigUInt64LE(0) : reported.readUInt32LE(0));
-    }, 'C_GetAttributeValue');
+    }, 'C_GetAttributeValue', (e) => this.transientGone(e));
   }
 
   encryptGcmTransient(key: TransientKey, iv: Buffer, aad: Buffer, plaintext: Buffer): Buffer {
-    return this.encryptGcmHandle(key[HANDLE], iv, aad, plaintext);
+    return this.encryptGcmHandle(key[HANDLE], iv, aad, plaintext, (e) => this.transientGone(e));
   }
 
   /** decryptGcm for a transient key (probes and vector tests). */
   decryptGcmTransient(key: TransientKey, iv: Buffer, aad: Buffer, ciphertextWithTag: Buffer): Buffer {
     try {
-      return this.withSession((p11, s) => this.gcmDecrypt(p11, s, key[HANDLE], iv, aad, ciphertextWithTag), 'C_Decrypt');
+      return this.withSession((p11, s) => this.gcmDecrypt(p11, s, key[HANDLE], iv, aad, ciphertextWithTag), 'C_Decrypt', (e) => this.transientGone(e));
     } catch (e) {
       if (isGcmAuthFailure((e as HsmError).code)) throw new DecryptFailedError();
       throw e;
@@ -1215,15 +1227,17 @@ export class HsmToken {
         wrapped?.fill(0);
         p11.C_DestroyObject(s, kek);
       }
-    }, 'C_WrapKey');
+    }, 'C_WrapKey', (e) => this.transientGone(e));
   }
 
   /** True when the key works for AES at all (a 25..31-byte "AES key" wraps like a 32-byte one but cannot encrypt). */
   usableForAes(key: TransientKey): boolean {
     try {
-      this.encryptGcmHandle(key[HANDLE], Buffer.alloc(12), Buffer.alloc(0), Buffer.alloc(16));
+      this.encryptGcmHandle(key[HANDLE], Buffer.alloc(12), Buffer.alloc(0), Buffer.alloc(16), (e) => this.transientGone(e));
       return true;
-    } catch {
+    } catch (e) {
+      // A key that ended with its session says nothing of its length.
+      if (e instanceof HsmError && e.code === 'STALE_VIEW') throw e;
       return false;
     }
   }
@@ -1250,7 +1264,11 @@ export class HsmToken {
 
   /** RFC 5649 wrap of an extractable transient key under the root key. */
   wrapUnderRoot(rootId: string, key: TransientKey): Buffer {
-    return this.rootKey.wrapKey(rootId, key);
+    try {
+      return this.rootKey.wrapKey(rootId, key);
+    } catch (e) {
+      throw e instanceof HsmError ? this.transientGone(e) : e;
+    }
   }
 
   /**

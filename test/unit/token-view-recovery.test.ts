@@ -120,4 +120,30 @@ describe('a module that read a torn token.object', () => {
     const spki = await token.generateWrappingKeyPairOffLoop(crypto.randomUUID(), 2048, false);
     expect(crypto.createPublicKey({ key: spki, format: 'der', type: 'spki' }).asymmetricKeyDetails?.modulusLength).toBe(2048);
   });
+
+  it('a session key made before the token was read again ended with its session: using it is a retryable STALE_VIEW, never an internal error', async () => {
+    const rootId = crypto.randomUUID();
+    token.ensureRootKey(rootId);
+    await new Promise((r) => setTimeout(r, 1100));
+    const transient = token.generateTransientExtractableAesKey();
+    tornRead(probeKey);
+    await token.generateAesKeyOffLoop('cmk', crypto.randomUUID()); // refused by the module, made again after the re-read
+    const uses: Array<[string, () => unknown]> = [
+      ['fingerprint', () => token.fingerprint(transient, 'a-cmk')],
+      ['persistTransient', () => token.persistTransient(transient, 'cmk', crypto.randomUUID())],
+      ['wrapUnderRoot', () => token.wrapUnderRoot(rootId, transient)],
+      ['encryptGcmTransient', () => token.encryptGcmTransient(transient, crypto.randomBytes(12), Buffer.alloc(0), Buffer.alloc(16))],
+    ];
+    for (const [name, use] of uses) {
+      let err: unknown;
+      try {
+        use();
+      } catch (e) {
+        err = e;
+      }
+      expect(err, name).toBeInstanceOf(HsmError);
+      expect((err as HsmError).code, name).toBe('STALE_VIEW');
+    }
+    token.destroyTransient(transient);
+  });
 });
