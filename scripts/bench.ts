@@ -1161,6 +1161,14 @@ async function main(): Promise<void> {
     cleanup();
     process.exit(130);
   });
+  // Output piped into a reader that went away: stop the children and remove the temp dirs instead
+  // of dying on the unhandled EPIPE with both left behind.
+  for (const out of [process.stdout, process.stderr]) {
+    out.on('error', () => {
+      cleanup();
+      process.exit(1);
+    });
+  }
   const loadBefore = os.loadavg().map(r2);
   const ops = want('per-op') ? await perOperation() : { rows: [] as OpRow[], threads: DEFAULT_NATIVE_THREADS };
   const g = want('grpc') ? await grpcSection() : { rows: [] as GrpcRow[], kmsdThreads: 0, nativeAddon: false, counters: {}, streamVsAddon: null };
