@@ -211,6 +211,9 @@ export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
     },
     async stop() {
       if (stopped) return exited;
+      // One that ended before it was asked to: its output is the only evidence of why (a failure in
+      // a beforeAll prints no daemon logs, and the directory goes with cleanup below).
+      if (endedAs) process.stderr.write(`--- kmsd ${endpoint} (pid ${child.pid}) ${endedAs} before it was stopped; its output:\n${(out + err).split('\n').slice(-80).join('\n')}\n`);
       stopped = true;
       runningDaemons.delete(self);
       client.close();
