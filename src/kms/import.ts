@@ -10,7 +10,7 @@ import { KmsService, iso } from './service';
 import { KmsError, invalid } from './errors';
 import * as v from './validate';
 import { HsmCapabilities, MaterialLengthError, WRAPPING_ALGORITHMS, WRAPPING_KEY_SPECS, WrappingAlgorithm, WrappingKeySpec, needsRawDecrypt, planUnwrap } from '../hsm/unwrap';
-import { HsmError, UnwrapFailedError } from '../hsm/errors';
+import { UnwrapFailedError } from '../hsm/errors';
 import type { CmkRow, StoreTx, WrappingKeyRow } from '../store/api';
 import type { CallContext } from './types';
 import type { TokenInventory, TransientKey } from '../hsm/token';
@@ -229,10 +229,9 @@ export class ImportService {
     const wrapped = v.base64('EncryptedKeyMaterial', req.EncryptedKeyMaterial, { maxBytes: 4096 });
     const plan = this.plan(p.alg);
     const level = row.protection_level;
-    const unwrap = () => this.token.unwrapInto(level === 'SOFTWARE' ? 'SOFTWARE' : 'HSM', p.wid, plan, wrapped);
     let key: TransientKey;
     try {
-      key = unwrap();
+      key = this.token.unwrapInto(level === 'SOFTWARE' ? 'SOFTWARE' : 'HSM', p.wid, plan, wrapped);
     } catch (e) {
       if (e instanceof UnwrapFailedError) {
         const pkcs1 = p.alg === 'RSAES_PKCS1_V1_5' ? ', or it does not hold a 256-bit AES key (with PKCS#1 v1.5 the two are deliberately not told apart)' : '';
@@ -255,18 +254,6 @@ export class ImportService {
       const fp = this.token.fingerprint(key, row.key_id);
       const ver = await this.store.getVersion(row.primary_key_version as string);
       if (!ver) throw new KmsError('InternalFailure', `CMK ${row.key_id} has no key version`);
-      /** Persists the material; if its session object ended meanwhile, unwrapped again (the same material, checked) first. */
-      const persist = (): Buffer | null => {
-        try {
-          return this.kms.keyring.persist(level, ver.version_id, key);
-        } catch (e) {
-          if (!(e instanceof HsmError) || e.code !== 'STALE_VIEW') throw e;
-          this.token.destroyTransient(key);
-          key = unwrap();
-          if (!crypto.timingSafeEqual(this.token.fingerprint(key, row.key_id), fp)) throw e;
-          return this.kms.keyring.persist(level, ver.version_id, key);
-        }
-      };
       const mismatch = () =>
         new KmsError('Rejected.KeyMaterialMismatch', `EncryptedKeyMaterial: CMK ${row.key_id} is bound to different key material; a CMK takes one piece of material for life (create a new CMK for new material)`);
       if (row.material_fingerprint && !crypto.timingSafeEqual(fp, row.material_fingerprint)) throw mismatch();
@@ -294,8 +281,8 @@ export class ImportService {
         if (level === 'HSM' && this.token.has('cmk', ver.version_id)) this.token.destroy('cmk', ver.version_id);
         let seq: number | null = null;
         let softwareWrapped: Buffer | null = null;
-        if (level === 'HSM') seq = (await this.kms.createUnderIntent('cmk', ver.version_id, persist)).seq;
-        else softwareWrapped = persist();
+        if (level === 'HSM') seq = (await this.kms.createUnderIntent('cmk', ver.version_id, () => this.kms.keyring.persist(level, ver.version_id, key))).seq;
+        else softwareWrapped = this.kms.keyring.persist(level, ver.version_id, key);
         try {
           await this.kms.change(ctx, async (tx) => {
             const current = await recheck(tx);
