@@ -340,22 +340,29 @@ export class HsmToken {
   private reopenSession(p11: pkcs11js.PKCS11): void {
     this.closeIdleSessions(p11);
     closeQuietly(p11, this.session);
+    const hadWalked = this.index.complete;
+    this.newLoginSession(p11);
+    // Lookups find objects one by one until a new walk has the handles again.
+    if (hadWalked) void this.walkInBackground().catch(() => undefined);
+  }
+
+  /**
+   * Opens and logs in the session that replaces one that ended (reopenSession, reload). Session
+   * objects (transient keys) ended with the old one. Token-object handles may have too: SoftHSM
+   * forgets every object handle of a slot when its last session closes (as when the addon is not
+   * loaded and this was the only session), so they are looked up again.
+   */
+  private newLoginSession(p11: pkcs11js.PKCS11): void {
     this.session = p11.C_OpenSession(this.slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
     try {
       p11.C_Login(this.session, pkcs11js.CKU_USER, this.pin);
     } catch (e) {
       if (toHsmError(e, 'C_Login').code !== 'CKR_USER_ALREADY_LOGGED_IN') throw e;
     }
-    // Session objects (transient keys) died with the old session. Token-object handles may have
-    // too: SoftHSM forgets every object handle of a slot when its last session closes (as when the
-    // addon is not loaded and this was the only session), so they are looked up again.
-    const hadWalked = this.index.complete;
     this.index.clearHandles();
     this.instanceHandle = null;
     this.sessionEpoch++;
     this.sessionsEndedAt = Date.now();
-    // Lookups find objects one by one until a new walk has the handles again.
-    if (hadWalked) void this.walkInBackground().catch(() => undefined);
   }
 
   // ---------------------------------------------------------------- token information
@@ -585,16 +592,7 @@ export class HsmToken {
         /* re-initialized below either way */
       }
       p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
-      this.session = p11.C_OpenSession(this.slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
-      try {
-        p11.C_Login(this.session, pkcs11js.CKU_USER, this.pin);
-      } catch (e) {
-        if (toHsmError(e, 'C_Login').code !== 'CKR_USER_ALREADY_LOGGED_IN') throw e;
-      }
-      this.index.clearHandles();
-      this.instanceHandle = null;
-      this.sessionEpoch++;
-      this.sessionsEndedAt = Date.now();
+      this.newLoginSession(p11);
       if (threads > 0) this.startWorkers(threads);
     })().finally(() => {
       this.reloading = null;
