@@ -5,17 +5,12 @@
 // two workers idle for two minutes.
 
 import fs from 'node:fs';
-import type { TestSequencer, TestSpecification } from 'vitest/node';
+import { BaseSequencer, type TestSpecification } from 'vitest/node';
 
-const size = (s: TestSpecification): number => fs.statSync(s.moduleId).size;
-const largerFirst = (a: TestSpecification, b: TestSpecification): number => size(b) - size(a) || a.moduleId.localeCompare(b.moduleId) || a.project.name.localeCompare(b.project.name);
-
-export class SpreadOpencryptoki implements TestSequencer {
-  async shard(files: TestSpecification[]): Promise<TestSpecification[]> {
-    return files;
-  }
-
-  async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
+export class SpreadOpencryptoki extends BaseSequencer {
+  override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
+    const sizes = new Map(files.map((f) => [f.moduleId, fs.statSync(f.moduleId).size]));
+    const largerFirst = (a: TestSpecification, b: TestSpecification): number => sizes.get(b.moduleId)! - sizes.get(a.moduleId)! || a.moduleId.localeCompare(b.moduleId) || a.project.name.localeCompare(b.project.name);
     const ock = files.filter((f) => f.project.name === 'opencryptoki').sort(largerFirst);
     const rest = files.filter((f) => f.project.name !== 'opencryptoki').sort(largerFirst);
     const every = Math.max(1, Math.floor(rest.length / (ock.length + 1)));
