@@ -1,7 +1,7 @@
 // A module whose view of the token went bad is read again (src/hsm/token.ts staleOr, reload).
-// SoftHSM keeps every token's token.object open to rewrite: a C_Login in any process (an operator's
-// pkcs11-tool, a second kmsd) truncates and rewrites it, and a process reading it at that moment can
-// take the torn copy for a corrupt file. SoftHSM then marks the whole token invalid in that process,
+// A C_Login in any process (an operator's pkcs11-tool, a second kmsd) truncates and rewrites the
+// token's token.object, and a SoftHSM process reading it at that moment can take the torn copy for a
+// corrupt file. SoftHSM then marks the whole token invalid in that process,
 // for good: from then on every object creation answers CKR_GENERAL_ERROR, until C_Finalize. Seen
 // both in kmsd (a CreateKey of the crash suite) and in pkcs11-tool under load. The torn read is made
 // here on purpose: token.object is corrupt during one C_GetTokenInfo of kmsd's, and whole again after.
@@ -12,8 +12,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureDevToken } from '../../src/hsm/dev-token';
-import { HsmError } from '../../src/hsm/errors';
 import { HsmToken } from '../../src/hsm/token';
+import { hsmErrorOf } from '../helpers/errors';
 import { wrapNative } from '../helpers/pkcs11-spy';
 
 let dir: string;
@@ -68,16 +68,10 @@ describe('a module that read a torn token.object', () => {
   /** One C_GetTokenInfo that reads token.object torn, then a look at an object, which re-indexes the token. */
   function tornRead(probe: string): void {
     tornNext = true;
-    let err: unknown;
-    try {
-      token.tokenInfo();
-    } catch (e) {
-      err = e;
-    }
+    const err = hsmErrorOf(() => token.tokenInfo());
     expect(tornNext).toBe(false);
-    expect(err).toBeInstanceOf(HsmError);
     // Retryable for the caller (ServiceUnavailable.Hsm), never an internal error.
-    expect((err as HsmError).kind).toBe('TOKEN_GONE');
+    expect(err.kind).toBe('TOKEN_GONE');
     expect(token.keyAttributes('cmk', probe).sensitive).toBe(true);
   }
 
@@ -134,16 +128,7 @@ describe('a module that read a torn token.object', () => {
       ['wrapUnderRoot', () => token.wrapUnderRoot(rootId, transient)],
       ['encryptGcmTransient', () => token.encryptGcmTransient(transient, crypto.randomBytes(12), Buffer.alloc(0), Buffer.alloc(16))],
     ];
-    for (const [name, use] of uses) {
-      let err: unknown;
-      try {
-        use();
-      } catch (e) {
-        err = e;
-      }
-      expect(err, name).toBeInstanceOf(HsmError);
-      expect((err as HsmError).code, name).toBe('STALE_VIEW');
-    }
+    for (const [name, use] of uses) expect(hsmErrorOf(use, name).code, name).toBe('STALE_VIEW');
     token.destroyTransient(transient);
   });
 });
