@@ -62,7 +62,7 @@ export interface StartHooks {
  * token cannot be opened or is refused.
  */
 export async function startDaemon(cfg: DaemonConfig, log: Logger, hooks: StartHooks = {}): Promise<RunningDaemon> {
-  preflight(cfg);
+  const policy = preflight(cfg);
   fs.mkdirSync(cfg.dataDir, { recursive: true, mode: 0o700 });
   // The data directory is the daemon's alone, whoever created it (the umask is kmsd.ts's job).
   if ((fs.statSync(cfg.dataDir).mode & 0o077) !== 0) {
@@ -71,7 +71,7 @@ export async function startDaemon(cfg: DaemonConfig, log: Logger, hooks: StartHo
   }
   const lock = lockDataDir(cfg.dataDir);
   try {
-    return await startLocked(cfg, log, lock, hooks);
+    return await startLocked(cfg, log, lock, hooks, policy);
   } catch (e) {
     lock.release();
     throw e;
@@ -79,11 +79,13 @@ export async function startDaemon(cfg: DaemonConfig, log: Logger, hooks: StartHo
 }
 
 /**
- * The files the daemon reads only after it has opened the token (TLS material, the policy), read
- * and parsed now: a mistyped path must stop kmsd before it creates or changes anything, in the data
- * directory or in the token.
+ * The files the daemon reads later (TLS material when it listens, the policy), read and parsed
+ * now: a mistyped path must stop kmsd before it creates or changes anything, in the data
+ * directory or in the token. The policy read here is the one enforced: reading the file again once
+ * the token is open would enforce whatever the file holds by then (or fail on a file removed after
+ * kmsd started), not what was checked.
  */
-function preflight(cfg: DaemonConfig): void {
+function preflight(cfg: DaemonConfig): Policy | undefined {
   const read = (flag: string, file: string): Buffer => {
     try {
       return fs.readFileSync(file);
@@ -107,12 +109,11 @@ function preflight(cfg: DaemonConfig): void {
     if (cfg.tls.clientCaFile) parse('--tls-client-ca', cfg.tls.clientCaFile, (b) => new crypto.X509Certificate(b));
   }
   const policyFile = cfg.security?.policyFile;
-  if (policyFile) {
-    try {
-      Policy.load(policyFile);
-    } catch (e) {
-      throw new ConfigError(`--policy: ${(e as Error).message}`);
-    }
+  if (!policyFile) return undefined;
+  try {
+    return Policy.load(policyFile);
+  } catch (e) {
+    throw new ConfigError(`--policy: ${(e as Error).message}`);
   }
 }
 
@@ -121,7 +122,7 @@ function productionToken(cfg: DaemonConfig): { modulePath: string; tokenLabel: s
   return { modulePath: cfg.pkcs11Module as string, tokenLabel: cfg.tokenLabel as string, pin: read.pin, pinFile: read.file, pinLooseMode: read.looseMode };
 }
 
-async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock, hooks: StartHooks): Promise<RunningDaemon> {
+async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock, hooks: StartHooks, policy: Policy | undefined): Promise<RunningDaemon> {
   const production = Boolean(cfg.pkcs11Module);
   const tokenOpts = production ? productionToken(cfg) : ensureDevToken(cfg.dataDir);
   if (tokenOpts.pinLooseMode !== null) {
@@ -136,7 +137,7 @@ async function startLocked(cfg: DaemonConfig, log: Logger, lock: DataDirLock, ho
   // stops kmsd before it listens. Nothing in it is trusted for the token until the binding check.
   const store = await openStore(cfg);
   try {
-    return await listenThenOpen(cfg, log, lock, hooks, { tokenOpts, loaded, sec, startedAt, store, production });
+    return await listenThenOpen(cfg, log, lock, hooks, { tokenOpts, loaded, sec, policy, startedAt, store, production });
   } catch (e) {
     await store.close();
     throw e;
@@ -163,9 +164,9 @@ async function listenThenOpen(
   log: Logger,
   lock: DataDirLock,
   hooks: StartHooks,
-  o: { tokenOpts: ReturnType<typeof productionToken>; loaded: LoadedModule; sec: ReturnType<typeof securitySettings>; startedAt: number; store: Store; production: boolean },
+  o: { tokenOpts: ReturnType<typeof productionToken>; loaded: LoadedModule; sec: ReturnType<typeof securitySettings>; policy: Policy | undefined; startedAt: number; store: Store; production: boolean },
 ): Promise<RunningDaemon> {
-  const { tokenOpts, loaded, sec, startedAt, store, production } = o;
+  const { tokenOpts, loaded, sec, policy, startedAt, store, production } = o;
 
   // Listen first. Every call waits in the front until the token is open and the binding check has
   // passed; health says NOT_SERVING until then, and DescribeHsm that the token is still opening.
@@ -337,7 +338,7 @@ async function listenThenOpen(
     kms.reconciliation = { running: true, millis: 0 };
     if (token.walked) await reconcileAtStart();
     // Principals, policy, rate limits and the HSM bulkhead; denials go to the audit log.
-    const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, limits: sec, directory: storeDirectory(kms), log, audit: ceremonyAndAudit.audit });
+    const security = new CallGuard({ tls: Boolean(cfg.tls), policyFile: sec.policyFile, policy, limits: sec, directory: storeDirectory(kms), log, audit: ceremonyAndAudit.audit });
     const accessKeys = new AccessKeyService(store, keyring);
     await accessKeys.load();
     const ceremony = ceremonyExtension(ceremonyAndAudit);

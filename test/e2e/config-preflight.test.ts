@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ExternalToken, KMSD, createExternalToken, listTokenObjects, makeTempDir } from '../helpers/daemon';
+import { ExternalToken, KMSD, Kmsd, createExternalToken, listTokenObjects, makeTempDir, startKmsd } from '../helpers/daemon';
 
 let token: ExternalToken;
 let dir: string;
@@ -85,4 +85,28 @@ describe('a bad setting stops kmsd before the token is opened, naming the settin
   it('a config-file field kmsd does not know', () => refuses(['--config', file('unknown.json', '{"listn": "127.0.0.1:1"}')], {}, /unknown field "listn"/));
   it('a config-file field of the wrong type', () => refuses(['--config', file('type.json', '{"wrappingKeyPoolSize": [1]}')], {}, /wrappingKeyPoolSize must be a number/));
   it('a config file that is not a JSON object', () => refuses(['--config', file('array.json', '[]')], {}, /must hold a JSON object/));
+});
+
+describe('the files checked before the token is opened are the ones used', () => {
+  it('the policy read at start is enforced even when its file is gone before the token is open', async () => {
+    // Only ListKeys for the anonymous caller: an open (no policy) kmsd would let CreateKey through.
+    const policyDir = makeTempDir('kmsd-preflight-policy-');
+    const policyFile = path.join(policyDir, 'policy.json');
+    fs.writeFileSync(policyFile, JSON.stringify({ version: 1, grants: [{ principals: ['anonymous'], actions: ['ListKeys'], keys: ['*'] }] }));
+    let k: Kmsd | undefined;
+    try {
+      k = await startKmsd({ args: ['--policy', policyFile], onListening: () => fs.rmSync(policyDir, { recursive: true, force: true }) });
+      expect(fs.existsSync(policyFile)).toBe(false);
+      expect((await k.client.call('ListKeys', {})).TotalCount).toBe(0);
+      const e = await k.client.createKey({}).then(
+        () => null,
+        (x: { code?: string; message: string }) => x,
+      );
+      expect(e?.code, e?.message).toBe('Forbidden.NoPermission');
+      expect(k.unexpectedExit()).toBeNull();
+    } finally {
+      fs.rmSync(policyDir, { recursive: true, force: true });
+      if (k) expect(await k.stop()).toBe(0);
+    }
+  });
 });

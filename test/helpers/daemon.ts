@@ -124,6 +124,8 @@ export interface StartOptions {
   /** Run kmsd as this user and group (the test must be root); dataDir and cwd must be theirs. */
   uid?: number;
   gid?: number;
+  /** Called once, the moment kmsd says it listens: before it has opened the token. */
+  onListening?: () => void;
 }
 
 export function makeTempDir(prefix = 'kmsd-test-'): string {
@@ -165,8 +167,13 @@ export async function startKmsd(opts: StartOptions = {}): Promise<Kmsd> {
     const timer = setTimeout(() => reject(new Error(`kmsd did not start in 60 s\nstdout:\n${out}\nstderr:\n${err}`)), 60_000);
     // Start-up reconciliation may run after kmsd listens (the token walk): tests read its outcome, so
     // they start once it is done.
+    let said = false;
     const check = () => {
       const m = /listening on 127\.0\.0\.1:(\d+)/.exec(out);
+      if (m && !said) {
+        said = true;
+        opts.onListening?.();
+      }
       if (m && RECONCILED.test(out)) {
         clearTimeout(timer);
         resolve(Number(m[1]));

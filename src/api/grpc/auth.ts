@@ -187,6 +187,8 @@ export interface GuardOptions {
   tls: boolean;
   /** Policy file; undefined = open when plaintext (development), deny-all when TLS. */
   policyFile?: string;
+  /** The policy file as kmsd read it at start (else it is read here); SIGHUP reads the file again. */
+  policy?: Policy;
   limits: LimitsConfig;
   directory: KeyDirectory;
   log: Logger;
@@ -204,7 +206,7 @@ export class CallGuard {
   readonly stats = { denied: 0, throttled: 0, unauthenticated: 0 };
 
   constructor(private readonly o: GuardOptions) {
-    this.policy = o.policyFile ? Policy.load(o.policyFile) : o.tls ? Policy.denyAll() : null;
+    this.policy = o.policyFile ? (o.policy ?? Policy.load(o.policyFile)) : o.tls ? Policy.denyAll() : null;
     this.rate = new RateLimiter(o.limits.ratePerSecond, o.limits.rateBurst);
     this.bulkhead = new Bulkhead(o.limits);
     this.audit = o.audit;
