@@ -296,15 +296,20 @@ export class KmsService {
     }
   }
 
-  /** The object of an intent will not get metadata: destroy whatever the token holds, then close the intent. */
+  /**
+   * The object of an intent will not get metadata from this call: settled as any interrupted
+   * creation is (reclaimIntent). The token finds objects by label, and what holds this label by now
+   * need not be this call's object: when another replica has reclaimed the intent (it took this one
+   * for dead) or committed metadata that claims the label (it imported the same key version), the
+   * object is theirs and stays.
+   */
   async abandonIntent(kind: TokenObjectKind, id: string, seq: number): Promise<void> {
     try {
       this.keyring.forget(id);
-      this.keyring.token.destroy(kind, id);
-      await this.store.clearIntent(seq);
+      await this.reclaimIntent({ seq, kind, object_id: id }, true);
     } catch (e) {
-      // The intent stays open: start-up reconciliation destroys the object.
-      this.log.error({ kind, objectId: id, err: (e as Error).message }, 'could not destroy a token object whose metadata was not committed');
+      // The intent stays open: start-up reconciliation settles it.
+      this.log.error({ kind, objectId: id, err: (e as Error).message }, 'could not settle a token object whose metadata was not committed');
     }
   }
 
@@ -1016,12 +1021,12 @@ export class KmsService {
   }
 
   /**
-   * Claims an intent whose owner is gone and destroys its object (when the token holds it and no
-   * metadata claims it), in one transaction: a late commit of the owner's metadata (its claim of the
+   * Claims an intent whose owner is gone (or that its own call abandons) and destroys its object
+   * (when the token holds it and no metadata claims it), in one transaction: a late commit of the owner's metadata (its claim of the
    * same intent) waits for this one and then fails, so the two never both win. True when destroyed;
    * a destroy the token refuses is queued as a pending destroy.
    */
-  async reclaimIntent(intent: TokenIntentRow, present: boolean): Promise<boolean> {
+  async reclaimIntent(intent: Pick<TokenIntentRow, 'seq' | 'kind' | 'object_id'>, present: boolean): Promise<boolean> {
     const { kind, object_id: id } = intent;
     return this.store.transaction(async (tx) => {
       if (!(await tx.claimIntent(intent.seq))) return false; // committed or reclaimed meanwhile
